@@ -1,0 +1,83 @@
+-- publish.lua: append one or more messages to a topic, atomically per call.
+--
+-- KEYS[1]  sc:{T:P}:meta    topic config hash (seq, incarnation, dedup_window_ms)
+-- KEYS[2]  sc:{T:P}:stream  the topic stream
+-- KEYS[3…] sc:{T:P}:dedup:<key>, one per message that has an idempotency key
+-- ARGV[1]  dedup window in ms used when this call creates the topic
+-- ARGV[2]  number of messages N, then per message:
+--          dedup KEYS index (0 = no idempotency key), id, ttl_ms (0 = none),
+--          delay_ms (0 = none), F = number of envelope fields, then F name/value pairs
+-- Returns  { created (1 if this call declared the topic),
+--            { { id, stream_id, seq, duplicate (0|1) } per message } }
+--
+-- Invariants protected:
+--  * seq is strictly increasing with no gaps among non-duplicate publishes
+--    (HINCRBY and XADD happen in the same atomic step);
+--  * an idempotency key seen inside the topic's window yields the first
+--    message's id/stream_id/seq and writes nothing. A record left by an
+--    earlier incarnation of a deleted topic is ignored, so deleting a topic
+--    never has to scan for its dedup keys;
+--  * published_at, expires_at and deliver_at come from Redis TIME, the one
+--    clock every sidecar shares.
+local meta, stream = KEYS[1], KEYS[2]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local created = 0
+local incarnation = redis.call('HGET', meta, 'incarnation')
+if not incarnation then
+  incarnation = t[1] .. '.' .. t[2]
+  redis.call('HSET', meta, 'incarnation', incarnation, 'created_at', now,
+    'dedup_window_ms', ARGV[1], 'retention_ms', 0, 'max_backlog', 0, 'seq', 0)
+  created = 1
+end
+local window = tonumber(redis.call('HGET', meta, 'dedup_window_ms'))
+
+local results = {}
+local n = tonumber(ARGV[2])
+local a = 3
+for _ = 1, n do
+  local dedup_index = tonumber(ARGV[a])
+  local id = ARGV[a + 1]
+  local ttl_ms = tonumber(ARGV[a + 2])
+  local delay_ms = tonumber(ARGV[a + 3])
+  local nfields = tonumber(ARGV[a + 4])
+  local first_field = a + 5
+  a = first_field + 2 * nfields
+
+  local previous = nil
+  if dedup_index > 0 then
+    local record = redis.call('GET', KEYS[dedup_index])
+    if record then
+      local inc, pid, psid, pseq = string.match(record, '^([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)$')
+      if inc == incarnation then
+        previous = { pid, psid, tonumber(pseq), 1 }
+      end
+    end
+  end
+
+  if previous then
+    results[#results + 1] = previous
+  else
+    local seq = redis.call('HINCRBY', meta, 'seq', 1)
+    local entry = { 'id', id, 'seq', seq, 'published_at', now }
+    if ttl_ms > 0 then
+      entry[#entry + 1] = 'expires_at'
+      entry[#entry + 1] = now + ttl_ms
+    end
+    if delay_ms > 0 then
+      entry[#entry + 1] = 'deliver_at'
+      entry[#entry + 1] = now + delay_ms
+    end
+    for f = first_field, first_field + 2 * nfields - 1 do
+      entry[#entry + 1] = ARGV[f]
+    end
+    local stream_id = redis.call('XADD', stream, '*', unpack(entry))
+    if dedup_index > 0 then
+      redis.call('SET', KEYS[dedup_index],
+        incarnation .. '\n' .. id .. '\n' .. stream_id .. '\n' .. seq, 'PX', window)
+    end
+    results[#results + 1] = { id, stream_id, seq, 0 }
+  end
+end
+return { created, results }

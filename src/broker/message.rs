@@ -1,0 +1,75 @@
+//! A stored message: the envelope fields of a stream entry, decoded for
+//! history reads (and, later, deliveries).
+//!
+//! The payload and headers are stored as JSON text and handed back as raw
+//! JSON, so a message is never re-parsed into a tree on its way out.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::error::{Error, Result};
+
+/// One message as stored in a topic, ready to serialize.
+#[derive(Debug, Serialize)]
+pub struct Message {
+    /// Message id (client's or UUIDv7).
+    pub id: String,
+    /// Redis stream entry id.
+    pub stream_id: String,
+    /// Per-topic sequence number.
+    pub seq: u64,
+    /// Ordering / partition key.
+    pub key: Option<String>,
+    /// The payload as published.
+    pub payload: Box<RawValue>,
+    /// Header string map (`{}` when none).
+    pub headers: Box<RawValue>,
+    /// The publisher's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Id of the message that caused this one.
+    pub causation_id: Option<String>,
+    /// Workflow id.
+    pub correlation_id: Option<String>,
+    /// Payload schema version.
+    pub schema_version: Option<String>,
+    /// Server publish time (Redis clock, ms since epoch).
+    pub published_at: u64,
+    /// When the message expires (ms since epoch), if it has a TTL.
+    pub expires_at: Option<u64>,
+    /// Not deliverable before this time (ms since epoch), if delayed.
+    pub deliver_at: Option<u64>,
+}
+
+fn raw_json(text: Option<String>, default: &str, stream_id: &str) -> Result<Box<RawValue>> {
+    RawValue::from_string(text.unwrap_or_else(|| default.to_owned()))
+        .map_err(|e| Error::Internal(format!("entry {stream_id} holds invalid JSON: {e}")))
+}
+
+fn number(fields: &mut HashMap<String, String>, name: &str) -> Option<u64> {
+    fields.remove(name).and_then(|v| v.parse().ok())
+}
+
+impl Message {
+    /// Decodes a stream entry written by `lua/publish.lua`.
+    pub fn from_entry(stream_id: String, mut fields: HashMap<String, String>) -> Result<Self> {
+        let payload = raw_json(fields.remove("payload"), "null", &stream_id)?;
+        let headers = raw_json(fields.remove("headers"), "{}", &stream_id)?;
+        Ok(Self {
+            id: fields.remove("id").unwrap_or_default(),
+            seq: number(&mut fields, "seq").unwrap_or(0),
+            published_at: number(&mut fields, "published_at").unwrap_or(0),
+            expires_at: number(&mut fields, "expires_at"),
+            deliver_at: number(&mut fields, "deliver_at"),
+            key: fields.remove("key"),
+            idempotency_key: fields.remove("idempotency_key"),
+            causation_id: fields.remove("causation_id"),
+            correlation_id: fields.remove("correlation_id"),
+            schema_version: fields.remove("schema_version"),
+            payload,
+            headers,
+            stream_id,
+        })
+    }
+}

@@ -1,0 +1,260 @@
+//! Publishing: validate a message envelope, then dedupe + sequence + append
+//! it in one atomic step (`lua/publish.lua`).
+//!
+//! A batch is one script call: valid items are appended in order under one
+//! sequence range, invalid items fail alone and never reach Redis.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{Broker, DEFAULT_DEDUP_WINDOW_MS};
+use crate::error::{Error, Result};
+use crate::keys::{self, TenantKeys, TopicKeys};
+use crate::names::{Tenant, Topic};
+
+/// Longest accepted `id`, in bytes.
+pub const MAX_ID_LEN: usize = 128;
+/// Longest accepted `key`, `idempotency_key`, `causation_id`, `correlation_id`.
+pub const MAX_REF_LEN: usize = 256;
+/// Longest accepted `schema_version`.
+pub const MAX_SCHEMA_VERSION_LEN: usize = 64;
+/// Most headers on one message.
+pub const MAX_HEADERS: usize = 64;
+/// Longest header name.
+pub const MAX_HEADER_NAME_LEN: usize = 128;
+/// Longest header value.
+pub const MAX_HEADER_VALUE_LEN: usize = 4096;
+/// Longest `ttl_ms` / `delay_ms`: 365 days.
+pub const MAX_DURATION_MS: u64 = 365 * 24 * 60 * 60 * 1000;
+/// Most messages in one batch request.
+pub const MAX_BATCH: usize = 1000;
+
+/// One message as a publisher sends it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    /// Any JSON value; stored verbatim.
+    pub payload: Box<RawValue>,
+    /// Client-chosen message id; defaults to a UUIDv7.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Ordering / partition key (e.g. a user id).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Publishing the same key again inside the topic's window is a no-op.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Id of the message that caused this one.
+    #[serde(default)]
+    pub causation_id: Option<String>,
+    /// Id shared by every message of one workflow.
+    #[serde(default)]
+    pub correlation_id: Option<String>,
+    /// After this long the message is never delivered (dead-letters as `expired`).
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+    /// Not delivered to any group before this long has passed.
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    /// String map carried with the message (e.g. `traceparent`).
+    #[serde(default)]
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Version of the payload's schema, for consumers.
+    #[serde(default)]
+    pub schema_version: Option<String>,
+}
+
+/// What a publish answers for one message.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Published {
+    /// The message id (client's or generated).
+    pub id: String,
+    /// Redis stream entry id.
+    pub stream_id: String,
+    /// Per-topic sequence number.
+    pub seq: u64,
+    /// True when the idempotency key was seen before and nothing was written.
+    pub duplicate: bool,
+}
+
+/// Checks a free-text reference field: non-empty, bounded, no control chars.
+fn check_text(field: &str, value: &str, max: usize) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::invalid_field(field, "must not be empty"));
+    }
+    if value.len() > max {
+        return Err(Error::invalid_field(
+            field,
+            format!("must be at most {max} bytes, got {}", value.len()),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::invalid_field(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+impl PublishRequest {
+    /// Validates every field; `prefix` is prepended to field names in errors
+    /// (`messages[3].` inside a batch).
+    pub fn validate(&self, prefix: &str) -> Result<()> {
+        let texts = [
+            ("id", &self.id, MAX_ID_LEN),
+            ("key", &self.key, MAX_REF_LEN),
+            ("idempotency_key", &self.idempotency_key, MAX_REF_LEN),
+            ("causation_id", &self.causation_id, MAX_REF_LEN),
+            ("correlation_id", &self.correlation_id, MAX_REF_LEN),
+            (
+                "schema_version",
+                &self.schema_version,
+                MAX_SCHEMA_VERSION_LEN,
+            ),
+        ];
+        for (name, value, max) in texts {
+            if let Some(value) = value {
+                check_text(&format!("{prefix}{name}"), value, max)?;
+            }
+        }
+        if let Some(ttl) = self.ttl_ms
+            && !(1..=MAX_DURATION_MS).contains(&ttl)
+        {
+            return Err(Error::invalid_field(
+                format!("{prefix}ttl_ms"),
+                format!("must be between 1 and {MAX_DURATION_MS}"),
+            ));
+        }
+        if let Some(delay) = self.delay_ms
+            && delay > MAX_DURATION_MS
+        {
+            return Err(Error::invalid_field(
+                format!("{prefix}delay_ms"),
+                format!("must be between 0 and {MAX_DURATION_MS}"),
+            ));
+        }
+        if let Some(headers) = &self.headers {
+            let field = format!("{prefix}headers");
+            if headers.len() > MAX_HEADERS {
+                return Err(Error::invalid_field(
+                    field,
+                    format!("at most {MAX_HEADERS} headers are allowed"),
+                ));
+            }
+            for (name, value) in headers {
+                check_text(&format!("{field}.{name}"), name, MAX_HEADER_NAME_LEN)?;
+                if value.len() > MAX_HEADER_VALUE_LEN || value.chars().any(char::is_control) {
+                    return Err(Error::invalid_field(
+                        format!("{field}.{name}"),
+                        format!(
+                            "values must be at most {MAX_HEADER_VALUE_LEN} bytes without control characters"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The envelope fields stored with the stream entry, besides the ones the
+    /// script adds (`id`, `seq`, `published_at`, `expires_at`, `deliver_at`).
+    fn envelope_fields(&self) -> Vec<(&'static str, String)> {
+        let mut fields = vec![("payload", self.payload.get().to_owned())];
+        let optional = [
+            ("key", &self.key),
+            ("idempotency_key", &self.idempotency_key),
+            ("causation_id", &self.causation_id),
+            ("correlation_id", &self.correlation_id),
+            ("schema_version", &self.schema_version),
+        ];
+        fields.extend(
+            optional
+                .into_iter()
+                .filter_map(|(name, value)| value.as_ref().map(|v| (name, v.clone()))),
+        );
+        if let Some(headers) = self.headers.as_ref().filter(|h| !h.is_empty()) {
+            // A string map always serializes.
+            fields.push((
+                "headers",
+                serde_json::to_string(headers).unwrap_or_default(),
+            ));
+        }
+        fields
+    }
+}
+
+impl Broker {
+    /// Publishes `messages` to `topic` in order, as one atomic step. Declares
+    /// the topic with defaults when it does not exist yet.
+    pub async fn publish(
+        &self,
+        tenant: &Tenant,
+        topic: &Topic,
+        messages: &[PublishRequest],
+    ) -> Result<Vec<Published>> {
+        let keys = TopicKeys::new(tenant, topic);
+        let mut call = self.scripts().publish.prepare_invoke();
+        call.key(keys.meta()).key(keys.stream());
+        call.arg(DEFAULT_DEDUP_WINDOW_MS).arg(messages.len());
+        let mut next_dedup_key = 3; // KEYS index of the next dedup key (Lua is 1-based)
+        for message in messages {
+            let dedup_index = match &message.idempotency_key {
+                Some(idem) => {
+                    call.key(keys.dedup(idem));
+                    next_dedup_key += 1;
+                    next_dedup_key - 1
+                }
+                None => 0,
+            };
+            let id = message
+                .id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+            let fields = message.envelope_fields();
+            call.arg(dedup_index)
+                .arg(id)
+                .arg(message.ttl_ms.unwrap_or(0))
+                .arg(message.delay_ms.unwrap_or(0))
+                .arg(fields.len());
+            for (name, value) in fields {
+                call.arg(name).arg(value);
+            }
+        }
+        let mut conn = self.conn().await?;
+        let (created, rows): (i64, Vec<(String, String, u64, i64)>) =
+            call.invoke_async(&mut conn).await?;
+        if created == 1 {
+            register_topic(&mut conn, tenant, topic).await?;
+        }
+        Ok(rows
+            .into_iter()
+            .map(|(id, stream_id, seq, duplicate)| Published {
+                id,
+                stream_id,
+                seq,
+                duplicate: duplicate == 1,
+            })
+            .collect())
+    }
+}
+
+/// Lists a newly created topic in its tenant's topic set and the tenant in
+/// the tenant set. These live under other hash tags, so they cannot join the
+/// creating script; both adds are idempotent.
+pub(crate) async fn register_topic(
+    conn: &mut deadpool_redis::Connection,
+    tenant: &Tenant,
+    topic: &Topic,
+) -> Result<()> {
+    redis::pipe()
+        .sadd(TenantKeys::new(tenant).topics(), topic.as_str())
+        .ignore()
+        .sadd(keys::TENANTS, tenant.as_str())
+        .ignore()
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}

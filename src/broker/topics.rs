@@ -1,0 +1,370 @@
+//! Topic lifecycle and history: declare/update, describe, list, delete, and
+//! read past messages without touching any consumer group.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::message::Message;
+use super::publish::register_topic;
+use super::{Broker, DEFAULT_DEDUP_WINDOW_MS};
+use crate::error::{Error, Result};
+use crate::keys::{TenantKeys, TopicKeys};
+use crate::names::{Group, Tenant, Topic};
+
+/// Longest retention: 10 years (0 = keep until every group is done; no time limit).
+pub const MAX_RETENTION_MS: u64 = 10 * 365 * 24 * 60 * 60 * 1000;
+/// Longest publish idempotency window: 30 days.
+pub const MAX_DEDUP_WINDOW_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+/// Largest `max_backlog`.
+pub const MAX_BACKLOG: u64 = 1_000_000_000;
+/// Default and largest page of a history read.
+pub const DEFAULT_HISTORY_LIMIT: usize = 100;
+/// Largest page of a history read.
+pub const MAX_HISTORY_LIMIT: usize = 1000;
+
+/// Body of `PUT /topics/{topic}`: fields left out keep their current value.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfigRequest {
+    /// Entries older than this, and done by every group, may be trimmed (0 = no time limit).
+    #[serde(default)]
+    pub retention_ms: Option<u64>,
+    /// Refuse publishes while the slowest group is this far behind (0 = unbounded).
+    #[serde(default)]
+    pub max_backlog: Option<u64>,
+    /// How long a publish idempotency key is remembered.
+    #[serde(default)]
+    pub dedup_window_ms: Option<u64>,
+}
+
+impl TopicConfigRequest {
+    fn validate(&self) -> Result<()> {
+        let checks = [
+            ("retention_ms", self.retention_ms, 0, MAX_RETENTION_MS),
+            ("max_backlog", self.max_backlog, 0, MAX_BACKLOG),
+            (
+                "dedup_window_ms",
+                self.dedup_window_ms,
+                1,
+                MAX_DEDUP_WINDOW_MS,
+            ),
+        ];
+        for (name, value, min, max) in checks {
+            if let Some(v) = value
+                && !(min..=max).contains(&v)
+            {
+                return Err(Error::invalid_field(
+                    name,
+                    format!("must be between {min} and {max}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A consumer group as seen from its topic.
+#[derive(Debug, Serialize)]
+pub struct GroupSummary {
+    /// Group name.
+    pub name: String,
+    /// Entries not yet delivered to the group (None when Redis cannot tell).
+    pub lag: Option<u64>,
+    /// Entries delivered but not yet acked.
+    pub pending: u64,
+    /// Last entry id handed to the group.
+    pub last_delivered_id: String,
+}
+
+/// What `GET /topics/{topic}` answers.
+#[derive(Debug, Serialize)]
+pub struct TopicInfo {
+    /// Topic name.
+    pub name: String,
+    /// Retention in ms (0 = no time limit).
+    pub retention_ms: u64,
+    /// Backlog limit (0 = unbounded).
+    pub max_backlog: u64,
+    /// Publish idempotency window in ms.
+    pub dedup_window_ms: u64,
+    /// When the topic was created (ms since epoch, Redis clock).
+    pub created_at: u64,
+    /// Entries currently in the stream.
+    pub length: u64,
+    /// Oldest entry id still stored.
+    pub first_id: Option<String>,
+    /// Newest entry id.
+    pub last_id: Option<String>,
+    /// Sequence number of the newest message (0 = none yet).
+    pub last_seq: u64,
+    /// Consumer groups with their lag.
+    pub groups: Vec<GroupSummary>,
+}
+
+/// A page of history.
+#[derive(Debug, Serialize)]
+pub struct HistoryPage {
+    /// Messages in stream order.
+    pub messages: Vec<Message>,
+    /// Pass as `after` to read the next page (None when the page is empty).
+    pub next_after: Option<String>,
+}
+
+/// Checks a stream id given by a client (`<ms>` or `<ms>-<seq>`).
+pub fn validate_stream_id(field: &str, id: &str) -> Result<()> {
+    let mut parts = id.splitn(2, '-');
+    let valid = parts
+        .next()
+        .is_some_and(|ms| !ms.is_empty() && ms.len() <= 20 && ms.parse::<u64>().is_ok())
+        && parts
+            .next()
+            .is_none_or(|seq| !seq.is_empty() && seq.len() <= 20 && seq.parse::<u64>().is_ok());
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::invalid_field(
+            field,
+            format!("'{id}' is not a stream id such as 1718000000000-0"),
+        ))
+    }
+}
+
+fn field_u64(meta: &HashMap<String, String>, name: &str) -> u64 {
+    meta.get(name).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// One stream entry as XRANGE returns it, fields left unparsed.
+type RawEntry = (String, Vec<String>);
+/// One stream entry as XRANGE returns it, fields by name.
+type Entry = (String, HashMap<String, String>);
+
+impl Broker {
+    /// Creates or updates a topic. Returns true when it was created.
+    pub async fn declare_topic(
+        &self,
+        tenant: &Tenant,
+        topic: &Topic,
+        config: &TopicConfigRequest,
+    ) -> Result<bool> {
+        config.validate()?;
+        let keys = TopicKeys::new(tenant, topic);
+        let mut call = self.scripts().declare_topic.key(keys.meta());
+        call.arg(DEFAULT_DEDUP_WINDOW_MS);
+        let fields = [
+            ("retention_ms", config.retention_ms),
+            ("max_backlog", config.max_backlog),
+            ("dedup_window_ms", config.dedup_window_ms),
+        ];
+        for (name, value) in fields {
+            if let Some(v) = value {
+                call.arg(name).arg(v);
+            }
+        }
+        let mut conn = self.conn().await?;
+        let created: i64 = call.invoke_async(&mut conn).await?;
+        // Registering again on update is idempotent and repairs a listing
+        // lost to a crash between create and register.
+        register_topic(&mut conn, tenant, topic).await?;
+        Ok(created == 1)
+    }
+
+    /// Describes a topic; 404 when it does not exist.
+    pub async fn topic_info(&self, tenant: &Tenant, topic: &Topic) -> Result<TopicInfo> {
+        let keys = TopicKeys::new(tenant, topic);
+        let stream = keys.stream();
+        let mut conn = self.conn().await?;
+        let (meta, length, first, last): (
+            HashMap<String, String>,
+            u64,
+            Vec<RawEntry>,
+            Vec<RawEntry>,
+        ) = redis::pipe()
+            .hgetall(keys.meta())
+            .xlen(&stream)
+            .cmd("XRANGE")
+            .arg(&stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("XREVRANGE")
+            .arg(&stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        if meta.is_empty() {
+            return Err(not_found(topic));
+        }
+        let groups = group_summaries(&mut conn, &stream).await?;
+        Ok(TopicInfo {
+            name: topic.to_string(),
+            retention_ms: field_u64(&meta, "retention_ms"),
+            max_backlog: field_u64(&meta, "max_backlog"),
+            dedup_window_ms: field_u64(&meta, "dedup_window_ms"),
+            created_at: field_u64(&meta, "created_at"),
+            length,
+            first_id: first.into_iter().next().map(|(id, _)| id),
+            last_id: last.into_iter().next().map(|(id, _)| id),
+            last_seq: field_u64(&meta, "seq"),
+            groups,
+        })
+    }
+
+    /// Names of a tenant's topics, sorted.
+    pub async fn list_topics(&self, tenant: &Tenant) -> Result<Vec<String>> {
+        let mut conn = self.conn().await?;
+        let mut names: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(TenantKeys::new(tenant).topics())
+            .query_async(&mut conn)
+            .await?;
+        names.sort_unstable();
+        Ok(names)
+    }
+
+    /// Deletes a topic with its messages and groups; 404 when it does not exist.
+    pub async fn delete_topic(&self, tenant: &Tenant, topic: &Topic) -> Result<()> {
+        let keys = TopicKeys::new(tenant, topic);
+        let mut conn = self.conn().await?;
+        // Optimistic: read the group set, delete with its keys; the script
+        // refuses if the set changed in between, and we read it again.
+        for _ in 0..8 {
+            let group_names: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(keys.groups())
+                .query_async(&mut conn)
+                .await?;
+            let mut call = self.scripts().delete_topic.key(keys.meta());
+            call.key(keys.stream()).key(keys.groups());
+            for name in &group_names {
+                // Names in the set were validated when the group was created.
+                let group = Group::parse(name)
+                    .map_err(|e| Error::Internal(format!("stored group name {name:?}: {e}")))?;
+                let gk = keys.group(&group);
+                call.key(gk.config()).key(gk.delayed()).key(gk.dlq());
+                call.arg(name);
+            }
+            let outcome: i64 = call.invoke_async(&mut conn).await?;
+            match outcome {
+                1 => {
+                    redis::cmd("SREM")
+                        .arg(TenantKeys::new(tenant).topics())
+                        .arg(topic.as_str())
+                        .query_async::<()>(&mut conn)
+                        .await?;
+                    return Ok(());
+                }
+                0 => return Err(not_found(topic)),
+                _ => continue,
+            }
+        }
+        Err(Error::Conflict {
+            code: "concurrent_change",
+            detail: "the topic's groups kept changing during delete; retry".into(),
+        })
+    }
+
+    /// Reads up to `limit` messages after stream id `after` (exclusive).
+    pub async fn history(
+        &self,
+        tenant: &Tenant,
+        topic: &Topic,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<HistoryPage> {
+        if let Some(after) = after {
+            validate_stream_id("after", after)?;
+        }
+        let limit = limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+        if !(1..=MAX_HISTORY_LIMIT).contains(&limit) {
+            return Err(Error::invalid_field(
+                "limit",
+                format!("must be between 1 and {MAX_HISTORY_LIMIT}"),
+            ));
+        }
+        let keys = TopicKeys::new(tenant, topic);
+        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        let mut conn = self.conn().await?;
+        let (exists, entries): (bool, Vec<Entry>) = redis::pipe()
+            .exists(keys.meta())
+            .cmd("XRANGE")
+            .arg(keys.stream())
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut conn)
+            .await?;
+        if !exists {
+            return Err(not_found(topic));
+        }
+        let next_after = entries.last().map(|(id, _)| id.clone());
+        let messages = entries
+            .into_iter()
+            .map(|(id, fields)| Message::from_entry(id, fields))
+            .collect::<Result<_>>()?;
+        Ok(HistoryPage {
+            messages,
+            next_after,
+        })
+    }
+}
+
+fn not_found(topic: &Topic) -> Error {
+    Error::NotFound {
+        kind: "topic",
+        name: topic.to_string(),
+    }
+}
+
+/// Groups of a stream from XINFO GROUPS (none when the stream does not exist).
+async fn group_summaries(
+    conn: &mut deadpool_redis::Connection,
+    stream: &str,
+) -> Result<Vec<GroupSummary>> {
+    let exists: bool = redis::cmd("EXISTS").arg(stream).query_async(conn).await?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let text = |name: &str| {
+                row.get(name)
+                    .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+            };
+            let num = |name: &str| {
+                row.get(name)
+                    .and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
+            };
+            GroupSummary {
+                name: text("name").unwrap_or_default(),
+                lag: num("lag"),
+                pending: num("pending").unwrap_or(0),
+                last_delivered_id: text("last-delivered-id").unwrap_or_default(),
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids() {
+        for ok in ["0", "0-0", "1718000000000-12", "18446744073709551615-1"] {
+            assert!(validate_stream_id("after", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-", "1-", "-1", "a-1", "1-b", "1-2-3", "+", "(1"] {
+            assert!(validate_stream_id("after", bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Command-line flags and `STREAMCAR_*` environment variables, parsed and
+//! validated once at start into a [`Config`]. Nothing else reads the
+//! environment; tests build a [`Config`] directly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Options shared by `serve` and `dev`.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// TCP address to serve the HTTP API on (keep it on loopback).
+    #[arg(long, env = "STREAMCAR_LISTEN", default_value = "127.0.0.1:7400")]
+    pub listen: SocketAddr,
+
+    /// Also serve the API on this Unix socket (mode 0600; a stale file is replaced).
+    #[arg(long, env = "STREAMCAR_SOCKET")]
+    pub socket: Option<PathBuf>,
+
+    /// Largest accepted request body, e.g. `1048576`, `512KiB`, `1MiB`.
+    #[arg(long, env = "STREAMCAR_MAX_BODY", default_value = "1MiB", value_parser = parse_size)]
+    pub max_body: usize,
+
+    /// How long a graceful shutdown may take before in-flight requests are cut, e.g. `10s`.
+    #[arg(long, env = "STREAMCAR_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Most pooled Redis connections (each one multiplexes many requests).
+    #[arg(long, env = "STREAMCAR_REDIS_POOL_SIZE", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub redis_pool_size: u16,
+
+    /// Log format on stderr.
+    #[arg(long, env = "STREAMCAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Everything the running service needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Redis to serve against.
+    pub redis_url: String,
+    /// TCP listen address.
+    pub listen: SocketAddr,
+    /// Optional Unix socket path.
+    pub socket: Option<PathBuf>,
+    /// Request body limit in bytes.
+    pub max_body: usize,
+    /// Graceful shutdown budget.
+    pub drain_timeout: Duration,
+    /// Redis pool size.
+    pub redis_pool_size: usize,
+}
+
+impl Config {
+    /// Builds a config from shared server flags and a Redis URL.
+    pub fn new(redis_url: String, args: &ServerArgs) -> Self {
+        Self {
+            redis_url,
+            listen: args.listen,
+            socket: args.socket.clone(),
+            max_body: args.max_body,
+            drain_timeout: args.drain_timeout,
+            redis_pool_size: usize::from(args.redis_pool_size),
+        }
+    }
+
+    /// Defaults for tests and embedding: loopback on a free port.
+    pub fn for_redis(redis_url: impl Into<String>) -> Self {
+        Self {
+            redis_url: redis_url.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            socket: None,
+            max_body: 1 << 20,
+            drain_timeout: Duration::from_secs(10),
+            redis_pool_size: 16,
+        }
+    }
+}
+
+/// Parses a byte size: a plain number of bytes or one with `KiB`/`MiB` suffix.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, ""),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size such as 1048576, 512KiB or 1MiB"))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" | "m" => 1 << 20,
+        other => return Err(format!("unknown size unit '{other}' (use B, KiB or MiB)")),
+    };
+    let bytes = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))?;
+    if bytes < 1024 {
+        return Err(format!("'{s}' is below the 1KiB minimum"));
+    }
+    Ok(bytes)
+}
+
+/// Parses a duration: a number with unit `ms`, `s` or `m` (plain number = ms).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "ms"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration such as 500ms, 10s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        other => Err(format!("unknown duration unit '{other}' (use ms, s or m)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12").is_err());
+        assert!(parse_size("1GiB").is_err());
+        assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("300"), Ok(Duration::from_millis(300)));
+        assert!(parse_duration("1h").is_err());
+    }
+}

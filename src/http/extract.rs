@@ -1,0 +1,132 @@
+//! Extractors that reject bad input before a handler runs, always with a
+//! problem+json [`Error`]: validated path names, JSON bodies that name the
+//! offending field, and query strings.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
+use axum::http::{StatusCode, header, request::Parts};
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use crate::error::Error;
+use crate::names::{Name, Tenant, Topic};
+
+/// Reads path parameter `param` and validates it as name type `N`.
+fn path_name<N: Name>(params: &RawPathParams, param: &str) -> Result<N, Error> {
+    let raw = params
+        .iter()
+        .find_map(|(k, v)| (k == param).then_some(v))
+        .ok_or_else(|| Error::Internal(format!("route has no {param} parameter")))?;
+    N::parse(raw).map_err(|e| Error::BadRequest {
+        code: "invalid_name",
+        detail: format!("invalid {} name '{raw}': {e}", N::KIND),
+        field: Some(param.to_owned()),
+    })
+}
+
+async fn raw_params<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<RawPathParams, Error> {
+    RawPathParams::from_request_parts(parts, state)
+        .await
+        .map_err(|e| Error::bad_request("invalid_path", e.body_text()))
+}
+
+/// `{tenant}` of the path.
+pub struct TenantPath(pub Tenant);
+
+impl<S: Send + Sync> FromRequestParts<S> for TenantPath {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let params = raw_params(parts, state).await?;
+        Ok(Self(path_name(&params, "tenant")?))
+    }
+}
+
+/// `{tenant}` and `{topic}` of the path.
+pub struct TopicPath {
+    /// The tenant.
+    pub tenant: Tenant,
+    /// The topic.
+    pub topic: Topic,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for TopicPath {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let params = raw_params(parts, state).await?;
+        Ok(Self {
+            tenant: path_name(&params, "tenant")?,
+            topic: path_name(&params, "topic")?,
+        })
+    }
+}
+
+/// Parses JSON bytes into `T`, naming the field that failed.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], prefix: &str) -> Result<T, Error> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let field = if path == "." {
+            prefix.trim_end_matches('.').to_owned()
+        } else {
+            format!("{prefix}{path}")
+        };
+        if field.is_empty() {
+            Error::bad_request("invalid_body", format!("invalid JSON body: {inner}"))
+        } else {
+            Error::invalid_field(field, inner.to_string())
+        }
+    })?;
+    de.end()
+        .map_err(|e| Error::bad_request("invalid_body", format!("invalid JSON body: {e}")))?;
+    Ok(value)
+}
+
+/// A JSON request body: `Content-Type` must be JSON when given, size is
+/// bounded by `--max-body` (413), and parse errors name the field (400).
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
+        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+            let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
+            let essence = ct.split(';').next().unwrap_or_default().trim();
+            if !(essence == "application/json" || essence.ends_with("+json")) {
+                return Err(Error::UnsupportedMediaType);
+            }
+        }
+        let limit = state.max_body;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| body_error(&e, limit))?;
+        // An empty body means "no fields", so `PUT` with no body declares defaults.
+        let json: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
+        parse_json(json, "").map(Self)
+    }
+}
+
+fn body_error(e: &BytesRejection, limit: usize) -> Error {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Error::PayloadTooLarge { limit }
+    } else {
+        Error::bad_request("invalid_body", e.body_text())
+    }
+}
+
+/// A query string parsed into `T`; errors are 400 `invalid_query`.
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Error> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| Self(q.0))
+            .map_err(|e| Error::bad_request("invalid_query", e.body_text()))
+    }
+}

@@ -1,0 +1,36 @@
+//! The HTTP API: axum routers per resource, extractors that validate input,
+//! and the listeners. Handlers translate between HTTP and the domain
+//! ([`crate::broker`]); they never build Redis keys.
+
+pub mod extract;
+pub mod listen;
+mod ops;
+mod topics;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::Uri;
+
+use crate::broker::Broker;
+use crate::error::Error;
+
+/// Shared state of every handler. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Broker operations on Redis.
+    pub broker: Broker,
+    /// Request body limit in bytes (`--max-body`).
+    pub max_body: usize,
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.max_body;
+    Router::new()
+        .merge(ops::routes())
+        .nest("/v1/tenants/{tenant}", topics::routes())
+        .fallback(|uri: Uri| async move { Error::RouteNotFound(uri.path().to_owned()) })
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}

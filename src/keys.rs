@@ -1,0 +1,135 @@
+//! The only place Redis key names are built.
+//!
+//! Every key of one topic shares the hash tag `{tenant:topic}` and every
+//! tenant-wide key shares `{tenant}`, so each Lua script touches exactly one
+//! hash slot and runs unchanged on Redis Cluster. Names are validated
+//! newtypes ([`crate::names`]), which cannot contain `{`, `}` or `:`, so no
+//! name can break out of its tag.
+//!
+//! Layout (DESIGN.md, plus `groups`, which lets a topic delete find every
+//! group's keys without scanning the keyspace):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `sc:{T:P}:stream` | stream | the topic's messages |
+//! | `sc:{T:P}:meta` | hash | topic config, `seq`, `incarnation` |
+//! | `sc:{T:P}:dedup:<key>` | string | publish idempotency record (PX = window) |
+//! | `sc:{T:P}:groups` | set | names of the topic's consumer groups |
+//! | `sc:{T:P}:g:<G>` | hash | group config |
+//! | `sc:{T:P}:g:<G>:delayed` | zset | retry schedule |
+//! | `sc:{T:P}:g:<G>:dlq` | stream | dead letters |
+//! | `sc:{T}:topics` | set | the tenant's topic names |
+//! | `sc:tenants` | set | every tenant that ever declared a topic |
+
+use crate::names::{Group, Tenant, Topic};
+
+/// The global set of tenant names.
+pub const TENANTS: &str = "sc:tenants";
+
+/// Keys of one tenant (hash tag `{tenant}`).
+#[derive(Debug, Clone)]
+pub struct TenantKeys {
+    prefix: String,
+}
+
+impl TenantKeys {
+    /// Keys for `tenant`.
+    pub fn new(tenant: &Tenant) -> Self {
+        Self {
+            prefix: format!("sc:{{{tenant}}}"),
+        }
+    }
+
+    /// Set of the tenant's topic names.
+    pub fn topics(&self) -> String {
+        format!("{}:topics", self.prefix)
+    }
+}
+
+/// Keys of one topic (hash tag `{tenant:topic}`).
+#[derive(Debug, Clone)]
+pub struct TopicKeys {
+    prefix: String,
+}
+
+impl TopicKeys {
+    /// Keys for `topic` of `tenant`.
+    pub fn new(tenant: &Tenant, topic: &Topic) -> Self {
+        Self {
+            prefix: format!("sc:{{{tenant}:{topic}}}"),
+        }
+    }
+
+    /// The topic's stream.
+    pub fn stream(&self) -> String {
+        format!("{}:stream", self.prefix)
+    }
+
+    /// The topic's config and sequence hash.
+    pub fn meta(&self) -> String {
+        format!("{}:meta", self.prefix)
+    }
+
+    /// The publish idempotency record of `idempotency_key`.
+    ///
+    /// The key text follows the hash tag, so it may hold any bytes: the tag
+    /// is the first `{…}` of the key and is already closed.
+    pub fn dedup(&self, idempotency_key: &str) -> String {
+        format!("{}:dedup:{idempotency_key}", self.prefix)
+    }
+
+    /// The set of the topic's group names.
+    pub fn groups(&self) -> String {
+        format!("{}:groups", self.prefix)
+    }
+
+    /// Keys of one group of this topic.
+    pub fn group(&self, group: &Group) -> GroupKeys {
+        GroupKeys {
+            prefix: format!("{}:g:{group}", self.prefix),
+        }
+    }
+}
+
+/// Keys of one consumer group (same hash tag as its topic).
+#[derive(Debug, Clone)]
+pub struct GroupKeys {
+    prefix: String,
+}
+
+impl GroupKeys {
+    /// The group's config hash.
+    pub fn config(&self) -> String {
+        self.prefix.clone()
+    }
+
+    /// The group's retry schedule (zset of stream id → due time).
+    pub fn delayed(&self) -> String {
+        format!("{}:delayed", self.prefix)
+    }
+
+    /// The group's dead-letter stream.
+    pub fn dlq(&self) -> String {
+        format!("{}:dlq", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_keys_share_one_hash_tag() {
+        let t = Tenant::parse("acme").unwrap();
+        let p = Topic::parse("orders").unwrap();
+        let k = TopicKeys::new(&t, &p);
+        let g = k.group(&Group::parse("billing").unwrap());
+        assert_eq!(k.stream(), "sc:{acme:orders}:stream");
+        assert_eq!(k.meta(), "sc:{acme:orders}:meta");
+        assert_eq!(k.dedup("x}{y"), "sc:{acme:orders}:dedup:x}{y");
+        assert_eq!(g.config(), "sc:{acme:orders}:g:billing");
+        assert_eq!(g.delayed(), "sc:{acme:orders}:g:billing:delayed");
+        assert_eq!(g.dlq(), "sc:{acme:orders}:g:billing:dlq");
+        assert_eq!(TenantKeys::new(&t).topics(), "sc:{acme}:topics");
+    }
+}

@@ -1,0 +1,227 @@
+//! # streamcar
+//!
+//! A sidecar that turns Redis Streams into durable, multi-tenant consumer
+//! groups behind a small local HTTP API. Apps publish, fetch, ack and
+//! coordinate with plain HTTP on loopback or a Unix socket; streamcar keeps
+//! every durable fact in Redis, so any sidecar may die at any time and nothing
+//! is lost.
+//!
+//! ## Architecture
+//!
+//! ```text
+//! app ──HTTP──▶ http (axum: extractors, routers) ──▶ broker / coord (domain)
+//!                                                        │ keys.rs names every key
+//!                                                        ▼
+//!                                       scripts.rs (lua/*.lua, EVALSHA) ──▶ Redis
+//! ```
+//!
+//! * [`config`]: flags and env, validated once.
+//! * [`names`]: validated tenant/topic/group names, safe inside key hash tags.
+//! * [`keys`]: the only place key names are built; one hash tag per topic.
+//! * [`scripts`]: every multi-key change is one Lua script, time from Redis `TIME`.
+//! * [`broker`]: topics, publishing, history (no HTTP types).
+//! * [`http`]: routes, extractors, listeners (no Redis keys).
+//! * [`error`]: one error type rendered as RFC 9457 problem+json.
+//! * [`dev`]: the private `redis-server` behind `streamcar dev`.
+//!
+//! [`start`] wires config → Redis pool → app → listeners and returns a
+//! running [`Server`]; [`run`] serves until a shutdown signal.
+
+pub mod broker;
+pub mod config;
+pub mod dev;
+pub mod error;
+pub mod http;
+pub mod keys;
+pub mod names;
+pub mod scripts;
+pub mod telemetry;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::http::AppState;
+use crate::http::listen::SocketFile;
+use crate::scripts::Scripts;
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The Redis URL or pool settings are invalid.
+    #[error("invalid redis configuration: {0}")]
+    RedisConfig(String),
+    /// The TCP address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The Unix socket cannot be bound.
+    #[error("cannot bind unix socket {path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A listener failed while serving.
+    #[error("server failed: {0}")]
+    Serve(io::Error),
+}
+
+/// A running service: its listeners and the means to stop them.
+pub struct Server {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    listeners: JoinSet<io::Result<()>>,
+    drain_timeout: Duration,
+    _socket_file: Option<SocketFile>,
+}
+
+fn create_pool(config: &Config) -> Result<deadpool_redis::Pool, StartError> {
+    let mut cfg = deadpool_redis::Config::from_url(config.redis_url.clone());
+    let mut pool = deadpool_redis::PoolConfig::new(config.redis_pool_size);
+    // Bounded waits: with Redis gone, requests answer 503 quickly, never hang.
+    pool.timeouts.wait = Some(Duration::from_secs(2));
+    pool.timeouts.create = Some(Duration::from_secs(2));
+    pool.timeouts.recycle = Some(Duration::from_secs(2));
+    cfg.pool = Some(pool);
+    cfg.create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .map_err(|e| StartError::RedisConfig(e.to_string()))
+}
+
+/// Logs loudly when Redis may evict keys: eviction silently deletes streams,
+/// leases and idempotency records (DESIGN.md, lessons from asynq/Centrifugo).
+async fn warn_about_eviction(pool: &deadpool_redis::Pool) {
+    let Ok(mut conn) = pool.get().await else {
+        return;
+    };
+    let policy: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(&mut conn)
+        .await;
+    if let Ok(reply) = policy
+        && let Some(policy) = reply.get(1)
+        && policy != "noeviction"
+    {
+        tracing::warn!(
+            %policy,
+            "Redis maxmemory-policy is not noeviction: Redis may delete streamcar's keys under memory pressure; set maxmemory-policy noeviction"
+        );
+    }
+}
+
+/// Connects to Redis (lazily: an unreachable Redis is not fatal, `/readyz`
+/// answers 503 until it comes up), binds the listeners and starts serving.
+pub async fn start(config: &Config) -> Result<Server, StartError> {
+    let pool = create_pool(config)?;
+    let broker = Broker::new(pool.clone(), Arc::new(Scripts::new()));
+    match broker.check_ready().await {
+        Ok(()) => warn_about_eviction(&pool).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "redis is not ready yet; serving anyway, /readyz answers 503 until it is")
+        }
+    }
+    let app = http::router(AppState {
+        broker,
+        max_body: config.max_body,
+    });
+
+    let tcp = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = tcp.local_addr().map_err(StartError::Serve)?;
+    let (shutdown, signal) = watch::channel(false);
+    let stopped = move |mut signal: watch::Receiver<bool>| async move {
+        let _ = signal.wait_for(|stop| *stop).await;
+    };
+
+    let mut listeners = JoinSet::new();
+    listeners.spawn(
+        axum::serve(tcp, app.clone())
+            .with_graceful_shutdown(stopped(signal.clone()))
+            .into_future(),
+    );
+    let socket_file = match &config.socket {
+        Some(path) => {
+            let (unix, file) = SocketFile::bind(path).map_err(|source| StartError::Socket {
+                path: path.clone(),
+                source,
+            })?;
+            listeners.spawn(
+                axum::serve(unix, app)
+                    .with_graceful_shutdown(stopped(signal))
+                    .into_future(),
+            );
+            tracing::info!(path = %path.display(), "serving on unix socket");
+            Some(file)
+        }
+        None => None,
+    };
+    tracing::info!(%addr, "serving HTTP API");
+    Ok(Server {
+        addr,
+        shutdown,
+        listeners,
+        drain_timeout: config.drain_timeout,
+        _socket_file: socket_file,
+    })
+}
+
+impl Server {
+    /// The bound TCP address (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Graceful drain: stop accepting, let in-flight requests finish, and
+    /// cut whatever is still running after the drain timeout.
+    pub async fn shutdown(mut self) -> Result<(), StartError> {
+        let _ = self.shutdown.send(true);
+        let drained = tokio::time::timeout(self.drain_timeout, async {
+            while let Some(joined) = self.listeners.join_next().await {
+                match joined {
+                    Ok(Err(e)) => return Err(StartError::Serve(e)),
+                    Err(e) if e.is_panic() => {
+                        return Err(StartError::Serve(io::Error::other("listener panicked")));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        })
+        .await;
+        match drained {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(timeout = ?self.drain_timeout, "drain timeout passed; cutting remaining requests");
+                self.listeners.abort_all();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Serves `config` until `signal` resolves, then drains and returns.
+pub async fn run(config: &Config, signal: impl Future<Output = ()>) -> Result<(), StartError> {
+    let server = start(config).await?;
+    signal.await;
+    tracing::info!("shutting down: draining requests");
+    server.shutdown().await
+}

@@ -1,0 +1,92 @@
+//! The `streamcar` command line: `serve` and `dev`. Nothing else lives here.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use streamcar::config::{Config, ServerArgs};
+use streamcar::dev::{DevError, DevRedis};
+
+/// Durable multi-tenant consumer groups on Redis Streams, behind a local HTTP API.
+#[derive(Parser)]
+#[command(name = "streamcar", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API against an existing Redis.
+    Serve {
+        /// Redis to use.
+        #[arg(
+            long,
+            env = "STREAMCAR_REDIS_URL",
+            default_value = "redis://127.0.0.1:6379"
+        )]
+        redis_url: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Start a private redis-server (data in .streamcar/redis) and serve against it.
+    Dev {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (Command::Serve { server, .. } | Command::Dev { server }) = &cli.command;
+    streamcar::telemetry::init_logging(server.log_format);
+    let result = match cli.command {
+        Command::Serve { redis_url, server } => {
+            streamcar::run(&Config::new(redis_url, &server), shutdown_signal()).await
+        }
+        Command::Dev { server } => {
+            let redis = match DevRedis::start(Path::new(".streamcar/redis")).await {
+                Ok(redis) => redis,
+                Err(e @ DevError::NotInstalled) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+                Err(e) => {
+                    eprintln!("streamcar dev: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let config = Config::new(redis.url().to_owned(), &server);
+            let result = streamcar::run(&config, shutdown_signal()).await;
+            redis.stop().await;
+            result
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("streamcar: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

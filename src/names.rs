@@ -1,0 +1,167 @@
+//! Validated names for the things a client can address: tenants, topics,
+//! groups, consumers, pools, checkpoints.
+//!
+//! Every name matches `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$` (DESIGN.md). The
+//! alphabet leaves out `{`, `}` and `:` on purpose: names are spliced into
+//! Redis keys as hash tags (`{tenant:topic}`), so a name must never be able to
+//! end a tag early or forge another tenant's key. Once a value has one of these
+//! types it is known to be safe to put in a key; nothing else is.
+
+use std::fmt;
+
+use thiserror::Error;
+
+/// Longest name accepted, in bytes (all accepted bytes are ASCII).
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Why a name was refused; the message is shown to the client.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum NameError {
+    /// The name has no characters.
+    #[error("must not be empty")]
+    Empty,
+    /// The name is longer than [`MAX_NAME_LEN`].
+    #[error("must be at most {MAX_NAME_LEN} characters, got {0}")]
+    TooLong(usize),
+    /// The first character is not a letter or digit.
+    #[error("must start with a letter or digit")]
+    BadStart,
+    /// A character outside `A-Z a-z 0-9 . _ -`.
+    #[error("may only contain letters, digits, '.', '_' and '-'")]
+    BadChar,
+}
+
+/// Checks `s` against the name grammar.
+pub fn validate(s: &str) -> Result<(), NameError> {
+    let bytes = s.as_bytes();
+    let Some(first) = bytes.first() else {
+        return Err(NameError::Empty);
+    };
+    if bytes.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong(s.chars().count()));
+    }
+    if !first.is_ascii_alphanumeric() {
+        return Err(NameError::BadStart);
+    }
+    if !bytes
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(NameError::BadChar);
+    }
+    Ok(())
+}
+
+/// What every validated name type offers, so extractors can be generic.
+pub trait Name: Sized {
+    /// What this kind of name is called in error messages and paths.
+    const KIND: &'static str;
+    /// Validates `s` and wraps it.
+    fn parse(s: &str) -> Result<Self, NameError>;
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl Name for $name {
+            const KIND: &'static str = $what;
+
+            fn parse(s: &str) -> Result<Self, NameError> {
+                validate(s).map(|()| Self(s.to_owned()))
+            }
+        }
+
+        impl $name {
+            /// Validates `s` and wraps it.
+            pub fn parse(s: &str) -> Result<Self, NameError> {
+                <Self as Name>::parse(s)
+            }
+
+            /// The name as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                Self::parse(&s).map_err(|e| serde::de::Error::custom(format!("invalid {}: {e}", $what)))
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A tenant: the unit of isolation, quotas and key hash tags.
+    Tenant, "tenant"
+);
+name_type!(
+    /// A topic: one Redis stream of a tenant.
+    Topic, "topic"
+);
+name_type!(
+    /// A consumer group of a topic.
+    Group, "group"
+);
+name_type!(
+    /// A consumer (worker) inside a group.
+    Consumer, "consumer"
+);
+name_type!(
+    /// A reservation pool of a tenant.
+    Pool, "pool"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_grammar() {
+        for ok in [
+            "a",
+            "A9",
+            "0",
+            "orders.v2",
+            "user_events-1",
+            &"x".repeat(128),
+        ] {
+            assert_eq!(validate(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn refuses_everything_else() {
+        assert_eq!(validate(""), Err(NameError::Empty));
+        assert_eq!(validate(&"x".repeat(129)), Err(NameError::TooLong(129)));
+        assert_eq!(validate("-a"), Err(NameError::BadStart));
+        assert_eq!(validate(".a"), Err(NameError::BadStart));
+        for bad in ["a{b", "a}b", "a:b", "a b", "a/b", "aé", "a\n", "a\0"] {
+            assert_eq!(validate(bad), Err(NameError::BadChar), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn serde_validates() {
+        let t: Result<Tenant, _> = serde_json::from_str("\"a:b\"");
+        assert!(t.is_err());
+        let t: Tenant = serde_json::from_str("\"acme\"").unwrap();
+        assert_eq!(t.as_str(), "acme");
+    }
+}
