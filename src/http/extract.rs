@@ -63,17 +63,39 @@ impl<S: Send + Sync> FromRequestParts<S> for TopicPath {
     }
 }
 
-/// Parses JSON bytes into `T`, naming the field that failed.
+/// Parses JSON bytes into `T`, naming the field that failed. `prefix` is
+/// put before field names (`messages[3].` for an item of a batch).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], prefix: &str) -> Result<T, Error> {
+    // Every body and batch item is an object; serde would otherwise read an
+    // array positionally and report a confusing field.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        let at = prefix.trim_end_matches('.');
+        return Err(if at.is_empty() {
+            Error::bad_request("invalid_body", "the body must be a JSON object")
+        } else {
+            Error::invalid_field(at, "must be a JSON object")
+        });
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            let at = prefix.trim_end_matches('.');
+            let at = if at.is_empty() {
+                String::new()
+            } else {
+                format!(" in {at}")
+            };
+            return Error::bad_request("invalid_body", format!("invalid JSON{at}: {inner}"));
+        }
         let field = if path == "." {
-            prefix.trim_end_matches('.').to_owned()
+            missing_field(&inner.to_string()).unwrap_or_default()
         } else {
-            format!("{prefix}{path}")
+            path
         };
+        let field = format!("{prefix}{field}");
+        let field = field.trim_end_matches('.');
         if field.is_empty() {
             Error::bad_request("invalid_body", format!("invalid JSON body: {inner}"))
         } else {
@@ -83,6 +105,13 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], prefix: &str) -> Result<T, 
     de.end()
         .map_err(|e| Error::bad_request("invalid_body", format!("invalid JSON body: {e}")))?;
     Ok(value)
+}
+
+/// The field name of serde's "missing field `x`" message, which serde
+/// reports at the enclosing object rather than at the field.
+fn missing_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("missing field `")?;
+    rest.split('`').next().map(str::to_owned)
 }
 
 /// A JSON request body: `Content-Type` must be JSON when given, size is

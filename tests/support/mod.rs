@@ -1,0 +1,282 @@
+//! Test harness: a real `redis-server` on a free loopback port in its own
+//! temp dir, and streamcar started in-process on a free port against it.
+//!
+//! Every test gets its own Redis (so fault tests can kill and restart it
+//! without disturbing others) and its own tenant name. Everything is driven
+//! through the public HTTP API.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+/// Most time any harness wait loop may take.
+const WAIT_LIMIT: Duration = Duration::from_secs(10);
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind(("127.0.0.1", 0))
+        .expect("bind a free port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// A private `redis-server` child process.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    extra_args: Vec<String>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port and waits until it answers PING.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `redis-server` arguments.
+    pub fn start_with(extra_args: &[&str]) -> Self {
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir for redis"),
+            extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
+            .args(["--loglevel", "warning", "--maxmemory-policy", "noeviction"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (see .ci/run)");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        let deadline = std::time::Instant::now() + WAIT_LIMIT;
+        loop {
+            if let Ok(mut conn) = client.get_connection()
+                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A direct connection, for checks the API cannot make.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .expect("redis url")
+            .get_connection()
+            .expect("connect to test redis")
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and data dir.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A response: status, headers and the body parsed as JSON (Null if empty).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// Asserts this is a problem+json with `status` and `code`, and returns it.
+    #[track_caller]
+    pub fn assert_problem(&self, status: u16, code: &str) -> &Value {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        let ct = self
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        assert_eq!(ct, "application/problem+json", "body: {}", self.body);
+        assert_eq!(self.body["code"], code, "body: {}", self.body);
+        assert_eq!(self.body["status"], status, "body: {}", self.body);
+        assert!(self.body["detail"].is_string(), "body: {}", self.body);
+        &self.body
+    }
+}
+
+static TENANT_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// streamcar running in-process against a private Redis.
+pub struct TestApp {
+    pub redis: RedisServer,
+    server: Option<streamcar::Server>,
+    pub base: String,
+    pub client: reqwest::Client,
+    /// This test's own tenant.
+    pub tenant: String,
+}
+
+impl TestApp {
+    /// Starts Redis and the app with default settings.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts Redis and the app, letting the test adjust the config.
+    pub async fn start_with(adjust: impl FnOnce(&mut streamcar::config::Config)) -> Self {
+        let redis = RedisServer::start();
+        let mut config = streamcar::config::Config::for_redis(redis.url());
+        adjust(&mut config);
+        let server = streamcar::start(&config).await.expect("start streamcar");
+        let base = format!("http://{}", server.addr());
+        let n = TENANT_COUNTER.fetch_add(1, Ordering::Relaxed);
+        Self {
+            redis,
+            server: Some(server),
+            base,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+            tenant: format!("t{}-{n}", std::process::id()),
+        }
+    }
+
+    /// Absolute URL of `path` under this test's tenant (`/topics/x` →
+    /// `http://…/v1/tenants/<tenant>/topics/x`).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/v1/tenants/{}{path}", self.base, self.tenant)
+    }
+
+    /// Sends a request to an absolute URL; `body` is sent as JSON when given.
+    pub async fn send(&self, method: Method, url: &str, body: Option<&Value>) -> Reply {
+        let mut req = self.client.request(method, url);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await.expect("request reaches streamcar");
+        Self::reply(resp).await
+    }
+
+    /// Turns a reqwest response into a [`Reply`].
+    pub async fn reply(resp: reqwest::Response) -> Reply {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.expect("response body");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!("non-JSON body ({e}): {}", String::from_utf8_lossy(&bytes))
+            })
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// GET a tenant path.
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(Method::GET, &self.url(path), None).await
+    }
+
+    /// POST JSON to a tenant path.
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.send(Method::POST, &self.url(path), Some(body)).await
+    }
+
+    /// PUT JSON to a tenant path.
+    pub async fn put(&self, path: &str, body: &Value) -> Reply {
+        self.send(Method::PUT, &self.url(path), Some(body)).await
+    }
+
+    /// DELETE a tenant path.
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.send(Method::DELETE, &self.url(path), None).await
+    }
+
+    /// Publishes `body` to `topic` and asserts it was accepted (201 or 200).
+    pub async fn publish(&self, topic: &str, body: &Value) -> Value {
+        let reply = self.post(&format!("/topics/{topic}/messages"), body).await;
+        assert!(
+            reply.status == StatusCode::CREATED || reply.status == StatusCode::OK,
+            "publish failed: {} {}",
+            reply.status,
+            reply.body
+        );
+        reply.body
+    }
+
+    /// All history of `topic`, following `next_after` page by page.
+    pub async fn history(&self, topic: &str) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..10_000 {
+            let query = after
+                .as_ref()
+                .map_or_else(String::new, |a| format!("&after={a}"));
+            let reply = self
+                .get(&format!("/topics/{topic}/messages?limit=1000{query}"))
+                .await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+            let page = reply.body["messages"].as_array().expect("messages").clone();
+            if page.is_empty() {
+                return all;
+            }
+            after = reply.body["next_after"].as_str().map(str::to_owned);
+            all.extend(page);
+        }
+        panic!("history did not end");
+    }
+
+    /// Stops the app gracefully.
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.expect("clean shutdown");
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Topic lifecycle through HTTP: declare, update, describe, list, delete.
+
+mod support;
+
+use reqwest::StatusCode;
+use serde_json::json;
+use support::TestApp;
+
+#[tokio::test]
+async fn declare_update_describe_and_list() {
+    let app = TestApp::start().await;
+    let created = app
+        .put(
+            "/topics/orders",
+            &json!({"retention_ms": 3600000, "max_backlog": 500}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["name"], "orders");
+    assert_eq!(created.body["retention_ms"], 3600000);
+    assert_eq!(created.body["max_backlog"], 500);
+    assert_eq!(created.body["dedup_window_ms"], 86_400_000, "default 24h");
+    assert_eq!(created.body["length"], 0);
+    assert_eq!(created.body["last_seq"], 0);
+
+    let updated = app
+        .put("/topics/orders", &json!({"dedup_window_ms": 1000}))
+        .await;
+    assert_eq!(updated.status, StatusCode::OK);
+    assert_eq!(updated.body["dedup_window_ms"], 1000);
+    assert_eq!(
+        updated.body["max_backlog"], 500,
+        "untouched fields are kept"
+    );
+
+    let m1 = app.publish("orders", &json!({"payload": 1})).await;
+    let m2 = app.publish("orders", &json!({"payload": 2})).await;
+    let info = app.get("/topics/orders").await;
+    assert_eq!(info.status, StatusCode::OK);
+    assert_eq!(info.body["length"], 2);
+    assert_eq!(info.body["last_seq"], 2);
+    assert_eq!(info.body["first_id"], m1["stream_id"]);
+    assert_eq!(info.body["last_id"], m2["stream_id"]);
+    assert_eq!(info.body["groups"], json!([]));
+
+    // Publishing declares a topic with defaults.
+    app.publish("auto", &json!({"payload": 1})).await;
+    let auto = app.get("/topics/auto").await;
+    assert_eq!(auto.body["retention_ms"], 0);
+    assert_eq!(auto.body["dedup_window_ms"], 86_400_000);
+
+    // An empty PUT declares with defaults.
+    let bare = app
+        .send(reqwest::Method::PUT, &app.url("/topics/bare"), None)
+        .await;
+    assert_eq!(bare.status, StatusCode::CREATED, "{}", bare.body);
+
+    let list = app.get("/topics").await;
+    assert_eq!(list.body["topics"], json!(["auto", "bare", "orders"]));
+}
+
+#[tokio::test]
+async fn tenants_are_isolated() {
+    let app = TestApp::start().await;
+    app.publish("shared-name", &json!({"payload": "mine"}))
+        .await;
+    let other = format!("{}/v1/tenants/other-{}/topics", app.base, app.tenant);
+    let reply = app.send(reqwest::Method::GET, &other, None).await;
+    assert_eq!(reply.body["topics"], json!([]));
+    let reply = app
+        .send(
+            reqwest::Method::GET,
+            &format!("{other}/shared-name/messages"),
+            None,
+        )
+        .await;
+    reply.assert_problem(404, "topic_not_found");
+}
+
+#[tokio::test]
+async fn delete_removes_messages_sequence_and_idempotency() {
+    let app = TestApp::start().await;
+    app.publish("gone", &json!({"payload": 1, "idempotency_key": "k"}))
+        .await;
+    app.publish("gone", &json!({"payload": 2})).await;
+    let del = app.delete("/topics/gone").await;
+    assert_eq!(del.status, StatusCode::NO_CONTENT);
+    app.get("/topics/gone")
+        .await
+        .assert_problem(404, "topic_not_found");
+    app.get("/topics/gone/messages")
+        .await
+        .assert_problem(404, "topic_not_found");
+    app.delete("/topics/gone")
+        .await
+        .assert_problem(404, "topic_not_found");
+    assert_eq!(app.get("/topics").await.body["topics"], json!([]));
+
+    // A new topic of the same name starts over: seq 1, and the old
+    // idempotency record does not make the new publish a duplicate.
+    let again = app
+        .post(
+            "/topics/gone/messages",
+            &json!({"payload": 3, "idempotency_key": "k"}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.body);
+    assert_eq!(again.body["seq"], 1);
+    let history = app.history("gone").await;
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0]["payload"], 3);
+}
