@@ -4,7 +4,8 @@
 -- KEYS[2]  sc:{T:P}:stream  the topic stream
 -- KEYS[3…] sc:{T:P}:dedup:<key>, one per message that has an idempotency key
 -- ARGV[1]  dedup window in ms used when this call creates the topic
--- ARGV[2]  number of messages N, then per message:
+-- ARGV[2]  pub/sub channel that wakes long-polling fetches of this topic
+-- ARGV[3]  number of messages N, then per message:
 --          dedup KEYS index (0 = no idempotency key), id, ttl_ms (0 = none),
 --          delay_ms (0 = none), F = number of envelope fields, then F name/value pairs
 -- Returns  { created (1 if this call declared the topic),
@@ -20,22 +21,14 @@
 --  * published_at, expires_at and deliver_at come from Redis TIME, the one
 --    clock every sidecar shares.
 local meta, stream = KEYS[1], KEYS[2]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-
-local created = 0
-local incarnation = redis.call('HGET', meta, 'incarnation')
-if not incarnation then
-  incarnation = t[1] .. '.' .. t[2]
-  redis.call('HSET', meta, 'incarnation', incarnation, 'created_at', now,
-    'dedup_window_ms', ARGV[1], 'retention_ms', 0, 'max_backlog', 0, 'seq', 0)
-  created = 1
-end
+local now = now_ms()
+local incarnation, created = ensure_topic(meta, ARGV[1])
 local window = tonumber(redis.call('HGET', meta, 'dedup_window_ms'))
 
 local results = {}
-local n = tonumber(ARGV[2])
-local a = 3
+local n = tonumber(ARGV[3])
+local a = 4
+local written = 0
 for _ = 1, n do
   local dedup_index = tonumber(ARGV[a])
   local id = ARGV[a + 1]
@@ -78,6 +71,10 @@ for _ = 1, n do
         incarnation .. '\n' .. id .. '\n' .. stream_id .. '\n' .. seq, 'PX', window)
     end
     results[#results + 1] = { id, stream_id, seq, 0 }
+    written = written + 1
   end
+end
+if written > 0 then
+  redis.call('PUBLISH', ARGV[2], written)
 end
 return { created, results }

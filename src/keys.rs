@@ -78,6 +78,11 @@ impl TopicKeys {
         format!("{}:dedup:{idempotency_key}", self.prefix)
     }
 
+    /// Pub/sub channel (not a key) that wakes long-polling fetches of the topic.
+    pub fn wake_channel(&self) -> String {
+        format!("{}:wake", self.prefix)
+    }
+
     /// The set of the topic's group names.
     pub fn groups(&self) -> String {
         format!("{}:groups", self.prefix)

@@ -49,6 +49,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::broker::Broker;
+use crate::broker::wake::Wakeups;
 use crate::config::Config;
 use crate::http::AppState;
 use crate::http::listen::SocketFile;
@@ -128,7 +129,14 @@ async fn warn_about_eviction(pool: &deadpool_redis::Pool) {
 /// answers 503 until it comes up), binds the listeners and starts serving.
 pub async fn start(config: &Config) -> Result<Server, StartError> {
     let pool = create_pool(config)?;
-    let broker = Broker::new(pool.clone(), Arc::new(Scripts::new()));
+    let (shutdown, signal) = watch::channel(false);
+    let wakeups = Wakeups::start(&config.redis_url);
+    let broker = Broker::new(
+        pool.clone(),
+        Arc::new(Scripts::new()),
+        wakeups,
+        signal.clone(),
+    );
     match broker.check_ready().await {
         Ok(()) => warn_about_eviction(&pool).await,
         Err(e) => {
@@ -147,7 +155,6 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
             source,
         })?;
     let addr = tcp.local_addr().map_err(StartError::Serve)?;
-    let (shutdown, signal) = watch::channel(false);
     let stopped = move |mut signal: watch::Receiver<bool>| async move {
         let _ = signal.wait_for(|stop| *stop).await;
     };

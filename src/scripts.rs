@@ -1,37 +1,76 @@
 //! The Lua scripts that make every multi-step change atomic.
 //!
-//! Each `lua/*.lua` file is compiled into the binary with `include_str!` and
-//! wrapped in a [`redis::Script`] once at start. Calls go by EVALSHA;
-//! `redis::Script` loads the text and retries when Redis answers NOSCRIPT
-//! (after a restart or `SCRIPT FLUSH`). The header comment of each file
-//! documents its KEYS, ARGV, return shape and the invariant it protects.
+//! Each `lua/*.lua` file is compiled into the binary with `include_str!`,
+//! after `lua/prelude.lua` (shared helpers: Redis-clock time, topic
+//! creation), and wrapped in a [`redis::Script`] once at start. Calls go by
+//! EVALSHA; `redis::Script` loads the text and retries when Redis answers
+//! NOSCRIPT (after a restart or `SCRIPT FLUSH`). The header comment of each
+//! file documents its KEYS, ARGV, return shape and the invariant it protects.
 
 use redis::Script;
+
+/// Builds a script from `lua/<name>.lua` with the prelude in front.
+macro_rules! script {
+    ($name:literal) => {
+        Script::new(concat!(
+            include_str!("../lua/prelude.lua"),
+            include_str!(concat!("../lua/", $name, ".lua"))
+        ))
+    };
+}
 
 /// Every script the service runs, built once and shared through the app state.
 #[derive(Debug)]
 pub struct Scripts {
-    /// `lua/publish.lua`: dedupe + sequence + XADD for one or many messages.
+    /// Dedupe + sequence + XADD for one or many messages.
     pub publish: Script,
-    /// `lua/declare_topic.lua`: create or update a topic's config.
+    /// Create or update a topic's config.
     pub declare_topic: Script,
-    /// `lua/delete_topic.lua`: drop a topic and all of its groups' keys.
+    /// Drop a topic and all of its groups' keys.
     pub delete_topic: Script,
+    /// Create or update a consumer group.
+    pub declare_group: Script,
+    /// Drop a consumer group and its keys.
+    pub delete_group: Script,
+    /// Pause or resume a group.
+    pub set_group_paused: Script,
+    /// Hand messages to a consumer under a lease.
+    pub fetch: Script,
+    /// Fenced acknowledgement.
+    pub ack: Script,
+    /// Fenced lease renewal.
+    pub extend: Script,
 }
 
 impl Scripts {
     /// Builds every script (hashes them; nothing is sent to Redis yet).
     pub fn new() -> Self {
         Self {
-            publish: Script::new(include_str!("../lua/publish.lua")),
-            declare_topic: Script::new(include_str!("../lua/declare_topic.lua")),
-            delete_topic: Script::new(include_str!("../lua/delete_topic.lua")),
+            publish: script!("publish"),
+            declare_topic: script!("declare_topic"),
+            delete_topic: script!("delete_topic"),
+            declare_group: script!("declare_group"),
+            delete_group: script!("delete_group"),
+            set_group_paused: script!("set_group_paused"),
+            fetch: script!("fetch"),
+            ack: script!("ack"),
+            extend: script!("extend"),
         }
     }
 
     /// All scripts, for loading and for readiness checks.
-    pub fn all(&self) -> [&Script; 3] {
-        [&self.publish, &self.declare_topic, &self.delete_topic]
+    pub fn all(&self) -> [&Script; 9] {
+        [
+            &self.publish,
+            &self.declare_topic,
+            &self.delete_topic,
+            &self.declare_group,
+            &self.delete_group,
+            &self.set_group_paused,
+            &self.fetch,
+            &self.ack,
+            &self.extend,
+        ]
     }
 
     /// Makes sure Redis has every script cached (SCRIPT EXISTS, then LOAD

@@ -198,7 +198,9 @@ impl Broker {
         let keys = TopicKeys::new(tenant, topic);
         let mut call = self.scripts().publish.prepare_invoke();
         call.key(keys.meta()).key(keys.stream());
-        call.arg(DEFAULT_DEDUP_WINDOW_MS).arg(messages.len());
+        call.arg(DEFAULT_DEDUP_WINDOW_MS)
+            .arg(keys.wake_channel())
+            .arg(messages.len());
         let mut next_dedup_key = 3; // KEYS index of the next dedup key (Lua is 1-based)
         for message in messages {
             let dedup_index = match &message.idempotency_key {

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::groups::{info_text, info_u64};
 use super::message::Message;
 use super::publish::register_topic;
 use super::{Broker, DEFAULT_DEDUP_WINDOW_MS};
@@ -334,22 +335,12 @@ async fn group_summaries(
         .query_async(conn)
         .await?;
     Ok(rows
-        .into_iter()
-        .map(|row| {
-            let text = |name: &str| {
-                row.get(name)
-                    .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
-            };
-            let num = |name: &str| {
-                row.get(name)
-                    .and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
-            };
-            GroupSummary {
-                name: text("name").unwrap_or_default(),
-                lag: num("lag"),
-                pending: num("pending").unwrap_or(0),
-                last_delivered_id: text("last-delivered-id").unwrap_or_default(),
-            }
+        .iter()
+        .map(|row| GroupSummary {
+            name: info_text(row, "name").unwrap_or_default(),
+            lag: info_u64(row, "lag"),
+            pending: info_u64(row, "pending").unwrap_or(0),
+            last_delivered_id: info_text(row, "last-delivered-id").unwrap_or_default(),
         })
         .collect())
 }

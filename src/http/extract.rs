@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use super::AppState;
 use crate::error::Error;
-use crate::names::{Name, Tenant, Topic};
+use crate::names::{Group, Name, Tenant, Topic};
 
 /// Reads path parameter `param` and validates it as name type `N`.
 fn path_name<N: Name>(params: &RawPathParams, param: &str) -> Result<N, Error> {
@@ -59,6 +59,29 @@ impl<S: Send + Sync> FromRequestParts<S> for TopicPath {
         Ok(Self {
             tenant: path_name(&params, "tenant")?,
             topic: path_name(&params, "topic")?,
+        })
+    }
+}
+
+/// `{tenant}`, `{topic}` and `{group}` of the path.
+pub struct GroupPath {
+    /// The tenant.
+    pub tenant: Tenant,
+    /// The topic.
+    pub topic: Topic,
+    /// The group.
+    pub group: Group,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for GroupPath {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let params = raw_params(parts, state).await?;
+        Ok(Self {
+            tenant: path_name(&params, "tenant")?,
+            topic: path_name(&params, "topic")?,
+            group: path_name(&params, "group")?,
         })
     }
 }

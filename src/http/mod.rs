@@ -3,6 +3,7 @@
 //! ([`crate::broker`]); they never build Redis keys.
 
 pub mod extract;
+mod groups;
 pub mod listen;
 mod ops;
 mod topics;
@@ -28,7 +29,10 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.max_body;
     Router::new()
         .merge(ops::routes())
-        .nest("/v1/tenants/{tenant}", topics::routes())
+        .nest(
+            "/v1/tenants/{tenant}",
+            topics::routes().merge(groups::routes()),
+        )
         .fallback(|uri: Uri| async move { Error::RouteNotFound(uri.path().to_owned()) })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))

@@ -1,0 +1,27 @@
+-- ack.lua: acknowledge deliveries, refusing receipts whose lease was lost.
+--
+-- KEYS[1]  sc:{T:P}:stream
+-- KEYS[2]  sc:{T:P}:g:<G>  group config (existence check)
+-- ARGV[1]  group name, then triples: stream id, attempt, consumer
+-- Returns  { status, { 1 acked | 0 lease_lost … } }, status 1 ok, -1 no such group
+--
+-- Invariant (fencing): a receipt acks only while its delivery is current:
+-- the PEL entry exists, is owned by the receipt's consumer and has the
+-- receipt's delivery count. A worker whose lease expired and whose message
+-- went to someone else learns lease_lost and must not commit.
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return { -1, {} }
+end
+local stream, group = KEYS[1], ARGV[1]
+local out = {}
+for i = 2, #ARGV, 3 do
+  local id, attempt, consumer = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  local p = redis.call('XPENDING', stream, group, id, id, 1)
+  if p[1] and p[1][2] == consumer and p[1][4] == attempt then
+    redis.call('XACK', stream, group, id)
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return { 1, out }

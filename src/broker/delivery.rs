@@ -1,0 +1,317 @@
+//! Delivery: fetch under a lease (with long-poll), fenced ack, and lease
+//! renewal. At-least-once: a message leaves a group only when a worker that
+//! still holds its lease acks it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::groups::group_not_found;
+use super::message::Message;
+use super::receipt::Receipt;
+use super::{Broker, wake};
+use crate::error::{Error, Result};
+use crate::keys::TopicKeys;
+use crate::names::{Consumer, Group, Tenant, Topic};
+
+/// Most messages one fetch may return.
+pub const MAX_FETCH: u32 = 1000;
+/// Longest long-poll.
+pub const MAX_WAIT_MS: u64 = 30_000;
+/// Most receipts in one ack/extend call.
+pub const MAX_RECEIPTS: usize = 1000;
+
+/// Body of `POST …/fetch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchRequest {
+    /// Who is fetching; leases are held per consumer.
+    pub consumer: Consumer,
+    /// Most messages to return (1..=1000, default 1).
+    #[serde(default)]
+    pub max: Option<u32>,
+    /// Long-poll: wait up to this long for something deliverable (0..=30000, default 0).
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+}
+
+/// One delivered message.
+#[derive(Debug, Serialize)]
+pub struct Delivery {
+    /// The message and its envelope.
+    #[serde(flatten)]
+    pub message: Message,
+    /// Delivery count of this message in this group (1 = first delivery).
+    pub attempt: u64,
+    /// Hand this back to ack, extend, nack or reject this delivery.
+    pub receipt: String,
+    /// When the lease ends unless extended (ms, Redis clock).
+    pub lease_expires_at: u64,
+}
+
+/// Outcome of an ack.
+#[derive(Debug, Default, Serialize)]
+pub struct AckOutcome {
+    /// Receipts whose message is now done for this group.
+    pub acked: Vec<String>,
+    /// Receipts whose lease was lost: the message was (or may be) redelivered.
+    pub lease_lost: Vec<String>,
+}
+
+/// One renewed lease.
+#[derive(Debug, Serialize)]
+pub struct Extended {
+    /// The receipt, still valid.
+    pub receipt: String,
+    /// New lease end (ms, Redis clock).
+    pub lease_expires_at: u64,
+}
+
+/// Outcome of an extend.
+#[derive(Debug, Default, Serialize)]
+pub struct ExtendOutcome {
+    /// Leases renewed.
+    pub extended: Vec<Extended>,
+    /// Receipts whose lease was already lost.
+    pub lease_lost: Vec<String>,
+}
+
+/// Parses receipts, refusing the whole call on the first malformed one.
+pub fn parse_receipts(receipts: &[String]) -> Result<Vec<Receipt>> {
+    if receipts.is_empty() || receipts.len() > MAX_RECEIPTS {
+        return Err(Error::invalid_field(
+            "receipts",
+            format!("must hold between 1 and {MAX_RECEIPTS} receipts"),
+        ));
+    }
+    receipts
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            Receipt::parse(r).map_err(|e| Error::BadRequest {
+                code: "invalid_receipt",
+                detail: e.to_string(),
+                field: Some(format!("receipts[{i}]")),
+            })
+        })
+        .collect()
+}
+
+/// What one run of `lua/fetch.lua` found.
+struct FetchRound {
+    deliveries: Vec<Delivery>,
+    /// Redis time of the round.
+    now: u64,
+    /// Earliest moment something may become deliverable (0 = unknown/none).
+    next_wake: u64,
+}
+
+/// Raw reply of `lua/fetch.lua`.
+type FetchReply = (
+    i64,
+    u64,
+    u64,
+    u64,
+    u64,
+    Vec<(String, u64, HashMap<String, String>)>,
+);
+
+impl Broker {
+    async fn fetch_round(
+        &self,
+        keys: &TopicKeys,
+        group: &Group,
+        consumer: &Consumer,
+        max: u32,
+    ) -> Result<FetchRound> {
+        let gk = keys.group(group);
+        let mut conn = self.conn().await?;
+        let (status, now, lease_ms, next_wake, _pending, rows): FetchReply = self
+            .scripts()
+            .fetch
+            .key(keys.stream())
+            .key(gk.config())
+            .key(gk.delayed())
+            .arg(group.as_str())
+            .arg(consumer.as_str())
+            .arg(max)
+            .invoke_async(&mut conn)
+            .await?;
+        if status < 0 {
+            return Err(group_not_found(group));
+        }
+        let deliveries = rows
+            .into_iter()
+            .map(|(stream_id, attempt, fields)| {
+                let receipt = Receipt {
+                    stream_id: stream_id.clone(),
+                    attempt,
+                    consumer: consumer.clone(),
+                };
+                Ok(Delivery {
+                    message: Message::from_entry(stream_id, fields)?,
+                    attempt,
+                    receipt: receipt.to_string(),
+                    lease_expires_at: now + lease_ms,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(FetchRound {
+            deliveries,
+            now,
+            next_wake,
+        })
+    }
+
+    /// Hands up to `max` messages to `consumer` under a lease, waiting up to
+    /// `wait_ms` for something deliverable. Ends early, empty, on shutdown.
+    pub async fn fetch(
+        &self,
+        tenant: &Tenant,
+        topic: &Topic,
+        group: &Group,
+        request: &FetchRequest,
+    ) -> Result<Vec<Delivery>> {
+        let max = request.max.unwrap_or(1);
+        if !(1..=MAX_FETCH).contains(&max) {
+            return Err(Error::invalid_field(
+                "max",
+                format!("must be between 1 and {MAX_FETCH}"),
+            ));
+        }
+        let wait_ms = request.wait_ms.unwrap_or(0);
+        if wait_ms > MAX_WAIT_MS {
+            return Err(Error::invalid_field(
+                "wait_ms",
+                format!("must be between 0 and {MAX_WAIT_MS}"),
+            ));
+        }
+        let keys = TopicKeys::new(tenant, topic);
+        if wait_ms == 0 {
+            return Ok(self
+                .fetch_round(&keys, group, &request.consumer, max)
+                .await?
+                .deliveries);
+        }
+
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+        let waiter = self
+            .wakeups()
+            .waiter(keys.wake_channel(), group.as_str())
+            .await;
+        let mut shutdown = self.shutdown_signal();
+        loop {
+            // Enable before checking, so a wake-up between the check and the
+            // wait is not lost.
+            let notified = waiter.notify().notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+
+            let round = self
+                .fetch_round(&keys, group, &request.consumer, max)
+                .await?;
+            if !round.deliveries.is_empty() {
+                waiter.pass_on();
+                return Ok(round.deliveries);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline || *shutdown.borrow() {
+                return Ok(Vec::new());
+            }
+            let mut wake_at = deadline.min(now + wake::SAFETY_RECHECK);
+            if round.next_wake > 0 {
+                let until = Duration::from_millis(round.next_wake.saturating_sub(round.now));
+                wake_at = wake_at.min(now + until);
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(wake_at) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    /// Acks deliveries whose lease is still held; the others are `lease_lost`.
+    pub async fn ack(
+        &self,
+        tenant: &Tenant,
+        topic: &Topic,
+        group: &Group,
+        receipts: &[String],
+    ) -> Result<AckOutcome> {
+        let parsed = parse_receipts(receipts)?;
+        let keys = TopicKeys::new(tenant, topic);
+        let mut call = self.scripts().ack.key(keys.stream());
+        call.key(keys.group(group).config()).arg(group.as_str());
+        for r in &parsed {
+            call.arg(&r.stream_id)
+                .arg(r.attempt)
+                .arg(r.consumer.as_str());
+        }
+        let mut conn = self.conn().await?;
+        let (status, results): (i64, Vec<i64>) = call.invoke_async(&mut conn).await?;
+        if status < 0 {
+            return Err(group_not_found(group));
+        }
+        let mut outcome = AckOutcome::default();
+        for (receipt, ok) in receipts.iter().zip(results) {
+            if ok == 1 {
+                outcome.acked.push(receipt.clone());
+            } else {
+                outcome.lease_lost.push(receipt.clone());
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Renews leases still held, for `lease_ms` (default: the group's lease).
+    pub async fn extend(
+        &self,
+        tenant: &Tenant,
+        topic: &Topic,
+        group: &Group,
+        receipts: &[String],
+        lease_ms: Option<u64>,
+    ) -> Result<ExtendOutcome> {
+        let parsed = parse_receipts(receipts)?;
+        if lease_ms == Some(0) {
+            return Err(Error::invalid_field("lease_ms", "must be at least 1"));
+        }
+        let keys = TopicKeys::new(tenant, topic);
+        let mut call = self.scripts().extend.key(keys.stream());
+        call.key(keys.group(group).config())
+            .arg(group.as_str())
+            .arg(lease_ms.unwrap_or(0));
+        for r in &parsed {
+            call.arg(&r.stream_id)
+                .arg(r.attempt)
+                .arg(r.consumer.as_str());
+        }
+        let mut conn = self.conn().await?;
+        let (status, group_lease, results): (i64, u64, Vec<u64>) =
+            call.invoke_async(&mut conn).await?;
+        match status {
+            -1 => return Err(group_not_found(group)),
+            -2 => {
+                return Err(Error::invalid_field(
+                    "lease_ms",
+                    format!("must be at most the group's lease_ms ({group_lease})"),
+                ));
+            }
+            _ => {}
+        }
+        let mut outcome = ExtendOutcome::default();
+        for (receipt, expires) in receipts.iter().zip(results) {
+            if expires > 0 {
+                outcome.extended.push(Extended {
+                    receipt: receipt.clone(),
+                    lease_expires_at: expires,
+                });
+            } else {
+                outcome.lease_lost.push(receipt.clone());
+            }
+        }
+        Ok(outcome)
+    }
+}

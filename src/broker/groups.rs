@@ -1,0 +1,415 @@
+//! Consumer group lifecycle: declare/update, describe, delete, pause and
+//! resume. A group is a Redis consumer group on the topic stream plus a
+//! config hash (`lua/declare_group.lua` keeps the two together).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::topics::validate_stream_id;
+use super::{Broker, DEFAULT_DEDUP_WINDOW_MS};
+use crate::error::{Error, Result};
+use crate::keys::TopicKeys;
+use crate::names::{Group, Tenant, Topic};
+
+/// Default lease: 30 s.
+pub const DEFAULT_LEASE_MS: u64 = 30_000;
+/// Shortest lease accepted.
+pub const MIN_LEASE_MS: u64 = 100;
+/// Longest lease accepted: 12 h.
+pub const MAX_LEASE_MS: u64 = 12 * 60 * 60 * 1000;
+/// Default deliveries before dead-lettering.
+pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
+/// Largest `max_deliveries`.
+pub const MAX_MAX_DELIVERIES: u32 = 1000;
+/// Longest backoff delay: 24 h.
+pub const MAX_BACKOFF_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Retry backoff: `initial_ms * multiplier^(attempt-1)`, capped at `max_ms`,
+/// spread by ± `jitter` (a fraction).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backoff {
+    /// Delay before the second attempt.
+    pub initial_ms: u64,
+    /// Largest delay.
+    pub max_ms: u64,
+    /// Growth per attempt.
+    pub multiplier: f64,
+    /// Random spread, 0.0..=1.0.
+    pub jitter: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial_ms: 1000,
+            max_ms: 60_000,
+            multiplier: 2.0,
+            jitter: 0.2,
+        }
+    }
+}
+
+/// Partial backoff in a request: fields left out keep their value.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffRequest {
+    /// Delay before the second attempt.
+    #[serde(default)]
+    pub initial_ms: Option<u64>,
+    /// Largest delay.
+    #[serde(default)]
+    pub max_ms: Option<u64>,
+    /// Growth per attempt.
+    #[serde(default)]
+    pub multiplier: Option<f64>,
+    /// Random spread fraction.
+    #[serde(default)]
+    pub jitter: Option<f64>,
+}
+
+/// Body of `PUT …/groups/{group}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfigRequest {
+    /// Where a new group starts: `earliest` (default), `latest` or a stream id.
+    /// Ignored when the group exists: re-declaring never moves a live group.
+    #[serde(default)]
+    pub start: Option<String>,
+    /// Lease length in ms.
+    #[serde(default)]
+    pub lease_ms: Option<u64>,
+    /// Deliveries before a message is dead-lettered.
+    #[serde(default)]
+    pub max_deliveries: Option<u32>,
+    /// Retry backoff.
+    #[serde(default)]
+    pub backoff: Option<BackoffRequest>,
+    /// Whether deliveries are paused.
+    #[serde(default)]
+    pub paused: Option<bool>,
+}
+
+/// A consumer as Redis sees it.
+#[derive(Debug, Serialize)]
+pub struct ConsumerInfo {
+    /// Consumer name.
+    pub name: String,
+    /// Deliveries it holds.
+    pub pending: u64,
+    /// Time since its last interaction, ms.
+    pub idle_ms: u64,
+}
+
+/// What `GET …/groups/{group}` answers.
+#[derive(Debug, Serialize)]
+pub struct GroupInfo {
+    /// Group name.
+    pub name: String,
+    /// Where the group started.
+    pub start: String,
+    /// Lease length in ms.
+    pub lease_ms: u64,
+    /// Deliveries before dead-lettering.
+    pub max_deliveries: u64,
+    /// Retry backoff.
+    pub backoff: Backoff,
+    /// Whether deliveries are paused.
+    pub paused: bool,
+    /// Creation time (ms, Redis clock).
+    pub created_at: u64,
+    /// Entries not yet delivered to the group (None when Redis cannot tell).
+    pub lag: Option<u64>,
+    /// Entries delivered and not yet acked.
+    pub pending: u64,
+    /// Entries waiting for a scheduled retry.
+    pub delayed: u64,
+    /// Entries in the group's dead-letter stream.
+    pub dead_lettered: u64,
+    /// Last entry id handed to the group.
+    pub last_delivered_id: String,
+    /// Consumers that have fetched.
+    pub consumers: Vec<ConsumerInfo>,
+}
+
+fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
+    field: &str,
+    value: Option<T>,
+    min: T,
+    max: T,
+) -> Result<()> {
+    match value {
+        Some(v) if !(v >= min && v <= max) => Err(Error::invalid_field(
+            field,
+            format!("must be between {min} and {max}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl GroupConfigRequest {
+    fn validate(&self) -> Result<()> {
+        check_range("lease_ms", self.lease_ms, MIN_LEASE_MS, MAX_LEASE_MS)?;
+        check_range("max_deliveries", self.max_deliveries, 1, MAX_MAX_DELIVERIES)?;
+        if let Some(b) = &self.backoff {
+            check_range("backoff.initial_ms", b.initial_ms, 1, MAX_BACKOFF_MS)?;
+            check_range("backoff.max_ms", b.max_ms, 1, MAX_BACKOFF_MS)?;
+            check_range("backoff.multiplier", b.multiplier, 1.0, 100.0)?;
+            check_range("backoff.jitter", b.jitter, 0.0, 1.0)?;
+            if let (Some(initial), Some(max)) = (b.initial_ms, b.max_ms)
+                && max < initial
+            {
+                return Err(Error::invalid_field(
+                    "backoff.max_ms",
+                    "must be at least backoff.initial_ms",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The Redis start id for a new group, and how it is shown.
+    fn start_position(&self) -> Result<(String, String)> {
+        match self.start.as_deref() {
+            None | Some("earliest") => Ok(("0".into(), "earliest".into())),
+            Some("latest") => Ok(("$".into(), "latest".into())),
+            Some(id) => {
+                validate_stream_id("start", id).map_err(|_| {
+                    Error::invalid_field(
+                        "start",
+                        format!("'{id}' is not earliest, latest or a stream id"),
+                    )
+                })?;
+                Ok((id.to_owned(), id.to_owned()))
+            }
+        }
+    }
+
+    /// Config fields this request sets, as hash field/value pairs.
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(v) = self.lease_ms {
+            out.push(("lease_ms", v.to_string()));
+        }
+        if let Some(v) = self.max_deliveries {
+            out.push(("max_deliveries", v.to_string()));
+        }
+        if let Some(b) = &self.backoff {
+            let pairs = [
+                ("backoff_initial_ms", b.initial_ms.map(|v| v.to_string())),
+                ("backoff_max_ms", b.max_ms.map(|v| v.to_string())),
+                ("backoff_multiplier", b.multiplier.map(|v| v.to_string())),
+                ("backoff_jitter", b.jitter.map(|v| v.to_string())),
+            ];
+            out.extend(pairs.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+        }
+        if let Some(p) = self.paused {
+            out.push(("paused", if p { "1" } else { "0" }.to_owned()));
+        }
+        out
+    }
+}
+
+/// Config of a new group before the request's own fields apply.
+fn default_fields(start: String) -> Vec<(&'static str, String)> {
+    let b = Backoff::default();
+    vec![
+        ("start", start),
+        ("lease_ms", DEFAULT_LEASE_MS.to_string()),
+        ("max_deliveries", DEFAULT_MAX_DELIVERIES.to_string()),
+        ("backoff_initial_ms", b.initial_ms.to_string()),
+        ("backoff_max_ms", b.max_ms.to_string()),
+        ("backoff_multiplier", b.multiplier.to_string()),
+        ("backoff_jitter", b.jitter.to_string()),
+        ("paused", "0".into()),
+    ]
+}
+
+/// Parses a config hash; None when it is empty (no such group).
+pub(crate) fn parse_config(map: &HashMap<String, String>) -> Option<(u64, u64, Backoff, bool)> {
+    if map.is_empty() {
+        return None;
+    }
+    let u = |k: &str, d: u64| map.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
+    let f = |k: &str, d: f64| map.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
+    let d = Backoff::default();
+    Some((
+        u("lease_ms", DEFAULT_LEASE_MS),
+        u("max_deliveries", u64::from(DEFAULT_MAX_DELIVERIES)),
+        Backoff {
+            initial_ms: u("backoff_initial_ms", d.initial_ms),
+            max_ms: u("backoff_max_ms", d.max_ms),
+            multiplier: f("backoff_multiplier", d.multiplier),
+            jitter: f("backoff_jitter", d.jitter),
+        },
+        map.get("paused").is_some_and(|p| p == "1"),
+    ))
+}
+
+pub(crate) fn group_not_found(group: &Group) -> Error {
+    Error::NotFound {
+        kind: "group",
+        name: group.to_string(),
+    }
+}
+
+impl Broker {
+    /// Creates or updates a group; returns true when it was created.
+    pub async fn declare_group(
+        &self,
+        tenant: &Tenant,
+        topic: &Topic,
+        group: &Group,
+        request: &GroupConfigRequest,
+    ) -> Result<bool> {
+        request.validate()?;
+        let (start_id, start_shown) = request.start_position()?;
+        let keys = TopicKeys::new(tenant, topic);
+        let gk = keys.group(group);
+        let mut call = self.scripts().declare_group.key(keys.meta());
+        call.key(keys.stream())
+            .key(keys.groups())
+            .key(gk.config())
+            .arg(DEFAULT_DEDUP_WINDOW_MS)
+            .arg(group.as_str())
+            .arg(start_id);
+        let defaults = default_fields(start_shown);
+        call.arg(defaults.len());
+        for (k, v) in defaults.into_iter().chain(request.fields()) {
+            call.arg(k).arg(v);
+        }
+        let mut conn = self.conn().await?;
+        let (created, topic_created): (i64, i64) = call.invoke_async(&mut conn).await?;
+        if topic_created == 1 {
+            super::publish::register_topic(&mut conn, tenant, topic).await?;
+        }
+        Ok(created == 1)
+    }
+
+    /// Describes a group; 404 when it does not exist.
+    pub async fn group_info(
+        &self,
+        tenant: &Tenant,
+        topic: &Topic,
+        group: &Group,
+    ) -> Result<GroupInfo> {
+        let keys = TopicKeys::new(tenant, topic);
+        let gk = keys.group(group);
+        let mut conn = self.conn().await?;
+        let config: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(gk.config())
+            .query_async(&mut conn)
+            .await?;
+        let (lease_ms, max_deliveries, backoff, paused) =
+            parse_config(&config).ok_or_else(|| group_not_found(group))?;
+        let (groups, consumers, delayed, dead_lettered): (
+            Vec<HashMap<String, redis::Value>>,
+            Vec<HashMap<String, redis::Value>>,
+            u64,
+            u64,
+        ) = redis::pipe()
+            .cmd("XINFO")
+            .arg("GROUPS")
+            .arg(keys.stream())
+            .cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(keys.stream())
+            .arg(group.as_str())
+            .zcard(gk.delayed())
+            .xlen(gk.dlq())
+            .query_async(&mut conn)
+            .await?;
+        let summary = groups
+            .iter()
+            .find(|g| info_text(g, "name").as_deref() == Some(group.as_str()))
+            .ok_or_else(|| group_not_found(group))?;
+        Ok(GroupInfo {
+            name: group.to_string(),
+            start: config.get("start").cloned().unwrap_or_default(),
+            lease_ms,
+            max_deliveries,
+            backoff,
+            paused,
+            created_at: config
+                .get("created_at")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            lag: info_u64(summary, "lag"),
+            pending: info_u64(summary, "pending").unwrap_or(0),
+            delayed,
+            dead_lettered,
+            last_delivered_id: info_text(summary, "last-delivered-id").unwrap_or_default(),
+            consumers: consumers
+                .iter()
+                .map(|c| ConsumerInfo {
+                    name: info_text(c, "name").unwrap_or_default(),
+                    pending: info_u64(c, "pending").unwrap_or(0),
+                    idle_ms: info_u64(c, "idle").unwrap_or(0),
+                })
+                .collect(),
+        })
+    }
+
+    /// Deletes a group with its retry schedule and dead letters.
+    pub async fn delete_group(&self, tenant: &Tenant, topic: &Topic, group: &Group) -> Result<()> {
+        let keys = TopicKeys::new(tenant, topic);
+        let gk = keys.group(group);
+        let mut conn = self.conn().await?;
+        let deleted: i64 = self
+            .scripts()
+            .delete_group
+            .key(keys.stream())
+            .key(keys.groups())
+            .key(gk.config())
+            .key(gk.delayed())
+            .key(gk.dlq())
+            .arg(group.as_str())
+            .invoke_async(&mut conn)
+            .await?;
+        if deleted == 1 {
+            Ok(())
+        } else {
+            Err(group_not_found(group))
+        }
+    }
+
+    /// Pauses (true) or resumes (false) a group's deliveries.
+    pub async fn set_paused(
+        &self,
+        tenant: &Tenant,
+        topic: &Topic,
+        group: &Group,
+        paused: bool,
+    ) -> Result<()> {
+        let keys = TopicKeys::new(tenant, topic);
+        let mut conn = self.conn().await?;
+        let done: i64 = self
+            .scripts()
+            .set_group_paused
+            .key(keys.group(group).config())
+            .arg(if paused { "1" } else { "0" })
+            .invoke_async(&mut conn)
+            .await?;
+        if done != 1 {
+            return Err(group_not_found(group));
+        }
+        if !paused {
+            // Waiting fetches of this group may deliver now.
+            self.wake(&mut conn, &keys).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A text field of an XINFO reply.
+pub(crate) fn info_text(row: &HashMap<String, redis::Value>, name: &str) -> Option<String> {
+    row.get(name)
+        .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+}
+
+/// A number field of an XINFO reply (None when nil or absent).
+pub(crate) fn info_u64(row: &HashMap<String, redis::Value>, name: &str) -> Option<u64> {
+    row.get(name)
+        .and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
+}

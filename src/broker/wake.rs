@@ -1,0 +1,235 @@
+//! Wake-ups for long-polling fetches, without holding pooled connections.
+//!
+//! ## Mechanism
+//!
+//! Every operation that can make a message deliverable now (a publish, a
+//! resume, an immediate retry) PUBLISHes on the topic's channel
+//! `sc:{T:P}:wake` from Redis. Each sidecar keeps **one** dedicated pub/sub
+//! connection (outside the pool) and subscribes to a topic's channel only
+//! while some local fetch on that topic is waiting. A message on the channel
+//! wakes one waiter per group ([`tokio::sync::Notify::notify_one`]); a waiter
+//! that then receives messages passes the baton to the next waiter of its
+//! group, so a burst is drained by as many workers as needed while a single
+//! message does not stampede two hundred of them.
+//!
+//! Waiting itself costs no Redis connection: a waiting fetch holds only a
+//! [`Waiter`] (an `Arc<Notify>`), so publish and ack keep the whole pool.
+//!
+//! Pub/sub is at-most-once and a sidecar may be disconnected, so a waiter
+//! never relies on it alone: it also wakes at the time the fetch script
+//! reports as the next due retry or lease expiry, and at least every
+//! [`SAFETY_RECHECK`]. A lost notification therefore delays a delivery by at
+//! most that long; it never loses one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+/// Longest a waiting fetch goes without re-checking Redis.
+pub const SAFETY_RECHECK: Duration = Duration::from_secs(1);
+/// How long a new waiter waits for its SUBSCRIBE to be confirmed.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pause between reconnection attempts of the pub/sub connection.
+const RECONNECT_DELAY: Duration = Duration::from_millis(500);
+
+enum Command {
+    Subscribe(String, oneshot::Sender<()>),
+    Unsubscribe(String),
+}
+
+#[derive(Default)]
+struct Channel {
+    /// One notifier per group that has waiters on this topic.
+    groups: HashMap<String, Arc<Notify>>,
+    /// Live waiters on this channel, all groups together.
+    waiters: usize,
+}
+
+struct Inner {
+    channels: Mutex<HashMap<String, Channel>>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Inner {
+    fn channels(&self) -> MutexGuard<'_, HashMap<String, Channel>> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (every update is a single insert/remove), so poisoning is ignored.
+        self.channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn wake_channel(&self, channel: &str) {
+        if let Some(ch) = self.channels().get(channel) {
+            ch.groups.values().for_each(|n| n.notify_one());
+        }
+    }
+
+    fn wake_all(&self) {
+        for ch in self.channels().values() {
+            ch.groups.values().for_each(|n| n.notify_one());
+        }
+    }
+}
+
+/// The per-sidecar wake-up registry and its pub/sub connection. Cheap to clone.
+#[derive(Clone)]
+pub struct Wakeups {
+    inner: Arc<Inner>,
+}
+
+impl Wakeups {
+    /// Starts the pub/sub task for `redis_url` (it reconnects by itself).
+    pub fn start(redis_url: &str) -> Self {
+        let (commands, rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            channels: Mutex::new(HashMap::new()),
+            commands,
+        });
+        match redis::Client::open(redis_url) {
+            Ok(client) => {
+                tokio::spawn(run(client, Arc::downgrade(&inner), rx));
+            }
+            // The pool reports the same bad URL on every request; waiters
+            // fall back to periodic re-checks.
+            Err(e) => tracing::error!(error = %e, "pub/sub disabled: invalid redis url"),
+        }
+        Self { inner }
+    }
+
+    /// Registers a waiter for `group` on `channel`, subscribing the channel
+    /// first if this is its first waiter.
+    pub async fn waiter(&self, channel: String, group: &str) -> Waiter {
+        let (notify, first) = {
+            let mut channels = self.inner.channels();
+            let ch = channels.entry(channel.clone()).or_default();
+            ch.waiters += 1;
+            let notify = ch.groups.entry(group.to_owned()).or_default().clone();
+            (notify, ch.waiters == 1)
+        };
+        if first {
+            let (tx, rx) = oneshot::channel();
+            if self
+                .inner
+                .commands
+                .send(Command::Subscribe(channel.clone(), tx))
+                .is_ok()
+            {
+                // Unconfirmed after the timeout: the periodic re-check covers it.
+                let _ = tokio::time::timeout(SUBSCRIBE_TIMEOUT, rx).await;
+            }
+        }
+        Waiter {
+            inner: self.inner.clone(),
+            channel,
+            group: group.to_owned(),
+            notify,
+        }
+    }
+}
+
+/// A registered long-poll waiter; unregisters on drop.
+pub struct Waiter {
+    inner: Arc<Inner>,
+    channel: String,
+    group: String,
+    notify: Arc<Notify>,
+}
+
+impl Waiter {
+    /// The notifier this waiter waits on.
+    pub fn notify(&self) -> &Notify {
+        &self.notify
+    }
+
+    /// After receiving messages: let the next waiter of the group check too.
+    pub fn pass_on(&self) {
+        self.notify.notify_one();
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut channels = self.inner.channels();
+        let Some(ch) = channels.get_mut(&self.channel) else {
+            return;
+        };
+        ch.waiters -= 1;
+        // The group's notifier is shared by its waiters: drop it with the last one.
+        if Arc::strong_count(&self.notify) <= 2 {
+            ch.groups.remove(&self.group);
+        }
+        if ch.waiters == 0 {
+            channels.remove(&self.channel);
+            let _ = self
+                .inner
+                .commands
+                .send(Command::Unsubscribe(self.channel.clone()));
+        }
+    }
+}
+
+/// The pub/sub task: (re)connects, keeps subscriptions in step with the
+/// registry and turns messages into wake-ups. Ends when the registry is gone.
+async fn run(
+    client: redis::Client,
+    inner: std::sync::Weak<Inner>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    loop {
+        let Some(live) = inner.upgrade() else { return };
+        let connection = client.get_async_pubsub().await;
+        let (mut sink, mut stream) = match connection {
+            Ok(pubsub) => pubsub.split(),
+            Err(e) => {
+                tracing::debug!(error = %e, "pub/sub connect failed; retrying");
+                drop(live);
+                // Keep answering subscribe requests so waiters do not stall.
+                let deadline = tokio::time::sleep(RECONNECT_DELAY);
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        () = &mut deadline => break,
+                        cmd = commands.recv() => match cmd {
+                            Some(Command::Subscribe(_, done)) => { let _ = done.send(()); }
+                            Some(Command::Unsubscribe(_)) => {}
+                            None => return,
+                        },
+                    }
+                }
+                continue;
+            }
+        };
+        let current: Vec<String> = live.channels().keys().cloned().collect();
+        if !current.is_empty() && sink.subscribe(&current).await.is_err() {
+            continue;
+        }
+        // Anything published while we were away: let every waiter re-check.
+        live.wake_all();
+        drop(live);
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { break }; // connection lost
+                    let Some(live) = inner.upgrade() else { return };
+                    live.wake_channel(msg.get_channel_name());
+                }
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Subscribe(channel, done)) => {
+                        let ok = sink.subscribe(&channel).await.is_ok();
+                        let _ = done.send(());
+                        if !ok { break; }
+                    }
+                    Some(Command::Unsubscribe(channel)) => {
+                        if sink.unsubscribe(&channel).await.is_err() { break; }
+                    }
+                    None => return,
+                },
+            }
+        }
+        tracing::debug!("pub/sub connection lost; reconnecting");
+    }
+}
