@@ -303,23 +303,19 @@ impl Broker {
             .await?;
         let (lease_ms, max_deliveries, backoff, paused) =
             parse_config(&config).ok_or_else(|| group_not_found(group))?;
-        let (groups, consumers, delayed, dead_lettered): (
-            Vec<HashMap<String, redis::Value>>,
-            Vec<HashMap<String, redis::Value>>,
-            u64,
-            u64,
-        ) = redis::pipe()
-            .cmd("XINFO")
-            .arg("GROUPS")
-            .arg(keys.stream())
-            .cmd("XINFO")
-            .arg("CONSUMERS")
-            .arg(keys.stream())
-            .arg(group.as_str())
-            .zcard(gk.delayed())
-            .xlen(gk.dlq())
-            .query_async(&mut conn)
-            .await?;
+        let (groups, consumers, delayed, dead_lettered): (Vec<InfoRow>, Vec<InfoRow>, u64, u64) =
+            redis::pipe()
+                .cmd("XINFO")
+                .arg("GROUPS")
+                .arg(keys.stream())
+                .cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(keys.stream())
+                .arg(group.as_str())
+                .zcard(gk.delayed())
+                .xlen(gk.dlq())
+                .query_async(&mut conn)
+                .await?;
         let summary = groups
             .iter()
             .find(|g| info_text(g, "name").as_deref() == Some(group.as_str()))
@@ -402,14 +398,17 @@ impl Broker {
     }
 }
 
+/// One row of an XINFO reply, by field name.
+pub(crate) type InfoRow = HashMap<String, redis::Value>;
+
 /// A text field of an XINFO reply.
-pub(crate) fn info_text(row: &HashMap<String, redis::Value>, name: &str) -> Option<String> {
+pub(crate) fn info_text(row: &InfoRow, name: &str) -> Option<String> {
     row.get(name)
         .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
 }
 
 /// A number field of an XINFO reply (None when nil or absent).
-pub(crate) fn info_u64(row: &HashMap<String, redis::Value>, name: &str) -> Option<u64> {
+pub(crate) fn info_u64(row: &InfoRow, name: &str) -> Option<u64> {
     row.get(name)
         .and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
 }
