@@ -251,6 +251,48 @@ impl TestApp {
         reply.body
     }
 
+    /// Declares group `group` on `topic` with `config` and asserts success.
+    pub async fn group(&self, topic: &str, group: &str, config: &Value) -> Value {
+        let reply = self
+            .put(&format!("/topics/{topic}/groups/{group}"), config)
+            .await;
+        assert!(
+            reply.status == StatusCode::CREATED || reply.status == StatusCode::OK,
+            "declare group failed: {} {}",
+            reply.status,
+            reply.body
+        );
+        reply.body
+    }
+
+    /// Fetches for `consumer` and returns the delivered messages.
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        group: &str,
+        consumer: &str,
+        max: u32,
+        wait_ms: u64,
+    ) -> Vec<Value> {
+        let reply = self
+            .post(
+                &format!("/topics/{topic}/groups/{group}/fetch"),
+                &serde_json::json!({"consumer": consumer, "max": max, "wait_ms": wait_ms}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "fetch: {}", reply.body);
+        reply.body["messages"].as_array().expect("messages").clone()
+    }
+
+    /// Acks `receipts` and returns the reply (not asserted).
+    pub async fn ack(&self, topic: &str, group: &str, receipts: &[&str]) -> Reply {
+        self.post(
+            &format!("/topics/{topic}/groups/{group}/ack"),
+            &serde_json::json!({ "receipts": receipts }),
+        )
+        .await
+    }
+
     /// All history of `topic`, following `next_after` page by page.
     pub async fn history(&self, topic: &str) -> Vec<Value> {
         let mut all = Vec::new();

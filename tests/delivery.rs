@@ -1,0 +1,383 @@
+//! Delivery through HTTP against a real redis-server: ordering, ack,
+//! lease expiry and redelivery, fencing of stale receipts, extend, long-poll
+//! wake-ups, many waiting long-polls, and exclusive leases under races.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::TestApp;
+
+fn receipts(msgs: &[Value]) -> Vec<String> {
+    msgs.iter()
+        .map(|m| m["receipt"].as_str().expect("receipt").to_owned())
+        .collect()
+}
+
+/// Fetches (long-polling in bounded steps) until one message arrives.
+async fn fetch_one(app: &TestApp, topic: &str, group: &str, consumer: &str) -> Value {
+    for _ in 0..20 {
+        let got = app.fetch(topic, group, consumer, 1, 1000).await;
+        if let Some(m) = got.into_iter().next() {
+            return m;
+        }
+    }
+    panic!("{consumer} received nothing");
+}
+
+#[tokio::test]
+async fn fetch_delivers_in_order_with_attempt_receipt_and_lease() {
+    let app = TestApp::start().await;
+    app.group("o", "g", &json!({"lease_ms": 60000})).await;
+    for i in 0..5 {
+        app.publish(
+            "o",
+            &json!({"payload": i, "key": "k", "correlation_id": "c"}),
+        )
+        .await;
+    }
+    let got = app.fetch("o", "g", "w1", 10, 0).await;
+    let seqs: Vec<u64> = got.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5], "stream order");
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m["payload"], i);
+        assert_eq!(m["attempt"], 1);
+        assert_eq!(m["key"], "k");
+        assert_eq!(m["correlation_id"], "c");
+        assert!(m["id"].is_string());
+        let published = m["published_at"].as_u64().unwrap();
+        let expires = m["lease_expires_at"].as_u64().unwrap();
+        assert!(expires >= published + 60000, "lease starts at hand-off");
+        assert!(m["receipt"].as_str().unwrap().len() > 5);
+    }
+    assert!(
+        app.fetch("o", "g", "w2", 10, 0).await.is_empty(),
+        "leased messages are not handed out again"
+    );
+    // max bounds the batch.
+    app.publish("o", &json!({"payload": 5})).await;
+    app.publish("o", &json!({"payload": 6})).await;
+    assert_eq!(app.fetch("o", "g", "w1", 1, 0).await.len(), 1);
+}
+
+#[tokio::test]
+async fn ack_completes_and_a_second_ack_is_refused() {
+    let app = TestApp::start().await;
+    app.group("a", "g", &json!({})).await;
+    for i in 0..3 {
+        app.publish("a", &json!({"payload": i})).await;
+    }
+    let got = app.fetch("a", "g", "w", 3, 0).await;
+    let rs = receipts(&got);
+    let reply = app.ack("a", "g", &[&rs[0], &rs[1]]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["acked"], json!([rs[0], rs[1]]));
+    assert_eq!(reply.body["lease_lost"], json!([]));
+    assert_eq!(app.get("/topics/a/groups/g").await.body["pending"], 1);
+
+    // Acking again: the delivery is no longer current.
+    app.ack("a", "g", &[&rs[0]])
+        .await
+        .assert_problem(409, "lease_lost");
+    let mixed = app.ack("a", "g", &[&rs[1], &rs[2]]).await;
+    assert_eq!(mixed.status, StatusCode::OK);
+    assert_eq!(mixed.body["acked"], json!([rs[2]]));
+    assert_eq!(mixed.body["lease_lost"], json!([rs[1]]));
+    assert_eq!(app.get("/topics/a/groups/g").await.body["pending"], 0);
+    // Acked messages are never delivered again.
+    assert!(app.fetch("a", "g", "w", 10, 0).await.is_empty());
+}
+
+#[tokio::test]
+async fn expired_lease_is_redelivered_to_another_consumer_and_the_stale_receipt_is_refused() {
+    let app = TestApp::start().await;
+    app.group("l", "g", &json!({"lease_ms": 300})).await;
+    app.publish("l", &json!({"payload": "job"})).await;
+    let first = app.fetch("l", "g", "dies", 1, 0).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0]["attempt"], 1);
+
+    // The worker never acks; another consumer gets it once the lease ends.
+    let second = fetch_one(&app, "l", "g", "survivor").await;
+    assert_eq!(second["id"], first[0]["id"]);
+    assert_eq!(second["attempt"], 2, "lease expiry counts as an attempt");
+    assert_ne!(second["receipt"], first[0]["receipt"]);
+
+    // The first worker wakes up and tries to commit: refused.
+    let stale = app
+        .ack("l", "g", &[first[0]["receipt"].as_str().unwrap()])
+        .await;
+    stale.assert_problem(409, "lease_lost");
+    let extend = app
+        .post(
+            "/topics/l/groups/g/extend",
+            &json!({"receipts": [first[0]["receipt"]]}),
+        )
+        .await;
+    extend.assert_problem(409, "lease_lost");
+
+    let ok = app
+        .ack("l", "g", &[second["receipt"].as_str().unwrap()])
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    assert_eq!(ok.body["acked"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn extend_keeps_a_lease_past_its_original_expiry() {
+    let app = TestApp::start().await;
+    app.group("e", "g", &json!({"lease_ms": 1500})).await;
+    app.publish("e", &json!({"payload": "long job"})).await;
+    let got = app.fetch("e", "g", "busy", 1, 0).await;
+    let receipt = got[0]["receipt"].as_str().unwrap().to_owned();
+    let original_expiry = got[0]["lease_expires_at"].as_u64().unwrap();
+
+    // Heartbeat every 300 ms for 3 s (twice the lease), while a rival polls.
+    let mut last_expiry = original_expiry;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let reply = app
+            .post("/topics/e/groups/g/extend", &json!({"receipts": [receipt]}))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        assert_eq!(reply.body["extended"][0]["receipt"], receipt);
+        last_expiry = reply.body["extended"][0]["lease_expires_at"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            app.fetch("e", "g", "rival", 1, 0).await.is_empty(),
+            "an extended lease is not handed to another consumer"
+        );
+    }
+    assert!(last_expiry > original_expiry + 1500, "lease moved forward");
+    let ack = app.ack("e", "g", &[&receipt]).await;
+    assert_eq!(ack.status, StatusCode::OK, "the receipt is still current");
+
+    // A shorter explicit lease is allowed, a longer one is not.
+    app.publish("e", &json!({"payload": 2})).await;
+    let got = app.fetch("e", "g", "busy", 1, 0).await;
+    let r = got[0]["receipt"].clone();
+    let short = app
+        .post(
+            "/topics/e/groups/g/extend",
+            &json!({"receipts": [r], "lease_ms": 200}),
+        )
+        .await;
+    assert_eq!(short.status, StatusCode::OK);
+    let too_long = app
+        .post(
+            "/topics/e/groups/g/extend",
+            &json!({"receipts": [r], "lease_ms": 1501}),
+        )
+        .await;
+    assert_eq!(
+        too_long.assert_problem(400, "invalid_field")["field"],
+        "lease_ms"
+    );
+}
+
+#[tokio::test]
+async fn long_poll_wakes_on_publish() {
+    let app = TestApp::start().await;
+    app.group("w", "g", &json!({})).await;
+    let client = app.client.clone();
+    let url = app.url("/topics/w/groups/g/fetch");
+    let waiting = tokio::spawn(async move {
+        let resp = client
+            .post(url)
+            .json(&json!({"consumer": "sleeper", "max": 10, "wait_ms": 30000}))
+            .send()
+            .await
+            .expect("fetch");
+        TestApp::reply(resp).await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !waiting.is_finished(),
+        "nothing to deliver yet: still waiting"
+    );
+    app.publish("w", &json!({"payload": "wake up"})).await;
+    let reply = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("the long-poll returned")
+        .expect("task");
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body["messages"][0]["payload"], "wake up");
+}
+
+#[tokio::test]
+async fn long_poll_returns_empty_at_its_deadline() {
+    let app = TestApp::start().await;
+    app.group("d", "g", &json!({})).await;
+    assert!(app.fetch("d", "g", "w", 5, 300).await.is_empty());
+}
+
+#[tokio::test]
+async fn two_hundred_waiting_long_polls_leave_publish_and_ack_working() {
+    // A small pool makes the point sharp: waiting must not hold connections.
+    let app = TestApp::start_with(|c| c.redis_pool_size = 4).await;
+    app.group("many", "g", &json!({"lease_ms": 60000})).await;
+    let mut waiters = Vec::new();
+    for i in 0..200 {
+        let client = app.client.clone();
+        let url = app.url("/topics/many/groups/g/fetch");
+        waiters.push(tokio::spawn(async move {
+            let resp = client
+                .post(url)
+                .json(&json!({"consumer": format!("w{i}"), "max": 1, "wait_ms": 4000}))
+                .send()
+                .await
+                .expect("fetch");
+            TestApp::reply(resp).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Publishing and acking go through while all of them wait.
+    let other = app.publish("other", &json!({"payload": 0})).await;
+    assert_eq!(other["seq"], 1);
+    app.group("other", "g", &json!({})).await;
+    let got = app.fetch("other", "g", "x", 1, 0).await;
+    let ack = app
+        .ack("other", "g", &[got[0]["receipt"].as_str().unwrap()])
+        .await;
+    assert_eq!(ack.status, StatusCode::OK);
+
+    for i in 0..50 {
+        let reply = app
+            .post("/topics/many/messages", &json!({"payload": i}))
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    }
+    // Each of the 50 messages goes to exactly one waiter.
+    let mut delivered = Vec::new();
+    for w in waiters {
+        let reply = w.await.expect("task");
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        for m in reply.body["messages"].as_array().unwrap() {
+            delivered.push(m["seq"].as_u64().unwrap());
+        }
+    }
+    delivered.sort_unstable();
+    assert_eq!(delivered, (1..=50).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn racing_consumers_never_share_a_live_lease() {
+    let app = TestApp::start().await;
+    app.group("race", "g", &json!({"lease_ms": 60000})).await;
+    let batch: Vec<Value> = (0..300).map(|i| json!({"payload": i})).collect();
+    let reply = app
+        .post("/topics/race/messages:batch", &json!({"messages": batch}))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+
+    let mut tasks = Vec::new();
+    for c in 0..4 {
+        let client = app.client.clone();
+        let url = app.url("/topics/race/groups/g/fetch");
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for _ in 0..1000 {
+                let resp = client
+                    .post(&url)
+                    .json(&json!({"consumer": format!("c{c}"), "max": 7}))
+                    .send()
+                    .await
+                    .expect("fetch");
+                let reply = TestApp::reply(resp).await;
+                let msgs = reply.body["messages"].as_array().unwrap().clone();
+                if msgs.is_empty() {
+                    break;
+                }
+                mine.extend(
+                    msgs.iter()
+                        .map(|m| m["stream_id"].as_str().unwrap().to_owned()),
+                );
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let unique: HashSet<&String> = all.iter().collect();
+    assert_eq!(unique.len(), all.len(), "no entry went to two consumers");
+    assert_eq!(all.len(), 300, "every entry was delivered");
+}
+
+#[tokio::test]
+async fn bad_group_consumer_and_receipts() {
+    let app = TestApp::start().await;
+    app.group("b", "g", &json!({})).await;
+    app.publish("b", &json!({"payload": 1})).await;
+
+    app.post("/topics/b/groups/none/fetch", &json!({"consumer": "w"}))
+        .await
+        .assert_problem(404, "group_not_found");
+    app.post(
+        "/topics/b/groups/none/ack",
+        &json!({"receipts": ["1-0:1:w"]}),
+    )
+    .await
+    .assert_problem(404, "group_not_found");
+    app.post(
+        "/topics/b/groups/none/extend",
+        &json!({"receipts": ["1-0:1:w"]}),
+    )
+    .await
+    .assert_problem(404, "group_not_found");
+
+    for (body, field) in [
+        (json!({"consumer": "a b"}), "consumer"),
+        (json!({"consumer": ""}), "consumer"),
+        (json!({}), "consumer"),
+        (json!({"consumer": "w", "max": 0}), "max"),
+        (json!({"consumer": "w", "max": 1001}), "max"),
+        (json!({"consumer": "w", "wait_ms": 30001}), "wait_ms"),
+        (json!({"consumer": "w", "wait_ms": -1}), "wait_ms"),
+    ] {
+        let reply = app.post("/topics/b/groups/g/fetch", &body).await;
+        assert_eq!(
+            reply.assert_problem(400, "invalid_field")["field"],
+            field,
+            "{body}"
+        );
+    }
+
+    let got = app.fetch("b", "g", "w", 1, 0).await;
+    let real = got[0]["receipt"].as_str().unwrap().to_owned();
+    for garbage in ["garbage", "", "1-0", "1-0:0:w", "x-1:1:w", "1-0:1:a:b"] {
+        let reply = app.ack("b", "g", &[garbage]).await;
+        assert_eq!(
+            reply.assert_problem(400, "invalid_receipt")["field"],
+            "receipts[0]",
+            "{garbage}"
+        );
+    }
+    app.post("/topics/b/groups/g/ack", &json!({"receipts": []}))
+        .await
+        .assert_problem(400, "invalid_field");
+    app.post("/topics/b/groups/g/ack", &json!({"receipts": [1]}))
+        .await
+        .assert_problem(400, "invalid_field");
+
+    // Well-formed forgeries: another consumer, another attempt, another entry.
+    let (id, _) = real.split_once(':').unwrap();
+    for forged in [
+        format!("{id}:1:intruder"),
+        format!("{id}:2:w"),
+        "1-0:1:w".to_owned(),
+    ] {
+        app.ack("b", "g", &[&forged])
+            .await
+            .assert_problem(409, "lease_lost");
+    }
+    // The forgeries changed nothing: the real receipt still acks.
+    let ok = app.ack("b", "g", &[&real]).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+}
