@@ -16,8 +16,7 @@ local stream, group = KEYS[1], ARGV[1]
 local out = {}
 for i = 2, #ARGV, 3 do
   local id, attempt, consumer = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
-  local p = redis.call('XPENDING', stream, group, id, id, 1)
-  if p[1] and p[1][2] == consumer and p[1][4] == attempt then
+  if is_current(stream, group, id, attempt, consumer) then
     redis.call('XACK', stream, group, id)
     out[#out + 1] = 1
   else

@@ -28,8 +28,7 @@ local now = now_ms()
 local out = {}
 for i = 3, #ARGV, 3 do
   local id, attempt, consumer = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
-  local p = redis.call('XPENDING', stream, group, id, id, 1)
-  if p[1] and p[1][2] == consumer and p[1][4] == attempt then
+  if is_current(stream, group, id, attempt, consumer) then
     redis.call('XCLAIM', stream, group, consumer, 0, id, 'IDLE', lease_ms - new_lease, 'JUSTID')
     out[#out + 1] = now + new_lease
   else

@@ -2,8 +2,9 @@
 -- a fresh lease that starts now.
 --
 -- KEYS[1]  sc:{T:P}:stream
--- KEYS[2]  sc:{T:P}:g:<G>          group config (lease_ms, paused, reclaim_cursor)
+-- KEYS[2]  sc:{T:P}:g:<G>          group config (lease_ms, max_deliveries, paused, reclaim_cursor)
 -- KEYS[3]  sc:{T:P}:g:<G>:delayed  retry schedule: member '<stream id>|<attempts so far>', score due ms
+-- KEYS[4]  sc:{T:P}:g:<G>:dlq      dead letters
 -- ARGV[1]  group name
 -- ARGV[2]  consumer name
 -- ARGV[3]  max messages (1..1000)
@@ -15,31 +16,21 @@
 --
 -- Order of preference: due retries, then leases that expired (XAUTOCLAIM with
 -- min-idle = lease_ms, resuming from the stored cursor), then new entries.
+-- On the way, a message whose ttl passed is dead-lettered as `expired`, one
+-- whose lease expired on its last allowed attempt as `max_deliveries`, and a
+-- new entry published with a delay is parked in the retry schedule until due.
 -- Invariants: an entry is in at most one of {PEL, retry schedule}; a live
 -- lease (idle < lease_ms) is never handed to a second consumer; every
 -- delivery's attempt is its PEL delivery count.
-local stream, config, delayed = KEYS[1], KEYS[2], KEYS[3]
+local stream, config, delayed, dlq = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, consumer, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
 
-local cfg = redis.call('HMGET', config, 'lease_ms', 'paused', 'reclaim_cursor')
+local cfg = redis.call('HMGET', config, 'lease_ms', 'paused', 'reclaim_cursor', 'max_deliveries')
 if not cfg[1] then
   return { -1, 0, 0, 0, 0, {} }
 end
-local lease_ms = tonumber(cfg[1])
+local lease_ms, max_deliveries = tonumber(cfg[1]), tonumber(cfg[4])
 local now = now_ms()
-
--- When a waiting fetch should look again: the next retry or lease expiry.
-local function next_wake()
-  local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
-  local wake = first[2] and tonumber(first[2]) or 0
-  for _, p in ipairs(redis.call('XPENDING', stream, group, '-', '+', 100)) do
-    local expiry = now + lease_ms - p[3]
-    if wake == 0 or expiry < wake then
-      wake = expiry
-    end
-  end
-  return wake
-end
 
 local function pending()
   return redis.call('XPENDING', stream, group)[1]
@@ -51,43 +42,73 @@ end
 
 local out = {}
 
+-- Delivers entry `id` as attempt `attempt`, unless it expired or has used
+-- up its deliveries (it is in this consumer's PEL either way).
+local function offer(id, attempt, flat)
+  local expires_at = entry_fields(flat).expires_at
+  if expires_at and tonumber(expires_at) <= now then
+    dead_letter(stream, group, dlq, id, flat, 'expired', attempt - 1, 'ttl passed before delivery', now)
+  elseif attempt > max_deliveries then
+    dead_letter(stream, group, dlq, id, flat, 'max_deliveries', attempt - 1, 'lease expired without ack', now)
+  else
+    out[#out + 1] = { id, attempt, flat }
+  end
+end
+
 -- 1. Retries whose time has come: back into the PEL for this consumer.
 local due = redis.call('ZRANGE', delayed, '-inf', now, 'BYSCORE', 'LIMIT', 0, max)
 for _, member in ipairs(due) do
   redis.call('ZREM', delayed, member)
   local id, attempts = string.match(member, '^([^|]+)|(%d+)$')
-  local claimed = redis.call('XCLAIM', stream, group, consumer, 0, id,
-    'FORCE', 'RETRYCOUNT', tonumber(attempts) + 1)
+  local attempt = tonumber(attempts) + 1
+  local claimed = redis.call('XCLAIM', stream, group, consumer, 0, id, 'FORCE', 'RETRYCOUNT', attempt)
   if claimed[1] and claimed[1][2] then
-    out[#out + 1] = { id, tonumber(attempts) + 1, claimed[1][2] }
+    offer(id, attempt, claimed[1][2])
   end
 end
 
 -- 2. Expired leases of any consumer.
 if #out < max then
   local cursor = cfg[3] or '0-0'
-  local reply = redis.call('XAUTOCLAIM', stream, group, consumer, lease_ms, cursor,
-    'COUNT', max - #out)
+  local reply = redis.call('XAUTOCLAIM', stream, group, consumer, lease_ms, cursor, 'COUNT', max - #out)
   redis.call('HSET', config, 'reclaim_cursor', reply[1])
   for _, entry in ipairs(reply[2]) do
     local info = redis.call('XPENDING', stream, group, entry[1], entry[1], 1)
-    out[#out + 1] = { entry[1], info[1][4], entry[2] }
+    offer(entry[1], info[1][4], entry[2])
   end
 end
 
--- 3. New entries.
-if #out < max then
+-- 3. New entries; delayed ones are parked, so read on (bounded) to fill up.
+local budget = 1000
+while #out < max and budget > 0 do
   local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', max - #out,
     'STREAMS', stream, '>')
-  if reply then
-    for _, entry in ipairs(reply[1][2]) do
-      out[#out + 1] = { entry[1], 1, entry[2] }
+  if not reply then
+    break
+  end
+  local entries = reply[1][2]
+  budget = budget - #entries
+  for _, entry in ipairs(entries) do
+    local deliver_at = tonumber(entry_fields(entry[2]).deliver_at or 0)
+    if deliver_at > now then
+      redis.call('XACK', stream, group, entry[1])
+      redis.call('ZADD', delayed, deliver_at, entry[1] .. '|0')
+    else
+      offer(entry[1], 1, entry[2])
     end
   end
 end
 
+-- When a waiting fetch should look again: the next retry or lease expiry.
 local wake = 0
 if #out == 0 then
-  wake = next_wake()
+  local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+  wake = first[2] and tonumber(first[2]) or 0
+  for _, p in ipairs(redis.call('XPENDING', stream, group, '-', '+', 100)) do
+    local expiry = now + lease_ms - p[3]
+    if wake == 0 or expiry < wake then
+      wake = expiry
+    end
+  end
 end
 return { 1, now, lease_ms, wake, pending(), out }

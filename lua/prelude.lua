@@ -29,3 +29,36 @@ local function entry_fields(flat)
   end
   return fields
 end
+
+-- True while the delivery a receipt names is current: the entry is pending
+-- in `group`, owned by `consumer`, with delivery count `attempt`.
+local function is_current(stream, group, id, attempt, consumer)
+  local p = redis.call('XPENDING', stream, group, id, id, 1)
+  return p[1] ~= nil and p[1][2] == consumer and p[1][4] == attempt
+end
+
+-- Moves entry `id` out of `group`'s delivery path into the group's
+-- dead-letter stream `dlq`: a copy of the original fields plus stream_id,
+-- reason, attempts, last_error and dead_lettered_at, then XACK. `flat` is the
+-- entry's field list when the caller has it (else it is read). An entry that
+-- no longer exists is only acked. Returns 1 if a dead letter was written.
+local function dead_letter(stream, group, dlq, id, flat, reason, attempts, last_error, now)
+  if not flat then
+    local found = redis.call('XRANGE', stream, id, id)
+    flat = found[1] and found[1][2]
+  end
+  redis.call('XACK', stream, group, id)
+  if not flat then
+    return 0
+  end
+  local entry = { 'stream_id', id, 'reason', reason, 'attempts', attempts, 'dead_lettered_at', now }
+  if last_error and last_error ~= '' then
+    entry[#entry + 1] = 'last_error'
+    entry[#entry + 1] = last_error
+  end
+  for i = 1, #flat do
+    entry[#entry + 1] = flat[i]
+  end
+  redis.call('XADD', dlq, '*', unpack(entry))
+  return 1
+end

@@ -37,6 +37,10 @@ pub struct ServerArgs {
     #[arg(long, env = "STREAMCAR_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// How often retention passes run (one sidecar at a time), e.g. `10s`.
+    #[arg(long, env = "STREAMCAR_RETENTION_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub retention_interval: Duration,
+
     /// Most pooled Redis connections (each one multiplexes many requests).
     #[arg(long, env = "STREAMCAR_REDIS_POOL_SIZE", default_value_t = 16,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -62,6 +66,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Redis pool size.
     pub redis_pool_size: usize,
+    /// Time between retention passes.
+    pub retention_interval: Duration,
 }
 
 impl Config {
@@ -74,6 +80,7 @@ impl Config {
             max_body: args.max_body,
             drain_timeout: args.drain_timeout,
             redis_pool_size: usize::from(args.redis_pool_size),
+            retention_interval: args.retention_interval,
         }
     }
 
@@ -86,6 +93,7 @@ impl Config {
             max_body: 1 << 20,
             drain_timeout: Duration::from_secs(10),
             redis_pool_size: 16,
+            retention_interval: Duration::from_secs(10),
         }
     }
 }

@@ -121,6 +121,7 @@ impl Error {
                 "topic" => "topic_not_found",
                 "group" => "group_not_found",
                 "pool" => "pool_not_found",
+                "dead letter" => "dead_letter_not_found",
                 _ => "not_found",
             },
             Self::RouteNotFound(_) => "route_not_found",

@@ -20,11 +20,15 @@
 //! | `sc:{T:P}:g:<G>:dlq` | stream | dead letters |
 //! | `sc:{T}:topics` | set | the tenant's topic names |
 //! | `sc:tenants` | set | every tenant that ever declared a topic |
+//! | `sc:retention:lock` | string | which sidecar runs the current retention pass |
 
 use crate::names::{Group, Tenant, Topic};
 
 /// The global set of tenant names.
 pub const TENANTS: &str = "sc:tenants";
+
+/// Short lock that lets one sidecar at a time run a retention pass.
+pub const RETENTION_LOCK: &str = "sc:retention:lock";
 
 /// Keys of one tenant (hash tag `{tenant}`).
 #[derive(Debug, Clone)]

@@ -143,6 +143,13 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
             tracing::warn!(error = %e, "redis is not ready yet; serving anyway, /readyz answers 503 until it is")
         }
     }
+    if !config.retention_interval.is_zero() {
+        tokio::spawn(broker::retention::run(
+            broker.clone(),
+            config.retention_interval,
+            signal.clone(),
+        ));
+    }
     let app = http::router(AppState {
         broker,
         max_body: config.max_body,

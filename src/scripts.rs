@@ -40,6 +40,16 @@ pub struct Scripts {
     pub ack: Script,
     /// Fenced lease renewal.
     pub extend: Script,
+    /// Retry later, or dead-letter after the last attempt.
+    pub nack: Script,
+    /// Dead-letter now.
+    pub reject: Script,
+    /// Dead letters back to their group.
+    pub dlq_replay: Script,
+    /// Delete dead letters by message id.
+    pub dlq_delete: Script,
+    /// Retention that never trims what a group owes.
+    pub trim: Script,
 }
 
 impl Scripts {
@@ -55,11 +65,16 @@ impl Scripts {
             fetch: script!("fetch"),
             ack: script!("ack"),
             extend: script!("extend"),
+            nack: script!("nack"),
+            reject: script!("reject"),
+            dlq_replay: script!("dlq_replay"),
+            dlq_delete: script!("dlq_delete"),
+            trim: script!("trim"),
         }
     }
 
     /// All scripts, for loading and for readiness checks.
-    pub fn all(&self) -> [&Script; 9] {
+    pub fn all(&self) -> [&Script; 14] {
         [
             &self.publish,
             &self.declare_topic,
@@ -70,6 +85,11 @@ impl Scripts {
             &self.fetch,
             &self.ack,
             &self.extend,
+            &self.nack,
+            &self.reject,
+            &self.dlq_replay,
+            &self.dlq_delete,
+            &self.trim,
         ]
     }
 

@@ -133,6 +133,7 @@ impl Broker {
             .key(keys.stream())
             .key(gk.config())
             .key(gk.delayed())
+            .key(gk.dlq())
             .arg(group.as_str())
             .arg(consumer.as_str())
             .arg(max)

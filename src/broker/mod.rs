@@ -5,11 +5,15 @@
 //! [`crate::names`]; nothing here knows about HTTP. Each operation that changes
 //! more than one key is one Lua script from [`crate::scripts`].
 
+pub mod backoff;
 pub mod delivery;
+pub mod dlq;
 pub mod groups;
 pub mod message;
 pub mod publish;
 pub mod receipt;
+pub mod retention;
+pub mod retry;
 pub mod topics;
 pub mod wake;
 

@@ -10,7 +10,7 @@ use super::message::Message;
 use super::publish::register_topic;
 use super::{Broker, DEFAULT_DEDUP_WINDOW_MS};
 use crate::error::{Error, Result};
-use crate::keys::{TenantKeys, TopicKeys};
+use crate::keys::{GroupKeys, TenantKeys, TopicKeys};
 use crate::names::{Group, Tenant, Topic};
 
 /// Longest retention: 10 years (0 = keep until every group is done; no time limit).
@@ -19,10 +19,10 @@ pub const MAX_RETENTION_MS: u64 = 10 * 365 * 24 * 60 * 60 * 1000;
 pub const MAX_DEDUP_WINDOW_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// Largest `max_backlog`.
 pub const MAX_BACKLOG: u64 = 1_000_000_000;
-/// Default and largest page of a history read.
-pub const DEFAULT_HISTORY_LIMIT: usize = 100;
-/// Largest page of a history read.
-pub const MAX_HISTORY_LIMIT: usize = 1000;
+/// Default page size of history and dead-letter listings.
+pub const DEFAULT_PAGE_LIMIT: usize = 100;
+/// Largest page of history and dead-letter listings.
+pub const MAX_PAGE_LIMIT: usize = 1000;
 
 /// Body of `PUT /topics/{topic}`: fields left out keep their current value.
 #[derive(Debug, Default, Deserialize)]
@@ -138,7 +138,7 @@ fn field_u64(meta: &HashMap<String, String>, name: &str) -> u64 {
 /// One stream entry as XRANGE returns it, fields left unparsed.
 type RawEntry = (String, Vec<String>);
 /// One stream entry as XRANGE returns it, fields by name.
-type Entry = (String, HashMap<String, String>);
+pub(crate) type Entry = (String, HashMap<String, String>);
 
 impl Broker {
     /// Creates or updates a topic. Returns true when it was created.
@@ -233,19 +233,12 @@ impl Broker {
         // Optimistic: read the group set, delete with its keys; the script
         // refuses if the set changed in between, and we read it again.
         for _ in 0..8 {
-            let group_names: Vec<String> = redis::cmd("SMEMBERS")
-                .arg(keys.groups())
-                .query_async(&mut conn)
-                .await?;
+            let groups = read_groups(&mut conn, &keys).await?;
             let mut call = self.scripts().delete_topic.key(keys.meta());
             call.key(keys.stream()).key(keys.groups());
-            for name in &group_names {
-                // Names in the set were validated when the group was created.
-                let group = Group::parse(name)
-                    .map_err(|e| Error::Internal(format!("stored group name {name:?}: {e}")))?;
-                let gk = keys.group(&group);
+            for (name, gk) in &groups {
                 call.key(gk.config()).key(gk.delayed()).key(gk.dlq());
-                call.arg(name);
+                call.arg(name.as_str());
             }
             let outcome: i64 = call.invoke_async(&mut conn).await?;
             match outcome {
@@ -275,33 +268,12 @@ impl Broker {
         after: Option<&str>,
         limit: Option<usize>,
     ) -> Result<HistoryPage> {
-        if let Some(after) = after {
-            validate_stream_id("after", after)?;
-        }
-        let limit = limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
-        if !(1..=MAX_HISTORY_LIMIT).contains(&limit) {
-            return Err(Error::invalid_field(
-                "limit",
-                format!("must be between 1 and {MAX_HISTORY_LIMIT}"),
-            ));
-        }
         let keys = TopicKeys::new(tenant, topic);
-        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
         let mut conn = self.conn().await?;
-        let (exists, entries): (bool, Vec<Entry>) = redis::pipe()
-            .exists(keys.meta())
-            .cmd("XRANGE")
-            .arg(keys.stream())
-            .arg(start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(limit)
-            .query_async(&mut conn)
-            .await?;
-        if !exists {
-            return Err(not_found(topic));
-        }
-        let next_after = entries.last().map(|(id, _)| id.clone());
+        let (entries, next_after) =
+            read_page(&mut conn, &keys.meta(), &keys.stream(), after, limit)
+                .await?
+                .ok_or_else(|| not_found(topic))?;
         let messages = entries
             .into_iter()
             .map(|(id, fields)| Message::from_entry(id, fields))
@@ -311,6 +283,65 @@ impl Broker {
             next_after,
         })
     }
+}
+
+/// One page of a stream: up to `limit` entries after id `after`, read in the
+/// same round trip as a check that `owner_key` exists (None when it does
+/// not). Returns the entries and the cursor for the next page.
+pub(crate) async fn read_page(
+    conn: &mut deadpool_redis::Connection,
+    owner_key: &str,
+    stream: &str,
+    after: Option<&str>,
+    limit: Option<usize>,
+) -> Result<Option<(Vec<Entry>, Option<String>)>> {
+    if let Some(after) = after {
+        validate_stream_id("after", after)?;
+    }
+    let limit = limit.unwrap_or(DEFAULT_PAGE_LIMIT);
+    if !(1..=MAX_PAGE_LIMIT).contains(&limit) {
+        return Err(Error::invalid_field(
+            "limit",
+            format!("must be between 1 and {MAX_PAGE_LIMIT}"),
+        ));
+    }
+    let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+    let (exists, entries): (bool, Vec<Entry>) = redis::pipe()
+        .exists(owner_key)
+        .cmd("XRANGE")
+        .arg(stream)
+        .arg(start)
+        .arg("+")
+        .arg("COUNT")
+        .arg(limit)
+        .query_async(conn)
+        .await?;
+    if !exists {
+        return Ok(None);
+    }
+    let next_after = entries.last().map(|(id, _)| id.clone());
+    Ok(Some((entries, next_after)))
+}
+
+/// The groups of a topic as listed in its group set, with their keys.
+pub(crate) async fn read_groups(
+    conn: &mut deadpool_redis::Connection,
+    keys: &TopicKeys,
+) -> Result<Vec<(Group, GroupKeys)>> {
+    let names: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys.groups())
+        .query_async(conn)
+        .await?;
+    names
+        .iter()
+        .map(|name| {
+            // Names in the set were validated when the group was created.
+            let group = Group::parse(name)
+                .map_err(|e| Error::Internal(format!("stored group name {name:?}: {e}")))?;
+            let gk = keys.group(&group);
+            Ok((group, gk))
+        })
+        .collect()
 }
 
 fn not_found(topic: &Topic) -> Error {

@@ -9,6 +9,7 @@ use axum::http::{StatusCode, header, request::Parts};
 use serde::de::DeserializeOwned;
 
 use super::AppState;
+use crate::broker::publish::MAX_ID_LEN;
 use crate::error::Error;
 use crate::names::{Group, Name, Tenant, Topic};
 
@@ -83,6 +84,37 @@ impl<S: Send + Sync> FromRequestParts<S> for GroupPath {
             topic: path_name(&params, "topic")?,
             group: path_name(&params, "group")?,
         })
+    }
+}
+
+/// `{tenant}`, `{topic}`, `{group}` and a dead letter's message `{id}`.
+pub struct DeadLetterPath {
+    /// The group's path.
+    pub group: GroupPath,
+    /// The original message id.
+    pub id: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for DeadLetterPath {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let group = GroupPath::from_request_parts(parts, state).await?;
+        let params = raw_params(parts, state).await?;
+        let id = params
+            .iter()
+            .find_map(|(k, v)| (k == "id").then(|| v.to_owned()))
+            .ok_or_else(|| Error::Internal("route has no id parameter".into()))?;
+        if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
+            return Err(Error::BadRequest {
+                code: "invalid_name",
+                detail: format!(
+                    "'{id}' is not a message id (1 to {MAX_ID_LEN} bytes, no control characters)"
+                ),
+                field: Some("id".into()),
+            });
+        }
+        Ok(Self { group, id })
     }
 }
 
@@ -168,6 +200,16 @@ fn body_error(e: &BytesRejection, limit: usize) -> Error {
     } else {
         Error::bad_request("invalid_body", e.body_text())
     }
+}
+
+/// `?after=<stream id>&limit=N` of paged listings (history, dead letters).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// Cursor: list entries after this stream id.
+    pub after: Option<String>,
+    /// Page size.
+    pub limit: Option<usize>,
 }
 
 /// A query string parsed into `T`; errors are 400 `invalid_query`.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::AppState;
-use super::extract::{JsonBody, QueryParams, TenantPath, TopicPath, parse_json};
+use super::extract::{JsonBody, PageQuery, QueryParams, TenantPath, TopicPath, parse_json};
 use crate::broker::publish::{MAX_BATCH, PublishRequest, Published};
 use crate::broker::topics::TopicConfigRequest;
 use crate::error::{Error, Result};
@@ -136,17 +136,10 @@ async fn publish_batch(
     Ok(Json(BatchResponse { results, errors }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HistoryQuery {
-    after: Option<String>,
-    limit: Option<usize>,
-}
-
 async fn history(
     State(state): State<AppState>,
     path: TopicPath,
-    QueryParams(query): QueryParams<HistoryQuery>,
+    QueryParams(query): QueryParams<PageQuery>,
 ) -> Result<Response> {
     let page = state
         .broker

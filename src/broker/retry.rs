@@ -1,0 +1,158 @@
+//! Failure paths of a delivery: `nack` (retry later with the group's
+//! backoff or an explicit delay; dead-letter after the last allowed attempt)
+//! and `reject` (dead-letter now). Every retry lives in Redis (the group's
+//! schedule), never in sidecar memory.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::Broker;
+use super::backoff::{random_spread, retry_delay_ms};
+use super::delivery::parse_receipts;
+use super::groups::{group_not_found, parse_config};
+use super::publish::MAX_DURATION_MS;
+use crate::error::{Error, Result};
+use crate::keys::TopicKeys;
+use crate::names::{Group, Tenant, Topic};
+
+/// Longest `error` text kept with a dead letter.
+pub const MAX_ERROR_LEN: usize = 4096;
+
+/// Outcome of a nack.
+#[derive(Debug, Default, Serialize)]
+pub struct NackOutcome {
+    /// Receipts scheduled for a retry.
+    pub nacked: Vec<String>,
+    /// Receipts that were on their last attempt: now in the dead-letter stream.
+    pub dead_lettered: Vec<String>,
+    /// Receipts whose lease was already lost (nothing changed).
+    pub lease_lost: Vec<String>,
+}
+
+/// Outcome of a reject.
+#[derive(Debug, Default, Serialize)]
+pub struct RejectOutcome {
+    /// Receipts now in the dead-letter stream.
+    pub rejected: Vec<String>,
+    /// Receipts whose lease was already lost (nothing changed).
+    pub lease_lost: Vec<String>,
+}
+
+fn check_error(error: Option<&str>) -> Result<&str> {
+    let error = error.unwrap_or_default();
+    if error.len() > MAX_ERROR_LEN {
+        return Err(Error::invalid_field(
+            "error",
+            format!("must be at most {MAX_ERROR_LEN} bytes"),
+        ));
+    }
+    Ok(error)
+}
+
+impl Broker {
+    /// Gives deliveries back: retried after `delay_ms`, or after the group's
+    /// backoff for their attempt when no delay is given.
+    pub async fn nack(
+        &self,
+        tenant: &Tenant,
+        topic: &Topic,
+        group: &Group,
+        receipts: &[String],
+        delay_ms: Option<u64>,
+        error: Option<&str>,
+    ) -> Result<NackOutcome> {
+        let parsed = parse_receipts(receipts)?;
+        let error = check_error(error)?;
+        if delay_ms.is_some_and(|d| d > MAX_DURATION_MS) {
+            return Err(Error::invalid_field(
+                "delay_ms",
+                format!("must be between 0 and {MAX_DURATION_MS}"),
+            ));
+        }
+        let keys = TopicKeys::new(tenant, topic);
+        let gk = keys.group(group);
+        let mut conn = self.conn().await?;
+        let delays: Vec<u64> = match delay_ms {
+            Some(d) => vec![d; parsed.len()],
+            None => {
+                let config: HashMap<String, String> = redis::cmd("HGETALL")
+                    .arg(gk.config())
+                    .query_async(&mut conn)
+                    .await?;
+                let (_, _, backoff, _) =
+                    parse_config(&config).ok_or_else(|| group_not_found(group))?;
+                parsed
+                    .iter()
+                    .map(|r| retry_delay_ms(&backoff, r.attempt, random_spread()))
+                    .collect()
+            }
+        };
+        let mut call = self.scripts().nack.key(keys.stream());
+        call.key(gk.config())
+            .key(gk.delayed())
+            .key(gk.dlq())
+            .arg(group.as_str())
+            .arg(error)
+            .arg(keys.wake_channel());
+        for (r, delay) in parsed.iter().zip(&delays) {
+            call.arg(&r.stream_id)
+                .arg(r.attempt)
+                .arg(r.consumer.as_str())
+                .arg(delay);
+        }
+        let (status, results): (i64, Vec<i64>) = call.invoke_async(&mut conn).await?;
+        if status < 0 {
+            return Err(group_not_found(group));
+        }
+        let mut outcome = NackOutcome::default();
+        for (receipt, result) in receipts.iter().zip(results) {
+            let bucket = match result {
+                1 => &mut outcome.nacked,
+                2 => &mut outcome.dead_lettered,
+                _ => &mut outcome.lease_lost,
+            };
+            bucket.push(receipt.clone());
+        }
+        Ok(outcome)
+    }
+
+    /// Dead-letters deliveries now, with reason `rejected`.
+    pub async fn reject(
+        &self,
+        tenant: &Tenant,
+        topic: &Topic,
+        group: &Group,
+        receipts: &[String],
+        error: Option<&str>,
+    ) -> Result<RejectOutcome> {
+        let parsed = parse_receipts(receipts)?;
+        let error = check_error(error)?;
+        let keys = TopicKeys::new(tenant, topic);
+        let gk = keys.group(group);
+        let mut call = self.scripts().reject.key(keys.stream());
+        call.key(gk.config())
+            .key(gk.dlq())
+            .arg(group.as_str())
+            .arg(error);
+        for r in &parsed {
+            call.arg(&r.stream_id)
+                .arg(r.attempt)
+                .arg(r.consumer.as_str());
+        }
+        let mut conn = self.conn().await?;
+        let (status, results): (i64, Vec<i64>) = call.invoke_async(&mut conn).await?;
+        if status < 0 {
+            return Err(group_not_found(group));
+        }
+        let mut outcome = RejectOutcome::default();
+        for (receipt, result) in receipts.iter().zip(results) {
+            if result == 1 {
+                outcome.rejected.push(receipt.clone());
+            } else {
+                outcome.lease_lost.push(receipt.clone());
+            }
+        }
+        Ok(outcome)
+    }
+}
