@@ -35,7 +35,9 @@ pub mod http;
 pub mod keys;
 pub mod names;
 pub mod scripts;
+pub mod store;
 pub mod telemetry;
+pub mod wake;
 
 use std::future::Future;
 use std::io;
@@ -49,11 +51,12 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::broker::Broker;
-use crate::broker::wake::Wakeups;
 use crate::config::Config;
 use crate::http::AppState;
 use crate::http::listen::SocketFile;
 use crate::scripts::Scripts;
+use crate::store::Store;
+use crate::wake::Wakeups;
 
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -131,13 +134,14 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
     let pool = create_pool(config)?;
     let (shutdown, signal) = watch::channel(false);
     let wakeups = Wakeups::start(&config.redis_url);
-    let broker = Broker::new(
+    let store = Store::new(
         pool.clone(),
         Arc::new(Scripts::new()),
         wakeups,
         signal.clone(),
     );
-    match broker.check_ready().await {
+    let broker = Broker::new(store.clone());
+    match store.check_ready().await {
         Ok(()) => warn_about_eviction(&pool).await,
         Err(e) => {
             tracing::warn!(error = %e, "redis is not ready yet; serving anyway, /readyz answers 503 until it is")
@@ -151,6 +155,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         ));
     }
     let app = http::router(AppState {
+        store,
         broker,
         max_body: config.max_body,
     });

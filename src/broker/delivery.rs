@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::Broker;
 use super::groups::group_not_found;
 use super::message::Message;
 use super::receipt::Receipt;
-use super::{Broker, wake};
 use crate::error::{Error, Result};
 use crate::keys::TopicKeys;
 use crate::names::{Consumer, Group, Tenant, Topic};
+use crate::wake;
 
 /// Most messages one fetch may return.
 pub const MAX_FETCH: u32 = 1000;
@@ -126,8 +127,9 @@ impl Broker {
         max: u32,
     ) -> Result<FetchRound> {
         let gk = keys.group(group);
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         let (status, now, lease_ms, next_wake, _pending, rows): FetchReply = self
+            .store
             .scripts()
             .fetch
             .key(keys.stream())
@@ -198,10 +200,11 @@ impl Broker {
 
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
         let waiter = self
+            .store
             .wakeups()
             .waiter(keys.wake_channel(), group.as_str())
             .await;
-        let mut shutdown = self.shutdown_signal();
+        let mut shutdown = self.store.shutdown_signal();
         loop {
             // Enable before checking, so a wake-up between the check and the
             // wait is not lost.
@@ -243,14 +246,14 @@ impl Broker {
     ) -> Result<AckOutcome> {
         let parsed = parse_receipts(receipts)?;
         let keys = TopicKeys::new(tenant, topic);
-        let mut call = self.scripts().ack.key(keys.stream());
+        let mut call = self.store.scripts().ack.key(keys.stream());
         call.key(keys.group(group).config()).arg(group.as_str());
         for r in &parsed {
             call.arg(&r.stream_id)
                 .arg(r.attempt)
                 .arg(r.consumer.as_str());
         }
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         let (status, results): (i64, Vec<i64>) = call.invoke_async(&mut conn).await?;
         if status < 0 {
             return Err(group_not_found(group));
@@ -280,7 +283,7 @@ impl Broker {
             return Err(Error::invalid_field("lease_ms", "must be at least 1"));
         }
         let keys = TopicKeys::new(tenant, topic);
-        let mut call = self.scripts().extend.key(keys.stream());
+        let mut call = self.store.scripts().extend.key(keys.stream());
         call.key(keys.group(group).config())
             .arg(group.as_str())
             .arg(lease_ms.unwrap_or(0));
@@ -289,7 +292,7 @@ impl Broker {
                 .arg(r.attempt)
                 .arg(r.consumer.as_str());
         }
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         let (status, group_lease, results): (i64, u64, Vec<u64>) =
             call.invoke_async(&mut conn).await?;
         match status {

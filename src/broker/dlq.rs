@@ -94,7 +94,7 @@ impl Broker {
         limit: Option<usize>,
     ) -> Result<DeadLetterPage> {
         let gk = TopicKeys::new(tenant, topic).group(group);
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         let (entries, next_after) = read_page(&mut conn, &gk.config(), &gk.dlq(), after, limit)
             .await?
             .ok_or_else(|| group_not_found(group))?;
@@ -128,11 +128,11 @@ impl Broker {
         }
         let keys = TopicKeys::new(tenant, topic);
         let gk = keys.group(group);
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         let mut outcome = ReplayOutcome::default();
         let mut cursor = "-".to_owned();
         loop {
-            let mut call = self.scripts().dlq_replay.key(keys.stream());
+            let mut call = self.store.scripts().dlq_replay.key(keys.stream());
             call.key(gk.config())
                 .key(gk.delayed())
                 .key(gk.dlq())
@@ -165,11 +165,12 @@ impl Broker {
         id: &str,
     ) -> Result<u64> {
         let gk = TopicKeys::new(tenant, topic).group(group);
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         let mut deleted = 0;
         let mut cursor = "-".to_owned();
         loop {
             let (status, n, next): (i64, u64, String) = self
+                .store
                 .scripts()
                 .dlq_delete
                 .key(gk.config())

@@ -267,7 +267,7 @@ impl Broker {
         let (start_id, start_shown) = request.start_position()?;
         let keys = TopicKeys::new(tenant, topic);
         let gk = keys.group(group);
-        let mut call = self.scripts().declare_group.key(keys.meta());
+        let mut call = self.store.scripts().declare_group.key(keys.meta());
         call.key(keys.stream())
             .key(keys.groups())
             .key(gk.config())
@@ -279,7 +279,7 @@ impl Broker {
         for (k, v) in defaults.into_iter().chain(request.fields()) {
             call.arg(k).arg(v);
         }
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         let (created, topic_created): (i64, i64) = call.invoke_async(&mut conn).await?;
         if topic_created == 1 {
             super::publish::register_topic(&mut conn, tenant, topic).await?;
@@ -296,7 +296,7 @@ impl Broker {
     ) -> Result<GroupInfo> {
         let keys = TopicKeys::new(tenant, topic);
         let gk = keys.group(group);
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         let config: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(gk.config())
             .query_async(&mut conn)
@@ -351,8 +351,9 @@ impl Broker {
     pub async fn delete_group(&self, tenant: &Tenant, topic: &Topic, group: &Group) -> Result<()> {
         let keys = TopicKeys::new(tenant, topic);
         let gk = keys.group(group);
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         let deleted: i64 = self
+            .store
             .scripts()
             .delete_group
             .key(keys.stream())
@@ -379,8 +380,9 @@ impl Broker {
         paused: bool,
     ) -> Result<()> {
         let keys = TopicKeys::new(tenant, topic);
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         let done: i64 = self
+            .store
             .scripts()
             .set_group_paused
             .key(keys.group(group).config())
@@ -392,7 +394,7 @@ impl Broker {
         }
         if !paused {
             // Waiting fetches of this group may deliver now.
-            self.wake(&mut conn, &keys).await?;
+            self.store.wake(&mut conn, &keys.wake_channel()).await?;
         }
         Ok(())
     }

@@ -196,7 +196,7 @@ impl Broker {
         messages: &[PublishRequest],
     ) -> Result<Vec<Published>> {
         let keys = TopicKeys::new(tenant, topic);
-        let mut call = self.scripts().publish.prepare_invoke();
+        let mut call = self.store.scripts().publish.prepare_invoke();
         call.key(keys.meta()).key(keys.stream());
         call.arg(DEFAULT_DEDUP_WINDOW_MS)
             .arg(keys.wake_channel())
@@ -225,7 +225,7 @@ impl Broker {
                 call.arg(name).arg(value);
             }
         }
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         let (created, rows): (i64, Vec<(String, String, u64, i64)>) =
             call.invoke_async(&mut conn).await?;
         if created == 1 {

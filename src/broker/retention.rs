@@ -22,10 +22,10 @@ impl Broker {
     /// Applies `topic`'s retention now; returns how many entries were trimmed.
     pub async fn trim_topic(&self, tenant: &Tenant, topic: &Topic) -> Result<u64> {
         let keys = TopicKeys::new(tenant, topic);
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         for _ in 0..8 {
             let groups = read_groups(&mut conn, &keys).await?;
-            let mut call = self.scripts().trim.key(keys.meta());
+            let mut call = self.store.scripts().trim.key(keys.meta());
             call.key(keys.stream()).key(keys.groups());
             for (name, gk) in &groups {
                 call.key(gk.delayed()).arg(name.as_str());
@@ -44,7 +44,7 @@ impl Broker {
     /// One retention pass over every tenant's topics, if this sidecar wins
     /// the pass lock. Returns entries trimmed.
     pub async fn retention_pass(&self, interval: Duration) -> Result<u64> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         let token = uuid::Uuid::now_v7().to_string();
         let won: Option<String> = redis::cmd("SET")
             .arg(keys::RETENTION_LOCK)

@@ -72,7 +72,7 @@ impl Broker {
         }
         let keys = TopicKeys::new(tenant, topic);
         let gk = keys.group(group);
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         let delays: Vec<u64> = match delay_ms {
             Some(d) => vec![d; parsed.len()],
             None => {
@@ -88,7 +88,7 @@ impl Broker {
                     .collect()
             }
         };
-        let mut call = self.scripts().nack.key(keys.stream());
+        let mut call = self.store.scripts().nack.key(keys.stream());
         call.key(gk.config())
             .key(gk.delayed())
             .key(gk.dlq())
@@ -130,7 +130,7 @@ impl Broker {
         let error = check_error(error)?;
         let keys = TopicKeys::new(tenant, topic);
         let gk = keys.group(group);
-        let mut call = self.scripts().reject.key(keys.stream());
+        let mut call = self.store.scripts().reject.key(keys.stream());
         call.key(gk.config())
             .key(gk.dlq())
             .arg(group.as_str())
@@ -140,7 +140,7 @@ impl Broker {
                 .arg(r.attempt)
                 .arg(r.consumer.as_str());
         }
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         let (status, results): (i64, Vec<i64>) = call.invoke_async(&mut conn).await?;
         if status < 0 {
             return Err(group_not_found(group));

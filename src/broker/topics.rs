@@ -150,7 +150,7 @@ impl Broker {
     ) -> Result<bool> {
         config.validate()?;
         let keys = TopicKeys::new(tenant, topic);
-        let mut call = self.scripts().declare_topic.key(keys.meta());
+        let mut call = self.store.scripts().declare_topic.key(keys.meta());
         call.arg(DEFAULT_DEDUP_WINDOW_MS);
         let fields = [
             ("retention_ms", config.retention_ms),
@@ -162,7 +162,7 @@ impl Broker {
                 call.arg(name).arg(v);
             }
         }
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         let created: i64 = call.invoke_async(&mut conn).await?;
         // Registering again on update is idempotent and repairs a listing
         // lost to a crash between create and register.
@@ -174,7 +174,7 @@ impl Broker {
     pub async fn topic_info(&self, tenant: &Tenant, topic: &Topic) -> Result<TopicInfo> {
         let keys = TopicKeys::new(tenant, topic);
         let stream = keys.stream();
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         let (meta, length, first, last): (
             HashMap<String, String>,
             u64,
@@ -217,7 +217,7 @@ impl Broker {
 
     /// Names of a tenant's topics, sorted.
     pub async fn list_topics(&self, tenant: &Tenant) -> Result<Vec<String>> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         let mut names: Vec<String> = redis::cmd("SMEMBERS")
             .arg(TenantKeys::new(tenant).topics())
             .query_async(&mut conn)
@@ -229,12 +229,12 @@ impl Broker {
     /// Deletes a topic with its messages and groups; 404 when it does not exist.
     pub async fn delete_topic(&self, tenant: &Tenant, topic: &Topic) -> Result<()> {
         let keys = TopicKeys::new(tenant, topic);
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         // Optimistic: read the group set, delete with its keys; the script
         // refuses if the set changed in between, and we read it again.
         for _ in 0..8 {
             let groups = read_groups(&mut conn, &keys).await?;
-            let mut call = self.scripts().delete_topic.key(keys.meta());
+            let mut call = self.store.scripts().delete_topic.key(keys.meta());
             call.key(keys.stream()).key(keys.groups());
             for (name, gk) in &groups {
                 call.key(gk.config()).key(gk.delayed()).key(gk.dlq());
@@ -269,7 +269,7 @@ impl Broker {
         limit: Option<usize>,
     ) -> Result<HistoryPage> {
         let keys = TopicKeys::new(tenant, topic);
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         let (entries, next_after) =
             read_page(&mut conn, &keys.meta(), &keys.stream(), after, limit)
                 .await?

@@ -14,10 +14,13 @@ use axum::http::Uri;
 
 use crate::broker::Broker;
 use crate::error::Error;
+use crate::store::Store;
 
 /// Shared state of every handler. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
+    /// Shared Redis handle (readiness).
+    pub store: Store,
     /// Broker operations on Redis.
     pub broker: Broker,
     /// Request body limit in bytes (`--max-body`).

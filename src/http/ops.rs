@@ -21,6 +21,6 @@ async fn healthz() -> Json<Value> {
 
 /// Redis answers and holds every script; 503 otherwise.
 async fn readyz(State(state): State<AppState>) -> Result<Json<Value>> {
-    state.broker.check_ready().await?;
+    state.store.check_ready().await?;
     Ok(Json(json!({ "status": "ready" })))
 }
