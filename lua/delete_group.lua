@@ -6,6 +6,7 @@
 -- KEYS[3]  sc:{T:P}:g:<G>            config
 -- KEYS[4]  sc:{T:P}:g:<G>:delayed    retry schedule
 -- KEYS[5]  sc:{T:P}:g:<G>:dlq        dead letters
+-- KEYS[6]  sc:{T:P}:meta              topic meta (per-group retry counts)
 -- ARGV[1]  group name
 -- Returns  1 deleted, 0 no such group
 --
@@ -16,4 +17,5 @@ end
 redis.pcall('XGROUP', 'DESTROY', KEYS[1], ARGV[1])
 redis.call('UNLINK', KEYS[3], KEYS[4], KEYS[5])
 redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[6], 'delayed:' .. ARGV[1])
 return 1

@@ -5,6 +5,7 @@
 -- KEYS[2]  sc:{T:P}:g:<G>          group config (lease_ms, max_deliveries, paused, reclaim_cursor)
 -- KEYS[3]  sc:{T:P}:g:<G>:delayed  retry schedule: member '<stream id>|<attempts so far>', score due ms
 -- KEYS[4]  sc:{T:P}:g:<G>:dlq      dead letters
+-- KEYS[5]  sc:{T:P}:meta           topic meta (per-group retry counts)
 -- ARGV[1]  group name
 -- ARGV[2]  consumer name
 -- ARGV[3]  max messages (1..1000)
@@ -22,7 +23,7 @@
 -- Invariants: an entry is in at most one of {PEL, retry schedule}; a live
 -- lease (idle < lease_ms) is never handed to a second consumer; every
 -- delivery's attempt is its PEL delivery count.
-local stream, config, delayed, dlq = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local stream, config, delayed, dlq, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local group, consumer, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
 
 local cfg = redis.call('HMGET', config, 'lease_ms', 'paused', 'reclaim_cursor', 'max_deliveries')
@@ -57,6 +58,7 @@ end
 
 -- 1. Retries whose time has come: back into the PEL for this consumer.
 local due = redis.call('ZRANGE', delayed, '-inf', now, 'BYSCORE', 'LIMIT', 0, max)
+local schedule_changed = #due > 0
 for _, member in ipairs(due) do
   redis.call('ZREM', delayed, member)
   local id, attempts = string.match(member, '^([^|]+)|(%d+)$')
@@ -93,10 +95,15 @@ while #out < max and budget > 0 do
     if deliver_at > now then
       redis.call('XACK', stream, group, entry[1])
       redis.call('ZADD', delayed, deliver_at, entry[1] .. '|0')
+      schedule_changed = true
     else
       offer(entry[1], 1, entry[2])
     end
   end
+end
+
+if schedule_changed then
+  note_delayed(meta, group, delayed)
 end
 
 -- When a waiting fetch should look again: the next retry or lease expiry.

@@ -5,6 +5,7 @@
 -- KEYS[2]  sc:{T:P}:g:<G>          group config (max_deliveries)
 -- KEYS[3]  sc:{T:P}:g:<G>:delayed  retry schedule
 -- KEYS[4]  sc:{T:P}:g:<G>:dlq      dead letters
+-- KEYS[5]  sc:{T:P}:meta           topic meta (per-group retry counts)
 -- ARGV[1]  group name
 -- ARGV[2]  error text ('' = none), kept as last_error when dead-lettered
 -- ARGV[3]  pub/sub wake channel of the topic
@@ -16,7 +17,7 @@
 -- (member '<id>|<attempt>'), so XAUTOCLAIM never sees a parked entry and the
 -- retry's attempt count survives any sidecar; nothing is dropped: an entry
 -- is either scheduled or in the dead-letter stream.
-local stream, config, delayed, dlq = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local stream, config, delayed, dlq, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local max_deliveries = tonumber(redis.call('HGET', config, 'max_deliveries'))
 if not max_deliveries then
   return { -1, {} }
@@ -39,6 +40,7 @@ for i = 4, #ARGV, 4 do
     wake = wake or delay == 0
   end
 end
+note_delayed(meta, group, delayed)
 if wake then
   redis.call('PUBLISH', channel, 0)
 end

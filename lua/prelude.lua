@@ -62,3 +62,23 @@ local function dead_letter(stream, group, dlq, id, flat, reason, attempts, last_
   redis.call('XADD', dlq, '*', unpack(entry))
   return 1
 end
+
+-- Drops a pool's holders whose lease ended at or before `now`. Returns how
+-- many slots that freed.
+local function release_expired(pool, holders, now)
+  local gone = redis.call('ZRANGE', holders, '-inf', now, 'BYSCORE')
+  for _, id in ipairs(gone) do
+    redis.call('HDEL', pool, 'r:' .. id)
+  end
+  if #gone > 0 then
+    redis.call('ZREMRANGEBYSCORE', holders, '-inf', now)
+  end
+  return #gone
+end
+
+-- Records how many retries `group` has scheduled in the topic's meta hash
+-- (field 'delayed:<group>'), so publish.lua can measure a group's backlog
+-- without touching group keys. Call after changing the schedule.
+local function note_delayed(meta, group, delayed)
+  redis.call('HSET', meta, 'delayed:' .. group, redis.call('ZCARD', delayed))
+end

@@ -9,7 +9,9 @@
 --          dedup KEYS index (0 = no idempotency key), id, ttl_ms (0 = none),
 --          delay_ms (0 = none), F = number of envelope fields, then F name/value pairs
 -- Returns  { created (1 if this call declared the topic),
---            { { id, stream_id, seq, duplicate (0|1) } per message } }
+--            { { id, stream_id, seq, duplicate (0|1) } per message } },
+--            , 0 }, or { -2, {}, max_backlog } when the topic's max_backlog is reached
+--          (nothing written)
 --
 -- Invariants protected:
 --  * seq is strictly increasing with no gaps among non-duplicate publishes
@@ -18,12 +20,31 @@
 --    message's id/stream_id/seq and writes nothing. A record left by an
 --    earlier incarnation of a deleted topic is ignored, so deleting a topic
 --    never has to scan for its dedup keys;
+--  * with max_backlog set, nothing is written while some group has that
+--    many messages not yet acked (undelivered + pending + scheduled);
 --  * published_at, expires_at and deliver_at come from Redis TIME, the one
 --    clock every sidecar shares.
 local meta, stream = KEYS[1], KEYS[2]
 local now = now_ms()
 local incarnation, created = ensure_topic(meta, ARGV[1])
 local window = tonumber(redis.call('HGET', meta, 'dedup_window_ms'))
+
+-- Backpressure: refuse while the slowest group is max_backlog behind.
+local max_backlog = tonumber(redis.call('HGET', meta, 'max_backlog') or 0)
+if max_backlog > 0 and redis.call('EXISTS', stream) == 1 then
+  for _, row in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local g = entry_fields(row)
+    local lag = g.lag
+    if not lag then
+      -- Redis cannot tell (e.g. a group started at an arbitrary id): count, bounded.
+      lag = #redis.call('XRANGE', stream, '(' .. g['last-delivered-id'], '+', 'COUNT', max_backlog)
+    end
+    local backlog = lag + g.pending + tonumber(redis.call('HGET', meta, 'delayed:' .. g.name) or 0)
+    if backlog >= max_backlog then
+      return { -2, {}, max_backlog }
+    end
+  end
+end
 
 local results = {}
 local n = tonumber(ARGV[3])
@@ -77,4 +98,4 @@ end
 if written > 0 then
   redis.call('PUBLISH', ARGV[2], written)
 end
-return { created, results }
+return { created, results, 0 }

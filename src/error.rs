@@ -14,6 +14,24 @@ use serde::Serialize;
 /// Result alias used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Quota state reported in `RateLimit-Limit/Remaining/Reset` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitInfo {
+    /// The limit (burst or backlog size).
+    pub limit: u64,
+    /// What is left of it now.
+    pub remaining: u64,
+    /// Until the limit is fully available again.
+    pub reset: Duration,
+}
+
+/// Whole seconds, rounded up, at least 1: the unit of `Retry-After`.
+fn ceil_secs(d: Duration) -> u64 {
+    u64::try_from(d.as_millis().div_ceil(1000))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -67,6 +85,16 @@ pub enum Error {
         detail: String,
         /// When a retry may succeed.
         retry_after: Duration,
+        /// Quota state for the `RateLimit-*` headers.
+        limit: Option<RateLimitInfo>,
+    },
+    /// An idempotency key is claimed by someone else right now.
+    #[error("the key is being processed by '{owner}' until {expires_at}")]
+    InProgress {
+        /// Who holds the claim.
+        owner: String,
+        /// When the claim ends unless completed (ms, Redis clock).
+        expires_at: u64,
     },
     /// Redis is unreachable, loading or failing over.
     #[error("redis is unavailable: {0}")]
@@ -101,7 +129,7 @@ impl Error {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound { .. } | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
-            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Conflict { .. } | Self::InProgress { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -125,6 +153,7 @@ impl Error {
                 _ => "not_found",
             },
             Self::RouteNotFound(_) => "route_not_found",
+            Self::InProgress { .. } => "in_progress",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -142,6 +171,16 @@ impl Error {
             Self::Internal(_) => "an internal error occurred; it has been logged".into(),
             other => other.to_string(),
         }
+    }
+}
+
+impl RateLimitInfo {
+    /// Adds `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`
+    /// (seconds) to `headers`.
+    pub fn insert_headers(&self, headers: &mut axum::http::HeaderMap) {
+        headers.insert("ratelimit-limit", HeaderValue::from(self.limit));
+        headers.insert("ratelimit-remaining", HeaderValue::from(self.remaining));
+        headers.insert("ratelimit-reset", HeaderValue::from(ceil_secs(self.reset)));
     }
 }
 
@@ -191,6 +230,9 @@ struct Problem<'a> {
     code: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    /// Extension members of some problems (e.g. `owner` of `in_progress`).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    extra: Option<serde_json::Value>,
 }
 
 impl Error {
@@ -204,6 +246,14 @@ impl Error {
             code: self.code(),
             field: match self {
                 Self::BadRequest { field, .. } => field.as_deref(),
+                _ => None,
+            },
+            extra: match self {
+                Self::InProgress { owner, expires_at } => Some(serde_json::json!({
+                    "state": "in_progress",
+                    "owner": owner,
+                    "expires_at": expires_at,
+                })),
                 _ => None,
             },
         }
@@ -231,14 +281,18 @@ impl IntoResponse for Error {
             HeaderValue::from_static("application/problem+json"),
         );
         let retry_after = match &self {
-            Self::TooManyRequests { retry_after, .. } => {
-                Some(retry_after.as_millis().div_ceil(1000).max(1))
-            }
+            Self::TooManyRequests { retry_after, .. } => Some(ceil_secs(*retry_after)),
             Self::Unavailable(_) => Some(1),
             _ => None,
         };
         if let Some(secs) = retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Self::TooManyRequests {
+            limit: Some(limit), ..
+        } = &self
+        {
+            limit.insert_headers(headers);
         }
         response
     }

@@ -7,7 +7,8 @@
 //! name can break out of its tag.
 //!
 //! Layout (DESIGN.md, plus `groups`, which lets a topic delete find every
-//! group's keys without scanning the keyspace):
+//! group's keys without scanning the keyspace, `checkpoint` and the pool's
+//! `holders`):
 //!
 //! | key | type | holds |
 //! |---|---|---|
@@ -19,10 +20,15 @@
 //! | `sc:{T:P}:g:<G>:delayed` | zset | retry schedule |
 //! | `sc:{T:P}:g:<G>:dlq` | stream | dead letters |
 //! | `sc:{T}:topics` | set | the tenant's topic names |
+//! | `sc:{T}:idem:<key>` | hash | consumer idempotency claim / result |
+//! | `sc:{T}:checkpoint:<name>` | string | sequence high-water mark |
+//! | `sc:{T}:pool:<P>` | hash | pool config, fencing counter, holder details |
+//! | `sc:{T}:pool:<P>:holders` | zset | live reservations by expiry |
+//! | `sc:{T}:rate` | hash | publish quota (GCRA) |
 //! | `sc:tenants` | set | every tenant that ever declared a topic |
 //! | `sc:retention:lock` | string | which sidecar runs the current retention pass |
 
-use crate::names::{Group, Tenant, Topic};
+use crate::names::{Group, Pool, Tenant, Topic};
 
 /// The global set of tenant names.
 pub const TENANTS: &str = "sc:tenants";
@@ -47,6 +53,51 @@ impl TenantKeys {
     /// Set of the tenant's topic names.
     pub fn topics(&self) -> String {
         format!("{}:topics", self.prefix)
+    }
+
+    /// Consumer-side idempotency record of `key` (any text after the tag).
+    pub fn idempotency(&self, key: &str) -> String {
+        format!("{}:idem:{key}", self.prefix)
+    }
+
+    /// Sequence checkpoint `name` (any text after the tag).
+    pub fn checkpoint(&self, name: &str) -> String {
+        format!("{}:checkpoint:{name}", self.prefix)
+    }
+
+    /// The tenant's publish quota (GCRA state).
+    pub fn rate(&self) -> String {
+        format!("{}:rate", self.prefix)
+    }
+
+    /// Keys of reservation pool `pool`.
+    pub fn pool(&self, pool: &Pool) -> PoolKeys {
+        PoolKeys {
+            prefix: format!("{}:pool:{pool}", self.prefix),
+        }
+    }
+}
+
+/// Keys of one reservation pool (hash tag `{tenant}`).
+#[derive(Debug, Clone)]
+pub struct PoolKeys {
+    prefix: String,
+}
+
+impl PoolKeys {
+    /// Config, fencing counter and holder details.
+    pub fn pool(&self) -> String {
+        self.prefix.clone()
+    }
+
+    /// Live reservations (zset id → expires_at).
+    pub fn holders(&self) -> String {
+        format!("{}:holders", self.prefix)
+    }
+
+    /// Pub/sub channel (not a key) that wakes waiting acquirers.
+    pub fn wake_channel(&self) -> String {
+        format!("{}:wake", self.prefix)
     }
 }
 

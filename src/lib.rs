@@ -29,6 +29,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod coord;
 pub mod dev;
 pub mod error;
 pub mod http;
@@ -37,6 +38,7 @@ pub mod names;
 pub mod scripts;
 pub mod store;
 pub mod telemetry;
+pub mod validate;
 pub mod wake;
 
 use std::future::Future;
@@ -52,6 +54,7 @@ use tokio::task::JoinSet;
 
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::coord::Coord;
 use crate::http::AppState;
 use crate::http::listen::SocketFile;
 use crate::scripts::Scripts;
@@ -155,6 +158,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         ));
     }
     let app = http::router(AppState {
+        coord: Coord::new(store.clone()),
         store,
         broker,
         max_body: config.max_body,

@@ -50,6 +50,22 @@ pub struct Scripts {
     pub dlq_delete: Script,
     /// Retention that never trims what a group owes.
     pub trim: Script,
+    /// Claim an idempotency key.
+    pub idem_claim: Script,
+    /// Complete or release an idempotency claim.
+    pub idem_finish: Script,
+    /// Advance a sequence checkpoint.
+    pub checkpoint_advance: Script,
+    /// Create or update a reservation pool.
+    pub pool_declare: Script,
+    /// Take a slot of a pool.
+    pub pool_acquire: Script,
+    /// Renew or release a reservation.
+    pub pool_hold: Script,
+    /// Describe a pool.
+    pub pool_info: Script,
+    /// A tenant's publish quota (GCRA).
+    pub rate_limit: Script,
 }
 
 impl Scripts {
@@ -70,11 +86,19 @@ impl Scripts {
             dlq_replay: script!("dlq_replay"),
             dlq_delete: script!("dlq_delete"),
             trim: script!("trim"),
+            idem_claim: script!("idem_claim"),
+            idem_finish: script!("idem_finish"),
+            checkpoint_advance: script!("checkpoint_advance"),
+            pool_declare: script!("pool_declare"),
+            pool_acquire: script!("pool_acquire"),
+            pool_hold: script!("pool_hold"),
+            pool_info: script!("pool_info"),
+            rate_limit: script!("rate_limit"),
         }
     }
 
     /// All scripts, for loading and for readiness checks.
-    pub fn all(&self) -> [&Script; 14] {
+    pub fn all(&self) -> [&Script; 22] {
         [
             &self.publish,
             &self.declare_topic,
@@ -90,6 +114,14 @@ impl Scripts {
             &self.dlq_replay,
             &self.dlq_delete,
             &self.trim,
+            &self.idem_claim,
+            &self.idem_finish,
+            &self.checkpoint_advance,
+            &self.pool_declare,
+            &self.pool_acquire,
+            &self.pool_hold,
+            &self.pool_info,
+            &self.rate_limit,
         ]
     }
 

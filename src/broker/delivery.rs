@@ -136,6 +136,7 @@ impl Broker {
             .key(gk.config())
             .key(gk.delayed())
             .key(gk.dlq())
+            .key(keys.meta())
             .arg(group.as_str())
             .arg(consumer.as_str())
             .arg(max)

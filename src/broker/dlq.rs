@@ -136,6 +136,8 @@ impl Broker {
             call.key(gk.config())
                 .key(gk.delayed())
                 .key(gk.dlq())
+                .key(keys.meta())
+                .arg(group.as_str())
                 .arg(keys.wake_channel())
                 .arg(&cursor)
                 .arg(SCAN_CHUNK);

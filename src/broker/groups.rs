@@ -11,6 +11,7 @@ use super::{Broker, DEFAULT_DEDUP_WINDOW_MS};
 use crate::error::{Error, Result};
 use crate::keys::TopicKeys;
 use crate::names::{Group, Tenant, Topic};
+use crate::validate::check_range;
 
 /// Default lease: 30 s.
 pub const DEFAULT_LEASE_MS: u64 = 30_000;
@@ -131,21 +132,6 @@ pub struct GroupInfo {
     pub last_delivered_id: String,
     /// Consumers that have fetched.
     pub consumers: Vec<ConsumerInfo>,
-}
-
-fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
-    field: &str,
-    value: Option<T>,
-    min: T,
-    max: T,
-) -> Result<()> {
-    match value {
-        Some(v) if !(v >= min && v <= max) => Err(Error::invalid_field(
-            field,
-            format!("must be between {min} and {max}"),
-        )),
-        _ => Ok(()),
-    }
 }
 
 impl GroupConfigRequest {
@@ -361,6 +347,7 @@ impl Broker {
             .key(gk.config())
             .key(gk.delayed())
             .key(gk.dlq())
+            .key(keys.meta())
             .arg(group.as_str())
             .invoke_async(&mut conn)
             .await?;

@@ -5,14 +5,16 @@
 //! sequence range, invalid items fail alone and never reach Redis.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{Broker, DEFAULT_DEDUP_WINDOW_MS};
-use crate::error::{Error, Result};
+use crate::error::{Error, RateLimitInfo, Result};
 use crate::keys::{self, TenantKeys, TopicKeys};
 use crate::names::{Tenant, Topic};
+use crate::validate::check_text;
 
 /// Longest accepted `id`, in bytes.
 pub const MAX_ID_LEN: usize = 128;
@@ -28,6 +30,13 @@ pub const MAX_HEADER_NAME_LEN: usize = 128;
 pub const MAX_HEADER_VALUE_LEN: usize = 4096;
 /// Longest `ttl_ms` / `delay_ms`: 365 days.
 pub const MAX_DURATION_MS: u64 = 365 * 24 * 60 * 60 * 1000;
+/// Raw reply of `lua/publish.lua`: created flag (or [`BACKLOG_FULL`]), one
+/// `(id, stream_id, seq, duplicate)` per message, the topic's max_backlog.
+type PublishReply = (i64, Vec<(String, String, u64, i64)>, u64);
+
+/// What `lua/publish.lua` answers in place of `created` when the backlog is full.
+const BACKLOG_FULL: i64 = -2;
+
 /// Most messages in one batch request.
 pub const MAX_BATCH: usize = 1000;
 
@@ -77,26 +86,6 @@ pub struct Published {
     pub seq: u64,
     /// True when the idempotency key was seen before and nothing was written.
     pub duplicate: bool,
-}
-
-/// Checks a free-text reference field: non-empty, bounded, no control chars.
-fn check_text(field: &str, value: &str, max: usize) -> Result<()> {
-    if value.is_empty() {
-        return Err(Error::invalid_field(field, "must not be empty"));
-    }
-    if value.len() > max {
-        return Err(Error::invalid_field(
-            field,
-            format!("must be at most {max} bytes, got {}", value.len()),
-        ));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(Error::invalid_field(
-            field,
-            "must not contain control characters",
-        ));
-    }
-    Ok(())
 }
 
 impl PublishRequest {
@@ -226,8 +215,21 @@ impl Broker {
             }
         }
         let mut conn = self.store.conn().await?;
-        let (created, rows): (i64, Vec<(String, String, u64, i64)>) =
-            call.invoke_async(&mut conn).await?;
+        let (created, rows, max_backlog): PublishReply = call.invoke_async(&mut conn).await?;
+        if created == BACKLOG_FULL {
+            return Err(Error::TooManyRequests {
+                code: "backlog_full",
+                detail: format!(
+                    "a group of topic '{topic}' has {max_backlog} messages not yet acked (its max_backlog); publish again once consumers catch up"
+                ),
+                retry_after: Duration::from_secs(1),
+                limit: Some(RateLimitInfo {
+                    limit: max_backlog,
+                    remaining: 0,
+                    reset: Duration::from_secs(1),
+                }),
+            });
+        }
         if created == 1 {
             register_topic(&mut conn, tenant, topic).await?;
         }

@@ -92,6 +92,7 @@ impl Broker {
         call.key(gk.config())
             .key(gk.delayed())
             .key(gk.dlq())
+            .key(keys.meta())
             .arg(group.as_str())
             .arg(error)
             .arg(keys.wake_channel());

@@ -12,6 +12,7 @@ use super::{Broker, DEFAULT_DEDUP_WINDOW_MS};
 use crate::error::{Error, Result};
 use crate::keys::{GroupKeys, TenantKeys, TopicKeys};
 use crate::names::{Group, Tenant, Topic};
+use crate::validate::check_range;
 
 /// Longest retention: 10 years (0 = keep until every group is done; no time limit).
 pub const MAX_RETENTION_MS: u64 = 10 * 365 * 24 * 60 * 60 * 1000;
@@ -41,27 +42,14 @@ pub struct TopicConfigRequest {
 
 impl TopicConfigRequest {
     fn validate(&self) -> Result<()> {
-        let checks = [
-            ("retention_ms", self.retention_ms, 0, MAX_RETENTION_MS),
-            ("max_backlog", self.max_backlog, 0, MAX_BACKLOG),
-            (
-                "dedup_window_ms",
-                self.dedup_window_ms,
-                1,
-                MAX_DEDUP_WINDOW_MS,
-            ),
-        ];
-        for (name, value, min, max) in checks {
-            if let Some(v) = value
-                && !(min..=max).contains(&v)
-            {
-                return Err(Error::invalid_field(
-                    name,
-                    format!("must be between {min} and {max}"),
-                ));
-            }
-        }
-        Ok(())
+        check_range("retention_ms", self.retention_ms, 0, MAX_RETENTION_MS)?;
+        check_range("max_backlog", self.max_backlog, 0, MAX_BACKLOG)?;
+        check_range(
+            "dedup_window_ms",
+            self.dedup_window_ms,
+            1,
+            MAX_DEDUP_WINDOW_MS,
+        )
     }
 }
 

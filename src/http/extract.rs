@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use super::AppState;
 use crate::broker::publish::MAX_ID_LEN;
 use crate::error::Error;
-use crate::names::{Group, Name, Tenant, Topic};
+use crate::names::{Group, Name, Pool, Tenant, Topic};
 
 /// Reads path parameter `param` and validates it as name type `N`.
 fn path_name<N: Name>(params: &RawPathParams, param: &str) -> Result<N, Error> {
@@ -115,6 +115,51 @@ impl<S: Send + Sync> FromRequestParts<S> for DeadLetterPath {
             });
         }
         Ok(Self { group, id })
+    }
+}
+
+/// `{tenant}` and one free-text path parameter (`{key}` of idempotency,
+/// `{name}` of checkpoints); the domain validates the text.
+pub struct KeyPath {
+    /// The tenant.
+    pub tenant: Tenant,
+    /// The key or name, percent-decoded.
+    pub key: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let params = raw_params(parts, state).await?;
+        let key = params
+            .iter()
+            .find_map(|(k, v)| (k == "key" || k == "name").then(|| v.to_owned()))
+            .ok_or_else(|| Error::Internal("route has no key parameter".into()))?;
+        Ok(Self {
+            tenant: path_name(&params, "tenant")?,
+            key,
+        })
+    }
+}
+
+/// `{tenant}` and `{pool}` of the path.
+pub struct PoolPath {
+    /// The tenant.
+    pub tenant: Tenant,
+    /// The pool.
+    pub pool: Pool,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PoolPath {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let params = raw_params(parts, state).await?;
+        Ok(Self {
+            tenant: path_name(&params, "tenant")?,
+            pool: path_name(&params, "pool")?,
+        })
     }
 }
 

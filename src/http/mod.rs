@@ -2,6 +2,7 @@
 //! and the listeners. Handlers translate between HTTP and the domain
 //! ([`crate::broker`]); they never build Redis keys.
 
+mod coord;
 pub mod extract;
 mod groups;
 pub mod listen;
@@ -13,6 +14,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::Uri;
 
 use crate::broker::Broker;
+use crate::coord::Coord;
 use crate::error::Error;
 use crate::store::Store;
 
@@ -23,6 +25,8 @@ pub struct AppState {
     pub store: Store,
     /// Broker operations on Redis.
     pub broker: Broker,
+    /// Coordination operations on Redis.
+    pub coord: Coord,
     /// Request body limit in bytes (`--max-body`).
     pub max_body: usize,
 }
@@ -34,7 +38,9 @@ pub fn router(state: AppState) -> Router {
         .merge(ops::routes())
         .nest(
             "/v1/tenants/{tenant}",
-            topics::routes().merge(groups::routes()),
+            topics::routes()
+                .merge(groups::routes())
+                .merge(coord::routes()),
         )
         .fallback(|uri: Uri| async move { Error::RouteNotFound(uri.path().to_owned()) })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })

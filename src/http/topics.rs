@@ -13,7 +13,7 @@ use super::AppState;
 use super::extract::{JsonBody, PageQuery, QueryParams, TenantPath, TopicPath, parse_json};
 use crate::broker::publish::{MAX_BATCH, PublishRequest, Published};
 use crate::broker::topics::TopicConfigRequest;
-use crate::error::{Error, Result};
+use crate::error::{Error, RateLimitInfo, Result};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -68,6 +68,7 @@ async fn publish(
     JsonBody(message): JsonBody<PublishRequest>,
 ) -> Result<Response> {
     message.validate("")?;
+    let quota = state.coord.charge_publish(&path.tenant, 1).await?;
     let published = state
         .broker
         .publish(&path.tenant, &path.topic, std::slice::from_ref(&message))
@@ -79,7 +80,7 @@ async fn publish(
     } else {
         StatusCode::CREATED
     };
-    Ok((status, Json(published)).into_response())
+    Ok(with_quota((status, Json(published)).into_response(), quota))
 }
 
 #[derive(Deserialize)]
@@ -99,7 +100,7 @@ async fn publish_batch(
     State(state): State<AppState>,
     path: TopicPath,
     JsonBody(batch): JsonBody<BatchRequest>,
-) -> Result<Json<BatchResponse>> {
+) -> Result<Response> {
     if batch.messages.is_empty() || batch.messages.len() > MAX_BATCH {
         return Err(Error::invalid_field(
             "messages",
@@ -120,9 +121,14 @@ async fn publish_batch(
             Err(e) => errors.push(Some(e.to_problem_json())),
         }
     }
+    let mut quota = None;
     let mut published = if valid.is_empty() {
         Vec::new()
     } else {
+        quota = state
+            .coord
+            .charge_publish(&path.tenant, valid.len() as u64)
+            .await?;
         state
             .broker
             .publish(&path.tenant, &path.topic, &valid)
@@ -133,7 +139,18 @@ async fn publish_batch(
         .iter()
         .map(|e| if e.is_none() { published.next() } else { None })
         .collect();
-    Ok(Json(BatchResponse { results, errors }))
+    Ok(with_quota(
+        Json(BatchResponse { results, errors }).into_response(),
+        quota,
+    ))
+}
+
+/// Adds the tenant's `RateLimit-*` headers when it has a quota.
+fn with_quota(mut response: Response, quota: Option<RateLimitInfo>) -> Response {
+    if let Some(quota) = quota {
+        quota.insert_headers(response.headers_mut());
+    }
+    response
 }
 
 async fn history(
