@@ -6,21 +6,21 @@
 -- ARGV[2]  lease ms (0 = the pool's)
 -- ARGV[3]  new reservation id
 -- Returns  { 1, reservation_id, fencing_token, expires_at } acquired
---          { 0, earliest expiry among holders, now } full
---          { -1 } no such pool
+--          { 0, '', earliest expiry among holders, now } full
+--          { -1, '', 0, 0 } no such pool
 --
 -- Invariants: never more live holders than capacity; expired holders free
 -- their slot first; fencing tokens strictly increase per pool.
 local pool, holders = KEYS[1], KEYS[2]
 local cfg = redis.call('HMGET', pool, 'capacity', 'lease_ms')
 if not cfg[1] then
-  return { -1 }
+  return { -1, '', 0, 0 }
 end
 local now = now_ms()
 release_expired(pool, holders, now)
 if redis.call('ZCARD', holders) >= tonumber(cfg[1]) then
   local first = redis.call('ZRANGE', holders, 0, 0, 'WITHSCORES')
-  return { 0, tonumber(first[2] or now), now }
+  return { 0, '', tonumber(first[2] or now), now }
 end
 local lease = tonumber(ARGV[2])
 if lease <= 0 then

@@ -191,7 +191,10 @@ impl From<redis::RedisError> for Error {
             || e.is_timeout()
             || e.is_connection_dropped()
             || e.is_connection_refusal()
-            || e.is_unrecoverable_error()
+            || matches!(
+                e.kind(),
+                ErrorKind::AuthenticationFailed | ErrorKind::ClusterConnectionNotFound
+            )
             || matches!(
                 e.kind(),
                 ErrorKind::Server(

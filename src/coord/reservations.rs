@@ -119,8 +119,9 @@ fn check_lease(lease_ms: Option<u64>) -> Result<()> {
     check_range("lease_ms", lease_ms, MIN_LEASE_MS, MAX_LEASE_MS)
 }
 
-/// Raw reply of `lua/pool_acquire.lua`: status then status-specific values.
-type AcquireReply = (i64, Option<String>, Option<u64>, Option<u64>);
+/// Raw reply of `lua/pool_acquire.lua`: status, reservation id, then fencing
+/// token and expiry (acquired) or earliest expiry and now (full).
+type AcquireReply = (i64, String, u64, u64);
 
 impl Coord {
     /// Creates or updates a pool; returns true when created.
@@ -171,16 +172,13 @@ impl Coord {
             .invoke_async(&mut conn)
             .await?;
         match reply {
-            (1, Some(reservation_id), Some(fencing_token), Some(expires_at)) => {
-                Ok(Ok(Reservation {
-                    reservation_id,
-                    fencing_token,
-                    expires_at,
-                }))
-            }
-            (0, _, Some(earliest), Some(now)) => Ok(Err((earliest, now))),
-            (-1, ..) => Err(pool_not_found(pool)),
-            other => Err(Error::Internal(format!("pool_acquire answered {other:?}"))),
+            (1, reservation_id, fencing_token, expires_at) => Ok(Ok(Reservation {
+                reservation_id,
+                fencing_token,
+                expires_at,
+            })),
+            (0, _, earliest, now) => Ok(Err((earliest, now))),
+            _ => Err(pool_not_found(pool)),
         }
     }
 
