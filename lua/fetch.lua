@@ -9,7 +9,8 @@
 -- ARGV[1]  group name
 -- ARGV[2]  consumer name
 -- ARGV[3]  max messages (1..1000)
--- Returns  { status, now_ms, lease_ms, next_wake_ms, pending, deliveries }
+-- Returns  { status, now_ms, lease_ms, next_wake_ms, pending, deliveries,
+--            dead-lettered as expired, dead-lettered as max_deliveries }
 --          status 1 ok, 0 paused, -1 no such group; next_wake_ms (only when
 --          nothing was delivered) is the earliest scheduled retry or lease
 --          expiry among the 100 oldest deliveries (0 = none known); pending is
@@ -28,7 +29,7 @@ local group, consumer, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
 
 local cfg = redis.call('HMGET', config, 'lease_ms', 'paused', 'reclaim_cursor', 'max_deliveries')
 if not cfg[1] then
-  return { -1, 0, 0, 0, 0, {} }
+  return { -1, 0, 0, 0, 0, {}, 0, 0 }
 end
 local lease_ms, max_deliveries = tonumber(cfg[1]), tonumber(cfg[4])
 local now = now_ms()
@@ -38,10 +39,11 @@ local function pending()
 end
 
 if cfg[2] == '1' then
-  return { 0, now, lease_ms, 0, pending(), {} }
+  return { 0, now, lease_ms, 0, pending(), {}, 0, 0 }
 end
 
 local out = {}
+local expired, exhausted = 0, 0
 
 -- Delivers entry `id` as attempt `attempt`, unless it expired or has used
 -- up its deliveries (it is in this consumer's PEL either way).
@@ -49,8 +51,10 @@ local function offer(id, attempt, flat)
   local expires_at = entry_fields(flat).expires_at
   if expires_at and tonumber(expires_at) <= now then
     dead_letter(stream, group, dlq, id, flat, 'expired', attempt - 1, 'ttl passed before delivery', now)
+    expired = expired + 1
   elseif attempt > max_deliveries then
     dead_letter(stream, group, dlq, id, flat, 'max_deliveries', attempt - 1, 'lease expired without ack', now)
+    exhausted = exhausted + 1
   else
     out[#out + 1] = { id, attempt, flat }
   end
@@ -118,4 +122,4 @@ if #out == 0 then
     end
   end
 end
-return { 1, now, lease_ms, wake, pending(), out }
+return { 1, now, lease_ms, wake, pending(), out, expired, exhausted }

@@ -5,22 +5,23 @@
 -- ARGV[1]  holder (free text)
 -- ARGV[2]  lease ms (0 = the pool's)
 -- ARGV[3]  new reservation id
--- Returns  { 1, reservation_id, fencing_token, expires_at } acquired
---          { 0, '', earliest expiry among holders, now } full
---          { -1, '', 0, 0 } no such pool
+-- Returns  { 1, reservation_id, fencing_token, expires_at, in_use } acquired
+--          { 0, '', earliest expiry among holders, now, in_use } full
+--          { -1, '', 0, 0, 0 } no such pool
 --
 -- Invariants: never more live holders than capacity; expired holders free
 -- their slot first; fencing tokens strictly increase per pool.
 local pool, holders = KEYS[1], KEYS[2]
 local cfg = redis.call('HMGET', pool, 'capacity', 'lease_ms')
 if not cfg[1] then
-  return { -1, '', 0, 0 }
+  return { -1, '', 0, 0, 0 }
 end
 local now = now_ms()
 release_expired(pool, holders, now)
-if redis.call('ZCARD', holders) >= tonumber(cfg[1]) then
+local in_use = redis.call('ZCARD', holders)
+if in_use >= tonumber(cfg[1]) then
   local first = redis.call('ZRANGE', holders, 0, 0, 'WITHSCORES')
-  return { 0, '', tonumber(first[2] or now), now }
+  return { 0, '', tonumber(first[2] or now), now, in_use }
 end
 local lease = tonumber(ARGV[2])
 if lease <= 0 then
@@ -30,4 +31,4 @@ local fence = redis.call('HINCRBY', pool, 'fence', 1)
 local expires_at = now + lease
 redis.call('ZADD', holders, expires_at, ARGV[3])
 redis.call('HSET', pool, 'r:' .. ARGV[3], ARGV[1] .. '|' .. fence)
-return { 1, ARGV[3], fence, expires_at }
+return { 1, ARGV[3], fence, expires_at, in_use + 1 }

@@ -6,8 +6,8 @@
 -- ARGV[2]  reservation id
 -- ARGV[3]  lease ms for renew (0 = the pool's)
 -- ARGV[4]  pub/sub channel that wakes waiting acquirers (release)
--- Returns  { 1, expires_at (0 for release) } done, { 0 } the reservation is
---          not live (expired, released or unknown), { -1 } no such pool
+-- Returns  { 1, expires_at (0 for release), in_use } done, { 0, in_use } the
+--          reservation is not live (expired, released or unknown), { -1 } no such pool
 --
 -- Invariant: an expired reservation stays expired: it cannot be renewed
 -- back to life after its slot may have gone to someone else.
@@ -23,17 +23,17 @@ if not redis.call('ZSCORE', holders, id) then
   if freed > 0 then
     redis.call('PUBLISH', ARGV[4], 0)
   end
-  return { 0 }
+  return { 0, redis.call('ZCARD', holders) }
 end
 if ARGV[1] == 'release' then
   redis.call('ZREM', holders, id)
   redis.call('HDEL', pool, 'r:' .. id)
   redis.call('PUBLISH', ARGV[4], 0)
-  return { 1, 0 }
+  return { 1, 0, redis.call('ZCARD', holders) }
 end
 local lease = tonumber(ARGV[3])
 if lease <= 0 then
   lease = tonumber(lease_ms)
 end
 redis.call('ZADD', holders, now + lease, id)
-return { 1, now + lease }
+return { 1, now + lease, redis.call('ZCARD', holders) }

@@ -41,6 +41,14 @@ pub struct ServerArgs {
     #[arg(long, env = "STREAMCAR_RETENTION_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub retention_interval: Duration,
 
+    /// How often group gauges (lag, pending, …) are refreshed, e.g. `15s`.
+    #[arg(long, env = "STREAMCAR_METRICS_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub metrics_interval: Duration,
+
+    /// File holding the bearer token every /v1 request must present (unset = no auth).
+    #[arg(long, env = "STREAMCAR_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+
     /// Most pooled Redis connections (each one multiplexes many requests).
     #[arg(long, env = "STREAMCAR_REDIS_POOL_SIZE", default_value_t = 16,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -68,12 +76,21 @@ pub struct Config {
     pub redis_pool_size: usize,
     /// Time between retention passes.
     pub retention_interval: Duration,
+    /// Time between group gauge refreshes.
+    pub metrics_interval: Duration,
+    /// Bearer token required on /v1 (None = open).
+    pub api_token: Option<String>,
 }
 
 impl Config {
-    /// Builds a config from shared server flags and a Redis URL.
-    pub fn new(redis_url: String, args: &ServerArgs) -> Self {
-        Self {
+    /// Builds a config from shared server flags and a Redis URL, reading
+    /// the API token file if one is given.
+    pub fn new(redis_url: String, args: &ServerArgs) -> Result<Self, String> {
+        let api_token = match &args.api_token_file {
+            Some(path) => Some(read_token(path)?),
+            None => None,
+        };
+        Ok(Self {
             redis_url,
             listen: args.listen,
             socket: args.socket.clone(),
@@ -81,7 +98,9 @@ impl Config {
             drain_timeout: args.drain_timeout,
             redis_pool_size: usize::from(args.redis_pool_size),
             retention_interval: args.retention_interval,
-        }
+            metrics_interval: args.metrics_interval,
+            api_token,
+        })
     }
 
     /// Defaults for tests and embedding: loopback on a free port.
@@ -94,8 +113,25 @@ impl Config {
             drain_timeout: Duration::from_secs(10),
             redis_pool_size: 16,
             retention_interval: Duration::from_secs(10),
+            metrics_interval: Duration::from_secs(15),
+            api_token: None,
         }
     }
+}
+
+/// Reads a bearer token file: surrounding whitespace is ignored, and the
+/// token must be 16 to 4096 visible ASCII characters.
+fn read_token(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read --api-token-file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.len() < 16 || token.len() > 4096 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "--api-token-file {} must hold one token of 16 to 4096 visible ASCII characters",
+            path.display()
+        ));
+    }
+    Ok(token.to_owned())
 }
 
 /// Parses a byte size: a plain number of bytes or one with `KiB`/`MiB` suffix.

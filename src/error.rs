@@ -73,6 +73,9 @@ pub enum Error {
     /// No such route.
     #[error("no route for {0}")]
     RouteNotFound(String),
+    /// `/v1` needs a bearer token and none (or a wrong one) was given.
+    #[error("this API needs Authorization: Bearer <token>")]
+    Unauthorized,
     /// The route exists but not with this method.
     #[error("method not allowed on this route")]
     MethodNotAllowed,
@@ -128,6 +131,7 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound { .. } | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict { .. } | Self::InProgress { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -153,6 +157,7 @@ impl Error {
                 _ => "not_found",
             },
             Self::RouteNotFound(_) => "route_not_found",
+            Self::Unauthorized => "unauthorized",
             Self::InProgress { .. } => "in_progress",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",

@@ -98,14 +98,21 @@ pub struct Server {
 }
 
 fn create_pool(config: &Config) -> Result<deadpool_redis::Pool, StartError> {
-    let mut cfg = deadpool_redis::Config::from_url(config.redis_url.clone());
-    let mut pool = deadpool_redis::PoolConfig::new(config.redis_pool_size);
-    // Bounded waits: with Redis gone, requests answer 503 quickly, never hang.
-    pool.timeouts.wait = Some(Duration::from_secs(2));
-    pool.timeouts.create = Some(Duration::from_secs(2));
-    pool.timeouts.recycle = Some(Duration::from_secs(2));
-    cfg.pool = Some(pool);
-    cfg.create_pool(Some(deadpool_redis::Runtime::Tokio1))
+    // Bounded waits everywhere: with Redis gone or hung, requests answer 503
+    // within seconds and never hang. The response timeout is generous enough
+    // for the largest script (a 1000-message batch).
+    let connection = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(5)));
+    let manager = deadpool_redis::Manager::new_with_config(config.redis_url.as_str(), connection)
+        .map_err(|e| StartError::RedisConfig(e.to_string()))?;
+    deadpool_redis::Pool::builder(manager)
+        .max_size(config.redis_pool_size)
+        .wait_timeout(Some(Duration::from_secs(2)))
+        .create_timeout(Some(Duration::from_secs(2)))
+        .recycle_timeout(Some(Duration::from_secs(2)))
+        .runtime(deadpool_redis::Runtime::Tokio1)
+        .build()
         .map_err(|e| StartError::RedisConfig(e.to_string()))
 }
 
@@ -134,6 +141,8 @@ async fn warn_about_eviction(pool: &deadpool_redis::Pool) {
 /// Connects to Redis (lazily: an unreachable Redis is not fatal, `/readyz`
 /// answers 503 until it comes up), binds the listeners and starts serving.
 pub async fn start(config: &Config) -> Result<Server, StartError> {
+    // Install the recorder before anything counts.
+    telemetry::metrics();
     let pool = create_pool(config)?;
     let (shutdown, signal) = watch::channel(false);
     let wakeups = Wakeups::start(&config.redis_url);
@@ -150,6 +159,13 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
             tracing::warn!(error = %e, "redis is not ready yet; serving anyway, /readyz answers 503 until it is")
         }
     }
+    if !config.metrics_interval.is_zero() {
+        tokio::spawn(broker::stats::run(
+            broker.clone(),
+            config.metrics_interval,
+            signal.clone(),
+        ));
+    }
     if !config.retention_interval.is_zero() {
         tokio::spawn(broker::retention::run(
             broker.clone(),
@@ -162,6 +178,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         store,
         broker,
         max_body: config.max_body,
+        api_token: config.api_token.clone().map(Arc::from),
     });
 
     let tcp = TcpListener::bind(config.listen)

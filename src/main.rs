@@ -61,10 +61,19 @@ async fn main() -> ExitCode {
     let (Command::Serve { server, .. } | Command::Dev { server }) = &cli.command;
     streamcar::telemetry::init_logging(server.log_format);
     let result = match cli.command {
-        Command::Serve { redis_url, server } => {
-            streamcar::run(&Config::new(redis_url, &server), shutdown_signal()).await
-        }
+        Command::Serve { redis_url, server } => match Config::new(redis_url, &server) {
+            Ok(config) => streamcar::run(&config, shutdown_signal()).await,
+            Err(e) => {
+                eprintln!("streamcar: {e}");
+                return ExitCode::from(2);
+            }
+        },
         Command::Dev { server } => {
+            // Check the flags before starting anything.
+            if let Err(e) = Config::new(String::new(), &server) {
+                eprintln!("streamcar: {e}");
+                return ExitCode::from(2);
+            }
             let redis = match DevRedis::start(Path::new(".streamcar/redis")).await {
                 Ok(redis) => redis,
                 Err(e @ DevError::NotInstalled) => {
@@ -76,8 +85,10 @@ async fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let config = Config::new(redis.url().to_owned(), &server);
-            let result = streamcar::run(&config, shutdown_signal()).await;
+            let result = match Config::new(redis.url().to_owned(), &server) {
+                Ok(config) => streamcar::run(&config, shutdown_signal()).await,
+                Err(e) => Err(streamcar::StartError::RedisConfig(e)),
+            };
             redis.stop().await;
             result
         }

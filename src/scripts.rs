@@ -7,65 +7,134 @@
 //! NOSCRIPT (after a restart or `SCRIPT FLUSH`). The header comment of each
 //! file documents its KEYS, ARGV, return shape and the invariant it protects.
 
-use redis::Script;
+use std::time::Instant;
+
+use redis::{FromRedisValue, RedisResult, Script, ScriptInvocation, ToRedisArgs};
+
+use crate::telemetry;
 
 /// Builds a script from `lua/<name>.lua` with the prelude in front.
 macro_rules! script {
     ($name:literal) => {
-        Script::new(concat!(
-            include_str!("../lua/prelude.lua"),
-            include_str!(concat!("../lua/", $name, ".lua"))
-        ))
+        NamedScript {
+            name: $name,
+            script: Script::new(concat!(
+                include_str!("../lua/prelude.lua"),
+                include_str!(concat!("../lua/", $name, ".lua"))
+            )),
+        }
     };
+}
+
+/// A script with its name, so every call is timed under that name
+/// ([`telemetry::SCRIPT_DURATION`]).
+#[derive(Debug)]
+pub struct NamedScript {
+    name: &'static str,
+    script: Script,
+}
+
+impl NamedScript {
+    /// Starts a call with its first key.
+    pub fn key<T: ToRedisArgs>(&self, key: T) -> Invocation<'_> {
+        let mut call = self.prepare_invoke();
+        call.key(key);
+        call
+    }
+
+    /// Starts a call.
+    pub fn prepare_invoke(&self) -> Invocation<'_> {
+        Invocation {
+            name: self.name,
+            inner: self.script.prepare_invoke(),
+        }
+    }
+
+    /// The script's SHA1.
+    pub fn get_hash(&self) -> &str {
+        self.script.get_hash()
+    }
+}
+
+/// One call of a [`NamedScript`] being built.
+pub struct Invocation<'a> {
+    name: &'static str,
+    inner: ScriptInvocation<'a>,
+}
+
+impl Invocation<'_> {
+    /// Adds a key.
+    pub fn key<T: ToRedisArgs>(&mut self, key: T) -> &mut Self {
+        self.inner.key(key);
+        self
+    }
+
+    /// Adds an argument.
+    pub fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        self.inner.arg(arg);
+        self
+    }
+
+    /// Runs it by EVALSHA (loading the script on NOSCRIPT), timing the round trip.
+    pub async fn invoke_async<T: FromRedisValue>(
+        &self,
+        conn: &mut impl redis::aio::ConnectionLike,
+    ) -> RedisResult<T> {
+        let started = Instant::now();
+        let result = self.inner.invoke_async(conn).await;
+        metrics::histogram!(telemetry::SCRIPT_DURATION, "script" => self.name)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
 }
 
 /// Every script the service runs, built once and shared through the app state.
 #[derive(Debug)]
 pub struct Scripts {
     /// Dedupe + sequence + XADD for one or many messages.
-    pub publish: Script,
+    pub publish: NamedScript,
     /// Create or update a topic's config.
-    pub declare_topic: Script,
+    pub declare_topic: NamedScript,
     /// Drop a topic and all of its groups' keys.
-    pub delete_topic: Script,
+    pub delete_topic: NamedScript,
     /// Create or update a consumer group.
-    pub declare_group: Script,
+    pub declare_group: NamedScript,
     /// Drop a consumer group and its keys.
-    pub delete_group: Script,
+    pub delete_group: NamedScript,
     /// Pause or resume a group.
-    pub set_group_paused: Script,
+    pub set_group_paused: NamedScript,
     /// Hand messages to a consumer under a lease.
-    pub fetch: Script,
+    pub fetch: NamedScript,
     /// Fenced acknowledgement.
-    pub ack: Script,
+    pub ack: NamedScript,
     /// Fenced lease renewal.
-    pub extend: Script,
+    pub extend: NamedScript,
     /// Retry later, or dead-letter after the last attempt.
-    pub nack: Script,
+    pub nack: NamedScript,
     /// Dead-letter now.
-    pub reject: Script,
+    pub reject: NamedScript,
     /// Dead letters back to their group.
-    pub dlq_replay: Script,
+    pub dlq_replay: NamedScript,
     /// Delete dead letters by message id.
-    pub dlq_delete: Script,
+    pub dlq_delete: NamedScript,
     /// Retention that never trims what a group owes.
-    pub trim: Script,
+    pub trim: NamedScript,
     /// Claim an idempotency key.
-    pub idem_claim: Script,
+    pub idem_claim: NamedScript,
     /// Complete or release an idempotency claim.
-    pub idem_finish: Script,
+    pub idem_finish: NamedScript,
     /// Advance a sequence checkpoint.
-    pub checkpoint_advance: Script,
+    pub checkpoint_advance: NamedScript,
     /// Create or update a reservation pool.
-    pub pool_declare: Script,
+    pub pool_declare: NamedScript,
     /// Take a slot of a pool.
-    pub pool_acquire: Script,
+    pub pool_acquire: NamedScript,
     /// Renew or release a reservation.
-    pub pool_hold: Script,
+    pub pool_hold: NamedScript,
     /// Describe a pool.
-    pub pool_info: Script,
+    pub pool_info: NamedScript,
     /// A tenant's publish quota (GCRA).
-    pub rate_limit: Script,
+    pub rate_limit: NamedScript,
 }
 
 impl Scripts {
@@ -98,7 +167,7 @@ impl Scripts {
     }
 
     /// All scripts, for loading and for readiness checks.
-    pub fn all(&self) -> [&Script; 22] {
+    pub fn all(&self) -> [&NamedScript; 22] {
         [
             &self.publish,
             &self.declare_topic,
@@ -139,7 +208,7 @@ impl Scripts {
         let present: Vec<bool> = exists.query_async(conn).await?;
         for (script, present) in self.all().into_iter().zip(present) {
             if !present {
-                script.load_async(conn).await?;
+                script.script.load_async(conn).await?;
             }
         }
         Ok(())

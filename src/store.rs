@@ -70,11 +70,22 @@ impl Store {
         Ok(())
     }
 
+    /// Pooled connections: (checked out now, idle).
+    pub fn pool_status(&self) -> (usize, usize) {
+        let status = self.pool.status();
+        (status.size - status.available, status.available)
+    }
+
     /// Readiness: Redis answers PING and holds every script.
     pub async fn check_ready(&self) -> Result<()> {
-        let mut conn = self.conn().await?;
-        redis::cmd("PING").query_async::<()>(&mut conn).await?;
-        self.scripts.ensure_loaded(&mut conn).await?;
-        Ok(())
+        let ready = async {
+            let mut conn = self.conn().await?;
+            redis::cmd("PING").query_async::<()>(&mut conn).await?;
+            self.scripts.ensure_loaded(&mut conn).await?;
+            Ok(())
+        }
+        .await;
+        metrics::gauge!(crate::telemetry::REDIS_UP).set(if ready.is_ok() { 1.0 } else { 0.0 });
+        ready
     }
 }

@@ -14,6 +14,7 @@ use super::receipt::Receipt;
 use crate::error::{Error, Result};
 use crate::keys::TopicKeys;
 use crate::names::{Consumer, Group, Tenant, Topic};
+use crate::telemetry;
 use crate::wake;
 
 /// Most messages one fetch may return.
@@ -116,11 +117,18 @@ type FetchReply = (
     u64,
     u64,
     Vec<(String, u64, HashMap<String, String>)>,
+    u64,
+    u64,
 );
+
+/// Raw reply of `lua/ack.lua`: status, Redis now, then per receipt either
+/// `[1, published_at, id, correlation_id, causation_id]` or `[0]`.
+type AckReply = (i64, u64, Vec<Vec<redis::Value>>);
 
 impl Broker {
     async fn fetch_round(
         &self,
+        (tenant, topic): (&Tenant, &Topic),
         keys: &TopicKeys,
         group: &Group,
         consumer: &Consumer,
@@ -128,24 +136,40 @@ impl Broker {
     ) -> Result<FetchRound> {
         let gk = keys.group(group);
         let mut conn = self.store.conn().await?;
-        let (status, now, lease_ms, next_wake, _pending, rows): FetchReply = self
-            .store
-            .scripts()
-            .fetch
-            .key(keys.stream())
-            .key(gk.config())
-            .key(gk.delayed())
-            .key(gk.dlq())
-            .key(keys.meta())
-            .arg(group.as_str())
-            .arg(consumer.as_str())
-            .arg(max)
-            .invoke_async(&mut conn)
-            .await?;
+        let (status, now, lease_ms, next_wake, _pending, rows, expired, exhausted): FetchReply =
+            self.store
+                .scripts()
+                .fetch
+                .key(keys.stream())
+                .key(gk.config())
+                .key(gk.delayed())
+                .key(gk.dlq())
+                .key(keys.meta())
+                .arg(group.as_str())
+                .arg(consumer.as_str())
+                .arg(max)
+                .invoke_async(&mut conn)
+                .await?;
         if status < 0 {
             return Err(group_not_found(group));
         }
-        let deliveries = rows
+        let labels = telemetry::group_labels(tenant, topic, group);
+        if expired > 0 {
+            metrics::counter!(telemetry::EXPIRED, labels.clone()).increment(expired);
+            metrics::counter!(
+                telemetry::DEAD_LETTERED,
+                telemetry::with_reason(&labels, "expired")
+            )
+            .increment(expired);
+        }
+        if exhausted > 0 {
+            metrics::counter!(
+                telemetry::DEAD_LETTERED,
+                telemetry::with_reason(&labels, "max_deliveries")
+            )
+            .increment(exhausted);
+        }
+        let deliveries: Vec<Delivery> = rows
             .into_iter()
             .map(|(stream_id, attempt, fields)| {
                 let receipt = Receipt {
@@ -161,6 +185,25 @@ impl Broker {
                 })
             })
             .collect::<Result<_>>()?;
+        if !deliveries.is_empty() {
+            metrics::counter!(telemetry::DELIVERED, labels.clone())
+                .increment(deliveries.len() as u64);
+            let first_time = metrics::histogram!(telemetry::PUBLISH_TO_DELIVERY, labels.clone());
+            let mut redelivered = 0;
+            for d in &deliveries {
+                let m = &d.message;
+                tracing::debug!(id = %m.id, attempt = d.attempt, correlation_id = ?m.correlation_id,
+                    causation_id = ?m.causation_id, %consumer, "delivered");
+                if d.attempt == 1 {
+                    first_time.record(telemetry::seconds_between(m.published_at, now));
+                } else {
+                    redelivered += 1;
+                }
+            }
+            if redelivered > 0 {
+                metrics::counter!(telemetry::REDELIVERED, labels).increment(redelivered);
+            }
+        }
         Ok(FetchRound {
             deliveries,
             now,
@@ -194,7 +237,7 @@ impl Broker {
         let keys = TopicKeys::new(tenant, topic);
         if wait_ms == 0 {
             return Ok(self
-                .fetch_round(&keys, group, &request.consumer, max)
+                .fetch_round((tenant, topic), &keys, group, &request.consumer, max)
                 .await?
                 .deliveries);
         }
@@ -214,7 +257,7 @@ impl Broker {
             notified.as_mut().enable();
 
             let round = self
-                .fetch_round(&keys, group, &request.consumer, max)
+                .fetch_round((tenant, topic), &keys, group, &request.consumer, max)
                 .await?;
             if !round.deliveries.is_empty() {
                 waiter.pass_on();
@@ -255,17 +298,33 @@ impl Broker {
                 .arg(r.consumer.as_str());
         }
         let mut conn = self.store.conn().await?;
-        let (status, results): (i64, Vec<i64>) = call.invoke_async(&mut conn).await?;
+        let (status, now, results): AckReply = call.invoke_async(&mut conn).await?;
         if status < 0 {
             return Err(group_not_found(group));
         }
+        let labels = telemetry::group_labels(tenant, topic, group);
+        let to_ack = metrics::histogram!(telemetry::PUBLISH_TO_ACK, labels.clone());
         let mut outcome = AckOutcome::default();
-        for (receipt, ok) in receipts.iter().zip(results) {
-            if ok == 1 {
+        for (receipt, result) in receipts.iter().zip(results) {
+            let text = |i: usize| {
+                result
+                    .get(i)
+                    .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+                    .unwrap_or_default()
+            };
+            if text(0) == "1" {
+                let published_at = text(1).parse().unwrap_or(now);
+                to_ack.record(telemetry::seconds_between(published_at, now));
+                tracing::debug!(id = %text(2), correlation_id = %text(3), causation_id = %text(4), "acked");
                 outcome.acked.push(receipt.clone());
             } else {
                 outcome.lease_lost.push(receipt.clone());
             }
+        }
+        metrics::counter!(telemetry::ACKED, labels.clone()).increment(outcome.acked.len() as u64);
+        if !outcome.lease_lost.is_empty() {
+            metrics::counter!(telemetry::LEASE_LOST, labels)
+                .increment(outcome.lease_lost.len() as u64);
         }
         Ok(outcome)
     }
@@ -316,6 +375,13 @@ impl Broker {
             } else {
                 outcome.lease_lost.push(receipt.clone());
             }
+        }
+        if !outcome.lease_lost.is_empty() {
+            metrics::counter!(
+                telemetry::LEASE_LOST,
+                telemetry::group_labels(tenant, topic, group)
+            )
+            .increment(outcome.lease_lost.len() as u64);
         }
         Ok(outcome)
     }

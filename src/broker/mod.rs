@@ -14,6 +14,7 @@ pub mod publish;
 pub mod receipt;
 pub mod retention;
 pub mod retry;
+pub mod stats;
 pub mod topics;
 
 use crate::store::Store;

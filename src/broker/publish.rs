@@ -14,6 +14,7 @@ use super::{Broker, DEFAULT_DEDUP_WINDOW_MS};
 use crate::error::{Error, RateLimitInfo, Result};
 use crate::keys::{self, TenantKeys, TopicKeys};
 use crate::names::{Tenant, Topic};
+use crate::telemetry;
 use crate::validate::check_text;
 
 /// Longest accepted `id`, in bytes.
@@ -216,7 +217,9 @@ impl Broker {
         }
         let mut conn = self.store.conn().await?;
         let (created, rows, max_backlog): PublishReply = call.invoke_async(&mut conn).await?;
+        let labels = telemetry::topic_labels(tenant, topic);
         if created == BACKLOG_FULL {
+            metrics::counter!(telemetry::BACKLOG_REFUSED, labels).increment(1);
             return Err(Error::TooManyRequests {
                 code: "backlog_full",
                 detail: format!(
@@ -233,7 +236,7 @@ impl Broker {
         if created == 1 {
             register_topic(&mut conn, tenant, topic).await?;
         }
-        Ok(rows
+        let published: Vec<Published> = rows
             .into_iter()
             .map(|(id, stream_id, seq, duplicate)| Published {
                 id,
@@ -241,7 +244,18 @@ impl Broker {
                 seq,
                 duplicate: duplicate == 1,
             })
-            .collect())
+            .collect();
+        let duplicates = published.iter().filter(|p| p.duplicate).count() as u64;
+        metrics::counter!(telemetry::PUBLISHED, labels.clone())
+            .increment(published.len() as u64 - duplicates);
+        if duplicates > 0 {
+            metrics::counter!(telemetry::PUBLISH_DUPLICATES, labels).increment(duplicates);
+        }
+        for (p, m) in published.iter().zip(messages) {
+            tracing::debug!(id = %p.id, seq = p.seq, duplicate = p.duplicate,
+                correlation_id = ?m.correlation_id, causation_id = ?m.causation_id, "published");
+        }
+        Ok(published)
     }
 }
 

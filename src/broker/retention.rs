@@ -17,6 +17,7 @@ use super::topics::read_groups;
 use crate::error::{Error, Result};
 use crate::keys::{self, TenantKeys, TopicKeys};
 use crate::names::{Tenant, Topic};
+use crate::telemetry;
 
 impl Broker {
     /// Applies `topic`'s retention now; returns how many entries were trimmed.
@@ -75,6 +76,8 @@ impl Broker {
                 let n = self.trim_topic(&tenant, &topic).await?;
                 if n > 0 {
                     tracing::debug!(%tenant, %topic, trimmed = n, "retention trimmed entries");
+                    metrics::counter!(telemetry::TRIMMED, telemetry::topic_labels(&tenant, &topic))
+                        .increment(n);
                 }
                 trimmed += n;
             }

@@ -15,6 +15,7 @@ use super::publish::MAX_DURATION_MS;
 use crate::error::{Error, Result};
 use crate::keys::TopicKeys;
 use crate::names::{Group, Tenant, Topic};
+use crate::telemetry;
 
 /// Longest `error` text kept with a dead letter.
 pub const MAX_ERROR_LEN: usize = 4096;
@@ -37,6 +38,13 @@ pub struct RejectOutcome {
     pub rejected: Vec<String>,
     /// Receipts whose lease was already lost (nothing changed).
     pub lease_lost: Vec<String>,
+}
+
+/// Adds `n` to counter `name` (no series is created for 0).
+fn count(name: &'static str, labels: &[metrics::Label], n: usize) {
+    if n > 0 {
+        metrics::counter!(name, labels.to_vec()).increment(n as u64);
+    }
 }
 
 fn check_error(error: Option<&str>) -> Result<&str> {
@@ -115,6 +123,14 @@ impl Broker {
             };
             bucket.push(receipt.clone());
         }
+        let labels = telemetry::group_labels(tenant, topic, group);
+        count(telemetry::NACKED, &labels, outcome.nacked.len());
+        count(
+            telemetry::DEAD_LETTERED,
+            &telemetry::with_reason(&labels, "max_deliveries"),
+            outcome.dead_lettered.len(),
+        );
+        count(telemetry::LEASE_LOST, &labels, outcome.lease_lost.len());
         Ok(outcome)
     }
 
@@ -154,6 +170,13 @@ impl Broker {
                 outcome.lease_lost.push(receipt.clone());
             }
         }
+        let labels = telemetry::group_labels(tenant, topic, group);
+        count(
+            telemetry::DEAD_LETTERED,
+            &telemetry::with_reason(&labels, "rejected"),
+            outcome.rejected.len(),
+        );
+        count(telemetry::LEASE_LOST, &labels, outcome.lease_lost.len());
         Ok(outcome)
     }
 }

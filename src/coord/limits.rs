@@ -15,6 +15,7 @@ use super::Coord;
 use crate::error::{Error, RateLimitInfo, Result};
 use crate::keys::TenantKeys;
 use crate::names::Tenant;
+use crate::telemetry;
 use crate::validate::check_range;
 
 /// How long a sidecar trusts that a tenant has no quota.
@@ -117,12 +118,18 @@ impl Coord {
                     "{count} messages exceed the tenant's burst of {limit}; send smaller batches"
                 ),
             )),
-            _ => Err(Error::TooManyRequests {
-                code: "rate_limited",
-                detail: format!("tenant '{tenant}' is over its publish quota; nothing was written"),
-                retry_after: Duration::from_millis(retry_after_ms),
-                limit: Some(info),
-            }),
+            _ => {
+                metrics::counter!(telemetry::RATE_LIMITED, "tenant" => tenant.to_string())
+                    .increment(1);
+                Err(Error::TooManyRequests {
+                    code: "rate_limited",
+                    detail: format!(
+                        "tenant '{tenant}' is over its publish quota; nothing was written"
+                    ),
+                    retry_after: Duration::from_millis(retry_after_ms),
+                    limit: Some(info),
+                })
+            }
         }
     }
 

@@ -13,6 +13,7 @@ use super::Coord;
 use crate::error::{Error, Result};
 use crate::keys::{PoolKeys, TenantKeys};
 use crate::names::{Pool, Tenant};
+use crate::telemetry;
 use crate::validate::{check_range, check_text};
 use crate::wake::SAFETY_RECHECK;
 
@@ -120,8 +121,18 @@ fn check_lease(lease_ms: Option<u64>) -> Result<()> {
 }
 
 /// Raw reply of `lua/pool_acquire.lua`: status, reservation id, then fencing
-/// token and expiry (acquired) or earliest expiry and now (full).
-type AcquireReply = (i64, String, u64, u64);
+/// token and expiry (acquired) or earliest expiry and now (full), in use.
+type AcquireReply = (i64, String, u64, u64, u64);
+
+/// Reports a pool's live reservations.
+fn record_in_use(tenant: &Tenant, pool: &Pool, in_use: u64) {
+    metrics::gauge!(
+        telemetry::RESERVATIONS_IN_USE,
+        "tenant" => tenant.to_string(),
+        "pool" => pool.to_string()
+    )
+    .set(in_use as f64);
+}
 
 impl Coord {
     /// Creates or updates a pool; returns true when created.
@@ -155,6 +166,7 @@ impl Coord {
 
     async fn try_acquire(
         &self,
+        tenant: &Tenant,
         keys: &PoolKeys,
         pool: &Pool,
         request: &AcquireRequest,
@@ -171,13 +183,17 @@ impl Coord {
             .arg(uuid::Uuid::now_v7().to_string())
             .invoke_async(&mut conn)
             .await?;
-        match reply {
-            (1, reservation_id, fencing_token, expires_at) => Ok(Ok(Reservation {
+        let (status, reservation_id, a, b, in_use) = reply;
+        if status >= 0 {
+            record_in_use(tenant, pool, in_use);
+        }
+        match status {
+            1 => Ok(Ok(Reservation {
                 reservation_id,
-                fencing_token,
-                expires_at,
+                fencing_token: a,
+                expires_at: b,
             })),
-            (0, _, earliest, now) => Ok(Err((earliest, now))),
+            0 => Ok(Err((a, b))),
             _ => Err(pool_not_found(pool)),
         }
     }
@@ -208,7 +224,7 @@ impl Coord {
             if let Some(n) = notified.as_mut().as_pin_mut() {
                 n.enable();
             }
-            let (earliest, now) = match self.try_acquire(&keys, pool, request).await? {
+            let (earliest, now) = match self.try_acquire(tenant, &keys, pool, request).await? {
                 Ok(reservation) => return Ok(reservation),
                 Err(full) => full,
             };
@@ -273,9 +289,15 @@ impl Coord {
             .invoke_async(&mut conn)
             .await?;
         match reply.as_slice() {
-            [1, expires_at] => Ok(u64::try_from(*expires_at).unwrap_or(0)),
-            [-1] => Err(pool_not_found(pool)),
-            _ => Err(reservation_lost()),
+            [1, expires_at, in_use] => {
+                record_in_use(tenant, pool, u64::try_from(*in_use).unwrap_or(0));
+                Ok(u64::try_from(*expires_at).unwrap_or(0))
+            }
+            [0, in_use] => {
+                record_in_use(tenant, pool, u64::try_from(*in_use).unwrap_or(0));
+                Err(reservation_lost())
+            }
+            _ => Err(pool_not_found(pool)),
         }
     }
 
@@ -308,6 +330,7 @@ impl Coord {
                 }
             })
             .collect();
+        record_in_use(tenant, pool, holders.len() as u64);
         Ok(PoolInfo {
             name: pool.to_string(),
             capacity,

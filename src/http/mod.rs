@@ -6,12 +6,15 @@ mod coord;
 pub mod extract;
 mod groups;
 pub mod listen;
+mod observe;
 mod ops;
 mod topics;
 
-use axum::Router;
+use std::sync::Arc;
+
 use axum::extract::DefaultBodyLimit;
 use axum::http::Uri;
+use axum::{Router, middleware};
 
 use crate::broker::Broker;
 use crate::coord::Coord;
@@ -29,6 +32,8 @@ pub struct AppState {
     pub coord: Coord,
     /// Request body limit in bytes (`--max-body`).
     pub max_body: usize,
+    /// Bearer token required on `/v1` (None = open).
+    pub api_token: Option<Arc<str>>,
 }
 
 /// The whole API.
@@ -45,5 +50,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(|uri: Uri| async move { Error::RouteNotFound(uri.path().to_owned()) })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            observe::require_token,
+        ))
+        .layer(middleware::from_fn(observe::observe))
         .with_state(state)
 }

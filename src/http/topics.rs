@@ -2,7 +2,7 @@
 //! delete, publish (single and batch) and history.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -62,11 +62,29 @@ async fn delete_topic(State(state): State<AppState>, path: TopicPath) -> Result<
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Keeps the request's W3C `traceparent` with the message (unless the
+/// message brings its own), so consumers continue the publisher's trace.
+fn carry_traceparent(request_headers: &HeaderMap, message: &mut PublishRequest) {
+    let Some(traceparent) = request_headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return;
+    };
+    message
+        .headers
+        .get_or_insert_with(Default::default)
+        .entry("traceparent".to_owned())
+        .or_insert_with(|| traceparent.to_owned());
+}
+
 async fn publish(
     State(state): State<AppState>,
     path: TopicPath,
-    JsonBody(message): JsonBody<PublishRequest>,
+    request_headers: HeaderMap,
+    JsonBody(mut message): JsonBody<PublishRequest>,
 ) -> Result<Response> {
+    carry_traceparent(&request_headers, &mut message);
     message.validate("")?;
     let quota = state.coord.charge_publish(&path.tenant, 1).await?;
     let published = state
@@ -99,6 +117,7 @@ struct BatchResponse {
 async fn publish_batch(
     State(state): State<AppState>,
     path: TopicPath,
+    request_headers: HeaderMap,
     JsonBody(batch): JsonBody<BatchRequest>,
 ) -> Result<Response> {
     if batch.messages.is_empty() || batch.messages.len() > MAX_BATCH {
@@ -111,8 +130,11 @@ async fn publish_batch(
     let mut valid = Vec::with_capacity(batch.messages.len());
     for (i, raw) in batch.messages.iter().enumerate() {
         let prefix = format!("messages[{i}].");
-        let parsed = parse_json::<PublishRequest>(raw.get().as_bytes(), &prefix)
-            .and_then(|m| m.validate(&prefix).map(|()| m));
+        let parsed =
+            parse_json::<PublishRequest>(raw.get().as_bytes(), &prefix).and_then(|mut m| {
+                carry_traceparent(&request_headers, &mut m);
+                m.validate(&prefix).map(|()| m)
+            });
         match parsed {
             Ok(message) => {
                 valid.push(message);

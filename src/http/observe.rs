@@ -1,0 +1,96 @@
+//! Middleware around every request: a tracing span (method, route template,
+//! tenant, topic, group), the request duration histogram by route template
+//! and status, and the optional bearer-token check on `/v1`.
+
+use std::time::Instant;
+
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+use tracing::Instrument;
+
+use super::AppState;
+use crate::error::Error;
+use crate::telemetry;
+
+/// Spans and times each request.
+pub async fn observe(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let method = req.method().clone();
+    let (mut parts, body) = req.into_parts();
+    let params = RawPathParams::from_request_parts(&mut parts, &())
+        .await
+        .ok();
+    let param = |name: &str| {
+        params
+            .as_ref()
+            .and_then(|p| {
+                p.iter()
+                    .find_map(|(k, v)| (k == name).then(|| v.to_owned()))
+            })
+            .unwrap_or_default()
+    };
+    let span = tracing::info_span!(
+        "request",
+        %method,
+        route = %route,
+        tenant = %param("tenant"),
+        topic = %param("topic"),
+        group = %param("group"),
+    );
+    let response = next
+        .run(Request::from_parts(parts, body))
+        .instrument(span.clone())
+        .await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    metrics::histogram!(
+        telemetry::HTTP_DURATION,
+        "method" => method.to_string(),
+        "route" => route,
+        "status" => status.to_string()
+    )
+    .record(elapsed.as_secs_f64());
+    span.in_scope(|| {
+        tracing::debug!(
+            status,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "request done"
+        )
+    });
+    response
+}
+
+/// With `--api-token-file`, every `/v1` request needs `Authorization:
+/// Bearer <token>` (compared in constant time); health and metrics stay open.
+pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(expected) = state.api_token.as_deref() else {
+        return next.run(req).await;
+    };
+    if !req.uri().path().starts_with("/v1/") {
+        return next.run(req).await;
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+        next.run(req).await
+    } else {
+        let mut response = Error::Unauthorized.into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        response
+    }
+}
