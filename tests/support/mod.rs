@@ -146,6 +146,78 @@ impl Reply {
     }
 }
 
+/// The real `streamcar serve` binary as a child process.
+pub struct StreamcarProcess {
+    child: Option<Child>,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+}
+
+impl StreamcarProcess {
+    /// Starts `streamcar serve` against `redis_url` on a free port with
+    /// `extra` flags, and waits until it answers `/healthz`.
+    pub async fn start(redis_url: &str, extra: &[&str]) -> Self {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_streamcar"))
+            .args(["serve", "--redis-url", redis_url])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn streamcar");
+        let process = Self {
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if let Ok(resp) = client.get(format!("{}/healthz", process.base)).send().await
+                && resp.status().is_success()
+            {
+                return process;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("streamcar did not start");
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        let child = self.child.as_ref().expect("running");
+        i32::try_from(child.id()).expect("pid fits")
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child process.
+        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0);
+    }
+
+    /// Waits (bounded) for the process to exit and returns its status.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        for _ in 0..300 {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        panic!("streamcar did not exit");
+    }
+}
+
+impl Drop for StreamcarProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 static TENANT_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// streamcar running in-process against a private Redis.
