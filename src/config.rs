@@ -49,10 +49,10 @@ pub struct ServerArgs {
     #[arg(long, env = "STREAMCAR_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
 
-    /// Most pooled Redis connections (each one multiplexes many requests).
-    #[arg(long, env = "STREAMCAR_REDIS_POOL_SIZE", default_value_t = 16,
-          value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub redis_pool_size: u16,
+    /// Shared multiplexed Redis connections (each pipelines many requests).
+    #[arg(long, env = "STREAMCAR_REDIS_CONNECTIONS", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub redis_connections: u16,
 
     /// Log format on stderr.
     #[arg(long, env = "STREAMCAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -72,8 +72,8 @@ pub struct Config {
     pub max_body: usize,
     /// Graceful shutdown budget.
     pub drain_timeout: Duration,
-    /// Redis pool size.
-    pub redis_pool_size: usize,
+    /// Shared Redis connections.
+    pub redis_connections: usize,
     /// Time between retention passes.
     pub retention_interval: Duration,
     /// Time between group gauge refreshes.
@@ -96,7 +96,7 @@ impl Config {
             socket: args.socket.clone(),
             max_body: args.max_body,
             drain_timeout: args.drain_timeout,
-            redis_pool_size: usize::from(args.redis_pool_size),
+            redis_connections: usize::from(args.redis_connections),
             retention_interval: args.retention_interval,
             metrics_interval: args.metrics_interval,
             api_token,
@@ -111,7 +111,7 @@ impl Config {
             socket: None,
             max_body: 1 << 20,
             drain_timeout: Duration::from_secs(10),
-            redis_pool_size: 16,
+            redis_connections: 4,
             retention_interval: Duration::from_secs(10),
             metrics_interval: Duration::from_secs(15),
             api_token: None,

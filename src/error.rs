@@ -218,14 +218,6 @@ impl From<redis::RedisError> for Error {
     }
 }
 
-impl From<deadpool_redis::PoolError> for Error {
-    fn from(e: deadpool_redis::PoolError) -> Self {
-        match e {
-            deadpool_redis::PoolError::Backend(e) => e.into(),
-            other => Self::Unavailable(other.to_string()),
-        }
-    }
-}
 
 /// RFC 9457 problem details, plus `code` and `field` extension members.
 #[derive(Serialize)]

@@ -48,6 +48,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -55,10 +56,10 @@ use tokio::task::JoinSet;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::coord::Coord;
-use crate::http::AppState;
+use crate::http::{AppState, Services};
 use crate::http::listen::SocketFile;
 use crate::scripts::Scripts;
-use crate::store::Store;
+use crate::store::{Connections, Store};
 use crate::wake::Wakeups;
 
 /// Why the service could not start or stopped with an error.
@@ -97,29 +98,10 @@ pub struct Server {
     _socket_file: Option<SocketFile>,
 }
 
-fn create_pool(config: &Config) -> Result<deadpool_redis::Pool, StartError> {
-    // Bounded waits everywhere: with Redis gone or hung, requests answer 503
-    // within seconds and never hang. The response timeout is generous enough
-    // for the largest script (a 1000-message batch).
-    let connection = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(5)));
-    let manager = deadpool_redis::Manager::new_with_config(config.redis_url.as_str(), connection)
-        .map_err(|e| StartError::RedisConfig(e.to_string()))?;
-    deadpool_redis::Pool::builder(manager)
-        .max_size(config.redis_pool_size)
-        .wait_timeout(Some(Duration::from_secs(2)))
-        .create_timeout(Some(Duration::from_secs(2)))
-        .recycle_timeout(Some(Duration::from_secs(2)))
-        .runtime(deadpool_redis::Runtime::Tokio1)
-        .build()
-        .map_err(|e| StartError::RedisConfig(e.to_string()))
-}
-
 /// Logs loudly when Redis may evict keys: eviction silently deletes streams,
 /// leases and idempotency records (DESIGN.md, lessons from asynq/Centrifugo).
-async fn warn_about_eviction(pool: &deadpool_redis::Pool) {
-    let Ok(mut conn) = pool.get().await else {
+async fn warn_about_eviction(store: &Store) {
+    let Ok(mut conn) = store.conn().await else {
         return;
     };
     let policy: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
@@ -143,18 +125,19 @@ async fn warn_about_eviction(pool: &deadpool_redis::Pool) {
 pub async fn start(config: &Config) -> Result<Server, StartError> {
     // Install the recorder before anything counts.
     telemetry::metrics();
-    let pool = create_pool(config)?;
+    let connections = Connections::new(&config.redis_url, config.redis_connections)
+        .map_err(|e| StartError::RedisConfig(e.to_string()))?;
     let (shutdown, signal) = watch::channel(false);
     let wakeups = Wakeups::start(&config.redis_url);
     let store = Store::new(
-        pool.clone(),
+        Arc::new(connections),
         Arc::new(Scripts::new()),
         wakeups,
         signal.clone(),
     );
     let broker = Broker::new(store.clone());
     match store.check_ready().await {
-        Ok(()) => warn_about_eviction(&pool).await,
+        Ok(()) => warn_about_eviction(&store).await,
         Err(e) => {
             tracing::warn!(error = %e, "redis is not ready yet; serving anyway, /readyz answers 503 until it is")
         }
@@ -173,13 +156,13 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
             signal.clone(),
         ));
     }
-    let app = http::router(AppState {
+    let app = http::router(AppState::new(Services {
         coord: Coord::new(store.clone()),
         store,
         broker,
         max_body: config.max_body,
         api_token: config.api_token.clone().map(Arc::from),
-    });
+    }));
 
     let tcp = TcpListener::bind(config.listen)
         .await
@@ -193,6 +176,12 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
     };
 
     let mut listeners = JoinSet::new();
+    // No Nagle delay on small responses: they are whole HTTP messages.
+    let tcp = tcp.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     listeners.spawn(
         axum::serve(tcp, app.clone())
             .with_graceful_shutdown(stopped(signal.clone()))

@@ -81,7 +81,10 @@ impl Invocation<'_> {
         conn: &mut impl redis::aio::ConnectionLike,
     ) -> RedisResult<T> {
         let started = Instant::now();
+        let in_flight = metrics::gauge!(telemetry::REDIS_IN_FLIGHT);
+        in_flight.increment(1.0);
         let result = self.inner.invoke_async(conn).await;
+        in_flight.decrement(1.0);
         metrics::histogram!(telemetry::SCRIPT_DURATION, "script" => self.name)
             .record(started.elapsed().as_secs_f64());
         result

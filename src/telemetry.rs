@@ -57,8 +57,10 @@ pub const HTTP_DURATION: &str = "streamcar_http_request_duration_seconds";
 pub const SCRIPT_DURATION: &str = "streamcar_redis_script_duration_seconds";
 /// Live reservations of a pool.
 pub const RESERVATIONS_IN_USE: &str = "streamcar_reservations_in_use";
-/// Pooled Redis connections by state (`in_use`, `idle`).
+/// Shared multiplexed Redis connections.
 pub const REDIS_CONNECTIONS: &str = "streamcar_redis_connections";
+/// Lua script calls waiting for their Redis answer right now.
+pub const REDIS_IN_FLIGHT: &str = "streamcar_redis_requests_in_flight";
 /// 1 while Redis answers, 0 while it does not (as of the last check).
 pub const REDIS_UP: &str = "streamcar_redis_up";
 
@@ -150,7 +152,8 @@ fn describe() {
         "Lua script round trip duration."
     );
     describe_gauge!(RESERVATIONS_IN_USE, "Live reservations of a pool.");
-    describe_gauge!(REDIS_CONNECTIONS, "Pooled Redis connections by state.");
+    describe_gauge!(REDIS_CONNECTIONS, "Shared multiplexed Redis connections.");
+    describe_gauge!(REDIS_IN_FLIGHT, "Lua script calls waiting for Redis now.");
     describe_gauge!(REDIS_UP, "1 while Redis answers, 0 while it does not.");
 }
 

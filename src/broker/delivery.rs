@@ -14,6 +14,7 @@ use super::receipt::Receipt;
 use crate::error::{Error, Result};
 use crate::keys::TopicKeys;
 use crate::names::{Consumer, Group, Tenant, Topic};
+use crate::scripts::{Invocation, Scripts};
 use crate::telemetry;
 use crate::wake;
 
@@ -77,6 +78,42 @@ pub struct ExtendOutcome {
     pub extended: Vec<Extended>,
     /// Receipts whose lease was already lost.
     pub lease_lost: Vec<String>,
+}
+
+/// The `lua/fetch.lua` call for one fetch round. Public so the benchmark's
+/// raw baseline sends exactly the same call.
+pub fn fetch_call<'a>(
+    scripts: &'a Scripts,
+    keys: &TopicKeys,
+    group: &Group,
+    consumer: &Consumer,
+    max: u32,
+) -> Invocation<'a> {
+    let gk = keys.group(group);
+    let mut call = scripts.fetch.key(keys.stream());
+    call.key(gk.config())
+        .key(gk.delayed())
+        .key(gk.dlq())
+        .key(keys.meta())
+        .arg(group.as_str())
+        .arg(consumer.as_str())
+        .arg(max);
+    call
+}
+
+/// The `lua/ack.lua` call for `receipts`. Public for the benchmark too.
+pub fn ack_call<'a>(
+    scripts: &'a Scripts,
+    keys: &TopicKeys,
+    group: &Group,
+    receipts: &[Receipt],
+) -> Invocation<'a> {
+    let mut call = scripts.ack.key(keys.stream());
+    call.key(keys.group(group).config()).arg(group.as_str());
+    for r in receipts {
+        call.arg(&r.stream_id).arg(r.attempt).arg(r.consumer.as_str());
+    }
+    call
 }
 
 /// Parses receipts, refusing the whole call on the first malformed one.

@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{Broker, DEFAULT_DEDUP_WINDOW_MS};
+use crate::store::Conn;
 use crate::error::{Error, RateLimitInfo, Result};
 use crate::keys::{self, TenantKeys, TopicKeys};
 use crate::names::{Tenant, Topic};
+use crate::scripts::{Invocation, Scripts};
 use crate::telemetry;
 use crate::validate::check_text;
 
@@ -186,35 +188,7 @@ impl Broker {
         messages: &[PublishRequest],
     ) -> Result<Vec<Published>> {
         let keys = TopicKeys::new(tenant, topic);
-        let mut call = self.store.scripts().publish.prepare_invoke();
-        call.key(keys.meta()).key(keys.stream());
-        call.arg(DEFAULT_DEDUP_WINDOW_MS)
-            .arg(keys.wake_channel())
-            .arg(messages.len());
-        let mut next_dedup_key = 3; // KEYS index of the next dedup key (Lua is 1-based)
-        for message in messages {
-            let dedup_index = match &message.idempotency_key {
-                Some(idem) => {
-                    call.key(keys.dedup(idem));
-                    next_dedup_key += 1;
-                    next_dedup_key - 1
-                }
-                None => 0,
-            };
-            let id = message
-                .id
-                .clone()
-                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-            let fields = message.envelope_fields();
-            call.arg(dedup_index)
-                .arg(id)
-                .arg(message.ttl_ms.unwrap_or(0))
-                .arg(message.delay_ms.unwrap_or(0))
-                .arg(fields.len());
-            for (name, value) in fields {
-                call.arg(name).arg(value);
-            }
-        }
+        let call = publish_call(self.store.scripts(), &keys, messages);
         let mut conn = self.store.conn().await?;
         let (created, rows, max_backlog): PublishReply = call.invoke_async(&mut conn).await?;
         let labels = telemetry::topic_labels(tenant, topic);
@@ -259,11 +233,50 @@ impl Broker {
     }
 }
 
+/// The `lua/publish.lua` call that appends `messages` to the topic of
+/// `keys`. Public so the benchmark's raw baseline sends exactly the same call.
+pub fn publish_call<'a>(
+    scripts: &'a Scripts,
+    keys: &TopicKeys,
+    messages: &[PublishRequest],
+) -> Invocation<'a> {
+    let mut call = scripts.publish.prepare_invoke();
+    call.key(keys.meta()).key(keys.stream());
+    call.arg(DEFAULT_DEDUP_WINDOW_MS)
+        .arg(keys.wake_channel())
+        .arg(messages.len());
+    let mut next_dedup_key = 3; // KEYS index of the next dedup key (Lua is 1-based)
+    for message in messages {
+        let dedup_index = match &message.idempotency_key {
+            Some(idem) => {
+                call.key(keys.dedup(idem));
+                next_dedup_key += 1;
+                next_dedup_key - 1
+            }
+            None => 0,
+        };
+        let id = message
+            .id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let fields = message.envelope_fields();
+        call.arg(dedup_index)
+            .arg(id)
+            .arg(message.ttl_ms.unwrap_or(0))
+            .arg(message.delay_ms.unwrap_or(0))
+            .arg(fields.len());
+        for (name, value) in fields {
+            call.arg(name).arg(value);
+        }
+    }
+    call
+}
+
 /// Lists a newly created topic in its tenant's topic set and the tenant in
 /// the tenant set. These live under other hash tags, so they cannot join the
 /// creating script; both adds are idempotent.
 pub(crate) async fn register_topic(
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut Conn,
     tenant: &Tenant,
     topic: &Topic,
 ) -> Result<()> {

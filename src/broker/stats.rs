@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use super::Broker;
 use super::groups::{InfoRow, info_text, info_u64};
 use super::topics::read_groups;
+use crate::store::Conn;
 use crate::error::Result;
 use crate::keys::{self, TenantKeys, TopicKeys};
 use crate::names::{Group, Tenant, Topic};
@@ -40,7 +41,7 @@ impl Broker {
 
     async fn refresh_topic(
         &self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut Conn,
         tenant: &Tenant,
         topic: &Topic,
     ) -> Result<()> {

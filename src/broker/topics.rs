@@ -9,6 +9,7 @@ use super::groups::{info_text, info_u64};
 use super::message::Message;
 use super::publish::register_topic;
 use super::{Broker, DEFAULT_DEDUP_WINDOW_MS};
+use crate::store::Conn;
 use crate::error::{Error, Result};
 use crate::keys::{GroupKeys, TenantKeys, TopicKeys};
 use crate::names::{Group, Tenant, Topic};
@@ -277,7 +278,7 @@ impl Broker {
 /// same round trip as a check that `owner_key` exists (None when it does
 /// not). Returns the entries and the cursor for the next page.
 pub(crate) async fn read_page(
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut Conn,
     owner_key: &str,
     stream: &str,
     after: Option<&str>,
@@ -313,7 +314,7 @@ pub(crate) async fn read_page(
 
 /// The groups of a topic as listed in its group set, with their keys.
 pub(crate) async fn read_groups(
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut Conn,
     keys: &TopicKeys,
 ) -> Result<Vec<(Group, GroupKeys)>> {
     let names: Vec<String> = redis::cmd("SMEMBERS")
@@ -341,7 +342,7 @@ fn not_found(topic: &Topic) -> Error {
 
 /// Groups of a stream from XINFO GROUPS (none when the stream does not exist).
 async fn group_summaries(
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut Conn,
     stream: &str,
 ) -> Result<Vec<GroupSummary>> {
     let exists: bool = redis::cmd("EXISTS").arg(stream).query_async(conn).await?;

@@ -21,9 +21,28 @@ use crate::coord::Coord;
 use crate::error::Error;
 use crate::store::Store;
 
-/// Shared state of every handler. Cheap to clone.
+/// Shared state of every handler: one `Arc`, so the per-request clone axum
+/// makes is a single reference-count increment.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    /// Wraps the services.
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// What handlers work with.
+pub struct Services {
     /// Shared Redis handle (readiness).
     pub store: Store,
     /// Broker operations on Redis.

@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::telemetry;
 
 /// Spans and times each request.
-pub async fn observe(req: Request, next: Next) -> Response {
+pub async fn observe(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = req
         .extensions()
@@ -24,31 +24,31 @@ pub async fn observe(req: Request, next: Next) -> Response {
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
     let method = req.method().clone();
-    let (mut parts, body) = req.into_parts();
-    let params = RawPathParams::from_request_parts(&mut parts, &())
-        .await
-        .ok();
-    let param = |name: &str| {
-        params
-            .as_ref()
-            .and_then(|p| {
-                p.iter()
-                    .find_map(|(k, v)| (k == name).then(|| v.to_owned()))
-            })
-            .unwrap_or_default()
+    // The span is DEBUG: its fields cost formatting on every request, so it
+    // is only built when someone asked for it (RUST_LOG=streamcar=debug).
+    let span = if tracing::enabled!(tracing::Level::DEBUG) {
+        let (mut parts, body) = req.into_parts();
+        let params = RawPathParams::from_request_parts(&mut parts, &()).await.ok();
+        let param = |name: &str| {
+            params
+                .as_ref()
+                .and_then(|p| p.iter().find_map(|(k, v)| (k == name).then(|| v.to_owned())))
+                .unwrap_or_default()
+        };
+        let span = tracing::debug_span!(
+            "request",
+            %method,
+            route = %route,
+            tenant = %param("tenant"),
+            topic = %param("topic"),
+            group = %param("group"),
+        );
+        req = Request::from_parts(parts, body);
+        span
+    } else {
+        tracing::Span::none()
     };
-    let span = tracing::info_span!(
-        "request",
-        %method,
-        route = %route,
-        tenant = %param("tenant"),
-        topic = %param("topic"),
-        group = %param("group"),
-    );
-    let response = next
-        .run(Request::from_parts(parts, body))
-        .instrument(span.clone())
-        .await;
+    let response = next.run(req).instrument(span.clone()).await;
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     metrics::histogram!(

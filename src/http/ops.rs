@@ -20,9 +20,7 @@ pub(super) fn routes() -> Router<AppState> {
 
 /// Prometheus text exposition of every metric of this process.
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let (in_use, idle) = state.store.pool_status();
-    metrics::gauge!(telemetry::REDIS_CONNECTIONS, "state" => "in_use").set(in_use as f64);
-    metrics::gauge!(telemetry::REDIS_CONNECTIONS, "state" => "idle").set(idle as f64);
+    metrics::gauge!(telemetry::REDIS_CONNECTIONS).set(state.store.connection_count() as f64);
     (
         [(
             header::CONTENT_TYPE,

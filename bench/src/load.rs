@@ -1,0 +1,70 @@
+//! A closed-loop load runner: `concurrency` workers repeat one operation
+//! until the deadline; the result is operations per second and the latency
+//! distribution of the calls.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One call of an operation; resolves to how many operations it did (a
+/// batch of 100 messages counts 100).
+pub type Op = Arc<dyn Fn(usize) -> Pin<Box<dyn Future<Output = u64> + Send>> + Send + Sync>;
+
+/// What one load run measured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Measured {
+    /// Operations per second.
+    pub ops_per_s: f64,
+    /// Median call latency, µs.
+    pub p50_us: f64,
+    /// 99th percentile call latency, µs.
+    pub p99_us: f64,
+}
+
+/// Percentile `p` (0..=1) of sorted samples.
+pub fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)] as f64
+}
+
+/// Summarizes latency samples (µs) and a count over `elapsed`.
+pub fn summarize(mut latencies: Vec<u64>, ops: u64, elapsed: Duration) -> Measured {
+    latencies.sort_unstable();
+    Measured {
+        ops_per_s: ops as f64 / elapsed.as_secs_f64(),
+        p50_us: percentile(&latencies, 0.50),
+        p99_us: percentile(&latencies, 0.99),
+    }
+}
+
+/// Runs `op` from `concurrency` workers for `duration`.
+pub async fn run(concurrency: usize, duration: Duration, op: Op) -> Measured {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut workers = Vec::with_capacity(concurrency);
+    for worker in 0..concurrency {
+        let op = op.clone();
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut ops = 0;
+            while Instant::now() < deadline {
+                let call = Instant::now();
+                ops += op(worker).await;
+                latencies.push(call.elapsed().as_micros() as u64);
+            }
+            (latencies, ops)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut ops = 0;
+    for w in workers {
+        let (l, n) = w.await.expect("worker");
+        latencies.extend(l);
+        ops += n;
+    }
+    summarize(latencies, ops, started.elapsed())
+}

@@ -1,0 +1,166 @@
+//! `streamcar-bench`: measures streamcar against raw Redis in one run.
+//!
+//! It starts its own `redis-server` and the release `streamcar serve`, warms
+//! up, then runs each scenario twice, raw (redis-rs sending the very same Lua
+//! script calls, built by the same functions, at the same concurrency) and
+//! through the sidecar's HTTP API. Ratios against the raw run on the same
+//! machine in the same run are what matter; absolute numbers on a shared
+//! 2-core machine are noise.
+
+mod http;
+mod load;
+mod procs;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Serialize;
+
+/// Command-line options.
+#[derive(Parser)]
+#[command(name = "streamcar-bench", about = "streamcar vs raw Redis, same scripts, same run")]
+struct Args {
+    /// How long each measured run lasts, e.g. `5s`.
+    #[arg(long, default_value = "5s", value_parser = streamcar::config::parse_duration)]
+    duration: Duration,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "results.json")]
+    out: PathBuf,
+}
+
+/// One row of the results.
+#[derive(Serialize)]
+struct Row {
+    name: &'static str,
+    concurrency: usize,
+    raw_ops_per_s: f64,
+    sidecar_ops_per_s: f64,
+    ratio: f64,
+    p50_us: f64,
+    p99_us: f64,
+    raw_p50_us: f64,
+    raw_p99_us: f64,
+}
+
+/// The whole results file.
+#[derive(Serialize)]
+struct Results {
+    scenarios: Vec<Row>,
+    rss_mb_idle: f64,
+    rss_mb_peak: f64,
+    duration_s: f64,
+    cpus: usize,
+}
+
+fn row(name: &'static str, concurrency: usize, pair: &scenarios::Pair) -> Row {
+    let round = |v: f64| (v * 100.0).round() / 100.0;
+    Row {
+        name,
+        concurrency,
+        raw_ops_per_s: round(pair.raw.ops_per_s),
+        sidecar_ops_per_s: round(pair.sidecar.ops_per_s),
+        ratio: round(pair.sidecar.ops_per_s / pair.raw.ops_per_s.max(1.0)),
+        p50_us: pair.sidecar.p50_us,
+        p99_us: pair.sidecar.p99_us,
+        raw_p50_us: pair.raw.p50_us,
+        raw_p99_us: pair.raw.p99_us,
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let binary = procs::streamcar_binary();
+    let dir = std::env::temp_dir().join(format!("streamcar-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let redis = procs::start_redis(&dir).await;
+    let sidecar = procs::start_streamcar(&binary, &redis.url).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_mb_idle = procs::memory_mb(sidecar.pid(), "VmRSS");
+
+    let client = redis::Client::open(redis.url.as_str()).expect("redis url");
+    let ctx = scenarios::Ctx {
+        scripts: Arc::new(streamcar::scripts::Scripts::new()),
+        redis: client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection"),
+        redis_url: redis.url.clone(),
+        http: Arc::new(
+            http::Clients::new(
+                sidecar.url.trim_start_matches("http://"),
+                "/v1/tenants/bench",
+                64,
+            )
+            .await,
+        ),
+    };
+
+    eprintln!("warming up…");
+    scenarios::publish(&ctx, 16, Duration::from_secs(1)).await;
+
+    let d = args.duration;
+    let mut rows = Vec::new();
+    eprintln!("publish…");
+    rows.push(row("publish", 64, &scenarios::publish(&ctx, 64, d).await));
+    eprintln!("publish_batch…");
+    rows.push(row("publish_batch", 16, &scenarios::publish_batch(&ctx, 16, d).await));
+    eprintln!("consume…");
+    rows.push(row("consume", 8, &scenarios::consume(&ctx, 8, d).await));
+    eprintln!("e2e_latency…");
+    rows.push(row("e2e_latency", 4, &scenarios::e2e_latency(&ctx, 4, d).await));
+    let rss_mb_peak = procs::memory_mb(sidecar.pid(), "VmHWM");
+
+    println!(
+        "{:<14} {:>5} {:>12} {:>12} {:>6} {:>9} {:>9} {:>9} {:>9}",
+        "scenario", "conc", "raw ops/s", "sidecar/s", "ratio", "p50 µs", "p99 µs", "raw p50", "raw p99"
+    );
+    for r in &rows {
+        println!(
+            "{:<14} {:>5} {:>12.0} {:>12.0} {:>6.2} {:>9.0} {:>9.0} {:>9.0} {:>9.0}",
+            r.name, r.concurrency, r.raw_ops_per_s, r.sidecar_ops_per_s, r.ratio, r.p50_us, r.p99_us,
+            r.raw_p50_us, r.raw_p99_us
+        );
+    }
+    println!("sidecar RSS: idle {rss_mb_idle:.1} MB, peak {rss_mb_peak:.1} MB");
+
+    let ratio = |name: &str| rows.iter().find(|r| r.name == name).map_or(0.0, |r| r.ratio);
+    let e2e_p99_ms = rows
+        .iter()
+        .find(|r| r.name == "e2e_latency")
+        .map_or(f64::MAX, |r| r.p99_us / 1000.0);
+    let targets = [
+        ("publish ratio >= 0.5", ratio("publish") >= 0.5),
+        ("publish_batch ratio >= 0.8", ratio("publish_batch") >= 0.8),
+        ("consume ratio >= 0.4", ratio("consume") >= 0.4),
+        ("e2e p99 <= 5 ms", e2e_p99_ms <= 5.0),
+        ("peak RSS <= 64 MB", rss_mb_peak <= 64.0),
+    ];
+    let mut all_met = true;
+    for (target, met) in targets {
+        println!("{} {target}", if met { "PASS" } else { "FAIL" });
+        all_met &= met;
+    }
+
+    let results = Results {
+        scenarios: rows,
+        rss_mb_idle: (rss_mb_idle * 10.0).round() / 10.0,
+        rss_mb_peak: (rss_mb_peak * 10.0).round() / 10.0,
+        duration_s: d.as_secs_f64(),
+        cpus: std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let json = serde_json::to_string_pretty(&results).expect("results serialize");
+    std::fs::write(&args.out, json + "\n").expect("write results");
+    println!("results written to {}", args.out.display());
+    drop(sidecar);
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
+    if all_met {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,112 @@
+//! The processes under test: a private `redis-server` and the release
+//! `streamcar serve`, both on free loopback ports, both killed on drop.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    child: Child,
+    /// Its address (`redis://…` or `http://…`).
+    pub url: String,
+}
+
+impl Proc {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `redis-server` without persistence (the bench measures the
+/// sidecar, not the disk) and waits until it answers.
+pub async fn start_redis(dir: &std::path::Path) -> Proc {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .args(["--loglevel", "warning", "--maxmemory-policy", "noeviction"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server on PATH (apt-get install redis-server)");
+    let url = format!("redis://127.0.0.1:{port}");
+    let client = redis::Client::open(url.as_str()).expect("redis url");
+    for _ in 0..200 {
+        if let Ok(mut conn) = client.get_multiplexed_async_connection().await
+            && redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .is_ok()
+        {
+            return Proc { child, url };
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("redis-server did not start");
+}
+
+/// Builds (if needed) and returns the release `streamcar` binary next to
+/// this benchmark's own executable.
+pub fn streamcar_binary() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--quiet", "-p", "streamcar", "--bin", "streamcar"])
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building streamcar failed");
+    let exe = std::env::current_exe().expect("own path");
+    exe.with_file_name("streamcar")
+}
+
+/// Starts `streamcar serve` against `redis_url` and waits for `/readyz`.
+pub async fn start_streamcar(binary: &std::path::Path, redis_url: &str) -> Proc {
+    let port = free_port();
+    let child = Command::new(binary)
+        .args(["serve", "--redis-url", redis_url])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn streamcar");
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if let Ok(resp) = client.get(format!("{url}/readyz")).send().await
+            && resp.status().is_success()
+        {
+            return Proc { child, url };
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("streamcar did not become ready");
+}
+
+/// A line of `/proc/<pid>/status` in MiB (`VmRSS`, `VmHWM`).
+pub fn memory_mb(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| rest.trim_start_matches(':').split_whitespace().next())
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}

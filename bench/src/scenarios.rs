@@ -1,0 +1,369 @@
+//! The scenarios, each in two modes: `raw` (redis-rs sending the very same
+//! Lua script calls the sidecar sends, built by the same functions) and
+//! `sidecar` (the same work through streamcar's HTTP API with a keep-alive
+//! client). Both modes use the same concurrency and the same Redis.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use redis::aio::MultiplexedConnection;
+use serde_json::{Value, json};
+use streamcar::broker::delivery::{ack_call, fetch_call};
+use streamcar::broker::publish::{PublishRequest, publish_call};
+use streamcar::broker::receipt::Receipt;
+use streamcar::keys::TopicKeys;
+use streamcar::names::{Consumer, Group, Tenant, Topic};
+use streamcar::scripts::Scripts;
+
+use crate::http::Clients;
+use crate::load::{self, Measured, Op};
+
+/// Tenant every scenario runs under.
+const TENANT: &str = "bench";
+/// Group every consuming scenario reads with.
+const GROUP: &str = "workers";
+
+/// Everything a scenario needs.
+#[derive(Clone)]
+pub struct Ctx {
+    /// The scripts, exactly as the sidecar builds them.
+    pub scripts: Arc<Scripts>,
+    /// One multiplexed connection, shared by all raw workers (it pipelines).
+    pub redis: MultiplexedConnection,
+    /// Redis URL (for pub/sub connections).
+    pub redis_url: String,
+    /// Keep-alive HTTP connections to the sidecar, one per worker.
+    pub http: Arc<Clients>,
+}
+
+/// Raw and sidecar results of one scenario.
+pub struct Pair {
+    /// Through redis-rs directly.
+    pub raw: Measured,
+    /// Through the sidecar.
+    pub sidecar: Measured,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A publish body like an AI app sends: a prompt with an idempotency key.
+fn message_body(mode: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    json!({
+        "payload": {"prompt": "Summarize the following support ticket in one line.", "n": n},
+        "idempotency_key": format!("{mode}-{n}"),
+        "correlation_id": "bench-run",
+    })
+    .to_string()
+}
+
+fn parse(body: &str) -> PublishRequest {
+    serde_json::from_str(body).expect("bench bodies are valid")
+}
+
+fn topic_keys(topic: &str) -> TopicKeys {
+    TopicKeys::new(
+        &Tenant::parse(TENANT).expect("name"),
+        &Topic::parse(topic).expect("name"),
+    )
+}
+
+impl Ctx {
+    async fn put(&self, path: &str, body: Value) {
+        let (status, reply) = self.http.send(0, "PUT", path, body.to_string()).await;
+        assert!((200..300).contains(&status), "setup {path}: {status} {reply}");
+    }
+
+    async fn raw_publish(&self, keys: &TopicKeys, messages: &[PublishRequest]) -> i64 {
+        let mut conn = self.redis.clone();
+        let (status, _, _): (i64, redis::Value, redis::Value) =
+            publish_call(&self.scripts, keys, messages)
+                .invoke_async(&mut conn)
+                .await
+                .expect("raw publish");
+        status
+    }
+
+    async fn http_post(&self, worker: usize, path: &str, body: String) -> (u16, Value) {
+        self.http.send(worker, "POST", path, body).await
+    }
+}
+
+/// Single-message publish with an idempotency key.
+pub async fn publish(ctx: &Ctx, concurrency: usize, duration: Duration) -> Pair {
+    let raw_keys = Arc::new(topic_keys("raw-publish"));
+    let c = ctx.clone();
+    let raw: Op = Arc::new(move |_| {
+        let (c, keys) = (c.clone(), raw_keys.clone());
+        Box::pin(async move {
+            let msg = parse(&message_body("raw"));
+            c.raw_publish(&keys, std::slice::from_ref(&msg)).await;
+            1
+        })
+    });
+    let c = ctx.clone();
+    let sidecar: Op = Arc::new(move |w| {
+        let c = c.clone();
+        Box::pin(async move {
+            let (status, _) = c.http_post(w, "/topics/sc-publish/messages", message_body("sc")).await;
+            assert_eq!(status, 201, "sidecar publish");
+            1
+        })
+    });
+    Pair {
+        raw: load::run(concurrency, duration, raw).await,
+        sidecar: load::run(concurrency, duration, sidecar).await,
+    }
+}
+
+fn batch_bodies(mode: &str, n: usize) -> Vec<String> {
+    (0..n).map(|_| message_body(mode)).collect()
+}
+
+/// Batches of 100 messages per request; counts messages.
+pub async fn publish_batch(ctx: &Ctx, concurrency: usize, duration: Duration) -> Pair {
+    const BATCH: usize = 100;
+    let raw_keys = Arc::new(topic_keys("raw-batch"));
+    let c = ctx.clone();
+    let raw: Op = Arc::new(move |_| {
+        let (c, keys) = (c.clone(), raw_keys.clone());
+        Box::pin(async move {
+            let msgs: Vec<PublishRequest> = batch_bodies("rawb", BATCH).iter().map(|b| parse(b)).collect();
+            c.raw_publish(&keys, &msgs).await;
+            BATCH as u64
+        })
+    });
+    let c = ctx.clone();
+    let sidecar: Op = Arc::new(move |w| {
+        let c = c.clone();
+        Box::pin(async move {
+            let body = format!("{{\"messages\":[{}]}}", batch_bodies("scb", BATCH).join(","));
+            let (status, _) = c.http_post(w, "/topics/sc-batch/messages:batch", body).await;
+            assert_eq!(status, 200, "sidecar batch");
+            BATCH as u64
+        })
+    });
+    Pair {
+        raw: load::run(concurrency, duration, raw).await,
+        sidecar: load::run(concurrency, duration, sidecar).await,
+    }
+}
+
+/// Keeps `topic` full with raw batch publishes until `stop` (the topic's
+/// max_backlog makes the producer pause instead of growing without bound).
+fn spawn_producer(ctx: &Ctx, topic: &str, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    let c = ctx.clone();
+    let keys = topic_keys(topic);
+    tokio::spawn(async move {
+        while !stop.load(Ordering::Relaxed) {
+            let msgs: Vec<PublishRequest> = batch_bodies("prod", 100).iter().map(|b| parse(b)).collect();
+            if c.raw_publish(&keys, &msgs).await == -2 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    })
+}
+
+/// Raw reply of `lua/fetch.lua`, as the bench reads it.
+type FetchRows = (i64, u64, u64, u64, u64, Vec<(String, u64, HashMap<String, String>)>, u64, u64);
+
+async fn raw_fetch(c: &Ctx, keys: &TopicKeys, consumer: &Consumer, max: u32) -> FetchRows {
+    let group = Group::parse(GROUP).expect("name");
+    let mut conn = c.redis.clone();
+    fetch_call(&c.scripts, keys, &group, consumer, max)
+        .invoke_async(&mut conn)
+        .await
+        .expect("raw fetch")
+}
+
+async fn raw_ack(c: &Ctx, keys: &TopicKeys, consumer: &Consumer, rows: &FetchRows) {
+    let group = Group::parse(GROUP).expect("name");
+    let receipts: Vec<Receipt> = rows
+        .5
+        .iter()
+        .map(|(id, attempt, _)| Receipt {
+            stream_id: id.clone(),
+            attempt: *attempt,
+            consumer: consumer.clone(),
+        })
+        .collect();
+    if receipts.is_empty() {
+        return;
+    }
+    let mut conn = c.redis.clone();
+    let _: redis::Value = ack_call(&c.scripts, keys, &group, &receipts)
+        .invoke_async(&mut conn)
+        .await
+        .expect("raw ack");
+}
+
+async fn sidecar_fetch_ack(c: &Ctx, worker: usize, topic: &str, consumer: &str, wait_ms: u64) -> Vec<Value> {
+    let (status, body) = c
+        .http_post(
+            worker,
+            &format!("/topics/{topic}/groups/{GROUP}/fetch"),
+            json!({"consumer": consumer, "max": 100, "wait_ms": wait_ms}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "sidecar fetch");
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    if !messages.is_empty() {
+        let receipts: Vec<&Value> = messages.iter().map(|m| &m["receipt"]).collect();
+        let (status, _) = c
+            .http_post(
+                worker,
+                &format!("/topics/{topic}/groups/{GROUP}/ack"),
+                json!({ "receipts": receipts }).to_string(),
+            )
+            .await;
+        assert_eq!(status, 200, "sidecar ack");
+    }
+    messages
+}
+
+/// Fetch up to 100 + ack them, with a producer keeping the backlog full;
+/// counts acked messages.
+pub async fn consume(ctx: &Ctx, concurrency: usize, duration: Duration) -> Pair {
+    for topic in ["raw-consume", "sc-consume"] {
+        ctx.put(&format!("/topics/{topic}"), json!({"max_backlog": 100_000})).await;
+        ctx.put(&format!("/topics/{topic}/groups/{GROUP}"), json!({"lease_ms": 60000})).await;
+    }
+    let run_mode = |topic: &'static str, op: Op| {
+        let ctx = ctx.clone();
+        async move {
+            let stop = Arc::new(AtomicBool::new(false));
+            let producer = spawn_producer(&ctx, topic, stop.clone());
+            tokio::time::sleep(Duration::from_millis(500)).await; // build a backlog
+            let measured = load::run(concurrency, duration, op).await;
+            stop.store(true, Ordering::Relaxed);
+            let _ = producer.await;
+            measured
+        }
+    };
+    let c = ctx.clone();
+    let keys = Arc::new(topic_keys("raw-consume"));
+    let raw: Op = Arc::new(move |w| {
+        let (c, keys) = (c.clone(), keys.clone());
+        Box::pin(async move {
+            let consumer = Consumer::parse(&format!("raw-{w}")).expect("name");
+            let rows = raw_fetch(&c, &keys, &consumer, 100).await;
+            raw_ack(&c, &keys, &consumer, &rows).await;
+            rows.5.len() as u64
+        })
+    });
+    let c = ctx.clone();
+    let sidecar: Op = Arc::new(move |w| {
+        let c = c.clone();
+        Box::pin(async move {
+            sidecar_fetch_ack(&c, w, "sc-consume", &format!("sc-{w}"), 0).await.len() as u64
+        })
+    });
+    Pair {
+        raw: run_mode("raw-consume", raw).await,
+        sidecar: run_mode("sc-consume", sidecar).await,
+    }
+}
+
+/// Microseconds since the process-wide bench epoch.
+fn now_us(epoch: Instant) -> u64 {
+    epoch.elapsed().as_micros() as u64
+}
+
+/// Publish at a fixed 2,000 msg/s while `consumers` long-poll; measures the
+/// time from publish start to delivery. Ops = delivered messages per second.
+pub async fn e2e_latency(ctx: &Ctx, consumers: usize, duration: Duration) -> Pair {
+    for topic in ["raw-e2e", "sc-e2e"] {
+        ctx.put(&format!("/topics/{topic}/groups/{GROUP}"), json!({"lease_ms": 60000})).await;
+    }
+    let raw = e2e_mode(ctx, consumers, duration, true).await;
+    let sidecar = e2e_mode(ctx, consumers, duration, false).await;
+    Pair { raw, sidecar }
+}
+
+async fn e2e_mode(ctx: &Ctx, consumers: usize, duration: Duration, raw: bool) -> Measured {
+    let topic = if raw { "raw-e2e" } else { "sc-e2e" };
+    let epoch = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..consumers {
+        let (c, stop) = (ctx.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let keys = topic_keys(topic);
+            let consumer = Consumer::parse(&format!("e2e-{w}")).expect("name");
+            let mut pubsub = if raw {
+                let client = redis::Client::open(c.redis_url.as_str()).expect("url");
+                let mut p = client.get_async_pubsub().await.expect("pubsub");
+                p.subscribe(keys.wake_channel()).await.expect("subscribe");
+                Some(p)
+            } else {
+                None
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let payloads: Vec<u64> = if let Some(p) = pubsub.as_mut() {
+                    let rows = raw_fetch(&c, &keys, &consumer, 100).await;
+                    raw_ack(&c, &keys, &consumer, &rows).await;
+                    if rows.5.is_empty() {
+                        // Wait for the publish script's wake-up, as the sidecar does.
+                        let mut wakeups = p.on_message();
+                        let _ = tokio::time::timeout(Duration::from_millis(200), wakeups.next()).await;
+                    }
+                    rows.5
+                        .iter()
+                        .filter_map(|(_, _, f)| f.get("payload"))
+                        .filter_map(|p| serde_json::from_str::<Value>(p).ok())
+                        .filter_map(|v| v["t"].as_u64())
+                        .collect()
+                } else {
+                    sidecar_fetch_ack(&c, w, topic, consumer.as_str(), 200)
+                        .await
+                        .iter()
+                        .filter_map(|m| m["payload"]["t"].as_u64())
+                        .collect()
+                };
+                let now = now_us(epoch);
+                latencies.extend(payloads.iter().map(|t| now.saturating_sub(*t)));
+            }
+            latencies
+        }));
+    }
+    // Publisher: 2 messages every millisecond.
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let keys = Arc::new(topic_keys(topic));
+    let mut published = 0u64;
+    while started.elapsed() < duration {
+        tick.tick().await;
+        for k in 0..2 {
+            let c = ctx.clone();
+            let keys = keys.clone();
+            published += 1;
+            tokio::spawn(async move {
+                let body = json!({"payload": {"t": now_us(epoch)}}).to_string();
+                if raw {
+                    c.raw_publish(&keys, &[parse(&body)]).await;
+                } else {
+                    // Connections after the consumers' own ones.
+                    let (status, _) = c
+                        .http_post(consumers + k, &format!("/topics/{topic}/messages"), body)
+                        .await;
+                    assert_eq!(status, 201);
+                }
+            });
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // let the last ones arrive
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.expect("consumer"));
+    }
+    let delivered = latencies.len() as u64;
+    assert!(delivered + 50 >= published, "e2e lost messages: {delivered} of {published}");
+    load::summarize(latencies, delivered, duration)
+}
+
