@@ -218,7 +218,6 @@ impl From<redis::RedisError> for Error {
     }
 }
 
-
 /// RFC 9457 problem details, plus `code` and `field` extension members.
 #[derive(Serialize)]
 struct Problem<'a> {

@@ -120,11 +120,7 @@ impl Store {
     }
 
     /// Wakes calls waiting on `channel` on every sidecar.
-    pub(crate) async fn wake(
-        &self,
-        conn: &mut Conn,
-        channel: &str,
-    ) -> Result<()> {
+    pub(crate) async fn wake(&self, conn: &mut Conn, channel: &str) -> Result<()> {
         redis::cmd("PUBLISH")
             .arg(channel)
             .arg(0)

@@ -18,7 +18,9 @@ pub struct Clients {
 }
 
 async fn connect(host: &str) -> SendRequest<Full<Bytes>> {
-    let stream = tokio::net::TcpStream::connect(host).await.expect("connect to sidecar");
+    let stream = tokio::net::TcpStream::connect(host)
+        .await
+        .expect("connect to sidecar");
     stream.set_nodelay(true).expect("nodelay");
     let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -43,8 +45,16 @@ impl Clients {
     }
 
     /// Sends `method path` with a JSON body on worker `worker`'s connection.
-    pub async fn send(&self, worker: usize, method: &str, path: &str, body: String) -> (u16, Value) {
+    pub async fn send(
+        &self,
+        worker: usize,
+        method: &str,
+        path: &str,
+        body: String,
+    ) -> (u16, Value) {
         let mut conn = self.conns[worker % self.conns.len()].lock().await;
+        // The previous response may still be settling in the dispatcher.
+        conn.ready().await.expect("sidecar connection stays open");
         let request = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base_path))
@@ -60,6 +70,9 @@ impl Clients {
             .await
             .expect("response body")
             .to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 }

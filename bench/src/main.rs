@@ -21,7 +21,10 @@ use serde::Serialize;
 
 /// Command-line options.
 #[derive(Parser)]
-#[command(name = "streamcar-bench", about = "streamcar vs raw Redis, same scripts, same run")]
+#[command(
+    name = "streamcar-bench",
+    about = "streamcar vs raw Redis, same scripts, same run"
+)]
 struct Args {
     /// How long each measured run lasts, e.g. `5s`.
     #[arg(long, default_value = "5s", value_parser = streamcar::config::parse_duration)]
@@ -107,27 +110,54 @@ async fn main() -> std::process::ExitCode {
     eprintln!("publish…");
     rows.push(row("publish", 64, &scenarios::publish(&ctx, 64, d).await));
     eprintln!("publish_batch…");
-    rows.push(row("publish_batch", 16, &scenarios::publish_batch(&ctx, 16, d).await));
+    rows.push(row(
+        "publish_batch",
+        16,
+        &scenarios::publish_batch(&ctx, 16, d).await,
+    ));
     eprintln!("consume…");
     rows.push(row("consume", 8, &scenarios::consume(&ctx, 8, d).await));
     eprintln!("e2e_latency…");
-    rows.push(row("e2e_latency", 4, &scenarios::e2e_latency(&ctx, 4, d).await));
+    rows.push(row(
+        "e2e_latency",
+        4,
+        &scenarios::e2e_latency(&ctx, 4, d).await,
+    ));
     let rss_mb_peak = procs::memory_mb(sidecar.pid(), "VmHWM");
 
     println!(
         "{:<14} {:>5} {:>12} {:>12} {:>6} {:>9} {:>9} {:>9} {:>9}",
-        "scenario", "conc", "raw ops/s", "sidecar/s", "ratio", "p50 µs", "p99 µs", "raw p50", "raw p99"
+        "scenario",
+        "conc",
+        "raw ops/s",
+        "sidecar/s",
+        "ratio",
+        "p50 µs",
+        "p99 µs",
+        "raw p50",
+        "raw p99"
     );
     for r in &rows {
         println!(
             "{:<14} {:>5} {:>12.0} {:>12.0} {:>6.2} {:>9.0} {:>9.0} {:>9.0} {:>9.0}",
-            r.name, r.concurrency, r.raw_ops_per_s, r.sidecar_ops_per_s, r.ratio, r.p50_us, r.p99_us,
-            r.raw_p50_us, r.raw_p99_us
+            r.name,
+            r.concurrency,
+            r.raw_ops_per_s,
+            r.sidecar_ops_per_s,
+            r.ratio,
+            r.p50_us,
+            r.p99_us,
+            r.raw_p50_us,
+            r.raw_p99_us
         );
     }
     println!("sidecar RSS: idle {rss_mb_idle:.1} MB, peak {rss_mb_peak:.1} MB");
 
-    let ratio = |name: &str| rows.iter().find(|r| r.name == name).map_or(0.0, |r| r.ratio);
+    let ratio = |name: &str| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .map_or(0.0, |r| r.ratio)
+    };
     let e2e_p99_ms = rows
         .iter()
         .find(|r| r.name == "e2e_latency")

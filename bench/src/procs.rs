@@ -48,8 +48,12 @@ pub async fn start_redis(dir: &std::path::Path) -> Proc {
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server on PATH (apt-get install redis-server)");
-    let url = format!("redis://127.0.0.1:{port}");
-    let client = redis::Client::open(url.as_str()).expect("redis url");
+    // Owned by a Proc at once, so a panic below still kills and reaps it.
+    let redis = Proc {
+        child,
+        url: format!("redis://127.0.0.1:{port}"),
+    };
+    let client = redis::Client::open(redis.url.as_str()).expect("redis url");
     for _ in 0..200 {
         if let Ok(mut conn) = client.get_multiplexed_async_connection().await
             && redis::cmd("PING")
@@ -57,7 +61,7 @@ pub async fn start_redis(dir: &std::path::Path) -> Proc {
                 .await
                 .is_ok()
         {
-            return Proc { child, url };
+            return redis;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -69,7 +73,15 @@ pub async fn start_redis(dir: &std::path::Path) -> Proc {
 pub fn streamcar_binary() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--release", "--quiet", "-p", "streamcar", "--bin", "streamcar"])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "streamcar",
+            "--bin",
+            "streamcar",
+        ])
         .status()
         .expect("run cargo build");
     assert!(status.success(), "building streamcar failed");
@@ -87,13 +99,16 @@ pub async fn start_streamcar(binary: &std::path::Path, redis_url: &str) -> Proc 
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn streamcar");
-    let url = format!("http://127.0.0.1:{port}");
+    let sidecar = Proc {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
     let client = reqwest::Client::new();
     for _ in 0..200 {
-        if let Ok(resp) = client.get(format!("{url}/readyz")).send().await
+        if let Ok(resp) = client.get(format!("{}/readyz", sidecar.url)).send().await
             && resp.status().is_success()
         {
-            return Proc { child, url };
+            return sidecar;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

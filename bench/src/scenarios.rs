@@ -72,9 +72,23 @@ fn topic_keys(topic: &str) -> TopicKeys {
 }
 
 impl Ctx {
+    /// Empties Redis so every measured run starts from the same state (the
+    /// sidecar keeps nothing that matters; scripts stay cached).
+    async fn flush(&self) {
+        let mut conn = self.redis.clone();
+        redis::cmd("FLUSHALL")
+            .arg("SYNC")
+            .query_async::<()>(&mut conn)
+            .await
+            .expect("flush redis");
+    }
+
     async fn put(&self, path: &str, body: Value) {
         let (status, reply) = self.http.send(0, "PUT", path, body.to_string()).await;
-        assert!((200..300).contains(&status), "setup {path}: {status} {reply}");
+        assert!(
+            (200..300).contains(&status),
+            "setup {path}: {status} {reply}"
+        );
     }
 
     async fn raw_publish(&self, keys: &TopicKeys, messages: &[PublishRequest]) -> i64 {
@@ -108,15 +122,29 @@ pub async fn publish(ctx: &Ctx, concurrency: usize, duration: Duration) -> Pair 
     let sidecar: Op = Arc::new(move |w| {
         let c = c.clone();
         Box::pin(async move {
-            let (status, _) = c.http_post(w, "/topics/sc-publish/messages", message_body("sc")).await;
+            let (status, _) = c
+                .http_post(w, "/topics/sc-publish/messages", message_body("sc"))
+                .await;
             assert_eq!(status, 201, "sidecar publish");
             1
         })
     });
-    Pair {
-        raw: load::run(concurrency, duration, raw).await,
-        sidecar: load::run(concurrency, duration, sidecar).await,
-    }
+    measure_pair(ctx, concurrency, duration, raw, sidecar).await
+}
+
+/// Runs `raw` then `sidecar`, each on an emptied Redis.
+async fn measure_pair(
+    ctx: &Ctx,
+    concurrency: usize,
+    duration: Duration,
+    raw: Op,
+    sidecar: Op,
+) -> Pair {
+    ctx.flush().await;
+    let raw = load::run(concurrency, duration, raw).await;
+    ctx.flush().await;
+    let sidecar = load::run(concurrency, duration, sidecar).await;
+    Pair { raw, sidecar }
 }
 
 fn batch_bodies(mode: &str, n: usize) -> Vec<String> {
@@ -131,7 +159,10 @@ pub async fn publish_batch(ctx: &Ctx, concurrency: usize, duration: Duration) ->
     let raw: Op = Arc::new(move |_| {
         let (c, keys) = (c.clone(), raw_keys.clone());
         Box::pin(async move {
-            let msgs: Vec<PublishRequest> = batch_bodies("rawb", BATCH).iter().map(|b| parse(b)).collect();
+            let msgs: Vec<PublishRequest> = batch_bodies("rawb", BATCH)
+                .iter()
+                .map(|b| parse(b))
+                .collect();
             c.raw_publish(&keys, &msgs).await;
             BATCH as u64
         })
@@ -140,16 +171,18 @@ pub async fn publish_batch(ctx: &Ctx, concurrency: usize, duration: Duration) ->
     let sidecar: Op = Arc::new(move |w| {
         let c = c.clone();
         Box::pin(async move {
-            let body = format!("{{\"messages\":[{}]}}", batch_bodies("scb", BATCH).join(","));
-            let (status, _) = c.http_post(w, "/topics/sc-batch/messages:batch", body).await;
+            let body = format!(
+                "{{\"messages\":[{}]}}",
+                batch_bodies("scb", BATCH).join(",")
+            );
+            let (status, _) = c
+                .http_post(w, "/topics/sc-batch/messages:batch", body)
+                .await;
             assert_eq!(status, 200, "sidecar batch");
             BATCH as u64
         })
     });
-    Pair {
-        raw: load::run(concurrency, duration, raw).await,
-        sidecar: load::run(concurrency, duration, sidecar).await,
-    }
+    measure_pair(ctx, concurrency, duration, raw, sidecar).await
 }
 
 /// Keeps `topic` full with raw batch publishes until `stop` (the topic's
@@ -159,7 +192,8 @@ fn spawn_producer(ctx: &Ctx, topic: &str, stop: Arc<AtomicBool>) -> tokio::task:
     let keys = topic_keys(topic);
     tokio::spawn(async move {
         while !stop.load(Ordering::Relaxed) {
-            let msgs: Vec<PublishRequest> = batch_bodies("prod", 100).iter().map(|b| parse(b)).collect();
+            let msgs: Vec<PublishRequest> =
+                batch_bodies("prod", 100).iter().map(|b| parse(b)).collect();
             if c.raw_publish(&keys, &msgs).await == -2 {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
@@ -168,7 +202,16 @@ fn spawn_producer(ctx: &Ctx, topic: &str, stop: Arc<AtomicBool>) -> tokio::task:
 }
 
 /// Raw reply of `lua/fetch.lua`, as the bench reads it.
-type FetchRows = (i64, u64, u64, u64, u64, Vec<(String, u64, HashMap<String, String>)>, u64, u64);
+type FetchRows = (
+    i64,
+    u64,
+    u64,
+    u64,
+    u64,
+    Vec<(String, u64, HashMap<String, String>)>,
+    u64,
+    u64,
+);
 
 async fn raw_fetch(c: &Ctx, keys: &TopicKeys, consumer: &Consumer, max: u32) -> FetchRows {
     let group = Group::parse(GROUP).expect("name");
@@ -200,7 +243,13 @@ async fn raw_ack(c: &Ctx, keys: &TopicKeys, consumer: &Consumer, rows: &FetchRow
         .expect("raw ack");
 }
 
-async fn sidecar_fetch_ack(c: &Ctx, worker: usize, topic: &str, consumer: &str, wait_ms: u64) -> Vec<Value> {
+async fn sidecar_fetch_ack(
+    c: &Ctx,
+    worker: usize,
+    topic: &str,
+    consumer: &str,
+    wait_ms: u64,
+) -> Vec<Value> {
     let (status, body) = c
         .http_post(
             worker,
@@ -227,13 +276,17 @@ async fn sidecar_fetch_ack(c: &Ctx, worker: usize, topic: &str, consumer: &str, 
 /// Fetch up to 100 + ack them, with a producer keeping the backlog full;
 /// counts acked messages.
 pub async fn consume(ctx: &Ctx, concurrency: usize, duration: Duration) -> Pair {
-    for topic in ["raw-consume", "sc-consume"] {
-        ctx.put(&format!("/topics/{topic}"), json!({"max_backlog": 100_000})).await;
-        ctx.put(&format!("/topics/{topic}/groups/{GROUP}"), json!({"lease_ms": 60000})).await;
-    }
     let run_mode = |topic: &'static str, op: Op| {
         let ctx = ctx.clone();
         async move {
+            ctx.flush().await;
+            ctx.put(&format!("/topics/{topic}"), json!({"max_backlog": 100_000}))
+                .await;
+            ctx.put(
+                &format!("/topics/{topic}/groups/{GROUP}"),
+                json!({"lease_ms": 60000}),
+            )
+            .await;
             let stop = Arc::new(AtomicBool::new(false));
             let producer = spawn_producer(&ctx, topic, stop.clone());
             tokio::time::sleep(Duration::from_millis(500)).await; // build a backlog
@@ -258,7 +311,9 @@ pub async fn consume(ctx: &Ctx, concurrency: usize, duration: Duration) -> Pair 
     let sidecar: Op = Arc::new(move |w| {
         let c = c.clone();
         Box::pin(async move {
-            sidecar_fetch_ack(&c, w, "sc-consume", &format!("sc-{w}"), 0).await.len() as u64
+            sidecar_fetch_ack(&c, w, "sc-consume", &format!("sc-{w}"), 0)
+                .await
+                .len() as u64
         })
     });
     Pair {
@@ -275,9 +330,6 @@ fn now_us(epoch: Instant) -> u64 {
 /// Publish at a fixed 2,000 msg/s while `consumers` long-poll; measures the
 /// time from publish start to delivery. Ops = delivered messages per second.
 pub async fn e2e_latency(ctx: &Ctx, consumers: usize, duration: Duration) -> Pair {
-    for topic in ["raw-e2e", "sc-e2e"] {
-        ctx.put(&format!("/topics/{topic}/groups/{GROUP}"), json!({"lease_ms": 60000})).await;
-    }
     let raw = e2e_mode(ctx, consumers, duration, true).await;
     let sidecar = e2e_mode(ctx, consumers, duration, false).await;
     Pair { raw, sidecar }
@@ -285,6 +337,12 @@ pub async fn e2e_latency(ctx: &Ctx, consumers: usize, duration: Duration) -> Pai
 
 async fn e2e_mode(ctx: &Ctx, consumers: usize, duration: Duration, raw: bool) -> Measured {
     let topic = if raw { "raw-e2e" } else { "sc-e2e" };
+    ctx.flush().await;
+    ctx.put(
+        &format!("/topics/{topic}/groups/{GROUP}"),
+        json!({"lease_ms": 60000}),
+    )
+    .await;
     let epoch = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -309,7 +367,8 @@ async fn e2e_mode(ctx: &Ctx, consumers: usize, duration: Duration, raw: bool) ->
                     if rows.5.is_empty() {
                         // Wait for the publish script's wake-up, as the sidecar does.
                         let mut wakeups = p.on_message();
-                        let _ = tokio::time::timeout(Duration::from_millis(200), wakeups.next()).await;
+                        let _ =
+                            tokio::time::timeout(Duration::from_millis(200), wakeups.next()).await;
                     }
                     rows.5
                         .iter()
@@ -363,7 +422,9 @@ async fn e2e_mode(ctx: &Ctx, consumers: usize, duration: Duration, raw: bool) ->
         latencies.extend(t.await.expect("consumer"));
     }
     let delivered = latencies.len() as u64;
-    assert!(delivered + 50 >= published, "e2e lost messages: {delivered} of {published}");
+    assert!(
+        delivered + 50 >= published,
+        "e2e lost messages: {delivered} of {published}"
+    );
     load::summarize(latencies, delivered, duration)
 }
-

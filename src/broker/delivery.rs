@@ -111,7 +111,9 @@ pub fn ack_call<'a>(
     let mut call = scripts.ack.key(keys.stream());
     call.key(keys.group(group).config()).arg(group.as_str());
     for r in receipts {
-        call.arg(&r.stream_id).arg(r.attempt).arg(r.consumer.as_str());
+        call.arg(&r.stream_id)
+            .arg(r.attempt)
+            .arg(r.consumer.as_str());
     }
     call
 }

@@ -11,11 +11,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{Broker, DEFAULT_DEDUP_WINDOW_MS};
-use crate::store::Conn;
 use crate::error::{Error, RateLimitInfo, Result};
 use crate::keys::{self, TenantKeys, TopicKeys};
 use crate::names::{Tenant, Topic};
 use crate::scripts::{Invocation, Scripts};
+use crate::store::Conn;
 use crate::telemetry;
 use crate::validate::check_text;
 
@@ -275,11 +275,7 @@ pub fn publish_call<'a>(
 /// Lists a newly created topic in its tenant's topic set and the tenant in
 /// the tenant set. These live under other hash tags, so they cannot join the
 /// creating script; both adds are idempotent.
-pub(crate) async fn register_topic(
-    conn: &mut Conn,
-    tenant: &Tenant,
-    topic: &Topic,
-) -> Result<()> {
+pub(crate) async fn register_topic(conn: &mut Conn, tenant: &Tenant, topic: &Topic) -> Result<()> {
     redis::pipe()
         .sadd(TenantKeys::new(tenant).topics(), topic.as_str())
         .ignore()

@@ -10,10 +10,10 @@ use tokio::sync::watch;
 use super::Broker;
 use super::groups::{InfoRow, info_text, info_u64};
 use super::topics::read_groups;
-use crate::store::Conn;
 use crate::error::Result;
 use crate::keys::{self, TenantKeys, TopicKeys};
 use crate::names::{Group, Tenant, Topic};
+use crate::store::Conn;
 use crate::telemetry;
 
 impl Broker {
@@ -39,12 +39,7 @@ impl Broker {
         Ok(())
     }
 
-    async fn refresh_topic(
-        &self,
-        conn: &mut Conn,
-        tenant: &Tenant,
-        topic: &Topic,
-    ) -> Result<()> {
+    async fn refresh_topic(&self, conn: &mut Conn, tenant: &Tenant, topic: &Topic) -> Result<()> {
         let keys = TopicKeys::new(tenant, topic);
         let groups = read_groups(conn, &keys).await?;
         if groups.is_empty() {

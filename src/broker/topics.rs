@@ -9,10 +9,10 @@ use super::groups::{info_text, info_u64};
 use super::message::Message;
 use super::publish::register_topic;
 use super::{Broker, DEFAULT_DEDUP_WINDOW_MS};
-use crate::store::Conn;
 use crate::error::{Error, Result};
 use crate::keys::{GroupKeys, TenantKeys, TopicKeys};
 use crate::names::{Group, Tenant, Topic};
+use crate::store::Conn;
 use crate::validate::check_range;
 
 /// Longest retention: 10 years (0 = keep until every group is done; no time limit).
@@ -341,10 +341,7 @@ fn not_found(topic: &Topic) -> Error {
 }
 
 /// Groups of a stream from XINFO GROUPS (none when the stream does not exist).
-async fn group_summaries(
-    conn: &mut Conn,
-    stream: &str,
-) -> Result<Vec<GroupSummary>> {
+async fn group_summaries(conn: &mut Conn, stream: &str) -> Result<Vec<GroupSummary>> {
     let exists: bool = redis::cmd("EXISTS").arg(stream).query_async(conn).await?;
     if !exists {
         return Ok(Vec::new());

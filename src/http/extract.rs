@@ -176,6 +176,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], prefix: &str) -> Result<T, 
             Error::invalid_field(at, "must be a JSON object")
         });
     }
+    // Fast path: plain serde_json. Only a body that fails is parsed again
+    // with path tracking, to name the field in the 400.
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

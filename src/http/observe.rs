@@ -2,12 +2,15 @@
 //! tenant, topic, group), the request duration histogram by route template
 //! and status, and the optional bearer-token check on `/v1`.
 
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
 use std::time::Instant;
 
 use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
-use axum::http::header;
+use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use metrics::Histogram;
 use subtle::ConstantTimeEq;
 use tracing::Instrument;
 
@@ -28,11 +31,16 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
     // is only built when someone asked for it (RUST_LOG=streamcar=debug).
     let span = if tracing::enabled!(tracing::Level::DEBUG) {
         let (mut parts, body) = req.into_parts();
-        let params = RawPathParams::from_request_parts(&mut parts, &()).await.ok();
+        let params = RawPathParams::from_request_parts(&mut parts, &())
+            .await
+            .ok();
         let param = |name: &str| {
             params
                 .as_ref()
-                .and_then(|p| p.iter().find_map(|(k, v)| (k == name).then(|| v.to_owned())))
+                .and_then(|p| {
+                    p.iter()
+                        .find_map(|(k, v)| (k == name).then(|| v.to_owned()))
+                })
                 .unwrap_or_default()
         };
         let span = tracing::debug_span!(
@@ -51,13 +59,7 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
     let response = next.run(req).instrument(span.clone()).await;
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    metrics::histogram!(
-        telemetry::HTTP_DURATION,
-        "method" => method.to_string(),
-        "route" => route,
-        "status" => status.to_string()
-    )
-    .record(elapsed.as_secs_f64());
+    duration_histogram(&route, &method, status).record(elapsed.as_secs_f64());
     span.in_scope(|| {
         tracing::debug!(
             status,
@@ -66,6 +68,34 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
         )
     });
     response
+}
+
+/// The request-duration histogram of one (route, method, status), cached:
+/// building a labelled metric key per request costs allocations and a
+/// registry lookup on the hot path.
+fn duration_histogram(route: &str, method: &Method, status: u16) -> Histogram {
+    type Cache = RwLock<HashMap<(String, Method, u16), Histogram>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Cache::default);
+    let key = (route.to_owned(), method.clone(), status);
+    if let Some(h) = cache
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&key)
+    {
+        return h.clone();
+    }
+    let histogram = metrics::histogram!(
+        telemetry::HTTP_DURATION,
+        "method" => method.to_string(),
+        "route" => route.to_owned(),
+        "status" => status.to_string()
+    );
+    cache
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(key, histogram.clone());
+    histogram
 }
 
 /// With `--api-token-file`, every `/v1` request needs `Authorization:
