@@ -65,7 +65,8 @@ impl DevRedis {
         std::fs::create_dir_all(data_dir)?;
         let data_dir = std::fs::canonicalize(data_dir)?;
         let port = free_port()?;
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg("--port")
             .arg(port.to_string())
             .args(["--bind", "127.0.0.1", "--protected-mode", "yes"])
@@ -75,8 +76,20 @@ impl DevRedis {
             .args(["--save", "", "--daemonize", "no", "--loglevel", "warning"])
             .args(["--maxmemory-policy", "noeviction"])
             .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
+            .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        // If streamcar itself is killed (-9 included), the kernel sends the
+        // child SIGTERM, so a dev Redis never outlives its sidecar.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            });
+        }
+        let child = command.spawn()?;
         let mut redis = Self {
             child,
             url: format!("redis://127.0.0.1:{port}"),

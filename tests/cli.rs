@@ -80,3 +80,64 @@ async fn dev_serves_against_its_own_redis_and_stops_it_on_sigterm() {
         "no longer serving"
     );
 }
+
+/// Live (not zombie) children of process `parent`.
+fn live_children(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_owned())
+                    .unwrap_or_default()
+            };
+            field("PPid:") == parent.to_string() && !field("State:").starts_with('Z')
+        })
+        .collect()
+}
+
+fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map(|s| {
+            !s.lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn dev_redis_does_not_outlive_a_killed_sidecar() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let mut child = Command::new(BIN)
+        .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn streamcar dev");
+    let mut redis = None;
+    for _ in 0..100 {
+        if let Some(pid) = live_children(child.id()).first() {
+            redis = Some(*pid);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child.kill().unwrap(); // SIGKILL: no destructors run
+    child.wait().unwrap();
+    let redis = redis.expect("dev started its redis-server");
+    let mut gone = false;
+    for _ in 0..100 {
+        if !is_alive(redis) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the private redis-server stopped with its sidecar");
+}
