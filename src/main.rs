@@ -40,6 +40,8 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Print the OpenAPI 3.1 document of the HTTP API and exit.
+    Openapi,
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -64,9 +66,22 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (Command::Serve { server, .. } | Command::Dev { server }) = &cli.command;
+    let server = match &cli.command {
+        Command::Serve { server, .. } | Command::Dev { server } => server,
+        Command::Openapi => {
+            match streamcar::http::openapi_document().to_pretty_json() {
+                Ok(json) => println!("{json}"),
+                Err(e) => {
+                    eprintln!("streamcar: cannot render the OpenAPI document: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            return ExitCode::SUCCESS;
+        }
+    };
     streamcar::telemetry::init_logging(server.log_format);
     let result = match cli.command {
+        Command::Openapi => return ExitCode::SUCCESS,
         Command::Serve { redis_url, server } => match Config::new(redis_url, &server) {
             Ok(config) => streamcar::run(&config, shutdown_signal()).await,
             Err(e) => {

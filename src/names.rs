@@ -14,6 +14,9 @@ use thiserror::Error;
 /// Longest name accepted, in bytes (all accepted bytes are ASCII).
 pub const MAX_NAME_LEN: usize = 128;
 
+/// The name grammar as a regular expression (for the OpenAPI document).
+pub const PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$";
+
 /// Why a name was refused; the message is shown to the client.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum NameError {
@@ -98,6 +101,20 @@ macro_rules! name_type {
                 Self::parse(&s).map_err(|e| serde::de::Error::custom(format!("invalid {}: {e}", $what)))
             }
         }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .pattern(Some(PATTERN))
+                    .min_length(Some(1))
+                    .max_length(Some(MAX_NAME_LEN))
+                    .description(Some(concat!("A ", $what, " name.")))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
 
         impl serde::Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

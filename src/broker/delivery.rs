@@ -26,7 +26,7 @@ pub const MAX_WAIT_MS: u64 = 30_000;
 pub const MAX_RECEIPTS: usize = 1000;
 
 /// Body of `POST …/fetch`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FetchRequest {
     /// Who is fetching; leases are held per consumer.
@@ -40,7 +40,7 @@ pub struct FetchRequest {
 }
 
 /// One delivered message.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Delivery {
     /// The message and its envelope.
     #[serde(flatten)]
@@ -54,7 +54,7 @@ pub struct Delivery {
 }
 
 /// Outcome of an ack.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct AckOutcome {
     /// Receipts whose message is now done for this group.
     pub acked: Vec<String>,
@@ -63,7 +63,7 @@ pub struct AckOutcome {
 }
 
 /// One renewed lease.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Extended {
     /// The receipt, still valid.
     pub receipt: String,
@@ -72,7 +72,7 @@ pub struct Extended {
 }
 
 /// Outcome of an extend.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct ExtendOutcome {
     /// Leases renewed.
     pub extended: Vec<Extended>,

@@ -23,7 +23,7 @@ const SCAN_CHUNK: usize = 500;
 pub const MAX_REPLAY_IDS: usize = 1000;
 
 /// One dead letter.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     /// The original message (its `stream_id` is the topic entry).
     #[serde(flatten)]
@@ -41,7 +41,7 @@ pub struct DeadLetter {
 }
 
 /// A page of dead letters.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeadLetterPage {
     /// Dead letters, oldest first.
     pub messages: Vec<DeadLetter>,
@@ -50,7 +50,7 @@ pub struct DeadLetterPage {
 }
 
 /// Outcome of a replay.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct ReplayOutcome {
     /// Message ids sent back to the group (attempts start again at 1).
     pub replayed: Vec<String>,

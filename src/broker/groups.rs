@@ -28,7 +28,7 @@ pub const MAX_BACKOFF_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// Retry backoff: `initial_ms * multiplier^(attempt-1)`, capped at `max_ms`,
 /// spread by ± `jitter` (a fraction).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Backoff {
     /// Delay before the second attempt.
@@ -53,7 +53,7 @@ impl Default for Backoff {
 }
 
 /// Partial backoff in a request: fields left out keep their value.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffRequest {
     /// Delay before the second attempt.
@@ -71,7 +71,7 @@ pub struct BackoffRequest {
 }
 
 /// Body of `PUT …/groups/{group}`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupConfigRequest {
     /// Where a new group starts: `earliest` (default), `latest` or a stream id.
@@ -93,7 +93,7 @@ pub struct GroupConfigRequest {
 }
 
 /// A consumer as Redis sees it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConsumerInfo {
     /// Consumer name.
     pub name: String,
@@ -104,7 +104,7 @@ pub struct ConsumerInfo {
 }
 
 /// What `GET …/groups/{group}` answers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct GroupInfo {
     /// Group name.
     pub name: String,

@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use crate::error::{Error, Result};
 
 /// One message as stored in a topic, ready to serialize.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Message {
     /// Message id (client's or UUIDv7).
     pub id: String,
@@ -23,8 +23,10 @@ pub struct Message {
     /// Ordering / partition key.
     pub key: Option<String>,
     /// The payload as published.
+    #[schema(value_type = serde_json::Value)]
     pub payload: Box<RawValue>,
     /// Header string map (`{}` when none).
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub headers: Box<RawValue>,
     /// The publisher's idempotency key.
     pub idempotency_key: Option<String>,

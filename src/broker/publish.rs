@@ -44,10 +44,11 @@ const BACKLOG_FULL: i64 = -2;
 pub const MAX_BATCH: usize = 1000;
 
 /// One message as a publisher sends it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
     /// Any JSON value; stored verbatim.
+    #[schema(value_type = serde_json::Value, example = json!({"prompt": "Summarize ticket 42"}))]
     pub payload: Box<RawValue>,
     /// Client-chosen message id; defaults to a UUIDv7.
     #[serde(default)]
@@ -79,7 +80,7 @@ pub struct PublishRequest {
 }
 
 /// What a publish answers for one message.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Published {
     /// The message id (client's or generated).
     pub id: String,

@@ -21,7 +21,7 @@ use crate::telemetry;
 pub const MAX_ERROR_LEN: usize = 4096;
 
 /// Outcome of a nack.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct NackOutcome {
     /// Receipts scheduled for a retry.
     pub nacked: Vec<String>,
@@ -32,7 +32,7 @@ pub struct NackOutcome {
 }
 
 /// Outcome of a reject.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct RejectOutcome {
     /// Receipts now in the dead-letter stream.
     pub rejected: Vec<String>,

@@ -27,7 +27,7 @@ pub const DEFAULT_PAGE_LIMIT: usize = 100;
 pub const MAX_PAGE_LIMIT: usize = 1000;
 
 /// Body of `PUT /topics/{topic}`: fields left out keep their current value.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TopicConfigRequest {
     /// Entries older than this, and done by every group, may be trimmed (0 = no time limit).
@@ -55,7 +55,7 @@ impl TopicConfigRequest {
 }
 
 /// A consumer group as seen from its topic.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct GroupSummary {
     /// Group name.
     pub name: String,
@@ -68,7 +68,7 @@ pub struct GroupSummary {
 }
 
 /// What `GET /topics/{topic}` answers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TopicInfo {
     /// Topic name.
     pub name: String,
@@ -93,7 +93,7 @@ pub struct TopicInfo {
 }
 
 /// A page of history.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HistoryPage {
     /// Messages in stream order.
     pub messages: Vec<Message>,

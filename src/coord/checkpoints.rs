@@ -15,7 +15,7 @@ use crate::validate::{check_range, check_text};
 pub const MAX_SEQ: u64 = (1 << 53) - 1;
 
 /// Body of `POST /checkpoints/{name}/advance`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdvanceRequest {
     /// The sequence just processed.
@@ -23,7 +23,7 @@ pub struct AdvanceRequest {
 }
 
 /// A checkpoint's answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Checkpoint {
     /// The checkpoint name.
     pub name: String,

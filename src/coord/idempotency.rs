@@ -22,7 +22,7 @@ pub const MAX_RESULT_TTL_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 pub const MAX_OWNER_LEN: usize = 256;
 
 /// Body of `POST /idempotency/{key}/claim`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
     /// How long the claim holds unless completed or released.
@@ -32,19 +32,20 @@ pub struct ClaimRequest {
 }
 
 /// Body of `POST /idempotency/{key}/complete`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
     /// The claim's token.
     pub token: String,
     /// The work's result (any JSON), replayed to later claims.
+    #[schema(value_type = serde_json::Value)]
     pub result: Box<RawValue>,
     /// How long the result is kept.
     pub ttl_ms: u64,
 }
 
 /// Body of `POST /idempotency/{key}/release`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseRequest {
     /// The claim's token.
@@ -52,7 +53,7 @@ pub struct ReleaseRequest {
 }
 
 /// Outcome of a claim that did not conflict.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Claim {
     /// You hold the key: run the work, then complete or release.
@@ -65,6 +66,7 @@ pub enum Claim {
     /// The work was done before: here is its result.
     Completed {
         /// The stored result.
+        #[schema(value_type = serde_json::Value)]
         result: Box<RawValue>,
         /// When it was completed (ms, Redis clock).
         completed_at: u64,
@@ -72,7 +74,7 @@ pub enum Claim {
 }
 
 /// What `GET /idempotency/{key}` answers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IdempotencyRecord {
     /// The key.
     pub key: String,
@@ -83,6 +85,7 @@ pub struct IdempotencyRecord {
     /// When a live claim ends (in progress only).
     pub expires_at: Option<u64>,
     /// The result (completed only).
+    #[schema(value_type = Option<serde_json::Value>)]
     pub result: Option<Box<RawValue>>,
     /// When it was completed (completed only).
     pub completed_at: Option<u64>,

@@ -26,7 +26,7 @@ pub const MAX_RATE: u64 = 1_000_000;
 const MEMO_PRUNE_AT: usize = 10_000;
 
 /// A tenant's publish quota (`PUT/GET /limits`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Sustained messages per second.

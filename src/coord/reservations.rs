@@ -29,7 +29,7 @@ pub const MAX_WAIT_MS: u64 = 30_000;
 pub const MAX_HOLDER_LEN: usize = 256;
 
 /// Body of `PUT /pools/{pool}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfigRequest {
     /// Most live reservations at once.
@@ -39,7 +39,7 @@ pub struct PoolConfigRequest {
 }
 
 /// Body of `POST /pools/{pool}/acquire`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcquireRequest {
     /// Who holds the slot (shown in the pool's holders).
@@ -53,7 +53,7 @@ pub struct AcquireRequest {
 }
 
 /// Body of `POST /pools/{pool}/renew` and `…/release`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HoldRequest {
     /// The reservation.
@@ -64,7 +64,7 @@ pub struct HoldRequest {
 }
 
 /// A granted reservation.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Reservation {
     /// Names this reservation for renew and release.
     pub reservation_id: String,
@@ -75,7 +75,7 @@ pub struct Reservation {
 }
 
 /// One live holder of a pool.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Holder {
     /// The reservation.
     pub reservation_id: String,
@@ -88,7 +88,7 @@ pub struct Holder {
 }
 
 /// What `GET /pools/{pool}` answers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PoolInfo {
     /// Pool name.
     pub name: String,

@@ -1,37 +1,42 @@
 //! Routes of the coordination primitives under `/v1/tenants/{tenant}`:
 //! idempotency claims, checkpoints, reservation pools and publish limits.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
-use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use super::extract::{JsonBody, KeyPath, PoolPath, TenantPath};
-use crate::coord::checkpoints::AdvanceRequest;
-use crate::coord::idempotency::{Claim, ClaimRequest, CompleteRequest, ReleaseRequest};
+use super::openapi::{
+    CheckpointParams, FinishResponse, HoldResponse, KeyParams, LimitsResponse, PoolParams, Problem,
+    TenantParams,
+};
+use crate::coord::checkpoints::{AdvanceRequest, Checkpoint};
+use crate::coord::idempotency::{
+    Claim, ClaimRequest, CompleteRequest, IdempotencyRecord, ReleaseRequest,
+};
 use crate::coord::limits::Limits;
-use crate::coord::reservations::{AcquireRequest, HoldRequest, PoolConfigRequest};
+use crate::coord::reservations::{
+    AcquireRequest, HoldRequest, PoolConfigRequest, PoolInfo, Reservation,
+};
 use crate::error::Result;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/idempotency/{key}", get(idempotency_record))
-        .route("/idempotency/{key}/claim", post(claim))
-        .route("/idempotency/{key}/complete", post(complete))
-        .route("/idempotency/{key}/release", post(release))
-        .route("/checkpoints/{name}", get(checkpoint))
-        .route("/checkpoints/{name}/advance", post(advance))
-        .route("/pools/{pool}", put(declare_pool).get(pool_info))
-        .route("/pools/{pool}/acquire", post(acquire))
-        .route("/pools/{pool}/renew", post(renew))
-        .route("/pools/{pool}/release", post(release_reservation))
-        .route(
-            "/limits",
-            put(set_limits).get(get_limits).delete(clear_limits),
-        )
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(idempotency_record))
+        .routes(routes!(claim))
+        .routes(routes!(complete))
+        .routes(routes!(release))
+        .routes(routes!(checkpoint))
+        .routes(routes!(advance))
+        .routes(routes!(declare_pool, pool_info))
+        .routes(routes!(acquire))
+        .routes(routes!(renew))
+        .routes(routes!(release_reservation))
+        .routes(routes!(set_limits, get_limits, clear_limits))
 }
 
 fn created_or_ok(created: bool) -> StatusCode {
@@ -42,6 +47,24 @@ fn created_or_ok(created: bool) -> StatusCode {
     }
 }
 
+/// Claim an idempotency key (409 in_progress with owner and expires_at while someone holds it).
+#[utoipa::path(
+    post,
+    path = "/idempotency/{key}/claim",
+    tag = "coordination",
+    params(KeyParams),
+    request_body = ClaimRequest,
+    responses(
+        (status = 201, description = "Claimed: run the work", body = Claim),
+        (status = 200, description = "Completed before: the stored result", body = Claim),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Conflict with the current state", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn claim(
     State(state): State<AppState>,
     path: KeyPath,
@@ -52,6 +75,23 @@ async fn claim(
     Ok((status, Json(claim)).into_response())
 }
 
+/// Store the result of a claim.
+#[utoipa::path(
+    post,
+    path = "/idempotency/{key}/complete",
+    tag = "coordination",
+    params(KeyParams),
+    request_body = CompleteRequest,
+    responses(
+        (status = 200, description = "Stored", body = FinishResponse),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Conflict with the current state", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn complete(
     State(state): State<AppState>,
     path: KeyPath,
@@ -61,9 +101,30 @@ async fn complete(
         .coord
         .complete(&path.tenant, &path.key, &request)
         .await?;
-    Ok(Json(json!({"state": "completed", "completed_at": completed_at})).into_response())
+    Ok(Json(FinishResponse {
+        state: "completed",
+        completed_at: Some(completed_at),
+    })
+    .into_response())
 }
 
+/// Free a claimed key for a retry.
+#[utoipa::path(
+    post,
+    path = "/idempotency/{key}/release",
+    tag = "coordination",
+    params(KeyParams),
+    request_body = ReleaseRequest,
+    responses(
+        (status = 200, description = "Released", body = FinishResponse),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Conflict with the current state", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn release(
     State(state): State<AppState>,
     path: KeyPath,
@@ -73,9 +134,27 @@ async fn release(
         .coord
         .release(&path.tenant, &path.key, &request)
         .await?;
-    Ok(Json(json!({"state": "released"})).into_response())
+    Ok(Json(FinishResponse {
+        state: "released",
+        completed_at: None,
+    })
+    .into_response())
 }
 
+/// Read the state of an idempotency key.
+#[utoipa::path(
+    get,
+    path = "/idempotency/{key}",
+    tag = "coordination",
+    params(KeyParams),
+    responses(
+        (status = 200, description = "The record", body = IdempotencyRecord),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn idempotency_record(State(state): State<AppState>, path: KeyPath) -> Result<Response> {
     let record = state
         .coord
@@ -84,6 +163,22 @@ async fn idempotency_record(State(state): State<AppState>, path: KeyPath) -> Res
     Ok(Json(record).into_response())
 }
 
+/// Advance a high-water mark (accepted only above it).
+#[utoipa::path(
+    post,
+    path = "/checkpoints/{name}/advance",
+    tag = "coordination",
+    params(CheckpointParams),
+    request_body = AdvanceRequest,
+    responses(
+        (status = 200, description = "Accepted or not, and the mark", body = Checkpoint),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn advance(
     State(state): State<AppState>,
     path: KeyPath,
@@ -96,11 +191,42 @@ async fn advance(
     Ok(Json(checkpoint).into_response())
 }
 
+/// Read a checkpoint.
+#[utoipa::path(
+    get,
+    path = "/checkpoints/{name}",
+    tag = "coordination",
+    params(CheckpointParams),
+    responses(
+        (status = 200, description = "The mark", body = Checkpoint),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn checkpoint(State(state): State<AppState>, path: KeyPath) -> Result<Response> {
     let checkpoint = state.coord.checkpoint(&path.tenant, &path.key).await?;
     Ok(Json(checkpoint).into_response())
 }
 
+/// Create or resize a reservation pool.
+#[utoipa::path(
+    put,
+    path = "/pools/{pool}",
+    tag = "coordination",
+    params(PoolParams),
+    request_body = PoolConfigRequest,
+    responses(
+        (status = 201, description = "Created", body = PoolInfo),
+        (status = 200, description = "Updated", body = PoolInfo),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn declare_pool(
     State(state): State<AppState>,
     path: PoolPath,
@@ -114,11 +240,43 @@ async fn declare_pool(
     Ok((created_or_ok(created), Json(info)).into_response())
 }
 
+/// Describe a pool and its live holders.
+#[utoipa::path(
+    get,
+    path = "/pools/{pool}",
+    tag = "coordination",
+    params(PoolParams),
+    responses(
+        (status = 200, description = "The pool", body = PoolInfo),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn pool_info(State(state): State<AppState>, path: PoolPath) -> Result<Response> {
     let info = state.coord.pool_info(&path.tenant, &path.pool).await?;
     Ok(Json(info).into_response())
 }
 
+/// Take a slot, waiting up to wait_ms; 429 pool_full otherwise.
+#[utoipa::path(
+    post,
+    path = "/pools/{pool}/acquire",
+    tag = "coordination",
+    params(PoolParams),
+    request_body = AcquireRequest,
+    responses(
+        (status = 201, description = "Reserved", body = Reservation),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Quota, backlog or pool full; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn acquire(
     State(state): State<AppState>,
     path: PoolPath,
@@ -131,6 +289,24 @@ async fn acquire(
     Ok((StatusCode::CREATED, Json(reservation)).into_response())
 }
 
+/// Renew a live reservation.
+#[utoipa::path(
+    post,
+    path = "/pools/{pool}/renew",
+    tag = "coordination",
+    params(PoolParams),
+    request_body = HoldRequest,
+    responses(
+        (status = 200, description = "Renewed", body = HoldResponse),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Conflict with the current state", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn renew(
     State(state): State<AppState>,
     path: PoolPath,
@@ -140,12 +316,32 @@ async fn renew(
         .coord
         .renew(&path.tenant, &path.pool, &request)
         .await?;
-    Ok(
-        Json(json!({"reservation_id": request.reservation_id, "expires_at": expires_at}))
-            .into_response(),
-    )
+    Ok(Json(HoldResponse {
+        reservation_id: request.reservation_id,
+        expires_at: Some(expires_at),
+        released: None,
+    })
+    .into_response())
 }
 
+/// Release a reservation.
+#[utoipa::path(
+    post,
+    path = "/pools/{pool}/release",
+    tag = "coordination",
+    params(PoolParams),
+    request_body = HoldRequest,
+    responses(
+        (status = 200, description = "Released", body = HoldResponse),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Conflict with the current state", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn release_reservation(
     State(state): State<AppState>,
     path: PoolPath,
@@ -155,9 +351,30 @@ async fn release_reservation(
         .coord
         .release_reservation(&path.tenant, &path.pool, &request)
         .await?;
-    Ok(Json(json!({"reservation_id": request.reservation_id, "released": true})).into_response())
+    Ok(Json(HoldResponse {
+        reservation_id: request.reservation_id,
+        expires_at: None,
+        released: Some(true),
+    })
+    .into_response())
 }
 
+/// Set the tenant's publish quota.
+#[utoipa::path(
+    put,
+    path = "/limits",
+    tag = "coordination",
+    params(TenantParams),
+    request_body = Limits,
+    responses(
+        (status = 200, description = "Set", body = Limits),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn set_limits(
     State(state): State<AppState>,
     TenantPath(tenant): TenantPath,
@@ -167,14 +384,40 @@ async fn set_limits(
     Ok(Json(limits).into_response())
 }
 
+/// Read the tenant's publish quota.
+#[utoipa::path(
+    get,
+    path = "/limits",
+    tag = "coordination",
+    params(TenantParams),
+    responses(
+        (status = 200, description = "The quota, or null", body = LimitsResponse),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn get_limits(
     State(state): State<AppState>,
     TenantPath(tenant): TenantPath,
 ) -> Result<Response> {
     let limits = state.coord.limits(&tenant).await?;
-    Ok(Json(json!({ "limits": limits })).into_response())
+    Ok(Json(LimitsResponse { limits }).into_response())
 }
 
+/// Remove the tenant's publish quota.
+#[utoipa::path(
+    delete,
+    path = "/limits",
+    tag = "coordination",
+    params(TenantParams),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn clear_limits(
     State(state): State<AppState>,
     TenantPath(tenant): TenantPath,

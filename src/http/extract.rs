@@ -253,12 +253,14 @@ fn body_error(e: &BytesRejection, limit: usize) -> Error {
 }
 
 /// `?after=<stream id>&limit=N` of paged listings (history, dead letters).
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     /// Cursor: list entries after this stream id.
     pub after: Option<String>,
-    /// Page size.
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 

@@ -1,44 +1,56 @@
 //! Routes under `/v1/tenants/{tenant}/topics/{topic}/groups/{group}`:
 //! declare, describe, delete, pause/resume, fetch, ack and extend.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
-use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use super::extract::{DeadLetterPath, GroupPath, JsonBody, PageQuery, QueryParams};
-use crate::broker::delivery::FetchRequest;
-use crate::broker::groups::GroupConfigRequest;
+use super::openapi::{DeadLetterParams, FetchResponse, GroupParams, PausedResponse, Problem};
+use crate::broker::delivery::{AckOutcome, ExtendOutcome, FetchRequest};
+use crate::broker::dlq::{DeadLetterPage, ReplayOutcome};
+use crate::broker::groups::{GroupConfigRequest, GroupInfo};
+use crate::broker::retry::{NackOutcome, RejectOutcome};
 use crate::error::{Error, Result};
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/topics/{topic}/groups/{group}",
-            put(declare_group).get(get_group).delete(delete_group),
-        )
-        .route("/topics/{topic}/groups/{group}/pause", post(pause))
-        .route("/topics/{topic}/groups/{group}/resume", post(resume))
-        .route("/topics/{topic}/groups/{group}/fetch", post(fetch))
-        .route("/topics/{topic}/groups/{group}/ack", post(ack))
-        .route("/topics/{topic}/groups/{group}/extend", post(extend))
-        .route("/topics/{topic}/groups/{group}/nack", post(nack))
-        .route("/topics/{topic}/groups/{group}/reject", post(reject))
-        .route("/topics/{topic}/groups/{group}/dlq", get(list_dlq))
-        .route(
-            "/topics/{topic}/groups/{group}/dlq/replay",
-            post(replay_dlq),
-        )
-        .route(
-            "/topics/{topic}/groups/{group}/dlq/{id}",
-            delete(delete_dead_letter),
-        )
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(declare_group, get_group, delete_group))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
+        .routes(routes!(fetch))
+        .routes(routes!(ack))
+        .routes(routes!(extend))
+        .routes(routes!(nack))
+        .routes(routes!(reject))
+        .routes(routes!(list_dlq))
+        .routes(routes!(replay_dlq))
+        .routes(routes!(delete_dead_letter))
 }
 
+/// Declare a consumer group or update its config.
+#[utoipa::path(
+    put,
+    path = "/topics/{topic}/groups/{group}",
+    tag = "groups",
+    params(GroupParams),
+    request_body = GroupConfigRequest,
+    responses(
+        (status = 201, description = "Created", body = GroupInfo),
+        (status = 200, description = "Updated", body = GroupInfo),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn declare_group(
     State(state): State<AppState>,
     path: GroupPath,
@@ -60,6 +72,20 @@ async fn declare_group(
     Ok((status, Json(info)).into_response())
 }
 
+/// Describe a group: config, lag, pending, delayed, dead letters, consumers.
+#[utoipa::path(
+    get,
+    path = "/topics/{topic}/groups/{group}",
+    tag = "groups",
+    params(GroupParams),
+    responses(
+        (status = 200, description = "The group", body = GroupInfo),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn get_group(State(state): State<AppState>, path: GroupPath) -> Result<Response> {
     let info = state
         .broker
@@ -68,6 +94,20 @@ async fn get_group(State(state): State<AppState>, path: GroupPath) -> Result<Res
     Ok(Json(info).into_response())
 }
 
+/// Delete a group with its retry schedule and dead letters.
+#[utoipa::path(
+    delete,
+    path = "/topics/{topic}/groups/{group}",
+    tag = "groups",
+    params(GroupParams),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn delete_group(State(state): State<AppState>, path: GroupPath) -> Result<StatusCode> {
     state
         .broker
@@ -76,10 +116,38 @@ async fn delete_group(State(state): State<AppState>, path: GroupPath) -> Result<
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Stop deliveries of a group (publishing goes on).
+#[utoipa::path(
+    post,
+    path = "/topics/{topic}/groups/{group}/pause",
+    tag = "groups",
+    params(GroupParams),
+    responses(
+        (status = 200, description = "Paused", body = PausedResponse),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn pause(State(state): State<AppState>, path: GroupPath) -> Result<Response> {
     set_paused(state, path, true).await
 }
 
+/// Resume deliveries of a group.
+#[utoipa::path(
+    post,
+    path = "/topics/{topic}/groups/{group}/resume",
+    tag = "groups",
+    params(GroupParams),
+    responses(
+        (status = 200, description = "Resumed", body = PausedResponse),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn resume(State(state): State<AppState>, path: GroupPath) -> Result<Response> {
     set_paused(state, path, false).await
 }
@@ -89,9 +157,26 @@ async fn set_paused(state: AppState, path: GroupPath, paused: bool) -> Result<Re
         .broker
         .set_paused(&path.tenant, &path.topic, &path.group, paused)
         .await?;
-    Ok(Json(json!({ "paused": paused })).into_response())
+    Ok(Json(PausedResponse { paused }).into_response())
 }
 
+/// Fetch messages under a lease, long-polling up to wait_ms.
+#[utoipa::path(
+    post,
+    path = "/topics/{topic}/groups/{group}/fetch",
+    tag = "groups",
+    params(GroupParams),
+    request_body = FetchRequest,
+    responses(
+        (status = 200, description = "Deliveries (possibly none)", body = FetchResponse),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn fetch(
     State(state): State<AppState>,
     path: GroupPath,
@@ -101,15 +186,34 @@ async fn fetch(
         .broker
         .fetch(&path.tenant, &path.topic, &path.group, &request)
         .await?;
-    Ok(Json(json!({ "messages": messages })).into_response())
+    Ok(Json(FetchResponse { messages }).into_response())
 }
 
-#[derive(Deserialize)]
+/// Body of `POST …/ack`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct AckRequest {
+pub(super) struct AckRequest {
     receipts: Vec<String>,
 }
 
+/// Acknowledge deliveries (fenced: a lost lease is refused).
+#[utoipa::path(
+    post,
+    path = "/topics/{topic}/groups/{group}/ack",
+    tag = "groups",
+    params(GroupParams),
+    request_body = AckRequest,
+    responses(
+        (status = 200, description = "Acked and lost receipts", body = AckOutcome),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Conflict with the current state", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn ack(
     State(state): State<AppState>,
     path: GroupPath,
@@ -125,14 +229,33 @@ async fn ack(
     Ok(Json(outcome).into_response())
 }
 
-#[derive(Deserialize)]
+/// Body of `POST …/extend`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ExtendRequest {
+pub(super) struct ExtendRequest {
     receipts: Vec<String>,
     #[serde(default)]
     lease_ms: Option<u64>,
 }
 
+/// Renew the leases of current deliveries.
+#[utoipa::path(
+    post,
+    path = "/topics/{topic}/groups/{group}/extend",
+    tag = "groups",
+    params(GroupParams),
+    request_body = ExtendRequest,
+    responses(
+        (status = 200, description = "Renewed and lost receipts", body = ExtendOutcome),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Conflict with the current state", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn extend(
     State(state): State<AppState>,
     path: GroupPath,
@@ -162,9 +285,10 @@ fn lease_lost() -> Error {
     }
 }
 
-#[derive(Deserialize)]
+/// Body of `POST …/nack`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NackRequest {
+pub(super) struct NackRequest {
     receipts: Vec<String>,
     #[serde(default)]
     delay_ms: Option<u64>,
@@ -172,6 +296,24 @@ struct NackRequest {
     error: Option<String>,
 }
 
+/// Give deliveries back for a retry after delay_ms or the group backoff.
+#[utoipa::path(
+    post,
+    path = "/topics/{topic}/groups/{group}/nack",
+    tag = "groups",
+    params(GroupParams),
+    request_body = NackRequest,
+    responses(
+        (status = 200, description = "Scheduled, dead-lettered and lost receipts", body = NackOutcome),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Conflict with the current state", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn nack(
     State(state): State<AppState>,
     path: GroupPath,
@@ -194,14 +336,33 @@ async fn nack(
     Ok(Json(outcome).into_response())
 }
 
-#[derive(Deserialize)]
+/// Body of `POST …/reject`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RejectRequest {
+pub(super) struct RejectRequest {
     receipts: Vec<String>,
     #[serde(default)]
     error: Option<String>,
 }
 
+/// Dead-letter deliveries now.
+#[utoipa::path(
+    post,
+    path = "/topics/{topic}/groups/{group}/reject",
+    tag = "groups",
+    params(GroupParams),
+    request_body = RejectRequest,
+    responses(
+        (status = 200, description = "Dead-lettered and lost receipts", body = RejectOutcome),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Conflict with the current state", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn reject(
     State(state): State<AppState>,
     path: GroupPath,
@@ -223,6 +384,20 @@ async fn reject(
     Ok(Json(outcome).into_response())
 }
 
+/// List a group's dead letters.
+#[utoipa::path(
+    get,
+    path = "/topics/{topic}/groups/{group}/dlq",
+    tag = "dead letters",
+    params(GroupParams, PageQuery),
+    responses(
+        (status = 200, description = "A page of dead letters", body = DeadLetterPage),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn list_dlq(
     State(state): State<AppState>,
     path: GroupPath,
@@ -241,13 +416,31 @@ async fn list_dlq(
     Ok(Json(page).into_response())
 }
 
-#[derive(Deserialize)]
+/// Body of `POST …/dlq/replay` (no `ids`: replay all).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ReplayRequest {
+pub(super) struct ReplayRequest {
     #[serde(default)]
     ids: Option<Vec<String>>,
 }
 
+/// Send dead letters back to this group only, attempts reset.
+#[utoipa::path(
+    post,
+    path = "/topics/{topic}/groups/{group}/dlq/replay",
+    tag = "dead letters",
+    params(GroupParams),
+    request_body = ReplayRequest,
+    responses(
+        (status = 200, description = "Replayed and missing ids", body = ReplayOutcome),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn replay_dlq(
     State(state): State<AppState>,
     path: GroupPath,
@@ -265,6 +458,20 @@ async fn replay_dlq(
     Ok(Json(outcome).into_response())
 }
 
+/// Delete the dead letters of one message id.
+#[utoipa::path(
+    delete,
+    path = "/topics/{topic}/groups/{group}/dlq/{id}",
+    tag = "dead letters",
+    params(DeadLetterParams),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn delete_dead_letter(
     State(state): State<AppState>,
     path: DeadLetterPath,

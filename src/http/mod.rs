@@ -7,6 +7,7 @@ pub mod extract;
 mod groups;
 pub mod listen;
 mod observe;
+pub mod openapi;
 mod ops;
 mod topics;
 
@@ -14,7 +15,10 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::Uri;
-use axum::{Router, middleware};
+use axum::routing::get;
+use axum::{Json, Router, middleware};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::broker::Broker;
 use crate::coord::Coord;
@@ -55,16 +59,38 @@ pub struct Services {
     pub api_token: Option<Arc<str>>,
 }
 
-/// The whole API.
-pub fn router(state: AppState) -> Router {
-    let max_body = state.max_body;
-    Router::new()
+/// Every documented route, with its OpenAPI document.
+fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(ops::routes())
         .nest(
             "/v1/tenants/{tenant}",
             topics::routes()
                 .merge(groups::routes())
                 .merge(coord::routes()),
+        )
+        .split_for_parts()
+}
+
+/// The OpenAPI 3.1 document of the API (also served at `/v1/openapi.json`).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = api();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.max_body;
+    let (routes, _) = api();
+    let document = Arc::new(openapi_document());
+    routes
+        .route(
+            "/v1/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move { Json(document.as_ref().clone()) }
+            }),
         )
         .fallback(|uri: Uri| async move { Error::RouteNotFound(uri.path().to_owned()) })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })

@@ -1,24 +1,33 @@
 //! Operational endpoints: liveness, readiness and Prometheus metrics.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
+use super::openapi::{Problem, StatusResponse};
 use crate::error::Result;
 use crate::telemetry;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
 }
 
-/// Prometheus text exposition of every metric of this process.
+/// Prometheus metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain")
+    )
+)]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     metrics::gauge!(telemetry::REDIS_CONNECTIONS).set(state.store.connection_count() as f64);
     (
@@ -30,13 +39,30 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// The process is alive and serving HTTP.
-async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+/// Liveness.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Alive", body = StatusResponse)
+    )
+)]
+async fn healthz() -> Json<StatusResponse> {
+    Json(StatusResponse { status: "ok" })
 }
 
-/// Redis answers and holds every script; 503 otherwise.
-async fn readyz(State(state): State<AppState>) -> Result<Json<Value>> {
+/// Readiness: Redis answers and holds every script.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = StatusResponse),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
+async fn readyz(State(state): State<AppState>) -> Result<Json<StatusResponse>> {
     state.store.check_ready().await?;
-    Ok(Json(json!({ "status": "ready" })))
+    Ok(Json(StatusResponse { status: "ready" }))
 }

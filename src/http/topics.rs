@@ -1,39 +1,69 @@
 //! Routes under `/v1/tenants/{tenant}/topics`: declare, describe, list,
 //! delete, publish (single and batch) and history.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use super::extract::{JsonBody, PageQuery, QueryParams, TenantPath, TopicPath, parse_json};
+use super::openapi::{Problem, TenantParams, TopicList, TopicParams};
 use crate::broker::publish::{MAX_BATCH, PublishRequest, Published};
-use crate::broker::topics::TopicConfigRequest;
+use crate::broker::topics::{HistoryPage, TopicConfigRequest, TopicInfo};
 use crate::error::{Error, RateLimitInfo, Result};
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/topics", get(list_topics))
-        .route(
-            "/topics/{topic}",
-            put(declare_topic).get(get_topic).delete(delete_topic),
-        )
-        .route("/topics/{topic}/messages", post(publish).get(history))
-        .route("/topics/{topic}/messages:batch", post(publish_batch))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_topics))
+        .routes(routes!(declare_topic, get_topic, delete_topic))
+        .routes(routes!(publish, history))
+        .routes(routes!(publish_batch))
 }
 
+/// List a tenant's topics.
+#[utoipa::path(
+    get,
+    path = "/topics",
+    tag = "topics",
+    params(TenantParams),
+    responses(
+        (status = 200, description = "Topic names", body = TopicList),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn list_topics(
     State(state): State<AppState>,
     TenantPath(tenant): TenantPath,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<TopicList>> {
     let topics = state.broker.list_topics(&tenant).await?;
-    Ok(Json(serde_json::json!({ "topics": topics })))
+    Ok(Json(TopicList { topics }))
 }
 
+/// Declare a topic or update its config.
+#[utoipa::path(
+    put,
+    path = "/topics/{topic}",
+    tag = "topics",
+    params(TopicParams),
+    request_body = TopicConfigRequest,
+    responses(
+        (status = 201, description = "Created", body = TopicInfo),
+        (status = 200, description = "Updated", body = TopicInfo),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn declare_topic(
     State(state): State<AppState>,
     path: TopicPath,
@@ -52,11 +82,40 @@ async fn declare_topic(
     Ok((status, Json(info)).into_response())
 }
 
+/// Describe a topic: config, length, ids, last seq, groups with lag.
+#[utoipa::path(
+    get,
+    path = "/topics/{topic}",
+    tag = "topics",
+    params(TopicParams),
+    responses(
+        (status = 200, description = "The topic", body = TopicInfo),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn get_topic(State(state): State<AppState>, path: TopicPath) -> Result<Response> {
     let info = state.broker.topic_info(&path.tenant, &path.topic).await?;
     Ok(Json(info).into_response())
 }
 
+/// Delete a topic with its messages and groups.
+#[utoipa::path(
+    delete,
+    path = "/topics/{topic}",
+    tag = "topics",
+    params(TopicParams),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Conflict with the current state", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn delete_topic(State(state): State<AppState>, path: TopicPath) -> Result<StatusCode> {
     state.broker.delete_topic(&path.tenant, &path.topic).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -78,6 +137,24 @@ fn carry_traceparent(request_headers: &HeaderMap, message: &mut PublishRequest) 
         .or_insert_with(|| traceparent.to_owned());
 }
 
+/// Publish one message.
+#[utoipa::path(
+    post,
+    path = "/topics/{topic}/messages",
+    tag = "topics",
+    params(TopicParams),
+    request_body = PublishRequest,
+    responses(
+        (status = 201, description = "Published", body = Published),
+        (status = 200, description = "Duplicate of an earlier idempotency key; nothing written", body = Published),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Quota, backlog or pool full; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn publish(
     State(state): State<AppState>,
     path: TopicPath,
@@ -101,19 +178,42 @@ async fn publish(
     Ok(with_quota((status, Json(published)).into_response(), quota))
 }
 
-#[derive(Deserialize)]
+/// Body of `POST …/messages:batch`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct BatchRequest {
+pub(super) struct BatchRequest {
+    /// 1 to 1000 messages, each as the single publish body.
+    #[schema(value_type = Vec<PublishRequest>)]
     messages: Vec<Box<RawValue>>,
 }
 
 /// Per-item outcome of a batch: `results[i]` or `errors[i]` is set, never both.
-#[derive(Serialize)]
-struct BatchResponse {
+#[derive(Serialize, ToSchema)]
+pub(super) struct BatchResponse {
+    /// What each published (or duplicate) item got.
     results: Vec<Option<Published>>,
+    /// The problem document of each refused item.
+    #[schema(value_type = Vec<Option<Problem>>)]
     errors: Vec<Option<serde_json::Value>>,
 }
 
+/// Publish up to 1000 messages; one bad item fails only itself.
+#[utoipa::path(
+    post,
+    path = "/topics/{topic}/messages:batch",
+    tag = "topics",
+    params(TopicParams),
+    request_body = BatchRequest,
+    responses(
+        (status = 200, description = "Per-item results and errors, in order", body = BatchResponse),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Quota, backlog or pool full; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn publish_batch(
     State(state): State<AppState>,
     path: TopicPath,
@@ -175,6 +275,20 @@ fn with_quota(mut response: Response, quota: Option<RateLimitInfo>) -> Response 
     response
 }
 
+/// Read past messages without touching any group.
+#[utoipa::path(
+    get,
+    path = "/topics/{topic}/messages",
+    tag = "topics",
+    params(TopicParams, PageQuery),
+    responses(
+        (status = 200, description = "A page of messages", body = HistoryPage),
+        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn history(
     State(state): State<AppState>,
     path: TopicPath,

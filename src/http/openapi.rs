@@ -1,0 +1,185 @@
+//! The OpenAPI 3.1 document: generated from the route annotations (utoipa),
+//! served at `/v1/openapi.json` and printed by `streamcar openapi`. Routes
+//! are registered through `utoipa_axum`, so a route cannot exist without
+//! being in the document. This module also holds the small response bodies
+//! and path parameter sets that the annotations refer to.
+
+use serde::Serialize;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+/// An RFC 9457 problem document, as every error answers.
+#[derive(ToSchema)]
+#[schema(example = json!({
+    "type": "urn:streamcar:problem:invalid_field",
+    "title": "Bad Request",
+    "status": 400,
+    "detail": "ttl_ms: invalid type: string \"soon\", expected u64 at line 1 column 25",
+    "code": "invalid_field",
+    "field": "ttl_ms"
+}))]
+pub struct Problem {
+    /// `urn:streamcar:problem:<code>`.
+    #[schema(rename = "type")]
+    pub kind: String,
+    /// The HTTP status phrase.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong, for a human.
+    pub detail: String,
+    /// Stable machine-readable code.
+    pub code: String,
+    /// The offending field, for input errors.
+    pub field: Option<String>,
+}
+
+/// `{tenant}`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TenantParams {
+    /// Tenant name: `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`.
+    pub tenant: String,
+}
+
+/// `{tenant}` and `{topic}`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TopicParams {
+    /// Tenant name.
+    pub tenant: String,
+    /// Topic name.
+    pub topic: String,
+}
+
+/// `{tenant}`, `{topic}` and `{group}`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct GroupParams {
+    /// Tenant name.
+    pub tenant: String,
+    /// Topic name.
+    pub topic: String,
+    /// Consumer group name.
+    pub group: String,
+}
+
+/// `{tenant}`, `{topic}`, `{group}` and a dead letter's message `{id}`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct DeadLetterParams {
+    /// Tenant name.
+    pub tenant: String,
+    /// Topic name.
+    pub topic: String,
+    /// Consumer group name.
+    pub group: String,
+    /// The original message id.
+    pub id: String,
+}
+
+/// `{tenant}` and an idempotency `{key}`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct KeyParams {
+    /// Tenant name.
+    pub tenant: String,
+    /// Any text up to 256 bytes, percent-encoded.
+    pub key: String,
+}
+
+/// `{tenant}` and a checkpoint `{name}`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct CheckpointParams {
+    /// Tenant name.
+    pub tenant: String,
+    /// Any text up to 256 bytes, percent-encoded.
+    pub name: String,
+}
+
+/// `{tenant}` and `{pool}`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct PoolParams {
+    /// Tenant name.
+    pub tenant: String,
+    /// Pool name.
+    pub pool: String,
+}
+
+/// `GET /topics`.
+#[derive(Serialize, ToSchema)]
+pub struct TopicList {
+    /// Topic names, sorted.
+    pub topics: Vec<String>,
+}
+
+/// `POST …/fetch`.
+#[derive(Serialize, ToSchema)]
+pub struct FetchResponse {
+    /// Deliveries, in preference order (due retries, expired leases, new).
+    pub messages: Vec<crate::broker::delivery::Delivery>,
+}
+
+/// `POST …/pause` and `…/resume`.
+#[derive(Serialize, ToSchema)]
+pub struct PausedResponse {
+    /// Whether the group is paused now.
+    pub paused: bool,
+}
+
+/// `POST /idempotency/{key}/complete` and `…/release`.
+#[derive(Serialize, ToSchema)]
+pub struct FinishResponse {
+    /// `completed` or `released`.
+    pub state: &'static str,
+    /// When it was completed (complete only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<u64>,
+}
+
+/// `POST /pools/{pool}/renew` and `…/release`.
+#[derive(Serialize, ToSchema)]
+pub struct HoldResponse {
+    /// The reservation.
+    pub reservation_id: String,
+    /// New expiry (renew only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// True once released (release only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub released: Option<bool>,
+}
+
+/// `GET /limits`.
+#[derive(Serialize, ToSchema)]
+pub struct LimitsResponse {
+    /// The tenant's quota; null when it has none.
+    pub limits: Option<crate::coord::limits::Limits>,
+}
+
+/// `GET /healthz` and `GET /readyz`.
+#[derive(Serialize, ToSchema)]
+pub struct StatusResponse {
+    /// `ok` (alive) or `ready`.
+    pub status: &'static str,
+}
+
+/// Document-level metadata; the paths come from the routers.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "streamcar",
+        description = "Durable multi-tenant consumer groups on Redis Streams behind a local HTTP API. Every error is application/problem+json (RFC 9457) with a stable `code`.",
+        license(name = "Apache-2.0")
+    ),
+    components(schemas(Problem)),
+    tags(
+        (name = "topics", description = "Topics, publishing and history"),
+        (name = "groups", description = "Consumer groups and delivery under leases"),
+        (name = "dead letters", description = "Dead-letter streams of a group"),
+        (name = "coordination", description = "Idempotency, checkpoints, reservations, quotas"),
+        (name = "operations", description = "Health, readiness, metrics")
+    )
+)]
+pub struct ApiDoc;
