@@ -174,6 +174,32 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn every_string_of_the_grammar_is_accepted(s in "[A-Za-z0-9][A-Za-z0-9._-]{0,127}") {
+            proptest::prop_assert_eq!(validate(&s), Ok(()));
+        }
+
+        #[test]
+        fn accepted_names_are_safe_in_hash_tags(s in "\\PC{0,200}") {
+            if validate(&s).is_ok() {
+                let tag_breakers = ['{', '}', ':', ' '];
+                proptest::prop_assert!(!s.contains(tag_breakers));
+                proptest::prop_assert!(!s.is_empty() && s.len() <= MAX_NAME_LEN);
+            }
+        }
+
+        #[test]
+        fn a_forbidden_character_anywhere_is_refused(
+            prefix in "[a-z]{1,10}",
+            bad in "[{}: /\\\\\\x00-\\x1f\\x{80}-\\x{10FFFF}]",
+            suffix in "[a-z]{0,10}",
+        ) {
+            let name = format!("{prefix}{bad}{suffix}");
+            proptest::prop_assert!(validate(&name).is_err(), "{:?}", name);
+        }
+    }
+
     #[test]
     fn serde_validates() {
         let t: Result<Tenant, _> = serde_json::from_str("\"a:b\"");

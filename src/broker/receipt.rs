@@ -29,13 +29,15 @@ pub struct Receipt {
 #[error("'{0}' is not a receipt issued by fetch")]
 pub struct MalformedReceipt(pub String);
 
+/// A decimal u64 written the way Redis and Rust print it (no sign, no
+/// leading zeros), so every accepted receipt is exactly one issued text.
+fn is_canonical_u64(s: &str) -> bool {
+    s.parse::<u64>().is_ok_and(|n| n.to_string() == s)
+}
+
 fn is_stream_id(s: &str) -> bool {
-    let Some((ms, seq)) = s.split_once('-') else {
-        return false;
-    };
-    [ms, seq]
-        .iter()
-        .all(|p| !p.is_empty() && p.len() <= 20 && p.parse::<u64>().is_ok())
+    s.split_once('-')
+        .is_some_and(|(ms, seq)| is_canonical_u64(ms) && is_canonical_u64(seq))
 }
 
 impl Receipt {
@@ -49,6 +51,9 @@ impl Receipt {
             return Err(bad());
         };
         if !is_stream_id(stream_id) {
+            return Err(bad());
+        }
+        if !is_canonical_u64(attempt) {
             return Err(bad());
         }
         let attempt: u64 = attempt.parse().map_err(|_| bad())?;
@@ -86,6 +91,31 @@ mod tests {
         assert_eq!(Receipt::parse(&text), Ok(r));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn issued_receipts_round_trip(
+            ms in 0u64..=u64::MAX,
+            seq in 0u64..=u64::MAX,
+            attempt in 1u64..=u64::from(u32::MAX),
+            consumer in "[A-Za-z0-9][A-Za-z0-9._-]{0,127}",
+        ) {
+            let r = Receipt {
+                stream_id: format!("{ms}-{seq}"),
+                attempt,
+                consumer: Consumer::parse(&consumer).unwrap(),
+            };
+            proptest::prop_assert_eq!(Receipt::parse(&r.to_string()), Ok(r));
+        }
+
+        #[test]
+        fn any_text_parses_without_panicking_and_only_canonically(text in "\\PC{0,300}") {
+            if let Ok(r) = Receipt::parse(&text) {
+                // Accepted text is exactly what fetch would have issued.
+                proptest::prop_assert_eq!(r.to_string(), text);
+            }
+        }
+    }
+
     #[test]
     fn refuses_garbage() {
         for bad in [
@@ -102,6 +132,11 @@ mod tests {
             "1-0:1:w:x",
             "1-0:1:w x",
             "1-0:99999999999:w",
+            "01-0:1:w",
+            "1-00:1:w",
+            "1-0:01:w",
+            "1-0:+1:w",
+            "+1-0:1:w",
         ] {
             assert!(Receipt::parse(bad).is_err(), "{bad:?}");
         }
