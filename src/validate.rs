@@ -4,15 +4,16 @@
 use crate::error::{Error, Result};
 
 /// A free-text reference (id, key, causation id…): non-empty, at most `max`
-/// bytes, no control characters.
+/// characters, no control characters (the OpenAPI document states the same).
 pub fn check_text(field: &str, value: &str, max: usize) -> Result<()> {
     if value.is_empty() {
         return Err(Error::invalid_field(field, "must not be empty"));
     }
-    if value.len() > max {
+    let length = value.chars().count();
+    if length > max {
         return Err(Error::invalid_field(
             field,
-            format!("must be at most {max} bytes, got {}", value.len()),
+            format!("must be at most {max} characters, got {length}"),
         ));
     }
     if value.chars().any(char::is_control) {
@@ -22,6 +23,14 @@ pub fn check_text(field: &str, value: &str, max: usize) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// A stream-id part as Redis prints it: decimal, no sign, no leading zeros,
+/// at most 19 digits (so it always fits in a u64).
+pub fn is_id_number(s: &str) -> bool {
+    (1..=19).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && (s == "0" || !s.starts_with('0'))
 }
 
 /// An optional number that, when given, lies in `min..=max`.
@@ -53,10 +62,165 @@ mod tests {
     }
 
     #[test]
+    fn id_numbers() {
+        for ok in ["0", "1", "1718000000000", "9999999999999999999"] {
+            assert!(is_id_number(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "01",
+            "00",
+            "+1",
+            "-1",
+            "1.0",
+            "10000000000000000000",
+            "a",
+        ] {
+            assert!(!is_id_number(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn ranges() {
         assert!(check_range("f", None, 1, 2).is_ok());
         assert!(check_range("f", Some(2), 1, 2).is_ok());
         assert!(check_range("f", Some(3), 1, 2).is_err());
         assert!(check_range("f", Some(f64::NAN), 0.0, 1.0).is_err());
+    }
+}
+
+/// Serde helper for an optional nested object: refuses the array form serde
+/// would otherwise accept for a struct (`[1, 2]` read positionally), and
+/// keeps field paths in errors (`backoff.initial`).
+pub fn object<'de, D, T>(d: D) -> std::result::Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    use std::marker::PhantomData;
+
+    use serde::de::value::MapAccessDeserializer;
+    use serde::de::{MapAccess, Visitor};
+
+    struct Object<T>(PhantomData<T>);
+
+    impl<'de, T: serde::Deserialize<'de>> Visitor<'de> for Object<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<T, A::Error> {
+            T::deserialize(MapAccessDeserializer::new(map))
+        }
+    }
+
+    struct MaybeObject<T>(PhantomData<T>);
+
+    impl<'de, T: serde::Deserialize<'de>> Visitor<'de> for MaybeObject<T> {
+        type Value = Option<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object or null")
+        }
+
+        fn visit_none<E>(self) -> std::result::Result<Option<T>, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E>(self) -> std::result::Result<Option<T>, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D2: serde::Deserializer<'de>>(
+            self,
+            d: D2,
+        ) -> std::result::Result<Option<T>, D2::Error> {
+            d.deserialize_map(Object(PhantomData)).map(Some)
+        }
+    }
+
+    d.deserialize_option(MaybeObject(PhantomData))
+}
+
+/// Serde helpers for integer fields that also take integer-valued floats
+/// (`1.0`): JSON Schema's `integer` includes them, and clients in languages
+/// without a separate integer type send them.
+pub mod whole {
+    use std::fmt;
+
+    use serde::Deserializer;
+    use serde::de::{self, Visitor};
+
+    struct Whole<const MAX: u64>;
+
+    impl<'de, const MAX: u64> Visitor<'de> for Whole<MAX> {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "an integer between 0 and {MAX}")
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            if v <= MAX {
+                Ok(v)
+            } else {
+                Err(E::invalid_value(de::Unexpected::Unsigned(v), &self))
+            }
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v)
+                .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+                .and_then(|v| self.visit_u64(v))
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<u64, E> {
+            // Exactly representable whole numbers only (below 2^53).
+            if v.fract() == 0.0 && (0.0..9_007_199_254_740_992.0).contains(&v) {
+                self.visit_u64(v as u64)
+            } else {
+                Err(E::invalid_type(de::Unexpected::Float(v), &self))
+            }
+        }
+    }
+
+    struct MaybeWhole<const MAX: u64>;
+
+    impl<'de, const MAX: u64> Visitor<'de> for MaybeWhole<MAX> {
+        type Value = Option<u64>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "an integer between 0 and {MAX}, or null")
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Option<u64>, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Option<u64>, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<u64>, D::Error> {
+            d.deserialize_any(Whole::<MAX>).map(Some)
+        }
+    }
+
+    /// A `u64`.
+    pub fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        d.deserialize_any(Whole::<{ u64::MAX }>)
+    }
+
+    /// An optional `u64`.
+    pub fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        d.deserialize_option(MaybeWhole::<{ u64::MAX }>)
+    }
+
+    /// An optional `u32`.
+    pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        d.deserialize_option(MaybeWhole::<{ u32::MAX as u64 }>)
+            .map(|v| v.map(|v| u32::try_from(v).unwrap_or(u32::MAX)))
     }
 }

@@ -140,10 +140,8 @@ async fn group_config_is_validated() {
             "backoff.multiplier",
         ),
         (json!({"backoff": {"jitter": 1.5}}), "backoff.jitter"),
-        (
-            json!({"backoff": {"initial_ms": 500, "max_ms": 100}}),
-            "backoff.max_ms",
-        ),
+        (json!({"backoff": {"initial_ms": 0}}), "backoff.initial_ms"),
+        (json!({"backoff": [1000, 2000]}), "backoff"),
         (json!({"backoff": {"initial": 5}}), "backoff.initial"),
         (json!({"start": "yesterday"}), "start"),
         (json!({"paused": "no"}), "paused"),

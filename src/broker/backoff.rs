@@ -55,6 +55,17 @@ mod tests {
     }
 
     #[test]
+    fn max_below_initial_caps_every_delay() {
+        let b = Backoff {
+            initial_ms: 500,
+            max_ms: 100,
+            multiplier: 2.0,
+            jitter: 0.0,
+        };
+        assert!((1..=5).all(|a| retry_delay_ms(&b, a, 0.0) == 100));
+    }
+
+    #[test]
     fn multiplier_one_is_constant() {
         let b = Backoff {
             initial_ms: 250,

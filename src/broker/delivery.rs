@@ -32,10 +32,12 @@ pub struct FetchRequest {
     /// Who is fetching; leases are held per consumer.
     pub consumer: Consumer,
     /// Most messages to return (1..=1000, default 1).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::validate::whole::opt_u32")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub max: Option<u32>,
     /// Long-poll: wait up to this long for something deliverable (0..=30000, default 0).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::validate::whole::opt_u64")]
+    #[schema(minimum = 0, maximum = 30000)]
     pub wait_ms: Option<u64>,
 }
 

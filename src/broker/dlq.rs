@@ -12,10 +12,12 @@ use serde::Serialize;
 use super::Broker;
 use super::groups::group_not_found;
 use super::message::Message;
+use super::publish::MAX_ID_LEN;
 use super::topics::read_page;
 use crate::error::{Error, Result};
 use crate::keys::TopicKeys;
 use crate::names::{Group, Tenant, Topic};
+use crate::validate::check_text;
 
 /// Dead letters scanned per script call by replay and delete.
 const SCAN_CHUNK: usize = 500;
@@ -125,6 +127,9 @@ impl Broker {
                     "must hold between 1 and {MAX_REPLAY_IDS} ids (leave it out to replay all)"
                 ),
             ));
+        }
+        for (i, id) in ids.unwrap_or_default().iter().enumerate() {
+            check_text(&format!("ids[{i}]"), id, MAX_ID_LEN)?;
         }
         let keys = TopicKeys::new(tenant, topic);
         let gk = keys.group(group);

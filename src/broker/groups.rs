@@ -57,16 +57,20 @@ impl Default for Backoff {
 #[serde(deny_unknown_fields)]
 pub struct BackoffRequest {
     /// Delay before the second attempt.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::validate::whole::opt_u64")]
+    #[schema(minimum = 1, maximum = 86400000)]
     pub initial_ms: Option<u64>,
     /// Largest delay.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::validate::whole::opt_u64")]
+    #[schema(minimum = 1, maximum = 86400000)]
     pub max_ms: Option<u64>,
     /// Growth per attempt.
     #[serde(default)]
+    #[schema(minimum = 1.0, maximum = 100.0)]
     pub multiplier: Option<f64>,
     /// Random spread fraction.
     #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub jitter: Option<f64>,
 }
 
@@ -77,15 +81,18 @@ pub struct GroupConfigRequest {
     /// Where a new group starts: `earliest` (default), `latest` or a stream id.
     /// Ignored when the group exists: re-declaring never moves a live group.
     #[serde(default)]
+    #[schema(pattern = "^(earliest|latest|(0|[1-9][0-9]{0,18})(-(0|[1-9][0-9]{0,18}))?)$")]
     pub start: Option<String>,
     /// Lease length in ms.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::validate::whole::opt_u64")]
+    #[schema(minimum = 100, maximum = 43200000)]
     pub lease_ms: Option<u64>,
     /// Deliveries before a message is dead-lettered.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::validate::whole::opt_u32")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_deliveries: Option<u32>,
     /// Retry backoff.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::validate::object")]
     pub backoff: Option<BackoffRequest>,
     /// Whether deliveries are paused.
     #[serde(default)]
@@ -142,15 +149,9 @@ impl GroupConfigRequest {
             check_range("backoff.initial_ms", b.initial_ms, 1, MAX_BACKOFF_MS)?;
             check_range("backoff.max_ms", b.max_ms, 1, MAX_BACKOFF_MS)?;
             check_range("backoff.multiplier", b.multiplier, 1.0, 100.0)?;
+            // No cross-field rule: `max_ms` caps every delay, even the first
+            // (so `max_ms < initial_ms` means a constant `max_ms`).
             check_range("backoff.jitter", b.jitter, 0.0, 1.0)?;
-            if let (Some(initial), Some(max)) = (b.initial_ms, b.max_ms)
-                && max < initial
-            {
-                return Err(Error::invalid_field(
-                    "backoff.max_ms",
-                    "must be at least backoff.initial_ms",
-                ));
-            }
         }
         Ok(())
     }

@@ -52,30 +52,63 @@ pub struct PublishRequest {
     pub payload: Box<RawValue>,
     /// Client-chosen message id; defaults to a UUIDv7.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub id: Option<String>,
     /// Ordering / partition key (e.g. a user id).
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub key: Option<String>,
     /// Publishing the same key again inside the topic's window is a no-op.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub idempotency_key: Option<String>,
     /// Id of the message that caused this one.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub causation_id: Option<String>,
     /// Id shared by every message of one workflow.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub correlation_id: Option<String>,
     /// After this long the message is never delivered (dead-letters as `expired`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::validate::whole::opt_u64")]
+    #[schema(minimum = 1, maximum = 31536000000_u64)]
     pub ttl_ms: Option<u64>,
     /// Not delivered to any group before this long has passed.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::validate::whole::opt_u64")]
+    #[schema(minimum = 0, maximum = 31536000000_u64)]
     pub delay_ms: Option<u64>,
     /// String map carried with the message (e.g. `traceparent`).
     #[serde(default)]
+    #[schema(schema_with = crate::http::openapi::headers_schema)]
     pub headers: Option<BTreeMap<String, String>>,
     /// Version of the payload's schema, for consumers.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub schema_version: Option<String>,
 }
 
@@ -139,11 +172,13 @@ impl PublishRequest {
             }
             for (name, value) in headers {
                 check_text(&format!("{field}.{name}"), name, MAX_HEADER_NAME_LEN)?;
-                if value.len() > MAX_HEADER_VALUE_LEN || value.chars().any(char::is_control) {
+                if value.chars().count() > MAX_HEADER_VALUE_LEN
+                    || value.chars().any(char::is_control)
+                {
                     return Err(Error::invalid_field(
                         format!("{field}.{name}"),
                         format!(
-                            "values must be at most {MAX_HEADER_VALUE_LEN} bytes without control characters"
+                            "values must be at most {MAX_HEADER_VALUE_LEN} characters without control characters"
                         ),
                     ));
                 }

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::keys::{GroupKeys, TenantKeys, TopicKeys};
 use crate::names::{Group, Tenant, Topic};
 use crate::store::Conn;
-use crate::validate::check_range;
+use crate::validate::{check_range, is_id_number};
 
 /// Longest retention: 10 years (0 = keep until every group is done; no time limit).
 pub const MAX_RETENTION_MS: u64 = 10 * 365 * 24 * 60 * 60 * 1000;
@@ -31,13 +31,16 @@ pub const MAX_PAGE_LIMIT: usize = 1000;
 #[serde(deny_unknown_fields)]
 pub struct TopicConfigRequest {
     /// Entries older than this, and done by every group, may be trimmed (0 = no time limit).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::validate::whole::opt_u64")]
+    #[schema(minimum = 0, maximum = 315360000000_u64)]
     pub retention_ms: Option<u64>,
     /// Refuse publishes while the slowest group is this far behind (0 = unbounded).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::validate::whole::opt_u64")]
+    #[schema(minimum = 0, maximum = 1000000000_u64)]
     pub max_backlog: Option<u64>,
     /// How long a publish idempotency key is remembered.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::validate::whole::opt_u64")]
+    #[schema(minimum = 1, maximum = 2592000000_u64)]
     pub dedup_window_ms: Option<u64>,
 }
 
@@ -101,15 +104,13 @@ pub struct HistoryPage {
     pub next_after: Option<String>,
 }
 
-/// Checks a stream id given by a client (`<ms>` or `<ms>-<seq>`).
+/// Checks a stream id given by a client (`<ms>` or `<ms>-<seq>`, numbers
+/// as Redis prints them).
 pub fn validate_stream_id(field: &str, id: &str) -> Result<()> {
-    let mut parts = id.splitn(2, '-');
-    let valid = parts
-        .next()
-        .is_some_and(|ms| !ms.is_empty() && ms.len() <= 20 && ms.parse::<u64>().is_ok())
-        && parts
-            .next()
-            .is_none_or(|seq| !seq.is_empty() && seq.len() <= 20 && seq.parse::<u64>().is_ok());
+    let valid = match id.split_once('-') {
+        Some((ms, seq)) => is_id_number(ms) && is_id_number(seq),
+        None => is_id_number(id),
+    };
     if valid {
         Ok(())
     } else {
@@ -368,10 +369,22 @@ mod tests {
 
     #[test]
     fn stream_ids() {
-        for ok in ["0", "0-0", "1718000000000-12", "18446744073709551615-1"] {
+        for ok in ["0", "0-0", "1718000000000-12", "9999999999999999999-1"] {
             assert!(validate_stream_id("after", ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-", "1-", "-1", "a-1", "1-b", "1-2-3", "+", "(1"] {
+        for bad in [
+            "",
+            "-",
+            "1-",
+            "-1",
+            "a-1",
+            "1-b",
+            "1-2-3",
+            "+",
+            "(1",
+            "01-1",
+            "18446744073709551615-1",
+        ] {
             assert!(validate_stream_id("after", bad).is_err(), "{bad}");
         }
     }

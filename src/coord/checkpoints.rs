@@ -19,6 +19,8 @@ pub const MAX_SEQ: u64 = (1 << 53) - 1;
 #[serde(deny_unknown_fields)]
 pub struct AdvanceRequest {
     /// The sequence just processed.
+    #[serde(deserialize_with = "crate::validate::whole::u64")]
+    #[schema(minimum = 0, maximum = 9007199254740991_u64)]
     pub seq: u64,
 }
 

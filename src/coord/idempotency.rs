@@ -26,8 +26,15 @@ pub const MAX_OWNER_LEN: usize = 256;
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
     /// How long the claim holds unless completed or released.
+    #[serde(deserialize_with = "crate::validate::whole::u64")]
+    #[schema(minimum = 1, maximum = 86400000)]
     pub ttl_ms: u64,
     /// Who claims (shown to others who find it in progress).
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub owner: String,
 }
 
@@ -36,11 +43,18 @@ pub struct ClaimRequest {
 #[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
     /// The claim's token.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub token: String,
     /// The work's result (any JSON), replayed to later claims.
     #[schema(value_type = serde_json::Value)]
     pub result: Box<RawValue>,
     /// How long the result is kept.
+    #[serde(deserialize_with = "crate::validate::whole::u64")]
+    #[schema(minimum = 1, maximum = 2592000000_u64)]
     pub ttl_ms: u64,
 }
 
@@ -49,6 +63,11 @@ pub struct CompleteRequest {
 #[serde(deny_unknown_fields)]
 pub struct ReleaseRequest {
     /// The claim's token.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub token: String,
 }
 

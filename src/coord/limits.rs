@@ -30,8 +30,12 @@ const MEMO_PRUNE_AT: usize = 10_000;
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Sustained messages per second.
+    #[serde(deserialize_with = "crate::validate::whole::u64")]
+    #[schema(minimum = 1, maximum = 1000000)]
     pub publish_per_sec: u64,
     /// Messages that may be published at once after a quiet period.
+    #[serde(deserialize_with = "crate::validate::whole::u64")]
+    #[schema(minimum = 1, maximum = 1000000)]
     pub burst: u64,
 }
 

@@ -33,8 +33,12 @@ pub const MAX_HOLDER_LEN: usize = 256;
 #[serde(deny_unknown_fields)]
 pub struct PoolConfigRequest {
     /// Most live reservations at once.
+    #[serde(deserialize_with = "crate::validate::whole::u64")]
+    #[schema(minimum = 1, maximum = 100000)]
     pub capacity: u64,
     /// Default reservation lease.
+    #[serde(deserialize_with = "crate::validate::whole::u64")]
+    #[schema(minimum = 100, maximum = 86400000)]
     pub lease_ms: u64,
 }
 
@@ -43,24 +47,50 @@ pub struct PoolConfigRequest {
 #[serde(deny_unknown_fields)]
 pub struct AcquireRequest {
     /// Who holds the slot (shown in the pool's holders).
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub holder: String,
     /// Lease for this reservation (default: the pool's).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::validate::whole::opt_u64")]
+    #[schema(minimum = 100, maximum = 86400000)]
     pub lease_ms: Option<u64>,
     /// Wait up to this long for a free slot (default 0: answer 429 at once).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::validate::whole::opt_u64")]
+    #[schema(minimum = 0, maximum = 30000)]
     pub wait_ms: Option<u64>,
 }
 
-/// Body of `POST /pools/{pool}/renew` and `…/release`.
+/// Body of `POST /pools/{pool}/renew`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HoldRequest {
     /// The reservation.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub reservation_id: String,
-    /// New lease (renew only; default: the pool's).
-    #[serde(default)]
+    /// New lease (default: the pool's).
+    #[serde(default, deserialize_with = "crate::validate::whole::opt_u64")]
+    #[schema(minimum = 100, maximum = 86400000)]
     pub lease_ms: Option<u64>,
+}
+
+/// Body of `POST /pools/{pool}/release`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseReservationRequest {
+    /// The reservation.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
+    pub reservation_id: String,
 }
 
 /// A granted reservation.
@@ -248,7 +278,14 @@ impl Coord {
     /// Renews a live reservation; 409 `reservation_lost` once it expired.
     pub async fn renew(&self, tenant: &Tenant, pool: &Pool, request: &HoldRequest) -> Result<u64> {
         check_lease(request.lease_ms)?;
-        self.hold(tenant, pool, "renew", request).await
+        self.hold(
+            tenant,
+            pool,
+            "renew",
+            &request.reservation_id,
+            request.lease_ms,
+        )
+        .await
     }
 
     /// Releases a live reservation, freeing its slot at once.
@@ -256,12 +293,9 @@ impl Coord {
         &self,
         tenant: &Tenant,
         pool: &Pool,
-        request: &HoldRequest,
+        request: &ReleaseReservationRequest,
     ) -> Result<()> {
-        if request.lease_ms.is_some() {
-            return Err(Error::invalid_field("lease_ms", "only renew takes a lease"));
-        }
-        self.hold(tenant, pool, "release", request)
+        self.hold(tenant, pool, "release", &request.reservation_id, None)
             .await
             .map(|_| ())
     }
@@ -271,9 +305,10 @@ impl Coord {
         tenant: &Tenant,
         pool: &Pool,
         action: &str,
-        request: &HoldRequest,
+        reservation_id: &str,
+        lease_ms: Option<u64>,
     ) -> Result<u64> {
-        check_text("reservation_id", &request.reservation_id, 64)?;
+        check_text("reservation_id", reservation_id, 64)?;
         let keys = TenantKeys::new(tenant).pool(pool);
         let mut conn = self.store.conn().await?;
         let reply: Vec<i64> = self
@@ -283,8 +318,8 @@ impl Coord {
             .key(keys.pool())
             .key(keys.holders())
             .arg(action)
-            .arg(&request.reservation_id)
-            .arg(request.lease_ms.unwrap_or(0))
+            .arg(reservation_id)
+            .arg(lease_ms.unwrap_or(0))
             .arg(keys.wake_channel())
             .invoke_async(&mut conn)
             .await?;

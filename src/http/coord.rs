@@ -20,7 +20,8 @@ use crate::coord::idempotency::{
 };
 use crate::coord::limits::Limits;
 use crate::coord::reservations::{
-    AcquireRequest, HoldRequest, PoolConfigRequest, PoolInfo, Reservation,
+    AcquireRequest, HoldRequest, PoolConfigRequest, PoolInfo, ReleaseReservationRequest,
+    Reservation,
 };
 use crate::error::Result;
 
@@ -330,7 +331,7 @@ async fn renew(
     path = "/pools/{pool}/release",
     tag = "coordination",
     params(PoolParams),
-    request_body = HoldRequest,
+    request_body = ReleaseReservationRequest,
     responses(
         (status = 200, description = "Released", body = HoldResponse),
         (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
@@ -345,7 +346,7 @@ async fn renew(
 async fn release_reservation(
     State(state): State<AppState>,
     path: PoolPath,
-    JsonBody(request): JsonBody<HoldRequest>,
+    JsonBody(request): JsonBody<ReleaseReservationRequest>,
 ) -> Result<Response> {
     state
         .coord

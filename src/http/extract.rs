@@ -105,7 +105,7 @@ impl<S: Send + Sync> FromRequestParts<S> for DeadLetterPath {
             .iter()
             .find_map(|(k, v)| (k == "id").then(|| v.to_owned()))
             .ok_or_else(|| Error::Internal("route has no id parameter".into()))?;
-        if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
+        if id.is_empty() || id.chars().count() > MAX_ID_LEN || id.chars().any(char::is_control) {
             return Err(Error::BadRequest {
                 code: "invalid_name",
                 detail: format!(
@@ -227,21 +227,26 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
-        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
-            let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
-            let essence = ct.split(';').next().unwrap_or_default().trim();
-            if !(essence == "application/json" || essence.ends_with("+json")) {
-                return Err(Error::UnsupportedMediaType);
-            }
-        }
-        let limit = state.max_body;
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| body_error(&e, limit))?;
-        // An empty body means "no fields", so `PUT` with no body declares defaults.
+        let bytes = read_body(req, state).await?;
+        // An empty body means "no fields": the 400 then names the missing one.
         let json: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
         parse_json(json, "").map(Self)
     }
+}
+
+/// The body, if its `Content-Type` (when given) is JSON and it fits `--max-body`.
+async fn read_body(req: Request, state: &AppState) -> Result<Bytes, Error> {
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
+        let essence = ct.split(';').next().unwrap_or_default().trim();
+        if !(essence == "application/json" || essence.ends_with("+json")) {
+            return Err(Error::UnsupportedMediaType);
+        }
+    }
+    let limit = state.max_body;
+    Bytes::from_request(req, state)
+        .await
+        .map_err(|e| body_error(&e, limit))
 }
 
 fn body_error(e: &BytesRejection, limit: usize) -> Error {
@@ -258,10 +263,28 @@ fn body_error(e: &BytesRejection, limit: usize) -> Error {
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     /// Cursor: list entries after this stream id.
+    #[param(pattern = "^(0|[1-9][0-9]{0,18})(-(0|[1-9][0-9]{0,18}))?$")]
     pub after: Option<String>,
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
+}
+
+/// A JSON body that may be left out: an empty body or `null` means
+/// `T::default()` (`PUT` a topic or group with defaults, replay everything).
+pub struct OptionalJsonBody<T>(pub T);
+
+impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJsonBody<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
+        let bytes = read_body(req, state).await?;
+        let text = bytes.trim_ascii();
+        if text.is_empty() || text == b"null" {
+            return Ok(Self(T::default()));
+        }
+        parse_json(text, "").map(Self)
+    }
 }
 
 /// A query string parsed into `T`; errors are 400 `invalid_query`.

@@ -11,8 +11,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::extract::{DeadLetterPath, GroupPath, JsonBody, PageQuery, QueryParams};
-use super::openapi::{DeadLetterParams, FetchResponse, GroupParams, PausedResponse, Problem};
+use super::extract::{
+    DeadLetterPath, GroupPath, JsonBody, OptionalJsonBody, PageQuery, QueryParams,
+};
+use super::openapi::{
+    DeadLetterParams, FetchResponse, GroupParams, MessageIdText, PausedResponse, Problem,
+    ReceiptText,
+};
 use crate::broker::delivery::{AckOutcome, ExtendOutcome, FetchRequest};
 use crate::broker::dlq::{DeadLetterPage, ReplayOutcome};
 use crate::broker::groups::{GroupConfigRequest, GroupInfo};
@@ -40,7 +45,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     path = "/topics/{topic}/groups/{group}",
     tag = "groups",
     params(GroupParams),
-    request_body = GroupConfigRequest,
+    request_body = Option<GroupConfigRequest>,
     responses(
         (status = 201, description = "Created", body = GroupInfo),
         (status = 200, description = "Updated", body = GroupInfo),
@@ -54,7 +59,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 async fn declare_group(
     State(state): State<AppState>,
     path: GroupPath,
-    JsonBody(config): JsonBody<GroupConfigRequest>,
+    OptionalJsonBody(config): OptionalJsonBody<GroupConfigRequest>,
 ) -> Result<Response> {
     let created = state
         .broker
@@ -193,6 +198,8 @@ async fn fetch(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AckRequest {
+    /// Receipts from fetch, 1 to 1000.
+    #[schema(min_items = 1, max_items = 1000, inline, value_type = Vec<ReceiptText>)]
     receipts: Vec<String>,
 }
 
@@ -233,8 +240,12 @@ async fn ack(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ExtendRequest {
+    /// Receipts from fetch, 1 to 1000.
+    #[schema(min_items = 1, max_items = 1000, inline, value_type = Vec<ReceiptText>)]
     receipts: Vec<String>,
-    #[serde(default)]
+    /// New lease in ms (default and maximum: the group's lease_ms).
+    #[serde(default, deserialize_with = "crate::validate::whole::opt_u64")]
+    #[schema(minimum = 1, maximum = 43200000)]
     lease_ms: Option<u64>,
 }
 
@@ -289,10 +300,16 @@ fn lease_lost() -> Error {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NackRequest {
+    /// Receipts from fetch, 1 to 1000.
+    #[schema(min_items = 1, max_items = 1000, inline, value_type = Vec<ReceiptText>)]
     receipts: Vec<String>,
-    #[serde(default)]
+    /// Retry after this long (default: the group's backoff).
+    #[serde(default, deserialize_with = "crate::validate::whole::opt_u64")]
+    #[schema(minimum = 0, maximum = 31536000000_u64)]
     delay_ms: Option<u64>,
+    /// Why it failed; kept as last_error when dead-lettered.
     #[serde(default)]
+    #[schema(max_length = 4096)]
     error: Option<String>,
 }
 
@@ -340,8 +357,12 @@ async fn nack(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RejectRequest {
+    /// Receipts from fetch, 1 to 1000.
+    #[schema(min_items = 1, max_items = 1000, inline, value_type = Vec<ReceiptText>)]
     receipts: Vec<String>,
+    /// Why it failed; kept as last_error when dead-lettered.
     #[serde(default)]
+    #[schema(max_length = 4096)]
     error: Option<String>,
 }
 
@@ -417,10 +438,12 @@ async fn list_dlq(
 }
 
 /// Body of `POST …/dlq/replay` (no `ids`: replay all).
-#[derive(Deserialize, ToSchema)]
+#[derive(Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ReplayRequest {
+    /// Message ids to replay, 1 to 1000; leave out to replay all.
     #[serde(default)]
+    #[schema(min_items = 1, max_items = 1000, inline, value_type = Option<Vec<MessageIdText>>)]
     ids: Option<Vec<String>>,
 }
 
@@ -430,7 +453,7 @@ pub(super) struct ReplayRequest {
     path = "/topics/{topic}/groups/{group}/dlq/replay",
     tag = "dead letters",
     params(GroupParams),
-    request_body = ReplayRequest,
+    request_body = Option<ReplayRequest>,
     responses(
         (status = 200, description = "Replayed and missing ids", body = ReplayOutcome),
         (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
@@ -444,7 +467,7 @@ pub(super) struct ReplayRequest {
 async fn replay_dlq(
     State(state): State<AppState>,
     path: GroupPath,
-    JsonBody(request): JsonBody<ReplayRequest>,
+    OptionalJsonBody(request): OptionalJsonBody<ReplayRequest>,
 ) -> Result<Response> {
     let outcome = state
         .broker

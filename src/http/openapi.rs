@@ -33,11 +33,58 @@ pub struct Problem {
     pub field: Option<String>,
 }
 
+/// A delivery receipt as fetch issues it (`<stream id>:<attempt>:<consumer>`).
+#[derive(ToSchema)]
+#[schema(
+    pattern = "^(0|[1-9][0-9]{0,18})-(0|[1-9][0-9]{0,18}):[1-9][0-9]{0,18}:[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+    example = "1718000000000-0:1:worker-1"
+)]
+pub struct ReceiptText(#[allow(dead_code)] String);
+
+/// A message id: 1 to 128 characters, no control characters.
+#[derive(ToSchema)]
+#[schema(
+    min_length = 1,
+    max_length = 128,
+    pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$"
+)]
+pub struct MessageIdText(#[allow(dead_code)] String);
+
+/// The `headers` of a message: at most 64 string pairs; names 1 to 128
+/// characters, values up to 4096, no control characters.
+pub fn headers_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+    let value = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .max_length(Some(4096))
+        .pattern(Some("^[^\\x00-\\x1F\\x7F-\\x9F]*$"))
+        .build();
+    let name = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(128))
+        .pattern(Some("^[^\\x00-\\x1F\\x7F-\\x9F]*$"))
+        .build();
+    ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            Type::Object,
+            Type::Null,
+        ]))
+        .max_properties(Some(64))
+        .property_names(Some(name))
+        .additional_properties(Some(AdditionalProperties::RefOr(value.into())))
+        .description(Some(
+            "String map carried with the message, e.g. traceparent.",
+        ))
+        .build()
+}
+
 /// `{tenant}`.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct TenantParams {
     /// Tenant name: `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub tenant: String,
 }
 
@@ -46,8 +93,10 @@ pub struct TenantParams {
 #[into_params(parameter_in = Path)]
 pub struct TopicParams {
     /// Tenant name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub tenant: String,
     /// Topic name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub topic: String,
 }
 
@@ -56,10 +105,13 @@ pub struct TopicParams {
 #[into_params(parameter_in = Path)]
 pub struct GroupParams {
     /// Tenant name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub tenant: String,
     /// Topic name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub topic: String,
     /// Consumer group name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub group: String,
 }
 
@@ -68,12 +120,20 @@ pub struct GroupParams {
 #[into_params(parameter_in = Path)]
 pub struct DeadLetterParams {
     /// Tenant name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub tenant: String,
     /// Topic name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub topic: String,
     /// Consumer group name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub group: String,
     /// The original message id.
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub id: String,
 }
 
@@ -82,8 +142,14 @@ pub struct DeadLetterParams {
 #[into_params(parameter_in = Path)]
 pub struct KeyParams {
     /// Tenant name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub tenant: String,
     /// Any text up to 256 bytes, percent-encoded.
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub key: String,
 }
 
@@ -92,8 +158,14 @@ pub struct KeyParams {
 #[into_params(parameter_in = Path)]
 pub struct CheckpointParams {
     /// Tenant name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub tenant: String,
     /// Any text up to 256 bytes, percent-encoded.
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub name: String,
 }
 
@@ -102,8 +174,10 @@ pub struct CheckpointParams {
 #[into_params(parameter_in = Path)]
 pub struct PoolParams {
     /// Tenant name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub tenant: String,
     /// Pool name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub pool: String,
 }
 

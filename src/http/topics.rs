@@ -12,7 +12,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::extract::{JsonBody, PageQuery, QueryParams, TenantPath, TopicPath, parse_json};
+use super::extract::{
+    JsonBody, OptionalJsonBody, PageQuery, QueryParams, TenantPath, TopicPath, parse_json,
+};
 use super::openapi::{Problem, TenantParams, TopicList, TopicParams};
 use crate::broker::publish::{MAX_BATCH, PublishRequest, Published};
 use crate::broker::topics::{HistoryPage, TopicConfigRequest, TopicInfo};
@@ -53,7 +55,7 @@ async fn list_topics(
     path = "/topics/{topic}",
     tag = "topics",
     params(TopicParams),
-    request_body = TopicConfigRequest,
+    request_body = Option<TopicConfigRequest>,
     responses(
         (status = 201, description = "Created", body = TopicInfo),
         (status = 200, description = "Updated", body = TopicInfo),
@@ -67,7 +69,7 @@ async fn list_topics(
 async fn declare_topic(
     State(state): State<AppState>,
     path: TopicPath,
-    JsonBody(config): JsonBody<TopicConfigRequest>,
+    OptionalJsonBody(config): OptionalJsonBody<TopicConfigRequest>,
 ) -> Result<Response> {
     let created = state
         .broker
@@ -182,8 +184,9 @@ async fn publish(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct BatchRequest {
-    /// 1 to 1000 messages, each as the single publish body.
-    #[schema(value_type = Vec<PublishRequest>)]
+    /// 1 to 1000 messages, each shaped like the single publish body
+    /// (`PublishRequest`). An item that is not fails alone, in `errors[i]`.
+    #[schema(min_items = 1, max_items = 1000, value_type = Vec<serde_json::Value>)]
     messages: Vec<Box<RawValue>>,
 }
 
