@@ -151,6 +151,7 @@ pub struct StreamcarProcess {
     child: Option<Child>,
     /// `http://127.0.0.1:<port>`.
     pub base: String,
+    args: Vec<String>,
 }
 
 impl StreamcarProcess {
@@ -158,29 +159,54 @@ impl StreamcarProcess {
     /// `extra` flags, and waits until it answers `/healthz`.
     pub async fn start(redis_url: &str, extra: &[&str]) -> Self {
         let port = free_port();
+        let mut args: Vec<String> = ["serve", "--redis-url", redis_url, "--listen"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        args.push(format!("127.0.0.1:{port}"));
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let mut process = Self {
+            child: None,
+            base: format!("http://127.0.0.1:{port}"),
+            args,
+        };
+        process.spawn().await;
+        process
+    }
+
+    async fn spawn(&mut self) {
         let child = Command::new(env!("CARGO_BIN_EXE_streamcar"))
-            .args(["serve", "--redis-url", redis_url])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(extra)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn streamcar");
-        let process = Self {
-            child: Some(child),
-            base: format!("http://127.0.0.1:{port}"),
-        };
+        self.child = Some(child);
         let client = reqwest::Client::new();
         for _ in 0..200 {
-            if let Ok(resp) = client.get(format!("{}/healthz", process.base)).send().await
+            if let Ok(resp) = client.get(format!("{}/healthz", self.base)).send().await
                 && resp.status().is_success()
             {
-                return process;
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("streamcar did not start");
+    }
+
+    /// Kills the process with SIGKILL (no drain, no cleanup).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again with the same flags and port.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn().await;
     }
 
     /// The process id.
