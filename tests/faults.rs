@@ -182,6 +182,27 @@ async fn consume(
     }
 }
 
+/// Starts `n` consumers named c0, c1, … with seeds derived from `seed`.
+fn spawn_consumers(
+    cluster: &Arc<Cluster>,
+    history: &Arc<Mutex<History>>,
+    n: u64,
+    seed: u64,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|c| {
+            tokio::spawn(consume(
+                cluster.clone(),
+                history.clone(),
+                format!("c{c}"),
+                seed.wrapping_add(c),
+                stop.clone(),
+            ))
+        })
+        .collect()
+}
+
 /// Waits (bounded) until the group has nothing left: no lag, pending or retries.
 async fn drained(cluster: &Cluster, seed: u64) -> Value {
     let mut last = Value::Null;
@@ -315,17 +336,7 @@ async fn no_acknowledged_message_is_lost_when_the_sidecar_and_redis_crash() {
     const COUNT: usize = 300;
 
     let producer = tokio::spawn(produce(cluster.clone(), history.clone(), COUNT, seed));
-    let consumers: Vec<_> = (0..3)
-        .map(|c| {
-            tokio::spawn(consume(
-                cluster.clone(),
-                history.clone(),
-                format!("c{c}"),
-                seed + c,
-                stop.clone(),
-            ))
-        })
-        .collect();
+    let consumers = spawn_consumers(&cluster, &history, 3, seed, &stop);
 
     // Chaos: kill -9 the sidecar three times and Redis twice, at random moments.
     let started = Instant::now();
@@ -374,17 +385,7 @@ async fn three_sidecars_share_groups_without_double_leases_even_when_one_freezes
     const COUNT: usize = 300;
 
     let producer = tokio::spawn(produce(cluster.clone(), history.clone(), COUNT, seed));
-    let consumers: Vec<_> = (0..4)
-        .map(|c| {
-            tokio::spawn(consume(
-                cluster.clone(),
-                history.clone(),
-                format!("c{c}"),
-                seed + c,
-                stop.clone(),
-            ))
-        })
-        .collect();
+    let consumers = spawn_consumers(&cluster, &history, 4, seed, &stop);
 
     // Freeze one sidecar past the lease: requests through it stall; its
     // consumers' leases expire and move to the others; late acks are fenced.

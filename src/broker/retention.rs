@@ -13,9 +13,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::Broker;
-use super::topics::read_groups;
+use super::topics::{all_topics, read_groups};
 use crate::error::{Error, Result};
-use crate::keys::{self, TenantKeys, TopicKeys};
+use crate::keys::{self, TopicKeys};
 use crate::names::{Tenant, Topic};
 use crate::telemetry;
 
@@ -62,25 +62,15 @@ impl Broker {
         if won.is_none() {
             return Ok(0);
         }
-        let tenants: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys::TENANTS)
-            .query_async(&mut conn)
-            .await?;
         let mut trimmed = 0;
-        for tenant in tenants.iter().filter_map(|t| Tenant::parse(t).ok()) {
-            let topics: Vec<String> = redis::cmd("SMEMBERS")
-                .arg(TenantKeys::new(&tenant).topics())
-                .query_async(&mut conn)
-                .await?;
-            for topic in topics.iter().filter_map(|t| Topic::parse(t).ok()) {
-                let n = self.trim_topic(&tenant, &topic).await?;
-                if n > 0 {
-                    tracing::debug!(%tenant, %topic, trimmed = n, "retention trimmed entries");
-                    metrics::counter!(telemetry::TRIMMED, telemetry::topic_labels(&tenant, &topic))
-                        .increment(n);
-                }
-                trimmed += n;
+        for (tenant, topic) in all_topics(&mut conn).await? {
+            let n = self.trim_topic(&tenant, &topic).await?;
+            if n > 0 {
+                tracing::debug!(%tenant, %topic, trimmed = n, "retention trimmed entries");
+                metrics::counter!(telemetry::TRIMMED, telemetry::topic_labels(&tenant, &topic))
+                    .increment(n);
             }
+            trimmed += n;
         }
         Ok(trimmed)
     }

@@ -9,9 +9,9 @@ use tokio::sync::watch;
 
 use super::Broker;
 use super::groups::{InfoRow, info_text, info_u64};
-use super::topics::read_groups;
+use super::topics::{all_topics, read_groups};
 use crate::error::Result;
-use crate::keys::{self, TenantKeys, TopicKeys};
+use crate::keys::TopicKeys;
 use crate::names::{Group, Tenant, Topic};
 use crate::store::Conn;
 use crate::telemetry;
@@ -20,20 +20,10 @@ impl Broker {
     /// Reads every group's numbers and sets the gauges.
     pub async fn refresh_gauges(&self) -> Result<()> {
         let mut conn = self.store.conn().await?;
-        let tenants: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys::TENANTS)
-            .query_async(&mut conn)
-            .await?;
-        for tenant in tenants.iter().filter_map(|t| Tenant::parse(t).ok()) {
-            let topics: Vec<String> = redis::cmd("SMEMBERS")
-                .arg(TenantKeys::new(&tenant).topics())
-                .query_async(&mut conn)
-                .await?;
-            for topic in topics.iter().filter_map(|t| Topic::parse(t).ok()) {
-                if let Err(e) = self.refresh_topic(&mut conn, &tenant, &topic).await {
-                    // A topic deleted mid-pass; the next pass sees it gone.
-                    tracing::debug!(%tenant, %topic, error = %e, "gauge refresh skipped a topic");
-                }
+        for (tenant, topic) in all_topics(&mut conn).await? {
+            if let Err(e) = self.refresh_topic(&mut conn, &tenant, &topic).await {
+                // A topic deleted mid-pass; the next pass sees it gone.
+                tracing::debug!(%tenant, %topic, error = %e, "gauge refresh skipped a topic");
             }
         }
         Ok(())

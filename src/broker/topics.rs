@@ -313,6 +313,29 @@ pub(crate) async fn read_page(
     Ok(Some((entries, next_after)))
 }
 
+/// Every topic of every tenant, for the background passes (retention,
+/// gauges). Names that do not validate (written by something else) are skipped.
+pub(crate) async fn all_topics(conn: &mut Conn) -> Result<Vec<(Tenant, Topic)>> {
+    let tenants: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(crate::keys::TENANTS)
+        .query_async(conn)
+        .await?;
+    let mut all = Vec::new();
+    for tenant in tenants.iter().filter_map(|t| Tenant::parse(t).ok()) {
+        let topics: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(TenantKeys::new(&tenant).topics())
+            .query_async(conn)
+            .await?;
+        all.extend(
+            topics
+                .iter()
+                .filter_map(|t| Topic::parse(t).ok())
+                .map(|topic| (tenant.clone(), topic)),
+        );
+    }
+    Ok(all)
+}
+
 /// The groups of a topic as listed in its group set, with their keys.
 pub(crate) async fn read_groups(
     conn: &mut Conn,

@@ -44,48 +44,43 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantPath {
     }
 }
 
-/// `{tenant}` and `{topic}` of the path.
-pub struct TopicPath {
-    /// The tenant.
-    pub tenant: Tenant,
-    /// The topic.
-    pub topic: Topic,
+/// Declares an extractor for path parameters that are validated names: one
+/// field per parameter, named after it.
+macro_rules! name_path {
+    ($(#[$doc:meta])* $path:ident { $($param:ident: $ty:ty),+ }) => {
+        $(#[$doc])*
+        pub struct $path {
+            $(
+                #[doc = concat!("The `{", stringify!($param), "}` parameter.")]
+                pub $param: $ty,
+            )+
+        }
+
+        impl<S: Send + Sync> FromRequestParts<S> for $path {
+            type Rejection = Error;
+
+            async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+                let params = raw_params(parts, state).await?;
+                Ok(Self {
+                    $($param: path_name(&params, stringify!($param))?,)+
+                })
+            }
+        }
+    };
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for TopicPath {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
-        let params = raw_params(parts, state).await?;
-        Ok(Self {
-            tenant: path_name(&params, "tenant")?,
-            topic: path_name(&params, "topic")?,
-        })
-    }
-}
-
-/// `{tenant}`, `{topic}` and `{group}` of the path.
-pub struct GroupPath {
-    /// The tenant.
-    pub tenant: Tenant,
-    /// The topic.
-    pub topic: Topic,
-    /// The group.
-    pub group: Group,
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for GroupPath {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
-        let params = raw_params(parts, state).await?;
-        Ok(Self {
-            tenant: path_name(&params, "tenant")?,
-            topic: path_name(&params, "topic")?,
-            group: path_name(&params, "group")?,
-        })
-    }
-}
+name_path!(
+    /// `{tenant}` and `{topic}` of the path.
+    TopicPath { tenant: Tenant, topic: Topic }
+);
+name_path!(
+    /// `{tenant}`, `{topic}` and `{group}` of the path.
+    GroupPath { tenant: Tenant, topic: Topic, group: Group }
+);
+name_path!(
+    /// `{tenant}` and `{pool}` of the path.
+    PoolPath { tenant: Tenant, pool: Pool }
+);
 
 /// `{tenant}`, `{topic}`, `{group}` and a dead letter's message `{id}`.
 pub struct DeadLetterPath {
@@ -139,26 +134,6 @@ impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
         Ok(Self {
             tenant: path_name(&params, "tenant")?,
             key,
-        })
-    }
-}
-
-/// `{tenant}` and `{pool}` of the path.
-pub struct PoolPath {
-    /// The tenant.
-    pub tenant: Tenant,
-    /// The pool.
-    pub pool: Pool,
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for PoolPath {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
-        let params = raw_params(parts, state).await?;
-        Ok(Self {
-            tenant: path_name(&params, "tenant")?,
-            pool: path_name(&params, "pool")?,
         })
     }
 }

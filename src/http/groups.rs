@@ -230,9 +230,7 @@ async fn ack(
         .broker
         .ack(&path.tenant, &path.topic, &path.group, &request.receipts)
         .await?;
-    if request.receipts.len() == 1 && !outcome.lease_lost.is_empty() {
-        return Err(lease_lost());
-    }
+    refuse_single_lost(&request.receipts, &outcome.lease_lost)?;
     Ok(Json(outcome).into_response())
 }
 
@@ -282,18 +280,20 @@ async fn extend(
             request.lease_ms,
         )
         .await?;
-    if request.receipts.len() == 1 && !outcome.lease_lost.is_empty() {
-        return Err(lease_lost());
-    }
+    refuse_single_lost(&request.receipts, &outcome.lease_lost)?;
     Ok(Json(outcome).into_response())
 }
 
-/// A single-receipt call whose lease was lost: the worker must not commit.
-fn lease_lost() -> Error {
-    Error::Conflict {
-        code: "lease_lost",
-        detail: "the lease of this delivery expired and the message was or may be redelivered; do not commit its work".into(),
+/// A call with a single receipt whose lease was lost answers 409: the
+/// worker must not commit. Batches report `lease_lost` in the body instead.
+fn refuse_single_lost(receipts: &[String], lease_lost: &[String]) -> Result<()> {
+    if receipts.len() == 1 && !lease_lost.is_empty() {
+        return Err(Error::Conflict {
+            code: "lease_lost",
+            detail: "the lease of this delivery expired and the message was or may be redelivered; do not commit its work".into(),
+        });
     }
+    Ok(())
 }
 
 /// Body of `POST …/nack`.
@@ -347,9 +347,7 @@ async fn nack(
             request.error.as_deref(),
         )
         .await?;
-    if request.receipts.len() == 1 && !outcome.lease_lost.is_empty() {
-        return Err(lease_lost());
-    }
+    refuse_single_lost(&request.receipts, &outcome.lease_lost)?;
     Ok(Json(outcome).into_response())
 }
 
@@ -399,9 +397,7 @@ async fn reject(
             request.error.as_deref(),
         )
         .await?;
-    if request.receipts.len() == 1 && !outcome.lease_lost.is_empty() {
-        return Err(lease_lost());
-    }
+    refuse_single_lost(&request.receipts, &outcome.lease_lost)?;
     Ok(Json(outcome).into_response())
 }
 
