@@ -54,6 +54,10 @@ pub struct ServerArgs {
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub redis_connections: u16,
 
+    /// Refuse a Redis whose maxmemory-policy is not noeviction (at start and in /readyz).
+    #[arg(long, env = "STREAMCAR_STRICT")]
+    pub strict: bool,
+
     /// Log format on stderr.
     #[arg(long, env = "STREAMCAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -80,6 +84,8 @@ pub struct Config {
     pub metrics_interval: Duration,
     /// Bearer token required on /v1 (None = open).
     pub api_token: Option<String>,
+    /// Refuse a Redis that may evict keys.
+    pub strict: bool,
 }
 
 impl Config {
@@ -100,6 +106,7 @@ impl Config {
             retention_interval: args.retention_interval,
             metrics_interval: args.metrics_interval,
             api_token,
+            strict: args.strict,
         })
     }
 
@@ -115,6 +122,7 @@ impl Config {
             retention_interval: Duration::from_secs(10),
             metrics_interval: Duration::from_secs(15),
             api_token: None,
+            strict: false,
         }
     }
 }

@@ -99,6 +99,9 @@ pub enum Error {
         /// When the claim ends unless completed (ms, Redis clock).
         expires_at: u64,
     },
+    /// `--strict` and Redis may evict keys (`maxmemory-policy` not `noeviction`).
+    #[error("Redis maxmemory-policy is {0}, not noeviction: it may delete streamcar's data")]
+    EvictingRedis(String),
     /// Redis is unreachable, loading or failing over.
     #[error("redis is unavailable: {0}")]
     Unavailable(String),
@@ -138,7 +141,7 @@ impl Error {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::EvictingRedis(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -163,6 +166,7 @@ impl Error {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unavailable(_) => "redis_unavailable",
+            Self::EvictingRedis(_) => "redis_evicts",
             Self::Internal(_) => "internal",
         }
     }

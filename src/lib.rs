@@ -56,6 +56,7 @@ use tokio::task::JoinSet;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::coord::Coord;
+use crate::error::Error;
 use crate::http::listen::SocketFile;
 use crate::http::{AppState, Services};
 use crate::scripts::Scripts;
@@ -84,6 +85,11 @@ pub enum StartError {
         /// Why.
         source: io::Error,
     },
+    /// `--strict` and Redis may evict keys.
+    #[error(
+        "Redis maxmemory-policy is {0}, not noeviction, and --strict is set: refusing to start (eviction would silently delete messages)"
+    )]
+    EvictingRedis(String),
     /// A listener failed while serving.
     #[error("server failed: {0}")]
     Serve(io::Error),
@@ -96,28 +102,6 @@ pub struct Server {
     listeners: JoinSet<io::Result<()>>,
     drain_timeout: Duration,
     _socket_file: Option<SocketFile>,
-}
-
-/// Logs loudly when Redis may evict keys: eviction silently deletes streams,
-/// leases and idempotency records (DESIGN.md, lessons from asynq/Centrifugo).
-async fn warn_about_eviction(store: &Store) {
-    let Ok(mut conn) = store.conn().await else {
-        return;
-    };
-    let policy: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("maxmemory-policy")
-        .query_async(&mut conn)
-        .await;
-    if let Ok(reply) = policy
-        && let Some(policy) = reply.get(1)
-        && policy != "noeviction"
-    {
-        tracing::warn!(
-            %policy,
-            "Redis maxmemory-policy is not noeviction: Redis may delete streamcar's keys under memory pressure; set maxmemory-policy noeviction"
-        );
-    }
 }
 
 /// Connects to Redis (lazily: an unreachable Redis is not fatal, `/readyz`
@@ -134,10 +118,19 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         Arc::new(Scripts::new()),
         wakeups,
         signal.clone(),
+        config.strict,
     );
     let broker = Broker::new(store.clone());
     match store.check_ready().await {
-        Ok(()) => warn_about_eviction(&store).await,
+        Ok(()) => {
+            if let Some(policy) = store.eviction_policy().await {
+                tracing::warn!(
+                    %policy,
+                    "Redis maxmemory-policy is not noeviction: Redis may delete streamcar's keys under memory pressure; set maxmemory-policy noeviction (or run with --strict to refuse such a Redis)"
+                );
+            }
+        }
+        Err(Error::EvictingRedis(policy)) => return Err(StartError::EvictingRedis(policy)),
         Err(e) => {
             tracing::warn!(error = %e, "redis is not ready yet; serving anyway, /readyz answers 503 until it is")
         }

@@ -21,7 +21,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use tokio::sync::watch;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::scripts::Scripts;
 use crate::wake::Wakeups;
 
@@ -79,6 +79,8 @@ pub struct Store {
     scripts: Arc<Scripts>,
     wakeups: Wakeups,
     shutdown: watch::Receiver<bool>,
+    /// `--strict`: refuse a Redis that may evict keys.
+    strict: bool,
 }
 
 impl Store {
@@ -89,12 +91,14 @@ impl Store {
         scripts: Arc<Scripts>,
         wakeups: Wakeups,
         shutdown: watch::Receiver<bool>,
+        strict: bool,
     ) -> Self {
         Self {
             connections,
             scripts,
             wakeups,
             shutdown,
+            strict,
         }
     }
 
@@ -134,12 +138,32 @@ impl Store {
         self.connections.len()
     }
 
-    /// Readiness: Redis answers PING and holds every script.
+    /// Redis's `maxmemory-policy` when it is not `noeviction` (eviction would
+    /// silently delete streams, leases and idempotency records). None when
+    /// it is safe or Redis does not let us read it (managed services).
+    pub async fn eviction_policy(&self) -> Option<String> {
+        let mut conn = self.conn().await.ok()?;
+        let reply: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        reply.get(1).filter(|p| *p != "noeviction").cloned()
+    }
+
+    /// Readiness: Redis answers PING and holds every script; with
+    /// `--strict`, also that it never evicts keys.
     pub async fn check_ready(&self) -> Result<()> {
         let ready = async {
             let mut conn = self.conn().await?;
             redis::cmd("PING").query_async::<()>(&mut conn).await?;
             self.scripts.ensure_loaded(&mut conn).await?;
+            if self.strict
+                && let Some(policy) = self.eviction_policy().await
+            {
+                return Err(Error::EvictingRedis(policy));
+            }
             Ok(())
         }
         .await;

@@ -317,3 +317,39 @@ fn a_bad_token_file_is_refused_at_start() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("api-token-file"));
 }
+
+#[tokio::test]
+async fn strict_refuses_a_redis_that_may_evict_keys() {
+    let redis = RedisServer::start_with(&["--maxmemory-policy", "allkeys-lru"]);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamcar"))
+        .args(["serve", "--strict", "--redis-url", &redis.url()])
+        .args(["--listen", &format!("127.0.0.1:{}", support::free_port())])
+        .output()
+        .await
+        .expect("run streamcar");
+    assert!(!out.status.success(), "--strict must refuse to start");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("allkeys-lru"), "{stderr}");
+
+    // Without --strict it serves (with a warning) and is ready.
+    let sc = StreamcarProcess::start(&redis.url(), &[]).await;
+    let ready = reqwest::get(format!("{}/readyz", sc.base)).await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn strict_readiness_fails_when_redis_starts_evicting() {
+    let redis = RedisServer::start();
+    let sc = StreamcarProcess::start(&redis.url(), &["--strict"]).await;
+    let ready = reqwest::get(format!("{}/readyz", sc.base)).await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let mut conn = redis.connection();
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("volatile-lru")
+        .query::<()>(&mut conn)
+        .unwrap();
+    let reply = TestApp::reply(reqwest::get(format!("{}/readyz", sc.base)).await.unwrap()).await;
+    reply.assert_problem(503, "redis_evicts");
+}
