@@ -8,12 +8,12 @@ use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::AppState;
 use super::extract::{JsonBody, KeyPath, PoolPath, TenantPath};
 use super::openapi::{
     CheckpointParams, FinishResponse, HoldResponse, KeyParams, LimitsResponse, PoolParams, Problem,
     TenantParams,
 };
+use super::{AppState, created_or_ok};
 use crate::coord::checkpoints::{AdvanceRequest, Checkpoint};
 use crate::coord::idempotency::{
     Claim, ClaimRequest, CompleteRequest, IdempotencyRecord, ReleaseRequest,
@@ -38,14 +38,6 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(renew))
         .routes(routes!(release_reservation))
         .routes(routes!(set_limits, get_limits, clear_limits))
-}
-
-fn created_or_ok(created: bool) -> StatusCode {
-    if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    }
 }
 
 /// Claim an idempotency key (409 in_progress with owner and expires_at while someone holds it).

@@ -10,7 +10,6 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::AppState;
 use super::extract::{
     DeadLetterPath, GroupPath, JsonBody, OptionalJsonBody, PageQuery, QueryParams,
 };
@@ -18,6 +17,7 @@ use super::openapi::{
     DeadLetterParams, FetchResponse, GroupParams, MessageIdText, PausedResponse, Problem,
     ReceiptText,
 };
+use super::{AppState, created_or_ok};
 use crate::broker::delivery::{AckOutcome, ExtendOutcome, FetchRequest};
 use crate::broker::dlq::{DeadLetterPage, ReplayOutcome};
 use crate::broker::groups::{GroupConfigRequest, GroupInfo};
@@ -69,12 +69,7 @@ async fn declare_group(
         .broker
         .group_info(&path.tenant, &path.topic, &path.group)
         .await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(info)).into_response())
+    Ok((created_or_ok(created), Json(info)).into_response())
 }
 
 /// Describe a group: config, lag, pending, delayed, dead letters, consumers.

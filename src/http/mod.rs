@@ -59,6 +59,15 @@ pub struct Services {
     pub api_token: Option<Arc<str>>,
 }
 
+/// 201 when a call created something, 200 when it found it already there.
+fn created_or_ok(created: bool) -> axum::http::StatusCode {
+    if created {
+        axum::http::StatusCode::CREATED
+    } else {
+        axum::http::StatusCode::OK
+    }
+}
+
 /// Every documented route, with its OpenAPI document.
 fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())

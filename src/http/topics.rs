@@ -11,11 +11,11 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::AppState;
 use super::extract::{
     JsonBody, OptionalJsonBody, PageQuery, QueryParams, TenantPath, TopicPath, parse_json,
 };
 use super::openapi::{Problem, TenantParams, TopicList, TopicParams};
+use super::{AppState, created_or_ok};
 use crate::broker::publish::{MAX_BATCH, PublishRequest, Published};
 use crate::broker::topics::{HistoryPage, TopicConfigRequest, TopicInfo};
 use crate::error::{Error, RateLimitInfo, Result};
@@ -76,12 +76,7 @@ async fn declare_topic(
         .declare_topic(&path.tenant, &path.topic, &config)
         .await?;
     let info = state.broker.topic_info(&path.tenant, &path.topic).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(info)).into_response())
+    Ok((created_or_ok(created), Json(info)).into_response())
 }
 
 /// Describe a topic: config, length, ids, last seq, groups with lag.
@@ -172,11 +167,7 @@ async fn publish(
         .await?
         .pop()
         .ok_or_else(|| Error::Internal("publish returned no result".into()))?;
-    let status = if published.duplicate {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
+    let status = created_or_ok(!published.duplicate);
     Ok(with_quota((status, Json(published)).into_response(), quota))
 }
 
