@@ -72,6 +72,10 @@ pub async fn start_redis(dir: &std::path::Path) -> Proc {
 /// this benchmark's own executable.
 pub fn streamcar_binary() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // Both packages in one build: shared dependencies then get the same
+    // features as in `cargo run -p streamcar-bench`, so neither build
+    // invalidates the other's artifacts (building `-p streamcar` alone
+    // resolved hyper without its client features and rebuilt half the tree).
     let status = Command::new(cargo)
         .args([
             "build",
@@ -79,8 +83,9 @@ pub fn streamcar_binary() -> PathBuf {
             "--quiet",
             "-p",
             "streamcar",
-            "--bin",
-            "streamcar",
+            "-p",
+            "streamcar-bench",
+            "--bins",
         ])
         .status()
         .expect("run cargo build");
