@@ -3,7 +3,6 @@
 //! `sidecar` (the same work through streamcar's HTTP API with a keep-alive
 //! client). Both modes use the same concurrency and the same Redis.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -11,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
-use streamcar::broker::delivery::{ack_call, fetch_call};
+use streamcar::broker::delivery::{FetchReply, ack_call, fetch_call};
 use streamcar::broker::publish::{PublishRequest, publish_call};
 use streamcar::broker::receipt::Receipt;
 use streamcar::keys::TopicKeys;
@@ -201,19 +200,7 @@ fn spawn_producer(ctx: &Ctx, topic: &str, stop: Arc<AtomicBool>) -> tokio::task:
     })
 }
 
-/// Raw reply of `lua/fetch.lua`, as the bench reads it.
-type FetchRows = (
-    i64,
-    u64,
-    u64,
-    u64,
-    u64,
-    Vec<(String, u64, HashMap<String, String>)>,
-    u64,
-    u64,
-);
-
-async fn raw_fetch(c: &Ctx, keys: &TopicKeys, consumer: &Consumer, max: u32) -> FetchRows {
+async fn raw_fetch(c: &Ctx, keys: &TopicKeys, consumer: &Consumer, max: u32) -> FetchReply {
     let group = Group::parse(GROUP).expect("name");
     let mut conn = c.redis.clone();
     fetch_call(&c.scripts, keys, &group, consumer, max)
@@ -222,7 +209,7 @@ async fn raw_fetch(c: &Ctx, keys: &TopicKeys, consumer: &Consumer, max: u32) -> 
         .expect("raw fetch")
 }
 
-async fn raw_ack(c: &Ctx, keys: &TopicKeys, consumer: &Consumer, rows: &FetchRows) {
+async fn raw_ack(c: &Ctx, keys: &TopicKeys, consumer: &Consumer, rows: &FetchReply) {
     let group = Group::parse(GROUP).expect("name");
     let receipts: Vec<Receipt> = rows
         .5

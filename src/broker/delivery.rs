@@ -150,8 +150,10 @@ struct FetchRound {
     next_wake: u64,
 }
 
-/// Raw reply of `lua/fetch.lua`.
-type FetchReply = (
+/// Raw reply of `lua/fetch.lua`: status, Redis now, lease_ms, next wake,
+/// pending, `(stream id, attempt, fields)` per delivery, expired and
+/// exhausted counts. Public for the benchmark's raw baseline.
+pub type FetchReply = (
     i64,
     u64,
     u64,
