@@ -49,10 +49,19 @@ pub struct ServerArgs {
     #[arg(long, env = "STREAMCAR_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
 
-    /// Shared multiplexed Redis connections (each pipelines many requests).
-    #[arg(long, env = "STREAMCAR_REDIS_CONNECTIONS", default_value_t = 4,
+    /// Shared multiplexed Redis connections (each pipelines many requests;
+    /// fewer connections mean larger pipelines, so fewer system calls on
+    /// both sides).
+    #[arg(long, env = "STREAMCAR_REDIS_CONNECTIONS", default_value_t = 2,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub redis_connections: u16,
+
+    /// Threads serving requests. 1 (the default) runs everything on one
+    /// thread, which suits a sidecar beside one app instance and spends the
+    /// least CPU per request; 0 = one per available CPU.
+    #[arg(long, env = "STREAMCAR_WORKER_THREADS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub worker_threads: u16,
 
     /// Refuse a Redis whose maxmemory-policy is not noeviction (at start and in /readyz).
     #[arg(long, env = "STREAMCAR_STRICT")]
@@ -61,6 +70,24 @@ pub struct ServerArgs {
     /// Log format on stderr.
     #[arg(long, env = "STREAMCAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+impl ServerArgs {
+    /// The async runtime `--worker-threads` asks for: a current-thread
+    /// runtime for 1 (no cross-thread wake-ups or work stealing), else a
+    /// multi-thread one.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = match self.worker_threads {
+            1 => tokio::runtime::Builder::new_current_thread(),
+            0 => tokio::runtime::Builder::new_multi_thread(),
+            n => {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(usize::from(n));
+                b
+            }
+        };
+        builder.enable_all().build()
+    }
 }
 
 /// Everything the running service needs, validated.
@@ -118,7 +145,7 @@ impl Config {
             socket: None,
             max_body: 1 << 20,
             drain_timeout: Duration::from_secs(10),
-            redis_connections: 4,
+            redis_connections: 2,
             retention_interval: Duration::from_secs(10),
             metrics_interval: Duration::from_secs(15),
             api_token: None,

@@ -63,9 +63,22 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    let runtime = match &cli.command {
+        Command::Serve { server, .. } | Command::Dev { server } => server.runtime(),
+        Command::Openapi => tokio::runtime::Builder::new_current_thread().build(),
+    };
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("streamcar: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
     let server = match &cli.command {
         Command::Serve { server, .. } | Command::Dev { server } => server,
         Command::Openapi => {

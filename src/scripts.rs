@@ -7,7 +7,10 @@
 //! NOSCRIPT (after a restart or `SCRIPT FLUSH`). The header comment of each
 //! file documents its KEYS, ARGV, return shape and the invariant it protects.
 
+use std::sync::OnceLock;
 use std::time::Instant;
+
+use metrics::{Gauge, Histogram};
 
 use redis::{FromRedisValue, RedisResult, Script, ScriptInvocation, ToRedisArgs};
 
@@ -22,6 +25,7 @@ macro_rules! script {
                 include_str!("../lua/prelude.lua"),
                 include_str!(concat!("../lua/", $name, ".lua"))
             )),
+            metrics: OnceLock::new(),
         }
     };
 }
@@ -32,6 +36,18 @@ macro_rules! script {
 pub struct NamedScript {
     name: &'static str,
     script: Script,
+    /// Metric handles, registered on the first call (after the recorder is
+    /// installed) so calls do not look them up in the registry each time.
+    metrics: OnceLock<CallMetrics>,
+}
+
+/// The metrics every script call updates.
+#[derive(Debug)]
+struct CallMetrics {
+    /// Round-trip time of this script's calls.
+    duration: Histogram,
+    /// Script calls awaiting Redis, all scripts together.
+    in_flight: Gauge,
 }
 
 impl NamedScript {
@@ -45,7 +61,7 @@ impl NamedScript {
     /// Starts a call.
     pub fn prepare_invoke(&self) -> Invocation<'_> {
         Invocation {
-            name: self.name,
+            script: self,
             inner: self.script.prepare_invoke(),
         }
     }
@@ -58,7 +74,7 @@ impl NamedScript {
 
 /// One call of a [`NamedScript`] being built.
 pub struct Invocation<'a> {
-    name: &'static str,
+    script: &'a NamedScript,
     inner: ScriptInvocation<'a>,
 }
 
@@ -80,14 +96,34 @@ impl Invocation<'_> {
         &self,
         conn: &mut impl redis::aio::ConnectionLike,
     ) -> RedisResult<T> {
+        let metrics = self.script.metrics.get_or_init(|| CallMetrics {
+            duration: metrics::histogram!(telemetry::SCRIPT_DURATION, "script" => self.script.name),
+            in_flight: metrics::gauge!(telemetry::REDIS_IN_FLIGHT),
+        });
         let started = Instant::now();
-        let in_flight = metrics::gauge!(telemetry::REDIS_IN_FLIGHT);
-        in_flight.increment(1.0);
-        let result = self.inner.invoke_async(conn).await;
-        in_flight.decrement(1.0);
-        metrics::histogram!(telemetry::SCRIPT_DURATION, "script" => self.name)
-            .record(started.elapsed().as_secs_f64());
+        let result = {
+            let _in_flight = InFlight::enter(&metrics.in_flight);
+            self.inner.invoke_async(conn).await
+        };
+        metrics.duration.record(started.elapsed().as_secs_f64());
         result
+    }
+}
+
+/// Counts one call in the in-flight gauge for as long as it lives, so a
+/// call abandoned mid-flight (its request was cancelled) still leaves it.
+struct InFlight<'a>(&'a Gauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a Gauge) -> Self {
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 

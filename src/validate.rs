@@ -5,20 +5,23 @@ use crate::error::{Error, Result};
 
 /// A free-text reference (id, key, causation id…): non-empty, at most `max`
 /// characters, no control characters (the OpenAPI document states the same).
-pub fn check_text(field: &str, value: &str, max: usize) -> Result<()> {
+///
+/// `field` is only rendered when the value is refused, so callers can pass
+/// `format_args!(…)` for composed names without allocating on the happy path.
+pub fn check_text(field: impl std::fmt::Display, value: &str, max: usize) -> Result<()> {
     if value.is_empty() {
-        return Err(Error::invalid_field(field, "must not be empty"));
+        return Err(Error::invalid_field(field.to_string(), "must not be empty"));
     }
     let length = value.chars().count();
     if length > max {
         return Err(Error::invalid_field(
-            field,
+            field.to_string(),
             format!("must be at most {max} characters, got {length}"),
         ));
     }
     if value.chars().any(char::is_control) {
         return Err(Error::invalid_field(
-            field,
+            field.to_string(),
             "must not contain control characters",
         ));
     }

@@ -141,3 +141,76 @@ async fn dev_redis_does_not_outlive_a_killed_sidecar() {
     }
     assert!(gone, "the private redis-server stopped with its sidecar");
 }
+
+/// `--worker-threads` picks the runtime: 1 (the default) a current-thread
+/// runtime, 0 one thread per CPU, N a multi-thread runtime. Each one must
+/// serve the same API (a long-poll woken by a publish included) and drain on
+/// SIGTERM.
+#[tokio::test]
+async fn every_worker_thread_setting_serves_and_drains() {
+    let redis = support::RedisServer::start();
+    let client = reqwest::Client::new();
+    for threads in ["1", "2", "0"] {
+        let mut sc =
+            support::StreamcarProcess::start(&redis.url(), &["--worker-threads", threads]).await;
+        let topic = format!("{}/v1/tenants/threads-{threads}/topics/jobs", sc.base);
+        let put = client
+            .put(format!("{topic}/groups/workers"))
+            .json(&json!({"start": "earliest"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 201, "threads={threads}");
+        // A fetch waiting on an empty topic, woken by the publishes below.
+        let fetch = client
+            .post(format!("{topic}/groups/workers/fetch"))
+            .json(&json!({"consumer": "c1", "max": 10, "wait_ms": 10000}))
+            .send();
+        let publishes = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for n in 0..3 {
+                let resp = client
+                    .post(format!("{topic}/messages"))
+                    .json(&json!({"payload": {"n": n}}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 201, "threads={threads}");
+            }
+        };
+        let (fetched, ()) = tokio::join!(fetch, publishes);
+        let fetched: serde_json::Value = fetched.unwrap().json().await.unwrap();
+        let messages = fetched["messages"].as_array().expect("messages");
+        assert!(!messages.is_empty(), "threads={threads}: {fetched}");
+        let receipts: Vec<_> = messages.iter().map(|m| m["receipt"].clone()).collect();
+        let acked: serde_json::Value = client
+            .post(format!("{topic}/groups/workers/ack"))
+            .json(&json!({"receipts": receipts}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            acked["acked"].as_array().map(Vec::len),
+            Some(messages.len())
+        );
+        sc.signal(libc::SIGTERM);
+        let status = sc.wait_exit().await;
+        assert!(status.success(), "threads={threads}: exit {status}");
+    }
+}
+
+#[test]
+fn a_bad_worker_thread_count_is_refused_with_exit_2() {
+    for bad in ["-1", "many", "5000"] {
+        let out = Command::new(BIN)
+            .args(["serve", &format!("--worker-threads={bad}")])
+            .output()
+            .expect("run streamcar");
+        assert_eq!(out.status.code(), Some(2), "--worker-threads {bad}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--worker-threads"), "{stderr}");
+    }
+}

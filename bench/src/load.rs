@@ -20,6 +20,14 @@ pub struct Measured {
     pub p50_us: f64,
     /// 99th percentile call latency, µs.
     pub p99_us: f64,
+    /// Operations done.
+    pub ops: u64,
+    /// CPU time (user + system) the sidecar spent per operation, µs.
+    pub sidecar_cpu_us_per_op: f64,
+    /// CPU time Redis spent per operation, µs.
+    pub redis_cpu_us_per_op: f64,
+    /// CPU time the load generator itself spent per operation, µs.
+    pub client_cpu_us_per_op: f64,
 }
 
 /// Percentile `p` (0..=1) of sorted samples.
@@ -38,6 +46,8 @@ pub fn summarize(mut latencies: Vec<u64>, ops: u64, elapsed: Duration) -> Measur
         ops_per_s: ops as f64 / elapsed.as_secs_f64(),
         p50_us: percentile(&latencies, 0.50),
         p99_us: percentile(&latencies, 0.99),
+        ops,
+        ..Measured::default()
     }
 }
 

@@ -130,3 +130,20 @@ pub fn memory_mb(pid: u32, field: &str) -> f64 {
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
+
+/// CPU time (user + system) a process has used so far. `/proc/<pid>/stat`
+/// counts in USER_HZ ticks, which Linux fixes at 100 per second for user
+/// space whatever the kernel's own tick rate.
+pub fn cpu_time(pid: u32) -> Duration {
+    const USER_HZ: u64 = 100;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces; fields are counted after it.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after_name
+        .split_whitespace()
+        .skip(11) // state … cmajflt; utime and stime follow
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 1000 / USER_HZ)
+}

@@ -19,6 +19,7 @@ use streamcar::scripts::Scripts;
 
 use crate::http::Clients;
 use crate::load::{self, Measured, Op};
+use crate::procs;
 
 /// Tenant every scenario runs under.
 const TENANT: &str = "bench";
@@ -36,6 +37,10 @@ pub struct Ctx {
     pub redis_url: String,
     /// Keep-alive HTTP connections to the sidecar, one per worker.
     pub http: Arc<Clients>,
+    /// Process id of the sidecar (for its CPU time).
+    pub sidecar_pid: u32,
+    /// Process id of Redis (for its CPU time).
+    pub redis_pid: u32,
 }
 
 /// Raw and sidecar results of one scenario.
@@ -100,6 +105,23 @@ impl Ctx {
         status
     }
 
+    /// Runs one measured load and adds the CPU time the sidecar and Redis
+    /// spent on it, per operation: a steadier figure than throughput on a
+    /// shared machine, and the one that shows where a change saves work.
+    async fn metered(&self, run: impl Future<Output = Measured>) -> Measured {
+        let pids = [self.sidecar_pid, self.redis_pid, std::process::id()];
+        let before = pids.map(procs::cpu_time);
+        let mut measured = run.await;
+        let after = pids.map(procs::cpu_time);
+        let [sidecar, redis, client] = [0, 1, 2].map(|i| {
+            after[i].saturating_sub(before[i]).as_secs_f64() * 1e6 / measured.ops.max(1) as f64
+        });
+        measured.sidecar_cpu_us_per_op = sidecar;
+        measured.redis_cpu_us_per_op = redis;
+        measured.client_cpu_us_per_op = client;
+        measured
+    }
+
     async fn http_post(&self, worker: usize, path: &str, body: String) -> (u16, Value) {
         self.http.send(worker, "POST", path, body).await
     }
@@ -140,9 +162,9 @@ async fn measure_pair(
     sidecar: Op,
 ) -> Pair {
     ctx.flush().await;
-    let raw = load::run(concurrency, duration, raw).await;
+    let raw = ctx.metered(load::run(concurrency, duration, raw)).await;
     ctx.flush().await;
-    let sidecar = load::run(concurrency, duration, sidecar).await;
+    let sidecar = ctx.metered(load::run(concurrency, duration, sidecar)).await;
     Pair { raw, sidecar }
 }
 
@@ -277,7 +299,7 @@ pub async fn consume(ctx: &Ctx, concurrency: usize, duration: Duration) -> Pair 
             let stop = Arc::new(AtomicBool::new(false));
             let producer = spawn_producer(&ctx, topic, stop.clone());
             tokio::time::sleep(Duration::from_millis(500)).await; // build a backlog
-            let measured = load::run(concurrency, duration, op).await;
+            let measured = ctx.metered(load::run(concurrency, duration, op)).await;
             stop.store(true, Ordering::Relaxed);
             let _ = producer.await;
             measured
@@ -317,8 +339,8 @@ fn now_us(epoch: Instant) -> u64 {
 /// Publish at a fixed 2,000 msg/s while `consumers` long-poll; measures the
 /// time from publish start to delivery. Ops = delivered messages per second.
 pub async fn e2e_latency(ctx: &Ctx, consumers: usize, duration: Duration) -> Pair {
-    let raw = e2e_mode(ctx, consumers, duration, true).await;
-    let sidecar = e2e_mode(ctx, consumers, duration, false).await;
+    let raw = ctx.metered(e2e_mode(ctx, consumers, duration, true)).await;
+    let sidecar = ctx.metered(e2e_mode(ctx, consumers, duration, false)).await;
     Pair { raw, sidecar }
 }
 

@@ -129,7 +129,7 @@ impl Broker {
             ));
         }
         for (i, id) in ids.unwrap_or_default().iter().enumerate() {
-            check_text(&format!("ids[{i}]"), id, MAX_ID_LEN)?;
+            check_text(format_args!("ids[{i}]"), id, MAX_ID_LEN)?;
         }
         let keys = TopicKeys::new(tenant, topic);
         let gk = keys.group(group);

@@ -143,7 +143,7 @@ impl PublishRequest {
         ];
         for (name, value, max) in texts {
             if let Some(value) = value {
-                check_text(&format!("{prefix}{name}"), value, max)?;
+                check_text(format_args!("{prefix}{name}"), value, max)?;
             }
         }
         if let Some(ttl) = self.ttl_ms
@@ -163,15 +163,15 @@ impl PublishRequest {
             ));
         }
         if let Some(headers) = &self.headers {
-            let field = format!("{prefix}headers");
+            let field = format_args!("{prefix}headers");
             if headers.len() > MAX_HEADERS {
                 return Err(Error::invalid_field(
-                    field,
+                    field.to_string(),
                     format!("at most {MAX_HEADERS} headers are allowed"),
                 ));
             }
             for (name, value) in headers {
-                check_text(&format!("{field}.{name}"), name, MAX_HEADER_NAME_LEN)?;
+                check_text(format_args!("{field}.{name}"), name, MAX_HEADER_NAME_LEN)?;
                 if value.chars().count() > MAX_HEADER_VALUE_LEN
                     || value.chars().any(char::is_control)
                 {

@@ -43,7 +43,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 /// Claim an idempotency key (409 in_progress with owner and expires_at while someone holds it).
 #[utoipa::path(
     post,
-    path = "/idempotency/{key}/claim",
+    path = "/v1/tenants/{tenant}/idempotency/{key}/claim",
     tag = "coordination",
     params(KeyParams),
     request_body = ClaimRequest,
@@ -71,7 +71,7 @@ async fn claim(
 /// Store the result of a claim.
 #[utoipa::path(
     post,
-    path = "/idempotency/{key}/complete",
+    path = "/v1/tenants/{tenant}/idempotency/{key}/complete",
     tag = "coordination",
     params(KeyParams),
     request_body = CompleteRequest,
@@ -104,7 +104,7 @@ async fn complete(
 /// Free a claimed key for a retry.
 #[utoipa::path(
     post,
-    path = "/idempotency/{key}/release",
+    path = "/v1/tenants/{tenant}/idempotency/{key}/release",
     tag = "coordination",
     params(KeyParams),
     request_body = ReleaseRequest,
@@ -137,7 +137,7 @@ async fn release(
 /// Read the state of an idempotency key.
 #[utoipa::path(
     get,
-    path = "/idempotency/{key}",
+    path = "/v1/tenants/{tenant}/idempotency/{key}",
     tag = "coordination",
     params(KeyParams),
     responses(
@@ -159,7 +159,7 @@ async fn idempotency_record(State(state): State<AppState>, path: KeyPath) -> Res
 /// Advance a high-water mark (accepted only above it).
 #[utoipa::path(
     post,
-    path = "/checkpoints/{name}/advance",
+    path = "/v1/tenants/{tenant}/checkpoints/{name}/advance",
     tag = "coordination",
     params(CheckpointParams),
     request_body = AdvanceRequest,
@@ -187,7 +187,7 @@ async fn advance(
 /// Read a checkpoint.
 #[utoipa::path(
     get,
-    path = "/checkpoints/{name}",
+    path = "/v1/tenants/{tenant}/checkpoints/{name}",
     tag = "coordination",
     params(CheckpointParams),
     responses(
@@ -206,7 +206,7 @@ async fn checkpoint(State(state): State<AppState>, path: KeyPath) -> Result<Resp
 /// Create or resize a reservation pool.
 #[utoipa::path(
     put,
-    path = "/pools/{pool}",
+    path = "/v1/tenants/{tenant}/pools/{pool}",
     tag = "coordination",
     params(PoolParams),
     request_body = PoolConfigRequest,
@@ -236,7 +236,7 @@ async fn declare_pool(
 /// Describe a pool and its live holders.
 #[utoipa::path(
     get,
-    path = "/pools/{pool}",
+    path = "/v1/tenants/{tenant}/pools/{pool}",
     tag = "coordination",
     params(PoolParams),
     responses(
@@ -255,7 +255,7 @@ async fn pool_info(State(state): State<AppState>, path: PoolPath) -> Result<Resp
 /// Take a slot, waiting up to wait_ms; 429 pool_full otherwise.
 #[utoipa::path(
     post,
-    path = "/pools/{pool}/acquire",
+    path = "/v1/tenants/{tenant}/pools/{pool}/acquire",
     tag = "coordination",
     params(PoolParams),
     request_body = AcquireRequest,
@@ -285,7 +285,7 @@ async fn acquire(
 /// Renew a live reservation.
 #[utoipa::path(
     post,
-    path = "/pools/{pool}/renew",
+    path = "/v1/tenants/{tenant}/pools/{pool}/renew",
     tag = "coordination",
     params(PoolParams),
     request_body = HoldRequest,
@@ -320,7 +320,7 @@ async fn renew(
 /// Release a reservation.
 #[utoipa::path(
     post,
-    path = "/pools/{pool}/release",
+    path = "/v1/tenants/{tenant}/pools/{pool}/release",
     tag = "coordination",
     params(PoolParams),
     request_body = ReleaseReservationRequest,
@@ -355,7 +355,7 @@ async fn release_reservation(
 /// Set the tenant's publish quota.
 #[utoipa::path(
     put,
-    path = "/limits",
+    path = "/v1/tenants/{tenant}/limits",
     tag = "coordination",
     params(TenantParams),
     request_body = Limits,
@@ -380,7 +380,7 @@ async fn set_limits(
 /// Read the tenant's publish quota.
 #[utoipa::path(
     get,
-    path = "/limits",
+    path = "/v1/tenants/{tenant}/limits",
     tag = "coordination",
     params(TenantParams),
     responses(
@@ -401,7 +401,7 @@ async fn get_limits(
 /// Remove the tenant's publish quota.
 #[utoipa::path(
     delete,
-    path = "/limits",
+    path = "/v1/tenants/{tenant}/limits",
     tag = "coordination",
     params(TenantParams),
     responses(

@@ -42,7 +42,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 /// Declare a consumer group or update its config.
 #[utoipa::path(
     put,
-    path = "/topics/{topic}/groups/{group}",
+    path = "/v1/tenants/{tenant}/topics/{topic}/groups/{group}",
     tag = "groups",
     params(GroupParams),
     request_body = Option<GroupConfigRequest>,
@@ -75,7 +75,7 @@ async fn declare_group(
 /// Describe a group: config, lag, pending, delayed, dead letters, consumers.
 #[utoipa::path(
     get,
-    path = "/topics/{topic}/groups/{group}",
+    path = "/v1/tenants/{tenant}/topics/{topic}/groups/{group}",
     tag = "groups",
     params(GroupParams),
     responses(
@@ -97,7 +97,7 @@ async fn get_group(State(state): State<AppState>, path: GroupPath) -> Result<Res
 /// Delete a group with its retry schedule and dead letters.
 #[utoipa::path(
     delete,
-    path = "/topics/{topic}/groups/{group}",
+    path = "/v1/tenants/{tenant}/topics/{topic}/groups/{group}",
     tag = "groups",
     params(GroupParams),
     responses(
@@ -119,7 +119,7 @@ async fn delete_group(State(state): State<AppState>, path: GroupPath) -> Result<
 /// Stop deliveries of a group (publishing goes on).
 #[utoipa::path(
     post,
-    path = "/topics/{topic}/groups/{group}/pause",
+    path = "/v1/tenants/{tenant}/topics/{topic}/groups/{group}/pause",
     tag = "groups",
     params(GroupParams),
     responses(
@@ -137,7 +137,7 @@ async fn pause(State(state): State<AppState>, path: GroupPath) -> Result<Respons
 /// Resume deliveries of a group.
 #[utoipa::path(
     post,
-    path = "/topics/{topic}/groups/{group}/resume",
+    path = "/v1/tenants/{tenant}/topics/{topic}/groups/{group}/resume",
     tag = "groups",
     params(GroupParams),
     responses(
@@ -163,7 +163,7 @@ async fn set_paused(state: AppState, path: GroupPath, paused: bool) -> Result<Re
 /// Fetch messages under a lease, long-polling up to wait_ms.
 #[utoipa::path(
     post,
-    path = "/topics/{topic}/groups/{group}/fetch",
+    path = "/v1/tenants/{tenant}/topics/{topic}/groups/{group}/fetch",
     tag = "groups",
     params(GroupParams),
     request_body = FetchRequest,
@@ -201,7 +201,7 @@ pub(super) struct AckRequest {
 /// Acknowledge deliveries (fenced: a lost lease is refused).
 #[utoipa::path(
     post,
-    path = "/topics/{topic}/groups/{group}/ack",
+    path = "/v1/tenants/{tenant}/topics/{topic}/groups/{group}/ack",
     tag = "groups",
     params(GroupParams),
     request_body = AckRequest,
@@ -245,7 +245,7 @@ pub(super) struct ExtendRequest {
 /// Renew the leases of current deliveries.
 #[utoipa::path(
     post,
-    path = "/topics/{topic}/groups/{group}/extend",
+    path = "/v1/tenants/{tenant}/topics/{topic}/groups/{group}/extend",
     tag = "groups",
     params(GroupParams),
     request_body = ExtendRequest,
@@ -311,7 +311,7 @@ pub(super) struct NackRequest {
 /// Give deliveries back for a retry after delay_ms or the group backoff.
 #[utoipa::path(
     post,
-    path = "/topics/{topic}/groups/{group}/nack",
+    path = "/v1/tenants/{tenant}/topics/{topic}/groups/{group}/nack",
     tag = "groups",
     params(GroupParams),
     request_body = NackRequest,
@@ -362,7 +362,7 @@ pub(super) struct RejectRequest {
 /// Dead-letter deliveries now.
 #[utoipa::path(
     post,
-    path = "/topics/{topic}/groups/{group}/reject",
+    path = "/v1/tenants/{tenant}/topics/{topic}/groups/{group}/reject",
     tag = "groups",
     params(GroupParams),
     request_body = RejectRequest,
@@ -399,7 +399,7 @@ async fn reject(
 /// List a group's dead letters.
 #[utoipa::path(
     get,
-    path = "/topics/{topic}/groups/{group}/dlq",
+    path = "/v1/tenants/{tenant}/topics/{topic}/groups/{group}/dlq",
     tag = "dead letters",
     params(GroupParams, PageQuery),
     responses(
@@ -441,7 +441,7 @@ pub(super) struct ReplayRequest {
 /// Send dead letters back to this group only, attempts reset.
 #[utoipa::path(
     post,
-    path = "/topics/{topic}/groups/{group}/dlq/replay",
+    path = "/v1/tenants/{tenant}/topics/{topic}/groups/{group}/dlq/replay",
     tag = "dead letters",
     params(GroupParams),
     request_body = Option<ReplayRequest>,
@@ -475,7 +475,7 @@ async fn replay_dlq(
 /// Delete the dead letters of one message id.
 #[utoipa::path(
     delete,
-    path = "/topics/{topic}/groups/{group}/dlq/{id}",
+    path = "/v1/tenants/{tenant}/topics/{topic}/groups/{group}/dlq/{id}",
     tag = "dead letters",
     params(DeadLetterParams),
     responses(

@@ -72,12 +72,12 @@ fn created_or_ok(created: bool) -> axum::http::StatusCode {
 fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(ops::routes())
-        .nest(
-            "/v1/tenants/{tenant}",
-            topics::routes()
-                .merge(groups::routes())
-                .merge(coord::routes()),
-        )
+        // Tenant routes carry their full paths rather than being nested under
+        // `/v1/tenants/{tenant}`: a nested router rewrites every request's
+        // URI (an allocation and a parse per request) before routing it.
+        .merge(topics::routes())
+        .merge(groups::routes())
+        .merge(coord::routes())
         .split_for_parts()
 }
 
@@ -91,9 +91,10 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     let max_body = state.max_body;
+    let api_token = state.api_token.clone();
     let (routes, _) = api();
     let document = Arc::new(openapi_document());
-    routes
+    let routes = routes
         .route(
             "/v1/openapi.json",
             get(move || {
@@ -103,11 +104,15 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(|uri: Uri| async move { Error::RouteNotFound(uri.path().to_owned()) })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
+        .layer(DefaultBodyLimit::max(max_body));
+    let routes = match api_token {
+        Some(token) => routes.layer(middleware::from_fn_with_state(
+            token,
             observe::require_token,
-        ))
+        )),
+        None => routes,
+    };
+    routes
         .layer(middleware::from_fn(observe::observe))
         .with_state(state)
 }

@@ -3,7 +3,7 @@
 //! and status, and the optional bearer-token check on `/v1`.
 
 use std::collections::HashMap;
-use std::sync::{OnceLock, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
 use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
@@ -14,18 +14,15 @@ use metrics::Histogram;
 use subtle::ConstantTimeEq;
 use tracing::Instrument;
 
-use super::AppState;
 use crate::error::Error;
 use crate::telemetry;
 
 /// Spans and times each request.
 pub async fn observe(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
+    // MatchedPath is a shared string: cloning it does not allocate.
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = req.method().clone();
     // The span is DEBUG: its fields cost formatting on every request, so it
     // is only built when someone asked for it (RUST_LOG=streamcar=debug).
@@ -59,7 +56,7 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
     let response = next.run(req).instrument(span.clone()).await;
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    duration_histogram(&route, &method, status).record(elapsed.as_secs_f64());
+    duration_histogram(route, &method, status).record(elapsed.as_secs_f64());
     span.in_scope(|| {
         tracing::debug!(
             status,
@@ -72,18 +69,25 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
 
 /// The request-duration histogram of one (route, method, status), cached:
 /// building a labelled metric key per request costs allocations and a
-/// registry lookup on the hot path.
+/// registry lookup on the hot path. The cache is keyed by route so a lookup
+/// borrows the route instead of allocating a key; each route sees a handful
+/// of (method, status) pairs.
 fn duration_histogram(route: &str, method: &Method, status: u16) -> Histogram {
-    type Cache = RwLock<HashMap<(String, Method, u16), Histogram>>;
+    type Cache = RwLock<HashMap<String, Vec<(Method, u16, Histogram)>>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(Cache::default);
-    let key = (route.to_owned(), method.clone(), status);
+    let find = |seen: &[(Method, u16, Histogram)]| {
+        seen.iter()
+            .find(|(m, s, _)| m == method && *s == status)
+            .map(|(_, _, h)| h.clone())
+    };
     if let Some(h) = cache
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(&key)
+        .get(route)
+        .and_then(|seen| find(seen))
     {
-        return h.clone();
+        return h;
     }
     let histogram = metrics::histogram!(
         telemetry::HTTP_DURATION,
@@ -91,19 +95,21 @@ fn duration_histogram(route: &str, method: &Method, status: u16) -> Histogram {
         "route" => route.to_owned(),
         "status" => status.to_string()
     );
-    cache
+    let mut cache = cache
         .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(key, histogram.clone());
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let seen = cache.entry(route.to_owned()).or_default();
+    if let Some(h) = find(seen) {
+        return h; // another request registered it meanwhile
+    }
+    seen.push((method.clone(), status, histogram.clone()));
     histogram
 }
 
 /// With `--api-token-file`, every `/v1` request needs `Authorization:
 /// Bearer <token>` (compared in constant time); health and metrics stay open.
-pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(expected) = state.api_token.as_deref() else {
-        return next.run(req).await;
-    };
+/// The layer is only installed when a token is configured.
+pub async fn require_token(State(expected): State<Arc<str>>, req: Request, next: Next) -> Response {
     if !req.uri().path().starts_with("/v1/") {
         return next.run(req).await;
     }

@@ -31,7 +31,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 /// List a tenant's topics.
 #[utoipa::path(
     get,
-    path = "/topics",
+    path = "/v1/tenants/{tenant}/topics",
     tag = "topics",
     params(TenantParams),
     responses(
@@ -52,7 +52,7 @@ async fn list_topics(
 /// Declare a topic or update its config.
 #[utoipa::path(
     put,
-    path = "/topics/{topic}",
+    path = "/v1/tenants/{tenant}/topics/{topic}",
     tag = "topics",
     params(TopicParams),
     request_body = Option<TopicConfigRequest>,
@@ -82,7 +82,7 @@ async fn declare_topic(
 /// Describe a topic: config, length, ids, last seq, groups with lag.
 #[utoipa::path(
     get,
-    path = "/topics/{topic}",
+    path = "/v1/tenants/{tenant}/topics/{topic}",
     tag = "topics",
     params(TopicParams),
     responses(
@@ -101,7 +101,7 @@ async fn get_topic(State(state): State<AppState>, path: TopicPath) -> Result<Res
 /// Delete a topic with its messages and groups.
 #[utoipa::path(
     delete,
-    path = "/topics/{topic}",
+    path = "/v1/tenants/{tenant}/topics/{topic}",
     tag = "topics",
     params(TopicParams),
     responses(
@@ -137,7 +137,7 @@ fn carry_traceparent(request_headers: &HeaderMap, message: &mut PublishRequest) 
 /// Publish one message.
 #[utoipa::path(
     post,
-    path = "/topics/{topic}/messages",
+    path = "/v1/tenants/{tenant}/topics/{topic}/messages",
     tag = "topics",
     params(TopicParams),
     request_body = PublishRequest,
@@ -194,7 +194,7 @@ pub(super) struct BatchResponse {
 /// Publish up to 1000 messages; one bad item fails only itself.
 #[utoipa::path(
     post,
-    path = "/topics/{topic}/messages:batch",
+    path = "/v1/tenants/{tenant}/topics/{topic}/messages:batch",
     tag = "topics",
     params(TopicParams),
     request_body = BatchRequest,
@@ -272,7 +272,7 @@ fn with_quota(mut response: Response, quota: Option<RateLimitInfo>) -> Response 
 /// Read past messages without touching any group.
 #[utoipa::path(
     get,
-    path = "/topics/{topic}/messages",
+    path = "/v1/tenants/{tenant}/topics/{topic}/messages",
     tag = "topics",
     params(TopicParams, PageQuery),
     responses(
