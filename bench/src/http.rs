@@ -29,6 +29,24 @@ async fn connect(host: &str) -> SendRequest<Full<Bytes>> {
     send
 }
 
+/// Whether the sidecar at `host` (`127.0.0.1:port`) answers `GET /readyz`
+/// with a success; false while it is not listening yet.
+pub async fn is_ready(host: &str) -> bool {
+    let Ok(stream) = tokio::net::TcpStream::connect(host).await else {
+        return false;
+    };
+    let Ok((mut send, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    else {
+        return false;
+    };
+    tokio::spawn(conn);
+    let request = hyper::Request::get("/readyz")
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    matches!(send.send_request(request).await, Ok(r) if r.status().is_success())
+}
+
 impl Clients {
     /// `workers` connections to `host` (`127.0.0.1:port`); paths are relative
     /// to `base_path` (`/v1/tenants/bench`).

@@ -108,11 +108,9 @@ pub async fn start_streamcar(binary: &std::path::Path, redis_url: &str) -> Proc 
         child,
         url: format!("http://127.0.0.1:{port}"),
     };
-    let client = reqwest::Client::new();
+    let host = format!("127.0.0.1:{port}");
     for _ in 0..200 {
-        if let Ok(resp) = client.get(format!("{}/readyz", sidecar.url)).send().await
-            && resp.status().is_success()
-        {
+        if crate::http::is_ready(&host).await {
             return sidecar;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
