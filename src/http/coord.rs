@@ -10,8 +10,8 @@ use utoipa_axum::routes;
 
 use super::extract::{JsonBody, KeyPath, PoolPath, TenantPath};
 use super::openapi::{
-    CheckpointParams, FinishResponse, HoldResponse, KeyParams, LimitsResponse, PoolParams, Problem,
-    TenantParams,
+    ApiErrors, BodyErrors, CheckpointParams, Conflict, FinishResponse, HoldResponse, KeyParams,
+    LimitsResponse, NotFound, PoolParams, TenantParams, TooManyRequests,
 };
 use super::{AppState, created_or_ok};
 use crate::coord::checkpoints::{AdvanceRequest, Checkpoint};
@@ -50,12 +50,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     responses(
         (status = 201, description = "Claimed: run the work", body = Claim),
         (status = 200, description = "Completed before: the stored result", body = Claim),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Conflict with the current state", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, BodyErrors, Conflict
     )
 )]
 async fn claim(
@@ -77,12 +72,7 @@ async fn claim(
     request_body = CompleteRequest,
     responses(
         (status = 200, description = "Stored", body = FinishResponse),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Conflict with the current state", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, BodyErrors, Conflict
     )
 )]
 async fn complete(
@@ -110,12 +100,7 @@ async fn complete(
     request_body = ReleaseRequest,
     responses(
         (status = 200, description = "Released", body = FinishResponse),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Conflict with the current state", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, BodyErrors, Conflict
     )
 )]
 async fn release(
@@ -142,10 +127,7 @@ async fn release(
     params(KeyParams),
     responses(
         (status = 200, description = "The record", body = IdempotencyRecord),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, NotFound
     )
 )]
 async fn idempotency_record(State(state): State<AppState>, path: KeyPath) -> Result<Response> {
@@ -165,11 +147,7 @@ async fn idempotency_record(State(state): State<AppState>, path: KeyPath) -> Res
     request_body = AdvanceRequest,
     responses(
         (status = 200, description = "Accepted or not, and the mark", body = Checkpoint),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, BodyErrors
     )
 )]
 async fn advance(
@@ -192,10 +170,7 @@ async fn advance(
     params(CheckpointParams),
     responses(
         (status = 200, description = "The mark", body = Checkpoint),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, NotFound
     )
 )]
 async fn checkpoint(State(state): State<AppState>, path: KeyPath) -> Result<Response> {
@@ -213,11 +188,7 @@ async fn checkpoint(State(state): State<AppState>, path: KeyPath) -> Result<Resp
     responses(
         (status = 201, description = "Created", body = PoolInfo),
         (status = 200, description = "Updated", body = PoolInfo),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, BodyErrors
     )
 )]
 async fn declare_pool(
@@ -241,10 +212,7 @@ async fn declare_pool(
     params(PoolParams),
     responses(
         (status = 200, description = "The pool", body = PoolInfo),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, NotFound
     )
 )]
 async fn pool_info(State(state): State<AppState>, path: PoolPath) -> Result<Response> {
@@ -261,13 +229,7 @@ async fn pool_info(State(state): State<AppState>, path: PoolPath) -> Result<Resp
     request_body = AcquireRequest,
     responses(
         (status = 201, description = "Reserved", body = Reservation),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Quota, backlog or pool full; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, BodyErrors, NotFound, TooManyRequests
     )
 )]
 async fn acquire(
@@ -291,13 +253,7 @@ async fn acquire(
     request_body = HoldRequest,
     responses(
         (status = 200, description = "Renewed", body = HoldResponse),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Conflict with the current state", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, BodyErrors, NotFound, Conflict
     )
 )]
 async fn renew(
@@ -326,13 +282,7 @@ async fn renew(
     request_body = ReleaseReservationRequest,
     responses(
         (status = 200, description = "Released", body = HoldResponse),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Conflict with the current state", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, BodyErrors, NotFound, Conflict
     )
 )]
 async fn release_reservation(
@@ -361,11 +311,7 @@ async fn release_reservation(
     request_body = Limits,
     responses(
         (status = 200, description = "Set", body = Limits),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, BodyErrors
     )
 )]
 async fn set_limits(
@@ -385,9 +331,7 @@ async fn set_limits(
     params(TenantParams),
     responses(
         (status = 200, description = "The quota, or null", body = LimitsResponse),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors
     )
 )]
 async fn get_limits(
@@ -406,9 +350,7 @@ async fn get_limits(
     params(TenantParams),
     responses(
         (status = 204, description = "Removed"),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors
     )
 )]
 async fn clear_limits(

@@ -14,8 +14,8 @@ use super::extract::{
     DeadLetterPath, GroupPath, JsonBody, OptionalJsonBody, PageQuery, QueryParams,
 };
 use super::openapi::{
-    DeadLetterParams, FetchResponse, GroupParams, MessageIdText, PausedResponse, Problem,
-    ReceiptText,
+    ApiErrors, BodyErrors, Conflict, DeadLetterParams, FetchResponse, GroupParams, MessageIdText,
+    NotFound, PausedResponse, ReceiptText,
 };
 use super::{AppState, created_or_ok};
 use crate::broker::delivery::{AckOutcome, ExtendOutcome, FetchRequest};
@@ -49,11 +49,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     responses(
         (status = 201, description = "Created", body = GroupInfo),
         (status = 200, description = "Updated", body = GroupInfo),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, BodyErrors
     )
 )]
 async fn declare_group(
@@ -80,10 +76,7 @@ async fn declare_group(
     params(GroupParams),
     responses(
         (status = 200, description = "The group", body = GroupInfo),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, NotFound
     )
 )]
 async fn get_group(State(state): State<AppState>, path: GroupPath) -> Result<Response> {
@@ -102,10 +95,7 @@ async fn get_group(State(state): State<AppState>, path: GroupPath) -> Result<Res
     params(GroupParams),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, NotFound
     )
 )]
 async fn delete_group(State(state): State<AppState>, path: GroupPath) -> Result<StatusCode> {
@@ -124,10 +114,7 @@ async fn delete_group(State(state): State<AppState>, path: GroupPath) -> Result<
     params(GroupParams),
     responses(
         (status = 200, description = "Paused", body = PausedResponse),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, NotFound
     )
 )]
 async fn pause(State(state): State<AppState>, path: GroupPath) -> Result<Response> {
@@ -142,10 +129,7 @@ async fn pause(State(state): State<AppState>, path: GroupPath) -> Result<Respons
     params(GroupParams),
     responses(
         (status = 200, description = "Resumed", body = PausedResponse),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, NotFound
     )
 )]
 async fn resume(State(state): State<AppState>, path: GroupPath) -> Result<Response> {
@@ -169,12 +153,7 @@ async fn set_paused(state: AppState, path: GroupPath, paused: bool) -> Result<Re
     request_body = FetchRequest,
     responses(
         (status = 200, description = "Deliveries (possibly none)", body = FetchResponse),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, BodyErrors, NotFound
     )
 )]
 async fn fetch(
@@ -207,13 +186,7 @@ pub(super) struct AckRequest {
     request_body = AckRequest,
     responses(
         (status = 200, description = "Acked and lost receipts", body = AckOutcome),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Conflict with the current state", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, BodyErrors, NotFound, Conflict
     )
 )]
 async fn ack(
@@ -251,13 +224,7 @@ pub(super) struct ExtendRequest {
     request_body = ExtendRequest,
     responses(
         (status = 200, description = "Renewed and lost receipts", body = ExtendOutcome),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Conflict with the current state", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, BodyErrors, NotFound, Conflict
     )
 )]
 async fn extend(
@@ -317,13 +284,7 @@ pub(super) struct NackRequest {
     request_body = NackRequest,
     responses(
         (status = 200, description = "Scheduled, dead-lettered and lost receipts", body = NackOutcome),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Conflict with the current state", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, BodyErrors, NotFound, Conflict
     )
 )]
 async fn nack(
@@ -368,13 +329,7 @@ pub(super) struct RejectRequest {
     request_body = RejectRequest,
     responses(
         (status = 200, description = "Dead-lettered and lost receipts", body = RejectOutcome),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Conflict with the current state", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, BodyErrors, NotFound, Conflict
     )
 )]
 async fn reject(
@@ -404,10 +359,7 @@ async fn reject(
     params(GroupParams, PageQuery),
     responses(
         (status = 200, description = "A page of dead letters", body = DeadLetterPage),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, NotFound
     )
 )]
 async fn list_dlq(
@@ -447,12 +399,7 @@ pub(super) struct ReplayRequest {
     request_body = Option<ReplayRequest>,
     responses(
         (status = 200, description = "Replayed and missing ids", body = ReplayOutcome),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, BodyErrors, NotFound
     )
 )]
 async fn replay_dlq(
@@ -480,10 +427,7 @@ async fn replay_dlq(
     params(DeadLetterParams),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, NotFound
     )
 )]
 async fn delete_dead_letter(

@@ -4,7 +4,12 @@
 //! being in the document. This module also holds the small response bodies
 //! and path parameter sets that the annotations refer to.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 /// An RFC 9457 problem document, as every error answers.
@@ -31,6 +36,72 @@ pub struct Problem {
     pub code: String,
     /// The offending field, for input errors.
     pub field: Option<String>,
+}
+
+/// Declares error-response sets that routes name in `responses(…)` instead
+/// of restating each problem response: every entry is an
+/// `application/problem+json` [`Problem`], and `retry` ones also state the
+/// `Retry-After` header they carry.
+macro_rules! problem_responses {
+    ($($(#[$doc:meta])* $name:ident: $(($status:literal, $description:expr $(, $retry:ident)?)),+;)+) => {$(
+        $(#[$doc])*
+        pub struct $name;
+
+        impl utoipa::IntoResponses for $name {
+            fn responses() -> BTreeMap<String, RefOr<Response>> {
+                [$(problem_response($status, $description, problem_responses!(@retry $($retry)?))),+]
+                    .into_iter()
+                    .collect()
+            }
+        }
+    )+};
+    (@retry retry) => { true };
+    (@retry) => { false };
+}
+
+problem_responses! {
+    /// What any `/v1` route may answer: bad input, a missing token, Redis away.
+    ApiErrors:
+        (400, "Invalid input: malformed JSON, wrong type, unknown field, bad name"),
+        (401, "Missing or wrong bearer token (with --api-token-file)"),
+        (503, REDIS_UNAVAILABLE, retry);
+    /// Redis is away (`/readyz`).
+    Unavailable: (503, REDIS_UNAVAILABLE, retry);
+    /// What a route with a JSON body may also answer.
+    BodyErrors:
+        (413, "Body larger than --max-body"),
+        (415, "Content-Type given and not JSON");
+    /// An unknown topic, group, pool, key or dead letter.
+    NotFound: (404, "No such resource");
+    /// A stale receipt or token, or a state that forbids the call.
+    Conflict: (409, "Conflict with the current state");
+    /// A quota, a topic's max_backlog or a pool is full; nothing was dropped.
+    TooManyRequests: (429, "Quota, backlog or pool full; see Retry-After", retry);
+}
+
+const REDIS_UNAVAILABLE: &str = "Redis unavailable; see Retry-After";
+
+/// One problem response for the document.
+fn problem_response(status: u16, description: &str, retry: bool) -> (String, RefOr<Response>) {
+    let content = ContentBuilder::new()
+        .schema(Some(Ref::from_schema_name("Problem")))
+        .build();
+    let mut response = ResponseBuilder::new()
+        .description(description)
+        .content("application/problem+json", content);
+    if retry {
+        let seconds = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(0));
+        response = response.header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(Some(seconds))
+                .description(Some("Seconds to wait before trying again"))
+                .build(),
+        );
+    }
+    (status.to_string(), response.build().into())
 }
 
 /// A delivery receipt as fetch issues it (`<stream id>:<attempt>:<consumer>`).
@@ -144,7 +215,7 @@ pub struct KeyParams {
     /// Tenant name.
     #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub tenant: String,
-    /// Any text up to 256 bytes, percent-encoded.
+    /// Any text of 1 to 256 characters without control characters, percent-encoded.
     #[param(
         min_length = 1,
         max_length = 256,
@@ -160,7 +231,7 @@ pub struct CheckpointParams {
     /// Tenant name.
     #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub tenant: String,
-    /// Any text up to 256 bytes, percent-encoded.
+    /// Any text of 1 to 256 characters without control characters, percent-encoded.
     #[param(
         min_length = 1,
         max_length = 256,

@@ -8,7 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::openapi::{Problem, StatusResponse};
+use super::openapi::{StatusResponse, Unavailable};
 use crate::error::Result;
 use crate::telemetry;
 
@@ -59,7 +59,7 @@ async fn healthz() -> Json<StatusResponse> {
     tag = "operations",
     responses(
         (status = 200, description = "Ready", body = StatusResponse),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        Unavailable
     )
 )]
 async fn readyz(State(state): State<AppState>) -> Result<Json<StatusResponse>> {

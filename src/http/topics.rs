@@ -14,7 +14,10 @@ use utoipa_axum::routes;
 use super::extract::{
     JsonBody, OptionalJsonBody, PageQuery, QueryParams, TenantPath, TopicPath, parse_json,
 };
-use super::openapi::{Problem, TenantParams, TopicList, TopicParams};
+use super::openapi::{
+    ApiErrors, BodyErrors, Conflict, NotFound, Problem, TenantParams, TooManyRequests, TopicList,
+    TopicParams,
+};
 use super::{AppState, created_or_ok};
 use crate::broker::publish::{MAX_BATCH, PublishRequest, Published};
 use crate::broker::topics::{HistoryPage, TopicConfigRequest, TopicInfo};
@@ -36,9 +39,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     params(TenantParams),
     responses(
         (status = 200, description = "Topic names", body = TopicList),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors
     )
 )]
 async fn list_topics(
@@ -59,11 +60,7 @@ async fn list_topics(
     responses(
         (status = 201, description = "Created", body = TopicInfo),
         (status = 200, description = "Updated", body = TopicInfo),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, BodyErrors
     )
 )]
 async fn declare_topic(
@@ -87,10 +84,7 @@ async fn declare_topic(
     params(TopicParams),
     responses(
         (status = 200, description = "The topic", body = TopicInfo),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, NotFound
     )
 )]
 async fn get_topic(State(state): State<AppState>, path: TopicPath) -> Result<Response> {
@@ -106,11 +100,7 @@ async fn get_topic(State(state): State<AppState>, path: TopicPath) -> Result<Res
     params(TopicParams),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Conflict with the current state", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, NotFound, Conflict
     )
 )]
 async fn delete_topic(State(state): State<AppState>, path: TopicPath) -> Result<StatusCode> {
@@ -144,12 +134,7 @@ fn carry_traceparent(request_headers: &HeaderMap, message: &mut PublishRequest) 
     responses(
         (status = 201, description = "Published", body = Published),
         (status = 200, description = "Duplicate of an earlier idempotency key; nothing written", body = Published),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Quota, backlog or pool full; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, BodyErrors, TooManyRequests
     )
 )]
 async fn publish(
@@ -200,12 +185,7 @@ pub(super) struct BatchResponse {
     request_body = BatchRequest,
     responses(
         (status = 200, description = "Per-item results and errors, in order", body = BatchResponse),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than --max-body", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content-Type given and not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Quota, backlog or pool full; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, BodyErrors, TooManyRequests
     )
 )]
 async fn publish_batch(
@@ -277,10 +257,7 @@ fn with_quota(mut response: Response, quota: Option<RateLimitInfo>) -> Response 
     params(TopicParams, PageQuery),
     responses(
         (status = 200, description = "A page of messages", body = HistoryPage),
-        (status = 400, description = "Invalid input: malformed JSON, wrong type, unknown field, bad name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong bearer token (with --api-token-file)", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such resource", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable; see Retry-After", body = Problem, content_type = "application/problem+json")
+        ApiErrors, NotFound
     )
 )]
 async fn history(
