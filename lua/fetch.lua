@@ -2,44 +2,46 @@
 -- a fresh lease that starts now.
 --
 -- KEYS[1]  sc:{T:P}:stream
--- KEYS[2]  sc:{T:P}:g:<G>          group config (lease_ms, max_deliveries, paused, reclaim_cursor)
+-- KEYS[2]  sc:{T:P}:g:<G>          group config (lease_ms, max_deliveries, paused)
 -- KEYS[3]  sc:{T:P}:g:<G>:delayed  retry schedule: member '<stream id>|<attempts so far>', score due ms
 -- KEYS[4]  sc:{T:P}:g:<G>:dlq      dead letters
 -- KEYS[5]  sc:{T:P}:meta           topic meta (per-group retry counts)
 -- ARGV[1]  group name
 -- ARGV[2]  consumer name
 -- ARGV[3]  max messages (1..1000)
--- Returns  { status, now_ms, lease_ms, next_wake_ms, pending, deliveries,
+-- Returns  { status, now_ms, lease_ms, next_wake_ms, deliveries,
 --            dead-lettered as expired, dead-lettered as max_deliveries }
 --          status 1 ok, 0 paused, -1 no such group; next_wake_ms (only when
 --          nothing was delivered) is the earliest scheduled retry or lease
---          expiry among the 100 oldest deliveries (0 = none known); pending is
---          the group's PEL size; deliveries = { { stream_id, attempt, {fields…} } … }
+--          expiry among the 100 oldest deliveries (0 = none known);
+--          deliveries = { { stream_id, attempt, {fields…} } … }
 --
--- Order of preference: due retries, then leases that expired (XAUTOCLAIM with
--- min-idle = lease_ms, resuming from the stored cursor), then new entries.
--- On the way, a message whose ttl passed is dead-lettered as `expired`, one
--- whose lease expired on its last allowed attempt as `max_deliveries`, and a
--- new entry published with a delay is parked in the retry schedule until due.
+-- Order of preference: due retries, then leases that expired (oldest first),
+-- then new entries. On the way, a message whose ttl passed is dead-lettered
+-- as `expired`, one whose lease expired on its last allowed attempt as
+-- `max_deliveries`, and a new entry published with a delay is parked in the
+-- retry schedule until due.
 -- Invariants: an entry is in at most one of {PEL, retry schedule}; a live
 -- lease (idle < lease_ms) is never handed to a second consumer; every
 -- delivery's attempt is its PEL delivery count.
+--
+-- Cost: most fetches find nothing (long-polls re-checking) or only new
+-- entries, so the common path is a handful of O(1) or O(log n) calls and
+-- writes nothing. XAUTOCLAIM, which costs ~2 µs per pending entry it passes
+-- over (1.5 ms for 800 live leases, measured on Redis 7.0), runs only when a
+-- cheap XPENDING IDLE scan has found an expired lease, and starts there.
 local stream, config, delayed, dlq, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local group, consumer, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
 
-local cfg = redis.call('HMGET', config, 'lease_ms', 'paused', 'reclaim_cursor', 'max_deliveries')
+local cfg = redis.call('HMGET', config, 'lease_ms', 'paused', 'max_deliveries')
 if not cfg[1] then
-  return { -1, 0, 0, 0, 0, {}, 0, 0 }
+  return { -1, 0, 0, 0, {}, 0, 0 }
 end
-local lease_ms, max_deliveries = tonumber(cfg[1]), tonumber(cfg[4])
+local lease_ms, max_deliveries = tonumber(cfg[1]), tonumber(cfg[3])
 local now = now_ms()
 
-local function pending()
-  return redis.call('XPENDING', stream, group)[1]
-end
-
 if cfg[2] == '1' then
-  return { 0, now, lease_ms, 0, pending(), {}, 0, 0 }
+  return { 0, now, lease_ms, 0, {}, 0, 0 }
 end
 
 local out = {}
@@ -60,8 +62,18 @@ local function offer(id, attempt, flat)
   end
 end
 
+-- The earliest scheduled retry (0 = none).
+local function next_retry()
+  local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+  return first[2] and tonumber(first[2]) or 0
+end
+
 -- 1. Retries whose time has come: back into the PEL for this consumer.
-local due = redis.call('ZRANGE', delayed, '-inf', now, 'BYSCORE', 'LIMIT', 0, max)
+local retry_at = next_retry()
+local due = {}
+if retry_at > 0 and retry_at <= now then
+  due = redis.call('ZRANGE', delayed, '-inf', now, 'BYSCORE', 'LIMIT', 0, max)
+end
 local schedule_changed = #due > 0
 for _, member in ipairs(due) do
   redis.call('ZREM', delayed, member)
@@ -73,11 +85,21 @@ for _, member in ipairs(due) do
   end
 end
 
--- 2. Expired leases of any consumer.
-if #out < max then
-  local cursor = cfg[3] or '0-0'
-  local reply = redis.call('XAUTOCLAIM', stream, group, consumer, lease_ms, cursor, 'COUNT', max - #out)
-  redis.call('HSET', config, 'reclaim_cursor', reply[1])
+-- 2. Expired leases of any consumer, oldest first.
+local in_flight = redis.call('XPENDING', stream, group)[1]
+local oldest_expired = nil
+if #out < max and in_flight > 0 then
+  oldest_expired = redis.call('XPENDING', stream, group, 'IDLE', lease_ms, '-', '+', 1)[1]
+end
+if oldest_expired then
+  -- Redis reads PEL idle times off its clock when XAUTOCLAIM runs, a little
+  -- after `now`, the start reported to the new holder. A lease only counts
+  -- as expired once idle for lease_ms plus that gap and 1 ms of rounding, so
+  -- a new holder's reported start is never before the old holder's
+  -- reported expiry.
+  local min_idle = lease_ms + (now_ms() - now) + 1
+  local reply = redis.call('XAUTOCLAIM', stream, group, consumer, min_idle, oldest_expired[1],
+    'COUNT', max - #out)
   for _, entry in ipairs(reply[2]) do
     local info = redis.call('XPENDING', stream, group, entry[1], entry[1], 1)
     offer(entry[1], info[1][4], entry[2])
@@ -111,15 +133,17 @@ if schedule_changed then
 end
 
 -- When a waiting fetch should look again: the next retry or lease expiry.
+-- (With nothing delivered, the PEL can only have shrunk since `in_flight`.)
 local wake = 0
 if #out == 0 then
-  local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
-  wake = first[2] and tonumber(first[2]) or 0
-  for _, p in ipairs(redis.call('XPENDING', stream, group, '-', '+', 100)) do
-    local expiry = now + lease_ms - p[3]
-    if wake == 0 or expiry < wake then
-      wake = expiry
+  wake = schedule_changed and next_retry() or retry_at
+  if in_flight > 0 then
+    for _, p in ipairs(redis.call('XPENDING', stream, group, '-', '+', 100)) do
+      local expiry = now + lease_ms + 1 - p[3]
+      if wake == 0 or expiry < wake then
+        wake = expiry
+      end
     end
   end
 end
-return { 1, now, lease_ms, wake, pending(), out, expired, exhausted }
+return { 1, now, lease_ms, wake, out, expired, exhausted }

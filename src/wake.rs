@@ -8,9 +8,10 @@
 //! connection (outside the pool) and subscribes to a topic's channel only
 //! while some local fetch on that topic is waiting. A message on the channel
 //! wakes one waiter per group ([`tokio::sync::Notify::notify_one`]); a waiter
-//! that then receives messages passes the baton to the next waiter of its
-//! group, so a burst is drained by as many workers as needed while a single
-//! message does not stampede two hundred of them.
+//! whose fetch then comes back full (more may be waiting) passes the baton to
+//! the next waiter of its group, so a burst is drained by as many workers as
+//! needed while a single message does not stampede two hundred of them, and a
+//! trickle costs one fetch per wake-up.
 //!
 //! Waiting itself costs no Redis connection: a waiting fetch holds only a
 //! [`Waiter`] (an `Arc<Notify>`), so publish and ack keep the whole pool.
@@ -145,7 +146,7 @@ impl Waiter {
         &self.notify
     }
 
-    /// After receiving messages: let the next waiter of the group check too.
+    /// After a full fetch: let the next waiter of the group check too.
     pub fn pass_on(&self) {
         self.notify.notify_one();
     }

@@ -381,3 +381,46 @@ async fn bad_group_consumer_and_receipts() {
     let ok = app.ack("b", "g", &[&real]).await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
 }
+
+/// Redis's count of writes since the last save (`INFO persistence`).
+fn redis_writes(app: &TestApp) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("persistence")
+        .query(&mut app.redis.connection())
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("rdb_changes_since_last_save:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("rdb_changes_since_last_save")
+}
+
+/// Long-polls keep re-checking a quiet group; those checks must not write
+/// (with `appendfsync always` each write is a disk sync, and every replica
+/// copies it) — neither on an empty group nor while other consumers hold
+/// live leases.
+#[tokio::test]
+async fn fetching_from_a_quiet_group_writes_nothing() {
+    let app = TestApp::start_with(|c| {
+        c.retention_interval = Duration::ZERO;
+        c.metrics_interval = Duration::ZERO;
+    })
+    .await;
+    app.group("quiet", "g", &json!({"lease_ms": 60000})).await;
+    // History first: one message acked, one held under a live lease by c1.
+    app.publish("quiet", &json!({"payload": 1})).await;
+    let done = fetch_one(&app, "quiet", "g", "c1").await;
+    let acked = app
+        .ack("quiet", "g", &[done["receipt"].as_str().unwrap()])
+        .await;
+    assert_eq!(acked.status, StatusCode::OK);
+    app.publish("quiet", &json!({"payload": 2})).await;
+    fetch_one(&app, "quiet", "g", "c1").await;
+    assert!(app.fetch("quiet", "g", "c2", 10, 0).await.is_empty());
+
+    let before = redis_writes(&app);
+    for _ in 0..20 {
+        assert!(app.fetch("quiet", "g", "c2", 10, 0).await.is_empty());
+    }
+    assert!(app.fetch("quiet", "g", "c2", 10, 300).await.is_empty());
+    assert_eq!(redis_writes(&app), before, "an empty fetch wrote to Redis");
+}

@@ -20,8 +20,6 @@ pub struct Measured {
     pub p50_us: f64,
     /// 99th percentile call latency, µs.
     pub p99_us: f64,
-    /// Operations done.
-    pub ops: u64,
     /// CPU time (user + system) the sidecar spent per operation, µs.
     pub sidecar_cpu_us_per_op: f64,
     /// CPU time Redis spent per operation, µs.
@@ -39,20 +37,49 @@ pub fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)] as f64
 }
 
-/// Summarizes latency samples (µs) and a count over `elapsed`.
-pub fn summarize(mut latencies: Vec<u64>, ops: u64, elapsed: Duration) -> Measured {
-    latencies.sort_unstable();
-    Measured {
-        ops_per_s: ops as f64 / elapsed.as_secs_f64(),
-        p50_us: percentile(&latencies, 0.50),
-        p99_us: percentile(&latencies, 0.99),
-        ops,
-        ..Measured::default()
+/// What one or more load runs recorded, merged before it is summarized (so
+/// percentiles come from all samples, not averages of percentiles).
+#[derive(Debug, Default)]
+pub struct Record {
+    /// Call latencies, µs.
+    pub latencies: Vec<u64>,
+    /// Operations done.
+    pub ops: u64,
+    /// Time the runs took.
+    pub elapsed: Duration,
+    /// CPU time (user + system) spent meanwhile by the sidecar, Redis and
+    /// the load generator itself.
+    pub cpu: [Duration; 3],
+}
+
+impl Record {
+    /// Adds another run's record to this one.
+    pub fn merge(&mut self, other: Record) {
+        self.latencies.extend(other.latencies);
+        self.ops += other.ops;
+        self.elapsed += other.elapsed;
+        for (mine, theirs) in self.cpu.iter_mut().zip(other.cpu) {
+            *mine += theirs;
+        }
+    }
+
+    /// Throughput, latency percentiles and CPU per operation.
+    pub fn summary(mut self) -> Measured {
+        self.latencies.sort_unstable();
+        let per_op = |spent: Duration| spent.as_secs_f64() * 1e6 / self.ops.max(1) as f64;
+        Measured {
+            ops_per_s: self.ops as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON),
+            p50_us: percentile(&self.latencies, 0.50),
+            p99_us: percentile(&self.latencies, 0.99),
+            sidecar_cpu_us_per_op: per_op(self.cpu[0]),
+            redis_cpu_us_per_op: per_op(self.cpu[1]),
+            client_cpu_us_per_op: per_op(self.cpu[2]),
+        }
     }
 }
 
 /// Runs `op` from `concurrency` workers for `duration`.
-pub async fn run(concurrency: usize, duration: Duration, op: Op) -> Measured {
+pub async fn run(concurrency: usize, duration: Duration, op: Op) -> Record {
     let started = Instant::now();
     let deadline = started + duration;
     let mut workers = Vec::with_capacity(concurrency);
@@ -69,12 +96,12 @@ pub async fn run(concurrency: usize, duration: Duration, op: Op) -> Measured {
             (latencies, ops)
         }));
     }
-    let mut latencies = Vec::new();
-    let mut ops = 0;
+    let mut record = Record::default();
     for w in workers {
-        let (l, n) = w.await.expect("worker");
-        latencies.extend(l);
-        ops += n;
+        let (latencies, ops) = w.await.expect("worker");
+        record.latencies.extend(latencies);
+        record.ops += ops;
     }
-    summarize(latencies, ops, started.elapsed())
+    record.elapsed = started.elapsed();
+    record
 }

@@ -18,7 +18,7 @@ use streamcar::names::{Consumer, Group, Tenant, Topic};
 use streamcar::scripts::Scripts;
 
 use crate::http::Clients;
-use crate::load::{self, Measured, Op};
+use crate::load::{self, Measured, Op, Record};
 use crate::procs;
 
 /// Tenant every scenario runs under.
@@ -105,21 +105,16 @@ impl Ctx {
         status
     }
 
-    /// Runs one measured load and adds the CPU time the sidecar and Redis
-    /// spent on it, per operation: a steadier figure than throughput on a
-    /// shared machine, and the one that shows where a change saves work.
-    async fn metered(&self, run: impl Future<Output = Measured>) -> Measured {
+    /// Runs one measured load and records the CPU time the sidecar, Redis
+    /// and this load generator spent on it: steadier than throughput on a
+    /// shared machine, and the figure that shows where a change saves work.
+    async fn metered(&self, run: impl Future<Output = Record>) -> Record {
         let pids = [self.sidecar_pid, self.redis_pid, std::process::id()];
         let before = pids.map(procs::cpu_time);
-        let mut measured = run.await;
+        let mut record = run.await;
         let after = pids.map(procs::cpu_time);
-        let [sidecar, redis, client] = [0, 1, 2].map(|i| {
-            after[i].saturating_sub(before[i]).as_secs_f64() * 1e6 / measured.ops.max(1) as f64
-        });
-        measured.sidecar_cpu_us_per_op = sidecar;
-        measured.redis_cpu_us_per_op = redis;
-        measured.client_cpu_us_per_op = client;
-        measured
+        record.cpu = [0, 1, 2].map(|i| after[i].saturating_sub(before[i]));
+        record
     }
 
     async fn http_post(&self, worker: usize, path: &str, body: String) -> (u16, Value) {
@@ -153,7 +148,13 @@ pub async fn publish(ctx: &Ctx, concurrency: usize, duration: Duration) -> Pair 
     measure_pair(ctx, concurrency, duration, raw, sidecar).await
 }
 
-/// Runs `raw` then `sidecar`, each on an emptied Redis.
+/// Parts each mode's time is split into, run alternately (raw, sidecar,
+/// raw, sidecar): a few seconds of interference from the shared machine
+/// then lands on both modes instead of skewing one of them.
+const ROUNDS: u32 = 2;
+
+/// Runs `raw` and `sidecar` alternately for `duration` each in all, every
+/// run on an emptied Redis.
 async fn measure_pair(
     ctx: &Ctx,
     concurrency: usize,
@@ -161,11 +162,18 @@ async fn measure_pair(
     raw: Op,
     sidecar: Op,
 ) -> Pair {
-    ctx.flush().await;
-    let raw = ctx.metered(load::run(concurrency, duration, raw)).await;
-    ctx.flush().await;
-    let sidecar = ctx.metered(load::run(concurrency, duration, sidecar)).await;
-    Pair { raw, sidecar }
+    let (mut raw_record, mut sidecar_record) = (Record::default(), Record::default());
+    for _ in 0..ROUNDS {
+        for (op, record) in [(&raw, &mut raw_record), (&sidecar, &mut sidecar_record)] {
+            ctx.flush().await;
+            let run = load::run(concurrency, duration / ROUNDS, op.clone());
+            record.merge(ctx.metered(run).await);
+        }
+    }
+    Pair {
+        raw: raw_record.summary(),
+        sidecar: sidecar_record.summary(),
+    }
 }
 
 fn batch_bodies(mode: &str, n: usize) -> Vec<String> {
@@ -234,7 +242,7 @@ async fn raw_fetch(c: &Ctx, keys: &TopicKeys, consumer: &Consumer, max: u32) -> 
 async fn raw_ack(c: &Ctx, keys: &TopicKeys, consumer: &Consumer, rows: &FetchReply) {
     let group = Group::parse(GROUP).expect("name");
     let receipts: Vec<Receipt> = rows
-        .5
+        .4
         .iter()
         .map(|(id, attempt, _)| Receipt {
             stream_id: id.clone(),
@@ -299,7 +307,10 @@ pub async fn consume(ctx: &Ctx, concurrency: usize, duration: Duration) -> Pair 
             let stop = Arc::new(AtomicBool::new(false));
             let producer = spawn_producer(&ctx, topic, stop.clone());
             tokio::time::sleep(Duration::from_millis(500)).await; // build a backlog
-            let measured = ctx.metered(load::run(concurrency, duration, op)).await;
+            let measured = ctx
+                .metered(load::run(concurrency, duration, op))
+                .await
+                .summary();
             stop.store(true, Ordering::Relaxed);
             let _ = producer.await;
             measured
@@ -313,7 +324,7 @@ pub async fn consume(ctx: &Ctx, concurrency: usize, duration: Duration) -> Pair 
             let consumer = Consumer::parse(&format!("raw-{w}")).expect("name");
             let rows = raw_fetch(&c, &keys, &consumer, 100).await;
             raw_ack(&c, &keys, &consumer, &rows).await;
-            rows.5.len() as u64
+            rows.4.len() as u64
         })
     });
     let c = ctx.clone();
@@ -341,10 +352,11 @@ fn now_us(epoch: Instant) -> u64 {
 pub async fn e2e_latency(ctx: &Ctx, consumers: usize, duration: Duration) -> Pair {
     let raw = ctx.metered(e2e_mode(ctx, consumers, duration, true)).await;
     let sidecar = ctx.metered(e2e_mode(ctx, consumers, duration, false)).await;
+    let (raw, sidecar) = (raw.summary(), sidecar.summary());
     Pair { raw, sidecar }
 }
 
-async fn e2e_mode(ctx: &Ctx, consumers: usize, duration: Duration, raw: bool) -> Measured {
+async fn e2e_mode(ctx: &Ctx, consumers: usize, duration: Duration, raw: bool) -> Record {
     let topic = if raw { "raw-e2e" } else { "sc-e2e" };
     ctx.flush().await;
     ctx.put(
@@ -373,13 +385,13 @@ async fn e2e_mode(ctx: &Ctx, consumers: usize, duration: Duration, raw: bool) ->
                 let payloads: Vec<u64> = if let Some(p) = pubsub.as_mut() {
                     let rows = raw_fetch(&c, &keys, &consumer, 100).await;
                     raw_ack(&c, &keys, &consumer, &rows).await;
-                    if rows.5.is_empty() {
+                    if rows.4.is_empty() {
                         // Wait for the publish script's wake-up, as the sidecar does.
                         let mut wakeups = p.on_message();
                         let _ =
                             tokio::time::timeout(Duration::from_millis(200), wakeups.next()).await;
                     }
-                    rows.5
+                    rows.4
                         .iter()
                         .filter_map(|(_, _, f)| f.get("payload"))
                         .filter_map(|p| serde_json::from_str::<Value>(p).ok())
@@ -435,5 +447,10 @@ async fn e2e_mode(ctx: &Ctx, consumers: usize, duration: Duration, raw: bool) ->
         delivered + 50 >= published,
         "e2e lost messages: {delivered} of {published}"
     );
-    load::summarize(latencies, delivered, duration)
+    Record {
+        latencies,
+        ops: delivered,
+        elapsed: duration,
+        ..Record::default()
+    }
 }

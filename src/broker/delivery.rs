@@ -144,6 +144,10 @@ pub fn parse_receipts(receipts: &[String]) -> Result<Vec<Receipt>> {
 /// What one run of `lua/fetch.lua` found.
 struct FetchRound {
     deliveries: Vec<Delivery>,
+    /// The round took as many entries as it was allowed (delivered or
+    /// dead-lettered): more may be waiting. A round that took fewer drained
+    /// everything deliverable at that moment.
+    filled: bool,
     /// Redis time of the round.
     now: u64,
     /// Earliest moment something may become deliverable (0 = unknown/none).
@@ -151,11 +155,10 @@ struct FetchRound {
 }
 
 /// Raw reply of `lua/fetch.lua`: status, Redis now, lease_ms, next wake,
-/// pending, `(stream id, attempt, fields)` per delivery, expired and
-/// exhausted counts. Public for the benchmark's raw baseline.
+/// `(stream id, attempt, fields)` per delivery, expired and exhausted
+/// counts. Public for the benchmark's raw baseline.
 pub type FetchReply = (
     i64,
-    u64,
     u64,
     u64,
     u64,
@@ -177,20 +180,9 @@ impl Broker {
         consumer: &Consumer,
         max: u32,
     ) -> Result<FetchRound> {
-        let gk = keys.group(group);
         let mut conn = self.store.conn().await?;
-        let (status, now, lease_ms, next_wake, _pending, rows, expired, exhausted): FetchReply =
-            self.store
-                .scripts()
-                .fetch
-                .key(keys.stream())
-                .key(gk.config())
-                .key(gk.delayed())
-                .key(gk.dlq())
-                .key(keys.meta())
-                .arg(group.as_str())
-                .arg(consumer.as_str())
-                .arg(max)
+        let (status, now, lease_ms, next_wake, rows, expired, exhausted): FetchReply =
+            fetch_call(self.store.scripts(), keys, group, consumer, max)
                 .invoke_async(&mut conn)
                 .await?;
         if status < 0 {
@@ -248,6 +240,7 @@ impl Broker {
             }
         }
         Ok(FetchRound {
+            filled: deliveries.len() as u64 + expired + exhausted >= u64::from(max),
             deliveries,
             now,
             next_wake,
@@ -303,7 +296,15 @@ impl Broker {
                 .fetch_round((tenant, topic), &keys, group, &request.consumer, max)
                 .await?;
             if !round.deliveries.is_empty() {
-                waiter.pass_on();
+                // Wake the next waiter of the group only when there may be
+                // more: a round that drained the group leaves nothing for it,
+                // and whatever arrives later sends its own wake-up. (A wake-up
+                // this waiter absorbed while fetching is not lost: `Notify`
+                // hands a `notify_one` to the next waiter when the notified
+                // future is dropped unpolled.)
+                if round.filled {
+                    waiter.pass_on();
+                }
                 return Ok(round.deliveries);
             }
             let now = tokio::time::Instant::now();
