@@ -4,6 +4,7 @@
 //! A batch is one script call: valid items are appended in order under one
 //! sequence range, invalid items fail alone and never reach Redis.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -189,8 +190,9 @@ impl PublishRequest {
 
     /// The envelope fields stored with the stream entry, besides the ones the
     /// script adds (`id`, `seq`, `published_at`, `expires_at`, `deliver_at`).
-    fn envelope_fields(&self) -> Vec<(&'static str, String)> {
-        let mut fields = vec![("payload", self.payload.get().to_owned())];
+    /// Borrowed, so a large payload is copied once, into the command.
+    fn envelope_fields(&self) -> Vec<(&'static str, Cow<'_, str>)> {
+        let mut fields = vec![("payload", Cow::Borrowed(self.payload.get()))];
         let optional = [
             ("key", &self.key),
             ("idempotency_key", &self.idempotency_key),
@@ -201,14 +203,12 @@ impl PublishRequest {
         fields.extend(
             optional
                 .into_iter()
-                .filter_map(|(name, value)| value.as_ref().map(|v| (name, v.clone()))),
+                .filter_map(|(name, value)| value.as_deref().map(|v| (name, Cow::Borrowed(v)))),
         );
         if let Some(headers) = self.headers.as_ref().filter(|h| !h.is_empty()) {
             // A string map always serializes.
-            fields.push((
-                "headers",
-                serde_json::to_string(headers).unwrap_or_default(),
-            ));
+            let json = serde_json::to_string(headers).unwrap_or_default();
+            fields.push(("headers", Cow::Owned(json)));
         }
         fields
     }
@@ -302,7 +302,7 @@ pub fn publish_call<'a>(
             .arg(message.delay_ms.unwrap_or(0))
             .arg(fields.len());
         for (name, value) in fields {
-            call.arg(name).arg(value);
+            call.arg(name).arg(value.as_ref());
         }
     }
     call
