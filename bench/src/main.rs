@@ -19,6 +19,14 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Serialize;
 
+/// Every scenario, in the order they run, with its concurrency.
+const SCENARIOS: [(&str, usize); 4] = [
+    ("publish", 64),
+    ("publish_batch", 16),
+    ("consume", 8),
+    ("e2e_latency", 4),
+];
+
 /// Command-line options.
 #[derive(Parser)]
 #[command(
@@ -34,7 +42,7 @@ struct Args {
     out: PathBuf,
     /// Run only these scenarios (repeatable); all of them when not given.
     /// Targets of scenarios not run are reported as skipped.
-    #[arg(long = "only", value_parser = ["publish", "publish_batch", "consume", "e2e_latency"])]
+    #[arg(long = "only", value_parser = SCENARIOS.map(|(name, _)| name))]
     only: Vec<String>,
 }
 
@@ -122,25 +130,19 @@ async fn main() -> std::process::ExitCode {
     scenarios::publish(&ctx, 16, Duration::from_secs(1)).await;
 
     let d = args.duration;
-    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut rows = Vec::new();
-    if wanted("publish") {
-        eprintln!("publish…");
-        rows.push(row("publish", 64, &scenarios::publish(&ctx, 64, d).await));
-    }
-    if wanted("publish_batch") {
-        eprintln!("publish_batch…");
-        let pair = scenarios::publish_batch(&ctx, 16, d).await;
-        rows.push(row("publish_batch", 16, &pair));
-    }
-    if wanted("consume") {
-        eprintln!("consume…");
-        rows.push(row("consume", 8, &scenarios::consume(&ctx, 8, d).await));
-    }
-    if wanted("e2e_latency") {
-        eprintln!("e2e_latency…");
-        let pair = scenarios::e2e_latency(&ctx, 4, d).await;
-        rows.push(row("e2e_latency", 4, &pair));
+    for (name, concurrency) in SCENARIOS {
+        if !args.only.is_empty() && !args.only.iter().any(|o| o == name) {
+            continue;
+        }
+        eprintln!("{name}…");
+        let pair = match name {
+            "publish" => scenarios::publish(&ctx, concurrency, d).await,
+            "publish_batch" => scenarios::publish_batch(&ctx, concurrency, d).await,
+            "consume" => scenarios::consume(&ctx, concurrency, d).await,
+            _ => scenarios::e2e_latency(&ctx, concurrency, d).await,
+        };
+        rows.push(row(name, concurrency, &pair));
     }
     let rss_mb_peak = procs::memory_mb(sidecar.pid(), "VmHWM");
 
