@@ -113,9 +113,20 @@ pub struct Config {
     pub api_token: Option<String>,
     /// Refuse a Redis that may evict keys.
     pub strict: bool,
+    /// `redis_url` is a comma-separated list of Redis Cluster seed nodes.
+    pub redis_cluster: bool,
 }
 
 impl Config {
+    /// The Redis URLs: the one Redis, or the cluster's seed nodes.
+    pub fn redis_urls(&self) -> Vec<&str> {
+        if self.redis_cluster {
+            self.redis_url.split(',').map(str::trim).collect()
+        } else {
+            vec![self.redis_url.as_str()]
+        }
+    }
+
     /// Builds a config from shared server flags and a Redis URL, reading
     /// the API token file if one is given.
     pub fn new(redis_url: String, args: &ServerArgs) -> Result<Self, String> {
@@ -134,6 +145,7 @@ impl Config {
             metrics_interval: args.metrics_interval,
             api_token,
             strict: args.strict,
+            redis_cluster: false,
         })
     }
 
@@ -150,6 +162,7 @@ impl Config {
             metrics_interval: Duration::from_secs(15),
             api_token: None,
             strict: false,
+            redis_cluster: false,
         }
     }
 }

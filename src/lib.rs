@@ -109,10 +109,16 @@ pub struct Server {
 pub async fn start(config: &Config) -> Result<Server, StartError> {
     // Install the recorder before anything counts.
     telemetry::metrics();
-    let connections = Connections::new(&config.redis_url, config.redis_connections)
-        .map_err(|e| StartError::RedisConfig(e.to_string()))?;
+    let urls = config.redis_urls();
+    let connections = if config.redis_cluster {
+        Connections::cluster(&urls)
+    } else {
+        Connections::new(&config.redis_url, config.redis_connections)
+    }
+    .map_err(|e| StartError::RedisConfig(e.to_string()))?;
     let (shutdown, signal) = watch::channel(false);
-    let wakeups = Wakeups::start(&config.redis_url);
+    // Pub/sub messages reach every node of a cluster, so one node will do.
+    let wakeups = Wakeups::start(urls[0]);
     let store = Store::new(
         Arc::new(connections),
         Arc::new(Scripts::new()),

@@ -32,6 +32,10 @@ enum Command {
             default_value = "redis://127.0.0.1:6379"
         )]
         redis_url: String,
+        /// Redis is a Redis Cluster; --redis-url then lists seed nodes,
+        /// comma-separated (any one reachable node is enough).
+        #[arg(long, env = "STREAMCAR_REDIS_CLUSTER")]
+        redis_cluster: bool,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -95,8 +99,18 @@ async fn run(cli: Cli) -> ExitCode {
     streamcar::telemetry::init_logging(server.log_format);
     let result = match cli.command {
         Command::Openapi => return ExitCode::SUCCESS,
-        Command::Serve { redis_url, server } => match Config::new(redis_url, &server) {
-            Ok(config) => streamcar::run(&config, shutdown_signal()).await,
+        Command::Serve {
+            redis_url,
+            redis_cluster,
+            server,
+        } => match Config::new(redis_url, &server) {
+            Ok(config) => {
+                let config = Config {
+                    redis_cluster,
+                    ..config
+                };
+                streamcar::run(&config, shutdown_signal()).await
+            }
             Err(e) => {
                 eprintln!("streamcar: {e}");
                 return ExitCode::from(2);

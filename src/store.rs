@@ -4,71 +4,156 @@
 //!
 //! ## Connections
 //!
-//! A few multiplexed connections (redis-rs `ConnectionManager`: pipelined,
-//! reconnecting by itself with backoff, with connect and response timeouts)
-//! are shared by every request, handed out round-robin. Nothing is checked out
-//! exclusively: concurrent requests pipeline on the same socket, and nobody
-//! (a long-poll included) can starve the others of a connection. A pool with
-//! exclusive checkout (deadpool-redis, the first design) cost one extra
-//! round trip per request for its health-check PING and measured at a
-//! quarter of raw Redis throughput on single publishes.
+//! On one Redis: a few multiplexed connections (redis-rs `ConnectionManager`:
+//! pipelined, reconnecting by itself with backoff, with connect and response
+//! timeouts) shared by every request, handed out round-robin. On a Redis
+//! Cluster (`--redis-cluster`): one redis-rs cluster connection, which keeps
+//! a multiplexed connection per node and sends each command to the node that
+//! owns its slot (every script's keys share one hash tag, so one slot).
+//! Nothing is checked out exclusively: concurrent requests pipeline on the
+//! same sockets, and nobody (a long-poll included) can starve the others of
+//! a connection. A pool with exclusive checkout (deadpool-redis, the first
+//! design) cost one extra round trip per request for its health-check PING
+//! and measured at a quarter of raw Redis throughput on single publishes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-
-use tokio::sync::watch;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use tokio::sync::{OnceCell, watch};
 
 use crate::error::{Error, Result};
 use crate::scripts::Scripts;
 use crate::wake::Wakeups;
 
-/// A connection handle; clones share one multiplexed socket.
-pub type Conn = ConnectionManager;
+/// Bounded waits: with Redis gone or hung, requests answer 503 within
+/// seconds and never hang. The response timeout is generous enough for the
+/// largest script (a 1000-message batch).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Round-robin set of shared multiplexed connections.
-pub struct Connections {
-    managers: Vec<ConnectionManager>,
-    next: AtomicUsize,
+/// A connection handle; clones share one multiplexed socket (or, on a Redis
+/// Cluster, one set of sockets, one per node, each command routed to the node
+/// that owns its slot).
+#[derive(Clone)]
+pub enum Conn {
+    /// A standalone Redis.
+    Single(ConnectionManager),
+    /// A Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The shared connections: round-robin managers for one Redis, or one
+/// cluster connection, opened on first use (a cluster that cannot be reached
+/// yet is not an error at start: requests answer 503 until it can).
+pub enum Connections {
+    /// Standalone Redis.
+    Single {
+        /// Lazily connecting, self-reconnecting managers.
+        managers: Vec<ConnectionManager>,
+        /// Round-robin position.
+        next: AtomicUsize,
+    },
+    /// Redis Cluster.
+    Cluster {
+        /// Seed nodes and timeouts (boxed: it is large and used once).
+        client: Box<ClusterClient>,
+        /// The connection, once one could be made; it then follows the
+        /// cluster's topology (MOVED/ASK, failovers) by itself.
+        connection: OnceCell<ClusterConnection>,
+    },
 }
 
 impl Connections {
     /// `count` lazily connecting managers for `redis_url`: an unreachable
     /// Redis is not an error here; requests fail with 503 until it answers.
-    pub fn new(redis_url: &str, count: usize) -> redis::RedisResult<Self> {
+    pub fn new(redis_url: &str, count: usize) -> RedisResult<Self> {
         let client = redis::Client::open(redis_url)?;
-        // Bounded waits: with Redis gone or hung, requests answer 503 within
-        // seconds and never hang. The response timeout is generous enough for
-        // the largest script (a 1000-message batch).
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
         let managers = (0..count.max(1))
             .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()))
-            .collect::<redis::RedisResult<_>>()?;
-        Ok(Self {
+            .collect::<RedisResult<_>>()?;
+        Ok(Self::Single {
             managers,
             next: AtomicUsize::new(0),
         })
     }
 
-    fn pick(&self) -> Conn {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.managers.len();
-        self.managers[i].clone()
+    /// A Redis Cluster reached through any of `seed_urls`.
+    pub fn cluster(seed_urls: &[&str]) -> RedisResult<Self> {
+        let client = ClusterClient::builder(seed_urls.to_vec())
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(RESPONSE_TIMEOUT)
+            .retries(2)
+            .build()?;
+        Ok(Self::Cluster {
+            client: Box::new(client),
+            connection: OnceCell::new(),
+        })
     }
 
-    /// How many connections there are.
+    async fn get(&self) -> RedisResult<Conn> {
+        match self {
+            Self::Single { managers, next } => {
+                let i = next.fetch_add(1, Ordering::Relaxed) % managers.len();
+                Ok(Conn::Single(managers[i].clone()))
+            }
+            Self::Cluster { client, connection } => connection
+                .get_or_try_init(|| client.get_async_connection())
+                .await
+                .cloned()
+                .map(Conn::Cluster),
+        }
+    }
+
+    /// How many shared connections there are (a cluster connection counts
+    /// as one).
     pub fn len(&self) -> usize {
-        self.managers.len()
+        match self {
+            Self::Single { managers, .. } => managers.len(),
+            Self::Cluster { .. } => 1,
+        }
     }
 
     /// Never true: there is always at least one connection.
     pub fn is_empty(&self) -> bool {
-        self.managers.is_empty()
+        self.len() == 0
     }
 }
 
@@ -102,10 +187,9 @@ impl Store {
         }
     }
 
-    /// A shared connection. Infallible today; kept fallible (and async) so
-    /// call sites stay the same whatever hands connections out.
+    /// A shared connection; on a cluster, the first call connects.
     pub(crate) async fn conn(&self) -> Result<Conn> {
-        Ok(self.connections.pick())
+        Ok(self.connections.get().await?)
     }
 
     /// The script registry.

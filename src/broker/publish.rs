@@ -310,13 +310,17 @@ pub fn publish_call<'a>(
 
 /// Lists a newly created topic in its tenant's topic set and the tenant in
 /// the tenant set. These live under other hash tags, so they cannot join the
-/// creating script; both adds are idempotent.
+/// creating script, nor one pipeline on a Redis Cluster (each command goes to
+/// its own slot); both adds are idempotent and happen once per topic.
 pub(crate) async fn register_topic(conn: &mut Conn, tenant: &Tenant, topic: &Topic) -> Result<()> {
-    redis::pipe()
-        .sadd(TenantKeys::new(tenant).topics(), topic.as_str())
-        .ignore()
-        .sadd(keys::TENANTS, tenant.as_str())
-        .ignore()
+    redis::cmd("SADD")
+        .arg(TenantKeys::new(tenant).topics())
+        .arg(topic.as_str())
+        .query_async::<()>(conn)
+        .await?;
+    redis::cmd("SADD")
+        .arg(keys::TENANTS)
+        .arg(tenant.as_str())
         .query_async::<()>(conn)
         .await?;
     Ok(())

@@ -1,0 +1,259 @@
+//! `streamcar serve --redis-cluster` against a three-node Redis Cluster:
+//! topics land on different nodes (each topic's keys share one hash tag, so
+//! every script stays in one slot), and publishing, idempotency, delivery
+//! with long-poll wake-ups, retries, dead letters, history, listing,
+//! coordination and deleting all work as on one Redis.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{RedisCluster, StreamcarProcess};
+
+/// A JSON client for one tenant of the sidecar.
+struct Api {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let resp = request.send().await.expect("sidecar answers");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+}
+
+/// The receipts of fetched messages.
+fn receipts(messages: &Value) -> Vec<Value> {
+    let messages = messages["messages"].as_array().expect("messages");
+    messages.iter().map(|m| m["receipt"].clone()).collect()
+}
+
+#[tokio::test]
+async fn the_api_works_on_a_redis_cluster() {
+    let cluster = RedisCluster::start(3);
+    let sc = StreamcarProcess::start(
+        &cluster.urls(),
+        &[
+            "--redis-cluster",
+            "--metrics-interval",
+            "200ms",
+            "--retention-interval",
+            "200ms",
+        ],
+    )
+    .await;
+    let api = Api {
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client"),
+        base: format!("{}/v1/tenants/acme", sc.base),
+    };
+    let ready = api
+        .client
+        .get(format!("{}/readyz", sc.base))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200, "ready on a cluster");
+
+    let topics: Vec<String> = (0..8).map(|i| format!("topic-{i}")).collect();
+    for topic in &topics {
+        let (status, _) = api
+            .put(
+                &format!("/topics/{topic}/groups/g"),
+                json!({"lease_ms": 30000}),
+            )
+            .await;
+        assert_eq!(status, 201, "{topic}: declare group");
+        // Single, duplicate and batch publishes.
+        let (status, first) = api
+            .post(
+                &format!("/topics/{topic}/messages"),
+                json!({"payload": 0, "idempotency_key": "k0"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{topic}: {first}");
+        let (status, again) = api
+            .post(
+                &format!("/topics/{topic}/messages"),
+                json!({"payload": 0, "idempotency_key": "k0"}),
+            )
+            .await;
+        assert_eq!((status, &again["seq"]), (200, &first["seq"]), "{topic}");
+        let (status, batch) = api
+            .post(
+                &format!("/topics/{topic}/messages:batch"),
+                json!({"messages": [{"payload": 1}, {"payload": 2}]}),
+            )
+            .await;
+        assert_eq!(status, 200, "{topic}: {batch}");
+        assert_eq!(batch["results"][1]["seq"], 3, "{topic}: seq has no gaps");
+
+        // Fetch all three, ack one, nack one (retry now), reject one.
+        let (status, got) = api
+            .post(
+                &format!("/topics/{topic}/groups/g/fetch"),
+                json!({"consumer": "c1", "max": 10}),
+            )
+            .await;
+        assert_eq!(status, 200, "{topic}: {got}");
+        let r = receipts(&got);
+        assert_eq!(r.len(), 3, "{topic}: {got}");
+        let group = format!("/topics/{topic}/groups/g");
+        let (status, acked) = api
+            .post(&format!("{group}/ack"), json!({"receipts": [r[0]]}))
+            .await;
+        assert_eq!(status, 200, "{topic}: {acked}");
+        let (status, _) = api
+            .post(
+                &format!("{group}/nack"),
+                json!({"receipts": [r[1]], "delay_ms": 0}),
+            )
+            .await;
+        assert_eq!(status, 200, "{topic}: nack");
+        let (status, _) = api
+            .post(
+                &format!("{group}/reject"),
+                json!({"receipts": [r[2]], "error": "poison"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{topic}: reject");
+        let (_, retried) = api
+            .post(
+                &format!("{group}/fetch"),
+                json!({"consumer": "c2", "max": 10, "wait_ms": 2000}),
+            )
+            .await;
+        let retried = retried["messages"].as_array().expect("messages").clone();
+        assert_eq!(retried.len(), 1, "{topic}: the nacked one comes back");
+        assert_eq!(retried[0]["attempt"], 2);
+        let (status, _) = api
+            .post(
+                &format!("{group}/ack"),
+                json!({"receipts": [retried[0]["receipt"]]}),
+            )
+            .await;
+        assert_eq!(status, 200, "{topic}: ack the retry");
+        let (_, dlq) = api.get(&format!("{group}/dlq")).await;
+        assert_eq!(dlq["messages"].as_array().map(Vec::len), Some(1), "{dlq}");
+    }
+
+    // Keys of different topics live on different nodes.
+    let nodes_with_keys = cluster
+        .nodes
+        .iter()
+        .filter(|node| {
+            let size: u64 = redis::cmd("DBSIZE")
+                .query(&mut node.connection())
+                .expect("DBSIZE");
+            size > 0
+        })
+        .count();
+    assert!(nodes_with_keys >= 2, "topics spread over the nodes");
+
+    // A long-poll is woken by a publish through pub/sub, whatever node the
+    // topic's slot is on.
+    let waiting = api.post(
+        "/topics/topic-5/groups/g/fetch",
+        json!({"consumer": "waiter", "max": 1, "wait_ms": 10000}),
+    );
+    let publish = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        api.post("/topics/topic-5/messages", json!({"payload": "late"}))
+            .await
+    };
+    let ((status, woken), (published, _)) = tokio::join!(waiting, publish);
+    assert_eq!((status, published), (200, 201));
+    assert_eq!(woken["messages"][0]["payload"], "late", "{woken}");
+
+    // Listing, history, group state, coordination, deleting.
+    let (_, listed) = api.get("/topics").await;
+    assert_eq!(
+        listed["topics"].as_array().map(Vec::len),
+        Some(8),
+        "{listed}"
+    );
+    let (_, history) = api.get("/topics/topic-3/messages?limit=10").await;
+    assert_eq!(history["messages"].as_array().map(Vec::len), Some(3));
+    let (_, group) = api.get("/topics/topic-3/groups/g").await;
+    assert_eq!((&group["lag"], &group["pending"]), (&json!(0), &json!(0)));
+    let (status, claim) = api
+        .post(
+            "/idempotency/job-1/claim",
+            json!({"ttl_ms": 60000, "owner": "w1"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{claim}");
+    let (status, _) = api
+        .put("/pools/gpu", json!({"capacity": 1, "lease_ms": 60000}))
+        .await;
+    assert_eq!(status, 201);
+    let (status, _) = api
+        .post("/pools/gpu/acquire", json!({"holder": "w1"}))
+        .await;
+    assert_eq!(status, 201);
+    let (status, _) = api
+        .post("/pools/gpu/acquire", json!({"holder": "w2"}))
+        .await;
+    assert_eq!(status, 429, "the pool is full");
+    let (status, advanced) = api.post("/checkpoints/c/advance", json!({"seq": 5})).await;
+    assert_eq!((status, &advanced["accepted"]), (200, &json!(true)));
+    let (status, _) = api
+        .put("/limits", json!({"publish_per_sec": 1000, "burst": 10}))
+        .await;
+    assert_eq!(status, 200);
+
+    // Background passes: group gauges, and retention trimming what every
+    // group has acked (topic-3: all of it).
+    let (status, _) = api.put("/topics/topic-3", json!({"retention_ms": 1})).await;
+    assert_eq!(status, 200);
+    let mut trimmed = false;
+    let mut gauges = false;
+    for _ in 0..100 {
+        let (_, history) = api.get("/topics/topic-3/messages?limit=10").await;
+        trimmed = history["messages"].as_array().is_some_and(Vec::is_empty);
+        let metrics = api
+            .client
+            .get(format!("{}/metrics", sc.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        gauges = metrics.contains("streamcar_group_lag{") && metrics.contains("topic=\"topic-7\"");
+        if trimmed && gauges {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(trimmed, "retention trimmed the acked entries");
+    assert!(gauges, "group gauges refreshed");
+
+    let deleted = api
+        .call(reqwest::Method::DELETE, "/topics/topic-0", None)
+        .await;
+    assert_eq!(deleted.0, 204);
+    let (status, _) = api.get("/topics/topic-0").await;
+    assert_eq!(status, 404);
+}
