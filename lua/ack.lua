@@ -1,27 +1,27 @@
 -- ack.lua: acknowledge deliveries, refusing receipts whose lease was lost.
 --
--- KEYS[1]  sc:{T:P}:stream
--- KEYS[2]  sc:{T:P}:g:<G>  group config (existence check)
--- ARGV[1]  group name, then triples: stream id, attempt, consumer
+-- KEYS[1..8]  the group keys (prelude.lua `group_keys`)
+-- ARGV[1]  group name, then pairs: stream id, '<attempt>:<delivery>'
 -- Returns  { status, now_ms, { { 1, published_at, id, correlation_id, causation_id }
 --            acked | { 0 } lease_lost … } }, status 1 ok, -1 no such group
 --
 -- Invariant (fencing): a receipt acks only while its delivery is current:
--- the PEL entry exists, is owned by the receipt's consumer and has the
--- receipt's delivery count. A worker whose lease expired and whose message
--- went to someone else learns lease_lost and must not commit.
-if redis.call('EXISTS', KEYS[2]) == 0 then
+-- the group's deliveries hash still holds that delivery for the entry. A
+-- worker whose lease expired and whose message went to someone else learns
+-- lease_lost and must not commit. (A lapsed lease nobody has taken over yet
+-- is still current: the holder's work is not wasted.)
+local g = group_keys(ARGV[1])
+if redis.call('EXISTS', g.config) == 0 then
   return { -1, 0, {} }
 end
-local stream, group = KEYS[1], ARGV[1]
 local now = now_ms()
 local out = {}
-for i = 2, #ARGV, 3 do
-  local id, attempt, consumer = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
-  if is_current(stream, group, id, attempt, consumer) then
-    local entry = redis.call('XRANGE', stream, id, id)[1]
+for i = 2, #ARGV, 2 do
+  local id = ARGV[i]
+  if is_current(g, id, ARGV[i + 1]) then
+    local entry = redis.call('XRANGE', g.stream, id, id)[1]
     local f = entry and entry_fields(entry[2]) or {}
-    redis.call('XACK', stream, group, id)
+    finish(g, id)
     out[#out + 1] = { 1, tonumber(f.published_at or 0), f.id or '', f.correlation_id or '', f.causation_id or '' }
   else
     out[#out + 1] = { 0 }

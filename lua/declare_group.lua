@@ -11,21 +11,42 @@
 --          only when the group is created), then pairs to set now
 -- Returns  { group_created (0|1), topic_created (0|1) }
 --
--- Invariant: a group exists exactly when its config hash exists, its name is
--- in the groups set and the Redis consumer group exists; `start` applies only
--- at creation, so re-declaring never moves a live group's position.
+-- Invariants: a group exists exactly when its config hash exists, its name
+-- is in the groups set and the Redis consumer group exists; `start` applies
+-- only at creation, so re-declaring never moves a live group's position;
+-- from creation on, meta `seq` − `done:<G>` is what the group owes: every
+-- entry after its start (entries carry their seq, and the stream holds a
+-- contiguous run of them, since retention trims only from the front).
 local meta, stream, groups, config = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local _, topic_created = ensure_topic(meta, ARGV[1])
-local group = ARGV[2]
+local group, start = ARGV[2], ARGV[3]
 local defaults = tonumber(ARGV[4])
 local created = 0
 if redis.call('EXISTS', config) == 0 then
-  local reply = redis.pcall('XGROUP', 'CREATE', stream, group, ARGV[3], 'MKSTREAM')
-  if type(reply) == 'table' and reply.err and not string.find(reply.err, 'BUSYGROUP', 1, true) then
-    return redis.error_reply(reply.err)
+  -- A consumer group without its config has no owner (left by a crash in
+  -- an older version): start it over, so the counters below hold.
+  redis.pcall('XGROUP', 'DESTROY', stream, group)
+  redis.call('XGROUP', 'CREATE', stream, group, start, 'MKSTREAM')
+  local seq = redis.call('HGET', meta, 'seq')
+  local done = seq
+  if start ~= '$' then
+    local first
+    if start == '0' then
+      first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+    else
+      -- The largest id has no successor: nothing can follow it.
+      first = redis.pcall('XRANGE', stream, '(' .. start, '+', 'COUNT', 1)
+      if first.err then
+        first = {}
+      end
+    end
+    if first[1] then
+      done = int(tonumber(entry_fields(first[1][2]).seq) - 1)
+    end
   end
+  redis.call('HSET', meta, 'done:' .. group, done)
   redis.call('SADD', groups, group)
-  redis.call('HSET', config, 'created_at', now_ms(), unpack(ARGV, 5, 4 + 2 * defaults))
+  redis.call('HSET', config, 'created_at', int(now_ms()), unpack(ARGV, 5, 4 + 2 * defaults))
   created = 1
 end
 if #ARGV > 4 + 2 * defaults then

@@ -1,21 +1,20 @@
--- delete_group.lua: delete a consumer group with its retry schedule and
--- dead letters.
+-- delete_group.lua: delete a consumer group with everything it holds.
 --
--- KEYS[1]  sc:{T:P}:stream
--- KEYS[2]  sc:{T:P}:groups
--- KEYS[3]  sc:{T:P}:g:<G>            config
--- KEYS[4]  sc:{T:P}:g:<G>:delayed    retry schedule
--- KEYS[5]  sc:{T:P}:g:<G>:dlq        dead letters
--- KEYS[6]  sc:{T:P}:meta              topic meta (per-group retry counts)
--- ARGV[1]  group name
+-- KEYS[1..8]  the group keys (prelude.lua `group_keys`)
+-- KEYS[9]     sc:{T:P}:groups
+-- ARGV[1]     group name
 -- Returns  1 deleted, 0 no such group
 --
--- Invariant: the Redis consumer group, its config and its keys go together.
-if redis.call('EXISTS', KEYS[3]) == 0 then
+-- Invariant: the Redis consumer group, its config, its keys and its backlog
+-- counter go together, so a group created again under the same name starts
+-- clean (and its delivery numbers, from the topic's counter, never repeat
+-- the old group's).
+local g = group_keys(ARGV[1])
+if redis.call('EXISTS', g.config) == 0 then
   return 0
 end
-redis.pcall('XGROUP', 'DESTROY', KEYS[1], ARGV[1])
-redis.call('UNLINK', KEYS[3], KEYS[4], KEYS[5])
-redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[6], 'delayed:' .. ARGV[1])
+redis.pcall('XGROUP', 'DESTROY', g.stream, g.name)
+redis.call('UNLINK', g.config, g.delayed, g.dlq, g.dlq_index, g.leases, g.deliveries)
+redis.call('SREM', KEYS[9], g.name)
+redis.call('HDEL', g.meta, 'done:' .. g.name, 'delayed:' .. g.name)
 return 1

@@ -10,7 +10,8 @@
 --
 -- Invariant: no group key of a deleted topic survives it. Idempotency records
 -- (sc:{T:P}:dedup:*) are not listed anywhere; they expire on their own and
--- publish.lua ignores records of an older incarnation.
+-- publish.lua ignores records of an older incarnation. Keys go in chunks:
+-- Lua's unpack has a limit of a few thousand values.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
@@ -22,5 +23,7 @@ for _, group in ipairs(ARGV) do
     return -1
   end
 end
-redis.call('UNLINK', unpack(KEYS))
+for i = 1, #KEYS, 500 do
+  redis.call('UNLINK', unpack(KEYS, i, math.min(i + 499, #KEYS)))
+end
 return 1

@@ -1,27 +1,19 @@
 -- dlq_delete.lua: delete the dead letters of one message id.
 --
--- KEYS[1]  sc:{T:P}:g:<G>      group config (existence check)
--- KEYS[2]  sc:{T:P}:g:<G>:dlq  dead letters
+-- KEYS[1]  sc:{T:P}:g:<G>            group config (existence check)
+-- KEYS[2]  sc:{T:P}:g:<G>:dlq        dead letters
+-- KEYS[3]  sc:{T:P}:g:<G>:dlq:index  message id → dead letter ids
 -- ARGV[1]  message id
--- ARGV[2]  scan cursor: dead-letter stream id to scan after ('-' = start)
--- ARGV[3]  most dead letters to scan in this call
--- Returns  { status, deleted count, next cursor ('' = done) }, status -1 = no such group
+-- Returns  { status, deleted count }, status -1 = no such group
 --
--- Invariant: only dead letters whose message id matches are removed.
+-- Invariant: only dead letters whose message id matches are removed, found
+-- through the index (O(k), never a scan of the DLQ).
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  return { -1, 0, '' }
+  return { -1, 0 }
 end
-local start = ARGV[2] == '-' and '-' or '(' .. ARGV[2]
-local count = tonumber(ARGV[3])
-local scanned = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', count)
 local deleted = 0
-for _, letter in ipairs(scanned) do
-  if entry_fields(letter[2]).id == ARGV[1] then
-    deleted = deleted + redis.call('XDEL', KEYS[2], letter[1])
-  end
+for letter in string.gmatch(redis.call('HGET', KEYS[3], ARGV[1]) or '', '%S+') do
+  deleted = deleted + redis.call('XDEL', KEYS[2], letter)
 end
-local next_cursor = ''
-if #scanned == count then
-  next_cursor = scanned[#scanned][1]
-end
-return { 1, deleted, next_cursor }
+redis.call('HDEL', KEYS[3], ARGV[1])
+return { 1, deleted }

@@ -1,57 +1,85 @@
 -- dlq_replay.lua: send dead letters back to their group for a fresh start.
 --
--- KEYS[1]  sc:{T:P}:stream
--- KEYS[2]  sc:{T:P}:g:<G>          group config (existence check)
--- KEYS[3]  sc:{T:P}:g:<G>:delayed  retry schedule
--- KEYS[4]  sc:{T:P}:g:<G>:dlq      dead letters
--- KEYS[5]  sc:{T:P}:meta           topic meta (per-group retry counts)
+-- KEYS[1..8]  the group keys (prelude.lua `group_keys`)
 -- ARGV[1]  group name
 -- ARGV[2]  pub/sub wake channel of the topic
--- ARGV[3]  scan cursor: dead-letter stream id to scan after ('-' = start)
--- ARGV[4]  most dead letters to scan in this call
--- ARGV[5…] message ids to replay (none = every dead letter scanned)
+-- ARGV[3]  scan cursor when replaying all: dead letter id to scan after ('-' = start)
+-- ARGV[4]  most dead letters to scan in this call when replaying all
+-- ARGV[5…] message ids to replay (none = all, a chunk per call)
 -- Returns  { status, { replayed message ids }, { message ids whose stream
---            entry no longer exists (kept in the DLQ) }, next cursor ('' = done) }
---          status -1 = no such group
+--            entry no longer exists or is in progress (kept in the DLQ) },
+--            next cursor ('' = done) }, status -1 = no such group
 --
--- Invariants: replay touches only this group (its schedule and its DLQ), so
--- other groups of the topic are unaffected; a replayed message starts again
--- at attempt 1 (member '<id>|0'); a dead letter whose original entry was
--- trimmed by retention is kept, never silently dropped.
-local stream, config, delayed, dlq, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-if redis.call('EXISTS', config) == 0 then
+-- Invariants: replay touches only this group (its schedule, DLQ and index),
+-- so other groups of the topic are unaffected; a replayed message starts
+-- again at attempt 1 (member '<id>|0', parked in the PEL like any retry)
+-- and is owed again (`done:<G>` − 1); it gets new receipts, never an old
+-- one's; a dead letter whose original entry was trimmed by retention is
+-- kept, never silently dropped. Cost: O(log n) per dead letter touched; ids
+-- are found through the index, never by scanning the DLQ.
+local g = group_keys(ARGV[1])
+if redis.call('EXISTS', g.config) == 0 then
   return { -1, {}, {}, '' }
 end
-local wanted = nil
-if #ARGV > 4 then
-  wanted = {}
-  for i = 5, #ARGV do
-    wanted[ARGV[i]] = true
+local now = now_ms()
+local replayed, missing = {}, {}
+
+-- Drops dead letter `letter` from the index entry of `message_id`.
+local function unindex(message_id, letter)
+  local rest = {}
+  for l in string.gmatch(redis.call('HGET', g.dlq_index, message_id) or '', '%S+') do
+    if l ~= letter then
+      rest[#rest + 1] = l
+    end
+  end
+  if #rest == 0 then
+    redis.call('HDEL', g.dlq_index, message_id)
+  else
+    redis.call('HSET', g.dlq_index, message_id, table.concat(rest, ' '))
   end
 end
-local start = ARGV[3] == '-' and '-' or '(' .. ARGV[3]
-local count = tonumber(ARGV[4])
-local now = now_ms()
-local scanned = redis.call('XRANGE', dlq, start, '+', 'COUNT', count)
-local replayed, missing = {}, {}
-for _, letter in ipairs(scanned) do
-  local fields = entry_fields(letter[2])
-  if wanted == nil or wanted[fields.id] then
-    if redis.call('XRANGE', stream, fields.stream_id, fields.stream_id)[1] then
-      redis.call('ZADD', delayed, now, fields.stream_id .. '|0')
-      redis.call('XDEL', dlq, letter[1])
-      replayed[#replayed + 1] = fields.id
-    else
-      missing[#missing + 1] = fields.id
+
+-- Replays one dead letter (id `letter`, fields `fields`).
+local function replay(letter, fields)
+  local sid = fields.stream_id
+  local in_stream = redis.call('XRANGE', g.stream, sid, sid)[1]
+  local in_progress = redis.call('XPENDING', g.stream, g.name, sid, sid, 1)[1]
+  if not in_stream or in_progress then
+    missing[#missing + 1] = fields.id
+    return
+  end
+  redis.call('XCLAIM', g.stream, g.name, SCHEDULED, 0, sid, 'FORCE', 'JUSTID')
+  redis.call('ZADD', g.delayed, int(now), sid .. '|0')
+  redis.call('HINCRBY', g.meta, 'done:' .. g.name, -1)
+  redis.call('XDEL', g.dlq, letter)
+  unindex(fields.id or '', letter)
+  replayed[#replayed + 1] = fields.id
+end
+
+local next_cursor = ''
+if #ARGV > 4 then
+  for i = 5, #ARGV do
+    for letter in string.gmatch(redis.call('HGET', g.dlq_index, ARGV[i]) or '', '%S+') do
+      local found = redis.call('XRANGE', g.dlq, letter, letter)[1]
+      if found then
+        replay(letter, entry_fields(found[2]))
+      else
+        unindex(ARGV[i], letter)
+      end
     end
+  end
+else
+  local start = ARGV[3] == '-' and '-' or '(' .. ARGV[3]
+  local count = tonumber(ARGV[4])
+  local scanned = redis.call('XRANGE', g.dlq, start, '+', 'COUNT', count)
+  for _, letter in ipairs(scanned) do
+    replay(letter[1], entry_fields(letter[2]))
+  end
+  if #scanned == count then
+    next_cursor = scanned[#scanned][1]
   end
 end
 if #replayed > 0 then
-  note_delayed(meta, ARGV[1], delayed)
   redis.call('PUBLISH', ARGV[2], 0)
-end
-local next_cursor = ''
-if #scanned == count then
-  next_cursor = scanned[#scanned][1]
 end
 return { 1, replayed, missing, next_cursor }

@@ -30,28 +30,69 @@ local function entry_fields(flat)
   return fields
 end
 
--- True while the delivery a receipt names is current: the entry is pending
--- in `group`, owned by `consumer`, with delivery count `attempt`.
-local function is_current(stream, group, id, attempt, consumer)
-  local p = redis.call('XPENDING', stream, group, id, id, 1)
-  return p[1] ~= nil and p[1][2] == consumer and p[1][4] == attempt
+-- An integer as exact decimal text. Lua numbers are doubles and `tostring`
+-- (or `..`) prints only 14 significant digits; every integer a script
+-- stores or concatenates goes through this.
+local function int(n)
+  return string.format('%d', n)
 end
 
--- Moves entry `id` out of `group`'s delivery path into the group's
--- dead-letter stream `dlq`: a copy of the original fields plus stream_id,
--- reason, attempts, last_error and dead_lettered_at, then XACK. `flat` is the
--- entry's field list when the caller has it (else it is read). An entry that
--- no longer exists is only acked. Returns 1 if a dead letter was written.
-local function dead_letter(stream, group, dlq, id, flat, reason, attempts, last_error, now)
+-- PEL owner of entries waiting in a group's retry schedule. Consumer names
+-- start with a letter or digit, so no client can be called this.
+local SCHEDULED = '~scheduled'
+
+-- The keys every group script takes first, in this order (src/broker/
+-- delivery.rs `group_call` passes them): KEYS[1..8].
+local function group_keys(name)
+  return { name = name, stream = KEYS[1], config = KEYS[2], delayed = KEYS[3], dlq = KEYS[4],
+    meta = KEYS[5], leases = KEYS[6], deliveries = KEYS[7], dlq_index = KEYS[8] }
+end
+
+-- True while the delivery a receipt names is current. `tail` is the
+-- receipt's '<attempt>:<delivery number>'; delivery numbers come from a
+-- per-topic counter that never repeats, so a receipt from an earlier
+-- delivery, an earlier incarnation of the group or another group of the
+-- topic never matches.
+local function is_current(g, id, tail)
+  return redis.call('HGET', g.deliveries, id) == tail
+end
+
+-- Ends entry `id` for the group: out of the PEL and the lease set, and one
+-- message less owed (`done:<G>`, read by publish.lua's backlog check).
+local function finish(g, id)
+  redis.call('XACK', g.stream, g.name, id)
+  redis.call('ZREM', g.leases, id)
+  redis.call('HDEL', g.deliveries, id)
+  redis.call('HINCRBY', g.meta, 'done:' .. g.name, 1)
+end
+
+-- Parks entry `id` (in the PEL) in the retry schedule, due at `due`, with
+-- `attempts` deliveries used. It stays in the PEL, owned by SCHEDULED, so
+-- the PEL holds every entry a group has started and not finished.
+local function schedule(g, id, attempts, due)
+  redis.call('ZREM', g.leases, id)
+  redis.call('HDEL', g.deliveries, id)
+  redis.call('XCLAIM', g.stream, g.name, SCHEDULED, 0, id, 'JUSTID')
+  redis.call('ZADD', g.delayed, int(due), id .. '|' .. int(attempts))
+end
+
+-- Moves entry `id` out of the group's delivery path into its dead-letter
+-- stream: a copy of the original fields plus stream_id, reason, attempts,
+-- last_error and dead_lettered_at; the message id is indexed so replay and
+-- delete find it directly. `flat` is the entry's field list when the caller
+-- has it (else it is read). An entry that no longer exists is only
+-- finished. Returns 1 if a dead letter was written.
+local function dead_letter(g, id, flat, reason, attempts, last_error, now)
   if not flat then
-    local found = redis.call('XRANGE', stream, id, id)
+    local found = redis.call('XRANGE', g.stream, id, id)
     flat = found[1] and found[1][2]
   end
-  redis.call('XACK', stream, group, id)
+  finish(g, id)
   if not flat then
     return 0
   end
-  local entry = { 'stream_id', id, 'reason', reason, 'attempts', attempts, 'dead_lettered_at', now }
+  local entry = { 'stream_id', id, 'reason', reason, 'attempts', int(attempts),
+    'dead_lettered_at', int(now) }
   if last_error and last_error ~= '' then
     entry[#entry + 1] = 'last_error'
     entry[#entry + 1] = last_error
@@ -59,7 +100,10 @@ local function dead_letter(stream, group, dlq, id, flat, reason, attempts, last_
   for i = 1, #flat do
     entry[#entry + 1] = flat[i]
   end
-  redis.call('XADD', dlq, '*', unpack(entry))
+  local letter = redis.call('XADD', g.dlq, '*', unpack(entry))
+  local message_id = entry_fields(flat).id or ''
+  local known = redis.call('HGET', g.dlq_index, message_id)
+  redis.call('HSET', g.dlq_index, message_id, known and (known .. ' ' .. letter) or letter)
   return 1
 end
 
@@ -74,11 +118,4 @@ local function release_expired(pool, holders, now)
     redis.call('ZREMRANGEBYSCORE', holders, '-inf', now)
   end
   return #gone
-end
-
--- Records how many retries `group` has scheduled in the topic's meta hash
--- (field 'delayed:<group>'), so publish.lua can measure a group's backlog
--- without touching group keys. Call after changing the schedule.
-local function note_delayed(meta, group, delayed)
-  redis.call('HSET', meta, 'delayed:' .. group, redis.call('ZCARD', delayed))
 end

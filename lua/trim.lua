@@ -3,72 +3,57 @@
 -- KEYS[1]  sc:{T:P}:meta     topic config (retention_ms)
 -- KEYS[2]  sc:{T:P}:stream
 -- KEYS[3]  sc:{T:P}:groups   set of group names
--- KEYS[4…] sc:{T:P}:g:<G>:delayed of every group in KEYS[3], in ARGV order
--- ARGV     the group names the caller read from KEYS[3]
--- Returns  entries trimmed (0 also when retention is off), or -1 when the
---          group set changed since the caller read it (read again, retry)
+-- Returns  entries trimmed (0 also when retention is off)
 --
 -- Invariant: an entry is trimmed only if it is older than retention_ms AND
--- every group is done with it: not pending, not scheduled for a retry, and at
--- or before the group's last-delivered id. XTRIM MINID (exact, never `~`)
--- removes only ids below the smallest such safe point.
+-- every group is done with it: not in the PEL (leased or scheduled for a
+-- retry: both stay in the PEL) and not after the group's last-delivered id.
+-- XTRIM MINID (exact, never `~`) removes only ids below the smallest safe
+-- point. Each safe point is an id Redis gave out (the oldest PEL entry, or
+-- the first entry after the last-delivered id), never computed, so no odd
+-- group position can make it invalid. Cost: O(groups · log n) per call.
 local meta, stream, groups = KEYS[1], KEYS[2], KEYS[3]
 local retention = tonumber(redis.call('HGET', meta, 'retention_ms') or 0)
-if retention <= 0 then
+if retention <= 0 or redis.call('EXISTS', stream) == 0 then
   return 0
-end
-if redis.call('SCARD', groups) ~= #ARGV then
-  return -1
-end
-for _, g in ipairs(ARGV) do
-  if redis.call('SISMEMBER', groups, g) == 0 then
-    return -1
-  end
 end
 
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return { tonumber(ms), tonumber(seq) }
+  return { tonumber(ms), tonumber(seq), id }
 end
 local function less(a, b)
   return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2])
 end
 
 local now = now_ms()
-local limit = { now - retention, 0 }
-local info = {}
-if redis.call('EXISTS', stream) == 1 and #ARGV > 0 then
-  for _, row in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
-    local g = entry_fields(row)
-    info[g.name] = g
-  end
+local limit = { now - retention, 0, int(now - retention) .. '-0' }
+local names = {}
+for _, name in ipairs(redis.call('SMEMBERS', groups)) do
+  names[name] = true
 end
-for i, g in ipairs(ARGV) do
-  local group = info[g]
-  if not group then
-    return 0 -- a group without its Redis consumer group: trim nothing
-  end
-  -- Everything after the last-delivered id is still owed.
-  local last = parse(group['last-delivered-id'])
-  local safe = { last[1], last[2] + 1 }
-  local first_pending = redis.call('XPENDING', stream, g, '-', '+', 1)[1]
-  if first_pending then
-    local p = parse(first_pending[1])
-    if less(p, safe) then
-      safe = p
+for _, row in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+  local info = entry_fields(row)
+  if names[info.name] then
+    names[info.name] = nil
+    -- Everything after the last-delivered id is still owed.
+    local after = redis.pcall('XRANGE', stream, '(' .. info['last-delivered-id'], '+', 'COUNT', 1)
+    if not after.err and after[1] then
+      local first_owed = parse(after[1][1])
+      if less(first_owed, limit) then
+        limit = first_owed
+      end
+    end
+    local summary = redis.call('XPENDING', stream, info.name)
+    if summary[1] > 0 then
+      local oldest = parse(summary[2])
+      if less(oldest, limit) then
+        limit = oldest
+      end
     end
   end
-  if redis.call('ZCARD', KEYS[3 + i]) > 100000 then
-    return 0 -- too large to scan here; trimming later is always safe
-  end
-  for _, member in ipairs(redis.call('ZRANGE', KEYS[3 + i], 0, -1)) do
-    local d = parse(string.match(member, '^([^|]+)|'))
-    if less(d, safe) then
-      safe = d
-    end
-  end
-  if less(safe, limit) then
-    limit = safe
-  end
 end
-return redis.call('XTRIM', stream, 'MINID', string.format('%d-%d', limit[1], limit[2]))
+if next(names) then
+  return 0 -- a group without its Redis consumer group: trim nothing
+end
+return redis.call('XTRIM', stream, 'MINID', limit[3])

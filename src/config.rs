@@ -41,6 +41,10 @@ pub struct ServerArgs {
     #[arg(long, env = "STREAMCAR_RETENTION_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub retention_interval: Duration,
 
+    /// Consumers that own nothing are forgotten after this long idle, e.g. `60m`.
+    #[arg(long, env = "STREAMCAR_CONSUMER_IDLE", default_value = "60m", value_parser = parse_duration)]
+    pub consumer_idle: Duration,
+
     /// How often group gauges (lag, pending, …) are refreshed, e.g. `15s`.
     #[arg(long, env = "STREAMCAR_METRICS_INTERVAL", default_value = "15s", value_parser = parse_duration)]
     pub metrics_interval: Duration,
@@ -107,6 +111,8 @@ pub struct Config {
     pub redis_connections: usize,
     /// Time between retention passes.
     pub retention_interval: Duration,
+    /// Idle time after which a consumer that owns nothing is forgotten.
+    pub consumer_idle: Duration,
     /// Time between group gauge refreshes.
     pub metrics_interval: Duration,
     /// Bearer token required on /v1 (None = open).
@@ -142,6 +148,7 @@ impl Config {
             drain_timeout: args.drain_timeout,
             redis_connections: usize::from(args.redis_connections),
             retention_interval: args.retention_interval,
+            consumer_idle: args.consumer_idle,
             metrics_interval: args.metrics_interval,
             api_token,
             strict: args.strict,
@@ -159,6 +166,7 @@ impl Config {
             drain_timeout: Duration::from_secs(10),
             redis_connections: 2,
             retention_interval: Duration::from_secs(10),
+            consumer_idle: Duration::from_secs(3600),
             metrics_interval: Duration::from_secs(15),
             api_token: None,
             strict: false,

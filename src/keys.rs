@@ -13,12 +13,15 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `sc:{T:P}:stream` | stream | the topic's messages |
-//! | `sc:{T:P}:meta` | hash | topic config, `seq`, `incarnation` |
+//! | `sc:{T:P}:meta` | hash | topic config, `seq`, `incarnation`, `deliveries`, `done:<G>` |
 //! | `sc:{T:P}:dedup:<key>` | string | publish idempotency record (PX = window) |
 //! | `sc:{T:P}:groups` | set | names of the topic's consumer groups |
 //! | `sc:{T:P}:g:<G>` | hash | group config |
 //! | `sc:{T:P}:g:<G>:delayed` | zset | retry schedule |
 //! | `sc:{T:P}:g:<G>:dlq` | stream | dead letters |
+//! | `sc:{T:P}:g:<G>:dlq:index` | hash | message id → its dead letters' ids |
+//! | `sc:{T:P}:g:<G>:leases` | zset | leased stream ids by promised expiry |
+//! | `sc:{T:P}:g:<G>:deliveries` | hash | leased stream id → `<attempt>:<delivery>` |
 //! | `sc:{T}:topics` | set | the tenant's topic names |
 //! | `sc:{T}:idem:<key>` | hash | consumer idempotency claim / result |
 //! | `sc:{T}:checkpoint:<name>` | string | sequence high-water mark |
@@ -172,6 +175,35 @@ impl GroupKeys {
     pub fn dlq(&self) -> String {
         format!("{}:dlq", self.prefix)
     }
+
+    /// Message id → ids of its dead letters (space-separated), so replaying
+    /// or deleting the dead letters of one message never scans the DLQ.
+    pub fn dlq_index(&self) -> String {
+        format!("{}:dlq:index", self.prefix)
+    }
+
+    /// Live leases: zset of stream id → the expiry (ms) its holder was told.
+    pub fn leases(&self) -> String {
+        format!("{}:leases", self.prefix)
+    }
+
+    /// The current delivery of each leased entry: stream id →
+    /// `<attempt>:<delivery number>`, the fencing half of a receipt.
+    pub fn deliveries(&self) -> String {
+        format!("{}:deliveries", self.prefix)
+    }
+
+    /// Every key of the group, for deleting it.
+    pub fn all(&self) -> [String; 6] {
+        [
+            self.config(),
+            self.delayed(),
+            self.dlq(),
+            self.dlq_index(),
+            self.leases(),
+            self.deliveries(),
+        ]
+    }
 }
 
 #[cfg(test)]
@@ -190,6 +222,7 @@ mod tests {
         assert_eq!(g.config(), "sc:{acme:orders}:g:billing");
         assert_eq!(g.delayed(), "sc:{acme:orders}:g:billing:delayed");
         assert_eq!(g.dlq(), "sc:{acme:orders}:g:billing:dlq");
+        assert_eq!(g.leases(), "sc:{acme:orders}:g:billing:leases");
         assert_eq!(TenantKeys::new(&t).topics(), "sc:{acme}:topics");
     }
 }

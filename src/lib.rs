@@ -152,6 +152,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         tokio::spawn(broker::retention::run(
             broker.clone(),
             config.retention_interval,
+            config.consumer_idle,
             signal.clone(),
         ));
     }

@@ -158,6 +158,12 @@ pub struct Scripts {
     pub dlq_delete: NamedScript,
     /// Retention that never trims what a group owes.
     pub trim: NamedScript,
+    /// One consistent reading of a group.
+    pub group_info: NamedScript,
+    /// One consistent reading of a topic and its groups' numbers.
+    pub topic_info: NamedScript,
+    /// Forget long-idle consumers that own nothing.
+    pub prune_consumers: NamedScript,
     /// Claim an idempotency key.
     pub idem_claim: NamedScript,
     /// Complete or release an idempotency claim.
@@ -194,6 +200,9 @@ impl Scripts {
             dlq_replay: script!("dlq_replay"),
             dlq_delete: script!("dlq_delete"),
             trim: script!("trim"),
+            group_info: script!("group_info"),
+            topic_info: script!("topic_info"),
+            prune_consumers: script!("prune_consumers"),
             idem_claim: script!("idem_claim"),
             idem_finish: script!("idem_finish"),
             checkpoint_advance: script!("checkpoint_advance"),
@@ -206,8 +215,8 @@ impl Scripts {
     }
 
     /// All scripts, for loading and for readiness checks.
-    pub fn all(&self) -> [&NamedScript; 22] {
-        [
+    pub fn all(&self) -> Vec<&NamedScript> {
+        vec![
             &self.publish,
             &self.declare_topic,
             &self.delete_topic,
@@ -222,6 +231,9 @@ impl Scripts {
             &self.dlq_replay,
             &self.dlq_delete,
             &self.trim,
+            &self.group_info,
+            &self.topic_info,
+            &self.prune_consumers,
             &self.idem_claim,
             &self.idem_finish,
             &self.checkpoint_advance,

@@ -39,6 +39,8 @@ pub const RATE_LIMITED: &str = "streamcar_rate_limited_total";
 pub const BACKLOG_REFUSED: &str = "streamcar_backlog_refused_total";
 /// Entries trimmed by retention.
 pub const TRIMMED: &str = "streamcar_retention_trimmed_total";
+/// Topics a retention pass skipped because of an error.
+pub const RETENTION_FAILED: &str = "streamcar_retention_failed_total";
 /// Entries of a topic not yet delivered to a group.
 pub const GROUP_LAG: &str = "streamcar_group_lag";
 /// Deliveries of a group not yet acked.
@@ -131,6 +133,10 @@ fn describe() {
         "Publishes refused by a topic's max_backlog."
     );
     describe_counter!(TRIMMED, "Entries trimmed by retention.");
+    describe_counter!(
+        RETENTION_FAILED,
+        "Topics a retention pass skipped because of an error."
+    );
     describe_gauge!(GROUP_LAG, "Entries not yet delivered to the group.");
     describe_gauge!(GROUP_PENDING, "Deliveries of the group not yet acked.");
     describe_gauge!(GROUP_DELAYED, "Retries the group has scheduled.");

@@ -253,7 +253,7 @@ async fn the_api_works_on_a_redis_cluster() {
     let deleted = api
         .call(reqwest::Method::DELETE, "/topics/topic-0", None)
         .await;
-    assert_eq!(deleted.0, 204);
+    assert_eq!(deleted.0, 204, "{:?}", deleted.1);
     let (status, _) = api.get("/topics/topic-0").await;
     assert_eq!(status, 404);
 }

@@ -321,13 +321,13 @@ async fn bad_group_consumer_and_receipts() {
         .assert_problem(404, "group_not_found");
     app.post(
         "/topics/b/groups/none/ack",
-        &json!({"receipts": ["1-0:1:w"]}),
+        &json!({"receipts": ["1-0:1:7"]}),
     )
     .await
     .assert_problem(404, "group_not_found");
     app.post(
         "/topics/b/groups/none/extend",
-        &json!({"receipts": ["1-0:1:w"]}),
+        &json!({"receipts": ["1-0:1:7"]}),
     )
     .await
     .assert_problem(404, "group_not_found");
@@ -351,7 +351,15 @@ async fn bad_group_consumer_and_receipts() {
 
     let got = app.fetch("b", "g", "w", 1, 0).await;
     let real = got[0]["receipt"].as_str().unwrap().to_owned();
-    for garbage in ["garbage", "", "1-0", "1-0:0:w", "x-1:1:w", "1-0:1:a:b"] {
+    for garbage in [
+        "garbage",
+        "",
+        "1-0",
+        "1-0:0:7",
+        "x-1:1:7",
+        "1-0:1:7:8",
+        "1-0:1:intruder",
+    ] {
         let reply = app.ack("b", "g", &[garbage]).await;
         assert_eq!(
             reply.assert_problem(400, "invalid_receipt")["field"],
@@ -367,11 +375,14 @@ async fn bad_group_consumer_and_receipts() {
         .assert_problem(400, "invalid_field");
 
     // Well-formed forgeries: another consumer, another attempt, another entry.
-    let (id, _) = real.split_once(':').unwrap();
+    let mut parts = real.split(':');
+    let (id, delivery) = (parts.next().unwrap(), parts.nth(1).unwrap());
+    let delivery: u64 = delivery.parse().unwrap();
     for forged in [
-        format!("{id}:1:intruder"),
-        format!("{id}:2:w"),
-        "1-0:1:w".to_owned(),
+        format!("{id}:1:{}", delivery + 1),
+        format!("{id}:1:{}", delivery - 1),
+        format!("{id}:2:{delivery}"),
+        "1-0:1:7".to_owned(),
     ] {
         app.ack("b", "g", &[&forged])
             .await

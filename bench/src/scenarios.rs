@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
-use streamcar::broker::delivery::{FetchReply, ack_call, fetch_call};
+use streamcar::broker::delivery::{DEFAULT_FETCH_BYTES, FetchReply, ack_call, fetch_call};
 use streamcar::broker::publish::{PublishRequest, publish_call};
 use streamcar::broker::receipt::Receipt;
 use streamcar::keys::TopicKeys;
@@ -233,21 +233,21 @@ fn spawn_producer(ctx: &Ctx, topic: &str, stop: Arc<AtomicBool>) -> tokio::task:
 async fn raw_fetch(c: &Ctx, keys: &TopicKeys, consumer: &Consumer, max: u32) -> FetchReply {
     let group = Group::parse(GROUP).expect("name");
     let mut conn = c.redis.clone();
-    fetch_call(&c.scripts, keys, &group, consumer, max)
+    fetch_call(&c.scripts, keys, &group, consumer, max, DEFAULT_FETCH_BYTES)
         .invoke_async(&mut conn)
         .await
         .expect("raw fetch")
 }
 
-async fn raw_ack(c: &Ctx, keys: &TopicKeys, consumer: &Consumer, rows: &FetchReply) {
+async fn raw_ack(c: &Ctx, keys: &TopicKeys, rows: &FetchReply) {
     let group = Group::parse(GROUP).expect("name");
     let receipts: Vec<Receipt> = rows
         .4
         .iter()
-        .map(|(id, attempt, _)| Receipt {
+        .map(|(id, attempt, _, delivery)| Receipt {
             stream_id: id.clone(),
             attempt: *attempt,
-            consumer: consumer.clone(),
+            delivery: *delivery,
         })
         .collect();
     if receipts.is_empty() {
@@ -323,7 +323,7 @@ pub async fn consume(ctx: &Ctx, concurrency: usize, duration: Duration) -> Pair 
         Box::pin(async move {
             let consumer = Consumer::parse(&format!("raw-{w}")).expect("name");
             let rows = raw_fetch(&c, &keys, &consumer, 100).await;
-            raw_ack(&c, &keys, &consumer, &rows).await;
+            raw_ack(&c, &keys, &rows).await;
             rows.4.len() as u64
         })
     });
@@ -384,7 +384,7 @@ async fn e2e_mode(ctx: &Ctx, consumers: usize, duration: Duration, raw: bool) ->
             while !stop.load(Ordering::Relaxed) {
                 let payloads: Vec<u64> = if let Some(p) = pubsub.as_mut() {
                     let rows = raw_fetch(&c, &keys, &consumer, 100).await;
-                    raw_ack(&c, &keys, &consumer, &rows).await;
+                    raw_ack(&c, &keys, &rows).await;
                     if rows.4.is_empty() {
                         // Wait for the publish script's wake-up, as the sidecar does.
                         let mut wakeups = p.on_message();
@@ -393,7 +393,7 @@ async fn e2e_mode(ctx: &Ctx, consumers: usize, duration: Duration, raw: bool) ->
                     }
                     rows.4
                         .iter()
-                        .filter_map(|(_, _, f)| f.get("payload"))
+                        .filter_map(|(_, _, f, _)| f.get("payload"))
                         .filter_map(|p| serde_json::from_str::<Value>(p).ok())
                         .filter_map(|v| v["t"].as_u64())
                         .collect()

@@ -14,7 +14,7 @@ use super::receipt::Receipt;
 use crate::error::{Error, Result};
 use crate::keys::TopicKeys;
 use crate::names::{Consumer, Group, Tenant, Topic};
-use crate::scripts::{Invocation, Scripts};
+use crate::scripts::{Invocation, NamedScript, Scripts};
 use crate::telemetry;
 use crate::wake;
 
@@ -24,6 +24,10 @@ pub const MAX_FETCH: u32 = 1000;
 pub const MAX_WAIT_MS: u64 = 30_000;
 /// Most receipts in one ack/extend call.
 pub const MAX_RECEIPTS: usize = 1000;
+/// Default byte budget of one fetch answer (payloads and envelopes).
+pub const DEFAULT_FETCH_BYTES: u64 = 4 * 1024 * 1024;
+/// Largest byte budget a fetch may ask for.
+pub const MAX_FETCH_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Body of `POST …/fetch`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -39,6 +43,12 @@ pub struct FetchRequest {
     #[serde(default, deserialize_with = "crate::validate::whole::opt_u64")]
     #[schema(minimum = 0, maximum = 30000)]
     pub wait_ms: Option<u64>,
+    /// Byte budget of the answer: stop before a message that would take it
+    /// past this (1..=67108864, default 4 MiB). The first message always
+    /// comes, however large.
+    #[serde(default, deserialize_with = "crate::validate::whole::opt_u64")]
+    #[schema(minimum = 1, maximum = 67108864)]
+    pub max_bytes: Option<u64>,
 }
 
 /// One delivered message.
@@ -82,6 +92,26 @@ pub struct ExtendOutcome {
     pub lease_lost: Vec<String>,
 }
 
+/// A call of a group script: the eight group keys every such script takes
+/// first (`group_keys` in `lua/prelude.lua`), then the group name.
+pub(crate) fn group_call<'a>(
+    script: &'a NamedScript,
+    keys: &TopicKeys,
+    group: &Group,
+) -> Invocation<'a> {
+    let gk = keys.group(group);
+    let mut call = script.key(keys.stream());
+    call.key(gk.config())
+        .key(gk.delayed())
+        .key(gk.dlq())
+        .key(keys.meta())
+        .key(gk.leases())
+        .key(gk.deliveries())
+        .key(gk.dlq_index())
+        .arg(group.as_str());
+    call
+}
+
 /// The `lua/fetch.lua` call for one fetch round. Public so the benchmark's
 /// raw baseline sends exactly the same call.
 pub fn fetch_call<'a>(
@@ -90,16 +120,10 @@ pub fn fetch_call<'a>(
     group: &Group,
     consumer: &Consumer,
     max: u32,
+    max_bytes: u64,
 ) -> Invocation<'a> {
-    let gk = keys.group(group);
-    let mut call = scripts.fetch.key(keys.stream());
-    call.key(gk.config())
-        .key(gk.delayed())
-        .key(gk.dlq())
-        .key(keys.meta())
-        .arg(group.as_str())
-        .arg(consumer.as_str())
-        .arg(max);
+    let mut call = group_call(&scripts.fetch, keys, group);
+    call.arg(consumer.as_str()).arg(max).arg(max_bytes);
     call
 }
 
@@ -110,12 +134,9 @@ pub fn ack_call<'a>(
     group: &Group,
     receipts: &[Receipt],
 ) -> Invocation<'a> {
-    let mut call = scripts.ack.key(keys.stream());
-    call.key(keys.group(group).config()).arg(group.as_str());
+    let mut call = group_call(&scripts.ack, keys, group);
     for r in receipts {
-        call.arg(&r.stream_id)
-            .arg(r.attempt)
-            .arg(r.consumer.as_str());
+        call.arg(&r.stream_id).arg(r.fence());
     }
     call
 }
@@ -155,16 +176,18 @@ struct FetchRound {
 }
 
 /// Raw reply of `lua/fetch.lua`: status, Redis now, lease_ms, next wake,
-/// `(stream id, attempt, fields)` per delivery, expired and exhausted
-/// counts. Public for the benchmark's raw baseline.
+/// `(stream id, attempt, fields, delivery number)` per delivery, expired
+/// and exhausted counts, and whether the byte budget stopped the round.
+/// Public for the benchmark's raw baseline.
 pub type FetchReply = (
     i64,
     u64,
     u64,
     u64,
-    Vec<(String, u64, HashMap<String, String>)>,
+    Vec<(String, u64, HashMap<String, String>, u64)>,
     u64,
     u64,
+    u8,
 );
 
 /// Raw reply of `lua/ack.lua`: status, Redis now, then per receipt either
@@ -178,11 +201,11 @@ impl Broker {
         keys: &TopicKeys,
         group: &Group,
         consumer: &Consumer,
-        max: u32,
+        (max, max_bytes): (u32, u64),
     ) -> Result<FetchRound> {
         let mut conn = self.store.conn().await?;
-        let (status, now, lease_ms, next_wake, rows, expired, exhausted): FetchReply =
-            fetch_call(self.store.scripts(), keys, group, consumer, max)
+        let (status, now, lease_ms, next_wake, rows, expired, exhausted, budget_hit): FetchReply =
+            fetch_call(self.store.scripts(), keys, group, consumer, max, max_bytes)
                 .invoke_async(&mut conn)
                 .await?;
         if status < 0 {
@@ -206,11 +229,11 @@ impl Broker {
         }
         let deliveries: Vec<Delivery> = rows
             .into_iter()
-            .map(|(stream_id, attempt, fields)| {
+            .map(|(stream_id, attempt, fields, delivery)| {
                 let receipt = Receipt {
                     stream_id: stream_id.clone(),
                     attempt,
-                    consumer: consumer.clone(),
+                    delivery,
                 };
                 Ok(Delivery {
                     message: Message::from_entry(stream_id, fields)?,
@@ -240,7 +263,8 @@ impl Broker {
             }
         }
         Ok(FetchRound {
-            filled: deliveries.len() as u64 + expired + exhausted >= u64::from(max),
+            filled: budget_hit == 1
+                || deliveries.len() as u64 + expired + exhausted >= u64::from(max),
             deliveries,
             now,
             next_wake,
@@ -270,10 +294,18 @@ impl Broker {
                 format!("must be between 0 and {MAX_WAIT_MS}"),
             ));
         }
+        let max_bytes = request.max_bytes.unwrap_or(DEFAULT_FETCH_BYTES);
+        if !(1..=MAX_FETCH_BYTES).contains(&max_bytes) {
+            return Err(Error::invalid_field(
+                "max_bytes",
+                format!("must be between 1 and {MAX_FETCH_BYTES}"),
+            ));
+        }
+        let limits = (max, max_bytes);
         let keys = TopicKeys::new(tenant, topic);
         if wait_ms == 0 {
             return Ok(self
-                .fetch_round((tenant, topic), &keys, group, &request.consumer, max)
+                .fetch_round((tenant, topic), &keys, group, &request.consumer, limits)
                 .await?
                 .deliveries);
         }
@@ -293,7 +325,7 @@ impl Broker {
             notified.as_mut().enable();
 
             let round = self
-                .fetch_round((tenant, topic), &keys, group, &request.consumer, max)
+                .fetch_round((tenant, topic), &keys, group, &request.consumer, limits)
                 .await?;
             if !round.deliveries.is_empty() {
                 // Wake the next waiter of the group only when there may be
@@ -334,15 +366,11 @@ impl Broker {
     ) -> Result<AckOutcome> {
         let parsed = parse_receipts(receipts)?;
         let keys = TopicKeys::new(tenant, topic);
-        let mut call = self.store.scripts().ack.key(keys.stream());
-        call.key(keys.group(group).config()).arg(group.as_str());
-        for r in &parsed {
-            call.arg(&r.stream_id)
-                .arg(r.attempt)
-                .arg(r.consumer.as_str());
-        }
         let mut conn = self.store.conn().await?;
-        let (status, now, results): AckReply = call.invoke_async(&mut conn).await?;
+        let (status, now, results): AckReply =
+            ack_call(self.store.scripts(), &keys, group, &parsed)
+                .invoke_async(&mut conn)
+                .await?;
         if status < 0 {
             return Err(group_not_found(group));
         }
@@ -387,14 +415,10 @@ impl Broker {
             return Err(Error::invalid_field("lease_ms", "must be at least 1"));
         }
         let keys = TopicKeys::new(tenant, topic);
-        let mut call = self.store.scripts().extend.key(keys.stream());
-        call.key(keys.group(group).config())
-            .arg(group.as_str())
-            .arg(lease_ms.unwrap_or(0));
+        let mut call = group_call(&self.store.scripts().extend, &keys, group);
+        call.arg(lease_ms.unwrap_or(0));
         for r in &parsed {
-            call.arg(&r.stream_id)
-                .arg(r.attempt)
-                .arg(r.consumer.as_str());
+            call.arg(&r.stream_id).arg(r.fence());
         }
         let mut conn = self.store.conn().await?;
         let (status, group_lease, results): (i64, u64, Vec<u64>) =

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::Broker;
+use super::delivery::group_call;
 use super::groups::group_not_found;
 use super::message::Message;
 use super::publish::MAX_ID_LEN;
@@ -21,6 +22,9 @@ use crate::validate::check_text;
 
 /// Dead letters scanned per script call by replay and delete.
 const SCAN_CHUNK: usize = 500;
+/// Most dead letters one "replay all" request scans (the rest wait for the
+/// next request; `more` says so), so one request never walks a huge DLQ.
+pub const MAX_REPLAY_SCAN: usize = 10_000;
 /// Most message ids in one replay request.
 pub const MAX_REPLAY_IDS: usize = 1000;
 
@@ -56,9 +60,12 @@ pub struct DeadLetterPage {
 pub struct ReplayOutcome {
     /// Message ids sent back to the group (attempts start again at 1).
     pub replayed: Vec<String>,
-    /// Message ids whose topic entry was already trimmed by retention: they
-    /// stay in the dead-letter stream.
+    /// Message ids whose topic entry was already trimmed by retention (or
+    /// that are being delivered again): they stay in the dead-letter stream.
     pub missing: Vec<String>,
+    /// Replaying all stopped after scanning 10,000 dead letters and more
+    /// may be left: send the request again.
+    pub more: bool,
 }
 
 impl DeadLetter {
@@ -132,20 +139,12 @@ impl Broker {
             check_text(format_args!("ids[{i}]"), id, MAX_ID_LEN)?;
         }
         let keys = TopicKeys::new(tenant, topic);
-        let gk = keys.group(group);
         let mut conn = self.store.conn().await?;
         let mut outcome = ReplayOutcome::default();
         let mut cursor = "-".to_owned();
-        loop {
-            let mut call = self.store.scripts().dlq_replay.key(keys.stream());
-            call.key(gk.config())
-                .key(gk.delayed())
-                .key(gk.dlq())
-                .key(keys.meta())
-                .arg(group.as_str())
-                .arg(keys.wake_channel())
-                .arg(&cursor)
-                .arg(SCAN_CHUNK);
+        for round in 1.. {
+            let mut call = group_call(&self.store.scripts().dlq_replay, &keys, group);
+            call.arg(keys.wake_channel()).arg(&cursor).arg(SCAN_CHUNK);
             for id in ids.unwrap_or_default() {
                 call.arg(id);
             }
@@ -157,10 +156,15 @@ impl Broker {
             outcome.replayed.extend(replayed);
             outcome.missing.extend(missing);
             if next.is_empty() {
-                return Ok(outcome);
+                break;
+            }
+            if round * SCAN_CHUNK >= MAX_REPLAY_SCAN {
+                outcome.more = true;
+                break;
             }
             cursor = next;
         }
+        Ok(outcome)
     }
 
     /// Deletes the dead letters of message `id`; 404 when there are none.
@@ -173,28 +177,18 @@ impl Broker {
     ) -> Result<u64> {
         let gk = TopicKeys::new(tenant, topic).group(group);
         let mut conn = self.store.conn().await?;
-        let mut deleted = 0;
-        let mut cursor = "-".to_owned();
-        loop {
-            let (status, n, next): (i64, u64, String) = self
-                .store
-                .scripts()
-                .dlq_delete
-                .key(gk.config())
-                .key(gk.dlq())
-                .arg(id)
-                .arg(&cursor)
-                .arg(SCAN_CHUNK)
-                .invoke_async(&mut conn)
-                .await?;
-            if status < 0 {
-                return Err(group_not_found(group));
-            }
-            deleted += n;
-            if next.is_empty() {
-                break;
-            }
-            cursor = next;
+        let (status, deleted): (i64, u64) = self
+            .store
+            .scripts()
+            .dlq_delete
+            .key(gk.config())
+            .key(gk.dlq())
+            .key(gk.dlq_index())
+            .arg(id)
+            .invoke_async(&mut conn)
+            .await?;
+        if status < 0 {
+            return Err(group_not_found(group));
         }
         if deleted == 0 {
             return Err(Error::NotFound {

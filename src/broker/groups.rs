@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::delivery::group_call;
 use super::topics::validate_stream_id;
 use super::{Broker, DEFAULT_DEDUP_WINDOW_MS};
 use crate::error::{Error, Result};
@@ -128,7 +129,7 @@ pub struct GroupInfo {
     /// Creation time (ms, Redis clock).
     pub created_at: u64,
     /// Entries not yet delivered to the group (None when Redis cannot tell).
-    pub lag: Option<u64>,
+    pub lag: u64,
     /// Entries delivered and not yet acked.
     pub pending: u64,
     /// Entries waiting for a scheduled retry.
@@ -282,31 +283,15 @@ impl Broker {
         group: &Group,
     ) -> Result<GroupInfo> {
         let keys = TopicKeys::new(tenant, topic);
-        let gk = keys.group(group);
         let mut conn = self.store.conn().await?;
-        let config: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(gk.config())
-            .query_async(&mut conn)
-            .await?;
+        let reading: Option<GroupReading> =
+            group_call(&self.store.scripts().group_info, &keys, group)
+                .invoke_async(&mut conn)
+                .await?;
+        let (config, lag, pending, delayed, dead_lettered, last_delivered_id, consumers) =
+            reading.ok_or_else(|| group_not_found(group))?;
         let (lease_ms, max_deliveries, backoff, paused) =
             parse_config(&config).ok_or_else(|| group_not_found(group))?;
-        let (groups, consumers, delayed, dead_lettered): (Vec<InfoRow>, Vec<InfoRow>, u64, u64) =
-            redis::pipe()
-                .cmd("XINFO")
-                .arg("GROUPS")
-                .arg(keys.stream())
-                .cmd("XINFO")
-                .arg("CONSUMERS")
-                .arg(keys.stream())
-                .arg(group.as_str())
-                .zcard(gk.delayed())
-                .xlen(gk.dlq())
-                .query_async(&mut conn)
-                .await?;
-        let summary = groups
-            .iter()
-            .find(|g| info_text(g, "name").as_deref() == Some(group.as_str()))
-            .ok_or_else(|| group_not_found(group))?;
         Ok(GroupInfo {
             name: group.to_string(),
             start: config.get("start").cloned().unwrap_or_default(),
@@ -318,17 +303,17 @@ impl Broker {
                 .get("created_at")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
-            lag: info_u64(summary, "lag"),
-            pending: info_u64(summary, "pending").unwrap_or(0),
+            lag,
+            pending,
             delayed,
             dead_lettered,
-            last_delivered_id: info_text(summary, "last-delivered-id").unwrap_or_default(),
+            last_delivered_id,
             consumers: consumers
-                .iter()
-                .map(|c| ConsumerInfo {
-                    name: info_text(c, "name").unwrap_or_default(),
-                    pending: info_u64(c, "pending").unwrap_or(0),
-                    idle_ms: info_u64(c, "idle").unwrap_or(0),
+                .into_iter()
+                .map(|(name, pending, idle_ms)| ConsumerInfo {
+                    name,
+                    pending,
+                    idle_ms,
                 })
                 .collect(),
         })
@@ -337,19 +322,9 @@ impl Broker {
     /// Deletes a group with its retry schedule and dead letters.
     pub async fn delete_group(&self, tenant: &Tenant, topic: &Topic, group: &Group) -> Result<()> {
         let keys = TopicKeys::new(tenant, topic);
-        let gk = keys.group(group);
         let mut conn = self.store.conn().await?;
-        let deleted: i64 = self
-            .store
-            .scripts()
-            .delete_group
-            .key(keys.stream())
+        let deleted: i64 = group_call(&self.store.scripts().delete_group, &keys, group)
             .key(keys.groups())
-            .key(gk.config())
-            .key(gk.delayed())
-            .key(gk.dlq())
-            .key(keys.meta())
-            .arg(group.as_str())
             .invoke_async(&mut conn)
             .await?;
         if deleted == 1 {
@@ -388,17 +363,15 @@ impl Broker {
     }
 }
 
-/// One row of an XINFO reply, by field name.
-pub(crate) type InfoRow = HashMap<String, redis::Value>;
-
-/// A text field of an XINFO reply.
-pub(crate) fn info_text(row: &InfoRow, name: &str) -> Option<String> {
-    row.get(name)
-        .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
-}
-
-/// A number field of an XINFO reply (None when nil or absent).
-pub(crate) fn info_u64(row: &InfoRow, name: &str) -> Option<u64> {
-    row.get(name)
-        .and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
-}
+/// Raw reply of `lua/group_info.lua` for an existing group: config, lag,
+/// leased, scheduled, dead letters, last-delivered id, and
+/// `(name, pending, idle_ms)` per consumer.
+type GroupReading = (
+    HashMap<String, String>,
+    u64,
+    u64,
+    u64,
+    u64,
+    String,
+    Vec<(String, u64, u64)>,
+);

@@ -1,28 +1,29 @@
 //! Delivery receipts: the token a worker gets with each delivery and hands
 //! back to ack, nack, extend or reject it.
 //!
-//! A receipt names exactly one delivery: the stream entry, its attempt
-//! (the PEL delivery count when it was handed out) and the consumer it was
-//! handed to. The scripts accept a receipt only while the PEL still shows
-//! that consumer with that count, so a receipt from before a redelivery is
-//! refused (`lease_lost`): that is the fencing. Receipts are opaque to
-//! clients; the text form is `<stream id>:<attempt>:<consumer>`, and the
-//! consumer alphabet has no `:`.
+//! A receipt names exactly one delivery, forever: the stream entry, its
+//! attempt (1 = first delivery) and the delivery's number. Delivery numbers
+//! come from a per-topic counter that never goes back (it starts at the
+//! Redis clock in microseconds), so no two deliveries share one: not a
+//! redelivery after a lost lease, not a delivery after a DLQ replay, not one
+//! of another group or of an earlier group under the same name. The scripts
+//! accept a receipt only while the group's deliveries hash still holds its
+//! `<attempt>:<delivery>` for the entry: that is the fencing. Receipts are
+//! opaque to clients; the text form is `<stream id>:<attempt>:<delivery>`.
 
 use std::fmt;
 
-use crate::names::{Consumer, Name};
 use crate::validate::is_id_number;
 
-/// One delivery of one entry to one consumer.
+/// One delivery of one entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
     /// The stream entry id.
     pub stream_id: String,
     /// The delivery count this receipt was issued for (1 = first delivery).
     pub attempt: u64,
-    /// The consumer the entry was delivered to.
-    pub consumer: Consumer,
+    /// The delivery's number, unique within the topic.
+    pub delivery: u64,
 }
 
 /// Why a receipt string is not a receipt.
@@ -35,39 +36,44 @@ fn is_stream_id(s: &str) -> bool {
         .is_some_and(|(ms, seq)| is_id_number(ms) && is_id_number(seq))
 }
 
+/// A positive number exactly as issued (no sign, no leading zero).
+fn positive(s: &str) -> Option<u64> {
+    if !is_id_number(s) {
+        return None;
+    }
+    s.parse().ok().filter(|n| *n > 0)
+}
+
 impl Receipt {
     /// Parses the text form, refusing anything fetch could not have issued.
     pub fn parse(text: &str) -> Result<Self, MalformedReceipt> {
         let bad = || MalformedReceipt(text.chars().take(300).collect());
-        let mut parts = text.splitn(3, ':');
-        let (Some(stream_id), Some(attempt), Some(consumer)) =
-            (parts.next(), parts.next(), parts.next())
+        let mut parts = text.split(':');
+        let (Some(stream_id), Some(attempt), Some(delivery), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(bad());
         };
         if !is_stream_id(stream_id) {
             return Err(bad());
         }
-        // Numbers exactly as issued, so every accepted text is one receipt.
-        if !is_id_number(attempt) {
-            return Err(bad());
-        }
-        let attempt: u64 = attempt.parse().map_err(|_| bad())?;
-        if attempt == 0 {
-            return Err(bad());
-        }
-        let consumer = <Consumer as Name>::parse(consumer).map_err(|_| bad())?;
         Ok(Self {
             stream_id: stream_id.to_owned(),
-            attempt,
-            consumer,
+            attempt: positive(attempt).ok_or_else(bad)?,
+            delivery: positive(delivery).ok_or_else(bad)?,
         })
+    }
+
+    /// The part the scripts compare with the stored delivery:
+    /// `<attempt>:<delivery>`.
+    pub fn fence(&self) -> String {
+        format!("{}:{}", self.attempt, self.delivery)
     }
 }
 
 impl fmt::Display for Receipt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.stream_id, self.attempt, self.consumer)
+        write!(f, "{}:{}:{}", self.stream_id, self.attempt, self.delivery)
     }
 }
 
@@ -80,10 +86,11 @@ mod tests {
         let r = Receipt {
             stream_id: "1718000000000-3".into(),
             attempt: 2,
-            consumer: Consumer::parse("worker.a-1").unwrap(),
+            delivery: 1_764_130_000_123_456,
         };
         let text = r.to_string();
-        assert_eq!(text, "1718000000000-3:2:worker.a-1");
+        assert_eq!(text, "1718000000000-3:2:1764130000123456");
+        assert_eq!(r.fence(), "2:1764130000123456");
         assert_eq!(Receipt::parse(&text), Ok(r));
     }
 
@@ -93,12 +100,12 @@ mod tests {
             ms in 0u64..10_000_000_000_000_000_000,
             seq in 0u64..10_000_000_000_000_000_000,
             attempt in 1u64..10_000_000_000_000_000_000,
-            consumer in "[A-Za-z0-9][A-Za-z0-9._-]{0,127}",
+            delivery in 1u64..10_000_000_000_000_000_000,
         ) {
             let r = Receipt {
                 stream_id: format!("{ms}-{seq}"),
                 attempt,
-                consumer: Consumer::parse(&consumer).unwrap(),
+                delivery,
             };
             proptest::prop_assert_eq!(Receipt::parse(&r.to_string()), Ok(r));
         }
@@ -119,20 +126,24 @@ mod tests {
             "garbage",
             "1-0",
             "1-0:1",
-            "1-0:0:w",
-            "1-0:-1:w",
-            "1-0:x:w",
-            "1:1:w",
-            "a-0:1:w",
+            "1-0:0:7",
+            "1-0:1:0",
+            "1-0:-1:7",
+            "1-0:x:7",
+            "1:1:7",
+            "a-0:1:7",
             "1-0:1:",
-            "1-0:1:w:x",
-            "1-0:1:w x",
-            "1-0:10000000000000000000:w",
-            "01-0:1:w",
-            "1-00:1:w",
-            "1-0:01:w",
-            "1-0:+1:w",
-            "+1-0:1:w",
+            "1-0:1:w",
+            "1-0:1:7:8",
+            "1-0:1:7 ",
+            "1-0:10000000000000000000:7",
+            "1-0:1:10000000000000000000",
+            "01-0:1:7",
+            "1-00:1:7",
+            "1-0:01:7",
+            "1-0:1:07",
+            "1-0:+1:7",
+            "+1-0:1:7",
         ] {
             assert!(Receipt::parse(bad).is_err(), "{bad:?}");
         }

@@ -2,6 +2,9 @@
 //! `retention_ms` down to what is both old enough and finished by every
 //! group (`lua/trim.lua`). Entries some group still owes (undelivered,
 //! pending, or scheduled for a retry) are never trimmed, unlike `MAXLEN ~`.
+//! The same pass forgets consumers that own nothing and have been idle
+//! longer than `--consumer-idle-ms` (`lua/prune_consumers.lua`), so worker
+//! names that come and go do not pile up in a group.
 //!
 //! Many sidecars share one Redis: each tries to take a short lock
 //! (`SET NX PX interval`) before a pass, so about one pass runs per interval
@@ -14,7 +17,7 @@ use tokio::sync::watch;
 
 use super::Broker;
 use super::topics::{all_topics, read_groups};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::keys::{self, TopicKeys};
 use crate::names::{Tenant, Topic};
 use crate::telemetry;
@@ -24,27 +27,67 @@ impl Broker {
     pub async fn trim_topic(&self, tenant: &Tenant, topic: &Topic) -> Result<u64> {
         let keys = TopicKeys::new(tenant, topic);
         let mut conn = self.store.conn().await?;
-        for _ in 0..8 {
-            let groups = read_groups(&mut conn, &keys).await?;
-            let mut call = self.store.scripts().trim.key(keys.meta());
-            call.key(keys.stream()).key(keys.groups());
-            for (name, gk) in &groups {
-                call.key(gk.delayed()).arg(name.as_str());
-            }
-            let trimmed: i64 = call.invoke_async(&mut conn).await?;
-            if let Ok(trimmed) = u64::try_from(trimmed) {
-                return Ok(trimmed);
-            }
+        Ok(self
+            .store
+            .scripts()
+            .trim
+            .key(keys.meta())
+            .key(keys.stream())
+            .key(keys.groups())
+            .invoke_async(&mut conn)
+            .await?)
+    }
+
+    /// Forgets the topic's consumers that own nothing and have been idle
+    /// for `idle`; returns how many.
+    pub async fn prune_consumers(
+        &self,
+        tenant: &Tenant,
+        topic: &Topic,
+        idle: Duration,
+    ) -> Result<u64> {
+        let keys = TopicKeys::new(tenant, topic);
+        let mut conn = self.store.conn().await?;
+        let mut removed = 0;
+        for (group, gk) in read_groups(&mut conn, &keys).await? {
+            let n: u64 = self
+                .store
+                .scripts()
+                .prune_consumers
+                .key(keys.stream())
+                .key(gk.config())
+                .arg(group.as_str())
+                .arg(u64::try_from(idle.as_millis()).unwrap_or(u64::MAX))
+                .invoke_async(&mut conn)
+                .await?;
+            removed += n;
         }
-        Err(Error::Conflict {
-            code: "concurrent_change",
-            detail: "the topic's groups kept changing during trim".into(),
-        })
+        Ok(removed)
+    }
+
+    /// Retention and consumer pruning for one topic.
+    async fn tend_topic(
+        &self,
+        tenant: &Tenant,
+        topic: &Topic,
+        consumer_idle: Duration,
+    ) -> Result<u64> {
+        let trimmed = self.trim_topic(tenant, topic).await?;
+        if trimmed > 0 {
+            tracing::debug!(%tenant, %topic, trimmed, "retention trimmed entries");
+            metrics::counter!(telemetry::TRIMMED, telemetry::topic_labels(tenant, topic))
+                .increment(trimmed);
+        }
+        let pruned = self.prune_consumers(tenant, topic, consumer_idle).await?;
+        if pruned > 0 {
+            tracing::debug!(%tenant, %topic, pruned, "removed idle consumers that owned nothing");
+        }
+        Ok(trimmed)
     }
 
     /// One retention pass over every tenant's topics, if this sidecar wins
     /// the pass lock. Returns entries trimmed.
-    pub async fn retention_pass(&self, interval: Duration) -> Result<u64> {
+    pub async fn retention_pass(&self, interval: Duration, consumer_idle: Duration) -> Result<u64> {
         let mut conn = self.store.conn().await?;
         let token = uuid::Uuid::now_v7().to_string();
         let won: Option<String> = redis::cmd("SET")
@@ -64,20 +107,31 @@ impl Broker {
         }
         let mut trimmed = 0;
         for (tenant, topic) in all_topics(&mut conn).await? {
-            let n = self.trim_topic(&tenant, &topic).await?;
-            if n > 0 {
-                tracing::debug!(%tenant, %topic, trimmed = n, "retention trimmed entries");
-                metrics::counter!(telemetry::TRIMMED, telemetry::topic_labels(&tenant, &topic))
-                    .increment(n);
+            // One topic's failure (a Redis error, a bad stored value) skips
+            // that topic only, never the rest of the pass.
+            match self.tend_topic(&tenant, &topic, consumer_idle).await {
+                Ok(n) => trimmed += n,
+                Err(e) => {
+                    tracing::warn!(%tenant, %topic, error = %e, "retention skipped a topic");
+                    metrics::counter!(
+                        telemetry::RETENTION_FAILED,
+                        telemetry::topic_labels(&tenant, &topic)
+                    )
+                    .increment(1);
+                }
             }
-            trimmed += n;
         }
         Ok(trimmed)
     }
 }
 
 /// Runs retention passes every `interval` until shutdown.
-pub async fn run(broker: Broker, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    broker: Broker,
+    interval: Duration,
+    consumer_idle: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         // Spread sidecars that started together.
         let jitter = interval.mul_f64(fastrand::f64() * 0.2);
@@ -85,7 +139,7 @@ pub async fn run(broker: Broker, interval: Duration, mut shutdown: watch::Receiv
             () = tokio::time::sleep(interval + jitter) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        if let Err(e) = broker.retention_pass(interval).await {
+        if let Err(e) = broker.retention_pass(interval, consumer_idle).await {
             tracing::warn!(error = %e, "retention pass failed; will retry");
         }
     }

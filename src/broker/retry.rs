@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::Broker;
 use super::backoff::{random_spread, retry_delay_ms};
-use super::delivery::parse_receipts;
+use super::delivery::{group_call, parse_receipts};
 use super::groups::{group_not_found, parse_config};
 use super::publish::MAX_DURATION_MS;
 use crate::error::{Error, Result};
@@ -96,19 +96,10 @@ impl Broker {
                     .collect()
             }
         };
-        let mut call = self.store.scripts().nack.key(keys.stream());
-        call.key(gk.config())
-            .key(gk.delayed())
-            .key(gk.dlq())
-            .key(keys.meta())
-            .arg(group.as_str())
-            .arg(error)
-            .arg(keys.wake_channel());
+        let mut call = group_call(&self.store.scripts().nack, &keys, group);
+        call.arg(error).arg(keys.wake_channel());
         for (r, delay) in parsed.iter().zip(&delays) {
-            call.arg(&r.stream_id)
-                .arg(r.attempt)
-                .arg(r.consumer.as_str())
-                .arg(delay);
+            call.arg(&r.stream_id).arg(r.fence()).arg(delay);
         }
         let (status, results): (i64, Vec<i64>) = call.invoke_async(&mut conn).await?;
         if status < 0 {
@@ -146,16 +137,10 @@ impl Broker {
         let parsed = parse_receipts(receipts)?;
         let error = check_error(error)?;
         let keys = TopicKeys::new(tenant, topic);
-        let gk = keys.group(group);
-        let mut call = self.store.scripts().reject.key(keys.stream());
-        call.key(gk.config())
-            .key(gk.dlq())
-            .arg(group.as_str())
-            .arg(error);
+        let mut call = group_call(&self.store.scripts().reject, &keys, group);
+        call.arg(error);
         for r in &parsed {
-            call.arg(&r.stream_id)
-                .arg(r.attempt)
-                .arg(r.consumer.as_str());
+            call.arg(&r.stream_id).arg(r.fence());
         }
         let mut conn = self.store.conn().await?;
         let (status, results): (i64, Vec<i64>) = call.invoke_async(&mut conn).await?;

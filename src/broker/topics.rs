@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::groups::{info_text, info_u64};
 use super::message::Message;
 use super::publish::register_topic;
 use super::{Broker, DEFAULT_DEDUP_WINDOW_MS};
@@ -63,7 +62,7 @@ pub struct GroupSummary {
     /// Group name.
     pub name: String,
     /// Entries not yet delivered to the group (None when Redis cannot tell).
-    pub lag: Option<u64>,
+    pub lag: u64,
     /// Entries delivered but not yet acked.
     pub pending: u64,
     /// Last entry id handed to the group.
@@ -125,8 +124,6 @@ fn field_u64(meta: &HashMap<String, String>, name: &str) -> u64 {
     meta.get(name).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
-/// One stream entry as XRANGE returns it, fields left unparsed.
-type RawEntry = (String, Vec<String>);
 /// One stream entry as XRANGE returns it, fields by name.
 pub(crate) type Entry = (String, HashMap<String, String>);
 
@@ -163,34 +160,28 @@ impl Broker {
     /// Describes a topic; 404 when it does not exist.
     pub async fn topic_info(&self, tenant: &Tenant, topic: &Topic) -> Result<TopicInfo> {
         let keys = TopicKeys::new(tenant, topic);
-        let stream = keys.stream();
         let mut conn = self.store.conn().await?;
-        let (meta, length, first, last): (
-            HashMap<String, String>,
-            u64,
-            Vec<RawEntry>,
-            Vec<RawEntry>,
-        ) = redis::pipe()
-            .hgetall(keys.meta())
-            .xlen(&stream)
-            .cmd("XRANGE")
-            .arg(&stream)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1)
-            .cmd("XREVRANGE")
-            .arg(&stream)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut conn)
+        let reading: Option<TopicReading> = self
+            .store
+            .scripts()
+            .topic_info
+            .key(keys.meta())
+            .key(keys.stream())
+            .key(keys.groups())
+            .invoke_async(&mut conn)
             .await?;
-        if meta.is_empty() {
-            return Err(not_found(topic));
-        }
-        let groups = group_summaries(&mut conn, &stream).await?;
+        let (meta, length, first_id, last_id, groups) = reading.ok_or_else(|| not_found(topic))?;
+        let some = |id: String| (!id.is_empty()).then_some(id);
+        let mut groups: Vec<GroupSummary> = groups
+            .into_iter()
+            .map(|(name, lag, pending, last_delivered_id)| GroupSummary {
+                name,
+                lag,
+                pending,
+                last_delivered_id,
+            })
+            .collect();
+        groups.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         Ok(TopicInfo {
             name: topic.to_string(),
             retention_ms: field_u64(&meta, "retention_ms"),
@@ -198,8 +189,8 @@ impl Broker {
             dedup_window_ms: field_u64(&meta, "dedup_window_ms"),
             created_at: field_u64(&meta, "created_at"),
             length,
-            first_id: first.into_iter().next().map(|(id, _)| id),
-            last_id: last.into_iter().next().map(|(id, _)| id),
+            first_id: some(first_id),
+            last_id: some(last_id),
             last_seq: field_u64(&meta, "seq"),
             groups,
         })
@@ -227,17 +218,33 @@ impl Broker {
             let mut call = self.store.scripts().delete_topic.key(keys.meta());
             call.key(keys.stream()).key(keys.groups());
             for (name, gk) in &groups {
-                call.key(gk.config()).key(gk.delayed()).key(gk.dlq());
+                for key in gk.all() {
+                    call.key(key);
+                }
                 call.arg(name.as_str());
             }
             let outcome: i64 = call.invoke_async(&mut conn).await?;
             match outcome {
                 1 => {
+                    // The listing lives under the tenant's hash tag, so it
+                    // cannot change in the topic's script. A publish may
+                    // re-create the topic and list it before this SREM
+                    // lands: looking again after it keeps such a topic listed.
+                    let listing = TenantKeys::new(tenant).topics();
+                    // (Two commands, not a pipeline: the keys live in
+                    // different hash slots.)
                     redis::cmd("SREM")
-                        .arg(TenantKeys::new(tenant).topics())
+                        .arg(&listing)
                         .arg(topic.as_str())
                         .query_async::<()>(&mut conn)
                         .await?;
+                    let recreated: bool = redis::cmd("EXISTS")
+                        .arg(keys.meta())
+                        .query_async(&mut conn)
+                        .await?;
+                    if recreated {
+                        register_topic(&mut conn, tenant, topic).await?;
+                    }
                     return Ok(());
                 }
                 0 => return Err(not_found(topic)),
@@ -275,9 +282,16 @@ impl Broker {
     }
 }
 
-/// One page of a stream: up to `limit` entries after id `after`, read in the
-/// same round trip as a check that `owner_key` exists (None when it does
-/// not). Returns the entries and the cursor for the next page.
+/// Byte budget of one page (history, dead letters): a page ends before the
+/// entry that would take it past this; the first entry always comes.
+pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Entries read per round trip while filling a page.
+const PAGE_CHUNK: usize = 100;
+
+/// One page of a stream: up to `limit` entries after id `after`, and at
+/// most [`PAGE_BYTES`] of them, the first read in the same round trip as a
+/// check that `owner_key` exists (None when it does not). Returns the
+/// entries and the cursor for the next page.
 pub(crate) async fn read_page(
     conn: &mut Conn,
     owner_key: &str,
@@ -295,19 +309,61 @@ pub(crate) async fn read_page(
             format!("must be between 1 and {MAX_PAGE_LIMIT}"),
         ));
     }
-    let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
-    let (exists, entries): (bool, Vec<Entry>) = redis::pipe()
-        .exists(owner_key)
-        .cmd("XRANGE")
-        .arg(stream)
-        .arg(start)
-        .arg("+")
-        .arg("COUNT")
-        .arg(limit)
-        .query_async(conn)
-        .await?;
-    if !exists {
-        return Ok(None);
+    let mut start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut bytes = 0;
+    loop {
+        // Small reads sized by what the page has seen so far, so a page of
+        // large entries never holds much more than its byte budget.
+        let average = if entries.is_empty() {
+            1
+        } else {
+            bytes / entries.len()
+        };
+        let want = (limit - entries.len())
+            .min(PAGE_CHUNK)
+            .min((PAGE_BYTES.saturating_sub(bytes) / average.max(1)).max(1));
+        let mut pipe = redis::pipe();
+        if entries.is_empty() {
+            pipe.exists(owner_key);
+        }
+        pipe.cmd("XRANGE")
+            .arg(stream)
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(want);
+        let chunk: Vec<Entry> = if entries.is_empty() {
+            let (exists, chunk): (bool, Vec<Entry>) = pipe.query_async(conn).await?;
+            if !exists {
+                return Ok(None);
+            }
+            chunk
+        } else {
+            let (chunk,): (Vec<Entry>,) = pipe.query_async(conn).await?;
+            chunk
+        };
+        let complete = chunk.len() < want;
+        for entry in chunk {
+            let size = entry.0.len()
+                + entry
+                    .1
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>();
+            if !entries.is_empty() && bytes + size > PAGE_BYTES {
+                let next_after = entries.last().map(|(id, _)| id.clone());
+                return Ok(Some((entries, next_after)));
+            }
+            bytes += size;
+            entries.push(entry);
+        }
+        if complete || entries.len() >= limit {
+            break;
+        }
+        if let Some((id, _)) = entries.last() {
+            start = format!("({id}");
+        }
     }
     let next_after = entries.last().map(|(id, _)| id.clone());
     Ok(Some((entries, next_after)))
@@ -364,27 +420,16 @@ fn not_found(topic: &Topic) -> Error {
     }
 }
 
-/// Groups of a stream from XINFO GROUPS (none when the stream does not exist).
-async fn group_summaries(conn: &mut Conn, stream: &str) -> Result<Vec<GroupSummary>> {
-    let exists: bool = redis::cmd("EXISTS").arg(stream).query_async(conn).await?;
-    if !exists {
-        return Ok(Vec::new());
-    }
-    let rows: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(stream)
-        .query_async(conn)
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|row| GroupSummary {
-            name: info_text(row, "name").unwrap_or_default(),
-            lag: info_u64(row, "lag"),
-            pending: info_u64(row, "pending").unwrap_or(0),
-            last_delivered_id: info_text(row, "last-delivered-id").unwrap_or_default(),
-        })
-        .collect())
-}
+/// Raw reply of `lua/topic_info.lua` for an existing topic: meta, length,
+/// first and last id ('' = none), `(name, lag, pending, last-delivered id)`
+/// per group.
+type TopicReading = (
+    HashMap<String, String>,
+    u64,
+    String,
+    String,
+    Vec<(String, u64, u64, String)>,
+);
 
 #[cfg(test)]
 mod tests {

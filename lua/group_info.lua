@@ -1,0 +1,35 @@
+-- group_info.lua: one consistent reading of a group (GET group, gauges).
+--
+-- KEYS[1..8]  the group keys (prelude.lua `group_keys`)
+-- ARGV[1]     group name
+-- Returns  nil when the group does not exist, else
+--          { {config field, value, …}, lag, leased, scheduled, dead letters,
+--            last-delivered id, { {consumer, pending, idle_ms} … } }
+--
+-- Read in one step so a racing delete answers "no such group", never a
+-- half-read error. lag = what the group owes that it has not started:
+-- meta seq − done:<G> − everything in its PEL (leased or scheduled).
+local g = group_keys(ARGV[1])
+local config = redis.call('HGETALL', g.config)
+if #config == 0 then
+  return false
+end
+local meta = redis.call('HMGET', g.meta, 'seq', 'done:' .. g.name)
+local in_pel = redis.call('XPENDING', g.stream, g.name)[1]
+local lag = tonumber(meta[1] or 0) - tonumber(meta[2] or 0) - in_pel
+local last = ''
+for _, row in ipairs(redis.call('XINFO', 'GROUPS', g.stream)) do
+  local info = entry_fields(row)
+  if info.name == g.name then
+    last = info['last-delivered-id']
+  end
+end
+local consumers = {}
+for _, row in ipairs(redis.call('XINFO', 'CONSUMERS', g.stream, g.name)) do
+  local c = entry_fields(row)
+  if c.name ~= SCHEDULED then
+    consumers[#consumers + 1] = { c.name, c.pending, c.idle }
+  end
+end
+return { config, math.max(lag, 0), redis.call('ZCARD', g.leases), redis.call('ZCARD', g.delayed),
+  redis.call('XLEN', g.dlq), last, consumers }
