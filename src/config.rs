@@ -41,6 +41,11 @@ pub struct ServerArgs {
     #[arg(long, env = "STREAMCAR_RETENTION_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub retention_interval: Duration,
 
+    /// Longest a waiting long-poll goes without re-checking Redis when no
+    /// wake-up arrives (a safety net under pub/sub), e.g. `1s`.
+    #[arg(long, env = "STREAMCAR_WAKE_RECHECK", default_value = "1s", value_parser = parse_duration)]
+    pub wake_recheck: Duration,
+
     /// Consumers that own nothing are forgotten after this long idle, e.g. `60m`.
     #[arg(long, env = "STREAMCAR_CONSUMER_IDLE", default_value = "60m", value_parser = parse_duration)]
     pub consumer_idle: Duration,
@@ -113,6 +118,8 @@ pub struct Config {
     pub retention_interval: Duration,
     /// Idle time after which a consumer that owns nothing is forgotten.
     pub consumer_idle: Duration,
+    /// Longest a waiting long-poll goes without re-checking Redis.
+    pub wake_recheck: Duration,
     /// Time between group gauge refreshes.
     pub metrics_interval: Duration,
     /// Bearer token required on /v1 (None = open).
@@ -149,6 +156,7 @@ impl Config {
             redis_connections: usize::from(args.redis_connections),
             retention_interval: args.retention_interval,
             consumer_idle: args.consumer_idle,
+            wake_recheck: args.wake_recheck,
             metrics_interval: args.metrics_interval,
             api_token,
             strict: args.strict,
@@ -167,6 +175,7 @@ impl Config {
             redis_connections: 2,
             retention_interval: Duration::from_secs(10),
             consumer_idle: Duration::from_secs(3600),
+            wake_recheck: crate::wake::SAFETY_RECHECK,
             metrics_interval: Duration::from_secs(15),
             api_token: None,
             strict: false,

@@ -118,7 +118,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
     .map_err(|e| StartError::RedisConfig(e.to_string()))?;
     let (shutdown, signal) = watch::channel(false);
     // Pub/sub messages reach every node of a cluster, so one node will do.
-    let wakeups = Wakeups::start(urls[0]);
+    let wakeups = Wakeups::start(urls[0], config.wake_recheck);
     let store = Store::new(
         Arc::new(connections),
         Arc::new(Scripts::new()),

@@ -19,8 +19,8 @@
 //! Pub/sub is at-most-once and a sidecar may be disconnected, so a waiter
 //! never relies on it alone: it also wakes at the time the fetch script
 //! reports as the next due retry or lease expiry, and at least every
-//! [`SAFETY_RECHECK`]. A lost notification therefore delays a delivery by at
-//! most that long; it never loses one.
+//! `--wake-recheck` (default [`SAFETY_RECHECK`]). A lost notification
+//! therefore delays a delivery by at most that long; it never loses one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,7 +29,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-/// Longest a waiting fetch goes without re-checking Redis.
+/// Default of the longest a waiting fetch goes without re-checking Redis.
 pub const SAFETY_RECHECK: Duration = Duration::from_secs(1);
 /// How long a new waiter waits for its SUBSCRIBE to be confirmed.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -80,11 +80,14 @@ impl Inner {
 #[derive(Clone)]
 pub struct Wakeups {
     inner: Arc<Inner>,
+    /// Longest a waiter goes without re-checking Redis.
+    recheck: Duration,
 }
 
 impl Wakeups {
-    /// Starts the pub/sub task for `redis_url` (it reconnects by itself).
-    pub fn start(redis_url: &str) -> Self {
+    /// Starts the pub/sub task for `redis_url` (it reconnects by itself);
+    /// waiters re-check Redis at least every `recheck`.
+    pub fn start(redis_url: &str, recheck: Duration) -> Self {
         let (commands, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             channels: Mutex::new(HashMap::new()),
@@ -98,7 +101,12 @@ impl Wakeups {
             // fall back to periodic re-checks.
             Err(e) => tracing::error!(error = %e, "pub/sub disabled: invalid redis url"),
         }
-        Self { inner }
+        Self { inner, recheck }
+    }
+
+    /// Longest a waiter goes without re-checking Redis.
+    pub fn recheck(&self) -> Duration {
+        self.recheck
     }
 
     /// Registers a waiter for `group` on `channel`, subscribing the channel

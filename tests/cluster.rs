@@ -58,6 +58,10 @@ async fn the_api_works_on_a_redis_cluster() {
             "200ms",
             "--retention-interval",
             "200ms",
+            // Far beyond the long-poll below: only a pub/sub wake-up can
+            // deliver it in time.
+            "--wake-recheck",
+            "120s",
         ],
     )
     .await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::TestApp;
+use support::{Reply, TestApp};
 
 fn receipts(msgs: &[Value]) -> Vec<String> {
     msgs.iter()
@@ -181,31 +181,68 @@ async fn extend_keeps_a_lease_past_its_original_expiry() {
 
 #[tokio::test]
 async fn long_poll_wakes_on_publish() {
-    let app = TestApp::start().await;
+    // The safety re-check is far beyond the timeout below, so only the
+    // pub/sub wake-up can deliver in time.
+    let app = TestApp::start_with(|c| c.wake_recheck = Duration::from_secs(120)).await;
     app.group("w", "g", &json!({})).await;
-    let client = app.client.clone();
-    let url = app.url("/topics/w/groups/g/fetch");
-    let waiting = tokio::spawn(async move {
-        let resp = client
-            .post(url)
-            .json(&json!({"consumer": "sleeper", "max": 10, "wait_ms": 30000}))
-            .send()
-            .await
-            .expect("fetch");
-        TestApp::reply(resp).await
-    });
+    let waiting = spawn_fetch(&app, "w", "sleeper", 10, 30000);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         !waiting.is_finished(),
         "nothing to deliver yet: still waiting"
     );
     app.publish("w", &json!({"payload": "wake up"})).await;
-    let reply = tokio::time::timeout(Duration::from_secs(20), waiting)
+    let reply = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
-        .expect("the long-poll returned")
+        .expect("the long-poll returned on the wake-up")
         .expect("task");
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.body["messages"][0]["payload"], "wake up");
+}
+
+/// A long-poll fetch running in the background.
+fn spawn_fetch(
+    app: &TestApp,
+    topic: &str,
+    consumer: &str,
+    max: u32,
+    wait_ms: u64,
+) -> tokio::task::JoinHandle<Reply> {
+    let client = app.client.clone();
+    let url = app.url(&format!("/topics/{topic}/groups/g/fetch"));
+    let body = json!({"consumer": consumer, "max": max, "wait_ms": wait_ms});
+    tokio::spawn(async move {
+        let resp = client.post(url).json(&body).send().await.expect("fetch");
+        TestApp::reply(resp).await
+    })
+}
+
+/// One publish of two messages wakes one waiter of the group; that waiter
+/// takes one (a full fetch: more may be waiting) and passes the baton, so
+/// the second waiter takes the other without waiting for a re-check.
+#[tokio::test]
+async fn a_full_fetch_passes_the_wake_up_to_the_next_waiter() {
+    let app = TestApp::start_with(|c| c.wake_recheck = Duration::from_secs(120)).await;
+    app.group("baton", "g", &json!({})).await;
+    let first = spawn_fetch(&app, "baton", "a", 1, 30000);
+    let second = spawn_fetch(&app, "baton", "b", 1, 30000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!first.is_finished() && !second.is_finished());
+    let batch = json!({"messages": [{"payload": 1}, {"payload": 2}]});
+    let published = app.post("/topics/baton/messages:batch", &batch).await;
+    assert_eq!(published.status, StatusCode::OK, "{}", published.body);
+    let (a, b) = tokio::time::timeout(Duration::from_secs(10), async {
+        (first.await.expect("task"), second.await.expect("task"))
+    })
+    .await
+    .expect("both waiters returned on wake-ups");
+    let mut payloads: Vec<i64> = [a, b]
+        .iter()
+        .flat_map(|r| r.body["messages"].as_array().cloned().unwrap_or_default())
+        .map(|m| m["payload"].as_i64().expect("payload"))
+        .collect();
+    payloads.sort_unstable();
+    assert_eq!(payloads, [1, 2], "each waiter took one message");
 }
 
 #[tokio::test]

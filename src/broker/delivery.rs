@@ -16,7 +16,6 @@ use crate::keys::TopicKeys;
 use crate::names::{Consumer, Group, Tenant, Topic};
 use crate::scripts::{Invocation, NamedScript, Scripts};
 use crate::telemetry;
-use crate::wake;
 
 /// Most messages one fetch may return.
 pub const MAX_FETCH: u32 = 1000;
@@ -343,7 +342,7 @@ impl Broker {
             if now >= deadline || *shutdown.borrow() {
                 return Ok(Vec::new());
             }
-            let mut wake_at = deadline.min(now + wake::SAFETY_RECHECK);
+            let mut wake_at = deadline.min(now + self.store.wakeups().recheck());
             if round.next_wake > 0 {
                 let until = Duration::from_millis(round.next_wake.saturating_sub(round.now));
                 wake_at = wake_at.min(now + until);

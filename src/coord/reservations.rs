@@ -15,7 +15,6 @@ use crate::keys::{PoolKeys, TenantKeys};
 use crate::names::{Pool, Tenant};
 use crate::telemetry;
 use crate::validate::{check_range, check_text};
-use crate::wake::SAFETY_RECHECK;
 
 /// Largest pool capacity.
 pub const MAX_CAPACITY: u64 = 100_000;
@@ -266,7 +265,9 @@ impl Coord {
             if clock >= deadline || *shutdown.borrow() {
                 return Err(pool_full(pool, until_free));
             }
-            let wake_at = deadline.min(clock + until_free).min(clock + SAFETY_RECHECK);
+            let wake_at = deadline
+                .min(clock + until_free)
+                .min(clock + self.store.wakeups().recheck());
             tokio::select! {
                 () = notified => {}
                 () = tokio::time::sleep_until(wake_at) => {}
