@@ -94,3 +94,59 @@ async fn without_retention_nothing_is_trimmed() {
         "retention_ms 0 keeps history"
     );
 }
+
+/// A retry schedule over 100k entries does not stop retention (the trim
+/// reads no schedule: scheduled entries stay in the PEL, and the PEL's
+/// oldest id is one O(1) read).
+#[tokio::test]
+async fn a_huge_retry_schedule_does_not_stop_retention() {
+    let app = TestApp::start_with(|c| {
+        c.retention_interval = Duration::from_millis(100);
+        c.max_body = 4 << 20;
+    })
+    .await;
+    app.put("/topics/sched", &json!({"retention_ms": 1})).await;
+    app.group("sched", "g", &json!({})).await;
+    for i in 0..10 {
+        app.publish("sched", &json!({"payload": i})).await;
+    }
+    let done = app.fetch("sched", "g", "w", 10, 0).await;
+    receipts_acked(&app, "sched", "g", &done).await;
+
+    // 100,001 messages for later: each fetch parks what it reads.
+    let later = 100_001;
+    let mut sent = 0;
+    while sent < later {
+        let n = (later - sent).min(1000);
+        let batch: Vec<Value> = (0..n)
+            .map(|i| json!({"payload": i, "delay_ms": 3_600_000}))
+            .collect();
+        let reply = app
+            .post("/topics/sched/messages:batch", &json!({"messages": batch}))
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        sent += n;
+    }
+    for _ in 0..200 {
+        assert!(app.fetch("sched", "g", "w", 1000, 0).await.is_empty());
+        let info = app.get("/topics/sched/groups/g").await.body;
+        if info["delayed"] == later {
+            break;
+        }
+    }
+    let info = app.get("/topics/sched/groups/g").await.body;
+    assert_eq!(info["delayed"], later, "{info}");
+
+    let mut len = 0;
+    for _ in 0..100 {
+        len = length(&app, "sched").await;
+        if len == later {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        len, later,
+        "the 10 finished entries were trimmed, no scheduled one"
+    );
+}
