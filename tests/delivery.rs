@@ -474,13 +474,14 @@ async fn fetching_from_a_quiet_group_writes_nothing() {
 }
 
 /// Expired leases sitting behind many live ones (in stream order) are found
-/// by one fetch and reclaimed oldest first, and no live lease is taken. (A
-/// scan from the start of the pending list, XAUTOCLAIM's `COUNT` × 10
-/// entries at a time, would pass over 300 live leases and come back empty.)
+/// by one fetch and reclaimed, and no live lease is taken. The live leases
+/// were granted under a 60 s `lease_ms`, the doomed ones after it was
+/// lowered to 1 s: each keeps the expiry it was told, so the outcome does
+/// not depend on how fast the test runs.
 #[tokio::test]
 async fn expired_leases_behind_many_live_ones_are_reclaimed_and_live_ones_kept() {
     let app = TestApp::start().await;
-    app.group("r", "g", &json!({"lease_ms": 2000})).await;
+    app.group("r", "g", &json!({"lease_ms": 60000})).await;
     let batch: Vec<Value> = (0..305).map(|i| json!({"payload": i})).collect();
     let published = app
         .post("/topics/r/messages:batch", &json!({"messages": batch}))
@@ -488,32 +489,14 @@ async fn expired_leases_behind_many_live_ones_are_reclaimed_and_live_ones_kept()
     assert_eq!(published.status, StatusCode::OK, "{}", published.body);
     // The first 300 go to a busy worker, the last 5 to one that will die.
     let busy = app.fetch("r", "g", "busy", 300, 0).await;
+    app.group("r", "g", &json!({"lease_ms": 1000})).await;
     let doomed = app.fetch("r", "g", "doomed", 5, 0).await;
     assert_eq!((busy.len(), doomed.len()), (300, 5));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    // The busy worker heartbeats; the doomed one does not.
-    let extended = app
-        .post(
-            "/topics/r/groups/g/extend",
-            &json!({"receipts": receipts(&busy)}),
-        )
-        .await;
-    assert_eq!(extended.status, StatusCode::OK, "{}", extended.body);
-    assert_eq!(
-        extended.body["extended"].as_array().map(Vec::len),
-        Some(300)
-    );
     tokio::time::sleep(Duration::from_millis(1200)).await;
 
-    // ~2.7 s after hand-off: the doomed leases expired at 2 s, the busy ones
-    // (renewed at 1.5 s) run until 3.5 s; 0.7 s of slack either way.
-    let reclaimed = app.fetch("r", "g", "rescuer", 5, 0).await;
+    let reclaimed = app.fetch("r", "g", "rescuer", 10, 0).await;
     let ids = |msgs: &[Value]| -> Vec<Value> { msgs.iter().map(|m| m["id"].clone()).collect() };
-    assert_eq!(
-        ids(&reclaimed),
-        ids(&doomed),
-        "exactly the expired ones, oldest first"
-    );
+    assert_eq!(ids(&reclaimed), ids(&doomed), "exactly the expired ones");
     assert!(reclaimed.iter().all(|m| m["attempt"] == 2));
     let kept = app
         .ack(

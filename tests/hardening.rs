@@ -167,9 +167,15 @@ async fn an_odd_group_start_does_not_stop_retention() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(lengths.iter().all(|l| l == 0), "every plain topic trimmed: {lengths:?}");
+    assert!(
+        lengths.iter().all(|l| l == 0),
+        "every plain topic trimmed: {lengths:?}"
+    );
     let odd = app.get("/topics/odd").await.body;
-    assert_eq!(odd["length"], 3, "the odd group still owes its entries: {odd}");
+    assert_eq!(
+        odd["length"], 3,
+        "the odd group still owes its entries: {odd}"
+    );
     assert_eq!(odd["groups"][0]["lag"], 3, "{odd}");
     let got = app.fetch("odd", "g", "w", 10, 0).await;
     assert_eq!(got.len(), 3, "entries after the odd start are delivered");
