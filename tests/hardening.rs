@@ -138,7 +138,7 @@ async fn an_odd_group_start_does_not_stop_retention() {
     app.put("/topics/odd", &retention).await;
     app.group("odd", "g", &json!({"start": "1-9999999999999999999"}))
         .await;
-    let plain: Vec<String> = (0..6).map(|i| format!("plain-{i}")).collect();
+    let plain: Vec<String> = (0..15).map(|i| format!("plain-{i}")).collect();
     for topic in &plain {
         app.put(&format!("/topics/{topic}"), &retention).await;
         app.group(topic, "g", &json!({})).await;
