@@ -1,7 +1,9 @@
 -- ack.lua: acknowledge deliveries, refusing receipts whose lease was lost.
 --
--- KEYS[1..8]  the group keys (prelude.lua `group_keys`)
--- ARGV[1]  group name, then pairs: stream id, '<attempt>:<delivery>'
+-- KEYS[1..10]  the group keys (prelude.lua `group_keys`)
+-- ARGV[1]  group name
+-- ARGV[2]  the topic's wake-up channel (an ordered group's next message)
+-- ARGV[3…] pairs: stream id, '<attempt>:<delivery>'
 -- Returns  { status, now_ms, { { 1, published_at, id, correlation_id, causation_id }
 --            acked | { 0 } lease_lost … } }, status 1 ok, -1 no such group
 --
@@ -10,18 +12,18 @@
 -- worker whose lease expired and whose message went to someone else learns
 -- lease_lost and must not commit. (A lapsed lease nobody has taken over yet
 -- is still current: the holder's work is not wasted.)
-local g = group_keys(ARGV[1])
+local g = group_keys()
 if redis.call('EXISTS', g.config) == 0 then
   return { -1, 0, {} }
 end
 local now = now_ms()
 local out = {}
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local id = ARGV[i]
   if is_current(g, id, ARGV[i + 1]) then
     local entry = redis.call('XRANGE', g.stream, id, id)[1]
     local f = entry and entry_fields(entry[2]) or {}
-    finish(g, id)
+    finish(g, id, f)
     out[#out + 1] = { 1, tonumber(f.published_at or 0), f.id or '', f.correlation_id or '', f.causation_id or '' }
   else
     out[#out + 1] = { 0 }

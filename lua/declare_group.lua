@@ -7,20 +7,31 @@
 -- ARGV[1]  default dedup window ms (for a topic created here)
 -- ARGV[2]  group name
 -- ARGV[3]  start position for a new group: '0', '$' or a stream id
--- ARGV[4]  D = number of default field/value pairs, then D pairs (written
+-- ARGV[4]  ordering asked for: 'none', 'key' or '' (not given)
+-- ARGV[5]  D = number of default field/value pairs, then D pairs (written
 --          only when the group is created), then pairs to set now
--- Returns  { group_created (0|1), topic_created (0|1) }
+-- Returns  { group_created (1|0, or -1 when the group exists with another
+--          ordering: nothing changed), topic_created (0|1), the group's ordering }
 --
 -- Invariants: a group exists exactly when its config hash exists, its name
 -- is in the groups set and the Redis consumer group exists; `start` applies
 -- only at creation, so re-declaring never moves a live group's position;
+-- `ordering` is fixed at creation (changing it under live keys would break
+-- the one-in-progress-per-key promise);
 -- from creation on, meta `seq` − `done:<G>` is what the group owes: every
 -- entry after its start (entries carry their seq, and the stream holds a
 -- contiguous run of them, since retention trims only from the front).
 local meta, stream, groups, config = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local group, start, ordering = ARGV[2], ARGV[3], ARGV[4]
+local defaults = tonumber(ARGV[5])
+local existing = redis.call('HGET', config, 'ordering')
+if redis.call('EXISTS', config) == 1 then
+  existing = existing or 'none'
+  if ordering ~= '' and ordering ~= existing then
+    return { -1, 0, existing }
+  end
+end
 local _, topic_created = ensure_topic(meta, ARGV[1])
-local group, start = ARGV[2], ARGV[3]
-local defaults = tonumber(ARGV[4])
 local created = 0
 if redis.call('EXISTS', config) == 0 then
   -- A consumer group without its config has no owner (left by a crash in
@@ -46,10 +57,15 @@ if redis.call('EXISTS', config) == 0 then
   end
   redis.call('HSET', meta, 'done:' .. group, done)
   redis.call('SADD', groups, group)
-  redis.call('HSET', config, 'created_at', int(now_ms()), unpack(ARGV, 5, 4 + 2 * defaults))
+  if ordering == '' then
+    ordering = 'none'
+  end
+  redis.call('HSET', config, 'created_at', int(now_ms()), 'ordering', ordering,
+    unpack(ARGV, 6, 5 + 2 * defaults))
+  existing = ordering
   created = 1
 end
-if #ARGV > 4 + 2 * defaults then
-  redis.call('HSET', config, unpack(ARGV, 5 + 2 * defaults))
+if #ARGV > 5 + 2 * defaults then
+  redis.call('HSET', config, unpack(ARGV, 6 + 2 * defaults))
 end
-return { created, topic_created }
+return { created, topic_created, existing }

@@ -1,6 +1,6 @@
 -- dlq_replay.lua: send dead letters back to their group for a fresh start.
 --
--- KEYS[1..8]  the group keys (prelude.lua `group_keys`)
+-- KEYS[1..10]  the group keys (prelude.lua `group_keys`)
 -- ARGV[1]  group name
 -- ARGV[2]  pub/sub wake channel of the topic
 -- ARGV[3]  scan cursor when replaying all: dead letter id to scan after ('-' = start)
@@ -11,13 +11,14 @@
 --            next cursor ('' = done) }, status -1 = no such group
 --
 -- Invariants: replay touches only this group (its schedule, DLQ and index),
--- so other groups of the topic are unaffected; a replayed message starts
+-- so other groups of the topic are unaffected; in an ordered group a
+-- replayed message joins the back of its key; a replayed message starts
 -- again at attempt 1 (member '<id>|0', parked in the PEL like any retry)
 -- and is owed again (`done:<G>` − 1); it gets new receipts, never an old
 -- one's; a dead letter whose original entry was trimmed by retention is
 -- kept, never silently dropped. Cost: O(log n) per dead letter touched; ids
 -- are found through the index, never by scanning the DLQ.
-local g = group_keys(ARGV[1])
+local g = group_keys()
 if redis.call('EXISTS', g.config) == 0 then
   return { -1, {}, {}, '' }
 end
@@ -48,8 +49,10 @@ local function replay(letter, fields)
     missing[#missing + 1] = fields.id
     return
   end
-  redis.call('XCLAIM', g.stream, g.name, SCHEDULED, 0, sid, 'FORCE', 'JUSTID')
-  redis.call('ZADD', g.delayed, int(now), sid .. '|0')
+  local key = order_key(g, fields)
+  if not key or take_key(g, key, sid, true) then
+    schedule(g, sid, 0, now, true)
+  end
   redis.call('HINCRBY', g.meta, 'done:' .. g.name, -1)
   redis.call('XDEL', g.dlq, letter)
   unindex(fields.id or '', letter)

@@ -1,16 +1,17 @@
 -- fetch.lua: hand up to `max` messages of a group to one consumer, each under
 -- a fresh lease that starts now.
 --
--- KEYS[1..8]  the group keys (prelude.lua `group_keys`): stream, config,
---             delayed, dlq, meta, leases, deliveries, dlq index
+-- KEYS[1..10]  the group keys (prelude.lua `group_keys`)
 -- ARGV[1]  group name
--- ARGV[2]  consumer name
--- ARGV[3]  max messages (1..1000)
--- ARGV[4]  max bytes: stop before a message that would take the answer's
+-- ARGV[2]  the topic's wake-up channel
+-- ARGV[3]  consumer name
+-- ARGV[4]  max messages (1..1000)
+-- ARGV[5]  max bytes: stop before a message that would take the answer's
 --          field bytes past this (the first message always goes)
 -- Returns  { status, now_ms, lease_ms, next_wake_ms, deliveries,
 --            dead-lettered as expired, dead-lettered as max_deliveries,
---            stopped at the byte budget (0|1) }
+--            more (0|1): stopped at the byte budget or the read bound with
+--            more maybe waiting }
 --          status 1 ok, 0 paused, -1 no such group; next_wake_ms (only when
 --          nothing was delivered) is the earliest scheduled retry or lease
 --          expiry (0 = none); deliveries = { { stream_id, attempt, {fields…},
@@ -20,7 +21,9 @@
 -- then new entries. On the way, a message whose ttl passed is dead-lettered
 -- as `expired`, one whose lease expired on its last allowed attempt as
 -- `max_deliveries`, and a new entry published with a delay is parked in the
--- retry schedule until due.
+-- retry schedule until due. In an ordered group (`ordering: key`) a new
+-- entry whose key already has a message in progress is parked behind it
+-- (prelude.lua `take_key`); finishing the head passes the key on.
 --
 -- Invariants: every entry the group has started and not finished is in the
 -- PEL and in exactly one of {lease set, retry schedule}; a lease is handed to
@@ -31,8 +34,8 @@
 --
 -- Cost: O(log n) per delivered or reclaimed entry; finding expired leases
 -- and the next wake-up are range reads on the lease set, never a PEL scan.
-local g = group_keys(ARGV[1])
-local consumer, max, max_bytes = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local g = group_keys()
+local consumer, max, max_bytes = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 
 local cfg = redis.call('HMGET', g.config, 'lease_ms', 'paused', 'max_deliveries')
 if not cfg[1] then
@@ -88,7 +91,7 @@ end
 local function read_entry(id)
   local found = redis.call('XRANGE', g.stream, id, id)[1]
   if not found then
-    finish(g, id)
+    finish(g, id, nil)
     return nil
   end
   return found[2]
@@ -154,8 +157,12 @@ while #out < max and not budget_hit and reads > 0 do
   local entries = reply[1][2]
   reads = reads - #entries
   for _, entry in ipairs(entries) do
-    local deliver_at = tonumber(entry_fields(entry[2]).deliver_at or 0)
-    if deliver_at > now then
+    local f = entry_fields(entry[2])
+    local key = order_key(g, f)
+    local deliver_at = tonumber(f.deliver_at or 0)
+    if key and not take_key(g, key, entry[1]) then
+      -- Parked behind the message of its key in progress.
+    elseif deliver_at > now then
       schedule(g, entry[1], 0, deliver_at)
     elseif budget_hit or not fits(entry[2]) then
       schedule(g, entry[1], 0, now)
@@ -164,6 +171,7 @@ while #out < max and not budget_hit and reads > 0 do
     end
   end
 end
+local more = budget_hit or (reads <= 0 and #out < max)
 
 -- When a waiting fetch should look again: the next retry or lease expiry.
 local wake = 0
@@ -180,4 +188,4 @@ if #out == 0 then
     end
   end
 end
-return { 1, now, lease_ms, wake, out, expired, exhausted, budget_hit and 1 or 0 }
+return { 1, now, lease_ms, wake, out, expired, exhausted, more and 1 or 0 }

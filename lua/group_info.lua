@@ -1,15 +1,18 @@
 -- group_info.lua: one consistent reading of a group (GET group, gauges).
 --
--- KEYS[1..8]  the group keys (prelude.lua `group_keys`)
--- ARGV[1]     group name
+-- KEYS[1..10]  the group keys (prelude.lua `group_keys`)
+-- ARGV[1]      group name
+-- ARGV[2]      the topic's wake-up channel (unused)
 -- Returns  nil when the group does not exist, else
 --          { {config field, value, …}, lag, leased, scheduled, dead letters,
---            last-delivered id, { {consumer, pending, idle_ms} … } }
+--            last-delivered id, { {consumer, pending, idle_ms} … }, parked }
 --
 -- Read in one step so a racing delete answers "no such group", never a
 -- half-read error. lag = what the group owes that it has not started:
--- meta seq − done:<G> − everything in its PEL (leased or scheduled).
-local g = group_keys(ARGV[1])
+-- meta seq − done:<G> − everything in its PEL (leased, scheduled or
+-- parked behind its key).
+
+local g = group_keys()
 local config = redis.call('HGETALL', g.config)
 if #config == 0 then
   return false
@@ -27,9 +30,9 @@ end
 local consumers = {}
 for _, row in ipairs(redis.call('XINFO', 'CONSUMERS', g.stream, g.name)) do
   local c = entry_fields(row)
-  if c.name ~= SCHEDULED then
+  if c.name ~= SCHEDULED and c.name ~= PARKED then
     consumers[#consumers + 1] = { c.name, c.pending, c.idle }
   end
 end
 return { config, math.max(lag, 0), redis.call('ZCARD', g.leases), redis.call('ZCARD', g.delayed),
-  redis.call('XLEN', g.dlq), last, consumers }
+  redis.call('XLEN', g.dlq), last, consumers, redis.call('ZCARD', g.parked) }

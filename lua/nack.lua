@@ -1,10 +1,10 @@
 -- nack.lua: give deliveries back for a retry, or dead-letter them once they
 -- have used their last allowed attempt.
 --
--- KEYS[1..8]  the group keys (prelude.lua `group_keys`)
+-- KEYS[1..10]  the group keys (prelude.lua `group_keys`)
 -- ARGV[1]  group name
--- ARGV[2]  error text ('' = none), kept as last_error when dead-lettered
--- ARGV[3]  pub/sub wake channel of the topic
+-- ARGV[2]  the topic's wake-up channel
+-- ARGV[3]  error text ('' = none), kept as last_error when dead-lettered
 -- ARGV[4…] triples: stream id, '<attempt>:<delivery>', retry delay ms
 -- Returns  { status, { 1 scheduled | 2 dead-lettered | 0 lease_lost … } }
 --          status 1 ok, -1 no such group
@@ -13,13 +13,14 @@
 -- step (member '<id>|<attempt>'), so the retry's attempt count survives any
 -- sidecar; the attempt comes from the stored delivery, never from the
 -- client; nothing is dropped: an entry is either scheduled or in the
--- dead-letter stream.
-local g = group_keys(ARGV[1])
+-- dead-letter stream. In an ordered group a retried message stays the head
+-- of its key: nothing later of that key goes first.
+local g = group_keys()
 local max_deliveries = tonumber(redis.call('HGET', g.config, 'max_deliveries'))
 if not max_deliveries then
   return { -1, {} }
 end
-local err, channel = ARGV[2], ARGV[3]
+local err = ARGV[3]
 local now = now_ms()
 local wake = false
 local out = {}
@@ -40,6 +41,6 @@ for i = 4, #ARGV, 3 do
   end
 end
 if wake then
-  redis.call('PUBLISH', channel, 0)
+  redis.call('PUBLISH', g.wake, 0)
 end
 return { 1, out }

@@ -40,12 +40,19 @@ end
 -- PEL owner of entries waiting in a group's retry schedule. Consumer names
 -- start with a letter or digit, so no client can be called this.
 local SCHEDULED = '~scheduled'
+-- PEL owner of entries of an ordered group waiting behind an earlier
+-- message of their key.
+local PARKED = '~parked'
 
 -- The keys every group script takes first, in this order (src/broker/
--- delivery.rs `group_call` passes them): KEYS[1..8].
-local function group_keys(name)
-  return { name = name, stream = KEYS[1], config = KEYS[2], delayed = KEYS[3], dlq = KEYS[4],
-    meta = KEYS[5], leases = KEYS[6], deliveries = KEYS[7], dlq_index = KEYS[8] }
+-- delivery.rs `group_call` passes them): KEYS[1..10]; ARGV[1] is the group
+-- name and ARGV[2] the topic's wake-up channel.
+local function group_keys()
+  local g = { name = ARGV[1], wake = ARGV[2], stream = KEYS[1], config = KEYS[2],
+    delayed = KEYS[3], dlq = KEYS[4], meta = KEYS[5], leases = KEYS[6], deliveries = KEYS[7],
+    dlq_index = KEYS[8], heads = KEYS[9], parked = KEYS[10] }
+  g.ordered = redis.call('HGET', g.config, 'ordering') == 'key'
+  return g
 end
 
 -- True while the delivery a receipt names is current. `tail` is the
@@ -57,23 +64,91 @@ local function is_current(g, id, tail)
   return redis.call('HGET', g.deliveries, id) == tail
 end
 
--- Ends entry `id` for the group: out of the PEL and the lease set, and one
--- message less owed (`done:<G>`, read by publish.lua's backlog check).
-local function finish(g, id)
+-- Parks entry `id` (in the PEL) in the retry schedule, due at `due`, with
+-- `attempts` deliveries used. It stays in the PEL, owned by SCHEDULED, so
+-- the PEL holds every entry a group has started and not finished. `force`:
+-- the entry is not in the PEL yet (a DLQ replay).
+local function schedule(g, id, attempts, due, force)
+  redis.call('ZREM', g.leases, id)
+  redis.call('HDEL', g.deliveries, id)
+  if force then
+    redis.call('XCLAIM', g.stream, g.name, SCHEDULED, 0, id, 'FORCE', 'JUSTID')
+  else
+    redis.call('XCLAIM', g.stream, g.name, SCHEDULED, 0, id, 'JUSTID')
+  end
+  redis.call('ZADD', g.delayed, int(due), id .. '|' .. int(attempts))
+end
+
+-- Ordered groups. A key's head (the one message of the key in progress:
+-- leased or scheduled) is in `heads` (key → stream id); the messages behind
+-- it wait in `parked`, a zset of equal scores ordered by member:
+-- '<key length, 5 digits><key><arrival number, 16 digits><stream id>', so
+-- one key's members are contiguous, in arrival order, and no key's prefix
+-- is another key's (the length comes first). Finding a key's next message
+-- is one ZRANGE BYLEX: O(log n), never a scan.
+local function parked_prefix(key)
+  return string.format('%05d', #key) .. key
+end
+
+-- Makes entry `id` the head of `key` when the key is free (returns true),
+-- else parks it at the back of the key (returns false). `force`: the entry
+-- is not in the PEL yet.
+local function take_key(g, key, id, force)
+  local head = redis.call('HGET', g.heads, key)
+  if not head or head == id then
+    redis.call('HSET', g.heads, key, id)
+    return true
+  end
+  local n = redis.call('HINCRBY', g.config, 'arrivals', 1)
+  if force then
+    redis.call('XCLAIM', g.stream, g.name, PARKED, 0, id, 'FORCE', 'JUSTID')
+  else
+    redis.call('XCLAIM', g.stream, g.name, PARKED, 0, id, 'JUSTID')
+  end
+  redis.call('ZADD', g.parked, 0, parked_prefix(key) .. string.format('%016d', n) .. id)
+  return false
+end
+
+-- The head of `key` is done: its next parked message becomes the head,
+-- scheduled for now (or its deliver_at), and waiting fetches are woken.
+local function release_key(g, key)
+  local prefix = parked_prefix(key)
+  local next_member = redis.call('ZRANGE', g.parked, '[' .. prefix, '(' .. prefix .. '\255',
+    'BYLEX', 'LIMIT', 0, 1)[1]
+  if not next_member then
+    redis.call('HDEL', g.heads, key)
+    return
+  end
+  redis.call('ZREM', g.parked, next_member)
+  local id = string.sub(next_member, #prefix + 17)
+  local entry = redis.call('XRANGE', g.stream, id, id)[1]
+  local deliver_at = entry and tonumber(entry_fields(entry[2]).deliver_at or 0) or 0
+  redis.call('HSET', g.heads, key, id)
+  schedule(g, id, 0, math.max(now_ms(), deliver_at))
+  redis.call('PUBLISH', g.wake, 0)
+end
+
+-- The ordering key of an entry with fields `f` in this group, or nil.
+local function order_key(g, f)
+  if g.ordered and f and f.key and f.key ~= '' then
+    return f.key
+  end
+  return nil
+end
+
+-- Ends entry `id` (fields `f`, when known) for the group: out of the PEL
+-- and the lease set, one message less owed (`done:<G>`, read by
+-- publish.lua's backlog check), and in an ordered group its key passes to
+-- the next message.
+local function finish(g, id, f)
   redis.call('XACK', g.stream, g.name, id)
   redis.call('ZREM', g.leases, id)
   redis.call('HDEL', g.deliveries, id)
   redis.call('HINCRBY', g.meta, 'done:' .. g.name, 1)
-end
-
--- Parks entry `id` (in the PEL) in the retry schedule, due at `due`, with
--- `attempts` deliveries used. It stays in the PEL, owned by SCHEDULED, so
--- the PEL holds every entry a group has started and not finished.
-local function schedule(g, id, attempts, due)
-  redis.call('ZREM', g.leases, id)
-  redis.call('HDEL', g.deliveries, id)
-  redis.call('XCLAIM', g.stream, g.name, SCHEDULED, 0, id, 'JUSTID')
-  redis.call('ZADD', g.delayed, int(due), id .. '|' .. int(attempts))
+  local key = order_key(g, f)
+  if key and redis.call('HGET', g.heads, key) == id then
+    release_key(g, key)
+  end
 end
 
 -- Moves entry `id` out of the group's delivery path into its dead-letter
@@ -87,10 +162,12 @@ local function dead_letter(g, id, flat, reason, attempts, last_error, now)
     local found = redis.call('XRANGE', g.stream, id, id)
     flat = found[1] and found[1][2]
   end
-  finish(g, id)
   if not flat then
+    finish(g, id, nil)
     return 0
   end
+  local fields = entry_fields(flat)
+  finish(g, id, fields)
   local entry = { 'stream_id', id, 'reason', reason, 'attempts', int(attempts),
     'dead_lettered_at', int(now) }
   if last_error and last_error ~= '' then
@@ -101,7 +178,7 @@ local function dead_letter(g, id, flat, reason, attempts, last_error, now)
     entry[#entry + 1] = flat[i]
   end
   local letter = redis.call('XADD', g.dlq, '*', unpack(entry))
-  local message_id = entry_fields(flat).id or ''
+  local message_id = fields.id or ''
   local known = redis.call('HGET', g.dlq_index, message_id)
   redis.call('HSET', g.dlq_index, message_id, known and (known .. ' ' .. letter) or letter)
   return 1

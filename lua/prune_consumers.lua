@@ -16,7 +16,7 @@ local idle_limit = tonumber(ARGV[2])
 local removed = 0
 for _, row in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
   local c = entry_fields(row)
-  if c.name ~= SCHEDULED and c.pending == 0 and c.idle >= idle_limit then
+  if c.name ~= SCHEDULED and c.name ~= PARKED and c.pending == 0 and c.idle >= idle_limit then
     redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], c.name)
     removed = removed + 1
   end

@@ -9,7 +9,8 @@
 --
 -- Read in one step so a racing delete answers "no such topic", never a
 -- half-read error. Per group: pending = leased (the PEL less the entries
--- parked for a retry), lag = seq − done:<G> − the whole PEL.
+-- scheduled for a retry or parked behind their key), lag = seq − done:<G> −
+-- the whole PEL.
 local meta, stream = KEYS[1], KEYS[2]
 local fields = redis.call('HGETALL', meta)
 if #fields == 0 then
@@ -30,8 +31,8 @@ if redis.call('EXISTS', stream) == 1 then
       local summary = redis.call('XPENDING', stream, info.name)
       local scheduled = 0
       for _, owner in ipairs(summary[4] or {}) do
-        if owner[1] == SCHEDULED then
-          scheduled = tonumber(owner[2])
+        if owner[1] == SCHEDULED or owner[1] == PARKED then
+          scheduled = scheduled + tonumber(owner[2])
         end
       end
       local lag = tonumber(m.seq or 0) - tonumber(m['done:' .. info.name] or 0) - summary[1]

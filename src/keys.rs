@@ -22,6 +22,8 @@
 //! | `sc:{T:P}:g:<G>:dlq:index` | hash | message id → its dead letters' ids |
 //! | `sc:{T:P}:g:<G>:leases` | zset | leased stream ids by promised expiry |
 //! | `sc:{T:P}:g:<G>:deliveries` | hash | leased stream id → `<attempt>:<delivery>` |
+//! | `sc:{T:P}:g:<G>:heads` | hash | ordered groups: key → its message in progress |
+//! | `sc:{T:P}:g:<G>:parked` | zset | ordered groups: messages waiting behind their key's head |
 //! | `sc:{T}:topics` | set | the tenant's topic names |
 //! | `sc:{T}:idem:<key>` | hash | consumer idempotency claim / result |
 //! | `sc:{T}:checkpoint:<name>` | string | sequence high-water mark |
@@ -193,8 +195,19 @@ impl GroupKeys {
         format!("{}:deliveries", self.prefix)
     }
 
+    /// Ordered groups: key → the stream id of its message in progress.
+    pub fn heads(&self) -> String {
+        format!("{}:heads", self.prefix)
+    }
+
+    /// Ordered groups: messages waiting behind the one of their key in
+    /// progress (zset ordered by member: key, then arrival).
+    pub fn parked(&self) -> String {
+        format!("{}:parked", self.prefix)
+    }
+
     /// Every key of the group, for deleting it.
-    pub fn all(&self) -> [String; 6] {
+    pub fn all(&self) -> [String; 8] {
         [
             self.config(),
             self.delayed(),
@@ -202,6 +215,8 @@ impl GroupKeys {
             self.dlq_index(),
             self.leases(),
             self.deliveries(),
+            self.heads(),
+            self.parked(),
         ]
     }
 }

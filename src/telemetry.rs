@@ -49,6 +49,8 @@ pub const GROUP_PENDING: &str = "streamcar_group_pending";
 pub const GROUP_DELAYED: &str = "streamcar_group_delayed";
 /// Entries in a group's dead-letter stream.
 pub const GROUP_DLQ_SIZE: &str = "streamcar_group_dead_letters";
+/// Ordered groups: entries waiting behind an earlier message of their key.
+pub const GROUP_PARKED: &str = "streamcar_group_parked";
 /// Time from publish to first delivery.
 pub const PUBLISH_TO_DELIVERY: &str = "streamcar_publish_to_first_delivery_seconds";
 /// Time from publish to ack.
@@ -141,6 +143,10 @@ fn describe() {
     describe_gauge!(GROUP_PENDING, "Deliveries of the group not yet acked.");
     describe_gauge!(GROUP_DELAYED, "Retries the group has scheduled.");
     describe_gauge!(GROUP_DLQ_SIZE, "Entries in the group's dead-letter stream.");
+    describe_gauge!(
+        GROUP_PARKED,
+        "Entries of an ordered group waiting behind an earlier message of their key."
+    );
     describe_histogram!(
         PUBLISH_TO_DELIVERY,
         Unit::Seconds,

@@ -144,7 +144,7 @@ impl Broker {
         let mut cursor = "-".to_owned();
         for round in 1.. {
             let mut call = group_call(&self.store.scripts().dlq_replay, &keys, group);
-            call.arg(keys.wake_channel()).arg(&cursor).arg(SCAN_CHUNK);
+            call.arg(&cursor).arg(SCAN_CHUNK);
             for id in ids.unwrap_or_default() {
                 call.arg(id);
             }

@@ -98,6 +98,30 @@ pub struct GroupConfigRequest {
     /// Whether deliveries are paused.
     #[serde(default)]
     pub paused: Option<bool>,
+    /// `none` (default) or `key`: at most one message per `key` in progress,
+    /// in `seq` order. Fixed when the group is created.
+    #[serde(default)]
+    pub ordering: Option<Ordering>,
+}
+
+/// How a group orders deliveries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// Any message may be delivered while others are in progress.
+    #[default]
+    None,
+    /// Per key: one message in progress at a time, in `seq` order.
+    Key,
+}
+
+impl Ordering {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Key => "key",
+        }
+    }
 }
 
 /// A consumer as Redis sees it.
@@ -126,10 +150,14 @@ pub struct GroupInfo {
     pub backoff: Backoff,
     /// Whether deliveries are paused.
     pub paused: bool,
+    /// `none` or `key` (per-key ordering).
+    pub ordering: Ordering,
     /// Creation time (ms, Redis clock).
     pub created_at: u64,
-    /// Entries not yet delivered to the group (None when Redis cannot tell).
+    /// Entries not yet delivered to the group (not counting parked ones).
     pub lag: u64,
+    /// Ordered groups: entries waiting behind an earlier message of their key.
+    pub parked: u64,
     /// Entries delivered and not yet acked.
     pub pending: u64,
     /// Entries waiting for a scheduled retry.
@@ -261,14 +289,24 @@ impl Broker {
             .key(gk.config())
             .arg(DEFAULT_DEDUP_WINDOW_MS)
             .arg(group.as_str())
-            .arg(start_id);
+            .arg(start_id)
+            .arg(request.ordering.map_or("", Ordering::as_str));
         let defaults = default_fields(start_shown);
         call.arg(defaults.len());
         for (k, v) in defaults.into_iter().chain(request.fields()) {
             call.arg(k).arg(v);
         }
         let mut conn = self.store.conn().await?;
-        let (created, topic_created): (i64, i64) = call.invoke_async(&mut conn).await?;
+        let (created, topic_created, ordering): (i64, i64, String) =
+            call.invoke_async(&mut conn).await?;
+        if created < 0 {
+            return Err(Error::Conflict {
+                code: "group_config_conflict",
+                detail: format!(
+                    "group '{group}' exists with ordering '{ordering}'; ordering is fixed when a group is created"
+                ),
+            });
+        }
         if topic_created == 1 {
             super::publish::register_topic(&mut conn, tenant, topic).await?;
         }
@@ -288,7 +326,7 @@ impl Broker {
             group_call(&self.store.scripts().group_info, &keys, group)
                 .invoke_async(&mut conn)
                 .await?;
-        let (config, lag, pending, delayed, dead_lettered, last_delivered_id, consumers) =
+        let (config, lag, pending, delayed, dead_lettered, last_delivered_id, consumers, parked) =
             reading.ok_or_else(|| group_not_found(group))?;
         let (lease_ms, max_deliveries, backoff, paused) =
             parse_config(&config).ok_or_else(|| group_not_found(group))?;
@@ -299,11 +337,17 @@ impl Broker {
             max_deliveries,
             backoff,
             paused,
+            ordering: if config.get("ordering").is_some_and(|o| o == "key") {
+                Ordering::Key
+            } else {
+                Ordering::None
+            },
             created_at: config
                 .get("created_at")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
             lag,
+            parked,
             pending,
             delayed,
             dead_lettered,
@@ -364,8 +408,8 @@ impl Broker {
 }
 
 /// Raw reply of `lua/group_info.lua` for an existing group: config, lag,
-/// leased, scheduled, dead letters, last-delivered id, and
-/// `(name, pending, idle_ms)` per consumer.
+/// leased, scheduled, dead letters, last-delivered id,
+/// `(name, pending, idle_ms)` per consumer, and parked.
 type GroupReading = (
     HashMap<String, String>,
     u64,
@@ -374,4 +418,5 @@ type GroupReading = (
     u64,
     String,
     Vec<(String, u64, u64)>,
+    u64,
 );

@@ -97,7 +97,7 @@ impl Broker {
             }
         };
         let mut call = group_call(&self.store.scripts().nack, &keys, group);
-        call.arg(error).arg(keys.wake_channel());
+        call.arg(error);
         for (r, delay) in parsed.iter().zip(&delays) {
             call.arg(&r.stream_id).arg(r.fence()).arg(delay);
         }

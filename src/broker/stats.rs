@@ -37,6 +37,7 @@ impl Broker {
             metrics::gauge!(telemetry::GROUP_LAG, labels.clone()).set(info.lag as f64);
             metrics::gauge!(telemetry::GROUP_PENDING, labels.clone()).set(info.pending as f64);
             metrics::gauge!(telemetry::GROUP_DELAYED, labels.clone()).set(info.delayed as f64);
+            metrics::gauge!(telemetry::GROUP_PARKED, labels.clone()).set(info.parked as f64);
             metrics::gauge!(telemetry::GROUP_DLQ_SIZE, labels).set(info.dead_lettered as f64);
         }
         Ok(())
