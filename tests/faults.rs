@@ -13,7 +13,11 @@
 //! * nothing was delivered that was never published;
 //! * nothing is unaccounted for (no lag, pending, delayed or dead letters left);
 //! * a lease is never held twice: a message is handed out again only after
-//!   its previous lease ended, and never after a successful ack.
+//!   its previous lease ended, and never after a successful ack;
+//! * in an ordered group (`ordering: key`), no two deliveries of one key
+//!   overlap (each starts after the previous one of its key was acked,
+//!   nacked or its lease ended — Redis clock and the test's clock are the
+//!   same machine's), and each key's messages are acked in `seq` order.
 //!
 //! Randomness is seeded (`STREAMCAR_FAULT_SEED` to replay); the seed is in
 //! every failure message.
@@ -47,14 +51,33 @@ fn seed() -> u64 {
 #[derive(Debug, Clone)]
 struct Delivery {
     id: String,
+    key: Option<String>,
+    seq: u64,
     attempt: u64,
     handed_out: u64,
     lease_expires_at: u64,
+    /// Wall clock (ms) just before the ack or nack was sent, if one was.
+    settled_at: Option<u64>,
     /// The ack was answered 200.
     acked: bool,
     /// An ack was sent but its answer was lost (the sidecar died): it may
     /// or may not have been applied. Jepsen calls this indeterminate.
     ack_indeterminate: bool,
+    /// A nack was sent (applied or not).
+    nacked: bool,
+}
+
+impl Delivery {
+    /// The earliest moment this delivery may have ended: when the client
+    /// sent its ack or nack (if it may have applied), else its lease's end.
+    fn ended(&self) -> u64 {
+        match self.settled_at {
+            Some(at) if self.acked || self.ack_indeterminate || self.nacked => {
+                at.min(self.lease_expires_at)
+            }
+            _ => self.lease_expires_at,
+        }
+    }
 }
 
 /// Everything the clients observed.
@@ -69,6 +92,13 @@ struct History {
 struct Cluster {
     bases: Vec<String>,
     client: reqwest::Client,
+}
+
+/// Milliseconds since the epoch by this machine's clock (the one Redis reads).
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Cluster {
@@ -101,11 +131,20 @@ impl Cluster {
 }
 
 /// Publishes `count` messages, each retried (same idempotency key) until
-/// acknowledged, across whatever sidecars are up.
-async fn produce(cluster: Arc<Cluster>, history: Arc<Mutex<History>>, count: usize, seed: u64) {
+/// acknowledged, across whatever sidecars are up. With `keys > 0` message
+/// `i` has the ordering key `k<i % keys>`.
+async fn produce(
+    cluster: Arc<Cluster>,
+    history: Arc<Mutex<History>>,
+    (count, keys): (usize, usize),
+    seed: u64,
+) {
     for i in 0..count {
         let id = format!("m-{i}");
-        let body = json!({"id": id, "payload": {"n": i}, "idempotency_key": id});
+        let mut body = json!({"id": id, "payload": {"n": i}, "idempotency_key": id});
+        if keys > 0 {
+            body["key"] = json!(format!("k{}", i % keys));
+        }
         let mut acknowledged = false;
         for attempt in 0..600 {
             if let Some((status, reply)) = cluster
@@ -128,11 +167,12 @@ async fn produce(cluster: Arc<Cluster>, history: Arc<Mutex<History>>, count: usi
     }
 }
 
-/// Fetches and acks until `stop`; abandons some leases and stalls past others.
+/// Fetches and acks until `stop`; abandons some leases, stalls past others
+/// and (with `nacks`) gives some back for an immediate retry.
 async fn consume(
     cluster: Arc<Cluster>,
     history: Arc<Mutex<History>>,
-    name: String,
+    (name, nacks): (String, bool),
     seed: u64,
     stop: Arc<AtomicBool>,
 ) {
@@ -155,21 +195,34 @@ async fn consume(
             let lease_expires_at = m["lease_expires_at"].as_u64().expect("lease");
             let mut delivery = Delivery {
                 id: m["id"].as_str().expect("id").to_owned(),
+                key: m["key"].as_str().map(str::to_owned),
+                seq: m["seq"].as_u64().expect("seq"),
                 attempt: m["attempt"].as_u64().expect("attempt"),
                 handed_out: lease_expires_at - LEASE_MS,
                 lease_expires_at,
+                settled_at: None,
                 acked: false,
                 ack_indeterminate: false,
+                nacked: false,
             };
             let roll = rng.u8(..100);
             if roll < 8 {
                 // Abandon: this worker "dies" holding the lease.
+            } else if nacks && roll < 16 {
+                // Give it back for an immediate retry.
+                delivery.settled_at = Some(wall_ms());
+                delivery.nacked = true;
+                let body = json!({"receipts": [m["receipt"]], "delay_ms": 0});
+                let _ = cluster
+                    .post(turn, "/topics/jobs/groups/g/nack", &body)
+                    .await;
             } else {
                 if roll < 12 {
                     // Stall past the lease, then try to commit anyway.
                     tokio::time::sleep(Duration::from_millis(LEASE_MS + 300)).await;
                 }
                 let receipts = json!({"receipts": [m["receipt"]]});
+                delivery.settled_at = Some(wall_ms());
                 for attempt in 0..3 {
                     match cluster
                         .post(turn + attempt, "/topics/jobs/groups/g/ack", &receipts)
@@ -201,7 +254,7 @@ async fn consume(
 fn spawn_consumers(
     cluster: &Arc<Cluster>,
     history: &Arc<Mutex<History>>,
-    n: u64,
+    (n, nacks): (u64, bool),
     seed: u64,
     stop: &Arc<AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -210,7 +263,7 @@ fn spawn_consumers(
             tokio::spawn(consume(
                 cluster.clone(),
                 history.clone(),
-                format!("c{c}"),
+                (format!("c{c}"), nacks),
                 seed.wrapping_add(c),
                 stop.clone(),
             ))
@@ -223,7 +276,7 @@ async fn drained(cluster: &Cluster, seed: u64) -> Value {
     let mut last = Value::Null;
     for i in 0..600 {
         if let Some(g) = cluster.get(i, "/topics/jobs/groups/g").await {
-            if g["lag"] == 0 && g["pending"] == 0 && g["delayed"] == 0 {
+            if g["lag"] == 0 && g["pending"] == 0 && g["delayed"] == 0 && g["parked"] == 0 {
                 return g;
             }
             last = g;
@@ -301,19 +354,45 @@ async fn check(cluster: &Cluster, history: &History, count: usize, seed: u64) {
                 "seed {seed}: {id} delivered again after a successful ack: {ds:?}"
             );
             assert!(
-                b.handed_out >= a.lease_expires_at,
+                b.handed_out >= a.ended(),
                 "seed {seed}: {id} handed out while a lease was live: {ds:?}"
             );
         }
     }
+
+    // Ordered keys: deliveries of one key never overlap, and its messages
+    // are acked in seq order.
+    let mut by_key: BTreeMap<&str, Vec<&Delivery>> = BTreeMap::new();
+    for d in &history.deliveries {
+        if let Some(key) = &d.key {
+            by_key.entry(key).or_default().push(d);
+        }
+    }
+    for (key, ds) in &mut by_key {
+        ds.sort_by_key(|d| (d.handed_out, d.seq));
+        for pair in ds.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            assert!(
+                b.handed_out >= a.ended(),
+                "seed {seed}: key {key}: {} handed out while {} was in progress: {a:?} {b:?}",
+                b.id,
+                a.id
+            );
+        }
+        let acked: Vec<u64> = ds.iter().filter(|d| d.acked).map(|d| d.seq).collect();
+        assert!(
+            acked.windows(2).all(|w| w[0] < w[1]),
+            "seed {seed}: key {key} acked out of seq order: {acked:?}"
+        );
+    }
 }
 
-async fn setup(cluster: &Cluster) {
+async fn setup(cluster: &Cluster, ordering: &str) {
     for i in 0..50 {
         if let Some(resp) = cluster
             .client
             .put(cluster.url(i, "/topics/jobs/groups/g"))
-            .json(&json!({"lease_ms": LEASE_MS, "max_deliveries": 1000}))
+            .json(&json!({"lease_ms": LEASE_MS, "max_deliveries": 1000, "ordering": ordering}))
             .send()
             .await
             .ok()
@@ -348,13 +427,13 @@ async fn no_acknowledged_message_is_lost_when_the_sidecar_and_redis_crash() {
         bases: vec![base],
         client: client(),
     });
-    setup(&cluster).await;
+    setup(&cluster, "none").await;
     let history = Arc::new(Mutex::new(History::default()));
     let stop = Arc::new(AtomicBool::new(false));
     const COUNT: usize = 300;
 
-    let producer = tokio::spawn(produce(cluster.clone(), history.clone(), COUNT, seed));
-    let consumers = spawn_consumers(&cluster, &history, 3, seed, &stop);
+    let producer = tokio::spawn(produce(cluster.clone(), history.clone(), (COUNT, 0), seed));
+    let consumers = spawn_consumers(&cluster, &history, (3, false), seed, &stop);
 
     // Chaos: kill -9 the sidecar three times and Redis twice, at random moments.
     let started = Instant::now();
@@ -397,13 +476,13 @@ async fn three_sidecars_share_groups_without_double_leases_even_when_one_freezes
         bases: sidecars.iter().map(|s| s.base.clone()).collect(),
         client: client(),
     });
-    setup(&cluster).await;
+    setup(&cluster, "none").await;
     let history = Arc::new(Mutex::new(History::default()));
     let stop = Arc::new(AtomicBool::new(false));
     const COUNT: usize = 300;
 
-    let producer = tokio::spawn(produce(cluster.clone(), history.clone(), COUNT, seed));
-    let consumers = spawn_consumers(&cluster, &history, 4, seed, &stop);
+    let producer = tokio::spawn(produce(cluster.clone(), history.clone(), (COUNT, 0), seed));
+    let consumers = spawn_consumers(&cluster, &history, (4, false), seed, &stop);
 
     // Freeze one sidecar past the lease: requests through it stall; its
     // consumers' leases expire and move to the others; late acks are fenced.
@@ -419,5 +498,57 @@ async fn three_sidecars_share_groups_without_double_leases_even_when_one_freezes
         c.await.expect("consumer");
     }
     let history = history.lock().await;
+    check(&cluster, &history, COUNT, seed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ordered_group_keeps_every_key_in_order_through_stalls_nacks_and_crashes() {
+    let seed = seed();
+    eprintln!("fault seed: {seed} (STREAMCAR_FAULT_SEED={seed} to replay)");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let mut sidecars = Vec::new();
+    for _ in 0..3 {
+        sidecars.push(StreamcarProcess::start(&redis.url(), &[]).await);
+    }
+    let cluster = Arc::new(Cluster {
+        bases: sidecars.iter().map(|s| s.base.clone()).collect(),
+        client: client(),
+    });
+    setup(&cluster, "key").await;
+    let history = Arc::new(Mutex::new(History::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    // 200 keys × 20 messages.
+    const COUNT: usize = 4000;
+    const KEYS: usize = 200;
+
+    let producer = tokio::spawn(produce(
+        cluster.clone(),
+        history.clone(),
+        (COUNT, KEYS),
+        seed,
+    ));
+    let consumers = spawn_consumers(&cluster, &history, (6, true), seed, &stop);
+
+    // Chaos: kill -9 one sidecar (it comes back on its port), then Redis.
+    tokio::time::sleep(Duration::from_millis(500 + rng.u64(..1000))).await;
+    sidecars[0].restart().await;
+    tokio::time::sleep(Duration::from_millis(500 + rng.u64(..1000))).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(rng.u64(100..600))).await;
+    redis.restart();
+
+    producer.await.expect("producer");
+    drained(&cluster, seed).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in consumers {
+        c.await.expect("consumer");
+    }
+    let history = history.lock().await;
+    eprintln!(
+        "{} published, {} deliveries",
+        history.published.len(),
+        history.deliveries.len()
+    );
     check(&cluster, &history, COUNT, seed).await;
 }
