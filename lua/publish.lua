@@ -8,20 +8,25 @@
 -- ARGV[3]  number of messages N, then per message:
 --          dedup KEYS index (0 = no idempotency key), id, ttl_ms (0 = none),
 --          delay_ms (0 = none), F = number of envelope fields, then F name/value pairs
--- Returns  { created (1 if this call declared the topic),
---            { { id, stream_id, seq, duplicate (0|1) } per message } },
---            , 0 }, or { -2, {}, max_backlog } when the topic's max_backlog is reached
---          (nothing written)
+-- Returns  { status, { { id, stream_id, seq, outcome } per message }, max_backlog }
+--          status: 1 if this call declared the topic, else 0; -2 when the
+--          backlog refused every message that was not a duplicate (nothing
+--          written). outcome: 0 written, 1 duplicate (the first message's id,
+--          stream_id and seq), 2 refused because the backlog is full
+--          (stream_id '' and seq 0).
 --
 -- Invariants protected:
 --  * seq is strictly increasing with no gaps among non-duplicate publishes
 --    (HINCRBY and XADD happen in the same atomic step);
 --  * an idempotency key seen inside the topic's window yields the first
---    message's id/stream_id/seq and writes nothing. A record left by an
---    earlier incarnation of a deleted topic is ignored, so deleting a topic
---    never has to scan for its dedup keys;
---  * with max_backlog set, nothing is written while some group has that
---    many messages not yet acked (undelivered + pending + scheduled);
+--    message's id/stream_id/seq and writes nothing, whatever the backlog. A
+--    record left by an earlier incarnation of a deleted topic is ignored, so
+--    deleting a topic never has to scan for its dedup keys
+--    (publish_dups.lua reads the same records);
+--  * with max_backlog set, a message is written only while the slowest
+--    group owes fewer than max_backlog messages (undelivered + pending +
+--    scheduled), counting what this call already wrote, so a batch never
+--    overshoots: its first items that fit are written, the rest refused;
 --  * published_at, expires_at and deliver_at come from Redis TIME, the one
 --    clock every sidecar shares.
 local meta, stream = KEYS[1], KEYS[2]
@@ -29,9 +34,12 @@ local now = now_ms()
 local incarnation, created = ensure_topic(meta, ARGV[1])
 local window = tonumber(redis.call('HGET', meta, 'dedup_window_ms'))
 
--- Backpressure: refuse while the slowest group is max_backlog behind.
+-- Backpressure: room = how many more messages may be written before the
+-- slowest group owes max_backlog (nil = unbounded).
 local max_backlog = tonumber(redis.call('HGET', meta, 'max_backlog') or 0)
+local room = nil
 if max_backlog > 0 and redis.call('EXISTS', stream) == 1 then
+  local worst = 0
   for _, row in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
     local g = entry_fields(row)
     local lag = g.lag
@@ -40,16 +48,16 @@ if max_backlog > 0 and redis.call('EXISTS', stream) == 1 then
       lag = #redis.call('XRANGE', stream, '(' .. g['last-delivered-id'], '+', 'COUNT', max_backlog)
     end
     local backlog = lag + g.pending + tonumber(redis.call('HGET', meta, 'delayed:' .. g.name) or 0)
-    if backlog >= max_backlog then
-      return { -2, {}, max_backlog }
-    end
+    worst = math.max(worst, backlog)
   end
+  room = max_backlog - worst
 end
 
 local results = {}
 local n = tonumber(ARGV[3])
 local a = 4
 local written = 0
+local refused = 0
 for _ = 1, n do
   local dedup_index = tonumber(ARGV[a])
   local id = ARGV[a + 1]
@@ -72,8 +80,16 @@ for _ = 1, n do
 
   if previous then
     results[#results + 1] = previous
+  elseif room and room <= 0 then
+    results[#results + 1] = { id, '', 0, 2 }
+    refused = refused + 1
   else
-    local seq = redis.call('HINCRBY', meta, 'seq', 1)
+    if room then
+      room = room - 1
+    end
+    -- A Redis integer reply; kept as '%d' text so it never passes through
+    -- Lua's 14-digit number formatting.
+    local seq = string.format('%d', redis.call('HINCRBY', meta, 'seq', 1))
     local entry = { 'id', id, 'seq', seq, 'published_at', now }
     if ttl_ms > 0 then
       entry[#entry + 1] = 'expires_at'
@@ -98,4 +114,7 @@ end
 if written > 0 then
   redis.call('PUBLISH', ARGV[2], written)
 end
-return { created, results, 0 }
+if written == 0 and refused > 0 then
+  return { -2, results, max_backlog }
+end
+return { created, results, max_backlog }

@@ -1,32 +1,132 @@
 -- rate_limit.lua: a tenant's publish quota, GCRA (generic cell rate
--- algorithm: a leaky bucket kept as one "theoretical arrival time").
+-- algorithm: a leaky bucket kept as one "theoretical arrival time", TAT).
 --
--- KEYS[1]  sc:{T}:rate  hash: publish_per_sec, burst, tat (ms, fractional)
--- ARGV[1]  cost: messages in this publish
--- Returns  { status, retry_after_ms, remaining, reset_ms, limit }
---          status 1 allowed, 0 refused (nothing counted), 2 no limit set,
---          -1 cost larger than the burst (can never pass)
+-- KEYS[1]  sc:{T}:rate  hash: publish_per_sec, burst, epoch (config, written
+--          by the sidecar in one HSET); tat_us, tat_frac, tat_rate, shift (state)
+-- ARGV[1]  'charge': ARGV[2] = cost, the messages of this publish.
+--          'refund': give back what a charge paid for and the publish did not
+--          write: ARGV[2] = how many messages, ARGV[3..7] = the charge's
+--          receipt (tat_us, tat_frac, rate, shift, epoch).
+-- Returns  { status, retry_after_ms, remaining, reset_ms, limit,
+--            tat_us, tat_frac, rate, shift, epoch }
+--          status 1 allowed (charged; after a refund: done), 0 refused
+--          (nothing counted), 2 no limit set, -1 cost larger than the burst
+--          (can never pass). The last five are a charge's receipt.
 --
--- Invariant: over any window, allowed messages ≤ burst + rate × window;
--- a refused call changes nothing, so refusals never make a tenant wait longer.
-local cfg = redis.call('HMGET', KEYS[1], 'publish_per_sec', 'burst', 'tat')
-if not cfg[1] then
-  return { 2, 0, 0, 0, 0 }
+-- Exact arithmetic. Lua numbers are doubles, and Redis turns a number into a
+-- string with 14 significant digits: at epoch-millisecond magnitudes that
+-- rounds a TAT to 0.1 ms, so above 20,000/s a one-message charge vanished.
+-- Here every quantity is an integer below 2^53 and is stored with '%d':
+--  * the Redis clock in microseconds (about 1.8e15);
+--  * TAT = tat_us + tat_frac / tat_rate microseconds, tat_frac < tat_rate;
+--  * the bucket's debt D = (TAT - now) × rate, in units where a message
+--    costs UNIT (1e6) and a microsecond drains `rate` units, so the emission
+--    interval (1e6 / rate µs) needs no division. D never exceeds
+--    burst × UNIT ≤ 1e12 (the schema caps rate and burst at 1e6).
+--
+-- Refunds. A charge buys the slots just before the TAT it leaves; the debt
+-- drains first in, first out, so what is left of them at refund time is
+-- min(cost, (TAT_charge - now) × rate). Only that is given back: a refund
+-- must not turn time that already drained into new credit, or a publish
+-- refused after a long call would let others exceed the quota. Later charges'
+-- slots move earlier by the refund, which the counter `shift` (modulo
+-- SHIFT_MOD) records, so a refund after another one assumes its own slots
+-- moved by everything refunded since its charge (at worst it gives back too
+-- little). A refund under another config (epoch) gives nothing back.
+--
+-- Invariant: over any window, written messages ≤ burst + rate × window; a
+-- refused call changes nothing, so refusals never make a tenant wait longer.
+local UNIT = 1000000
+local SHIFT_MOD = 1125899906842624 -- 2^50: shift + one refund stays below 2^53
+
+-- floor(a / b) for integers 0 ≤ a < 2^53 and b > 0, corrected so a rounded
+-- quotient is never off by one.
+local function idiv(a, b)
+  local q = math.floor(a / b)
+  local r = a - q * b
+  if r < 0 then
+    q = q - 1
+  elseif r >= b then
+    q = q + 1
+  end
+  return q
 end
-local rate, burst, cost = tonumber(cfg[1]), tonumber(cfg[2]), tonumber(ARGV[1])
-if cost > burst then
-  return { -1, 0, 0, 0, burst }
+
+local function cdiv(a, b)
+  return idiv(a + b - 1, b)
+end
+
+local cfg = redis.call('HMGET', KEYS[1], 'publish_per_sec', 'burst', 'epoch',
+  'tat_us', 'tat_frac', 'tat_rate', 'shift', 'tat')
+if not cfg[1] then
+  return { 2, 0, 0, 0, 0, 0, 0, 0, 0, '' }
+end
+local rate, burst, epoch = tonumber(cfg[1]), tonumber(cfg[2]), cfg[3] or ''
+local refund = ARGV[1] == 'refund'
+local cost = tonumber(ARGV[2])
+if not refund and cost > burst then
+  return { -1, 0, 0, 0, burst, 0, 0, 0, 0, '' }
 end
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local interval = 1000 / rate
-local tat = math.max(tonumber(cfg[3] or 0), now)
-local new_tat = tat + interval * cost
-local allow_at = new_tat - interval * burst
-if now < allow_at then
-  local remaining = math.max(0, math.floor((now + interval * burst - tat) / interval))
-  return { 0, math.ceil(allow_at - now), remaining, math.ceil(tat - now), burst }
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cap = burst * UNIT
+local shift = tonumber(cfg[7] or 0)
+
+-- The debt now. A TAT written under another rate converts its fraction,
+-- rounding up; one written by an older version (float milliseconds in field
+-- 'tat') counts from its next whole microsecond. Above a full bucket (the
+-- quota was lowered) it counts as a full bucket.
+local debt = 0
+local tat_us = tonumber(cfg[4] or 0)
+local frac, frac_rate = tonumber(cfg[5] or 0), tonumber(cfg[6] or 1)
+if not cfg[4] and cfg[8] then
+  tat_us, frac = math.ceil(tonumber(cfg[8]) * 1000), 0
 end
-redis.call('HSET', KEYS[1], 'tat', tostring(new_tat))
-local remaining = math.floor((now + interval * burst - new_tat) / interval)
-return { 1, 0, remaining, math.ceil(new_tat - now), burst }
+if tat_us >= now_us then
+  debt = (tat_us - now_us) * rate
+  if debt >= cap then
+    debt = cap
+  else
+    debt = math.min(cap, debt + (frac_rate == rate and frac or cdiv(frac * rate, frac_rate)))
+  end
+end
+
+-- Stores TAT = now + debt / rate and returns it as (tat_us, tat_frac).
+local function store(new_debt, new_shift)
+  local whole = idiv(new_debt, rate)
+  local us, f = now_us + whole, new_debt - whole * rate
+  redis.call('HSET', KEYS[1], 'tat_us', string.format('%d', us), 'tat_frac',
+    string.format('%d', f), 'tat_rate', string.format('%d', rate), 'shift',
+    string.format('%d', new_shift))
+  if cfg[8] then
+    redis.call('HDEL', KEYS[1], 'tat')
+  end
+  return us, f
+end
+
+local function reset_ms(d)
+  return cdiv(cdiv(d, rate), 1000)
+end
+
+if refund then
+  local r_us, r_frac, r_rate, r_shift = tonumber(ARGV[3]), tonumber(ARGV[4]),
+    tonumber(ARGV[5]), tonumber(ARGV[6])
+  if ARGV[7] == epoch and r_rate == rate and r_us >= now_us then
+    local since = (shift - r_shift) % SHIFT_MOD
+    local left = (r_us - now_us) * rate + r_frac - since
+    left = math.min(left, cost * UNIT, debt)
+    if left > 0 then
+      debt = debt - left
+      store(debt, (shift + left) % SHIFT_MOD)
+    end
+  end
+  return { 1, 0, idiv(cap - debt, UNIT), reset_ms(debt), burst, 0, 0, 0, 0, '' }
+end
+
+local charged = debt + cost * UNIT
+if charged > cap then
+  return { 0, cdiv(cdiv(charged - cap, rate), 1000), idiv(cap - debt, UNIT),
+    reset_ms(debt), burst, 0, 0, 0, 0, '' }
+end
+local us, f = store(charged, shift)
+return { 1, 0, idiv(cap - charged, UNIT), reset_ms(charged), burst, us, f, rate, shift, epoch }

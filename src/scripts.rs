@@ -180,6 +180,8 @@ pub struct Scripts {
     pub pool_info: NamedScript,
     /// A tenant's publish quota (GCRA).
     pub rate_limit: NamedScript,
+    /// Read-only: which idempotency keys of a publish were already written.
+    pub publish_dups: NamedScript,
 }
 
 impl Scripts {
@@ -211,6 +213,7 @@ impl Scripts {
             pool_hold: script!("pool_hold"),
             pool_info: script!("pool_info"),
             rate_limit: script!("rate_limit"),
+            publish_dups: script!("publish_dups"),
         }
     }
 
@@ -242,6 +245,7 @@ impl Scripts {
             &self.pool_hold,
             &self.pool_info,
             &self.rate_limit,
+            &self.publish_dups,
         ]
     }
 

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use super::publish::{MAX_HEADER_NAME_LEN, MAX_HEADER_VALUE_LEN, MAX_HEADERS};
 use crate::error::{Error, Result};
 
 /// One message as stored in a topic, ready to serialize.
@@ -74,4 +75,35 @@ impl Message {
             stream_id,
         })
     }
+}
+
+/// The OpenAPI schema of a message's `headers`: at most [`MAX_HEADERS`]
+/// string pairs; names 1 to [`MAX_HEADER_NAME_LEN`] characters, values up to
+/// [`MAX_HEADER_VALUE_LEN`], no control characters. Next to the envelope it
+/// describes, so the domain never reaches into the HTTP layer for it.
+pub fn headers_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+    let value = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .max_length(Some(MAX_HEADER_VALUE_LEN))
+        .pattern(Some("^[^\\x00-\\x1F\\x7F-\\x9F]*$"))
+        .build();
+    let name = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX_HEADER_NAME_LEN))
+        .pattern(Some("^[^\\x00-\\x1F\\x7F-\\x9F]*$"))
+        .build();
+    ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            Type::Object,
+            Type::Null,
+        ]))
+        .max_properties(Some(MAX_HEADERS))
+        .property_names(Some(name))
+        .additional_properties(Some(AdditionalProperties::RefOr(value.into())))
+        .description(Some(
+            "String map carried with the message, e.g. traceparent.",
+        ))
+        .build()
 }

@@ -2,7 +2,11 @@
 //! it in one atomic step (`lua/publish.lua`).
 //!
 //! A batch is one script call: valid items are appended in order under one
-//! sequence range, invalid items fail alone and never reach Redis.
+//! sequence range, invalid items fail alone and never reach Redis. Each
+//! message has its own outcome: written, a duplicate of an earlier
+//! idempotency key, or refused (429) by the tenant's quota or the topic's
+//! backlog, so a refusal never hides a duplicate and only written messages
+//! spend the quota ([`Broker::publish_within_quota`]).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -11,7 +15,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::message::headers_schema;
 use super::{Broker, DEFAULT_DEDUP_WINDOW_MS};
+use crate::coord::Coord;
+use crate::coord::limits::Admission;
 use crate::error::{Error, RateLimitInfo, Result};
 use crate::keys::{self, TenantKeys, TopicKeys};
 use crate::names::{Tenant, Topic};
@@ -34,12 +41,18 @@ pub const MAX_HEADER_NAME_LEN: usize = 128;
 pub const MAX_HEADER_VALUE_LEN: usize = 4096;
 /// Longest `ttl_ms` / `delay_ms`: 365 days.
 pub const MAX_DURATION_MS: u64 = 365 * 24 * 60 * 60 * 1000;
-/// Raw reply of `lua/publish.lua`: created flag (or [`BACKLOG_FULL`]), one
-/// `(id, stream_id, seq, duplicate)` per message, the topic's max_backlog.
+/// Raw reply of `lua/publish.lua`: created flag (1) or not (0, or -2 when
+/// the backlog refused everything), one `(id, stream_id, seq, outcome)` per
+/// message, the topic's max_backlog.
 type PublishReply = (i64, Vec<(String, String, u64, i64)>, u64);
 
-/// What `lua/publish.lua` answers in place of `created` when the backlog is full.
-const BACKLOG_FULL: i64 = -2;
+/// Per-message outcomes of `lua/publish.lua`.
+const WRITTEN: i64 = 0;
+const DUPLICATE: i64 = 1;
+const REFUSED_BACKLOG: i64 = 2;
+
+/// Raw reply of `lua/publish_dups.lua`: `(found, id, stream_id, seq)` per key.
+type DupsReply = Vec<(i64, String, String, u64)>;
 
 /// Most messages in one batch request.
 pub const MAX_BATCH: usize = 1000;
@@ -101,7 +114,7 @@ pub struct PublishRequest {
     pub delay_ms: Option<u64>,
     /// String map carried with the message (e.g. `traceparent`).
     #[serde(default)]
-    #[schema(schema_with = crate::http::openapi::headers_schema)]
+    #[schema(schema_with = headers_schema)]
     pub headers: Option<BTreeMap<String, String>>,
     /// Version of the payload's schema, for consumers.
     #[serde(default)]
@@ -214,58 +227,177 @@ impl PublishRequest {
     }
 }
 
+/// What a publish came to, message by message.
+#[derive(Debug)]
+pub struct PublishOutcome {
+    /// Per message, in order: published (or a duplicate), or why it was
+    /// refused (429 `rate_limited` or `backlog_full`).
+    pub items: Vec<Result<Published>>,
+    /// The tenant's quota after the publish, for `RateLimit-*` headers
+    /// (None when the tenant has none).
+    pub quota: Option<RateLimitInfo>,
+}
+
 impl Broker {
-    /// Publishes `messages` to `topic` in order, as one atomic step. Declares
-    /// the topic with defaults when it does not exist yet.
+    /// Publishes `messages` to `topic` within the tenant's quota: charges
+    /// them, publishes, and gives back to the quota what was not written.
+    ///
+    /// The quota (`{tenant}`) and the topic (`{tenant:topic}`) live under
+    /// different hash tags, so they cannot share one script on Redis
+    /// Cluster; charging first and refunding after keeps a concurrent
+    /// publisher from slipping past the quota in between. When the quota
+    /// refuses, nothing is charged or written, and messages whose
+    /// idempotency key was already written still answer as duplicates.
+    pub async fn publish_within_quota(
+        &self,
+        coord: &Coord,
+        tenant: &Tenant,
+        topic: &Topic,
+        messages: &[PublishRequest],
+    ) -> Result<PublishOutcome> {
+        let charge = match coord.charge_publish(tenant, messages.len() as u64).await? {
+            Admission::Unlimited => None,
+            Admission::Charged(charge) => Some(charge),
+            Admission::Refused(refusal) => {
+                let duplicates = self.find_duplicates(tenant, topic, messages).await?;
+                let refused = duplicates.iter().filter(|d| d.is_none()).count() as u64;
+                metrics::counter!(telemetry::RATE_LIMITED, "tenant" => tenant.to_string())
+                    .increment(refused);
+                let items = duplicates
+                    .into_iter()
+                    .map(|d| d.ok_or_else(|| refusal.error(tenant)))
+                    .collect();
+                return Ok(PublishOutcome {
+                    items,
+                    quota: Some(refusal.info()),
+                });
+            }
+        };
+        // A failed call may or may not have written: the charge stays.
+        let (items, written) = self.publish(tenant, topic, messages).await?;
+        let quota = match charge {
+            Some(charge) => coord.settle_publish(tenant, charge, written).await,
+            None => None,
+        };
+        Ok(PublishOutcome { items, quota })
+    }
+
+    /// Publishes `messages` to `topic` in order, as one atomic step, with no
+    /// regard to quotas. Declares the topic with defaults when it does not
+    /// exist yet. Returns each message's outcome and how many were written.
     pub async fn publish(
         &self,
         tenant: &Tenant,
         topic: &Topic,
         messages: &[PublishRequest],
-    ) -> Result<Vec<Published>> {
+    ) -> Result<(Vec<Result<Published>>, u64)> {
         let keys = TopicKeys::new(tenant, topic);
         let call = publish_call(self.store.scripts(), &keys, messages);
         let mut conn = self.store.conn().await?;
         let (created, rows, max_backlog): PublishReply = call.invoke_async(&mut conn).await?;
-        let labels = telemetry::topic_labels(tenant, topic);
-        if created == BACKLOG_FULL {
-            metrics::counter!(telemetry::BACKLOG_REFUSED, labels).increment(1);
-            return Err(Error::TooManyRequests {
-                code: "backlog_full",
-                detail: format!(
-                    "a group of topic '{topic}' has {max_backlog} messages not yet acked (its max_backlog); publish again once consumers catch up"
-                ),
-                retry_after: Duration::from_secs(1),
-                limit: Some(RateLimitInfo {
-                    limit: max_backlog,
-                    remaining: 0,
-                    reset: Duration::from_secs(1),
-                }),
-            });
-        }
         if created == 1 {
             register_topic(&mut conn, tenant, topic).await?;
         }
-        let published: Vec<Published> = rows
+        let labels = telemetry::topic_labels(tenant, topic);
+        let (mut written, mut duplicates, mut refused) = (0, 0, 0);
+        let items: Vec<Result<Published>> = rows
             .into_iter()
-            .map(|(id, stream_id, seq, duplicate)| Published {
-                id,
-                stream_id,
-                seq,
-                duplicate: duplicate == 1,
+            .map(|(id, stream_id, seq, outcome)| match outcome {
+                REFUSED_BACKLOG => {
+                    refused += 1;
+                    Err(backlog_full(topic, max_backlog))
+                }
+                _ => {
+                    if outcome == WRITTEN {
+                        written += 1;
+                    } else {
+                        duplicates += 1;
+                    }
+                    Ok(Published {
+                        id,
+                        stream_id,
+                        seq,
+                        duplicate: outcome == DUPLICATE,
+                    })
+                }
             })
             .collect();
-        let duplicates = published.iter().filter(|p| p.duplicate).count() as u64;
-        metrics::counter!(telemetry::PUBLISHED, labels.clone())
-            .increment(published.len() as u64 - duplicates);
+        metrics::counter!(telemetry::PUBLISHED, labels.clone()).increment(written);
         if duplicates > 0 {
-            metrics::counter!(telemetry::PUBLISH_DUPLICATES, labels).increment(duplicates);
+            metrics::counter!(telemetry::PUBLISH_DUPLICATES, labels.clone()).increment(duplicates);
         }
-        for (p, m) in published.iter().zip(messages) {
-            tracing::debug!(id = %p.id, seq = p.seq, duplicate = p.duplicate,
-                correlation_id = ?m.correlation_id, causation_id = ?m.causation_id, "published");
+        if refused > 0 {
+            metrics::counter!(telemetry::BACKLOG_REFUSED, labels).increment(refused);
         }
-        Ok(published)
+        for (item, m) in items.iter().zip(messages) {
+            if let Ok(p) = item {
+                tracing::debug!(id = %p.id, seq = p.seq, duplicate = p.duplicate,
+                    correlation_id = ?m.correlation_id, causation_id = ?m.causation_id, "published");
+            }
+        }
+        Ok((items, written))
+    }
+
+    /// For each of `messages`, the message already written under its
+    /// idempotency key in this incarnation of the topic (as a duplicate), if
+    /// any. Writes nothing.
+    pub async fn find_duplicates(
+        &self,
+        tenant: &Tenant,
+        topic: &Topic,
+        messages: &[PublishRequest],
+    ) -> Result<Vec<Option<Published>>> {
+        let keyed: Vec<(usize, &str)> = messages
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| m.idempotency_key.as_deref().map(|k| (i, k)))
+            .collect();
+        let mut found = vec![None; messages.len()];
+        if keyed.is_empty() {
+            return Ok(found);
+        }
+        let keys = TopicKeys::new(tenant, topic);
+        let mut call = self.store.scripts().publish_dups.key(keys.meta());
+        for (_, idem) in &keyed {
+            call.key(keys.dedup(idem));
+        }
+        let mut conn = self.store.conn().await?;
+        let rows: DupsReply = call.invoke_async(&mut conn).await?;
+        for ((i, _), (hit, id, stream_id, seq)) in keyed.into_iter().zip(rows) {
+            if hit == 1 {
+                found[i] = Some(Published {
+                    id,
+                    stream_id,
+                    seq,
+                    duplicate: true,
+                });
+            }
+        }
+        let duplicates = found.iter().flatten().count() as u64;
+        if duplicates > 0 {
+            metrics::counter!(
+                telemetry::PUBLISH_DUPLICATES,
+                telemetry::topic_labels(tenant, topic)
+            )
+            .increment(duplicates);
+        }
+        Ok(found)
+    }
+}
+
+/// The 429 for a message refused because a group of `topic` owes `max_backlog`.
+fn backlog_full(topic: &Topic, max_backlog: u64) -> Error {
+    Error::TooManyRequests {
+        code: "backlog_full",
+        detail: format!(
+            "a group of topic '{topic}' has {max_backlog} messages not yet acked (its max_backlog); publish again once consumers catch up"
+        ),
+        retry_after: Duration::from_secs(1),
+        limit: Some(RateLimitInfo {
+            limit: max_backlog,
+            remaining: 0,
+            reset: Duration::from_secs(1),
+        }),
     }
 }
 

@@ -3,6 +3,11 @@
 //! enforces one shared budget. Over the limit a publish answers 429 with
 //! `Retry-After` and `RateLimit-*` headers and nothing is written.
 //!
+//! A publish is charged before it runs and settled after it: what it did not
+//! write (refused by the backlog, duplicates) goes back to the quota, so only
+//! written messages spend it. The arithmetic is exact integer GCRA state on
+//! the Redis clock in microseconds (see the script's header).
+//!
 //! Tenants without a quota cost no Redis round trip on publish: a sidecar
 //! remembers "no quota" for [`NO_QUOTA_CACHE`]; a quota set through another
 //! sidecar therefore takes effect here within that time.
@@ -15,7 +20,6 @@ use super::Coord;
 use crate::error::{Error, RateLimitInfo, Result};
 use crate::keys::TenantKeys;
 use crate::names::Tenant;
-use crate::telemetry;
 use crate::validate::check_range;
 
 /// How long a sidecar trusts that a tenant has no quota.
@@ -39,8 +43,65 @@ pub struct Limits {
     pub burst: u64,
 }
 
-/// Raw reply of `lua/rate_limit.lua`.
-type RateReply = (i64, u64, u64, u64, u64);
+/// Raw reply of `lua/rate_limit.lua`: status, retry_after_ms, remaining,
+/// reset_ms, limit, then the charge's receipt (tat_us, tat_frac, rate,
+/// shift, epoch).
+type RateReply = (i64, u64, u64, u64, u64, u64, u64, u64, u64, String);
+
+/// What a tenant's quota says to a publish.
+#[derive(Debug)]
+pub enum Admission {
+    /// The tenant has no quota.
+    Unlimited,
+    /// The messages were charged; give back what is not written with
+    /// [`Coord::settle_publish`].
+    Charged(Charge),
+    /// Over the quota: nothing was charged.
+    Refused(Refusal),
+}
+
+/// A charge the quota accepted, with what the script needs to refund part
+/// of it exactly.
+#[derive(Debug)]
+pub struct Charge {
+    count: u64,
+    receipt: ChargeReceipt,
+    info: RateLimitInfo,
+}
+
+/// Where the charge left the tenant's GCRA state (see `lua/rate_limit.lua`).
+#[derive(Debug)]
+struct ChargeReceipt {
+    tat_us: u64,
+    tat_frac: u64,
+    rate: u64,
+    shift: u64,
+    epoch: String,
+}
+
+/// A publish the quota refused.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    retry_after: Duration,
+    info: RateLimitInfo,
+}
+
+impl Refusal {
+    /// The quota state for `RateLimit-*` headers.
+    pub fn info(&self) -> RateLimitInfo {
+        self.info
+    }
+
+    /// The 429 `rate_limited` problem for a message of `tenant` refused by it.
+    pub fn error(&self, tenant: &Tenant) -> Error {
+        Error::TooManyRequests {
+            code: "rate_limited",
+            detail: format!("tenant '{tenant}' is over its publish quota; nothing was written"),
+            retry_after: self.retry_after,
+            limit: Some(self.info),
+        }
+    }
+}
 
 impl Coord {
     /// Sets a tenant's quota.
@@ -48,12 +109,16 @@ impl Coord {
         check_range("publish_per_sec", Some(limits.publish_per_sec), 1, MAX_RATE)?;
         check_range("burst", Some(limits.burst), 1, MAX_RATE)?;
         let mut conn = self.store.conn().await?;
+        // A new epoch with the config, in the same HSET: a refund of a charge
+        // made under the old config must not apply to the new one.
         redis::cmd("HSET")
             .arg(TenantKeys::new(tenant).rate())
             .arg("publish_per_sec")
             .arg(limits.publish_per_sec)
             .arg("burst")
             .arg(limits.burst)
+            .arg("epoch")
+            .arg(fastrand::u64(..))
             .query_async::<()>(&mut conn)
             .await?;
         self.forget_unlimited(tenant);
@@ -85,36 +150,55 @@ impl Coord {
         }))
     }
 
-    /// Charges `count` publishes to the tenant's quota; 429 `rate_limited`
-    /// when over it (nothing is charged then). Returns the quota state for
-    /// `RateLimit-*` headers, None when the tenant has no quota.
-    pub async fn charge_publish(
-        &self,
-        tenant: &Tenant,
-        count: u64,
-    ) -> Result<Option<RateLimitInfo>> {
+    /// Charges `count` publishes to the tenant's quota, or says it is over
+    /// it (nothing charged then). A count above the burst can never pass
+    /// and is a 400.
+    pub async fn charge_publish(&self, tenant: &Tenant, count: u64) -> Result<Admission> {
         if self.known_unlimited(tenant) {
-            return Ok(None);
+            return Ok(Admission::Unlimited);
         }
         let mut conn = self.store.conn().await?;
-        let (status, retry_after_ms, remaining, reset_ms, limit): RateReply = self
+        let reply: RateReply = self
             .store
             .scripts()
             .rate_limit
             .key(TenantKeys::new(tenant).rate())
+            .arg("charge")
             .arg(count)
             .invoke_async(&mut conn)
             .await?;
+        let (
+            status,
+            retry_after_ms,
+            remaining,
+            reset_ms,
+            limit,
+            tat_us,
+            tat_frac,
+            rate,
+            shift,
+            epoch,
+        ) = reply;
         let info = RateLimitInfo {
             limit,
             remaining,
             reset: Duration::from_millis(reset_ms),
         };
         match status {
-            1 => Ok(Some(info)),
+            1 => Ok(Admission::Charged(Charge {
+                count,
+                receipt: ChargeReceipt {
+                    tat_us,
+                    tat_frac,
+                    rate,
+                    shift,
+                    epoch,
+                },
+                info,
+            })),
             2 => {
                 self.remember_unlimited(tenant);
-                Ok(None)
+                Ok(Admission::Unlimited)
             }
             -1 => Err(Error::invalid_field(
                 "messages",
@@ -122,19 +206,67 @@ impl Coord {
                     "{count} messages exceed the tenant's burst of {limit}; send smaller batches"
                 ),
             )),
-            _ => {
-                metrics::counter!(telemetry::RATE_LIMITED, "tenant" => tenant.to_string())
-                    .increment(1);
-                Err(Error::TooManyRequests {
-                    code: "rate_limited",
-                    detail: format!(
-                        "tenant '{tenant}' is over its publish quota; nothing was written"
-                    ),
-                    retry_after: Duration::from_millis(retry_after_ms),
-                    limit: Some(info),
-                })
+            _ => Ok(Admission::Refused(Refusal {
+                retry_after: Duration::from_millis(retry_after_ms),
+                info,
+            })),
+        }
+    }
+
+    /// Settles `charge` once the publish wrote `written` of its messages:
+    /// gives the rest back to the quota (refusals and duplicates spend
+    /// nothing). Returns the quota state for `RateLimit-*` headers (None
+    /// when the quota was removed meanwhile).
+    ///
+    /// Never fails: the messages are written by now, and a refund that
+    /// cannot reach Redis only leaves the quota charged for them, which the
+    /// caller must not turn into an error (the client would publish again).
+    pub async fn settle_publish(
+        &self,
+        tenant: &Tenant,
+        charge: Charge,
+        written: u64,
+    ) -> Option<RateLimitInfo> {
+        let unwritten = charge.count.saturating_sub(written);
+        if unwritten == 0 {
+            return Some(charge.info);
+        }
+        match self.refund(tenant, &charge.receipt, unwritten).await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::warn!(%tenant, unwritten, error = %e, "quota refund failed; the quota stays charged");
+                Some(charge.info)
             }
         }
+    }
+
+    async fn refund(
+        &self,
+        tenant: &Tenant,
+        receipt: &ChargeReceipt,
+        count: u64,
+    ) -> Result<Option<RateLimitInfo>> {
+        let mut conn = self.store.conn().await?;
+        let (status, _, remaining, reset_ms, limit, ..): RateReply = self
+            .store
+            .scripts()
+            .rate_limit
+            .key(TenantKeys::new(tenant).rate())
+            .arg("refund")
+            .arg(count)
+            .arg(receipt.tat_us)
+            .arg(receipt.tat_frac)
+            .arg(receipt.rate)
+            .arg(receipt.shift)
+            .arg(&receipt.epoch)
+            .invoke_async(&mut conn)
+            .await?;
+        // Status 2: the quota was removed meanwhile.
+        Ok((status != 2).then_some(RateLimitInfo {
+            limit,
+            remaining,
+            reset: Duration::from_millis(reset_ms),
+        }))
     }
 
     fn memo(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Instant>> {

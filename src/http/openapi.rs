@@ -121,35 +121,6 @@ pub struct ReceiptText(#[allow(dead_code)] String);
 )]
 pub struct MessageIdText(#[allow(dead_code)] String);
 
-/// The `headers` of a message: at most 64 string pairs; names 1 to 128
-/// characters, values up to 4096, no control characters.
-pub fn headers_schema() -> utoipa::openapi::schema::Object {
-    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
-    let value = ObjectBuilder::new()
-        .schema_type(Type::String)
-        .max_length(Some(4096))
-        .pattern(Some("^[^\\x00-\\x1F\\x7F-\\x9F]*$"))
-        .build();
-    let name = ObjectBuilder::new()
-        .schema_type(Type::String)
-        .min_length(Some(1))
-        .max_length(Some(128))
-        .pattern(Some("^[^\\x00-\\x1F\\x7F-\\x9F]*$"))
-        .build();
-    ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
-            Type::Object,
-            Type::Null,
-        ]))
-        .max_properties(Some(64))
-        .property_names(Some(name))
-        .additional_properties(Some(AdditionalProperties::RefOr(value.into())))
-        .description(Some(
-            "String map carried with the message, e.g. traceparent.",
-        ))
-        .build()
-}
-
 /// `{tenant}`.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]

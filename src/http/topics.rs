@@ -110,10 +110,15 @@ async fn delete_topic(State(state): State<AppState>, path: TopicPath) -> Result<
 
 /// Keeps the request's W3C `traceparent` with the message (unless the
 /// message brings its own), so consumers continue the publisher's trace.
+/// Runs after the message's own headers were validated: the header is the
+/// sidecar's addition, not one of the client's 64, and a malformed one is
+/// dropped rather than failing the publish (W3C Trace Context: a receiver
+/// ignores an invalid traceparent).
 fn carry_traceparent(request_headers: &HeaderMap, message: &mut PublishRequest) {
     let Some(traceparent) = request_headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
+        .filter(|v| is_traceparent(v))
     else {
         return;
     };
@@ -122,6 +127,32 @@ fn carry_traceparent(request_headers: &HeaderMap, message: &mut PublishRequest) 
         .get_or_insert_with(Default::default)
         .entry("traceparent".to_owned())
         .or_insert_with(|| traceparent.to_owned());
+}
+
+/// `version-trace_id-parent_id-flags` in lowercase hex (2-32-16-2 digits),
+/// as W3C Trace Context defines it; a future version may append `-…` fields.
+fn is_traceparent(value: &str) -> bool {
+    const MAX_LEN: usize = 256;
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let mut parts = value.splitn(5, '-');
+    let (Some(version), Some(trace), Some(parent), Some(flags)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let rest = parts.next();
+    value.len() <= MAX_LEN
+        && hex(version, 2)
+        && version != "ff"
+        && (version != "00" || rest.is_none())
+        && rest.is_none_or(|r| r.bytes().all(|b| b.is_ascii_graphic()))
+        && hex(trace, 32)
+        && trace.bytes().any(|b| b != b'0')
+        && hex(parent, 16)
+        && parent.bytes().any(|b| b != b'0')
+        && hex(flags, 2)
 }
 
 /// Publish one message.
@@ -143,17 +174,27 @@ async fn publish(
     request_headers: HeaderMap,
     JsonBody(mut message): JsonBody<PublishRequest>,
 ) -> Result<Response> {
-    carry_traceparent(&request_headers, &mut message);
     message.validate("")?;
-    let quota = state.coord.charge_publish(&path.tenant, 1).await?;
-    let published = state
+    carry_traceparent(&request_headers, &mut message);
+    let outcome = state
         .broker
-        .publish(&path.tenant, &path.topic, std::slice::from_ref(&message))
-        .await?
-        .pop()
-        .ok_or_else(|| Error::Internal("publish returned no result".into()))?;
+        .publish_within_quota(
+            &state.coord,
+            &path.tenant,
+            &path.topic,
+            std::slice::from_ref(&message),
+        )
+        .await?;
+    let published = outcome
+        .items
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Internal("publish returned no result".into()))??;
     let status = created_or_ok(!published.duplicate);
-    Ok(with_quota((status, Json(published)).into_response(), quota))
+    Ok(with_quota(
+        (status, Json(published)).into_response(),
+        outcome.quota,
+    ))
 }
 
 /// Body of `POST …/messages:batch`.
@@ -206,8 +247,9 @@ async fn publish_batch(
         let prefix = format!("messages[{i}].");
         let parsed =
             parse_json::<PublishRequest>(raw.get().as_bytes(), &prefix).and_then(|mut m| {
+                m.validate(&prefix)?;
                 carry_traceparent(&request_headers, &mut m);
-                m.validate(&prefix).map(|()| m)
+                Ok(m)
             });
         match parsed {
             Ok(message) => {
@@ -217,27 +259,39 @@ async fn publish_batch(
             Err(e) => errors.push(Some(e.to_problem_json())),
         }
     }
-    let mut quota = None;
-    let mut published = if valid.is_empty() {
-        Vec::new()
-    } else {
-        quota = state
-            .coord
-            .charge_publish(&path.tenant, valid.len() as u64)
-            .await?;
-        state
-            .broker
-            .publish(&path.tenant, &path.topic, &valid)
-            .await?
+    if valid.is_empty() {
+        let results = vec![None; errors.len()];
+        return Ok(Json(BatchResponse { results, errors }).into_response());
     }
-    .into_iter();
-    let results = errors
-        .iter()
-        .map(|e| if e.is_none() { published.next() } else { None })
-        .collect();
+    let outcome = state
+        .broker
+        .publish_within_quota(&state.coord, &path.tenant, &path.topic, &valid)
+        .await?;
+    let mut items = outcome.items.into_iter();
+    let mut results = Vec::with_capacity(errors.len());
+    let mut refusal = None;
+    for error in &mut errors {
+        let item = if error.is_none() { items.next() } else { None };
+        match item {
+            Some(Ok(published)) => results.push(Some(published)),
+            Some(Err(e)) => {
+                *error = Some(e.to_problem_json());
+                refusal.get_or_insert(e);
+                results.push(None);
+            }
+            None => results.push(None),
+        }
+    }
+    // Refused with nothing to show (no item published, none a duplicate):
+    // the batch as a whole answers the 429, with its Retry-After.
+    if let Some(refusal) = refusal
+        && results.iter().all(Option::is_none)
+    {
+        return Err(refusal);
+    }
     Ok(with_quota(
         Json(BatchResponse { results, errors }).into_response(),
-        quota,
+        outcome.quota,
     ))
 }
 
