@@ -340,3 +340,65 @@ async fn batch_size_is_bounded() {
     assert_eq!(ok.status, StatusCode::OK);
     assert_eq!(ok.body["results"][999]["seq"], 1000);
 }
+
+/// The request's `traceparent` is the sidecar's addition: it never counts
+/// against the message's 64 headers (a full message used to become a 400),
+/// a message's own traceparent wins, and a malformed one is dropped.
+#[tokio::test]
+async fn traceparent_joins_a_full_set_of_headers_after_validation() {
+    let app = TestApp::start().await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let headers: serde_json::Map<String, Value> =
+        (0..64).map(|i| (format!("h{i:02}"), json!("v"))).collect();
+    let send = |body: Value, trace: &'static str| {
+        let request = app
+            .client
+            .post(app.url("/topics/tp/messages"))
+            .header("traceparent", trace)
+            .json(&body);
+        async move { TestApp::reply(request.send().await.expect("send")).await }
+    };
+
+    let full = send(json!({"payload": 1, "headers": headers}), traceparent).await;
+    assert_eq!(full.status, StatusCode::CREATED, "{}", full.body);
+    let own = send(
+        json!({"payload": 2, "headers": {"traceparent": "mine"}}),
+        traceparent,
+    )
+    .await;
+    assert_eq!(own.status, StatusCode::CREATED, "{}", own.body);
+    let bad = send(json!({"payload": 3}), "not-a-trace").await;
+    assert_eq!(bad.status, StatusCode::CREATED, "{}", bad.body);
+
+    let batch = app
+        .client
+        .post(app.url("/topics/tp/messages:batch"))
+        .header("traceparent", traceparent)
+        .json(&json!({"messages": [{"payload": 4, "headers": headers}]}))
+        .send()
+        .await
+        .expect("send");
+    let batch = TestApp::reply(batch).await;
+    assert_eq!(batch.body["errors"][0], Value::Null, "{}", batch.body);
+
+    // The client's own limit still holds.
+    let mut too_many = headers.clone();
+    too_many.insert("h64".into(), json!("v"));
+    let refused = send(json!({"payload": 5, "headers": too_many}), traceparent).await;
+    assert_eq!(
+        refused.assert_problem(400, "invalid_field")["field"],
+        "headers"
+    );
+
+    let history = app.history("tp").await;
+    assert_eq!(history.len(), 4);
+    assert_eq!(history[0]["headers"].as_object().unwrap().len(), 65);
+    assert_eq!(history[0]["headers"]["traceparent"], traceparent);
+    assert_eq!(history[1]["headers"]["traceparent"], "mine");
+    assert_eq!(
+        history[2]["headers"],
+        json!({}),
+        "a malformed traceparent is dropped"
+    );
+    assert_eq!(history[3]["headers"]["traceparent"], traceparent);
+}

@@ -20,6 +20,7 @@ use super::Coord;
 use crate::error::{Error, RateLimitInfo, Result};
 use crate::keys::TenantKeys;
 use crate::names::Tenant;
+use crate::scripts::{Invocation, Scripts};
 use crate::validate::check_range;
 
 /// How long a sidecar trusts that a tenant has no quota.
@@ -43,10 +44,32 @@ pub struct Limits {
     pub burst: u64,
 }
 
-/// Raw reply of `lua/rate_limit.lua`: status, retry_after_ms, remaining,
-/// reset_ms, limit, then the charge's receipt (tat_us, tat_frac, rate,
-/// shift, epoch).
-type RateReply = (i64, u64, u64, u64, u64, u64, u64, u64, u64, String);
+/// Raw reply of `lua/rate_limit.lua`: status (1 charged, 0 refused, 2 no
+/// quota, -1 above the burst), retry_after_ms, remaining, reset_ms, limit,
+/// then the charge's receipt (tat_us, tat_frac, rate, shift, epoch).
+pub type RateReply = (i64, u64, u64, u64, u64, u64, u64, u64, u64, String);
+
+/// The `lua/rate_limit.lua` call that charges `count` messages to `tenant`'s
+/// quota.
+fn charge_call<'a>(scripts: &'a Scripts, tenant: &Tenant, count: u64) -> Invocation<'a> {
+    let mut call = scripts.rate_limit.key(TenantKeys::new(tenant).rate());
+    call.arg("charge").arg(count);
+    call
+}
+
+/// The same charge as [`charge_call`], as one EVALSHA command for a
+/// pipeline (the script must be loaded). Public so tests and the benchmark
+/// can drive the quota at rates no sidecar alone reaches, with the call the
+/// sidecar sends.
+pub fn charge_cmd(scripts: &Scripts, tenant: &Tenant, count: u64) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(scripts.rate_limit.get_hash())
+        .arg(1)
+        .arg(TenantKeys::new(tenant).rate())
+        .arg("charge")
+        .arg(count);
+    cmd
+}
 
 /// What a tenant's quota says to a publish.
 #[derive(Debug)]
@@ -158,13 +181,7 @@ impl Coord {
             return Ok(Admission::Unlimited);
         }
         let mut conn = self.store.conn().await?;
-        let reply: RateReply = self
-            .store
-            .scripts()
-            .rate_limit
-            .key(TenantKeys::new(tenant).rate())
-            .arg("charge")
-            .arg(count)
+        let reply: RateReply = charge_call(self.store.scripts(), tenant, count)
             .invoke_async(&mut conn)
             .await?;
         let (
