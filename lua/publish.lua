@@ -1,8 +1,10 @@
 -- publish.lua: append one or more messages to a topic, atomically per call.
 --
--- KEYS[1]  sc:{T:P}:meta    topic config hash (seq, incarnation, dedup_window_ms)
+-- KEYS[1]  sc:{T:P}:meta    topic config hash (seq, incarnation,
+--                            dedup_window_ms, max_backlog, done:<G> per group)
 -- KEYS[2]  sc:{T:P}:stream  the topic stream
--- KEYS[3…] sc:{T:P}:dedup:<key>, one per message that has an idempotency key
+-- KEYS[3]  sc:{T:P}:groups  set of the topic's group names
+-- KEYS[4…] sc:{T:P}:dedup:<key>, one per message that has an idempotency key
 -- ARGV[1]  dedup window in ms used when this call creates the topic
 -- ARGV[2]  pub/sub channel that wakes long-polling fetches of this topic
 -- ARGV[3]  number of messages N, then per message:
@@ -24,9 +26,11 @@
 --    deleting a topic never has to scan for its dedup keys
 --    (publish_dups.lua reads the same records);
 --  * with max_backlog set, a message is written only while the slowest
---    group owes fewer than max_backlog messages (undelivered + pending +
---    scheduled), counting what this call already wrote, so a batch never
---    overshoots: its first items that fit are written, the rest refused;
+--    group owes fewer than max_backlog messages (undelivered + leased +
+--    scheduled for a retry: meta seq − done:<G>, counters the delivery
+--    scripts keep), counting what this call already wrote, so a batch never
+--    overshoots: its first items that fit are written, the rest refused.
+--    The check reads one set and one hash, whatever the backlog's size;
 --  * published_at, expires_at and deliver_at come from Redis TIME, the one
 --    clock every sidecar shares.
 local meta, stream = KEYS[1], KEYS[2]
@@ -35,22 +39,27 @@ local incarnation, created = ensure_topic(meta, ARGV[1])
 local window = tonumber(redis.call('HGET', meta, 'dedup_window_ms'))
 
 -- Backpressure: room = how many more messages may be written before the
--- slowest group owes max_backlog (nil = unbounded).
+-- slowest group owes max_backlog (nil = unbounded). A group whose counter
+-- is missing counts as owing everything, as topic_info.lua reads it.
 local max_backlog = tonumber(redis.call('HGET', meta, 'max_backlog') or 0)
 local room = nil
-if max_backlog > 0 and redis.call('EXISTS', stream) == 1 then
-  local worst = 0
-  for _, row in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
-    local g = entry_fields(row)
-    local lag = g.lag
-    if not lag then
-      -- Redis cannot tell (e.g. a group started at an arbitrary id): count, bounded.
-      lag = #redis.call('XRANGE', stream, '(' .. g['last-delivered-id'], '+', 'COUNT', max_backlog)
+if max_backlog > 0 then
+  local names = redis.call('SMEMBERS', KEYS[3])
+  local least_done = nil
+  -- HMGET in chunks: unpack() of thousands of fields would overflow Lua's stack.
+  for first = 1, #names, 1000 do
+    local fields = {}
+    for i = first, math.min(first + 999, #names) do
+      fields[#fields + 1] = 'done:' .. names[i]
     end
-    local backlog = lag + g.pending + tonumber(redis.call('HGET', meta, 'delayed:' .. g.name) or 0)
-    worst = math.max(worst, backlog)
+    for _, done in ipairs(redis.call('HMGET', meta, unpack(fields))) do
+      done = tonumber(done or 0)
+      least_done = least_done and math.min(least_done, done) or done
+    end
   end
-  room = max_backlog - worst
+  if least_done then
+    room = max_backlog - (tonumber(redis.call('HGET', meta, 'seq') or 0) - least_done)
+  end
 end
 
 local results = {}
@@ -87,17 +96,16 @@ for _ = 1, n do
     if room then
       room = room - 1
     end
-    -- A Redis integer reply; kept as '%d' text so it never passes through
-    -- Lua's 14-digit number formatting.
-    local seq = string.format('%d', redis.call('HINCRBY', meta, 'seq', 1))
-    local entry = { 'id', id, 'seq', seq, 'published_at', now }
+    -- Integers go out as exact text (int), never through Lua's 14 digits.
+    local seq = int(redis.call('HINCRBY', meta, 'seq', 1))
+    local entry = { 'id', id, 'seq', seq, 'published_at', int(now) }
     if ttl_ms > 0 then
       entry[#entry + 1] = 'expires_at'
-      entry[#entry + 1] = now + ttl_ms
+      entry[#entry + 1] = int(now + ttl_ms)
     end
     if delay_ms > 0 then
       entry[#entry + 1] = 'deliver_at'
-      entry[#entry + 1] = now + delay_ms
+      entry[#entry + 1] = int(now + delay_ms)
     end
     for f = first_field, first_field + 2 * nfields - 1 do
       entry[#entry + 1] = ARGV[f]
@@ -112,7 +120,7 @@ for _ = 1, n do
   end
 end
 if written > 0 then
-  redis.call('PUBLISH', ARGV[2], written)
+  redis.call('PUBLISH', ARGV[2], int(written))
 end
 if written == 0 and refused > 0 then
   return { -2, results, max_backlog }

@@ -556,3 +556,85 @@ async fn a_batch_fills_the_backlog_exactly_and_refuses_the_rest_item_by_item() {
     assert_eq!(reply.body["results"][0]["seq"], 4, "{}", reply.body);
     assert_eq!(reply.body["errors"][1]["code"], "backlog_full");
 }
+
+/// How many times Redis ran each of `commands`, from `INFO commandstats`.
+fn command_calls(app: &TestApp, commands: &[&str]) -> Vec<u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut app.redis.connection())
+        .expect("INFO");
+    commands
+        .iter()
+        .map(|name| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
+                .and_then(|rest| rest.split(',').next())
+                .map_or(0, |n| n.parse().expect("calls"))
+        })
+        .collect()
+}
+
+/// The backlog check reads the topic's counters (`seq` − `done:<G>`), never
+/// the stream: publishing beside a group 3000 messages behind runs no XINFO
+/// and no XRANGE (it used to run both, reading up to max_backlog entries),
+/// and still refuses exactly at the limit. Counted, not timed.
+#[tokio::test]
+async fn the_backlog_check_reads_counters_not_the_stream() {
+    // No background pass (retention, gauges) may read the stream meanwhile.
+    let app = TestApp::start_with(|c| {
+        c.retention_interval = Duration::ZERO;
+        c.metrics_interval = Duration::ZERO;
+    })
+    .await;
+    app.put("/topics/cb", &json!({"max_backlog": 100_000}))
+        .await;
+    app.group("cb", "slow", &json!({})).await;
+    app.group("cb", "fast", &json!({})).await;
+    for round in 0..3 {
+        let batch: Vec<Value> = (0..1000).map(|i| json!({"payload": [round, i]})).collect();
+        let reply = app
+            .post("/topics/cb/messages:batch", &json!({"messages": batch}))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    let stream_reads = ["xinfo|groups", "xinfo", "xrange", "xlen", "xpending"];
+    let before = command_calls(&app, &stream_reads);
+    let one = app
+        .post("/topics/cb/messages", &json!({"payload": "one"}))
+        .await;
+    assert_eq!(one.status, StatusCode::CREATED, "{}", one.body);
+    assert_eq!(
+        command_calls(&app, &stream_reads),
+        before,
+        "{stream_reads:?} before and after one publish"
+    );
+
+    // The limit at exactly what the slowest group owes: 3001 owed by both.
+    app.put("/topics/cb", &json!({"max_backlog": 3002})).await;
+    let last = app
+        .post("/topics/cb/messages", &json!({"payload": "last"}))
+        .await;
+    assert_eq!(last.status, StatusCode::CREATED, "{}", last.body);
+    app.post("/topics/cb/messages", &json!({"payload": "over"}))
+        .await
+        .assert_problem(429, "backlog_full");
+    // The fast group catching up is not enough; the slow one owes 3002.
+    let fetched = app.fetch("cb", "fast", "w", 1000, 0).await;
+    let receipts: Vec<&str> = fetched
+        .iter()
+        .map(|m| m["receipt"].as_str().unwrap())
+        .collect();
+    app.ack("cb", "fast", &receipts).await;
+    app.post("/topics/cb/messages", &json!({"payload": "over"}))
+        .await
+        .assert_problem(429, "backlog_full");
+    // Deleting the slow group leaves the fast one, 2002 behind: room again.
+    assert_eq!(
+        app.delete("/topics/cb/groups/slow").await.status,
+        StatusCode::NO_CONTENT
+    );
+    let after = app
+        .post("/topics/cb/messages", &json!({"payload": "after"}))
+        .await;
+    assert_eq!(after.status, StatusCode::CREATED, "{}", after.body);
+}

@@ -409,11 +409,11 @@ pub fn publish_call<'a>(
     messages: &[PublishRequest],
 ) -> Invocation<'a> {
     let mut call = scripts.publish.prepare_invoke();
-    call.key(keys.meta()).key(keys.stream());
+    call.key(keys.meta()).key(keys.stream()).key(keys.groups());
     call.arg(DEFAULT_DEDUP_WINDOW_MS)
         .arg(keys.wake_channel())
         .arg(messages.len());
-    let mut next_dedup_key = 3; // KEYS index of the next dedup key (Lua is 1-based)
+    let mut next_dedup_key = 4; // KEYS index of the next dedup key (Lua is 1-based)
     for message in messages {
         let dedup_index = match &message.idempotency_key {
             Some(idem) => {
