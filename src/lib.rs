@@ -40,6 +40,7 @@ pub mod store;
 pub mod telemetry;
 pub mod validate;
 pub mod wake;
+pub mod workflow;
 
 use std::future::Future;
 use std::io;

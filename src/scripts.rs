@@ -164,6 +164,8 @@ pub struct Scripts {
     pub topic_info: NamedScript,
     /// Forget long-idle consumers that own nothing.
     pub prune_consumers: NamedScript,
+    /// Is a receipt current, and whose message is it (ack with emit).
+    pub delivery_peek: NamedScript,
     /// Claim an idempotency key.
     pub idem_claim: NamedScript,
     /// Complete or release an idempotency claim.
@@ -205,6 +207,7 @@ impl Scripts {
             group_info: script!("group_info"),
             topic_info: script!("topic_info"),
             prune_consumers: script!("prune_consumers"),
+            delivery_peek: script!("delivery_peek"),
             idem_claim: script!("idem_claim"),
             idem_finish: script!("idem_finish"),
             checkpoint_advance: script!("checkpoint_advance"),
@@ -237,6 +240,7 @@ impl Scripts {
             &self.group_info,
             &self.topic_info,
             &self.prune_consumers,
+            &self.delivery_peek,
             &self.idem_claim,
             &self.idem_finish,
             &self.checkpoint_advance,

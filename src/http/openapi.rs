@@ -104,13 +104,7 @@ fn problem_response(status: u16, description: &str, retry: bool) -> (String, Ref
     (status.to_string(), response.build().into())
 }
 
-/// A delivery receipt as fetch issues it (`<stream id>:<attempt>:<consumer>`).
-#[derive(ToSchema)]
-#[schema(
-    pattern = "^(0|[1-9][0-9]{0,18})-(0|[1-9][0-9]{0,18}):[1-9][0-9]{0,18}:[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
-    example = "1718000000000-0:1:worker-1"
-)]
-pub struct ReceiptText(#[allow(dead_code)] String);
+pub use crate::broker::receipt::ReceiptText;
 
 /// A message id: 1 to 128 characters, no control characters.
 #[derive(ToSchema)]
@@ -235,6 +229,12 @@ pub struct TopicList {
 pub struct FetchResponse {
     /// Deliveries, in preference order (due retries, expired leases, new).
     pub messages: Vec<crate::broker::delivery::Delivery>,
+    /// With `ack` in the request: the receipts acked before fetching.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acked: Option<Vec<String>>,
+    /// With `ack` in the request: the receipts whose lease was lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_lost: Option<Vec<String>>,
 }
 
 /// `POST …/pause` and `…/resume`.
