@@ -157,6 +157,8 @@ impl Error {
                 "group" => "group_not_found",
                 "pool" => "pool_not_found",
                 "dead letter" => "dead_letter_not_found",
+                "join" => "join_not_found",
+                "part" => "part_not_found",
                 _ => "not_found",
             },
             Self::RouteNotFound(_) => "route_not_found",

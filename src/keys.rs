@@ -16,6 +16,8 @@
 //! | `sc:{T:P}:meta` | hash | topic config, `seq`, `incarnation`, `deliveries`, `done:<G>` |
 //! | `sc:{T:P}:dedup:<key>` | string | publish idempotency record (PX = window) |
 //! | `sc:{T:P}:groups` | set | names of the topic's consumer groups |
+//! | `sc:{T:P}:join:<J>` | hash | a fan-in join: parts, results, state (expires) |
+//! | `sc:{T:P}:joins` | zset | open joins by deadline |
 //! | `sc:{T:P}:g:<G>` | hash | group config |
 //! | `sc:{T:P}:g:<G>:delayed` | zset | retry schedule |
 //! | `sc:{T:P}:g:<G>:dlq` | stream | dead letters |
@@ -33,7 +35,7 @@
 //! | `sc:tenants` | set | every tenant that ever declared a topic |
 //! | `sc:retention:lock` | string | which sidecar runs the current retention pass |
 
-use crate::names::{Group, Pool, Tenant, Topic};
+use crate::names::{Group, Join, Pool, Tenant, Topic};
 
 /// The global set of tenant names.
 pub const TENANTS: &str = "sc:tenants";
@@ -146,6 +148,17 @@ impl TopicKeys {
     /// The set of the topic's group names.
     pub fn groups(&self) -> String {
         format!("{}:groups", self.prefix)
+    }
+
+    /// A fan-in join of the topic (hash; expires after its deadline plus
+    /// the keep time).
+    pub fn join(&self, join: &Join) -> String {
+        format!("{}:join:{join}", self.prefix)
+    }
+
+    /// The topic's open joins by deadline (zset), for the timeout sweep.
+    pub fn joins(&self) -> String {
+        format!("{}:joins", self.prefix)
     }
 
     /// Keys of one group of this topic.

@@ -144,6 +144,14 @@ name_type!(
     /// A reservation pool of a tenant.
     Pool, "pool"
 );
+name_type!(
+    /// A fan-in join of a topic.
+    Join, "join"
+);
+name_type!(
+    /// One part of a join.
+    Part, "part"
+);
 
 #[cfg(test)]
 mod tests {

@@ -166,6 +166,10 @@ pub struct Scripts {
     pub prune_consumers: NamedScript,
     /// Is a receipt current, and whose message is it (ack with emit).
     pub delivery_peek: NamedScript,
+    /// Declare a fan-in join.
+    pub join_declare: NamedScript,
+    /// Record a join's part, or time it out; publish the aggregate once.
+    pub join_part: NamedScript,
     /// Claim an idempotency key.
     pub idem_claim: NamedScript,
     /// Complete or release an idempotency claim.
@@ -208,6 +212,8 @@ impl Scripts {
             topic_info: script!("topic_info"),
             prune_consumers: script!("prune_consumers"),
             delivery_peek: script!("delivery_peek"),
+            join_declare: script!("join_declare"),
+            join_part: script!("join_part"),
             idem_claim: script!("idem_claim"),
             idem_finish: script!("idem_finish"),
             checkpoint_advance: script!("checkpoint_advance"),
@@ -241,6 +247,8 @@ impl Scripts {
             &self.topic_info,
             &self.prune_consumers,
             &self.delivery_peek,
+            &self.join_declare,
+            &self.join_part,
             &self.idem_claim,
             &self.idem_finish,
             &self.checkpoint_advance,

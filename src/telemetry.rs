@@ -39,6 +39,8 @@ pub const RATE_LIMITED: &str = "streamcar_rate_limited_total";
 pub const BACKLOG_REFUSED: &str = "streamcar_backlog_refused_total";
 /// Entries trimmed by retention.
 pub const TRIMMED: &str = "streamcar_retention_trimmed_total";
+/// Joins finished by their deadline (timed out or dead-lettered).
+pub const JOINS_TIMED_OUT: &str = "streamcar_joins_timed_out_total";
 /// Topics a retention pass skipped because of an error.
 pub const RETENTION_FAILED: &str = "streamcar_retention_failed_total";
 /// Entries of a topic not yet delivered to a group.
@@ -135,6 +137,10 @@ fn describe() {
         "Publishes refused by a topic's max_backlog."
     );
     describe_counter!(TRIMMED, "Entries trimmed by retention.");
+    describe_counter!(
+        JOINS_TIMED_OUT,
+        "Joins finished by their deadline (timed out or dead-lettered)."
+    );
     describe_counter!(
         RETENTION_FAILED,
         "Topics a retention pass skipped because of an error."

@@ -56,6 +56,12 @@ const EXPECTED: &[(&str, &str)] = &[
         "POST",
         "/v1/tenants/{tenant}/topics/{topic}/groups/{group}/reject",
     ),
+    ("PUT", "/v1/tenants/{tenant}/topics/{topic}/joins/{join}"),
+    ("GET", "/v1/tenants/{tenant}/topics/{topic}/joins/{join}"),
+    (
+        "POST",
+        "/v1/tenants/{tenant}/topics/{topic}/joins/{join}/parts/{part}",
+    ),
     (
         "GET",
         "/v1/tenants/{tenant}/topics/{topic}/groups/{group}/dlq",

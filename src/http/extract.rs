@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use super::AppState;
 use crate::broker::publish::MAX_ID_LEN;
 use crate::error::Error;
-use crate::names::{Group, Name, Pool, Tenant, Topic};
+use crate::names::{Group, Join, Name, Part, Pool, Tenant, Topic};
 
 /// Reads path parameter `param` and validates it as name type `N`.
 fn path_name<N: Name>(params: &RawPathParams, param: &str) -> Result<N, Error> {
@@ -80,6 +80,14 @@ name_path!(
 name_path!(
     /// `{tenant}` and `{pool}` of the path.
     PoolPath { tenant: Tenant, pool: Pool }
+);
+name_path!(
+    /// `{tenant}`, `{topic}` and `{join}` of the path.
+    JoinPath { tenant: Tenant, topic: Topic, join: Join }
+);
+name_path!(
+    /// `{tenant}`, `{topic}`, `{join}` and `{part}` of the path.
+    JoinPartPath { tenant: Tenant, topic: Topic, join: Join, part: Part }
 );
 
 /// `{tenant}`, `{topic}`, `{group}` and a dead letter's message `{id}`.

@@ -50,7 +50,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     responses(
         (status = 201, description = "Created", body = GroupInfo),
         (status = 200, description = "Updated", body = GroupInfo),
-        ApiErrors, BodyErrors
+        ApiErrors, BodyErrors, Conflict
     )
 )]
 async fn declare_group(

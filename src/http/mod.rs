@@ -5,6 +5,7 @@
 mod coord;
 pub mod extract;
 mod groups;
+mod joins;
 pub mod listen;
 mod observe;
 pub mod openapi;
@@ -77,6 +78,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         // URI (an allocation and a parse per request) before routing it.
         .merge(topics::routes())
         .merge(groups::routes())
+        .merge(joins::routes())
         .merge(coord::routes())
         .split_for_parts()
 }

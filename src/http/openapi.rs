@@ -217,6 +217,39 @@ pub struct PoolParams {
     pub pool: String,
 }
 
+/// `{tenant}`, `{topic}` and `{join}`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct JoinParams {
+    /// Tenant name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    pub tenant: String,
+    /// Topic name (the aggregate is published here).
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    pub topic: String,
+    /// Join name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    pub join: String,
+}
+
+/// `{tenant}`, `{topic}`, `{join}` and `{part}`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct JoinPartParams {
+    /// Tenant name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    pub tenant: String,
+    /// Topic name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    pub topic: String,
+    /// Join name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    pub join: String,
+    /// Part name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    pub part: String,
+}
+
 /// `GET /topics`.
 #[derive(Serialize, ToSchema)]
 pub struct TopicList {

@@ -6,6 +6,8 @@
 //! message carries a deterministic idempotency key,
 //! `emit:<group>:<message id>:<index>`, so a step that is redone (the
 //! worker crashed between the emits and the ack, or lost its lease) emits
-//! nothing new. No HTTP types here.
+//! nothing new. Joins ([`joins`]) fan in: the last part (or the deadline)
+//! publishes one aggregate, exactly once. No HTTP types here.
 
 pub mod emit;
+pub mod joins;
