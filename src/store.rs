@@ -240,21 +240,24 @@ impl Store {
     /// is not a read-only replica, its used memory is not over `maxmemory`);
     /// with `--strict`, also that it never evicts keys.
     pub async fn check_ready(&self) -> Result<()> {
-        let ready = async {
+        let answering = async {
             let mut conn = self.conn().await?;
             redis::cmd("PING").query_async::<()>(&mut conn).await?;
             self.scripts.ensure_loaded(&mut conn).await?;
-            self.check_writable(&mut conn).await?;
-            if self.strict
-                && let Some(policy) = self.eviction_policy().await
-            {
-                return Err(Error::EvictingRedis(policy));
-            }
-            Ok(())
+            Ok::<_, Error>(conn)
         }
         .await;
-        metrics::gauge!(crate::telemetry::REDIS_UP).set(if ready.is_ok() { 1.0 } else { 0.0 });
-        ready
+        // `redis_up` means "Redis answers": a full or read-only Redis is up
+        // (and says why it refuses writes in the readiness answer).
+        metrics::gauge!(crate::telemetry::REDIS_UP).set(if answering.is_ok() { 1.0 } else { 0.0 });
+        let mut conn = answering?;
+        self.check_writable(&mut conn).await?;
+        if self.strict
+            && let Some(policy) = self.eviction_policy().await
+        {
+            return Err(Error::EvictingRedis(policy));
+        }
+        Ok(())
     }
 
     /// Whether Redis would take a write now, from `INFO`: a replica refuses
