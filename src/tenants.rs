@@ -30,13 +30,14 @@
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::error::Result;
 use crate::keys::{self, TenantKeys};
 use crate::names::Tenant;
 use crate::store::Store;
 
-/// Most tenants whose topic sets are read in one pipelined round trip.
+/// Most tenants whose topic sets are read at once.
 const BATCH: usize = 500;
 
 /// Takes every tenant without topics off `sc:tenants`, if this sidecar wins
@@ -65,13 +66,32 @@ pub async fn prune(store: &Store, interval: Duration) -> Result<usize> {
     let tenants: Vec<Tenant> = names.iter().filter_map(|t| Tenant::parse(t).ok()).collect();
     let mut removed = 0;
     for chunk in tenants.chunks(BATCH) {
-        let mut pipe = redis::pipe();
+        // Concurrent single reads rather than one pipeline: the topic sets
+        // of different tenants live in different cluster slots, and a
+        // cluster pipeline must stay in one. On one Redis the shared
+        // connection pipelines them anyway.
+        let mut reads = JoinSet::new();
         for tenant in chunk {
-            pipe.scard(TenantKeys::new(tenant).topics());
+            let mut conn = conn.clone();
+            let key = TenantKeys::new(tenant).topics();
+            let tenant = tenant.clone();
+            reads.spawn(async move {
+                let count: redis::RedisResult<u64> =
+                    redis::cmd("SCARD").arg(key).query_async(&mut conn).await;
+                (tenant, count)
+            });
         }
-        let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
-        for (tenant, count) in chunk.iter().zip(counts) {
-            if count == 0 && remove_if_empty(store, tenant).await? {
+        let mut empty = Vec::new();
+        while let Some(read) = reads.join_next().await {
+            let Ok((tenant, count)) = read else {
+                continue; // a read task cannot panic; nothing to prune then
+            };
+            if count? == 0 {
+                empty.push(tenant);
+            }
+        }
+        for tenant in &empty {
+            if remove_if_empty(store, tenant).await? {
                 removed += 1;
             }
         }
