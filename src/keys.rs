@@ -6,9 +6,8 @@
 //! newtypes ([`crate::names`]), which cannot contain `{`, `}` or `:`, so no
 //! name can break out of its tag.
 //!
-//! Layout (DESIGN.md, plus `groups`, which lets a topic delete find every
-//! group's keys without scanning the keyspace, `checkpoint` and the pool's
-//! `holders`):
+//! Layout (`groups` lets a topic delete find every group's keys without
+//! scanning the keyspace):
 //!
 //! | key | type | holds |
 //! |---|---|---|
@@ -32,8 +31,9 @@
 //! | `sc:{T}:pool:<P>` | hash | pool config, fencing counter, holder details |
 //! | `sc:{T}:pool:<P>:holders` | zset | live reservations by expiry |
 //! | `sc:{T}:rate` | hash | publish quota (GCRA) |
-//! | `sc:tenants` | set | every tenant that ever declared a topic |
+//! | `sc:tenants` | set | the tenants that have topics (see [`crate::tenants`]) |
 //! | `sc:retention:lock` | string | which sidecar runs the current retention pass |
+//! | `sc:tenants:lock` | string | held while one sidecar prunes `sc:tenants` |
 
 use crate::names::{Group, Join, Pool, Tenant, Topic};
 
@@ -42,6 +42,9 @@ pub const TENANTS: &str = "sc:tenants";
 
 /// Short lock that lets one sidecar at a time run a retention pass.
 pub const RETENTION_LOCK: &str = "sc:retention:lock";
+
+/// Short lock that lets about one sidecar per interval prune [`TENANTS`].
+pub const TENANTS_PRUNE_LOCK: &str = "sc:tenants:lock";
 
 /// Keys of one tenant (hash tag `{tenant}`).
 #[derive(Debug, Clone)]

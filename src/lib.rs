@@ -20,8 +20,11 @@
 //! * [`keys`]: the only place key names are built; one hash tag per topic.
 //! * [`scripts`]: every multi-key change is one Lua script, time from Redis `TIME`.
 //! * [`broker`]: topics, publishing, history (no HTTP types).
-//! * [`http`]: routes, extractors, listeners (no Redis keys).
-//! * [`error`]: one error type rendered as RFC 9457 problem+json.
+//! * [`coord`]: idempotency, checkpoints, reservations, quotas (no HTTP types).
+//! * [`tenants`]: keeps the tenant list down to tenants that have topics.
+//! * [`http`]: routes, extractors, listeners (no Redis keys); its
+//!   [`http::problem`] renders errors as RFC 9457 problem+json.
+//! * [`error`]: the domain error, with a stable code per case (no HTTP types).
 //! * [`dev`]: the private `redis-server` behind `streamcar dev`.
 //!
 //! [`start`] wires config → Redis pool → app → listeners and returns a
@@ -38,6 +41,7 @@ pub mod names;
 pub mod scripts;
 pub mod store;
 pub mod telemetry;
+pub mod tenants;
 pub mod validate;
 pub mod wake;
 pub mod workflow;
@@ -52,7 +56,7 @@ use std::time::Duration;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::broker::Broker;
 use crate::config::Config;
@@ -101,6 +105,8 @@ pub struct Server {
     addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     listeners: JoinSet<io::Result<()>>,
+    /// The tenant-list prune, awaited on shutdown so none is left half done.
+    housekeeping: Option<JoinHandle<()>>,
     drain_timeout: Duration,
     _socket_file: Option<SocketFile>,
 }
@@ -110,6 +116,7 @@ pub struct Server {
 pub async fn start(config: &Config) -> Result<Server, StartError> {
     // Install the recorder before anything counts.
     telemetry::metrics();
+    error::describe_metrics();
     let urls = config.redis_urls();
     let connections = if config.redis_cluster {
         Connections::cluster(&urls)
@@ -149,6 +156,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
             signal.clone(),
         ));
     }
+    let mut housekeeping = None;
     if !config.retention_interval.is_zero() {
         tokio::spawn(broker::retention::run(
             broker.clone(),
@@ -156,6 +164,11 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
             config.consumer_idle,
             signal.clone(),
         ));
+        housekeeping = Some(tokio::spawn(tenants::run(
+            store.clone(),
+            config.retention_interval,
+            signal.clone(),
+        )));
     }
     let app = http::router(AppState::new(Services {
         coord: Coord::new(store.clone()),
@@ -209,6 +222,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         addr,
         shutdown,
         listeners,
+        housekeeping,
         drain_timeout: config.drain_timeout,
         _socket_file: socket_file,
     })
@@ -224,7 +238,11 @@ impl Server {
     /// cut whatever is still running after the drain timeout.
     pub async fn shutdown(mut self) -> Result<(), StartError> {
         let _ = self.shutdown.send(true);
+        let housekeeping = self.housekeeping.take();
         let drained = tokio::time::timeout(self.drain_timeout, async {
+            if let Some(task) = housekeeping {
+                let _ = task.await;
+            }
             while let Some(joined) = self.listeners.join_next().await {
                 match joined {
                     Ok(Err(e)) => return Err(StartError::Serve(e)),

@@ -26,7 +26,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::{OnceCell, watch};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, RedisOutage, Result};
 use crate::scripts::Scripts;
 use crate::wake::Wakeups;
 
@@ -236,22 +236,160 @@ impl Store {
         reply.get(1).filter(|p| *p != "noeviction").cloned()
     }
 
-    /// Readiness: Redis answers PING and holds every script; with
-    /// `--strict`, also that it never evicts keys.
+    /// Readiness: Redis answers PING, holds every script, takes writes (it
+    /// is not a read-only replica, its used memory is not over `maxmemory`);
+    /// with `--strict`, also that it never evicts keys.
     pub async fn check_ready(&self) -> Result<()> {
-        let ready = async {
+        let answering = async {
             let mut conn = self.conn().await?;
             redis::cmd("PING").query_async::<()>(&mut conn).await?;
             self.scripts.ensure_loaded(&mut conn).await?;
-            if self.strict
-                && let Some(policy) = self.eviction_policy().await
-            {
-                return Err(Error::EvictingRedis(policy));
-            }
-            Ok(())
+            Ok::<_, Error>(conn)
         }
         .await;
-        metrics::gauge!(crate::telemetry::REDIS_UP).set(if ready.is_ok() { 1.0 } else { 0.0 });
-        ready
+        // `redis_up` means "Redis answers": a full or read-only Redis is up
+        // (and says why it refuses writes in the readiness answer).
+        metrics::gauge!(crate::telemetry::REDIS_UP).set(if answering.is_ok() { 1.0 } else { 0.0 });
+        let mut conn = answering?;
+        self.check_writable(&mut conn).await?;
+        if self.strict
+            && let Some(policy) = self.eviction_policy().await
+        {
+            return Err(Error::EvictingRedis(policy));
+        }
+        Ok(())
+    }
+
+    /// Whether Redis would take a write now, from `INFO`: a replica refuses
+    /// every write, and with `noeviction` a Redis over `maxmemory` refuses
+    /// the ones that add data, which includes every publish. (`INFO` is the
+    /// same check Redis makes before a command; a Redis that does not let us
+    /// read it is not held against readiness.)
+    async fn check_writable(&self, conn: &mut Conn) -> Result<()> {
+        let Ok(reply) = redis::cmd("INFO").query_async::<Value>(conn).await else {
+            return Ok(());
+        };
+        // A cluster answers with one report per primary.
+        for report in info_reports(&reply) {
+            let state = WriteState::parse(&report);
+            if state.replica {
+                return Err(Error::Unavailable {
+                    kind: RedisOutage::ReadOnly,
+                    source: None,
+                });
+            }
+            if state.out_of_memory() {
+                tracing::warn!(
+                    used_memory = state.used_memory,
+                    not_counted = state.not_counted,
+                    maxmemory = state.maxmemory,
+                    "redis is out of memory: writes are refused"
+                );
+                return Err(Error::Unavailable {
+                    kind: RedisOutage::OutOfMemory,
+                    source: None,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The text reports of an `INFO` reply: one from a single Redis, one per
+/// node (keyed by address) from a cluster.
+fn info_reports(reply: &Value) -> Vec<String> {
+    match reply {
+        Value::Map(nodes) => nodes
+            .iter()
+            .filter_map(|(_, report)| redis::from_redis_value_ref::<String>(report).ok())
+            .collect(),
+        other => redis::from_redis_value_ref::<String>(other)
+            .ok()
+            .into_iter()
+            .collect(),
+    }
+}
+
+/// What `INFO` tells about whether Redis takes writes.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct WriteState {
+    used_memory: u64,
+    not_counted: u64,
+    maxmemory: u64,
+    replica: bool,
+}
+
+impl WriteState {
+    fn parse(report: &str) -> Self {
+        let mut state = Self::default();
+        for line in report.lines() {
+            let Some((name, value)) = line.trim_end().split_once(':') else {
+                continue;
+            };
+            let number = || value.parse().unwrap_or(0);
+            match name {
+                "used_memory" => state.used_memory = number(),
+                "mem_not_counted_for_evict" => state.not_counted = number(),
+                "maxmemory" => state.maxmemory = number(),
+                "role" => state.replica = value == "slave",
+                _ => {}
+            }
+        }
+        state
+    }
+
+    /// Redis's own test (`getMaxmemoryState`): memory used, less replication
+    /// and AOF buffers, above a non-zero `maxmemory`.
+    fn out_of_memory(&self) -> bool {
+        self.maxmemory > 0 && self.used_memory.saturating_sub(self.not_counted) > self.maxmemory
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_memory_and_role() {
+        let report = "# Memory\r\nused_memory:2000\r\nmaxmemory:1000\r\nmem_not_counted_for_evict:500\r\n# Replication\r\nrole:master\r\n";
+        let state = WriteState::parse(report);
+        assert_eq!(
+            state,
+            WriteState {
+                used_memory: 2000,
+                not_counted: 500,
+                maxmemory: 1000,
+                replica: false,
+            }
+        );
+        assert!(state.out_of_memory());
+        let under = WriteState {
+            not_counted: 1000,
+            ..state
+        };
+        assert!(!under.out_of_memory(), "buffers do not count");
+        let unlimited = WriteState::parse("used_memory:5\r\nmaxmemory:0\r\n");
+        assert!(!unlimited.out_of_memory(), "no maxmemory, no limit");
+        assert!(WriteState::parse("role:slave\r\n").replica);
+    }
+
+    #[test]
+    fn cluster_info_is_one_report_per_node() {
+        let reply = Value::Map(vec![
+            (
+                Value::BulkString(b"127.0.0.1:7000".to_vec()),
+                Value::BulkString(b"role:master".to_vec()),
+            ),
+            (
+                Value::BulkString(b"127.0.0.1:7001".to_vec()),
+                Value::VerbatimString {
+                    format: redis::VerbatimFormat::Text,
+                    text: "role:slave".into(),
+                },
+            ),
+        ]);
+        let reports = info_reports(&reply);
+        assert_eq!(reports.len(), 2);
+        assert!(WriteState::parse(&reports[1]).replica);
     }
 }

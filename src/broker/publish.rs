@@ -186,13 +186,11 @@ impl PublishRequest {
             }
             for (name, value) in headers {
                 check_text(format_args!("{field}.{name}"), name, MAX_HEADER_NAME_LEN)?;
-                if value.chars().count() > MAX_HEADER_VALUE_LEN
-                    || value.chars().any(char::is_control)
-                {
+                if value.len() > MAX_HEADER_VALUE_LEN || value.chars().any(char::is_control) {
                     return Err(Error::invalid_field(
                         format!("{field}.{name}"),
                         format!(
-                            "values must be at most {MAX_HEADER_VALUE_LEN} characters without control characters"
+                            "values must be at most {MAX_HEADER_VALUE_LEN} bytes without control characters"
                         ),
                     ));
                 }

@@ -415,7 +415,7 @@ pub(crate) async fn read_groups(
 
 fn not_found(topic: &Topic) -> Error {
     Error::NotFound {
-        kind: "topic",
+        kind: crate::error::NotFoundKind::Topic,
         name: topic.to_string(),
     }
 }

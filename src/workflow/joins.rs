@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::broker::{Broker, DEFAULT_DEDUP_WINDOW_MS};
-use crate::error::{Error, Result};
+use crate::error::{Error, NotFoundKind, Result};
 use crate::keys::TopicKeys;
 use crate::names::{Join, Part, Tenant, Topic};
 use crate::validate::check_range;
@@ -122,7 +122,7 @@ pub struct JoinInfo {
 
 fn join_not_found(join: &Join) -> Error {
     Error::NotFound {
-        kind: "join",
+        kind: NotFoundKind::Join,
         name: join.to_string(),
     }
 }
@@ -212,7 +212,7 @@ impl Broker {
             }),
             -1 => Err(join_not_found(join)),
             -2 => Err(Error::NotFound {
-                kind: "part",
+                kind: NotFoundKind::JoinPart,
                 name: part.to_string(),
             }),
             -3 => conflict(
@@ -223,7 +223,12 @@ impl Broker {
                 "join_finished",
                 format!("join '{join}' is already {state}; part '{part}' came too late"),
             ),
-            -5 => Err(Error::PayloadTooLarge { limit: max_bytes }),
+            -5 => Err(Error::TooLarge {
+                code: "join_too_large",
+                detail: format!(
+                    "the results and errors of join '{join}' would pass {max_bytes} bytes (--max-body)"
+                ),
+            }),
             other => Err(Error::Internal(format!("join_part.lua answered {other}"))),
         }
     }

@@ -334,7 +334,17 @@ impl TestApp {
 
     /// Starts Redis and the app, letting the test adjust the config.
     pub async fn start_with(adjust: impl FnOnce(&mut streamcar::config::Config)) -> Self {
-        let redis = RedisServer::start();
+        Self::start_with_redis(&[], adjust).await
+    }
+
+    /// Starts a Redis with extra `redis-server` arguments (e.g. a small
+    /// `--maxmemory`) and the app against it, letting the test adjust the
+    /// config.
+    pub async fn start_with_redis(
+        redis_args: &[&str],
+        adjust: impl FnOnce(&mut streamcar::config::Config),
+    ) -> Self {
+        let redis = RedisServer::start_with(redis_args);
         let mut config = streamcar::config::Config::for_redis(redis.url());
         adjust(&mut config);
         let server = streamcar::start(&config).await.expect("start streamcar");
@@ -481,6 +491,24 @@ impl TestApp {
             all.extend(page);
         }
         panic!("history did not end");
+    }
+
+    /// GET a path outside the tenant (`/readyz`, `/metrics`).
+    pub async fn get_root(&self, path: &str) -> Reply {
+        self.send(Method::GET, &format!("{}{path}", self.base), None)
+            .await
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
     }
 
     /// Stops the app gracefully.
