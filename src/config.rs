@@ -76,6 +76,15 @@ pub struct ServerArgs {
     #[arg(long, env = "STREAMCAR_STRICT")]
     pub strict: bool,
 
+    /// `leader` (a write is done when the Redis primary has it) or
+    /// `replicas:N` (every write also waits until N replicas have it).
+    #[arg(long, env = "STREAMCAR_DURABILITY", default_value = "leader", value_parser = parse_durability)]
+    pub durability: Option<u32>,
+
+    /// With `--durability replicas:N`: how long a write waits for the replicas, e.g. `1s`.
+    #[arg(long, env = "STREAMCAR_DURABILITY_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub durability_timeout: Duration,
+
     /// Log format on stderr.
     #[arg(long, env = "STREAMCAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -126,6 +135,8 @@ pub struct Config {
     pub api_token: Option<String>,
     /// Refuse a Redis that may evict keys.
     pub strict: bool,
+    /// Replica confirmation every write waits for (None: the leader's word).
+    pub durability: Option<crate::store::Replicas>,
     /// `redis_url` is a comma-separated list of Redis Cluster seed nodes.
     pub redis_cluster: bool,
 }
@@ -160,6 +171,10 @@ impl Config {
             metrics_interval: args.metrics_interval,
             api_token,
             strict: args.strict,
+            durability: args.durability.map(|count| crate::store::Replicas {
+                count,
+                timeout: args.durability_timeout,
+            }),
             redis_cluster: false,
         })
     }
@@ -179,6 +194,7 @@ impl Config {
             metrics_interval: Duration::from_secs(15),
             api_token: None,
             strict: false,
+            durability: None,
             redis_cluster: false,
         }
     }
@@ -224,6 +240,19 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     Ok(bytes)
 }
 
+/// Parses `--durability`: `leader` → None; `replicas:N` (N ≥ 1) → Some(N).
+pub fn parse_durability(s: &str) -> Result<Option<u32>, String> {
+    match s.trim() {
+        "leader" => Ok(None),
+        other => other
+            .strip_prefix("replicas:")
+            .and_then(|n| n.parse::<u32>().ok())
+            .filter(|n| *n >= 1)
+            .map(Some)
+            .ok_or_else(|| format!("'{s}' is not leader or replicas:N (N ≥ 1)")),
+    }
+}
+
 /// Parses a duration: a number with unit `ms`, `s` or `m` (plain number = ms).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -245,6 +274,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durability_values() {
+        assert_eq!(parse_durability("leader"), Ok(None));
+        assert_eq!(parse_durability("replicas:2"), Ok(Some(2)));
+        for bad in [
+            "",
+            "replicas:0",
+            "replicas:",
+            "replicas:x",
+            "followers:1",
+            "replicas:-1",
+        ] {
+            assert!(parse_durability(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn sizes() {

@@ -130,11 +130,14 @@ pub enum RedisOutage {
     /// `MISCONF`: Redis refuses writes because it cannot persist them (an
     /// AOF or RDB write failed, e.g. a full disk).
     Persistence,
+    /// `--durability replicas:N`: fewer than N replicas confirmed a write
+    /// within the timeout. The write may exist.
+    Durability,
 }
 
 impl RedisOutage {
     /// Every kind, for documentation and tests.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Unreachable,
         Self::OutOfMemory,
         Self::Busy,
@@ -142,6 +145,7 @@ impl RedisOutage {
         Self::ReadOnly,
         Self::ClusterDown,
         Self::Persistence,
+        Self::Durability,
     ];
 
     /// The stable code, e.g. `redis_out_of_memory`.
@@ -154,6 +158,7 @@ impl RedisOutage {
             Self::ReadOnly => "redis_readonly",
             Self::ClusterDown => "redis_cluster_down",
             Self::Persistence => "redis_persistence_failed",
+            Self::Durability => "durability_timeout",
         }
     }
 
@@ -167,6 +172,7 @@ impl RedisOutage {
             Self::ReadOnly => "readonly",
             Self::ClusterDown => "cluster_down",
             Self::Persistence => "persistence",
+            Self::Durability => "durability",
         }
     }
 
@@ -193,6 +199,9 @@ impl RedisOutage {
             }
             Self::Persistence => {
                 "Redis refuses writes because it cannot persist them (MISCONF); retry after the Retry-After delay"
+            }
+            Self::Durability => {
+                "the write was not confirmed by the required replicas in time; it may exist: retry with the same idempotency key after the Retry-After delay"
             }
         }
     }
@@ -223,6 +232,7 @@ impl RedisOutage {
             Some("OOM") => Some(Self::OutOfMemory),
             Some("BUSY") => Some(Self::Busy),
             Some("MISCONF") => Some(Self::Persistence),
+            Some(crate::store::DURABILITY_CODE) => Some(Self::Durability),
             _ => None,
         }
     }

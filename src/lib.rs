@@ -133,7 +133,8 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         wakeups,
         signal.clone(),
         config.strict,
-    );
+    )
+    .with_durability(config.durability);
     let broker = Broker::new(store.clone());
     match store.check_ready().await {
         Ok(()) => {

@@ -226,6 +226,18 @@ impl Scripts {
         }
     }
 
+    /// The scripts that never write (their calls need no replica
+    /// confirmation under `--durability replicas:N`).
+    pub fn read_only(&self) -> impl Iterator<Item = &NamedScript> {
+        [
+            &self.group_info,
+            &self.topic_info,
+            &self.delivery_peek,
+            &self.publish_dups,
+        ]
+        .into_iter()
+    }
+
     /// All scripts, for loading and for readiness checks.
     pub fn all(&self) -> Vec<&NamedScript> {
         vec![

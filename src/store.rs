@@ -16,6 +16,7 @@
 //! design) cost one extra round trip per request for its health-check PING
 //! and measured at a quarter of raw Redis throughput on single publishes.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -36,23 +37,146 @@ use crate::wake::Wakeups;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The error code a write answers with when fewer replicas than
+/// `--durability replicas:N` asks for confirmed it in time.
+pub const DURABILITY_CODE: &str = "DURABILITY";
+
+/// `--durability replicas:N`: every write waits (`WAIT N timeout`) until N
+/// replicas have it, or fails with [`DURABILITY_CODE`] (the write may
+/// exist; a retry with the same idempotency key is safe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replicas {
+    /// How many replicas must confirm.
+    pub count: u32,
+    /// How long to wait for them.
+    pub timeout: Duration,
+}
+
+/// What `--durability replicas:N` needs at each call: the replicas to wait
+/// for, and the scripts that never write (their calls do not wait).
+#[derive(Debug)]
+struct Durability {
+    replicas: Replicas,
+    read_only_scripts: HashSet<Vec<u8>>,
+}
+
 /// A connection handle; clones share one multiplexed socket (or, on a Redis
 /// Cluster, one set of sockets, one per node, each command routed to the node
 /// that owns its slot).
 #[derive(Clone)]
-pub enum Conn {
+pub struct Conn {
+    link: Link,
+    /// Replica confirmation every write waits for (None: the leader's word).
+    durability: Option<Arc<Durability>>,
+}
+
+#[derive(Clone)]
+enum Link {
     /// A standalone Redis.
     Single(ConnectionManager),
     /// A Redis Cluster.
     Cluster(ClusterConnection),
 }
 
+impl Link {
+    fn as_dyn(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Self::Single(c) => c,
+            Self::Cluster(c) => c,
+        }
+    }
+}
+
+/// Commands that never write (the only ones that skip `WAIT`). Scripts
+/// count as writes: most of them write, and a `WAIT` after one that did
+/// not returns at once.
+const READ_ONLY: &[&str] = &[
+    "PING",
+    "TIME",
+    "INFO",
+    "CONFIG",
+    "CLIENT",
+    "SCRIPT",
+    "PUBSUB",
+    "GET",
+    "MGET",
+    "EXISTS",
+    "TTL",
+    "PTTL",
+    "HGET",
+    "HMGET",
+    "HGETALL",
+    "HEXISTS",
+    "HLEN",
+    "SMEMBERS",
+    "SISMEMBER",
+    "SCARD",
+    "ZRANGE",
+    "ZCARD",
+    "ZSCORE",
+    "XRANGE",
+    "XREVRANGE",
+    "XLEN",
+    "XINFO",
+    "XPENDING",
+    "WAIT",
+];
+
+impl Durability {
+    /// Whether `cmd` may write (a script is judged by its SHA).
+    fn writes(&self, cmd: &Cmd) -> bool {
+        let mut args = cmd.args_iter();
+        match (args.next(), args.next()) {
+            (Some(redis::Arg::Simple(name)), Some(redis::Arg::Simple(sha)))
+                if name.eq_ignore_ascii_case(b"EVALSHA") =>
+            {
+                !self.read_only_scripts.contains(sha)
+            }
+            (Some(redis::Arg::Simple(name)), _) => !READ_ONLY
+                .iter()
+                .any(|r| r.as_bytes().eq_ignore_ascii_case(name)),
+            _ => true,
+        }
+    }
+}
+
+impl Conn {
+    /// After commands that may have written: waits for the configured
+    /// replicas, if any.
+    async fn confirm<'c>(&mut self, mut cmds: impl Iterator<Item = &'c Cmd>) -> RedisResult<()> {
+        let Some(durability) = self.durability.clone() else {
+            return Ok(());
+        };
+        if !cmds.any(|c| durability.writes(c)) {
+            return Ok(());
+        }
+        let replicas = durability.replicas;
+        let timeout_ms = u64::try_from(replicas.timeout.as_millis()).unwrap_or(u64::MAX);
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas.count).arg(timeout_ms.max(1));
+        let confirmed: u64 = redis::FromRedisValue::from_redis_value(
+            self.link.as_dyn().req_packed_command(&wait).await?,
+        )?;
+        if confirmed < u64::from(replicas.count) {
+            return Err(redis::make_extension_error(
+                DURABILITY_CODE.to_owned(),
+                Some(format!(
+                    "{confirmed} of {} replicas confirmed the write within {timeout_ms} ms",
+                    replicas.count
+                )),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
-        }
+        Box::pin(async move {
+            let value = self.link.as_dyn().req_packed_command(cmd).await?;
+            self.confirm(std::iter::once(cmd)).await?;
+            Ok(value)
+        })
     }
 
     fn req_packed_commands<'a>(
@@ -61,16 +185,21 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
+        Box::pin(async move {
+            let values = self
+                .link
+                .as_dyn()
+                .req_packed_commands(pipeline, offset, count)
+                .await?;
+            self.confirm(pipeline.cmd_iter()).await?;
+            Ok(values)
+        })
     }
 
     fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
+        match &self.link {
+            Link::Single(c) => c.get_db(),
+            Link::Cluster(c) => c.get_db(),
         }
     }
 }
@@ -128,18 +257,19 @@ impl Connections {
         })
     }
 
-    async fn get(&self) -> RedisResult<Conn> {
-        match self {
+    async fn get(&self, durability: Option<Arc<Durability>>) -> RedisResult<Conn> {
+        let link = match self {
             Self::Single { managers, next } => {
                 let i = next.fetch_add(1, Ordering::Relaxed) % managers.len();
-                Ok(Conn::Single(managers[i].clone()))
+                Link::Single(managers[i].clone())
             }
             Self::Cluster { client, connection } => connection
                 .get_or_try_init(|| client.get_async_connection())
                 .await
                 .cloned()
-                .map(Conn::Cluster),
-        }
+                .map(Link::Cluster)?,
+        };
+        Ok(Conn { link, durability })
     }
 
     /// How many shared connections there are (a cluster connection counts
@@ -166,6 +296,8 @@ pub struct Store {
     shutdown: watch::Receiver<bool>,
     /// `--strict`: refuse a Redis that may evict keys.
     strict: bool,
+    /// `--durability replicas:N`: what every write waits for.
+    durability: Option<Arc<Durability>>,
 }
 
 impl Store {
@@ -184,12 +316,29 @@ impl Store {
             wakeups,
             shutdown,
             strict,
+            durability: None,
         }
+    }
+
+    /// Every write waits for `replicas` (None: the leader's answer is enough).
+    #[must_use]
+    pub fn with_durability(mut self, replicas: Option<Replicas>) -> Self {
+        self.durability = replicas.map(|replicas| {
+            Arc::new(Durability {
+                replicas,
+                read_only_scripts: self
+                    .scripts
+                    .read_only()
+                    .map(|s| s.get_hash().as_bytes().to_vec())
+                    .collect(),
+            })
+        });
+        self
     }
 
     /// A shared connection; on a cluster, the first call connects.
     pub(crate) async fn conn(&self) -> Result<Conn> {
-        Ok(self.connections.get().await?)
+        Ok(self.connections.get(self.durability.clone()).await?)
     }
 
     /// The script registry.
