@@ -280,6 +280,26 @@ impl Broker {
         Ok(PublishOutcome { items, quota })
     }
 
+    /// Publishes one message within the quota: its own outcome (published or
+    /// a duplicate, or why it was refused) and the quota state after it.
+    pub async fn publish_one_within_quota(
+        &self,
+        coord: &Coord,
+        tenant: &Tenant,
+        topic: &Topic,
+        message: &PublishRequest,
+    ) -> Result<(Published, Option<RateLimitInfo>)> {
+        let outcome = self
+            .publish_within_quota(coord, tenant, topic, std::slice::from_ref(message))
+            .await?;
+        let published = outcome
+            .items
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Internal("publish returned no result".into()))??;
+        Ok((published, outcome.quota))
+    }
+
     /// Publishes `messages` to `topic` in order, as one atomic step, with no
     /// regard to quotas. Declares the topic with defaults when it does not
     /// exist yet. Returns each message's outcome and how many were written.

@@ -122,14 +122,9 @@ impl Broker {
             .collect::<Result<Vec<_>>>()?;
         let mut emitted = Vec::with_capacity(steps.len());
         for (target, request) in steps {
-            let outcome = self
-                .publish_within_quota(coord, tenant, &target, std::slice::from_ref(&request))
+            let (published, _) = self
+                .publish_one_within_quota(coord, tenant, &target, &request)
                 .await?;
-            let published = outcome
-                .items
-                .into_iter()
-                .next()
-                .ok_or_else(|| Error::Internal("publish returned no result".into()))??;
             tracing::debug!(id = %published.id, causation_id = %source_id, topic = %target, "emitted");
             emitted.push(published);
         }
