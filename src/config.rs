@@ -79,7 +79,7 @@ pub struct ServerArgs {
     /// `leader` (a write is done when the Redis primary has it) or
     /// `replicas:N` (every write also waits until N replicas have it).
     #[arg(long, env = "STREAMCAR_DURABILITY", default_value = "leader", value_parser = parse_durability)]
-    pub durability: Option<u32>,
+    pub durability: DurabilityMode,
 
     /// With `--durability replicas:N`: how long a write waits for the replicas, e.g. `1s`.
     #[arg(long, env = "STREAMCAR_DURABILITY_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
@@ -171,10 +171,13 @@ impl Config {
             metrics_interval: args.metrics_interval,
             api_token,
             strict: args.strict,
-            durability: args.durability.map(|count| crate::store::Replicas {
-                count,
-                timeout: args.durability_timeout,
-            }),
+            durability: match args.durability {
+                DurabilityMode::Leader => None,
+                DurabilityMode::Replicas(count) => Some(crate::store::Replicas {
+                    count,
+                    timeout: args.durability_timeout,
+                }),
+            },
             redis_cluster: false,
         })
     }
@@ -240,15 +243,24 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     Ok(bytes)
 }
 
-/// Parses `--durability`: `leader` → None; `replicas:N` (N ≥ 1) → Some(N).
-pub fn parse_durability(s: &str) -> Result<Option<u32>, String> {
+/// When a write counts as done (`--durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DurabilityMode {
+    /// When the Redis primary has it.
+    Leader,
+    /// When the primary and this many replicas have it.
+    Replicas(u32),
+}
+
+/// Parses `--durability`: `leader` or `replicas:N` (N ≥ 1).
+pub fn parse_durability(s: &str) -> Result<DurabilityMode, String> {
     match s.trim() {
-        "leader" => Ok(None),
+        "leader" => Ok(DurabilityMode::Leader),
         other => other
             .strip_prefix("replicas:")
             .and_then(|n| n.parse::<u32>().ok())
             .filter(|n| *n >= 1)
-            .map(Some)
+            .map(DurabilityMode::Replicas)
             .ok_or_else(|| format!("'{s}' is not leader or replicas:N (N ≥ 1)")),
     }
 }
@@ -277,8 +289,11 @@ mod tests {
 
     #[test]
     fn durability_values() {
-        assert_eq!(parse_durability("leader"), Ok(None));
-        assert_eq!(parse_durability("replicas:2"), Ok(Some(2)));
+        assert_eq!(parse_durability("leader"), Ok(DurabilityMode::Leader));
+        assert_eq!(
+            parse_durability("replicas:2"),
+            Ok(DurabilityMode::Replicas(2))
+        );
         for bad in [
             "",
             "replicas:0",

@@ -275,3 +275,24 @@ async fn dev_writes_redis_own_log_to_a_file_not_to_the_terminal() {
         "the terminal says where Redis's log is: {terminal}"
     );
 }
+
+/// `--durability` takes `leader` or `replicas:N`; the binary starts with
+/// either and refuses anything else with exit 2.
+#[tokio::test]
+async fn durability_settings_start_or_are_refused() {
+    let redis = support::RedisServer::start();
+    for good in ["leader", "replicas:1"] {
+        let mut sc = support::StreamcarProcess::start(&redis.url(), &["--durability", good]).await;
+        sc.signal(libc::SIGTERM);
+        assert!(sc.wait_exit().await.success(), "--durability {good}");
+    }
+    for bad in ["", "replicas:0", "followers:1"] {
+        let out = Command::new(BIN)
+            .args(["serve", &format!("--durability={bad}")])
+            .output()
+            .expect("run streamcar");
+        assert_eq!(out.status.code(), Some(2), "--durability {bad}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--durability"), "{stderr}");
+    }
+}
