@@ -115,7 +115,7 @@ pub struct Server {
 /// answers 503 until it comes up), binds the listeners and starts serving.
 pub async fn start(config: &Config) -> Result<Server, StartError> {
     // Install the recorder before anything counts.
-    telemetry::metrics();
+    telemetry::install(config.metrics_interval);
     error::describe_metrics();
     let urls = config.redis_urls();
     let connections = if config.redis_cluster {

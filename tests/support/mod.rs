@@ -518,3 +518,18 @@ impl TestApp {
         }
     }
 }
+
+/// A `/proc/<pid>/status` line in bytes (`VmRSS`, `VmHWM`); 0 if unreadable.
+pub fn proc_memory_bytes(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Open file descriptors of process `pid`.
+pub fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
