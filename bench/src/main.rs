@@ -24,10 +24,11 @@ use clap::Parser;
 use serde::Serialize;
 
 /// Every scenario, in the order they run, with its concurrency.
-const SCENARIOS: [(&str, usize); 4] = [
+const SCENARIOS: [(&str, usize); 5] = [
     ("publish", 64),
     ("publish_batch", 16),
     ("consume", 8),
+    ("consume_ordered", 8),
     ("e2e_latency", 4),
 ];
 
@@ -173,7 +174,8 @@ async fn main() -> std::process::ExitCode {
         let pair = match name {
             "publish" => scenarios::publish(&ctx, concurrency, d).await,
             "publish_batch" => scenarios::publish_batch(&ctx, concurrency, d).await,
-            "consume" => scenarios::consume(&ctx, concurrency, d).await,
+            "consume" => scenarios::consume(&ctx, concurrency, d, false).await,
+            "consume_ordered" => scenarios::consume(&ctx, concurrency, d, true).await,
             _ => scenarios::e2e_latency(&ctx, concurrency, d).await,
         };
         rows.push(row(name, concurrency, &pair));
@@ -224,6 +226,11 @@ async fn main() -> std::process::ExitCode {
     println!("sidecar RSS: idle {rss_mb_idle:.1} MB, peak {rss_mb_peak:.1} MB");
 
     let ratio = |name: &str| rows.iter().find(|r| r.name == name).map(|r| r.ratio);
+    let throughput = |name: &str| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .map(|r| r.sidecar_ops_per_s)
+    };
     let e2e_p99_ms = rows
         .iter()
         .find(|r| r.name == "e2e_latency")
@@ -235,6 +242,12 @@ async fn main() -> std::process::ExitCode {
             ratio("publish_batch").map(|r| r >= 0.8),
         ),
         ("consume ratio >= 0.4", ratio("consume").map(|r| r >= 0.4)),
+        (
+            "consume_ordered >= 0.7x consume (sidecar)",
+            throughput("consume_ordered")
+                .zip(throughput("consume"))
+                .map(|(o, c)| o >= 0.7 * c),
+        ),
         ("e2e p99 <= 5 ms", e2e_p99_ms.map(|p| p <= 5.0)),
         ("peak RSS <= 64 MB", Some(rss_mb_peak <= 64.0)),
     ];

@@ -60,9 +60,13 @@ fn message_body(mode: &str) -> String {
         "payload": {"prompt": "Summarize the following support ticket in one line.", "n": n},
         "idempotency_key": format!("{mode}-{n}"),
         "correlation_id": "bench-run",
+        "key": format!("user-{}", n % ORDERING_KEYS),
     })
     .to_string()
 }
+
+/// Distinct ordering keys (user ids) the bench's messages spread over.
+const ORDERING_KEYS: u64 = 1000;
 
 fn parse(body: &str) -> PublishRequest {
     serde_json::from_str(body).expect("bench bodies are valid")
@@ -291,8 +295,10 @@ async fn sidecar_fetch_ack(
 }
 
 /// Fetch up to 100 + ack them, with a producer keeping the backlog full;
-/// counts acked messages.
-pub async fn consume(ctx: &Ctx, concurrency: usize, duration: Duration) -> Pair {
+/// counts acked messages. `ordered`: the group has `ordering: key` (the
+/// messages spread over 1,000 keys, so a fetch gets at most one per key).
+pub async fn consume(ctx: &Ctx, concurrency: usize, duration: Duration, ordered: bool) -> Pair {
+    let ordering = if ordered { "key" } else { "none" };
     let run_mode = |topic: &'static str, op: Op| {
         let ctx = ctx.clone();
         async move {
@@ -301,7 +307,7 @@ pub async fn consume(ctx: &Ctx, concurrency: usize, duration: Duration) -> Pair 
                 .await;
             ctx.put(
                 &format!("/topics/{topic}/groups/{GROUP}"),
-                json!({"lease_ms": 60000}),
+                json!({"lease_ms": 60000, "ordering": ordering}),
             )
             .await;
             let stop = Arc::new(AtomicBool::new(false));
