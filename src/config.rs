@@ -76,6 +76,11 @@ pub struct ServerArgs {
     #[arg(long, env = "STREAMCAR_STRICT")]
     pub strict: bool,
 
+    /// Push subscriptions (YAML or JSON): the sidecar POSTs each message of
+    /// these groups to the app's URL.
+    #[arg(long, env = "STREAMCAR_SUBSCRIPTIONS")]
+    pub subscriptions: Option<PathBuf>,
+
     /// Log format on stderr.
     #[arg(long, env = "STREAMCAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -128,6 +133,8 @@ pub struct Config {
     pub strict: bool,
     /// `redis_url` is a comma-separated list of Redis Cluster seed nodes.
     pub redis_cluster: bool,
+    /// Push subscriptions (`--subscriptions`), checked.
+    pub subscriptions: Vec<crate::push::Subscription>,
 }
 
 impl Config {
@@ -161,6 +168,10 @@ impl Config {
             api_token,
             strict: args.strict,
             redis_cluster: false,
+            subscriptions: match &args.subscriptions {
+                Some(path) => crate::push::load(path)?,
+                None => Vec::new(),
+            },
         })
     }
 
@@ -180,6 +191,7 @@ impl Config {
             api_token: None,
             strict: false,
             redis_cluster: false,
+            subscriptions: Vec::new(),
         }
     }
 }

@@ -23,6 +23,7 @@
 //! * [`http`]: routes, extractors, listeners (no Redis keys).
 //! * [`error`]: one error type rendered as RFC 9457 problem+json.
 //! * [`dev`]: the private `redis-server` behind `streamcar dev`.
+//! * [`push`]: push delivery to the app (`--subscriptions`).
 //!
 //! [`start`] wires config → Redis pool → app → listeners and returns a
 //! running [`Server`]; [`run`] serves until a shutdown signal.
@@ -35,6 +36,7 @@ pub mod error;
 pub mod http;
 pub mod keys;
 pub mod names;
+pub mod push;
 pub mod scripts;
 pub mod store;
 pub mod telemetry;
@@ -101,6 +103,7 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     listeners: JoinSet<io::Result<()>>,
     drain_timeout: Duration,
+    pusher: push::Pusher,
     _socket_file: Option<SocketFile>,
 }
 
@@ -156,12 +159,14 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
             signal.clone(),
         ));
     }
+    let pusher = push::Pusher::start(&broker, &config.subscriptions, &signal);
     let app = http::router(AppState::new(Services {
         coord: Coord::new(store.clone()),
         store,
         broker,
         max_body: config.max_body,
         api_token: config.api_token.clone().map(Arc::from),
+        subscriptions: pusher.registry(),
     }));
 
     let tcp = TcpListener::bind(config.listen)
@@ -209,6 +214,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         shutdown,
         listeners,
         drain_timeout: config.drain_timeout,
+        pusher,
         _socket_file: socket_file,
     })
 }
@@ -219,31 +225,45 @@ impl Server {
         self.addr
     }
 
-    /// Graceful drain: stop accepting, let in-flight requests finish, and
-    /// cut whatever is still running after the drain timeout.
-    pub async fn shutdown(mut self) -> Result<(), StartError> {
-        let _ = self.shutdown.send(true);
-        let drained = tokio::time::timeout(self.drain_timeout, async {
-            while let Some(joined) = self.listeners.join_next().await {
-                match joined {
-                    Ok(Err(e)) => return Err(StartError::Serve(e)),
-                    Err(e) if e.is_panic() => {
-                        return Err(StartError::Serve(io::Error::other("listener panicked")));
+    /// Graceful drain: stop accepting and fetching, let in-flight requests
+    /// (served and pushed) finish, and cut whatever is still running after
+    /// the drain timeout (pushes left then are nacked with no delay).
+    pub async fn shutdown(self) -> Result<(), StartError> {
+        let Server {
+            shutdown,
+            mut listeners,
+            drain_timeout,
+            pusher,
+            _socket_file,
+            ..
+        } = self;
+        let _ = shutdown.send(true);
+        let deadline = tokio::time::Instant::now() + drain_timeout;
+        let served = async {
+            let drained = tokio::time::timeout_at(deadline, async {
+                while let Some(joined) = listeners.join_next().await {
+                    match joined {
+                        Ok(Err(e)) => return Err(StartError::Serve(e)),
+                        Err(e) if e.is_panic() => {
+                            return Err(StartError::Serve(io::Error::other("listener panicked")));
+                        }
+                        _ => {}
                     }
-                    _ => {}
+                }
+                Ok(())
+            })
+            .await;
+            match drained {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(timeout = ?drain_timeout, "drain timeout passed; cutting remaining requests");
+                    listeners.abort_all();
+                    Ok(())
                 }
             }
-            Ok(())
-        })
-        .await;
-        match drained {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!(timeout = ?self.drain_timeout, "drain timeout passed; cutting remaining requests");
-                self.listeners.abort_all();
-                Ok(())
-            }
-        }
+        };
+        let (result, ()) = tokio::join!(served, pusher.drain(deadline));
+        result
     }
 }
 

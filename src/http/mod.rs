@@ -9,6 +9,7 @@ pub mod listen;
 mod observe;
 pub mod openapi;
 mod ops;
+mod subscriptions;
 mod topics;
 
 use std::sync::Arc;
@@ -57,6 +58,8 @@ pub struct Services {
     pub max_body: usize,
     /// Bearer token required on `/v1` (None = open).
     pub api_token: Option<Arc<str>>,
+    /// Push subscriptions' status (`GET /v1/subscriptions`).
+    pub subscriptions: crate::push::Registry,
 }
 
 /// 201 when a call created something, 200 when it found it already there.
@@ -78,6 +81,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(topics::routes())
         .merge(groups::routes())
         .merge(coord::routes())
+        .merge(subscriptions::routes())
         .split_for_parts()
 }
 
