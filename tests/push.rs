@@ -602,7 +602,9 @@ async fn a_handler_slower_than_the_lease_keeps_its_delivery() {
     server.wait_for(1).await;
     // While the handler runs (five leases long), another consumer finds
     // nothing: the sidecar keeps renewing the lease.
+    let deadline = Instant::now() + WAIT;
     while server.answered() == 0 {
+        assert!(Instant::now() < deadline, "the app never answered");
         let reply = post(
             &app,
             "/topics/orders/groups/push/fetch",
@@ -1145,4 +1147,12 @@ async fn redis_away_backs_off_then_the_group_is_declared_again() {
     let seen = server.seen();
     let bodies: Vec<&[u8]> = seen.iter().map(|s| s.body.as_ref()).collect();
     assert_eq!(bodies, [b"\"before\"".as_slice(), b"\"after\"".as_slice()]);
+}
+
+#[test]
+fn the_example_subscriptions_file_is_valid() {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/subscriptions.yaml");
+    let subs = streamcar::push::load(&file).expect("examples/subscriptions.yaml");
+    let names: Vec<&str> = subs.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["acme-prompts", "globex-prompts"]);
 }

@@ -123,17 +123,24 @@ impl Client {
         }
     }
 
-    /// Sends `request` and reads the answer, all within `timeout`.
+    /// Sends `request` and reads the answer within `timeout`. The status
+    /// decides: once it has come, a body still arriving at the deadline (or
+    /// cut off) is kept as far as it came.
     pub async fn send(
         &self,
         request: Request<Full<Bytes>>,
         timeout: Duration,
     ) -> Result<Answer, Failure> {
-        let exchange = async {
-            let response = match &self.inner {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let sent = async {
+            match &self.inner {
                 Inner::Tcp(c) => c.request(request).await,
                 Inner::Unix(c) => c.request(request).await,
             }
+        };
+        let response = tokio::time::timeout_at(deadline, sent)
+            .await
+            .map_err(|_| Failure::Timeout)?
             .map_err(|e| {
                 if e.is_connect() {
                     Failure::Unreachable(error_chain(&e))
@@ -141,35 +148,30 @@ impl Client {
                     Failure::Broken(error_chain(&e))
                 }
             })?;
-            let status = response.status();
-            let retry_after = response
-                .headers()
-                .get(hyper::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            let mut body = response.into_body();
-            let mut read = BytesMut::new();
-            // The status decides; a body cut short is kept as far as it came.
-            while read.len() < MAX_ANSWER_BYTES {
-                match body.frame().await {
-                    Some(Ok(frame)) => {
-                        if let Ok(data) = frame.into_data() {
-                            read.extend_from_slice(&data);
-                        }
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let mut body = response.into_body();
+        let mut read = BytesMut::new();
+        while read.len() < MAX_ANSWER_BYTES {
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        read.extend_from_slice(&data);
                     }
-                    Some(Err(_)) | None => break,
                 }
+                _ => break,
             }
-            read.truncate(MAX_ANSWER_BYTES);
-            Ok(Answer {
-                status,
-                retry_after,
-                body: read.freeze(),
-            })
-        };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .unwrap_or(Err(Failure::Timeout))
+        }
+        read.truncate(MAX_ANSWER_BYTES);
+        Ok(Answer {
+            status,
+            retry_after,
+            body: read.freeze(),
+        })
     }
 
     /// Opens (and drops) one connection: does the app accept connections again?

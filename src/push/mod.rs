@@ -91,6 +91,13 @@ impl Pusher {
                 r.give_back(left, "sidecar shutting down").await;
             }
         }
+    }
+}
+
+impl Drop for Pusher {
+    /// The probers run until stopped: after a drain, or when the service
+    /// failed to start after the pusher did.
+    fn drop(&mut self) {
         for w in &self.watchers {
             w.abort();
         }
