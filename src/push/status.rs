@@ -13,7 +13,7 @@ use crate::telemetry;
 /// What a subscription is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum State {
+pub enum SubscriptionState {
     /// Fetching and pushing.
     Running,
     /// Waiting after an error of Redis or the group before fetching again.
@@ -24,20 +24,20 @@ pub enum State {
     Draining,
 }
 
-impl State {
-    const ALL: [State; 4] = [
-        State::Running,
-        State::BackingOff,
-        State::AppUnreachable,
-        State::Draining,
+impl SubscriptionState {
+    const ALL: [SubscriptionState; 4] = [
+        SubscriptionState::Running,
+        SubscriptionState::BackingOff,
+        SubscriptionState::AppUnreachable,
+        SubscriptionState::Draining,
     ];
 
     fn as_str(self) -> &'static str {
         match self {
-            State::Running => "running",
-            State::BackingOff => "backing_off",
-            State::AppUnreachable => "app_unreachable",
-            State::Draining => "draining",
+            SubscriptionState::Running => "running",
+            SubscriptionState::BackingOff => "backing_off",
+            SubscriptionState::AppUnreachable => "app_unreachable",
+            SubscriptionState::Draining => "draining",
         }
     }
 }
@@ -54,7 +54,7 @@ pub struct SubscriptionStatus {
     /// The consumer group it pushes.
     pub group: String,
     /// `running`, `backing_off`, `app_unreachable` or `draining`.
-    pub state: State,
+    pub state: SubscriptionState,
     /// Requests to the app outstanding now.
     pub in_flight: u64,
     /// Messages sent to the app (a message resent after the app was
@@ -123,15 +123,15 @@ impl Status {
     }
 
     /// The state now (draining wins, then an unreachable app, then backoff).
-    pub fn state(&self) -> State {
+    pub fn state(&self) -> SubscriptionState {
         if self.draining.load(Ordering::Relaxed) {
-            State::Draining
+            SubscriptionState::Draining
         } else if self.unreachable.load(Ordering::Relaxed) {
-            State::AppUnreachable
+            SubscriptionState::AppUnreachable
         } else if self.backing_off.load(Ordering::Relaxed) {
-            State::BackingOff
+            SubscriptionState::BackingOff
         } else {
-            State::Running
+            SubscriptionState::Running
         }
     }
 
@@ -173,7 +173,7 @@ impl Status {
         metrics::gauge!(telemetry::PUSH_IN_FLIGHT, self.labels.clone())
             .set(self.in_flight.load(Ordering::Relaxed) as f64);
         let now = self.state();
-        for state in State::ALL {
+        for state in SubscriptionState::ALL {
             let mut labels = self.labels.clone();
             labels.push(Label::new("state", state.as_str()));
             metrics::gauge!(telemetry::PUSH_STATE, labels).set(if state == now {
