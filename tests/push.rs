@@ -67,6 +67,9 @@ struct Shared {
     now: AtomicUsize,
     most: AtomicUsize,
     answered: AtomicUsize,
+    /// Requests in progress per `ce-subject` (message key), and the most seen.
+    per_key: Mutex<std::collections::HashMap<String, usize>>,
+    per_key_most: AtomicUsize,
     script: Script,
 }
 
@@ -98,6 +101,8 @@ impl AppServer {
                 now: AtomicUsize::new(0),
                 most: AtomicUsize::new(0),
                 answered: AtomicUsize::new(0),
+                per_key: Mutex::new(std::collections::HashMap::new()),
+                per_key_most: AtomicUsize::new(0),
                 script: Arc::new(script),
             }),
             bind,
@@ -225,8 +230,20 @@ where
             };
             let now = shared.now.fetch_add(1, Ordering::SeqCst) + 1;
             shared.most.fetch_max(now, Ordering::SeqCst);
+            let key = seen.headers.get("ce-subject").cloned();
+            if let Some(key) = &key {
+                let mut per_key = shared.per_key.lock().unwrap();
+                let count = per_key.entry(key.clone()).or_default();
+                *count += 1;
+                shared.per_key_most.fetch_max(*count, Ordering::SeqCst);
+            }
             let answer = (shared.script)(n, &seen);
             tokio::time::sleep(answer.pause).await;
+            // Before the answer leaves: the next message of the key can only
+            // come after the sidecar acks this one.
+            if let Some(key) = &key {
+                *shared.per_key.lock().unwrap().get_mut(key).unwrap() -= 1;
+            }
             shared.now.fetch_sub(1, Ordering::SeqCst);
             shared.answered.fetch_add(1, Ordering::SeqCst);
             let mut response = hyper::Response::new(Full::new(Bytes::from(answer.body)));
@@ -1155,4 +1172,51 @@ fn the_example_subscriptions_file_is_valid() {
     let subs = streamcar::push::load(&file).expect("examples/subscriptions.yaml");
     let names: Vec<&str> = subs.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["acme-prompts", "globex-prompts"]);
+}
+
+#[tokio::test]
+async fn an_ordered_group_is_pushed_one_message_per_key_at_a_time_in_order() {
+    let server = AppServer::start(|_, _| Answer {
+        pause: Duration::from_millis(30),
+        ..answer(200)
+    })
+    .await;
+    let app = sidecar(vec![subscription(
+        "ordered",
+        &server.url(),
+        json!({"max_in_flight": 8, "group_config": {"ordering": "key", "paused": true}}),
+    )])
+    .await;
+    // Published while paused, so every key's messages wait together.
+    let batch: Vec<Value> = (0..24)
+        .map(|i| json!({"payload": i, "key": format!("user-{}", i % 4)}))
+        .collect();
+    post(
+        &app,
+        "/topics/orders/messages:batch",
+        &json!({"messages": batch}),
+    )
+    .await;
+    post(&app, "/topics/orders/groups/push/resume", &json!({})).await;
+    settled(&app).await;
+    let seen = server.seen();
+    assert_eq!(seen.len(), 24);
+    assert_eq!(
+        server.shared.per_key_most.load(Ordering::SeqCst),
+        1,
+        "two of one key at once"
+    );
+    assert!(server.most_concurrent() > 1, "keys went in parallel");
+    for k in 0..4 {
+        let key = format!("user-{k}");
+        let seqs: Vec<u64> = seen
+            .iter()
+            .filter(|s| s.header("ce-subject") == key)
+            .map(|s| s.header("streamcar-seq").parse().unwrap())
+            .collect();
+        let mut sorted = seqs.clone();
+        sorted.sort_unstable();
+        assert_eq!(seqs, sorted, "{key} out of order");
+        assert_eq!(seqs.len(), 6);
+    }
 }
