@@ -7,7 +7,6 @@
 mod support;
 
 use std::collections::{BTreeMap, HashSet};
-use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -246,12 +245,16 @@ where
             }
             shared.now.fetch_sub(1, Ordering::SeqCst);
             shared.answered.fetch_add(1, Ordering::SeqCst);
+            // Status 0: drop the connection without an answer (a reset).
+            if answer.status == 0 {
+                return Err(std::io::Error::other("scripted reset"));
+            }
             let mut response = hyper::Response::new(Full::new(Bytes::from(answer.body)));
             *response.status_mut() = hyper::StatusCode::from_u16(answer.status).unwrap();
             for (name, value) in answer.headers {
                 response.headers_mut().insert(name, value.parse().unwrap());
             }
-            Ok::<_, Infallible>(response)
+            Ok::<_, std::io::Error>(response)
         }
     });
     let _ = http1::Builder::new().serve_connection(io, service).await;
@@ -461,9 +464,14 @@ async fn a_2xx_acks_and_the_request_carries_cloudevents_and_streamcar_headers() 
         ),
         "{metrics}"
     );
-    assert!(
-        metrics.contains(r#"streamcar_push_state{subscription="orders-hook",state="running"} 1"#)
-    );
+    for line in [
+        r#"streamcar_push_state{subscription="orders-hook",state="running"} 1"#,
+        r#"streamcar_push_state{subscription="orders-hook",state="app_unreachable"} 0"#,
+        r#"streamcar_push_in_flight{subscription="orders-hook"} 0"#,
+        r#"streamcar_push_request_duration_seconds_count{subscription="orders-hook"} 2"#,
+    ] {
+        assert!(metrics.contains(line), "{line}");
+    }
 }
 
 #[tokio::test]
@@ -1218,5 +1226,48 @@ async fn an_ordered_group_is_pushed_one_message_per_key_at_a_time_in_order() {
         sorted.sort_unstable();
         assert_eq!(seqs, sorted, "{key} out of order");
         assert_eq!(seqs.len(), 6);
+    }
+}
+
+#[tokio::test]
+async fn a_reset_and_a_timeout_are_failed_attempts() {
+    let server = AppServer::start(|n, _| match n {
+        0 => answer(0),
+        1 => Answer {
+            pause: Duration::from_secs(2),
+            ..answer(200)
+        },
+        _ => answer(200),
+    })
+    .await;
+    let backoff = json!({"initial_ms": 100, "max_ms": 100, "jitter": 0.0});
+    let app = sidecar(vec![subscription(
+        "flaky",
+        &server.url(),
+        json!({"timeout_ms": 300, "group_config": {"backoff": backoff}}),
+    )])
+    .await;
+    publish(&app, json!({"payload": "x"})).await;
+    let seen = server.wait_for(3).await;
+    assert_eq!(attempts(&seen), ["1", "2", "3"]);
+    let g = settled(&app).await;
+    assert_eq!(g["dead_lettered"], 0);
+    let sub = wait_subscription(&app, |s| s["acked"] == 1).await;
+    assert_eq!(sub["nacked"], 2);
+    assert_eq!(sub["last_error"], "timeout after 300 ms");
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for outcome in ["broken", "timeout", "acked"] {
+        let line = format!(
+            r#"streamcar_push_requests_total{{subscription="flaky",outcome="{outcome}"}} 1"#
+        );
+        assert!(metrics.contains(&line), "{line}");
     }
 }
