@@ -396,6 +396,10 @@ async fn a_2xx_acks_and_the_request_carries_cloudevents_and_streamcar_headers() 
         assert_eq!(s.header("content-type"), "application/json");
         assert_eq!(s.header("ce-specversion"), "1.0");
         assert_eq!(
+            s.header("user-agent"),
+            concat!("streamcar/", env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(
             s.header("ce-source"),
             format!("/v1/tenants/{TENANT}/topics/orders")
         );

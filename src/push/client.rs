@@ -153,7 +153,7 @@ impl Client {
             .headers()
             .get(hyper::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+            .and_then(retry_after_secs);
         let mut body = response.into_body();
         let mut read = BytesMut::new();
         while read.len() < MAX_ANSWER_BYTES {
@@ -195,6 +195,20 @@ impl Client {
     }
 }
 
+/// `Retry-After` as whole seconds from now: delay-seconds, or an HTTP date
+/// (one already past is 0).
+fn retry_after_secs(value: &str) -> Option<u64> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(secs);
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .map_or(0, |d| d.as_secs_f64().ceil() as u64),
+    )
+}
+
 /// An error with its causes (hyper's own text is only the outermost layer).
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -205,4 +219,21 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates() {
+        assert_eq!(retry_after_secs("2"), Some(2));
+        assert_eq!(retry_after_secs(" 120 "), Some(120));
+        assert_eq!(retry_after_secs("Wed, 21 Oct 2015 07:28:00 GMT"), Some(0));
+        let soon = std::time::SystemTime::now() + Duration::from_secs(30);
+        let secs = retry_after_secs(&httpdate::fmt_http_date(soon)).unwrap();
+        assert!((29..=31).contains(&secs), "{secs}");
+        assert_eq!(retry_after_secs("soon"), None);
+        assert_eq!(retry_after_secs("-1"), None);
+    }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
 use hyper::{Method, Request, StatusCode, Uri};
 
 use super::client::Answer;
@@ -34,6 +34,10 @@ pub fn build(
     *request.uri_mut() = uri;
     let headers = request.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        USER_AGENT,
+        HeaderValue::from_static(concat!("streamcar/", env!("CARGO_PKG_VERSION"))),
+    );
     let body = match (batch, deliveries) {
         (false, [d]) => {
             let m = &d.message;
