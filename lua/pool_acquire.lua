@@ -30,5 +30,7 @@ end
 local fence = redis.call('HINCRBY', pool, 'fence', 1)
 local expires_at = now + lease
 redis.call('ZADD', holders, expires_at, ARGV[3])
-redis.call('HSET', pool, 'r:' .. ARGV[3], ARGV[1] .. '|' .. fence)
+-- Tokens are ~16 digits (see pool_declare.lua): formatted as an integer,
+-- since tostring would print a Lua number that large in exponent form.
+redis.call('HSET', pool, 'r:' .. ARGV[3], ARGV[1] .. '|' .. string.format('%d', fence))
 return { 1, ARGV[3], fence, expires_at, in_use + 1 }

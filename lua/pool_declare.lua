@@ -5,8 +5,16 @@
 -- ARGV[2]  default lease ms
 -- Returns  1 created, 0 updated
 --
--- Invariant: the fencing counter survives updates, so tokens never repeat.
+-- Invariant: fencing tokens strictly increase per pool name, forever. The
+-- counter survives updates; a pool created (again, after a delete) starts it
+-- at the Redis clock in microseconds, above every token an earlier pool of
+-- that name handed out: one acquire per microsecond is more than a pool can
+-- take (each acquire is a script call of its own on Redis's one thread).
+-- The digits are joined as text, never through a Lua number.
 local created = redis.call('EXISTS', KEYS[1]) == 0 and 1 or 0
 redis.call('HSET', KEYS[1], 'capacity', ARGV[1], 'lease_ms', ARGV[2])
-redis.call('HSETNX', KEYS[1], 'fence', 0)
+if created == 1 then
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[1], 'fence', t[1] .. string.format('%06d', tonumber(t[2])))
+end
 return created

@@ -81,6 +81,15 @@ pub struct ServerArgs {
     #[arg(long, env = "STREAMCAR_SUBSCRIPTIONS")]
     pub subscriptions: Option<PathBuf>,
 
+    /// `leader` (a write is done when the Redis primary has it) or
+    /// `replicas:N` (every write also waits until N replicas have it).
+    #[arg(long, env = "STREAMCAR_DURABILITY", default_value = "leader", value_parser = parse_durability)]
+    pub durability: DurabilityMode,
+
+    /// With `--durability replicas:N`: how long a write waits for the replicas, e.g. `1s`.
+    #[arg(long, env = "STREAMCAR_DURABILITY_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub durability_timeout: Duration,
+
     /// Log format on stderr.
     #[arg(long, env = "STREAMCAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -131,6 +140,8 @@ pub struct Config {
     pub api_token: Option<String>,
     /// Refuse a Redis that may evict keys.
     pub strict: bool,
+    /// Replica confirmation every write waits for (None: the leader's word).
+    pub durability: Option<crate::store::Replicas>,
     /// `redis_url` is a comma-separated list of Redis Cluster seed nodes.
     pub redis_cluster: bool,
     /// Push subscriptions (`--subscriptions`), checked.
@@ -167,6 +178,13 @@ impl Config {
             metrics_interval: args.metrics_interval,
             api_token,
             strict: args.strict,
+            durability: match args.durability {
+                DurabilityMode::Leader => None,
+                DurabilityMode::Replicas(count) => Some(crate::store::Replicas {
+                    count,
+                    timeout: args.durability_timeout,
+                }),
+            },
             redis_cluster: false,
             subscriptions: match &args.subscriptions {
                 Some(path) => crate::push::load(path)?,
@@ -190,6 +208,7 @@ impl Config {
             metrics_interval: Duration::from_secs(15),
             api_token: None,
             strict: false,
+            durability: None,
             redis_cluster: false,
             subscriptions: Vec::new(),
         }
@@ -236,6 +255,28 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     Ok(bytes)
 }
 
+/// When a write counts as done (`--durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DurabilityMode {
+    /// When the Redis primary has it.
+    Leader,
+    /// When the primary and this many replicas have it.
+    Replicas(u32),
+}
+
+/// Parses `--durability`: `leader` or `replicas:N` (N ≥ 1).
+pub fn parse_durability(s: &str) -> Result<DurabilityMode, String> {
+    match s.trim() {
+        "leader" => Ok(DurabilityMode::Leader),
+        other => other
+            .strip_prefix("replicas:")
+            .and_then(|n| n.parse::<u32>().ok())
+            .filter(|n| *n >= 1)
+            .map(DurabilityMode::Replicas)
+            .ok_or_else(|| format!("'{s}' is not leader or replicas:N (N ≥ 1)")),
+    }
+}
+
 /// Parses a duration: a number with unit `ms`, `s` or `m` (plain number = ms).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -257,6 +298,25 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durability_values() {
+        assert_eq!(parse_durability("leader"), Ok(DurabilityMode::Leader));
+        assert_eq!(
+            parse_durability("replicas:2"),
+            Ok(DurabilityMode::Replicas(2))
+        );
+        for bad in [
+            "",
+            "replicas:0",
+            "replicas:",
+            "replicas:x",
+            "followers:1",
+            "replicas:-1",
+        ] {
+            assert!(parse_durability(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn sizes() {

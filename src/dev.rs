@@ -4,6 +4,11 @@
 //! `.streamcar/redis` (AOF on, `appendfsync everysec`), and is shut down with
 //! Redis `SHUTDOWN` (which flushes the AOF) when streamcar exits. The child is
 //! also killed if this process drops it without a clean stop.
+//!
+//! Redis logs to `.streamcar/redis/redis.log`, not to the terminal: the
+//! terminal is streamcar's own log, and two interleaved log formats there
+//! are hard to read. Only a Redis that cannot even open its log file writes
+//! to the terminal (stderr), which is where that message is needed.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -31,6 +36,9 @@ pub enum DevError {
     #[error("redis-server did not become ready: {0}")]
     NotReady(String),
 }
+
+/// Redis's log file, inside its data directory.
+pub const LOG_FILE: &str = "redis.log";
 
 /// A running child `redis-server`.
 pub struct DevRedis {
@@ -73,9 +81,12 @@ impl DevRedis {
             .arg("--dir")
             .arg(&data_dir)
             .args(["--appendonly", "yes", "--appendfsync", "everysec"])
-            .args(["--save", "", "--daemonize", "no", "--loglevel", "warning"])
+            .args(["--save", "", "--daemonize", "no", "--loglevel", "notice"])
+            .arg("--logfile")
+            .arg(data_dir.join(LOG_FILE))
             .args(["--maxmemory-policy", "noeviction"])
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
             .kill_on_drop(true);
         // SAFETY: prctl is async-signal-safe and touches no memory of ours.
         // If streamcar itself is killed (-9 included), the kernel sends the
@@ -95,7 +106,12 @@ impl DevRedis {
             url: format!("redis://127.0.0.1:{port}"),
         };
         redis.wait_ready().await?;
-        tracing::info!(url = %redis.url, dir = %data_dir.display(), "started private redis-server");
+        tracing::info!(
+            url = %redis.url,
+            dir = %data_dir.display(),
+            log = %data_dir.join(LOG_FILE).display(),
+            "started private redis-server"
+        );
         Ok(redis)
     }
 

@@ -1,18 +1,34 @@
-//! The one error type of the service and its RFC 9457 rendering.
+//! The domain error: what an operation on topics, groups or coordination
+//! state can fail with, each case with a stable machine-readable `code`.
 //!
-//! Domain code returns [`Error`]; the HTTP layer turns it into an
-//! `application/problem+json` response with a stable machine-readable `code`.
-//! Internal details (Redis error text, script failures) never reach the
-//! client: they are logged once here and the client gets a generic detail.
+//! This module knows nothing about HTTP: [`crate::http::problem`] renders an
+//! [`Error`] as an RFC 9457 `application/problem+json` response (status,
+//! `Retry-After`, `RateLimit-*`). Redis failures are sorted here once, in
+//! `From<redis::RedisError>`: the transient ones (unreachable, out of memory,
+//! busy, loading, read-only, cluster reconfiguring) become
+//! [`Error::Unavailable`] with a [`RedisOutage`] kind, everything else is an
+//! internal error that keeps the Redis error as its source. Every Redis error
+//! is counted in [`REDIS_ERRORS`] by kind.
 
+use std::fmt;
 use std::time::Duration;
-
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 
 /// Result alias used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Redis errors seen by the sidecar, by [`RedisOutage`] kind (or `other`).
+///
+/// The name lives here rather than in [`crate::telemetry`] because the one
+/// place that counts it is the Redis error conversion below.
+pub const REDIS_ERRORS: &str = "streamcar_redis_errors_total";
+
+/// Describes the metrics of this module (call once the recorder is installed).
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        REDIS_ERRORS,
+        "Redis errors seen by the sidecar, by kind: unavailable, out_of_memory, busy, loading, readonly, cluster_down, persistence, other."
+    );
+}
 
 /// Quota state reported in `RateLimit-Limit/Remaining/Reset` headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,14 +41,221 @@ pub struct RateLimitInfo {
     pub reset: Duration,
 }
 
-/// Whole seconds, rounded up, at least 1: the unit of `Retry-After`.
-fn ceil_secs(d: Duration) -> u64 {
-    u64::try_from(d.as_millis().div_ceil(1000))
-        .unwrap_or(u64::MAX)
-        .max(1)
+/// What kind of thing was not found; each kind answers its own code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotFoundKind {
+    /// A topic.
+    Topic,
+    /// A consumer group.
+    Group,
+    /// A reservation pool.
+    Pool,
+    /// A sequence checkpoint.
+    Checkpoint,
+    /// A consumer-side idempotency key (never claimed, or expired).
+    IdempotencyKey,
+    /// A dead letter, by its message id.
+    DeadLetter,
+    /// A fan-in join.
+    Join,
+    /// A part of a join.
+    JoinPart,
 }
 
-/// Everything a request can fail with.
+impl NotFoundKind {
+    /// Every kind, for documentation and tests.
+    pub const ALL: [Self; 8] = [
+        Self::Topic,
+        Self::Group,
+        Self::Pool,
+        Self::Checkpoint,
+        Self::IdempotencyKey,
+        Self::DeadLetter,
+        Self::Join,
+        Self::JoinPart,
+    ];
+
+    /// The stable code, e.g. `topic_not_found`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Topic => "topic_not_found",
+            Self::Group => "group_not_found",
+            Self::Pool => "pool_not_found",
+            Self::Checkpoint => "checkpoint_not_found",
+            Self::IdempotencyKey => "idempotency_key_not_found",
+            Self::DeadLetter => "dead_letter_not_found",
+            Self::Join => "join_not_found",
+            Self::JoinPart => "part_not_found",
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Self::Topic => "topic",
+            Self::Group => "group",
+            Self::Pool => "pool",
+            Self::Checkpoint => "checkpoint",
+            Self::IdempotencyKey => "idempotency key",
+            Self::DeadLetter => "dead letter",
+            Self::Join => "join",
+            Self::JoinPart => "part",
+        }
+    }
+}
+
+impl fmt::Display for NotFoundKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.noun())
+    }
+}
+
+/// Why Redis cannot serve a request right now. Every kind is transient: the
+/// same request may succeed later without any change on the client's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisOutage {
+    /// No connection: refused, dropped, timed out, or authentication failed.
+    Unreachable,
+    /// `OOM`: used memory is over `maxmemory` and the policy is `noeviction`.
+    OutOfMemory,
+    /// `BUSY`: a script or function has run past `busy-reply-threshold`.
+    Busy,
+    /// `LOADING`: Redis is loading its dataset after a start.
+    Loading,
+    /// `READONLY` / `MASTERDOWN`: this node is a replica (a failover moved
+    /// the primary, or the URL points at a replica).
+    ReadOnly,
+    /// `CLUSTERDOWN` / `TRYAGAIN` or no node for a slot: the cluster is
+    /// failing over or resharding.
+    ClusterDown,
+    /// `MISCONF`: Redis refuses writes because it cannot persist them (an
+    /// AOF or RDB write failed, e.g. a full disk).
+    Persistence,
+    /// `--durability replicas:N`: fewer than N replicas confirmed a write
+    /// within the timeout. The write may exist.
+    Durability,
+}
+
+impl RedisOutage {
+    /// Every kind, for documentation and tests.
+    pub const ALL: [Self; 8] = [
+        Self::Unreachable,
+        Self::OutOfMemory,
+        Self::Busy,
+        Self::Loading,
+        Self::ReadOnly,
+        Self::ClusterDown,
+        Self::Persistence,
+        Self::Durability,
+    ];
+
+    /// The stable code, e.g. `redis_out_of_memory`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Unreachable => "redis_unavailable",
+            Self::OutOfMemory => "redis_out_of_memory",
+            Self::Busy => "redis_busy",
+            Self::Loading => "redis_loading",
+            Self::ReadOnly => "redis_readonly",
+            Self::ClusterDown => "redis_cluster_down",
+            Self::Persistence => "redis_persistence_failed",
+            Self::Durability => "durability_timeout",
+        }
+    }
+
+    /// The `kind` label of [`REDIS_ERRORS`].
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Unreachable => "unavailable",
+            Self::OutOfMemory => "out_of_memory",
+            Self::Busy => "busy",
+            Self::Loading => "loading",
+            Self::ReadOnly => "readonly",
+            Self::ClusterDown => "cluster_down",
+            Self::Persistence => "persistence",
+            Self::Durability => "durability",
+        }
+    }
+
+    /// What the client is told (no Redis internals).
+    pub fn public_detail(self) -> &'static str {
+        match self {
+            Self::Unreachable => {
+                "Redis is unreachable or not ready; retry after the Retry-After delay"
+            }
+            Self::OutOfMemory => {
+                "Redis is out of memory (maxmemory reached, noeviction) and refuses writes; retry after the Retry-After delay, once consumers catch up or an operator frees memory"
+            }
+            Self::Busy => {
+                "Redis is busy running a long script or function; retry after the Retry-After delay"
+            }
+            Self::Loading => {
+                "Redis is loading its dataset after a restart; retry after the Retry-After delay"
+            }
+            Self::ReadOnly => {
+                "Redis answered as a read-only replica (a failover may be in progress); retry after the Retry-After delay"
+            }
+            Self::ClusterDown => {
+                "the Redis Cluster is failing over or resharding; retry after the Retry-After delay"
+            }
+            Self::Persistence => {
+                "Redis refuses writes because it cannot persist them (MISCONF); retry after the Retry-After delay"
+            }
+            Self::Durability => {
+                "the write was not confirmed by the required replicas in time; it may exist: retry with the same idempotency key after the Retry-After delay"
+            }
+        }
+    }
+
+    /// The outage a Redis error stands for, if it is a transient one.
+    pub fn of(e: &redis::RedisError) -> Option<Self> {
+        use redis::{ErrorKind, ServerErrorKind};
+        if e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.kind() == ErrorKind::AuthenticationFailed
+        {
+            return Some(Self::Unreachable);
+        }
+        match e.kind() {
+            ErrorKind::Server(ServerErrorKind::BusyLoading) => return Some(Self::Loading),
+            ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown) => {
+                return Some(Self::ReadOnly);
+            }
+            ErrorKind::Server(ServerErrorKind::ClusterDown | ServerErrorKind::TryAgain)
+            | ErrorKind::ClusterConnectionNotFound => return Some(Self::ClusterDown),
+            _ => {}
+        }
+        // redis-rs has no kinds for these: match the server's error code,
+        // exactly (`BUSYGROUP` and `BUSYKEY` are other, permanent errors).
+        match server_code(e).as_deref() {
+            Some("OOM") => Some(Self::OutOfMemory),
+            Some("BUSY") => Some(Self::Busy),
+            Some("MISCONF") => Some(Self::Persistence),
+            Some(crate::store::DURABILITY_CODE) => Some(Self::Durability),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for RedisOutage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// The server's error code (`OOM`, `BUSY`, …) of a reply error, including
+/// one that failed a pipeline (redis-rs reports those separately).
+fn server_code(e: &redis::RedisError) -> Option<String> {
+    if let Some(code) = e.code() {
+        return Some(code.to_owned());
+    }
+    e.clone()
+        .into_server_errors()
+        .and_then(|errors| errors.first().map(|(_, error)| error.code().to_owned()))
+}
+
+/// Everything an operation can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The request is malformed: bad JSON, wrong type, unknown field, bad name.
@@ -48,8 +271,8 @@ pub enum Error {
     /// The addressed resource does not exist.
     #[error("{kind} '{name}' does not exist")]
     NotFound {
-        /// What kind of thing: `topic`, `group`, …
-        kind: &'static str,
+        /// What kind of thing.
+        kind: NotFoundKind,
         /// Its name.
         name: String,
     },
@@ -61,24 +284,18 @@ pub enum Error {
         /// What happened.
         detail: String,
     },
-    /// The body is larger than `--max-body`.
-    #[error("request body is larger than the {limit} byte limit")]
-    PayloadTooLarge {
-        /// The configured limit in bytes.
-        limit: usize,
+    /// What the request would store is over a size bound (a join's
+    /// results together past `--max-body`).
+    #[error("{detail}")]
+    TooLarge {
+        /// Stable code, e.g. `join_too_large`.
+        code: &'static str,
+        /// What is too large.
+        detail: String,
     },
-    /// The body is not declared as JSON.
-    #[error("expected a body with Content-Type: application/json")]
-    UnsupportedMediaType,
-    /// No such route.
-    #[error("no route for {0}")]
-    RouteNotFound(String),
-    /// `/v1` needs a bearer token and none (or a wrong one) was given.
+    /// The caller did not present the configured API token.
     #[error("this API needs Authorization: Bearer <token>")]
     Unauthorized,
-    /// The route exists but not with this method.
-    #[error("method not allowed on this route")]
-    MethodNotAllowed,
     /// Over quota, backlog full or pool full: try again later. Nothing dropped.
     #[error("{detail}")]
     TooManyRequests {
@@ -102,10 +319,31 @@ pub enum Error {
     /// `--strict` and Redis may evict keys (`maxmemory-policy` not `noeviction`).
     #[error("Redis maxmemory-policy is {0}, not noeviction: it may delete streamcar's data")]
     EvictingRedis(String),
-    /// Redis is unreachable, loading or failing over.
-    #[error("redis is unavailable: {0}")]
-    Unavailable(String),
-    /// A bug or an unexpected Redis answer. Logged; the client sees no detail.
+    /// Redis cannot serve now (see [`RedisOutage`]); the same call may
+    /// succeed later.
+    #[error("redis is unavailable ({kind}){}", .source.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    Unavailable {
+        /// Why.
+        kind: RedisOutage,
+        /// The Redis error that told us, when there was one (a readiness
+        /// check can find Redis out of memory without any failed command).
+        #[source]
+        source: Option<redis::RedisError>,
+    },
+    /// An unexpected Redis answer. Logged; the client sees no detail.
+    #[error("unexpected redis error: {0}")]
+    Redis(#[source] redis::RedisError),
+    /// Stored data that does not parse (written by something else, or a bug).
+    #[error("{what} is not valid JSON: {source}")]
+    Corrupt {
+        /// What was being read.
+        what: String,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A bug: an invariant of the service does not hold. Logged; the client
+    /// sees no detail.
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -130,19 +368,11 @@ impl Error {
         }
     }
 
-    /// The HTTP status this error answers with.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::NotFound { .. } | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
-            Self::Conflict { .. } | Self::InProgress { .. } => StatusCode::CONFLICT,
-            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) | Self::EvictingRedis(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    /// `kind` named `name` does not exist.
+    pub fn not_found(kind: NotFoundKind, name: impl Into<String>) -> Self {
+        Self::NotFound {
+            kind,
+            name: name.into(),
         }
     }
 
@@ -151,152 +381,133 @@ impl Error {
         match self {
             Self::BadRequest { code, .. }
             | Self::Conflict { code, .. }
-            | Self::TooManyRequests { code, .. } => code,
-            Self::NotFound { kind, .. } => match *kind {
-                "topic" => "topic_not_found",
-                "group" => "group_not_found",
-                "pool" => "pool_not_found",
-                "dead letter" => "dead_letter_not_found",
-                _ => "not_found",
-            },
-            Self::RouteNotFound(_) => "route_not_found",
+            | Self::TooManyRequests { code, .. }
+            | Self::TooLarge { code, .. } => code,
+            Self::NotFound { kind, .. } => kind.code(),
             Self::Unauthorized => "unauthorized",
             Self::InProgress { .. } => "in_progress",
-            Self::PayloadTooLarge { .. } => "payload_too_large",
-            Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::Unavailable(_) => "redis_unavailable",
+            Self::Unavailable { kind, .. } => kind.code(),
             Self::EvictingRedis(_) => "redis_evicts",
-            Self::Internal(_) => "internal",
+            Self::Redis(_) | Self::Corrupt { .. } | Self::Internal(_) => "internal",
         }
+    }
+
+    /// True for errors whose details are internal: the client gets a
+    /// generic text, the log gets the whole chain.
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            Self::Redis(_) | Self::Corrupt { .. } | Self::Internal(_)
+        )
     }
 
     /// What the client is told. Internal details stay in the log.
-    fn public_detail(&self) -> String {
+    pub fn public_detail(&self) -> String {
         match self {
-            Self::Unavailable(_) => {
-                "Redis is unreachable or not ready; retry after the Retry-After delay".into()
-            }
-            Self::Internal(_) => "an internal error occurred; it has been logged".into(),
+            Self::Unavailable { kind, .. } => kind.public_detail().to_owned(),
+            e if e.is_internal() => "an internal error occurred; it has been logged".into(),
             other => other.to_string(),
         }
     }
-}
 
-impl RateLimitInfo {
-    /// Adds `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`
-    /// (seconds) to `headers`.
-    pub fn insert_headers(&self, headers: &mut axum::http::HeaderMap) {
-        headers.insert("ratelimit-limit", HeaderValue::from(self.limit));
-        headers.insert("ratelimit-remaining", HeaderValue::from(self.remaining));
-        headers.insert("ratelimit-reset", HeaderValue::from(ceil_secs(self.reset)));
+    /// The error and its sources, for logs: `a: b: c`.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(e) = source {
+            let next = e.to_string();
+            // thiserror messages often embed their source already.
+            if !text.ends_with(&next) {
+                text.push_str(": ");
+                text.push_str(&next);
+            }
+            source = e.source();
+        }
+        text
     }
 }
 
 impl From<redis::RedisError> for Error {
     fn from(e: redis::RedisError) -> Self {
-        use redis::ErrorKind;
-        let transient = e.is_io_error()
-            || e.is_timeout()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            || matches!(
-                e.kind(),
-                ErrorKind::AuthenticationFailed | ErrorKind::ClusterConnectionNotFound
-            )
-            || matches!(
-                e.kind(),
-                ErrorKind::Server(
-                    redis::ServerErrorKind::BusyLoading
-                        | redis::ServerErrorKind::TryAgain
-                        | redis::ServerErrorKind::ClusterDown
-                        | redis::ServerErrorKind::MasterDown
-                        | redis::ServerErrorKind::ReadOnly
-                )
-            );
-        if transient {
-            Self::Unavailable(e.to_string())
-        } else {
-            Self::Internal(format!("redis: {e}"))
-        }
-    }
-}
-
-/// RFC 9457 problem details, plus `code` and `field` extension members.
-#[derive(Serialize)]
-struct Problem<'a> {
-    #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u16,
-    detail: String,
-    code: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'a str>,
-    /// Extension members of some problems (e.g. `owner` of `in_progress`).
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    extra: Option<serde_json::Value>,
-}
-
-impl Error {
-    fn problem(&self) -> Problem<'_> {
-        let status = self.status();
-        Problem {
-            kind: format!("urn:streamcar:problem:{}", self.code()),
-            title: status.canonical_reason().unwrap_or("Error"),
-            status: status.as_u16(),
-            detail: self.public_detail(),
-            code: self.code(),
-            field: match self {
-                Self::BadRequest { field, .. } => field.as_deref(),
-                _ => None,
+        let outage = RedisOutage::of(&e);
+        let label = outage.map_or("other", RedisOutage::label);
+        metrics::counter!(REDIS_ERRORS, "kind" => label).increment(1);
+        match outage {
+            Some(kind) => Self::Unavailable {
+                kind,
+                source: Some(e),
             },
-            extra: match self {
-                Self::InProgress { owner, expires_at } => Some(serde_json::json!({
-                    "state": "in_progress",
-                    "owner": owner,
-                    "expires_at": expires_at,
-                })),
-                _ => None,
-            },
+            None => Self::Redis(e),
         }
-    }
-
-    /// The problem document as a JSON value, for per-item errors of a batch.
-    pub fn to_problem_json(&self) -> serde_json::Value {
-        serde_json::to_value(self.problem()).unwrap_or_default()
     }
 }
 
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        match &self {
-            Self::Internal(msg) => tracing::error!(error = %msg, "request failed"),
-            Self::Unavailable(msg) => tracing::warn!(error = %msg, "redis unavailable"),
-            _ => {}
-        }
-        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
-        let mut response = (status, body).into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(code: &str) -> redis::RedisError {
+        redis::make_extension_error(code.to_owned(), Some("something went wrong".into()))
+    }
+
+    #[test]
+    fn not_found_kinds_have_their_own_codes() {
+        let e = Error::not_found(NotFoundKind::Checkpoint, "c");
+        assert_eq!(e.code(), "checkpoint_not_found");
+        assert_eq!(e.to_string(), "checkpoint 'c' does not exist");
+        assert_eq!(
+            Error::not_found(NotFoundKind::IdempotencyKey, "k").code(),
+            "idempotency_key_not_found"
         );
-        let retry_after = match &self {
-            Self::TooManyRequests { retry_after, .. } => Some(ceil_secs(*retry_after)),
-            Self::Unavailable(_) => Some(1),
-            _ => None,
-        };
-        if let Some(secs) = retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+
+    #[test]
+    fn outage_codes_and_labels_are_distinct() {
+        let codes: std::collections::HashSet<_> =
+            RedisOutage::ALL.iter().map(|k| k.code()).collect();
+        let labels: std::collections::HashSet<_> =
+            RedisOutage::ALL.iter().map(|k| k.label()).collect();
+        assert_eq!(codes.len(), RedisOutage::ALL.len());
+        assert_eq!(labels.len(), RedisOutage::ALL.len());
+    }
+
+    #[test]
+    fn io_errors_are_unreachable_and_others_internal() {
+        let io = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert_eq!(RedisOutage::of(&io), Some(RedisOutage::Unreachable));
+        let typed = redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "type"));
+        assert_eq!(RedisOutage::of(&typed), None);
+        let e = Error::from(typed);
+        assert!(e.is_internal());
+        assert!(std::error::Error::source(&e).is_some(), "keeps its source");
+    }
+
+    #[test]
+    fn server_codes_map_to_their_outage_exactly() {
+        for (code, outage) in [
+            ("OOM", Some(RedisOutage::OutOfMemory)),
+            ("BUSY", Some(RedisOutage::Busy)),
+            ("MISCONF", Some(RedisOutage::Persistence)),
+            // Permanent errors that merely start like a transient one.
+            ("BUSYGROUP", None),
+            ("BUSYKEY", None),
+            ("OOMX", None),
+            ("WRONGTYPE", None),
+        ] {
+            assert_eq!(RedisOutage::of(&server_error(code)), outage, "{code}");
         }
-        if let Self::TooManyRequests {
-            limit: Some(limit), ..
-        } = &self
-        {
-            limit.insert_headers(headers);
-        }
-        response
+        let loading = redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading),
+            "loading",
+        ));
+        assert_eq!(RedisOutage::of(&loading), Some(RedisOutage::Loading));
+        let readonly = redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+            "readonly",
+        ));
+        assert_eq!(RedisOutage::of(&readonly), Some(RedisOutage::ReadOnly));
+        let e = Error::from(server_error("OOM"));
+        assert_eq!(e.code(), "redis_out_of_memory");
+        assert!(std::error::Error::source(&e).is_some(), "keeps its source");
     }
 }

@@ -6,9 +6,8 @@
 //! newtypes ([`crate::names`]), which cannot contain `{`, `}` or `:`, so no
 //! name can break out of its tag.
 //!
-//! Layout (DESIGN.md, plus `groups`, which lets a topic delete find every
-//! group's keys without scanning the keyspace, `checkpoint` and the pool's
-//! `holders`):
+//! Layout (`groups` lets a topic delete find every group's keys without
+//! scanning the keyspace):
 //!
 //! | key | type | holds |
 //! |---|---|---|
@@ -16,6 +15,8 @@
 //! | `sc:{T:P}:meta` | hash | topic config, `seq`, `incarnation`, `deliveries`, `done:<G>` |
 //! | `sc:{T:P}:dedup:<key>` | string | publish idempotency record (PX = window) |
 //! | `sc:{T:P}:groups` | set | names of the topic's consumer groups |
+//! | `sc:{T:P}:join:<J>` | hash | a fan-in join: parts, results, state (expires) |
+//! | `sc:{T:P}:joins` | zset | open joins by deadline |
 //! | `sc:{T:P}:g:<G>` | hash | group config |
 //! | `sc:{T:P}:g:<G>:delayed` | zset | retry schedule |
 //! | `sc:{T:P}:g:<G>:dlq` | stream | dead letters |
@@ -30,16 +31,20 @@
 //! | `sc:{T}:pool:<P>` | hash | pool config, fencing counter, holder details |
 //! | `sc:{T}:pool:<P>:holders` | zset | live reservations by expiry |
 //! | `sc:{T}:rate` | hash | publish quota (GCRA) |
-//! | `sc:tenants` | set | every tenant that ever declared a topic |
+//! | `sc:tenants` | set | the tenants that have topics (see [`crate::tenants`]) |
 //! | `sc:retention:lock` | string | which sidecar runs the current retention pass |
+//! | `sc:tenants:lock` | string | held while one sidecar prunes `sc:tenants` |
 
-use crate::names::{Group, Pool, Tenant, Topic};
+use crate::names::{Group, Join, Pool, Tenant, Topic};
 
 /// The global set of tenant names.
 pub const TENANTS: &str = "sc:tenants";
 
 /// Short lock that lets one sidecar at a time run a retention pass.
 pub const RETENTION_LOCK: &str = "sc:retention:lock";
+
+/// Short lock that lets about one sidecar per interval prune [`TENANTS`].
+pub const TENANTS_PRUNE_LOCK: &str = "sc:tenants:lock";
 
 /// Keys of one tenant (hash tag `{tenant}`).
 #[derive(Debug, Clone)]
@@ -146,6 +151,17 @@ impl TopicKeys {
     /// The set of the topic's group names.
     pub fn groups(&self) -> String {
         format!("{}:groups", self.prefix)
+    }
+
+    /// A fan-in join of the topic (hash; expires after its deadline plus
+    /// the keep time).
+    pub fn join(&self, join: &Join) -> String {
+        format!("{}:join:{join}", self.prefix)
+    }
+
+    /// The topic's open joins by deadline (zset), for the timeout sweep.
+    pub fn joins(&self) -> String {
+        format!("{}:joins", self.prefix)
     }
 
     /// Keys of one group of this topic.

@@ -20,8 +20,11 @@
 //! * [`keys`]: the only place key names are built; one hash tag per topic.
 //! * [`scripts`]: every multi-key change is one Lua script, time from Redis `TIME`.
 //! * [`broker`]: topics, publishing, history (no HTTP types).
-//! * [`http`]: routes, extractors, listeners (no Redis keys).
-//! * [`error`]: one error type rendered as RFC 9457 problem+json.
+//! * [`coord`]: idempotency, checkpoints, reservations, quotas (no HTTP types).
+//! * [`tenants`]: keeps the tenant list down to tenants that have topics.
+//! * [`http`]: routes, extractors, listeners (no Redis keys); its
+//!   [`http::problem`] renders errors as RFC 9457 problem+json.
+//! * [`error`]: the domain error, with a stable code per case (no HTTP types).
 //! * [`dev`]: the private `redis-server` behind `streamcar dev`.
 //! * [`push`]: push delivery to the app (`--subscriptions`).
 //!
@@ -40,8 +43,10 @@ pub mod push;
 pub mod scripts;
 pub mod store;
 pub mod telemetry;
+pub mod tenants;
 pub mod validate;
 pub mod wake;
+pub mod workflow;
 
 use std::future::Future;
 use std::io;
@@ -53,7 +58,7 @@ use std::time::Duration;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::broker::Broker;
 use crate::config::Config;
@@ -102,6 +107,8 @@ pub struct Server {
     addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     listeners: JoinSet<io::Result<()>>,
+    /// The tenant-list prune, awaited on shutdown so none is left half done.
+    housekeeping: Option<JoinHandle<()>>,
     drain_timeout: Duration,
     pusher: push::Pusher,
     _socket_file: Option<SocketFile>,
@@ -111,7 +118,8 @@ pub struct Server {
 /// answers 503 until it comes up), binds the listeners and starts serving.
 pub async fn start(config: &Config) -> Result<Server, StartError> {
     // Install the recorder before anything counts.
-    telemetry::metrics();
+    telemetry::install(config.metrics_interval);
+    error::describe_metrics();
     let urls = config.redis_urls();
     let connections = if config.redis_cluster {
         Connections::cluster(&urls)
@@ -128,7 +136,8 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         wakeups,
         signal.clone(),
         config.strict,
-    );
+    )
+    .with_durability(config.durability);
     let broker = Broker::new(store.clone());
     match store.check_ready().await {
         Ok(()) => {
@@ -151,6 +160,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
             signal.clone(),
         ));
     }
+    let mut housekeeping = None;
     if !config.retention_interval.is_zero() {
         tokio::spawn(broker::retention::run(
             broker.clone(),
@@ -158,6 +168,11 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
             config.consumer_idle,
             signal.clone(),
         ));
+        housekeeping = Some(tokio::spawn(tenants::run(
+            store.clone(),
+            config.retention_interval,
+            signal.clone(),
+        )));
     }
     let pusher = push::Pusher::start(&broker, &config.subscriptions, &signal);
     let app = http::router(AppState::new(Services {
@@ -213,6 +228,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         addr,
         shutdown,
         listeners,
+        housekeeping,
         drain_timeout: config.drain_timeout,
         pusher,
         _socket_file: socket_file,
@@ -232,6 +248,7 @@ impl Server {
         let Server {
             shutdown,
             mut listeners,
+            housekeeping,
             drain_timeout,
             pusher,
             _socket_file,
@@ -241,6 +258,9 @@ impl Server {
         let deadline = tokio::time::Instant::now() + drain_timeout;
         let served = async {
             let drained = tokio::time::timeout_at(deadline, async {
+                if let Some(task) = housekeeping {
+                    let _ = task.await;
+                }
                 while let Some(joined) = listeners.join_next().await {
                     match joined {
                         Ok(Err(e)) => return Err(StartError::Serve(e)),

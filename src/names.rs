@@ -1,8 +1,9 @@
 //! Validated names for the things a client can address: tenants, topics,
 //! groups, consumers, pools, checkpoints.
 //!
-//! Every name matches `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$` (DESIGN.md). The
-//! alphabet leaves out `{`, `}` and `:` on purpose: names are spliced into
+//! Every name matches `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$` (the API's name
+//! grammar, stated in the README and the OpenAPI document). The alphabet
+//! leaves out `{`, `}` and `:` on purpose: names are spliced into
 //! Redis keys as hash tags (`{tenant:topic}`), so a name must never be able to
 //! end a tag early or forge another tenant's key. Once a value has one of these
 //! types it is known to be safe to put in a key; nothing else is.
@@ -23,8 +24,9 @@ pub enum NameError {
     /// The name has no characters.
     #[error("must not be empty")]
     Empty,
-    /// The name is longer than [`MAX_NAME_LEN`].
-    #[error("must be at most {MAX_NAME_LEN} characters, got {0}")]
+    /// The name is longer than [`MAX_NAME_LEN`] bytes (the number is its
+    /// length in bytes: a refused name may hold multi-byte characters).
+    #[error("must be at most {MAX_NAME_LEN} bytes, got {0}")]
     TooLong(usize),
     /// The first character is not a letter or digit.
     #[error("must start with a letter or digit")]
@@ -41,7 +43,7 @@ pub fn validate(s: &str) -> Result<(), NameError> {
         return Err(NameError::Empty);
     };
     if bytes.len() > MAX_NAME_LEN {
-        return Err(NameError::TooLong(s.chars().count()));
+        return Err(NameError::TooLong(bytes.len()));
     }
     if !first.is_ascii_alphanumeric() {
         return Err(NameError::BadStart);
@@ -109,7 +111,9 @@ macro_rules! name_type {
                     .pattern(Some(PATTERN))
                     .min_length(Some(1))
                     .max_length(Some(MAX_NAME_LEN))
-                    .description(Some(concat!("A ", $what, " name.")))
+                    .description(Some(concat!(
+                        "A ", $what, " name: 1 to 128 bytes of ASCII letters, digits, '.', '_' and '-'."
+                    )))
                     .into()
             }
         }
@@ -144,6 +148,14 @@ name_type!(
     /// A reservation pool of a tenant.
     Pool, "pool"
 );
+name_type!(
+    /// A fan-in join of a topic.
+    Join, "join"
+);
+name_type!(
+    /// One part of a join.
+    Part, "part"
+);
 
 #[cfg(test)]
 mod tests {
@@ -167,6 +179,7 @@ mod tests {
     fn refuses_everything_else() {
         assert_eq!(validate(""), Err(NameError::Empty));
         assert_eq!(validate(&"x".repeat(129)), Err(NameError::TooLong(129)));
+        assert_eq!(validate(&"é".repeat(65)), Err(NameError::TooLong(130)));
         assert_eq!(validate("-a"), Err(NameError::BadStart));
         assert_eq!(validate(".a"), Err(NameError::BadStart));
         for bad in ["a{b", "a}b", "a:b", "a b", "a/b", "aé", "a\n", "a\0"] {

@@ -164,6 +164,12 @@ pub struct Scripts {
     pub topic_info: NamedScript,
     /// Forget long-idle consumers that own nothing.
     pub prune_consumers: NamedScript,
+    /// Is a receipt current, and whose message is it (ack with emit).
+    pub delivery_peek: NamedScript,
+    /// Declare a fan-in join.
+    pub join_declare: NamedScript,
+    /// Record a join's part, or time it out; publish the aggregate once.
+    pub join_part: NamedScript,
     /// Claim an idempotency key.
     pub idem_claim: NamedScript,
     /// Complete or release an idempotency claim.
@@ -205,6 +211,9 @@ impl Scripts {
             group_info: script!("group_info"),
             topic_info: script!("topic_info"),
             prune_consumers: script!("prune_consumers"),
+            delivery_peek: script!("delivery_peek"),
+            join_declare: script!("join_declare"),
+            join_part: script!("join_part"),
             idem_claim: script!("idem_claim"),
             idem_finish: script!("idem_finish"),
             checkpoint_advance: script!("checkpoint_advance"),
@@ -215,6 +224,18 @@ impl Scripts {
             rate_limit: script!("rate_limit"),
             publish_dups: script!("publish_dups"),
         }
+    }
+
+    /// The scripts that never write (their calls need no replica
+    /// confirmation under `--durability replicas:N`).
+    pub fn read_only(&self) -> impl Iterator<Item = &NamedScript> {
+        [
+            &self.group_info,
+            &self.topic_info,
+            &self.delivery_peek,
+            &self.publish_dups,
+        ]
+        .into_iter()
     }
 
     /// All scripts, for loading and for readiness checks.
@@ -237,6 +258,9 @@ impl Scripts {
             &self.group_info,
             &self.topic_info,
             &self.prune_consumers,
+            &self.delivery_peek,
+            &self.join_declare,
+            &self.join_part,
             &self.idem_claim,
             &self.idem_finish,
             &self.checkpoint_advance,

@@ -16,6 +16,7 @@
 //! design) cost one extra round trip per request for its health-check PING
 //! and measured at a quarter of raw Redis throughput on single publishes.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -26,7 +27,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::{OnceCell, watch};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, RedisOutage, Result};
 use crate::scripts::Scripts;
 use crate::wake::Wakeups;
 
@@ -36,23 +37,146 @@ use crate::wake::Wakeups;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The error code a write answers with when fewer replicas than
+/// `--durability replicas:N` asks for confirmed it in time.
+pub const DURABILITY_CODE: &str = "DURABILITY";
+
+/// `--durability replicas:N`: every write waits (`WAIT N timeout`) until N
+/// replicas have it, or fails with [`DURABILITY_CODE`] (the write may
+/// exist; a retry with the same idempotency key is safe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replicas {
+    /// How many replicas must confirm.
+    pub count: u32,
+    /// How long to wait for them.
+    pub timeout: Duration,
+}
+
+/// What `--durability replicas:N` needs at each call: the replicas to wait
+/// for, and the scripts that never write (their calls do not wait).
+#[derive(Debug)]
+struct Durability {
+    replicas: Replicas,
+    read_only_scripts: HashSet<Vec<u8>>,
+}
+
 /// A connection handle; clones share one multiplexed socket (or, on a Redis
 /// Cluster, one set of sockets, one per node, each command routed to the node
 /// that owns its slot).
 #[derive(Clone)]
-pub enum Conn {
+pub struct Conn {
+    link: Link,
+    /// Replica confirmation every write waits for (None: the leader's word).
+    durability: Option<Arc<Durability>>,
+}
+
+#[derive(Clone)]
+enum Link {
     /// A standalone Redis.
     Single(ConnectionManager),
     /// A Redis Cluster.
     Cluster(ClusterConnection),
 }
 
+impl Link {
+    fn as_dyn(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Self::Single(c) => c,
+            Self::Cluster(c) => c,
+        }
+    }
+}
+
+/// Commands that never write (the only ones that skip `WAIT`). Scripts
+/// count as writes: most of them write, and a `WAIT` after one that did
+/// not returns at once.
+const READ_ONLY: &[&str] = &[
+    "PING",
+    "TIME",
+    "INFO",
+    "CONFIG",
+    "CLIENT",
+    "SCRIPT",
+    "PUBSUB",
+    "GET",
+    "MGET",
+    "EXISTS",
+    "TTL",
+    "PTTL",
+    "HGET",
+    "HMGET",
+    "HGETALL",
+    "HEXISTS",
+    "HLEN",
+    "SMEMBERS",
+    "SISMEMBER",
+    "SCARD",
+    "ZRANGE",
+    "ZCARD",
+    "ZSCORE",
+    "XRANGE",
+    "XREVRANGE",
+    "XLEN",
+    "XINFO",
+    "XPENDING",
+    "WAIT",
+];
+
+impl Durability {
+    /// Whether `cmd` may write (a script is judged by its SHA).
+    fn writes(&self, cmd: &Cmd) -> bool {
+        let mut args = cmd.args_iter();
+        match (args.next(), args.next()) {
+            (Some(redis::Arg::Simple(name)), Some(redis::Arg::Simple(sha)))
+                if name.eq_ignore_ascii_case(b"EVALSHA") =>
+            {
+                !self.read_only_scripts.contains(sha)
+            }
+            (Some(redis::Arg::Simple(name)), _) => !READ_ONLY
+                .iter()
+                .any(|r| r.as_bytes().eq_ignore_ascii_case(name)),
+            _ => true,
+        }
+    }
+}
+
+impl Conn {
+    /// After commands that may have written: waits for the configured
+    /// replicas, if any.
+    async fn confirm<'c>(&mut self, mut cmds: impl Iterator<Item = &'c Cmd>) -> RedisResult<()> {
+        let Some(durability) = self.durability.clone() else {
+            return Ok(());
+        };
+        if !cmds.any(|c| durability.writes(c)) {
+            return Ok(());
+        }
+        let replicas = durability.replicas;
+        let timeout_ms = u64::try_from(replicas.timeout.as_millis()).unwrap_or(u64::MAX);
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas.count).arg(timeout_ms.max(1));
+        let confirmed: u64 = redis::FromRedisValue::from_redis_value(
+            self.link.as_dyn().req_packed_command(&wait).await?,
+        )?;
+        if confirmed < u64::from(replicas.count) {
+            return Err(redis::make_extension_error(
+                DURABILITY_CODE.to_owned(),
+                Some(format!(
+                    "{confirmed} of {} replicas confirmed the write within {timeout_ms} ms",
+                    replicas.count
+                )),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
-        }
+        Box::pin(async move {
+            let value = self.link.as_dyn().req_packed_command(cmd).await?;
+            self.confirm(std::iter::once(cmd)).await?;
+            Ok(value)
+        })
     }
 
     fn req_packed_commands<'a>(
@@ -61,16 +185,21 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
+        Box::pin(async move {
+            let values = self
+                .link
+                .as_dyn()
+                .req_packed_commands(pipeline, offset, count)
+                .await?;
+            self.confirm(pipeline.cmd_iter()).await?;
+            Ok(values)
+        })
     }
 
     fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
+        match &self.link {
+            Link::Single(c) => c.get_db(),
+            Link::Cluster(c) => c.get_db(),
         }
     }
 }
@@ -128,18 +257,19 @@ impl Connections {
         })
     }
 
-    async fn get(&self) -> RedisResult<Conn> {
-        match self {
+    async fn get(&self, durability: Option<Arc<Durability>>) -> RedisResult<Conn> {
+        let link = match self {
             Self::Single { managers, next } => {
                 let i = next.fetch_add(1, Ordering::Relaxed) % managers.len();
-                Ok(Conn::Single(managers[i].clone()))
+                Link::Single(managers[i].clone())
             }
             Self::Cluster { client, connection } => connection
                 .get_or_try_init(|| client.get_async_connection())
                 .await
                 .cloned()
-                .map(Conn::Cluster),
-        }
+                .map(Link::Cluster)?,
+        };
+        Ok(Conn { link, durability })
     }
 
     /// How many shared connections there are (a cluster connection counts
@@ -166,6 +296,8 @@ pub struct Store {
     shutdown: watch::Receiver<bool>,
     /// `--strict`: refuse a Redis that may evict keys.
     strict: bool,
+    /// `--durability replicas:N`: what every write waits for.
+    durability: Option<Arc<Durability>>,
 }
 
 impl Store {
@@ -184,12 +316,29 @@ impl Store {
             wakeups,
             shutdown,
             strict,
+            durability: None,
         }
+    }
+
+    /// Every write waits for `replicas` (None: the leader's answer is enough).
+    #[must_use]
+    pub fn with_durability(mut self, replicas: Option<Replicas>) -> Self {
+        self.durability = replicas.map(|replicas| {
+            Arc::new(Durability {
+                replicas,
+                read_only_scripts: self
+                    .scripts
+                    .read_only()
+                    .map(|s| s.get_hash().as_bytes().to_vec())
+                    .collect(),
+            })
+        });
+        self
     }
 
     /// A shared connection; on a cluster, the first call connects.
     pub(crate) async fn conn(&self) -> Result<Conn> {
-        Ok(self.connections.get().await?)
+        Ok(self.connections.get(self.durability.clone()).await?)
     }
 
     /// The script registry.
@@ -236,22 +385,160 @@ impl Store {
         reply.get(1).filter(|p| *p != "noeviction").cloned()
     }
 
-    /// Readiness: Redis answers PING and holds every script; with
-    /// `--strict`, also that it never evicts keys.
+    /// Readiness: Redis answers PING, holds every script, takes writes (it
+    /// is not a read-only replica, its used memory is not over `maxmemory`);
+    /// with `--strict`, also that it never evicts keys.
     pub async fn check_ready(&self) -> Result<()> {
-        let ready = async {
+        let answering = async {
             let mut conn = self.conn().await?;
             redis::cmd("PING").query_async::<()>(&mut conn).await?;
             self.scripts.ensure_loaded(&mut conn).await?;
-            if self.strict
-                && let Some(policy) = self.eviction_policy().await
-            {
-                return Err(Error::EvictingRedis(policy));
-            }
-            Ok(())
+            Ok::<_, Error>(conn)
         }
         .await;
-        metrics::gauge!(crate::telemetry::REDIS_UP).set(if ready.is_ok() { 1.0 } else { 0.0 });
-        ready
+        // `redis_up` means "Redis answers": a full or read-only Redis is up
+        // (and says why it refuses writes in the readiness answer).
+        metrics::gauge!(crate::telemetry::REDIS_UP).set(if answering.is_ok() { 1.0 } else { 0.0 });
+        let mut conn = answering?;
+        self.check_writable(&mut conn).await?;
+        if self.strict
+            && let Some(policy) = self.eviction_policy().await
+        {
+            return Err(Error::EvictingRedis(policy));
+        }
+        Ok(())
+    }
+
+    /// Whether Redis would take a write now, from `INFO`: a replica refuses
+    /// every write, and with `noeviction` a Redis over `maxmemory` refuses
+    /// the ones that add data, which includes every publish. (`INFO` is the
+    /// same check Redis makes before a command; a Redis that does not let us
+    /// read it is not held against readiness.)
+    async fn check_writable(&self, conn: &mut Conn) -> Result<()> {
+        let Ok(reply) = redis::cmd("INFO").query_async::<Value>(conn).await else {
+            return Ok(());
+        };
+        // A cluster answers with one report per primary.
+        for report in info_reports(&reply) {
+            let state = WriteState::parse(&report);
+            if state.replica {
+                return Err(Error::Unavailable {
+                    kind: RedisOutage::ReadOnly,
+                    source: None,
+                });
+            }
+            if state.out_of_memory() {
+                tracing::warn!(
+                    used_memory = state.used_memory,
+                    not_counted = state.not_counted,
+                    maxmemory = state.maxmemory,
+                    "redis is out of memory: writes are refused"
+                );
+                return Err(Error::Unavailable {
+                    kind: RedisOutage::OutOfMemory,
+                    source: None,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The text reports of an `INFO` reply: one from a single Redis, one per
+/// node (keyed by address) from a cluster.
+fn info_reports(reply: &Value) -> Vec<String> {
+    match reply {
+        Value::Map(nodes) => nodes
+            .iter()
+            .filter_map(|(_, report)| redis::from_redis_value_ref::<String>(report).ok())
+            .collect(),
+        other => redis::from_redis_value_ref::<String>(other)
+            .ok()
+            .into_iter()
+            .collect(),
+    }
+}
+
+/// What `INFO` tells about whether Redis takes writes.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct WriteState {
+    used_memory: u64,
+    not_counted: u64,
+    maxmemory: u64,
+    replica: bool,
+}
+
+impl WriteState {
+    fn parse(report: &str) -> Self {
+        let mut state = Self::default();
+        for line in report.lines() {
+            let Some((name, value)) = line.trim_end().split_once(':') else {
+                continue;
+            };
+            let number = || value.parse().unwrap_or(0);
+            match name {
+                "used_memory" => state.used_memory = number(),
+                "mem_not_counted_for_evict" => state.not_counted = number(),
+                "maxmemory" => state.maxmemory = number(),
+                "role" => state.replica = value == "slave",
+                _ => {}
+            }
+        }
+        state
+    }
+
+    /// Redis's own test (`getMaxmemoryState`): memory used, less replication
+    /// and AOF buffers, above a non-zero `maxmemory`.
+    fn out_of_memory(&self) -> bool {
+        self.maxmemory > 0 && self.used_memory.saturating_sub(self.not_counted) > self.maxmemory
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_memory_and_role() {
+        let report = "# Memory\r\nused_memory:2000\r\nmaxmemory:1000\r\nmem_not_counted_for_evict:500\r\n# Replication\r\nrole:master\r\n";
+        let state = WriteState::parse(report);
+        assert_eq!(
+            state,
+            WriteState {
+                used_memory: 2000,
+                not_counted: 500,
+                maxmemory: 1000,
+                replica: false,
+            }
+        );
+        assert!(state.out_of_memory());
+        let under = WriteState {
+            not_counted: 1000,
+            ..state
+        };
+        assert!(!under.out_of_memory(), "buffers do not count");
+        let unlimited = WriteState::parse("used_memory:5\r\nmaxmemory:0\r\n");
+        assert!(!unlimited.out_of_memory(), "no maxmemory, no limit");
+        assert!(WriteState::parse("role:slave\r\n").replica);
+    }
+
+    #[test]
+    fn cluster_info_is_one_report_per_node() {
+        let reply = Value::Map(vec![
+            (
+                Value::BulkString(b"127.0.0.1:7000".to_vec()),
+                Value::BulkString(b"role:master".to_vec()),
+            ),
+            (
+                Value::BulkString(b"127.0.0.1:7001".to_vec()),
+                Value::VerbatimString {
+                    format: redis::VerbatimFormat::Text,
+                    text: "role:slave".into(),
+                },
+            ),
+        ]);
+        let reports = info_reports(&reply);
+        assert_eq!(reports.len(), 2);
+        assert!(WriteState::parse(&reports[1]).replica);
     }
 }

@@ -1,15 +1,29 @@
 //! Logs and metrics.
 //!
 //! Logs: human-readable or JSON lines on stderr, filtered by `RUST_LOG`
-//! (default `info`). Metrics: the `metrics` facade with a Prometheus
-//! recorder installed once per process; `/metrics` renders it. Every metric
-//! name lives here, with its help text; labels are tenant, topic, group,
-//! reason, route, method, status, script, never message ids.
+//! (default `info`). Metrics: the `metrics` facade with Prometheus
+//! recorders installed once per process; `/metrics` renders them. Every
+//! metric name lives here, with its help text; labels are tenant, topic,
+//! group, reason, route, method, status, script, pool, state, never message
+//! ids, and every label takes values from a bounded set (names that exist in
+//! Redis, route templates, fixed methods and statuses).
+//!
+//! Memory is O(series), never O(observations): a thread folds histogram
+//! samples into buckets every few seconds whether or not anything scrapes,
+//! and series of topics and groups expire when idle (see [`Metrics`]).
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use metrics::{Label, Unit, describe_counter, describe_gauge, describe_histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics::{
+    Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
+    describe_counter, describe_gauge, describe_histogram,
+};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+use metrics_util::MetricKindMask;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -39,6 +53,8 @@ pub const RATE_LIMITED: &str = "streamcar_rate_limited_total";
 pub const BACKLOG_REFUSED: &str = "streamcar_backlog_refused_total";
 /// Entries trimmed by retention.
 pub const TRIMMED: &str = "streamcar_retention_trimmed_total";
+/// Joins finished by their deadline (timed out or dead-lettered).
+pub const JOINS_TIMED_OUT: &str = "streamcar_joins_timed_out_total";
 /// Topics a retention pass skipped because of an error.
 pub const RETENTION_FAILED: &str = "streamcar_retention_failed_total";
 /// Entries of a topic not yet delivered to a group.
@@ -98,31 +114,184 @@ const LATENCY_BUCKETS: &[f64] = &[
     60.0,
 ];
 
-/// The process-wide Prometheus recorder, installed on first use. Several
-/// services in one process (tests) share it.
-pub fn metrics() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-            // Gauges of deleted groups disappear instead of lingering.
-            .map(|b| {
-                b.idle_timeout(
-                    metrics_util::MetricKindMask::GAUGE,
-                    Some(std::time::Duration::from_secs(600)),
-                )
-            })
-            .map(PrometheusBuilder::build_recorder)
-            .expect("static bucket list is valid");
-        let handle = recorder.handle();
-        // Another recorder may already be installed (embedding); ours then
-        // renders nothing, which is reported once.
-        if metrics::set_global_recorder(recorder).is_err() {
-            tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+/// How often histogram samples are folded into their buckets. The recorder
+/// keeps every raw sample (16 bytes) until then, so without this timer a
+/// sidecar nobody scrapes grows by every observation it ever made.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A topic's or group's series not updated for this long is dropped: that
+/// is how series of deleted topics and groups (and of topics nobody uses any
+/// more) leave `/metrics` and memory.
+pub const IDLE_EXPIRY: Duration = Duration::from_secs(600);
+
+/// Expiry only runs while rendering; when nothing scraped for this long the
+/// upkeep thread renders (and discards) the expiring series itself, so an
+/// unscraped sidecar with topic churn stays bounded too.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The process-wide metrics, rendered by `/metrics`.
+///
+/// Two Prometheus recorders behind one facade: series about a topic (every
+/// metric with a `topic` label: per-topic and per-group counters, gauges and
+/// histograms) expire after [`IDLE_EXPIRY`] without an update; process-wide
+/// series (HTTP and script durations, Redis state, tenant quotas, pools)
+/// never do. One recorder cannot do both, as its idle timeout applies by
+/// metric kind, and process-wide handles are cached for the lifetime of the
+/// process (`http::observe`, `scripts`): an expired entry would orphan them,
+/// their samples recorded but never drained or shown.
+pub struct Metrics {
+    process: PrometheusHandle,
+    scoped: PrometheusHandle,
+    /// When the expiring series were last rendered (ms since `epoch`).
+    last_render_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every series.
+    pub fn render(&self) -> String {
+        let mut text = self.process.render();
+        text.push_str(&self.render_scoped());
+        text
+    }
+
+    fn render_scoped(&self) -> String {
+        let text = self.scoped.render();
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_render_ms.store(now, Ordering::Relaxed);
+        text
+    }
+
+    /// Folds raw histogram samples into buckets, and sweeps expired series
+    /// when no scrape did for [`SWEEP_INTERVAL`].
+    fn upkeep(&self) {
+        self.process.run_upkeep();
+        self.scoped.run_upkeep();
+        let since = Duration::from_millis(self.last_render_ms.load(Ordering::Relaxed));
+        if self.epoch.elapsed().saturating_sub(since) >= SWEEP_INTERVAL {
+            drop(self.render_scoped());
         }
-        describe();
-        handle
-    })
+    }
+}
+
+/// Installs the recorder (see [`metrics`]) with an idle expiry that also
+/// outlasts `gauge_refresh`, the interval at which group gauges are set
+/// again (`--metrics-interval`): a live group's gauges are never dropped
+/// between two refreshes. Later calls change nothing.
+pub fn install(gauge_refresh: Duration) -> &'static Metrics {
+    METRICS.get_or_init(|| build(IDLE_EXPIRY.max(gauge_refresh.saturating_mul(3))))
+}
+
+/// The process-wide recorder, installed on first use (with the default
+/// expiry if [`install`] was not called first). Several services in one
+/// process (tests) share it.
+pub fn metrics() -> &'static Metrics {
+    install(Duration::ZERO)
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// The recorder to install and the handles that render it.
+fn recorders(idle_expiry: Duration) -> (Split, Metrics) {
+    let builder = || {
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .expect("static bucket list is valid")
+    };
+    let process = builder().build_recorder();
+    let scoped = builder()
+        .idle_timeout(MetricKindMask::ALL, Some(idle_expiry))
+        .build_recorder();
+    let metrics = Metrics {
+        process: process.handle(),
+        scoped: scoped.handle(),
+        last_render_ms: AtomicU64::new(0),
+        epoch: Instant::now(),
+    };
+    (Split { process, scoped }, metrics)
+}
+
+fn build(idle_expiry: Duration) -> Metrics {
+    let (recorder, metrics) = recorders(idle_expiry);
+    // Another recorder may already be installed (embedding); ours then
+    // renders nothing, which is reported once.
+    if metrics::set_global_recorder(recorder).is_err() {
+        tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+    }
+    describe();
+    // A thread rather than a task: it runs whatever the runtime is doing
+    // (or whether there is one), and the process has exactly one recorder.
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                if let Some(metrics) = METRICS.get() {
+                    metrics.upkeep();
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "no metrics upkeep thread: memory grows until /metrics is scraped");
+    }
+    metrics
+}
+
+/// Whether a series belongs to a topic (and so expires when idle).
+fn topic_scoped(key: &Key) -> bool {
+    key.labels().any(|label| label.key() == "topic")
+}
+
+/// Sends each series to the expiring or the process-wide recorder. A metric
+/// name always carries the same label names, so each name lives in exactly
+/// one of them and the two renders never repeat a name.
+struct Split {
+    process: PrometheusRecorder,
+    scoped: PrometheusRecorder,
+}
+
+impl Split {
+    fn pick(&self, key: &Key) -> &PrometheusRecorder {
+        if topic_scoped(key) {
+            &self.scoped
+        } else {
+            &self.process
+        }
+    }
+}
+
+impl Recorder for Split {
+    // Descriptions go to both: each renders help text only for names it has
+    // series of.
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.process
+            .describe_counter(key.clone(), unit, description.clone());
+        self.scoped.describe_counter(key, unit, description);
+    }
+
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.process
+            .describe_gauge(key.clone(), unit, description.clone());
+        self.scoped.describe_gauge(key, unit, description);
+    }
+
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.process
+            .describe_histogram(key.clone(), unit, description.clone());
+        self.scoped.describe_histogram(key, unit, description);
+    }
+
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        self.pick(key).register_counter(key, metadata)
+    }
+
+    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        self.pick(key).register_gauge(key, metadata)
+    }
+
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        self.pick(key).register_histogram(key, metadata)
+    }
 }
 
 fn describe() {
@@ -147,6 +316,10 @@ fn describe() {
         "Publishes refused by a topic's max_backlog."
     );
     describe_counter!(TRIMMED, "Entries trimmed by retention.");
+    describe_counter!(
+        JOINS_TIMED_OUT,
+        "Joins finished by their deadline (timed out or dead-lettered)."
+    );
     describe_counter!(
         RETENTION_FAILED,
         "Topics a retention pass skipped because of an error."
@@ -224,4 +397,54 @@ pub fn with_reason(labels: &[Label], reason: &'static str) -> Vec<Label> {
 /// Seconds between two Redis-clock millisecond times (0 if out of order).
 pub fn seconds_between(from_ms: u64, to_ms: u64) -> f64 {
     to_ms.saturating_sub(from_ms) as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_series_expire_when_idle_and_process_series_never_do() {
+        // A zero expiry: a series not updated since the previous render is gone.
+        let (recorder, metrics) = recorders(Duration::ZERO);
+        metrics::with_local_recorder(&recorder, || {
+            let group = [("tenant", "t"), ("topic", "p"), ("group", "g")];
+            metrics::counter!(ACKED, &group).increment(1);
+            metrics::gauge!(GROUP_LAG, &group).set(3.0);
+            metrics::histogram!(PUBLISH_TO_ACK, &group).record(0.5);
+            metrics::counter!(RATE_LIMITED, "tenant" => "t").increment(1);
+            metrics::gauge!(RESERVATIONS_IN_USE, "tenant" => "t", "pool" => "gpu").set(2.0);
+            let http = [("method", "GET"), ("route", "/healthz"), ("status", "200")];
+            metrics::histogram!(HTTP_DURATION, &http).record(0.001);
+        });
+        let process_names = [
+            "streamcar_rate_limited_total{",
+            "streamcar_reservations_in_use{",
+            "streamcar_http_request_duration_seconds_count{",
+        ];
+        let topic_names = [
+            "streamcar_acked_total{",
+            "streamcar_group_lag{",
+            "streamcar_publish_to_ack_seconds_count{",
+        ];
+        let first = metrics.render();
+        for name in process_names.iter().chain(&topic_names) {
+            assert!(first.contains(name), "{name} in\n{first}");
+        }
+        let second = metrics.render();
+        for name in process_names {
+            assert!(second.contains(name), "{name} kept in\n{second}");
+        }
+        for name in topic_names {
+            assert!(!second.contains(name), "{name} expired in\n{second}");
+        }
+    }
+
+    #[test]
+    fn only_series_with_a_topic_label_are_topic_scoped() {
+        let scoped = Key::from_parts(ACKED, vec![Label::new("topic", "p")]);
+        let process = Key::from_parts(HTTP_DURATION, vec![Label::new("route", "/v1/x")]);
+        assert!(topic_scoped(&scoped));
+        assert!(!topic_scoped(&process));
+    }
 }

@@ -4,7 +4,13 @@
 use crate::error::{Error, Result};
 
 /// A free-text reference (id, key, causation id…): non-empty, at most `max`
-/// characters, no control characters (the OpenAPI document states the same).
+/// bytes of UTF-8, no control characters.
+///
+/// Limits are in bytes because bytes are what a value costs in Redis and in
+/// every key it is spliced into; the README and the OpenAPI descriptions say
+/// bytes too. (JSON Schema's `maxLength` counts characters, so the document
+/// keeps `maxLength` = `max` as an upper bound and states the byte limit in
+/// the description; see `crate::http::openapi`.)
 ///
 /// `field` is only rendered when the value is refused, so callers can pass
 /// `format_args!(…)` for composed names without allocating on the happy path.
@@ -12,11 +18,10 @@ pub fn check_text(field: impl std::fmt::Display, value: &str, max: usize) -> Res
     if value.is_empty() {
         return Err(Error::invalid_field(field.to_string(), "must not be empty"));
     }
-    let length = value.chars().count();
-    if length > max {
+    if value.len() > max {
         return Err(Error::invalid_field(
             field.to_string(),
-            format!("must be at most {max} characters, got {length}"),
+            format!("must be at most {max} bytes of UTF-8, got {}", value.len()),
         ));
     }
     if value.chars().any(char::is_control) {
@@ -62,6 +67,9 @@ mod tests {
         assert!(check_text("f", "", 2).is_err());
         assert!(check_text("f", "abc", 2).is_err());
         assert!(check_text("f", "a\tb", 8).is_err());
+        // Bytes, not characters: 'é' is two bytes.
+        assert!(check_text("f", "éé", 4).is_ok());
+        assert!(check_text("f", "ééa", 4).is_err());
     }
 
     #[test]

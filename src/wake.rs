@@ -111,6 +111,10 @@ impl Wakeups {
 
     /// Registers a waiter for `group` on `channel`, subscribing the channel
     /// first if this is its first waiter.
+    ///
+    /// Cancel-safe: the [`Waiter`] (whose drop unregisters) exists before
+    /// the wait for the SUBSCRIBE confirmation, so a caller dropped during
+    /// that wait (a client that went away) leaves nothing registered.
     pub async fn waiter(&self, channel: String, group: &str) -> Waiter {
         let (notify, first) = {
             let mut channels = self.inner.channels();
@@ -119,24 +123,25 @@ impl Wakeups {
             let notify = ch.groups.entry(group.to_owned()).or_default().clone();
             (notify, ch.waiters == 1)
         };
+        let waiter = Waiter {
+            inner: self.inner.clone(),
+            channel,
+            group: group.to_owned(),
+            notify,
+        };
         if first {
             let (tx, rx) = oneshot::channel();
             if self
                 .inner
                 .commands
-                .send(Command::Subscribe(channel.clone(), tx))
+                .send(Command::Subscribe(waiter.channel.clone(), tx))
                 .is_ok()
             {
                 // Unconfirmed after the timeout: the periodic re-check covers it.
                 let _ = tokio::time::timeout(SUBSCRIBE_TIMEOUT, rx).await;
             }
         }
-        Waiter {
-            inner: self.inner.clone(),
-            channel,
-            group: group.to_owned(),
-            notify,
-        }
+        waiter
     }
 }
 

@@ -38,6 +38,8 @@ fn concrete(path: &str, tenant: &str, name: &str) -> String {
         .replace("{key}", name)
         .replace("{name}", name)
         .replace("{id}", name)
+        .replace("{join}", name)
+        .replace("{part}", name)
 }
 
 async fn raw(

@@ -1,6 +1,6 @@
-//! What bad input gets (DESIGN.md table): every case answers problem+json
-//! with the right status and code, writes nothing, and the process keeps
-//! serving.
+//! What bad input gets (the README's error table): every case answers
+//! problem+json with the right status and code, writes nothing, and the
+//! process keeps serving.
 
 mod support;
 
@@ -289,4 +289,202 @@ async fn content_type_route_method_and_query_errors() {
         .assert_problem(404, "topic_not_found");
     // Still serving.
     assert_eq!(app.history("t").await.len(), 1);
+}
+
+/// `s` percent-encoded byte by byte, for a path segment.
+fn encode(s: &str) -> String {
+    s.bytes().map(|b| format!("%{b:02X}")).collect()
+}
+
+#[tokio::test]
+async fn text_limits_count_bytes_of_utf8_at_the_boundary() {
+    let app = TestApp::start().await;
+    // 'é' is 2 bytes, '€' 3, '😀' 4: each "over" value below has fewer
+    // characters than the limit but one byte too many.
+    let e2 = |n: usize| "é".repeat(n);
+    let e3 = |n: usize| "€".repeat(n);
+    let e4 = |n: usize| "😀".repeat(n);
+
+    // Message id: 128 bytes.
+    let ok = app
+        .post("/topics/t/messages", &json!({"payload": 1, "id": e2(64)}))
+        .await;
+    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.body);
+    let over = app
+        .post(
+            "/topics/t/messages",
+            &json!({"payload": 1, "id": format!("{}a", e2(64))}),
+        )
+        .await;
+    assert_eq!(over.assert_problem(400, "invalid_field")["field"], "id");
+    // idempotency_key: 256 bytes.
+    let ok = app
+        .post(
+            "/topics/t/messages",
+            &json!({"payload": 1, "idempotency_key": format!("{}a", e3(85))}),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.body);
+    let over = app
+        .post(
+            "/topics/t/messages",
+            &json!({"payload": 1, "idempotency_key": e3(86)}),
+        )
+        .await;
+    assert_eq!(
+        over.assert_problem(400, "invalid_field")["field"],
+        "idempotency_key"
+    );
+    // Header names 128 bytes, values 4096 bytes.
+    let ok = app
+        .post(
+            "/topics/t/messages",
+            &json!({"payload": 1, "headers": {e2(64): e4(1024)}}),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.body);
+    let long_name = format!("{}a", e2(64));
+    let over = app
+        .post(
+            "/topics/t/messages",
+            &json!({"payload": 1, "headers": {long_name.clone(): "v"}}),
+        )
+        .await;
+    assert_eq!(
+        over.assert_problem(400, "invalid_field")["field"],
+        format!("headers.{long_name}")
+    );
+    let over = app
+        .post(
+            "/topics/t/messages",
+            &json!({"payload": 1, "headers": {"h": format!("{}a", e4(1024))}}),
+        )
+        .await;
+    assert_eq!(
+        over.assert_problem(400, "invalid_field")["field"],
+        "headers.h"
+    );
+    assert_eq!(
+        app.history("t").await.len(),
+        3,
+        "refused publishes wrote nothing"
+    );
+
+    // Idempotency keys (path) and owners: 256 bytes.
+    let claim = |key: String, owner: String| {
+        let app = &app;
+        async move {
+            app.post(
+                &format!("/idempotency/{}/claim", encode(&key)),
+                &json!({"ttl_ms": 60000, "owner": owner}),
+            )
+            .await
+        }
+    };
+    let ok = claim(e2(128), e4(64)).await;
+    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.body);
+    let over = claim(format!("{}a", e2(128)), "o".into()).await;
+    assert_eq!(over.assert_problem(400, "invalid_field")["field"], "key");
+    let over = claim("k".into(), format!("{}a", e4(64))).await;
+    assert_eq!(over.assert_problem(400, "invalid_field")["field"], "owner");
+    // Checkpoint names (path): 256 bytes.
+    let ok = app
+        .post(
+            &format!("/checkpoints/{}/advance", encode(&format!("{}a", e3(85)))),
+            &json!({"seq": 1}),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    let over = app
+        .post(
+            &format!("/checkpoints/{}/advance", encode(&e3(86))),
+            &json!({"seq": 1}),
+        )
+        .await;
+    assert_eq!(over.assert_problem(400, "invalid_field")["field"], "name");
+    // Pool holders: 256 bytes.
+    app.put("/pools/p", &json!({"capacity": 5, "lease_ms": 60000}))
+        .await;
+    let ok = app
+        .post("/pools/p/acquire", &json!({"holder": e4(64)}))
+        .await;
+    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.body);
+    let over = app
+        .post(
+            "/pools/p/acquire",
+            &json!({"holder": format!("{}a", e4(64))}),
+        )
+        .await;
+    assert_eq!(over.assert_problem(400, "invalid_field")["field"], "holder");
+    // Dead-letter ids (path): 128 bytes, like message ids.
+    let over = app
+        .delete(&format!(
+            "/topics/t/groups/g/dlq/{}",
+            encode(&format!("{}a", e2(64)))
+        ))
+        .await;
+    assert_eq!(over.assert_problem(400, "invalid_name")["field"], "id");
+    // A nack's error text: 4096 bytes.
+    app.group("t", "g", &json!({})).await;
+    let delivered = app.fetch("t", "g", "w", 1, 0).await;
+    let receipt = delivered[0]["receipt"].clone();
+    let over = app
+        .post(
+            "/topics/t/groups/g/nack",
+            &json!({"receipts": [receipt], "error": format!("{}a", e2(2048))}),
+        )
+        .await;
+    assert_eq!(over.assert_problem(400, "invalid_field")["field"], "error");
+    let ok = app
+        .post(
+            "/topics/t/groups/g/nack",
+            &json!({"receipts": [receipt], "error": e2(2048)}),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+}
+
+/// Every stable `code` the API can answer is in the README's error table.
+#[test]
+fn every_error_code_is_in_the_readme_error_table() {
+    let readme = include_str!("../README.md");
+    let start = readme.find("### Errors").expect("an Errors section");
+    let end = start + readme[start..].find("\n## ").expect("a section after it");
+    let table = &readme[start..end];
+    let mut codes: Vec<&str> = vec![
+        "invalid_body",
+        "invalid_field",
+        "invalid_name",
+        "invalid_path",
+        "invalid_query",
+        "invalid_receipt",
+        "in_progress",
+        "stale_token",
+        "reservation_lost",
+        "lease_lost",
+        "concurrent_change",
+        "group_config_conflict",
+        "join_config_conflict",
+        "part_conflict",
+        "join_finished",
+        "join_too_large",
+        "rate_limited",
+        "backlog_full",
+        "pool_full",
+        "route_not_found",
+        "method_not_allowed",
+        "payload_too_large",
+        "unsupported_media_type",
+        "unauthorized",
+        "redis_evicts",
+        "internal",
+    ];
+    codes.extend(streamcar::error::NotFoundKind::ALL.map(|k| k.code()));
+    codes.extend(streamcar::error::RedisOutage::ALL.map(|k| k.code()));
+    for code in codes {
+        assert!(
+            table.contains(&format!("`{code}`")),
+            "{code} is missing from the README's error table"
+        );
+    }
 }

@@ -1,5 +1,5 @@
-//! The `streamcar` binary itself: `dev` without and with redis-server, and
-//! a clean exit on SIGTERM.
+//! The `streamcar` binary itself: `dev` without and with redis-server (and
+//! where its Redis logs go), and a clean exit on SIGTERM.
 
 mod support;
 
@@ -212,5 +212,87 @@ fn a_bad_worker_thread_count_is_refused_with_exit_2() {
         assert_eq!(out.status.code(), Some(2), "--worker-threads {bad}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("--worker-threads"), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn dev_writes_redis_own_log_to_a_file_not_to_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let terminal_path = dir.path().join("terminal.txt");
+    let terminal = std::fs::File::create(&terminal_path).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(dir.path())
+        .stdout(terminal.try_clone().unwrap())
+        .stderr(terminal)
+        .spawn()
+        .expect("spawn streamcar dev");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..100 {
+        if let Ok(resp) = client.get(format!("{base}/readyz")).send().await
+            && resp.status().is_success()
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log_path = dir.path().join(".streamcar/redis/redis.log");
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let mut exited = false;
+    for _ in 0..100 {
+        if child.try_wait().unwrap().is_some() {
+            exited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let terminal = std::fs::read_to_string(&terminal_path).unwrap();
+    assert!(ready, "streamcar dev became ready: {terminal}");
+    assert!(exited, "streamcar dev exited on SIGTERM");
+    assert!(
+        log.contains("Redis is starting") && log.contains("Ready to accept connections"),
+        "Redis's startup lines are in {}: {log:?}",
+        log_path.display()
+    );
+    assert!(
+        !terminal.contains("Redis is starting") && !terminal.contains("Ready to accept"),
+        "Redis's own log stays off the terminal: {terminal}"
+    );
+    assert!(
+        terminal.contains("redis.log"),
+        "the terminal says where Redis's log is: {terminal}"
+    );
+}
+
+/// `--durability` takes `leader` or `replicas:N`; the binary starts with
+/// either and refuses anything else with exit 2.
+#[tokio::test]
+async fn durability_settings_start_or_are_refused() {
+    let redis = support::RedisServer::start();
+    for good in ["leader", "replicas:1"] {
+        let mut sc = support::StreamcarProcess::start(&redis.url(), &["--durability", good]).await;
+        sc.signal(libc::SIGTERM);
+        assert!(sc.wait_exit().await.success(), "--durability {good}");
+    }
+    for bad in ["", "replicas:0", "followers:1"] {
+        let out = Command::new(BIN)
+            .args(["serve", &format!("--durability={bad}")])
+            .output()
+            .expect("run streamcar");
+        assert_eq!(out.status.code(), Some(2), "--durability {bad}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--durability"), "{stderr}");
     }
 }

@@ -126,3 +126,74 @@ async fn list_pages_and_delete_by_message_id() {
         .await;
     assert_eq!(unknown.body["replayed"], json!([]));
 }
+
+/// Replaying all dead letters handles at most 10,000 per request and says
+/// when more are left; replay and delete by id find their letters through
+/// the index, even behind 10,000 others.
+#[tokio::test]
+async fn replay_all_is_bounded_per_request_and_ids_are_found_directly() {
+    let app = TestApp::start_with(|c| c.max_body = 4 << 20).await;
+    app.group("many", "g", &json!({})).await;
+    let total = 10_002;
+    let mut sent = 0;
+    while sent < total {
+        let n = (total - sent).min(1000);
+        let batch: Vec<Value> = (sent..sent + n)
+            .map(|i| json!({"id": format!("m{i}"), "payload": i}))
+            .collect();
+        let reply = app
+            .post("/topics/many/messages:batch", &json!({"messages": batch}))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK);
+        sent += n;
+    }
+    let mut rejected = 0;
+    while rejected < total {
+        let got = app.fetch("many", "g", "w", 1000, 0).await;
+        assert!(!got.is_empty());
+        let receipts: Vec<&Value> = got.iter().map(|m| &m["receipt"]).collect();
+        let reply = app
+            .post(
+                "/topics/many/groups/g/reject",
+                &json!({"receipts": receipts}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK);
+        rejected += got.len();
+    }
+
+    // By id, the newest letter is found without walking the others.
+    let one = app
+        .post(
+            "/topics/many/groups/g/dlq/replay",
+            &json!({"ids": ["m10001"]}),
+        )
+        .await;
+    assert_eq!(one.body["replayed"], json!(["m10001"]), "{}", one.body);
+    assert_eq!(
+        app.delete("/topics/many/groups/g/dlq/m10000").await.status,
+        StatusCode::NO_CONTENT
+    );
+    app.delete("/topics/many/groups/g/dlq/m10000")
+        .await
+        .assert_problem(404, "dead_letter_not_found");
+
+    let first = app
+        .post("/topics/many/groups/g/dlq/replay", &json!({}))
+        .await;
+    assert_eq!(
+        first.body["replayed"].as_array().map(Vec::len),
+        Some(10_000)
+    );
+    assert_eq!(first.body["more"], true);
+    let rest = app
+        .post("/topics/many/groups/g/dlq/replay", &json!({}))
+        .await;
+    assert_eq!(rest.body["replayed"].as_array().map(Vec::len), Some(0));
+    assert_eq!(rest.body["more"], false);
+    let info = app.get("/topics/many/groups/g").await.body;
+    assert_eq!(
+        (info["delayed"].clone(), info["dead_lettered"].clone()),
+        (json!(10_001), json!(0))
+    );
+}

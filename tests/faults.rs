@@ -406,6 +406,20 @@ async fn setup(cluster: &Cluster, ordering: &str) {
     panic!("could not declare the group");
 }
 
+/// A Redis with AOF `always` and three sidecars on it.
+async fn three_sidecars() -> (RedisServer, Vec<StreamcarProcess>, Arc<Cluster>) {
+    let redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let mut sidecars = Vec::new();
+    for _ in 0..3 {
+        sidecars.push(StreamcarProcess::start(&redis.url(), &[]).await);
+    }
+    let cluster = Arc::new(Cluster {
+        bases: sidecars.iter().map(|s| s.base.clone()).collect(),
+        client: client(),
+    });
+    (redis, sidecars, cluster)
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
@@ -467,15 +481,7 @@ async fn no_acknowledged_message_is_lost_when_the_sidecar_and_redis_crash() {
 async fn three_sidecars_share_groups_without_double_leases_even_when_one_freezes() {
     let seed = seed();
     eprintln!("fault seed: {seed} (STREAMCAR_FAULT_SEED={seed} to replay)");
-    let redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
-    let mut sidecars = Vec::new();
-    for _ in 0..3 {
-        sidecars.push(StreamcarProcess::start(&redis.url(), &[]).await);
-    }
-    let cluster = Arc::new(Cluster {
-        bases: sidecars.iter().map(|s| s.base.clone()).collect(),
-        client: client(),
-    });
+    let (_redis, sidecars, cluster) = three_sidecars().await;
     setup(&cluster, "none").await;
     let history = Arc::new(Mutex::new(History::default()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -506,15 +512,7 @@ async fn an_ordered_group_keeps_every_key_in_order_through_stalls_nacks_and_cras
     let seed = seed();
     eprintln!("fault seed: {seed} (STREAMCAR_FAULT_SEED={seed} to replay)");
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
-    let mut sidecars = Vec::new();
-    for _ in 0..3 {
-        sidecars.push(StreamcarProcess::start(&redis.url(), &[]).await);
-    }
-    let cluster = Arc::new(Cluster {
-        bases: sidecars.iter().map(|s| s.base.clone()).collect(),
-        client: client(),
-    });
+    let (mut redis, mut sidecars, cluster) = three_sidecars().await;
     setup(&cluster, "key").await;
     let history = Arc::new(Mutex::new(History::default()));
     let stop = Arc::new(AtomicBool::new(false));

@@ -1,6 +1,6 @@
 //! Consumer-side idempotency and checkpoints through HTTP: claim, complete,
 //! replay, release, takeover after expiry, stale tokens, concurrent claims,
-//! and high-water marks.
+//! and high-water marks that can be deleted.
 
 mod support;
 
@@ -62,7 +62,7 @@ async fn claim_complete_and_replay() {
     .assert_problem(409, "stale_token");
     app.get("/idempotency/never")
         .await
-        .assert_problem(404, "not_found");
+        .assert_problem(404, "idempotency_key_not_found");
 }
 
 #[tokio::test]
@@ -206,7 +206,7 @@ async fn checkpoints_only_move_forward() {
     };
     app.get("/checkpoints/cause-7")
         .await
-        .assert_problem(404, "not_found");
+        .assert_problem(404, "checkpoint_not_found");
     assert_eq!(advance(json!(5)).await, (json!(true), json!(5)));
     assert_eq!(
         advance(json!(5)).await,
@@ -226,4 +226,35 @@ async fn checkpoints_only_move_forward() {
     app.post("/checkpoints/c/advance", &json!({"seq": -1}))
         .await
         .assert_problem(400, "invalid_field");
+}
+
+#[tokio::test]
+async fn checkpoints_can_be_deleted_and_then_start_from_nothing() {
+    let app = TestApp::start().await;
+    app.delete("/checkpoints/cause-8")
+        .await
+        .assert_problem(404, "checkpoint_not_found");
+    let advanced = app
+        .post("/checkpoints/cause-8/advance", &json!({"seq": 9}))
+        .await;
+    assert_eq!(advanced.body["accepted"], true, "{}", advanced.body);
+    let deleted = app.delete("/checkpoints/cause-8").await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.body);
+    app.get("/checkpoints/cause-8")
+        .await
+        .assert_problem(404, "checkpoint_not_found");
+    app.delete("/checkpoints/cause-8")
+        .await
+        .assert_problem(404, "checkpoint_not_found");
+    // Below the old mark, accepted: the mark is gone.
+    let again = app
+        .post("/checkpoints/cause-8/advance", &json!({"seq": 3}))
+        .await;
+    assert_eq!(again.body["accepted"], true, "{}", again.body);
+    assert_eq!(again.body["last"], 3);
+    // Percent-encoded names address the same checkpoint.
+    app.post("/checkpoints/a%2Fb/advance", &json!({"seq": 1}))
+        .await;
+    let deleted = app.delete("/checkpoints/a%2Fb").await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.body);
 }

@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use support::TestApp;
 
-/// Every operation of the API, as DESIGN.md lists them.
+/// Every operation of the API (the README's API overview lists them).
 const EXPECTED: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -56,6 +56,12 @@ const EXPECTED: &[(&str, &str)] = &[
         "POST",
         "/v1/tenants/{tenant}/topics/{topic}/groups/{group}/reject",
     ),
+    ("PUT", "/v1/tenants/{tenant}/topics/{topic}/joins/{join}"),
+    ("GET", "/v1/tenants/{tenant}/topics/{topic}/joins/{join}"),
+    (
+        "POST",
+        "/v1/tenants/{tenant}/topics/{topic}/joins/{join}/parts/{part}",
+    ),
     (
         "GET",
         "/v1/tenants/{tenant}/topics/{topic}/groups/{group}/dlq",
@@ -74,8 +80,10 @@ const EXPECTED: &[(&str, &str)] = &[
     ("GET", "/v1/tenants/{tenant}/idempotency/{key}"),
     ("POST", "/v1/tenants/{tenant}/checkpoints/{name}/advance"),
     ("GET", "/v1/tenants/{tenant}/checkpoints/{name}"),
+    ("DELETE", "/v1/tenants/{tenant}/checkpoints/{name}"),
     ("PUT", "/v1/tenants/{tenant}/pools/{pool}"),
     ("GET", "/v1/tenants/{tenant}/pools/{pool}"),
+    ("DELETE", "/v1/tenants/{tenant}/pools/{pool}"),
     ("POST", "/v1/tenants/{tenant}/pools/{pool}/acquire"),
     ("POST", "/v1/tenants/{tenant}/pools/{pool}/renew"),
     ("POST", "/v1/tenants/{tenant}/pools/{pool}/release"),
@@ -182,4 +190,62 @@ fn the_cli_prints_the_same_document() {
     assert_eq!(operations(&doc).len(), EXPECTED.len());
     assert!(doc["components"]["schemas"]["PublishRequest"].is_object());
     assert!(doc["components"]["schemas"]["Problem"]["example"].is_object());
+}
+
+/// Text limits are bytes of UTF-8; JSON Schema's maxLength counts
+/// characters, so every limited field says "bytes" in its description.
+#[test]
+fn text_limits_are_documented_in_bytes() {
+    let doc = serde_json::to_value(streamcar::http::openapi_document()).unwrap();
+    let publish = &doc["components"]["schemas"]["PublishRequest"]["properties"];
+    for (field, max) in [
+        ("id", 128),
+        ("idempotency_key", 256),
+        ("schema_version", 64),
+    ] {
+        let description = publish[field]["description"].as_str().unwrap_or_default();
+        assert!(
+            description.contains(&format!("{max} bytes")),
+            "{field}: {description}"
+        );
+        assert_eq!(publish[field]["maxLength"], max, "{field}");
+    }
+    let headers = &publish["headers"];
+    assert!(
+        headers["description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("4096 bytes"),
+        "{headers}"
+    );
+    let claim = &doc["paths"]["/v1/tenants/{tenant}/idempotency/{key}/claim"]["post"];
+    let key = claim["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "key")
+        .unwrap();
+    assert!(
+        key["description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("256 bytes"),
+        "{key}"
+    );
+    // Every string schema with a maxLength, anywhere in the components.
+    fn walk(value: &Value, at: &str) {
+        if let Some(max) = value.get("maxLength") {
+            let description = value["description"].as_str().unwrap_or_default();
+            assert!(
+                description.contains(&format!("{max} bytes")),
+                "{at}: maxLength {max} without a byte limit in {description:?}"
+            );
+        }
+        match value {
+            Value::Object(map) => map.iter().for_each(|(k, v)| walk(v, &format!("{at}.{k}"))),
+            Value::Array(items) => items.iter().for_each(|v| walk(v, at)),
+            _ => {}
+        }
+    }
+    walk(&doc["components"], "components");
 }

@@ -1275,3 +1275,16 @@ async fn a_reset_and_a_timeout_are_failed_attempts() {
         assert!(metrics.contains(&line), "{line}");
     }
 }
+
+#[test]
+fn the_kubernetes_example_subscriptions_are_valid() {
+    let manifest =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/configmap.yaml");
+    let doc: Value = serde_norway::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
+    let file = doc["data"]["subscriptions.yaml"]
+        .as_str()
+        .expect("subscriptions.yaml");
+    let subs = streamcar::push::spec::parse(file, false).expect("the ConfigMap's subscriptions");
+    assert_eq!(subs[0].name, "prompts");
+    assert_eq!(subs[0].url, "http://127.0.0.1:8080/push/prompts");
+}

@@ -12,6 +12,14 @@ use reqwest::StatusCode;
 use serde_json::json;
 use support::TestApp;
 
+/// Redis's clock in microseconds.
+fn redis_time_us(app: &TestApp) -> u64 {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME")
+        .query(&mut app.redis.connection())
+        .expect("TIME");
+    secs * 1_000_000 + micros
+}
+
 async fn acquire(app: &TestApp, pool: &str, body: serde_json::Value) -> support::Reply {
     app.post(&format!("/pools/{pool}/acquire"), &body).await
 }
@@ -19,9 +27,11 @@ async fn acquire(app: &TestApp, pool: &str, body: serde_json::Value) -> support:
 #[tokio::test]
 async fn capacity_two_under_twenty_acquirers() {
     let app = Arc::new(TestApp::start().await);
+    let created_after = redis_time_us(&app);
     let put = app
         .put("/pools/gpu", &json!({"capacity": 2, "lease_ms": 30000}))
         .await;
+    let created_before = redis_time_us(&app);
     assert_eq!(put.status, StatusCode::CREATED, "{}", put.body);
     assert_eq!(put.body["in_use"], 0);
 
@@ -61,7 +71,19 @@ async fn capacity_two_under_twenty_acquirers() {
         assert!(tokens.insert(t.await.unwrap()), "fencing tokens are unique");
     }
     assert_eq!(tokens.len(), 20);
-    assert_eq!(*tokens.iter().max().unwrap(), 20, "tokens count up from 1");
+    // A new pool's tokens count up by one from the Redis clock in
+    // microseconds at its creation, so they stay above those of any pool
+    // of that name deleted earlier.
+    let first = *tokens.iter().min().unwrap();
+    assert!(
+        (created_after + 1..=created_before + 1).contains(&first),
+        "first token {first} is the creation time (µs) + 1"
+    );
+    assert_eq!(
+        tokens,
+        (first..first + 20).collect::<HashSet<_>>(),
+        "tokens count up by one, without gaps"
+    );
     assert!(max_seen.load(Ordering::Relaxed) >= 1);
     assert_eq!(app.get("/pools/gpu").await.body["in_use"], 0);
 }
@@ -161,4 +183,57 @@ async fn pool_errors() {
     app.post("/pools/ok/renew", &json!({"reservation_id": "forged"}))
         .await
         .assert_problem(409, "reservation_lost");
+}
+
+#[tokio::test]
+async fn a_deleted_pool_ends_its_reservations_and_tokens_keep_increasing_after_it() {
+    let app = Arc::new(TestApp::start().await);
+    app.delete("/pools/gpu")
+        .await
+        .assert_problem(404, "pool_not_found");
+    app.put("/pools/gpu", &json!({"capacity": 1, "lease_ms": 30000}))
+        .await;
+    let held = acquire(&app, "gpu", json!({"holder": "a"})).await;
+    assert_eq!(held.status, StatusCode::CREATED, "{}", held.body);
+    let old_token = held.body["fencing_token"].as_u64().unwrap();
+    // Someone waiting for the only slot when the pool goes away.
+    let waiter = tokio::spawn({
+        let app = app.clone();
+        async move { acquire(&app, "gpu", json!({"holder": "b", "wait_ms": 20000})).await }
+    });
+
+    let deleted = app.delete("/pools/gpu").await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.body);
+    waiter.await.unwrap().assert_problem(404, "pool_not_found");
+    app.get("/pools/gpu")
+        .await
+        .assert_problem(404, "pool_not_found");
+    let id = held.body["reservation_id"].clone();
+    app.post("/pools/gpu/renew", &json!({"reservation_id": id}))
+        .await
+        .assert_problem(404, "pool_not_found");
+    app.post("/pools/gpu/release", &json!({"reservation_id": id}))
+        .await
+        .assert_problem(404, "pool_not_found");
+    app.delete("/pools/gpu")
+        .await
+        .assert_problem(404, "pool_not_found");
+
+    // The same name again is a new pool, empty, whose tokens stay above
+    // every token the deleted one handed out (downstream fences hold).
+    let again = app
+        .put("/pools/gpu", &json!({"capacity": 1, "lease_ms": 30000}))
+        .await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.body);
+    assert_eq!(again.body["in_use"], 0);
+    let next = acquire(&app, "gpu", json!({"holder": "c"})).await;
+    assert_eq!(next.status, StatusCode::CREATED, "{}", next.body);
+    let new_token = next.body["fencing_token"].as_u64().unwrap();
+    assert!(new_token > old_token, "{new_token} > {old_token}");
+    // Tokens are exact integers in JSON (below 2^53) and shown as such.
+    assert!(new_token < 1 << 53);
+    assert_eq!(
+        app.get("/pools/gpu").await.body["holders"][0]["fencing_token"],
+        new_token
+    );
 }

@@ -94,3 +94,42 @@ impl Clients {
         )
     }
 }
+
+/// Sends one request on a fresh connection (closed afterwards) to `path`
+/// (absolute, not under a tenant). With `give_up_after`, the client drops
+/// the connection after that long without reading the answer, as a client
+/// that gives up on a long-poll does; the answer is then `None`.
+pub async fn once(
+    host: &str,
+    method: &str,
+    path: &str,
+    body: String,
+    give_up_after: Option<std::time::Duration>,
+) -> Option<(u16, Bytes)> {
+    let stream = tokio::net::TcpStream::connect(host).await.ok()?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    // Aborting the connection task drops the socket: the sidecar sees the
+    // client go away mid-request.
+    let conn = tokio::spawn(conn);
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("request");
+    let exchange = async {
+        let response = send.send_request(request).await.ok()?;
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await.ok()?.to_bytes();
+        Some((status, bytes))
+    };
+    let answer = match give_up_after {
+        Some(after) => tokio::time::timeout(after, exchange).await.ok().flatten(),
+        None => exchange.await,
+    };
+    conn.abort();
+    answer
+}

@@ -6,11 +6,15 @@
 //! through the sidecar's HTTP API. Ratios against the raw run on the same
 //! machine in the same run are what matter; absolute numbers on a shared
 //! 2-core machine are noise.
+//!
+//! `--soak <duration>` runs a long steady load instead and watches the
+//! sidecar's memory and file descriptors (see `soak.rs`).
 
 mod http;
 mod load;
 mod procs;
 mod scenarios;
+mod soak;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +48,20 @@ struct Args {
     /// Targets of scenarios not run are reported as skipped.
     #[arg(long = "only", value_parser = SCENARIOS.map(|(name, _)| name))]
     only: Vec<String>,
+    /// Run this `streamcar` binary instead of building the release one
+    /// (e.g. an older build, to compare).
+    #[arg(long)]
+    sidecar: Option<PathBuf>,
+    /// Instead of the scenarios, a steady load for this long (e.g. `10m`)
+    /// that fails if the sidecar's RSS or open descriptors grow.
+    #[arg(long, value_parser = streamcar::config::parse_duration)]
+    soak: Option<Duration>,
+    /// Soak: messages published per second.
+    #[arg(long, default_value_t = 5000, requires = "soak")]
+    soak_rate: u64,
+    /// Soak: largest rise of the sidecar's RSS floor after warm-up, in MB.
+    #[arg(long, default_value_t = 8.0, requires = "soak")]
+    soak_max_growth_mb: f64,
 }
 
 /// One row of the results.
@@ -98,11 +116,27 @@ fn row(name: &'static str, concurrency: usize, pair: &scenarios::Pair) -> Row {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let binary = procs::streamcar_binary();
+    let binary = args.sidecar.clone().unwrap_or_else(procs::streamcar_binary);
     let dir = std::env::temp_dir().join(format!("streamcar-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let redis = procs::start_redis(&dir).await;
     let sidecar = procs::start_streamcar(&binary, &redis.url).await;
+    if let Some(duration) = args.soak {
+        let settings = soak::Settings {
+            duration,
+            rate: args.soak_rate,
+            max_growth_mb: args.soak_max_growth_mb,
+        };
+        let passed = soak::run(&settings, &sidecar.url, sidecar.pid()).await;
+        drop(sidecar);
+        drop(redis);
+        let _ = std::fs::remove_dir_all(&dir);
+        return if passed {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        };
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_mb_idle = procs::memory_mb(sidecar.pid(), "VmRSS");
 

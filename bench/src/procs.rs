@@ -145,3 +145,8 @@ pub fn cpu_time(pid: u32) -> Duration {
         .sum();
     Duration::from_millis(ticks * 1000 / USER_HZ)
 }
+
+/// Open file descriptors of a process (entries of `/proc/<pid>/fd`).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::Broker;
 use super::groups::group_not_found;
 use super::message::Message;
-use super::receipt::Receipt;
+use super::publish::Published;
+use super::receipt::{Receipt, ReceiptText};
 use crate::error::{Error, Result};
 use crate::keys::TopicKeys;
 use crate::names::{Consumer, Group, Tenant, Topic};
@@ -51,6 +52,11 @@ pub struct FetchRequest {
     #[serde(default, deserialize_with = "crate::validate::whole::opt_u64")]
     #[schema(minimum = 1, maximum = 67108864)]
     pub max_bytes: Option<u64>,
+    /// Receipts to ack before fetching (one round trip per message for a
+    /// worker that handles one at a time). Up to 1000.
+    #[serde(default)]
+    #[schema(max_items = 1000, inline, value_type = Option<Vec<ReceiptText>>)]
+    pub ack: Option<Vec<String>>,
 }
 
 /// One delivered message.
@@ -74,6 +80,10 @@ pub struct AckOutcome {
     pub acked: Vec<String>,
     /// Receipts whose lease was lost: the message was (or may be) redelivered.
     pub lease_lost: Vec<String>,
+    /// Ack with emit: what each emitted message's publish came to, in order
+    /// (a redone step gets the first publish's ids, as duplicates).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub emitted: Option<Vec<Published>>,
 }
 
 /// One renewed lease.
@@ -376,6 +386,26 @@ impl Broker {
         }
     }
 
+    /// Acks `request.ack` (when given), then fetches: one round trip per
+    /// message for a worker that handles one at a time. A fetch after a
+    /// failed ack is not attempted (the error is the answer).
+    pub async fn ack_then_fetch(
+        &self,
+        tenant: &Tenant,
+        topic: &Topic,
+        group: &Group,
+        request: &FetchRequest,
+    ) -> Result<(Option<AckOutcome>, Vec<Delivery>)> {
+        let acked = match request.ack.as_deref() {
+            Some(receipts) if !receipts.is_empty() => {
+                Some(self.ack(tenant, topic, group, receipts).await?)
+            }
+            _ => None,
+        };
+        let messages = self.fetch(tenant, topic, group, request).await?;
+        Ok((acked, messages))
+    }
+
     /// Acks deliveries whose lease is still held; the others are `lease_lost`.
     pub async fn ack(
         &self,
@@ -419,6 +449,27 @@ impl Broker {
                 .increment(outcome.lease_lost.len() as u64);
         }
         Ok(outcome)
+    }
+
+    /// The message a receipt names, if its delivery is still current:
+    /// `(message id, correlation id)`; `Ok(None)` when the lease is lost.
+    pub async fn current_delivery(
+        &self,
+        tenant: &Tenant,
+        topic: &Topic,
+        group: &Group,
+        receipt: &Receipt,
+    ) -> Result<Option<(String, Option<String>)>> {
+        let keys = TopicKeys::new(tenant, topic);
+        let mut call = group_call(&self.store.scripts().delivery_peek, &keys, group);
+        call.arg(&receipt.stream_id).arg(receipt.fence());
+        let mut conn = self.store.conn().await?;
+        let (status, current, id, correlation): (i64, i64, String, String) =
+            call.invoke_async(&mut conn).await?;
+        if status < 0 {
+            return Err(group_not_found(group));
+        }
+        Ok((current == 1).then(|| (id, (!correlation.is_empty()).then_some(correlation))))
     }
 
     /// Renews leases still held, for `lease_ms` (default: the group's lease).

@@ -192,7 +192,7 @@ impl Broker {
         }
         if deleted == 0 {
             return Err(Error::NotFound {
-                kind: "dead letter",
+                kind: crate::error::NotFoundKind::DeadLetter,
                 name: id.to_owned(),
             });
         }

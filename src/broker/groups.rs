@@ -272,7 +272,7 @@ pub(crate) fn parse_config(map: &HashMap<String, String>) -> Option<(u64, u64, B
 
 pub(crate) fn group_not_found(group: &Group) -> Error {
     Error::NotFound {
-        kind: "group",
+        kind: crate::error::NotFoundKind::Group,
         name: group.to_string(),
     }
 }

@@ -103,7 +103,7 @@ pub fn headers_schema() -> utoipa::openapi::schema::Object {
         .property_names(Some(name))
         .additional_properties(Some(AdditionalProperties::RefOr(value.into())))
         .description(Some(
-            "String map carried with the message, e.g. traceparent.",
+            "String map carried with the message, e.g. traceparent: at most 64 headers, names of 1 to 128 bytes, values of at most 4096 bytes (UTF-8).",
         ))
         .build()
 }

@@ -33,4 +33,9 @@ impl Broker {
     pub fn new(store: Store) -> Self {
         Self { store }
     }
+
+    /// The Redis handle, for the workflow operations built on the broker.
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
 }

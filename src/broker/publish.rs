@@ -186,13 +186,11 @@ impl PublishRequest {
             }
             for (name, value) in headers {
                 check_text(format_args!("{field}.{name}"), name, MAX_HEADER_NAME_LEN)?;
-                if value.chars().count() > MAX_HEADER_VALUE_LEN
-                    || value.chars().any(char::is_control)
-                {
+                if value.len() > MAX_HEADER_VALUE_LEN || value.chars().any(char::is_control) {
                     return Err(Error::invalid_field(
                         format!("{field}.{name}"),
                         format!(
-                            "values must be at most {MAX_HEADER_VALUE_LEN} characters without control characters"
+                            "values must be at most {MAX_HEADER_VALUE_LEN} bytes without control characters"
                         ),
                     ));
                 }
@@ -280,6 +278,26 @@ impl Broker {
             None => None,
         };
         Ok(PublishOutcome { items, quota })
+    }
+
+    /// Publishes one message within the quota: its own outcome (published or
+    /// a duplicate, or why it was refused) and the quota state after it.
+    pub async fn publish_one_within_quota(
+        &self,
+        coord: &Coord,
+        tenant: &Tenant,
+        topic: &Topic,
+        message: &PublishRequest,
+    ) -> Result<(Published, Option<RateLimitInfo>)> {
+        let outcome = self
+            .publish_within_quota(coord, tenant, topic, std::slice::from_ref(message))
+            .await?;
+        let published = outcome
+            .items
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Internal("publish returned no result".into()))??;
+        Ok((published, outcome.quota))
     }
 
     /// Publishes `messages` to `topic` in order, as one atomic step, with no

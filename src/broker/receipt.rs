@@ -26,6 +26,15 @@ pub struct Receipt {
     pub delivery: u64,
 }
 
+/// A delivery receipt as fetch issues it, for the OpenAPI document
+/// (`<stream id>:<attempt>:<delivery>`).
+#[derive(utoipa::ToSchema)]
+#[schema(
+    pattern = "^(0|[1-9][0-9]{0,18})-(0|[1-9][0-9]{0,18}):[1-9][0-9]{0,18}:[1-9][0-9]{0,18}$",
+    example = "1718000000000-0:1:1764130000123456"
+)]
+pub struct ReceiptText(#[allow(dead_code)] String);
+
 /// Why a receipt string is not a receipt.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("'{0}' is not a receipt issued by fetch")]

@@ -79,6 +79,14 @@ impl Broker {
                 .increment(trimmed);
         }
         let pruned = self.prune_consumers(tenant, topic, consumer_idle).await?;
+        let joins = self.sweep_joins(tenant, topic).await?;
+        if joins > 0 {
+            metrics::counter!(
+                telemetry::JOINS_TIMED_OUT,
+                telemetry::topic_labels(tenant, topic)
+            )
+            .increment(joins);
+        }
         if pruned > 0 {
             tracing::debug!(%tenant, %topic, pruned, "removed idle consumers that owned nothing");
         }

@@ -49,10 +49,10 @@ fn count(name: &'static str, labels: &[metrics::Label], n: usize) {
 
 fn check_error(error: Option<&str>) -> Result<&str> {
     let error = error.unwrap_or_default();
-    if error.chars().count() > MAX_ERROR_LEN {
+    if error.len() > MAX_ERROR_LEN {
         return Err(Error::invalid_field(
             "error",
-            format!("must be at most {MAX_ERROR_LEN} characters"),
+            format!("must be at most {MAX_ERROR_LEN} bytes"),
         ));
     }
     Ok(error)

@@ -216,7 +216,7 @@ impl Broker {
         for _ in 0..8 {
             let groups = read_groups(&mut conn, &keys).await?;
             let mut call = self.store.scripts().delete_topic.key(keys.meta());
-            call.key(keys.stream()).key(keys.groups());
+            call.key(keys.stream()).key(keys.groups()).key(keys.joins());
             for (name, gk) in &groups {
                 for key in gk.all() {
                     call.key(key);
@@ -415,7 +415,7 @@ pub(crate) async fn read_groups(
 
 fn not_found(topic: &Topic) -> Error {
     Error::NotFound {
-        kind: "topic",
+        kind: crate::error::NotFoundKind::Topic,
         name: topic.to_string(),
     }
 }

@@ -1,12 +1,13 @@
 //! Sequence checkpoints: a per-name high-water mark that only moves forward.
 //! A consumer that processes messages by sequence (per causation id, per
 //! key…) advances it and skips anything at or below it: duplicates and
-//! out-of-order replays.
+//! out-of-order replays. A checkpoint that is no longer needed is deleted;
+//! one advanced again after that starts from nothing.
 
 use serde::{Deserialize, Serialize};
 
 use super::{Coord, MAX_KEY_LEN};
-use crate::error::{Error, Result};
+use crate::error::{Error, NotFoundKind, Result};
 use crate::keys::TenantKeys;
 use crate::names::Tenant;
 use crate::validate::{check_range, check_text};
@@ -65,14 +66,25 @@ impl Coord {
             .arg(TenantKeys::new(tenant).checkpoint(name))
             .query_async(&mut conn)
             .await?;
-        let last = last.ok_or_else(|| Error::NotFound {
-            kind: "checkpoint",
-            name: name.to_owned(),
-        })?;
+        let last = last.ok_or_else(|| Error::not_found(NotFoundKind::Checkpoint, name))?;
         Ok(Checkpoint {
             name: name.to_owned(),
             accepted: None,
             last,
         })
+    }
+
+    /// Deletes checkpoint `name`; 404 when it does not exist.
+    pub async fn delete_checkpoint(&self, tenant: &Tenant, name: &str) -> Result<()> {
+        check_text("name", name, MAX_KEY_LEN)?;
+        let mut conn = self.store.conn().await?;
+        let deleted: u64 = redis::cmd("DEL")
+            .arg(TenantKeys::new(tenant).checkpoint(name))
+            .query_async(&mut conn)
+            .await?;
+        if deleted == 0 {
+            return Err(Error::not_found(NotFoundKind::Checkpoint, name));
+        }
+        Ok(())
     }
 }

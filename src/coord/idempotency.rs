@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{Coord, MAX_KEY_LEN};
-use crate::error::{Error, Result};
+use crate::error::{Error, NotFoundKind, Result};
 use crate::keys::TenantKeys;
 use crate::names::Tenant;
 use crate::validate::{check_range, check_text};
@@ -120,8 +120,10 @@ fn stale_token() -> Error {
 }
 
 fn raw_result(text: String) -> Result<Box<RawValue>> {
-    RawValue::from_string(text)
-        .map_err(|e| Error::Internal(format!("stored idempotency result is not JSON: {e}")))
+    RawValue::from_string(text).map_err(|source| Error::Corrupt {
+        what: "a stored idempotency result".into(),
+        source,
+    })
 }
 
 impl Coord {
@@ -232,10 +234,9 @@ impl Coord {
             .arg(TenantKeys::new(tenant).idempotency(key))
             .query_async(&mut conn)
             .await?;
-        let state = h.remove("state").ok_or_else(|| Error::NotFound {
-            kind: "idempotency key",
-            name: key.to_owned(),
-        })?;
+        let state = h
+            .remove("state")
+            .ok_or_else(|| Error::not_found(NotFoundKind::IdempotencyKey, key))?;
         let number = |v: Option<String>| v.and_then(|v| v.parse().ok());
         Ok(IdempotencyRecord {
             key: key.to_owned(),

@@ -4,13 +4,20 @@
 //! free their slot by themselves; every reservation carries a fencing token
 //! that strictly increases per pool, so a downstream system can refuse the
 //! writes of a holder whose reservation expired.
+//!
+//! A pool can be deleted (its live reservations end with it) and created
+//! again under the same name. Its tokens keep increasing across that: a new
+//! pool's counter starts at the Redis clock in microseconds
+//! (`lua/pool_declare.lua`), and no pool can have handed out more tokens than
+//! microseconds have passed since it was created (each acquire is a script
+//! call of its own on Redis's single thread, which takes longer than that).
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::Coord;
-use crate::error::{Error, Result};
+use crate::error::{Error, NotFoundKind, Result};
 use crate::keys::{PoolKeys, TenantKeys};
 use crate::names::{Pool, Tenant};
 use crate::telemetry;
@@ -132,10 +139,7 @@ pub struct PoolInfo {
 }
 
 fn pool_not_found(pool: &Pool) -> Error {
-    Error::NotFound {
-        kind: "pool",
-        name: pool.to_string(),
-    }
+    Error::not_found(NotFoundKind::Pool, pool.as_str())
 }
 
 fn reservation_lost() -> Error {
@@ -335,6 +339,27 @@ impl Coord {
             }
             _ => Err(pool_not_found(pool)),
         }
+    }
+
+    /// Deletes a pool and its live reservations; 404 when it does not exist.
+    /// Waiting acquirers wake up and answer 404 too; holders' renew and
+    /// release answer 404 from then on.
+    pub async fn delete_pool(&self, tenant: &Tenant, pool: &Pool) -> Result<()> {
+        let keys = TenantKeys::new(tenant).pool(pool);
+        let mut conn = self.store.conn().await?;
+        // Both keys share the tenant's hash tag, so one DEL removes them
+        // atomically; holders never exist without their pool hash.
+        let deleted: u64 = redis::cmd("DEL")
+            .arg(keys.pool())
+            .arg(keys.holders())
+            .query_async(&mut conn)
+            .await?;
+        if deleted == 0 {
+            return Err(pool_not_found(pool));
+        }
+        record_in_use(tenant, pool, 0);
+        self.store.wake(&mut conn, &keys.wake_channel()).await?;
+        Ok(())
     }
 
     /// Describes a pool and its live holders.

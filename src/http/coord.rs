@@ -31,9 +31,9 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(claim))
         .routes(routes!(complete))
         .routes(routes!(release))
-        .routes(routes!(checkpoint))
+        .routes(routes!(checkpoint, delete_checkpoint))
         .routes(routes!(advance))
-        .routes(routes!(declare_pool, pool_info))
+        .routes(routes!(declare_pool, pool_info, delete_pool))
         .routes(routes!(acquire))
         .routes(routes!(renew))
         .routes(routes!(release_reservation))
@@ -178,6 +178,25 @@ async fn checkpoint(State(state): State<AppState>, path: KeyPath) -> Result<Resp
     Ok(Json(checkpoint).into_response())
 }
 
+/// Delete a checkpoint (advancing it again starts from nothing).
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{tenant}/checkpoints/{name}",
+    tag = "coordination",
+    params(CheckpointParams),
+    responses(
+        (status = 204, description = "Deleted"),
+        ApiErrors, NotFound
+    )
+)]
+async fn delete_checkpoint(State(state): State<AppState>, path: KeyPath) -> Result<StatusCode> {
+    state
+        .coord
+        .delete_checkpoint(&path.tenant, &path.key)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Create or resize a reservation pool.
 #[utoipa::path(
     put,
@@ -218,6 +237,22 @@ async fn declare_pool(
 async fn pool_info(State(state): State<AppState>, path: PoolPath) -> Result<Response> {
     let info = state.coord.pool_info(&path.tenant, &path.pool).await?;
     Ok(Json(info).into_response())
+}
+
+/// Delete a pool with its live reservations (their renew and release answer 404).
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{tenant}/pools/{pool}",
+    tag = "coordination",
+    params(PoolParams),
+    responses(
+        (status = 204, description = "Deleted"),
+        ApiErrors, NotFound
+    )
+)]
+async fn delete_pool(State(state): State<AppState>, path: PoolPath) -> Result<StatusCode> {
+    state.coord.delete_pool(&path.tenant, &path.pool).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Take a slot, waiting up to wait_ms; 429 pool_full otherwise.

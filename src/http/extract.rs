@@ -1,6 +1,7 @@
 //! Extractors that reject bad input before a handler runs, always with a
-//! problem+json [`Error`]: validated path names, JSON bodies that name the
-//! offending field, and query strings.
+//! problem+json answer ([`Error`] or, for what only HTTP can get wrong,
+//! [`HttpError`]): validated path names, JSON bodies that name the offending
+//! field, and query strings.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -9,9 +10,11 @@ use axum::http::{StatusCode, header, request::Parts};
 use serde::de::DeserializeOwned;
 
 use super::AppState;
+use super::problem::HttpError;
 use crate::broker::publish::MAX_ID_LEN;
 use crate::error::Error;
-use crate::names::{Group, Name, Pool, Tenant, Topic};
+use crate::names::{Group, Join, Name, Part, Pool, Tenant, Topic};
+use crate::validate::check_text;
 
 /// Reads path parameter `param` and validates it as name type `N`.
 fn path_name<N: Name>(params: &RawPathParams, param: &str) -> Result<N, Error> {
@@ -81,6 +84,14 @@ name_path!(
     /// `{tenant}` and `{pool}` of the path.
     PoolPath { tenant: Tenant, pool: Pool }
 );
+name_path!(
+    /// `{tenant}`, `{topic}` and `{join}` of the path.
+    JoinPath { tenant: Tenant, topic: Topic, join: Join }
+);
+name_path!(
+    /// `{tenant}`, `{topic}`, `{join}` and `{part}` of the path.
+    JoinPartPath { tenant: Tenant, topic: Topic, join: Join, part: Part }
+);
 
 /// `{tenant}`, `{topic}`, `{group}` and a dead letter's message `{id}`.
 pub struct DeadLetterPath {
@@ -100,11 +111,11 @@ impl<S: Send + Sync> FromRequestParts<S> for DeadLetterPath {
             .iter()
             .find_map(|(k, v)| (k == "id").then(|| v.to_owned()))
             .ok_or_else(|| Error::Internal("route has no id parameter".into()))?;
-        if id.is_empty() || id.chars().count() > MAX_ID_LEN || id.chars().any(char::is_control) {
+        if check_text("id", &id, MAX_ID_LEN).is_err() {
             return Err(Error::BadRequest {
                 code: "invalid_name",
                 detail: format!(
-                    "'{id}' is not a message id (1 to {MAX_ID_LEN} bytes, no control characters)"
+                    "'{id}' is not a message id (1 to {MAX_ID_LEN} bytes of UTF-8, no control characters)"
                 ),
                 field: Some("id".into()),
             });
@@ -199,23 +210,23 @@ fn missing_field(message: &str) -> Option<String> {
 pub struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
-    type Rejection = Error;
+    type Rejection = HttpError;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, HttpError> {
         let bytes = read_body(req, state).await?;
         // An empty body means "no fields": the 400 then names the missing one.
         let json: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
-        parse_json(json, "").map(Self)
+        Ok(parse_json(json, "").map(Self)?)
     }
 }
 
 /// The body, if its `Content-Type` (when given) is JSON and it fits `--max-body`.
-async fn read_body(req: Request, state: &AppState) -> Result<Bytes, Error> {
+async fn read_body(req: Request, state: &AppState) -> Result<Bytes, HttpError> {
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
         let essence = ct.split(';').next().unwrap_or_default().trim();
         if !(essence == "application/json" || essence.ends_with("+json")) {
-            return Err(Error::UnsupportedMediaType);
+            return Err(HttpError::UnsupportedMediaType);
         }
     }
     let limit = state.max_body;
@@ -224,11 +235,11 @@ async fn read_body(req: Request, state: &AppState) -> Result<Bytes, Error> {
         .map_err(|e| body_error(&e, limit))
 }
 
-fn body_error(e: &BytesRejection, limit: usize) -> Error {
+fn body_error(e: &BytesRejection, limit: usize) -> HttpError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        Error::PayloadTooLarge { limit }
+        HttpError::PayloadTooLarge { limit }
     } else {
-        Error::bad_request("invalid_body", e.body_text())
+        Error::bad_request("invalid_body", e.body_text()).into()
     }
 }
 
@@ -250,15 +261,15 @@ pub struct PageQuery {
 pub struct OptionalJsonBody<T>(pub T);
 
 impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJsonBody<T> {
-    type Rejection = Error;
+    type Rejection = HttpError;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, HttpError> {
         let bytes = read_body(req, state).await?;
         let text = bytes.trim_ascii();
         if text.is_empty() || text == b"null" {
             return Ok(Self(T::default()));
         }
-        parse_json(text, "").map(Self)
+        Ok(parse_json(text, "").map(Self)?)
     }
 }
 

@@ -23,6 +23,7 @@ use crate::broker::dlq::{DeadLetterPage, ReplayOutcome};
 use crate::broker::groups::{GroupConfigRequest, GroupInfo};
 use crate::broker::retry::{NackOutcome, RejectOutcome};
 use crate::error::{Error, Result};
+use crate::workflow::emit::Emit;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -49,7 +50,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     responses(
         (status = 201, description = "Created", body = GroupInfo),
         (status = 200, description = "Updated", body = GroupInfo),
-        ApiErrors, BodyErrors
+        ApiErrors, BodyErrors, Conflict
     )
 )]
 async fn declare_group(
@@ -161,20 +162,31 @@ async fn fetch(
     path: GroupPath,
     JsonBody(request): JsonBody<FetchRequest>,
 ) -> Result<Response> {
-    let messages = state
+    let (acked, messages) = state
         .broker
-        .fetch(&path.tenant, &path.topic, &path.group, &request)
+        .ack_then_fetch(&path.tenant, &path.topic, &path.group, &request)
         .await?;
-    Ok(Json(FetchResponse { messages }).into_response())
+    let (acked, lease_lost) = acked.map(|a| (a.acked, a.lease_lost)).unzip();
+    Ok(Json(FetchResponse {
+        messages,
+        acked,
+        lease_lost,
+    })
+    .into_response())
 }
 
 /// Body of `POST …/ack`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AckRequest {
-    /// Receipts from fetch, 1 to 1000.
+    /// Receipts from fetch, 1 to 1000 (exactly one with `emit`).
     #[schema(min_items = 1, max_items = 1000, inline, value_type = Vec<ReceiptText>)]
     receipts: Vec<String>,
+    /// Ack with emit: messages of the next step, published exactly once
+    /// (idempotency key `emit:<group>:<message id>:<index>`) before the ack.
+    #[serde(default)]
+    #[schema(max_items = 100)]
+    emit: Option<Vec<Emit>>,
 }
 
 /// Acknowledge deliveries (fenced: a lost lease is refused).
@@ -194,10 +206,25 @@ async fn ack(
     path: GroupPath,
     JsonBody(request): JsonBody<AckRequest>,
 ) -> Result<Response> {
-    let outcome = state
-        .broker
-        .ack(&path.tenant, &path.topic, &path.group, &request.receipts)
-        .await?;
+    let outcome = match request.emit {
+        Some(emits) => {
+            state
+                .broker
+                .ack_with_emit(
+                    &state.coord,
+                    (&path.tenant, &path.topic, &path.group),
+                    &request.receipts,
+                    emits,
+                )
+                .await?
+        }
+        None => {
+            state
+                .broker
+                .ack(&path.tenant, &path.topic, &path.group, &request.receipts)
+                .await?
+        }
+    };
     refuse_single_lost(&request.receipts, &outcome.lease_lost)?;
     Ok(Json(outcome).into_response())
 }

@@ -5,10 +5,12 @@
 mod coord;
 pub mod extract;
 mod groups;
+mod joins;
 pub mod listen;
 mod observe;
 pub mod openapi;
 mod ops;
+pub mod problem;
 mod subscriptions;
 mod topics;
 
@@ -23,8 +25,8 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::broker::Broker;
 use crate::coord::Coord;
-use crate::error::Error;
 use crate::store::Store;
+use problem::HttpError;
 
 /// Shared state of every handler: one `Arc`, so the per-request clone axum
 /// makes is a single reference-count increment.
@@ -80,6 +82,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         // URI (an allocation and a parse per request) before routing it.
         .merge(topics::routes())
         .merge(groups::routes())
+        .merge(joins::routes())
         .merge(coord::routes())
         .merge(subscriptions::routes())
         .split_for_parts()
@@ -89,6 +92,13 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
     let (_, mut doc) = api();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    if let Some(components) = doc.components.as_mut() {
+        for schema in components.schemas.values_mut() {
+            if let utoipa::openapi::RefOr::T(schema) = schema {
+                openapi::state_byte_limits(schema);
+            }
+        }
+    }
     doc
 }
 
@@ -106,8 +116,8 @@ pub fn router(state: AppState) -> Router {
                 async move { Json(document.as_ref().clone()) }
             }),
         )
-        .fallback(|uri: Uri| async move { Error::RouteNotFound(uri.path().to_owned()) })
-        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .fallback(|uri: Uri| async move { HttpError::RouteNotFound(uri.path().to_owned()) })
+        .method_not_allowed_fallback(|| async { HttpError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body));
     let routes = match api_token {
         Some(token) => routes.layer(middleware::from_fn_with_state(

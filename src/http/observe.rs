@@ -1,6 +1,12 @@
 //! Middleware around every request: a tracing span (method, route template,
-//! tenant, topic, group), the request duration histogram by route template
-//! and status, and the optional bearer-token check on `/v1`.
+//! tenant, topic, group), the request duration histogram by route template,
+//! method and status, and the optional bearer-token check on `/v1`.
+//!
+//! Every label of the histogram comes from a bounded set, whatever callers
+//! send: route templates (or `unmatched`), the standard methods (others are
+//! `other`) and the statuses the service answers. Anyone who can reach the
+//! port, authenticated or not, would otherwise add a series (and a cache
+//! entry) per made-up method.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -56,7 +62,7 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
     let response = next.run(req).instrument(span.clone()).await;
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    duration_histogram(route, &method, status).record(elapsed.as_secs_f64());
+    duration_histogram(route, method_label(&method), status).record(elapsed.as_secs_f64());
     span.in_scope(|| {
         tracing::debug!(
             status,
@@ -67,18 +73,33 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
     response
 }
 
+/// The `method` label: one of the methods the API and its probes use, or
+/// `other` for anything else (hyper accepts any token as a method).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// The request-duration histogram of one (route, method, status), cached:
 /// building a labelled metric key per request costs allocations and a
 /// registry lookup on the hot path. The cache is keyed by route so a lookup
 /// borrows the route instead of allocating a key; each route sees a handful
-/// of (method, status) pairs.
-fn duration_histogram(route: &str, method: &Method, status: u16) -> Histogram {
-    type Cache = RwLock<HashMap<String, Vec<(Method, u16, Histogram)>>>;
+/// of (method, status) pairs, all from bounded sets, so the cache is bounded.
+fn duration_histogram(route: &str, method: &'static str, status: u16) -> Histogram {
+    type Cache = RwLock<HashMap<String, Vec<(&'static str, u16, Histogram)>>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(Cache::default);
-    let find = |seen: &[(Method, u16, Histogram)]| {
+    let find = |seen: &[(&'static str, u16, Histogram)]| {
         seen.iter()
-            .find(|(m, s, _)| m == method && *s == status)
+            .find(|(m, s, _)| *m == method && *s == status)
             .map(|(_, _, h)| h.clone())
     };
     if let Some(h) = cache
@@ -91,7 +112,7 @@ fn duration_histogram(route: &str, method: &Method, status: u16) -> Histogram {
     }
     let histogram = metrics::histogram!(
         telemetry::HTTP_DURATION,
-        "method" => method.to_string(),
+        "method" => method,
         "route" => route.to_owned(),
         "status" => status.to_string()
     );
@@ -102,7 +123,7 @@ fn duration_histogram(route: &str, method: &Method, status: u16) -> Histogram {
     if let Some(h) = find(seen) {
         return h; // another request registered it meanwhile
     }
-    seen.push((method.clone(), status, histogram.clone()));
+    seen.push((method, status, histogram.clone()));
     histogram
 }
 

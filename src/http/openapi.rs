@@ -3,6 +3,12 @@
 //! are registered through `utoipa_axum`, so a route cannot exist without
 //! being in the document. This module also holds the small response bodies
 //! and path parameter sets that the annotations refer to.
+//!
+//! Text limits are bytes of UTF-8 (what a value costs in Redis), while JSON
+//! Schema's `maxLength` counts characters and cannot express bytes. Every
+//! `maxLength` therefore stays the byte limit, an upper bound that a
+//! schema-valid value still has to respect in bytes, and
+//! [`state_byte_limits`] says so in the description of each such field.
 
 use std::collections::BTreeMap;
 
@@ -79,7 +85,7 @@ problem_responses! {
     TooManyRequests: (429, "Quota, backlog or pool full; see Retry-After", retry);
 }
 
-const REDIS_UNAVAILABLE: &str = "Redis unavailable; see Retry-After";
+const REDIS_UNAVAILABLE: &str = "Redis cannot serve now (code redis_unavailable, redis_out_of_memory, redis_busy, redis_loading, redis_readonly, redis_cluster_down, redis_persistence_failed, or redis_evicts under --strict); see Retry-After";
 
 /// One problem response for the document.
 fn problem_response(status: u16, description: &str, retry: bool) -> (String, RefOr<Response>) {
@@ -104,15 +110,9 @@ fn problem_response(status: u16, description: &str, retry: bool) -> (String, Ref
     (status.to_string(), response.build().into())
 }
 
-/// A delivery receipt as fetch issues it (`<stream id>:<attempt>:<consumer>`).
-#[derive(ToSchema)]
-#[schema(
-    pattern = "^(0|[1-9][0-9]{0,18})-(0|[1-9][0-9]{0,18}):[1-9][0-9]{0,18}:[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
-    example = "1718000000000-0:1:worker-1"
-)]
-pub struct ReceiptText(#[allow(dead_code)] String);
+pub use crate::broker::receipt::ReceiptText;
 
-/// A message id: 1 to 128 characters, no control characters.
+/// A message id: 1 to 128 bytes of UTF-8, no control characters.
 #[derive(ToSchema)]
 #[schema(
     min_length = 1,
@@ -170,7 +170,7 @@ pub struct DeadLetterParams {
     /// Consumer group name.
     #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub group: String,
-    /// The original message id.
+    /// The original message id: 1 to 128 bytes of UTF-8, percent-encoded.
     #[param(
         min_length = 1,
         max_length = 128,
@@ -186,7 +186,7 @@ pub struct KeyParams {
     /// Tenant name.
     #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub tenant: String,
-    /// Any text of 1 to 256 characters without control characters, percent-encoded.
+    /// Any text of 1 to 256 bytes of UTF-8 without control characters, percent-encoded.
     #[param(
         min_length = 1,
         max_length = 256,
@@ -202,7 +202,7 @@ pub struct CheckpointParams {
     /// Tenant name.
     #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub tenant: String,
-    /// Any text of 1 to 256 characters without control characters, percent-encoded.
+    /// Any text of 1 to 256 bytes of UTF-8 without control characters, percent-encoded.
     #[param(
         min_length = 1,
         max_length = 256,
@@ -223,6 +223,39 @@ pub struct PoolParams {
     pub pool: String,
 }
 
+/// `{tenant}`, `{topic}` and `{join}`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct JoinParams {
+    /// Tenant name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    pub tenant: String,
+    /// Topic name (the aggregate is published here).
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    pub topic: String,
+    /// Join name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    pub join: String,
+}
+
+/// `{tenant}`, `{topic}`, `{join}` and `{part}`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct JoinPartParams {
+    /// Tenant name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    pub tenant: String,
+    /// Topic name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    pub topic: String,
+    /// Join name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    pub join: String,
+    /// Part name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    pub part: String,
+}
+
 /// `GET /topics`.
 #[derive(Serialize, ToSchema)]
 pub struct TopicList {
@@ -235,6 +268,12 @@ pub struct TopicList {
 pub struct FetchResponse {
     /// Deliveries, in preference order (due retries, expired leases, new).
     pub messages: Vec<crate::broker::delivery::Delivery>,
+    /// With `ack` in the request: the receipts acked before fetching.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acked: Option<Vec<String>>,
+    /// With `ack` in the request: the receipts whose lease was lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_lost: Option<Vec<String>>,
 }
 
 /// `POST …/pause` and `…/resume`.
@@ -279,6 +318,51 @@ pub struct LimitsResponse {
 pub struct StatusResponse {
     /// `ok` (alive) or `ready`.
     pub status: &'static str,
+}
+
+/// Adds "at most N bytes" to the description of every string schema with a
+/// `maxLength` under `schema` (properties, map values and names, array
+/// items, composites), unless the description already speaks of bytes.
+pub fn state_byte_limits(schema: &mut utoipa::openapi::schema::Schema) {
+    use utoipa::openapi::schema::{AdditionalProperties, ArrayItems, Schema};
+    let inner = |s: &mut RefOr<Schema>| {
+        if let RefOr::T(s) = s {
+            state_byte_limits(s);
+        }
+    };
+    match schema {
+        Schema::Object(object) => {
+            if let Some(max) = object.max_length {
+                let text = object.description.get_or_insert_with(String::new);
+                if !text.contains("bytes") {
+                    if !text.is_empty() {
+                        text.push(' ');
+                    }
+                    text.push_str(&format!(
+                        "At most {max} bytes of UTF-8 (maxLength counts characters and is only an upper bound)."
+                    ));
+                }
+            }
+            object.properties.values_mut().for_each(inner);
+            if let Some(AdditionalProperties::RefOr(values)) =
+                object.additional_properties.as_deref_mut()
+            {
+                inner(values);
+            }
+            if let Some(names) = object.property_names.as_deref_mut() {
+                state_byte_limits(names);
+            }
+        }
+        Schema::Array(array) => {
+            if let ArrayItems::RefOrSchema(items) = &mut array.items {
+                inner(items);
+            }
+        }
+        Schema::OneOf(one) => one.items.iter_mut().for_each(inner),
+        Schema::AllOf(all) => all.items.iter_mut().for_each(inner),
+        Schema::AnyOf(any) => any.items.iter_mut().for_each(inner),
+        _ => {}
+    }
 }
 
 /// Document-level metadata; the paths come from the routers.

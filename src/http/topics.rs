@@ -178,23 +178,11 @@ async fn publish(
     carry_traceparent(&request_headers, &mut message);
     let outcome = state
         .broker
-        .publish_within_quota(
-            &state.coord,
-            &path.tenant,
-            &path.topic,
-            std::slice::from_ref(&message),
-        )
+        .publish_one_within_quota(&state.coord, &path.tenant, &path.topic, &message)
         .await?;
-    let published = outcome
-        .items
-        .into_iter()
-        .next()
-        .ok_or_else(|| Error::Internal("publish returned no result".into()))??;
+    let (published, quota) = outcome;
     let status = created_or_ok(!published.duplicate);
-    Ok(with_quota(
-        (status, Json(published)).into_response(),
-        outcome.quota,
-    ))
+    Ok(with_quota((status, Json(published)).into_response(), quota))
 }
 
 /// Body of `POST …/messages:batch`.

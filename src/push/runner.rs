@@ -160,6 +160,7 @@ impl Runner {
                 max: Some(max),
                 wait_ms: Some(FETCH_WAIT_MS),
                 max_bytes: None,
+                ack: None,
             };
             let s = &self.spec;
             match self

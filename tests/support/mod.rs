@@ -334,7 +334,17 @@ impl TestApp {
 
     /// Starts Redis and the app, letting the test adjust the config.
     pub async fn start_with(adjust: impl FnOnce(&mut streamcar::config::Config)) -> Self {
-        let redis = RedisServer::start();
+        Self::start_with_redis(&[], adjust).await
+    }
+
+    /// Starts a Redis with extra `redis-server` arguments (e.g. a small
+    /// `--maxmemory`) and the app against it, letting the test adjust the
+    /// config.
+    pub async fn start_with_redis(
+        redis_args: &[&str],
+        adjust: impl FnOnce(&mut streamcar::config::Config),
+    ) -> Self {
+        let redis = RedisServer::start_with(redis_args);
         let mut config = streamcar::config::Config::for_redis(redis.url());
         adjust(&mut config);
         let server = streamcar::start(&config).await.expect("start streamcar");
@@ -483,10 +493,43 @@ impl TestApp {
         panic!("history did not end");
     }
 
+    /// GET a path outside the tenant (`/readyz`, `/metrics`).
+    pub async fn get_root(&self, path: &str) -> Reply {
+        self.send(Method::GET, &format!("{}{path}", self.base), None)
+            .await
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// Stops the app gracefully.
     pub async fn stop(&mut self) {
         if let Some(server) = self.server.take() {
             server.shutdown().await.expect("clean shutdown");
         }
     }
+}
+
+/// A `/proc/<pid>/status` line in bytes (`VmRSS`, `VmHWM`); 0 if unreadable.
+pub fn proc_memory_bytes(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Open file descriptors of process `pid`.
+pub fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
 }

@@ -1,0 +1,117 @@
+-- join_part.lua: record one part of a join; the last part (or the
+-- deadline) finishes it and publishes the aggregate to the topic, once.
+--
+-- KEYS[1]  sc:{T:P}:join:<J>
+-- KEYS[2]  sc:{T:P}:joins      open joins by deadline
+-- KEYS[3]  sc:{T:P}:meta
+-- KEYS[4]  sc:{T:P}:stream
+-- ARGV[1]  join name
+-- ARGV[2]  part name ('' = none: the deadline sweep)
+-- ARGV[3]  'r' result | 'e' error (ignored by the sweep)
+-- ARGV[4]  the result (JSON text) or the error (a JSON string), as sent
+-- ARGV[5]  most bytes of results and errors a join may hold
+-- ARGV[6]  message id for the aggregate, should this call publish it
+-- ARGV[7]  the topic's wake-up channel
+-- Returns  { code, state, stream id of the aggregate ('' = none) }
+--          code 1 recorded, 0 the same part again (no-op), -1 no such join,
+--          -2 no such part, -3 the part was recorded with another value,
+--          -4 the join is finished and this part came too late,
+--          -5 over the byte bound, -6 (sweep) not due or not open
+--
+-- Invariants: each part is recorded once; the aggregate is published
+-- exactly once, by whichever call finishes the join (the last part, or the
+-- sweep at the deadline), in the same step; a join never waits forever.
+local join, deadlines, meta, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local name, part, kind, value = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local incarnation = redis.call('HGET', meta, 'incarnation')
+local j = redis.call('HMGET', join, 'incarnation', 'parts', 'state', 'deadline', 'on_timeout',
+  'bytes', 'recorded', 'total')
+if not j[1] or j[1] ~= incarnation then
+  return { -1, '', '' }
+end
+local parts, state = {}, j[3]
+for p in string.gmatch(j[2], '[^\n]+') do
+  parts[#parts + 1] = p
+end
+local now = now_ms()
+
+-- The aggregate: {"join","status","results","errors","missing"}. Results
+-- and errors are spliced in as the JSON text their senders gave (already
+-- validated), never re-encoded, so no number loses precision.
+local function aggregate(status)
+  local results, errors, missing = {}, {}, {}
+  for _, p in ipairs(parts) do
+    local r = redis.call('HGET', join, 'r:' .. p)
+    local e = redis.call('HGET', join, 'e:' .. p)
+    if r then
+      results[#results + 1] = cjson.encode(p) .. ':' .. r
+    elseif e then
+      errors[#errors + 1] = cjson.encode(p) .. ':' .. e
+    else
+      missing[#missing + 1] = cjson.encode(p)
+    end
+  end
+  return '{"join":' .. cjson.encode(name) .. ',"status":"' .. status .. '","results":{' ..
+    table.concat(results, ',') .. '},"errors":{' .. table.concat(errors, ',') ..
+    '},"missing":[' .. table.concat(missing, ',') .. ']}'
+end
+
+-- Finishes the join as `status`: publishes the aggregate (unless a timeout
+-- dead-letters it) and leaves the deadline index.
+local function finish(status, publish)
+  local sid = ''
+  if publish then
+    local seq = redis.call('HINCRBY', meta, 'seq', 1)
+    sid = redis.call('XADD', stream, '*', 'id', ARGV[6], 'seq', int(seq), 'published_at', int(now),
+      'payload', aggregate(status), 'causation_id', name)
+    redis.call('PUBLISH', ARGV[7], 1)
+  end
+  redis.call('HSET', join, 'state', status, 'finished_at', int(now), 'stream_id', sid)
+  redis.call('ZREM', deadlines, name)
+  return sid
+end
+
+if part == '' then
+  -- The deadline sweep.
+  if state ~= 'open' or tonumber(j[4]) > now then
+    return { -6, state, '' }
+  end
+  if j[5] == 'dead_letter' then
+    return { 1, 'dead_lettered', finish('dead_lettered', false) }
+  end
+  return { 1, 'timeout', finish('timeout', true) }
+end
+
+local known = false
+for _, p in ipairs(parts) do
+  known = known or p == part
+end
+if not known then
+  return { -2, state, '' }
+end
+local field = kind .. ':' .. part
+local other = (kind == 'r' and 'e:' or 'r:') .. part
+local previous = redis.call('HGET', join, field)
+if previous then
+  return { previous == value and 0 or -3, state, redis.call('HGET', join, 'stream_id') or '' }
+end
+if redis.call('HEXISTS', join, other) == 1 then
+  return { -3, state, '' }
+end
+if state ~= 'open' then
+  return { -4, state, '' }
+end
+if tonumber(j[6]) + #value > tonumber(ARGV[5]) then
+  return { -5, state, '' }
+end
+redis.call('HSET', join, field, value)
+redis.call('HINCRBY', join, 'bytes', #value)
+local recorded = redis.call('HINCRBY', join, 'recorded', 1)
+if kind == 'e' then
+  redis.call('HSET', join, 'failed', 1)
+end
+if recorded == tonumber(j[8]) then
+  local status = redis.call('HEXISTS', join, 'failed') == 1 and 'failed' or 'complete'
+  return { 1, status, finish(status, true) }
+end
+return { 1, state, '' }

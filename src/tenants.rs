@@ -1,0 +1,143 @@
+//! The tenant list `sc:tenants`: which tenants have topics, so the
+//! background passes (retention, group gauges) can find every topic without
+//! scanning the keyspace. A tenant joins when it gets its first topic
+//! (`register_topic` in the broker); this module takes it off again once its
+//! last topic is gone, so the list does not grow with every tenant that ever
+//! existed.
+//!
+//! Pools, checkpoints, quotas and idempotency records never put a tenant on
+//! the list (no background pass visits them), so they do not keep it there
+//! either: the list means "tenants with topics".
+//!
+//! ## Race-free against a topic created meanwhile
+//!
+//! `sc:tenants` and a tenant's topic set `sc:{T}:topics` live in different
+//! hash slots, so no script can change both. Registering a topic adds it to
+//! `sc:{T}:topics` and *then* adds `T` to `sc:tenants`, each acknowledged
+//! before the next is sent. A prune does the mirror image: it removes `T`
+//! from `sc:tenants` and *then* reads `sc:{T}:topics`; if a topic is there,
+//! it puts `T` back. Take any topic present at the end and the last
+//! registration of it: its `SADD sc:tenants` came after its `SADD
+//! sc:{T}:topics`. If some prune's `SREM` came after that `SADD sc:tenants`,
+//! that prune's read came later still and saw the topic, so it put `T` back.
+//! Either way `T` ends on the list. (Between a prune's `SREM` and its
+//! re-add, a just-created tenant is briefly missing: a background pass may
+//! skip its new topic once, and the next pass finds it.)
+//!
+//! The pass runs every `--retention-interval` behind a short lock, so about
+//! one sidecar does it per interval; overlapping passes are harmless.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::error::Result;
+use crate::keys::{self, TenantKeys};
+use crate::names::Tenant;
+use crate::store::Store;
+
+/// Most tenants whose topic sets are read at once.
+const BATCH: usize = 500;
+
+/// Takes every tenant without topics off `sc:tenants`, if this sidecar wins
+/// the pass lock. Returns how many tenants left the list.
+pub async fn prune(store: &Store, interval: Duration) -> Result<usize> {
+    let mut conn = store.conn().await?;
+    let lock_ms = u64::try_from(interval.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let won: Option<String> = redis::cmd("SET")
+        .arg(keys::TENANTS_PRUNE_LOCK)
+        .arg(1)
+        .arg("NX")
+        .arg("PX")
+        .arg(lock_ms)
+        .query_async(&mut conn)
+        .await?;
+    if won.is_none() {
+        return Ok(0);
+    }
+    let names: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys::TENANTS)
+        .query_async(&mut conn)
+        .await?;
+    // A name that does not validate was not written by streamcar; leave it.
+    let tenants: Vec<Tenant> = names.iter().filter_map(|t| Tenant::parse(t).ok()).collect();
+    let mut removed = 0;
+    for chunk in tenants.chunks(BATCH) {
+        // Concurrent single reads rather than one pipeline: the topic sets
+        // of different tenants live in different cluster slots, and a
+        // cluster pipeline must stay in one. On one Redis the shared
+        // connection pipelines them anyway.
+        let mut reads = JoinSet::new();
+        for tenant in chunk {
+            let mut conn = conn.clone();
+            let key = TenantKeys::new(tenant).topics();
+            let tenant = tenant.clone();
+            reads.spawn(async move {
+                let count: redis::RedisResult<u64> =
+                    redis::cmd("SCARD").arg(key).query_async(&mut conn).await;
+                (tenant, count)
+            });
+        }
+        let mut empty = Vec::new();
+        while let Some(read) = reads.join_next().await {
+            let Ok((tenant, count)) = read else {
+                continue; // a read task cannot panic; nothing to prune then
+            };
+            if count? == 0 {
+                empty.push(tenant);
+            }
+        }
+        for tenant in &empty {
+            if remove_if_empty(store, tenant).await? {
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes `tenant` from the list, then puts it back if it has a topic by
+/// now (see the module docs for why this order is race-free). Returns true
+/// when it stayed off.
+async fn remove_if_empty(store: &Store, tenant: &Tenant) -> Result<bool> {
+    let mut conn = store.conn().await?;
+    redis::cmd("SREM")
+        .arg(keys::TENANTS)
+        .arg(tenant.as_str())
+        .query_async::<()>(&mut conn)
+        .await?;
+    let topics: u64 = redis::cmd("SCARD")
+        .arg(TenantKeys::new(tenant).topics())
+        .query_async(&mut conn)
+        .await?;
+    if topics == 0 {
+        tracing::debug!(%tenant, "tenant has no topics left; removed from the tenant list");
+        return Ok(true);
+    }
+    redis::cmd("SADD")
+        .arg(keys::TENANTS)
+        .arg(tenant.as_str())
+        .query_async::<()>(&mut conn)
+        .await?;
+    Ok(false)
+}
+
+/// Runs [`prune`] every `interval` until shutdown. A pass that started
+/// finishes before this returns, so a drained server leaves no half-done
+/// prune behind.
+pub async fn run(store: Store, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        // Spread sidecars that started together.
+        let jitter = interval.mul_f64(fastrand::f64() * 0.2);
+        tokio::select! {
+            () = tokio::time::sleep(interval + jitter) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        if let Err(e) = prune(&store, interval).await {
+            tracing::warn!(error = %e.chain(), "tenant list prune failed; will retry");
+        }
+    }
+}

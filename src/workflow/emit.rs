@@ -1,0 +1,150 @@
+//! Ack with emit: check the lease, publish the next step's messages with
+//! deterministic idempotency keys, then ack.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::broker::Broker;
+use crate::broker::delivery::{AckOutcome, parse_receipts};
+use crate::broker::message::headers_schema;
+use crate::broker::publish::PublishRequest;
+use crate::coord::Coord;
+use crate::error::{Error, Result};
+use crate::names::{Group, Tenant, Topic};
+
+/// Most messages one ack may emit.
+pub const MAX_EMITS: usize = 100;
+
+/// One message of the next step.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Emit {
+    /// The topic to publish to (of the same tenant).
+    #[serde(default)]
+    #[schema(value_type = Option<String>, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    pub topic: Option<Topic>,
+    /// A realtime channel (not available in this version: refused).
+    #[serde(default)]
+    #[schema(value_type = Option<String>, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    pub channel: Option<String>,
+    /// Any JSON value.
+    #[schema(value_type = serde_json::Value)]
+    pub payload: Box<RawValue>,
+    /// Ordering key of the emitted message.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 256)]
+    pub key: Option<String>,
+    /// Headers of the emitted message.
+    #[serde(default)]
+    #[schema(schema_with = headers_schema)]
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Deliver no sooner than this (ms).
+    #[serde(default, deserialize_with = "crate::validate::whole::opt_u64")]
+    #[schema(minimum = 0, maximum = 31536000000_u64)]
+    pub delay_ms: Option<u64>,
+    /// Never deliver after this (ms).
+    #[serde(default, deserialize_with = "crate::validate::whole::opt_u64")]
+    #[schema(minimum = 1, maximum = 31536000000_u64)]
+    pub ttl_ms: Option<u64>,
+}
+
+/// The publish request of emit `index`, caused by message `source_id`.
+fn next_step(
+    group: &Group,
+    (source_id, correlation): (&str, Option<&str>),
+    index: usize,
+    emit: Emit,
+) -> Result<(Topic, PublishRequest)> {
+    let prefix = format!("emit[{index}].");
+    if emit.channel.is_some() {
+        return Err(Error::invalid_field(
+            format!("{prefix}channel"),
+            "realtime channels are not available in this version; emit to a topic",
+        ));
+    }
+    let topic = emit
+        .topic
+        .ok_or_else(|| Error::invalid_field(format!("{prefix}topic"), "is required"))?;
+    let mut request = PublishRequest {
+        payload: emit.payload,
+        id: None,
+        key: emit.key,
+        idempotency_key: None,
+        causation_id: Some(source_id.to_owned()),
+        correlation_id: Some(correlation.unwrap_or(source_id).to_owned()),
+        ttl_ms: emit.ttl_ms,
+        delay_ms: emit.delay_ms,
+        headers: emit.headers,
+        schema_version: None,
+    };
+    request.validate(&prefix)?;
+    // Server-made, so not held to the client's length limit.
+    request.idempotency_key = Some(format!("emit:{group}:{source_id}:{index}"));
+    Ok((topic, request))
+}
+
+impl Broker {
+    /// Acks one delivery and publishes `emits`, each exactly once however
+    /// often the step is redone. A lost lease answers `lease_lost` (409 for
+    /// the caller) and emits nothing; a refused publish (quota, backlog)
+    /// fails the call before the ack, so the worker retries the whole step.
+    pub async fn ack_with_emit(
+        &self,
+        coord: &Coord,
+        (tenant, topic, group): (&Tenant, &Topic, &Group),
+        receipts: &[String],
+        emits: Vec<Emit>,
+    ) -> Result<AckOutcome> {
+        if receipts.len() != 1 {
+            return Err(Error::invalid_field(
+                "receipts",
+                "an ack with emit takes exactly one receipt",
+            ));
+        }
+        if emits.len() > MAX_EMITS {
+            return Err(Error::invalid_field(
+                "emit",
+                format!("at most {MAX_EMITS} messages"),
+            ));
+        }
+        let receipt = &parse_receipts(receipts)?[0];
+        let Some((source_id, correlation)) =
+            self.current_delivery(tenant, topic, group, receipt).await?
+        else {
+            return Err(lease_lost(&receipts[0], "nothing was emitted"));
+        };
+        let steps = emits
+            .into_iter()
+            .enumerate()
+            .map(|(i, emit)| next_step(group, (&source_id, correlation.as_deref()), i, emit))
+            .collect::<Result<Vec<_>>>()?;
+        let mut emitted = Vec::with_capacity(steps.len());
+        for (target, request) in steps {
+            let (published, _) = self
+                .publish_one_within_quota(coord, tenant, &target, &request)
+                .await?;
+            tracing::debug!(id = %published.id, causation_id = %source_id, topic = %target, "emitted");
+            emitted.push(published);
+        }
+        let mut ack = self.ack(tenant, topic, group, receipts).await?;
+        if !ack.lease_lost.is_empty() {
+            // The emits stand; whoever holds the lease now redoes the step
+            // and its emits answer as duplicates.
+            return Err(lease_lost(
+                &receipts[0],
+                "its emits are kept and a redo of the step emits nothing new",
+            ));
+        }
+        ack.emitted = Some(emitted);
+        Ok(ack)
+    }
+}
+
+fn lease_lost(receipt: &str, emits: &str) -> Error {
+    Error::Conflict {
+        code: "lease_lost",
+        detail: format!("the lease of receipt '{receipt}' was lost: do not commit; {emits}"),
+    }
+}

@@ -1,0 +1,225 @@
+//! Fan-in joins through HTTP: the last part publishes the aggregate exactly
+//! once; parts are idempotent; a join never waits forever.
+
+mod support;
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::TestApp;
+
+async fn declare(app: &TestApp, join: &str, body: Value) -> u16 {
+    let reply = app.put(&format!("/topics/agg/joins/{join}"), &body).await;
+    assert!(reply.status.is_success(), "{}", reply.body);
+    reply.status.as_u16()
+}
+
+async fn part(app: &TestApp, join: &str, part: &str, body: Value) -> support::Reply {
+    app.post(&format!("/topics/agg/joins/{join}/parts/{part}"), &body)
+        .await
+}
+
+#[tokio::test]
+async fn the_last_part_publishes_the_aggregate_once() {
+    let app = TestApp::start().await;
+    let body = json!({"parts": ["gpt", "claude"], "ttl_ms": 60000});
+    assert_eq!(declare(&app, "j1", body.clone()).await, 201);
+    assert_eq!(
+        declare(&app, "j1", body).await,
+        200,
+        "the same declaration is a no-op"
+    );
+    app.put(
+        "/topics/agg/joins/j1",
+        &json!({"parts": ["gpt"], "ttl_ms": 60000}),
+    )
+    .await
+    .assert_problem(409, "join_config_conflict");
+
+    let first = part(
+        &app,
+        "j1",
+        "gpt",
+        json!({"result": {"text": "a", "n": 12345678901234567_u64}}),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert_eq!(
+        (first.body["recorded"].clone(), first.body["state"].clone()),
+        (json!(true), json!("open"))
+    );
+    assert!(
+        app.get("/topics/agg").await.body["length"] == 0,
+        "nothing published yet"
+    );
+
+    let again = part(
+        &app,
+        "j1",
+        "gpt",
+        json!({"result": {"text": "a", "n": 12345678901234567_u64}}),
+    )
+    .await;
+    assert_eq!(again.body["recorded"], false, "a repeat is a no-op");
+    part(&app, "j1", "gpt", json!({"result": "other"}))
+        .await
+        .assert_problem(409, "part_conflict");
+    part(&app, "j1", "nope", json!({"result": 1}))
+        .await
+        .assert_problem(404, "part_not_found");
+
+    let last = part(&app, "j1", "claude", json!({"result": "b"})).await;
+    assert_eq!(last.body["state"], "complete", "{}", last.body);
+    let history = app.history("agg").await;
+    assert_eq!(history.len(), 1);
+    let aggregate = &history[0];
+    assert_eq!(aggregate["causation_id"], "j1");
+    assert_eq!(
+        aggregate["payload"],
+        json!({"join": "j1", "status": "complete",
+               "results": {"gpt": {"text": "a", "n": 12345678901234567_u64}, "claude": "b"},
+               "errors": {}, "missing": []})
+    );
+    // Numbers keep every digit: results are spliced in as sent.
+    assert_eq!(
+        aggregate["payload"]["results"]["gpt"]["n"].as_u64(),
+        Some(12345678901234567)
+    );
+
+    let repeat_last = part(&app, "j1", "claude", json!({"result": "b"})).await;
+    assert_eq!(repeat_last.body["recorded"], false);
+    assert_eq!(app.history("agg").await.len(), 1, "published exactly once");
+    let info = app.get("/topics/agg/joins/j1").await.body;
+    assert_eq!(info["state"], "complete");
+    assert_eq!(info["missing"], json!([]));
+}
+
+#[tokio::test]
+async fn a_part_error_fails_the_join_and_a_timeout_lists_what_is_missing() {
+    let app = TestApp::start_with(|c| c.retention_interval = Duration::from_millis(100)).await;
+    declare(&app, "f", json!({"parts": ["a", "b"], "ttl_ms": 60000})).await;
+    part(&app, "f", "a", json!({"error": "model timeout"})).await;
+    let done = part(&app, "f", "b", json!({"result": 2})).await;
+    assert_eq!(done.body["state"], "failed");
+
+    declare(&app, "t", json!({"parts": ["a", "b", "c"], "ttl_ms": 300})).await;
+    part(&app, "t", "b", json!({"result": "only b"})).await;
+    let mut info = Value::Null;
+    for _ in 0..50 {
+        info = app.get("/topics/agg/joins/t").await.body;
+        if info["state"] != "open" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(info["state"], "timeout", "{info}");
+    assert_eq!(info["missing"], json!(["a", "c"]));
+    part(&app, "t", "a", json!({"result": "late"}))
+        .await
+        .assert_problem(409, "join_finished");
+
+    let history = app.history("agg").await;
+    let statuses: Vec<Value> = history
+        .iter()
+        .map(|m| m["payload"]["status"].clone())
+        .collect();
+    assert_eq!(statuses, [json!("failed"), json!("timeout")]);
+    assert_eq!(
+        history[0]["payload"]["errors"],
+        json!({"a": "model timeout"})
+    );
+    assert_eq!(history[1]["payload"]["missing"], json!(["a", "c"]));
+
+    declare(
+        &app,
+        "d",
+        json!({"parts": ["x"], "ttl_ms": 200, "on_timeout": "dead_letter"}),
+    )
+    .await;
+    for _ in 0..50 {
+        info = app.get("/topics/agg/joins/d").await.body;
+        if info["state"] != "open" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(info["state"], "dead_lettered");
+    assert_eq!(
+        app.history("agg").await.len(),
+        2,
+        "a dead-lettered join publishes nothing"
+    );
+}
+
+/// Twenty parts posted at once through two sidecars: one aggregate.
+#[tokio::test]
+async fn concurrent_parts_across_sidecars_complete_the_join_once() {
+    let app = TestApp::start().await;
+    let second = streamcar::start(&streamcar::config::Config::for_redis(app.redis.url()))
+        .await
+        .expect("second sidecar");
+    let bases = [app.base.clone(), format!("http://{}", second.addr())];
+    let parts: Vec<String> = (0..20).map(|i| format!("p{i}")).collect();
+    declare(&app, "many", json!({"parts": parts, "ttl_ms": 60000})).await;
+    let mut tasks = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        let url = format!(
+            "{}/v1/tenants/{}/topics/agg/joins/many/parts/{p}",
+            bases[i % 2],
+            app.tenant
+        );
+        let client = app.client.clone();
+        tasks.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&json!({"result": i}))
+                .send()
+                .await
+                .expect("part")
+                .status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), StatusCode::OK);
+    }
+    let history = app.history("agg").await;
+    assert_eq!(history.len(), 1, "exactly one aggregate");
+    assert_eq!(
+        history[0]["payload"]["results"]
+            .as_object()
+            .map(|r| r.len()),
+        Some(20)
+    );
+    second.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn bad_joins_are_refused() {
+    let app = TestApp::start().await;
+    app.get("/topics/agg/joins/none")
+        .await
+        .assert_problem(404, "join_not_found");
+    part(&app, "none", "a", json!({"result": 1}))
+        .await
+        .assert_problem(404, "join_not_found");
+    for (body, field) in [
+        (json!({"parts": [], "ttl_ms": 1000}), "parts"),
+        (json!({"parts": ["a", "a"], "ttl_ms": 1000}), "parts"),
+        (json!({"parts": ["a"], "ttl_ms": 0}), "ttl_ms"),
+    ] {
+        let reply = app.put("/topics/agg/joins/j", &body).await;
+        assert_eq!(
+            reply.assert_problem(400, "invalid_field")["field"],
+            field,
+            "{body}"
+        );
+    }
+    declare(&app, "j", json!({"parts": ["a"], "ttl_ms": 60000})).await;
+    part(&app, "j", "a", json!({"result": 1, "error": "x"}))
+        .await
+        .assert_problem(400, "invalid_body");
+    part(&app, "j", "a", json!({}))
+        .await
+        .assert_problem(400, "invalid_body");
+}
