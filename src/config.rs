@@ -76,6 +76,11 @@ pub struct ServerArgs {
     #[arg(long, env = "STREAMCAR_STRICT")]
     pub strict: bool,
 
+    /// Push subscriptions (YAML or JSON): the sidecar POSTs each message of
+    /// these groups to the app's URL.
+    #[arg(long, env = "STREAMCAR_SUBSCRIPTIONS")]
+    pub subscriptions: Option<PathBuf>,
+
     /// `leader` (a write is done when the Redis primary has it) or
     /// `replicas:N` (every write also waits until N replicas have it).
     #[arg(long, env = "STREAMCAR_DURABILITY", default_value = "leader", value_parser = parse_durability)]
@@ -139,6 +144,8 @@ pub struct Config {
     pub durability: Option<crate::store::Replicas>,
     /// `redis_url` is a comma-separated list of Redis Cluster seed nodes.
     pub redis_cluster: bool,
+    /// Push subscriptions (`--subscriptions`), checked.
+    pub subscriptions: Vec<crate::push::Subscription>,
 }
 
 impl Config {
@@ -179,6 +186,10 @@ impl Config {
                 }),
             },
             redis_cluster: false,
+            subscriptions: match &args.subscriptions {
+                Some(path) => crate::push::load(path)?,
+                None => Vec::new(),
+            },
         })
     }
 
@@ -199,6 +210,7 @@ impl Config {
             strict: false,
             durability: None,
             redis_cluster: false,
+            subscriptions: Vec::new(),
         }
     }
 }

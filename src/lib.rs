@@ -26,6 +26,7 @@
 //!   [`http::problem`] renders errors as RFC 9457 problem+json.
 //! * [`error`]: the domain error, with a stable code per case (no HTTP types).
 //! * [`dev`]: the private `redis-server` behind `streamcar dev`.
+//! * [`push`]: push delivery to the app (`--subscriptions`).
 //!
 //! [`start`] wires config → Redis pool → app → listeners and returns a
 //! running [`Server`]; [`run`] serves until a shutdown signal.
@@ -38,6 +39,7 @@ pub mod error;
 pub mod http;
 pub mod keys;
 pub mod names;
+pub mod push;
 pub mod scripts;
 pub mod store;
 pub mod telemetry;
@@ -108,6 +110,7 @@ pub struct Server {
     /// The tenant-list prune, awaited on shutdown so none is left half done.
     housekeeping: Option<JoinHandle<()>>,
     drain_timeout: Duration,
+    pusher: push::Pusher,
     _socket_file: Option<SocketFile>,
 }
 
@@ -171,12 +174,14 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
             signal.clone(),
         )));
     }
+    let pusher = push::Pusher::start(&broker, &config.subscriptions, &signal);
     let app = http::router(AppState::new(Services {
         coord: Coord::new(store.clone()),
         store,
         broker,
         max_body: config.max_body,
         api_token: config.api_token.clone().map(Arc::from),
+        subscriptions: pusher.registry(),
     }));
 
     let tcp = TcpListener::bind(config.listen)
@@ -225,6 +230,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         listeners,
         housekeeping,
         drain_timeout: config.drain_timeout,
+        pusher,
         _socket_file: socket_file,
     })
 }
@@ -235,35 +241,49 @@ impl Server {
         self.addr
     }
 
-    /// Graceful drain: stop accepting, let in-flight requests finish, and
-    /// cut whatever is still running after the drain timeout.
-    pub async fn shutdown(mut self) -> Result<(), StartError> {
-        let _ = self.shutdown.send(true);
-        let housekeeping = self.housekeeping.take();
-        let drained = tokio::time::timeout(self.drain_timeout, async {
-            if let Some(task) = housekeeping {
-                let _ = task.await;
-            }
-            while let Some(joined) = self.listeners.join_next().await {
-                match joined {
-                    Ok(Err(e)) => return Err(StartError::Serve(e)),
-                    Err(e) if e.is_panic() => {
-                        return Err(StartError::Serve(io::Error::other("listener panicked")));
+    /// Graceful drain: stop accepting and fetching, let in-flight requests
+    /// (served and pushed) finish, and cut whatever is still running after
+    /// the drain timeout (pushes left then are nacked with no delay).
+    pub async fn shutdown(self) -> Result<(), StartError> {
+        let Server {
+            shutdown,
+            mut listeners,
+            housekeeping,
+            drain_timeout,
+            pusher,
+            _socket_file,
+            ..
+        } = self;
+        let _ = shutdown.send(true);
+        let deadline = tokio::time::Instant::now() + drain_timeout;
+        let served = async {
+            let drained = tokio::time::timeout_at(deadline, async {
+                if let Some(task) = housekeeping {
+                    let _ = task.await;
+                }
+                while let Some(joined) = listeners.join_next().await {
+                    match joined {
+                        Ok(Err(e)) => return Err(StartError::Serve(e)),
+                        Err(e) if e.is_panic() => {
+                            return Err(StartError::Serve(io::Error::other("listener panicked")));
+                        }
+                        _ => {}
                     }
-                    _ => {}
+                }
+                Ok(())
+            })
+            .await;
+            match drained {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(timeout = ?drain_timeout, "drain timeout passed; cutting remaining requests");
+                    listeners.abort_all();
+                    Ok(())
                 }
             }
-            Ok(())
-        })
-        .await;
-        match drained {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!(timeout = ?self.drain_timeout, "drain timeout passed; cutting remaining requests");
-                self.listeners.abort_all();
-                Ok(())
-            }
-        }
+        };
+        let (result, ()) = tokio::join!(served, pusher.drain(deadline));
+        result
     }
 }
 

@@ -84,6 +84,18 @@ pub const REDIS_IN_FLIGHT: &str = "streamcar_redis_requests_in_flight";
 /// 1 while Redis answers, 0 while it does not (as of the last check).
 pub const REDIS_UP: &str = "streamcar_redis_up";
 
+// Push delivery (`--subscriptions`); labels: `subscription`, plus
+// `outcome` (acked, taken_over, rejected, nacked, timeout, broken,
+// unreachable) or `state` (running, backing_off, app_unreachable, draining).
+/// Push requests to the app, by subscription and outcome.
+pub const PUSH_REQUESTS: &str = "streamcar_push_requests_total";
+/// Push request duration until the app answered (or the timeout).
+pub const PUSH_DURATION: &str = "streamcar_push_request_duration_seconds";
+/// Push requests outstanding now.
+pub const PUSH_IN_FLIGHT: &str = "streamcar_push_in_flight";
+/// 1 for the state a subscription is in, 0 for the others.
+pub const PUSH_STATE: &str = "streamcar_push_state";
+
 /// Installs the global tracing subscriber. Call once, from `main`.
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -340,6 +352,24 @@ fn describe() {
     describe_gauge!(REDIS_CONNECTIONS, "Shared multiplexed Redis connections.");
     describe_gauge!(REDIS_IN_FLIGHT, "Lua script calls waiting for Redis now.");
     describe_gauge!(REDIS_UP, "1 while Redis answers, 0 while it does not.");
+    describe_push();
+}
+
+fn describe_push() {
+    describe_counter!(
+        PUSH_REQUESTS,
+        "Push requests to the app, by subscription and outcome."
+    );
+    describe_histogram!(
+        PUSH_DURATION,
+        Unit::Seconds,
+        "Push request duration until the app answered."
+    );
+    describe_gauge!(PUSH_IN_FLIGHT, "Push requests outstanding now.");
+    describe_gauge!(
+        PUSH_STATE,
+        "1 for the state a push subscription is in, 0 for the others."
+    );
 }
 
 /// Labels of a topic's metrics.

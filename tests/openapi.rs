@@ -90,6 +90,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("PUT", "/v1/tenants/{tenant}/limits"),
     ("GET", "/v1/tenants/{tenant}/limits"),
     ("DELETE", "/v1/tenants/{tenant}/limits"),
+    ("GET", "/v1/subscriptions"),
 ];
 
 fn operations(doc: &Value) -> BTreeSet<(String, String)> {

@@ -171,6 +171,13 @@ pub struct GroupInfo {
 }
 
 impl GroupConfigRequest {
+    /// Checks every field without touching Redis (what `declare_group`
+    /// refuses before its script runs), for configs read at start.
+    pub fn check(&self) -> Result<()> {
+        self.validate()?;
+        self.start_position().map(|_| ())
+    }
+
     fn validate(&self) -> Result<()> {
         check_range("lease_ms", self.lease_ms, MIN_LEASE_MS, MAX_LEASE_MS)?;
         check_range("max_deliveries", self.max_deliveries, 1, MAX_MAX_DELIVERIES)?;

@@ -11,6 +11,7 @@ mod observe;
 pub mod openapi;
 mod ops;
 pub mod problem;
+mod subscriptions;
 mod topics;
 
 use std::sync::Arc;
@@ -59,6 +60,8 @@ pub struct Services {
     pub max_body: usize,
     /// Bearer token required on `/v1` (None = open).
     pub api_token: Option<Arc<str>>,
+    /// Push subscriptions' status (`GET /v1/subscriptions`).
+    pub subscriptions: crate::push::Registry,
 }
 
 /// 201 when a call created something, 200 when it found it already there.
@@ -81,6 +84,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(groups::routes())
         .merge(joins::routes())
         .merge(coord::routes())
+        .merge(subscriptions::routes())
         .split_for_parts()
 }
 

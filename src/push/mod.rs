@@ -1,0 +1,105 @@
+//! Push delivery: the sidecar fetches a group's messages itself and POSTs
+//! each to the app (`serve --subscriptions FILE`); the app's answer acks,
+//! nacks, rejects or takes over the delivery.
+//!
+//! * [`spec`]: the subscriptions file, checked at start.
+//! * [`client`]: the keep-alive HTTP/1.1 client (TCP or Unix socket).
+//! * [`request`]: the request built from deliveries; the verdict read from the answer.
+//! * [`runner`]: fetch loop, request tasks with lease keep-alive, prober.
+//! * [`status`]: counters and state for `GET /v1/subscriptions` and the metrics.
+//!
+//! Everything goes through the broker's domain API in-process (fetch, ack,
+//! nack, reject, extend), never through the sidecar's own HTTP API.
+
+pub mod client;
+pub mod request;
+pub mod runner;
+pub mod spec;
+pub mod status;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::{AbortHandle, JoinSet};
+
+pub use spec::{Subscription, load};
+pub use status::Registry;
+
+use crate::broker::Broker;
+use runner::Runner;
+
+/// The push loops of every subscription.
+pub struct Pusher {
+    runners: Vec<Arc<Runner>>,
+    loops: JoinSet<()>,
+    watchers: Vec<AbortHandle>,
+}
+
+impl Pusher {
+    /// Starts one fetch loop and one prober per subscription; the fetch
+    /// loops stop when `shutdown` turns true.
+    pub fn start(
+        broker: &Broker,
+        subscriptions: &[Subscription],
+        shutdown: &watch::Receiver<bool>,
+    ) -> Self {
+        let mut loops = JoinSet::new();
+        let mut watchers = Vec::new();
+        let runners: Vec<Arc<Runner>> = subscriptions
+            .iter()
+            .map(|spec| {
+                let runner = Runner::new(spec.clone(), broker.clone());
+                tracing::info!(subscription = %spec.name, url = %spec.url, "pushing");
+                loops.spawn(runner.clone().fetch_loop(shutdown.clone()));
+                watchers.push(tokio::spawn(runner.clone().watch()).abort_handle());
+                runner
+            })
+            .collect();
+        Self {
+            runners,
+            loops,
+            watchers,
+        }
+    }
+
+    /// The statuses, for `GET /v1/subscriptions`.
+    pub fn registry(&self) -> Registry {
+        Registry::new(self.runners.iter().map(|r| r.status.clone()).collect())
+    }
+
+    /// After shutdown was signalled: lets the requests in flight finish
+    /// until `deadline`, then stops the rest and nacks their deliveries with
+    /// no delay, so another consumer gets them at once.
+    pub async fn drain(mut self, deadline: tokio::time::Instant) {
+        for r in &self.runners {
+            r.status.set_flag(&r.status.draining, true);
+        }
+        let _ = tokio::time::timeout_at(deadline, async {
+            while self.loops.join_next().await.is_some() {}
+        })
+        .await;
+        self.loops.abort_all();
+        for r in &self.runners {
+            // Every request holds a permit until it is settled: all permits
+            // back means nothing is in flight.
+            let all = r.spec.max_in_flight;
+            let settled = tokio::time::timeout_at(deadline, r.permits.acquire_many(all)).await;
+            if !matches!(settled, Ok(Ok(_))) {
+                let left = r.abort_outstanding();
+                tracing::warn!(subscription = %r.spec.name, messages = left.len(),
+                    "drain timeout passed; giving deliveries in flight back");
+                r.give_back(left, "sidecar shutting down").await;
+            }
+        }
+    }
+}
+
+impl Drop for Pusher {
+    /// The probers run until stopped: after a drain, or when the service
+    /// failed to start after the pusher did.
+    fn drop(&mut self) {
+        for w in &self.watchers {
+            w.abort();
+        }
+    }
+}

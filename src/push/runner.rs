@@ -1,0 +1,451 @@
+//! One subscription at work: a fetch loop that hands deliveries to request
+//! tasks, at most `max_in_flight` at once; each request task keeps its
+//! leases alive while the app works, then acks, nacks or rejects by the
+//! answer; a prober that finds out when an unreachable app is back.
+//!
+//! An app that refuses connections has not seen the message, so that costs
+//! no attempt: the request task keeps the lease alive (extend) and sends the
+//! same delivery again once the prober connects. Nacking it instead would
+//! count an attempt per outage (nacks count attempts), and a few restarts of
+//! the app would dead-letter messages it never saw.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::AbortHandle;
+
+use super::client::{Client, Failure};
+use super::request::{self, Verdict};
+use super::spec::Subscription;
+use super::status::Status;
+use crate::broker::Broker;
+use crate::broker::delivery::{Delivery, FetchRequest, MAX_FETCH};
+use crate::error::Error;
+use crate::names::Consumer;
+use crate::telemetry;
+
+/// Long-poll of one fetch round (ends at once on shutdown).
+const FETCH_WAIT_MS: u64 = 5_000;
+/// How often the group's lease length is read again.
+const GROUP_REFRESH: Duration = Duration::from_secs(10);
+/// First and longest pause of the backoff after an error, and of the probes.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Tries of an ack/nack/reject while Redis does not answer (the lease then
+/// lapses and the message is delivered again: at least once).
+const SETTLE_TRIES: u32 = 5;
+
+/// Doubling pause, from [`BACKOFF_MIN`] up to [`BACKOFF_MAX`].
+struct Pause(Duration);
+
+impl Pause {
+    fn new() -> Self {
+        Self(BACKOFF_MIN)
+    }
+
+    fn next(&mut self) -> Duration {
+        let now = self.0;
+        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+        now
+    }
+}
+
+/// One subscription's shared parts.
+pub struct Runner {
+    pub(super) spec: Subscription,
+    broker: Broker,
+    client: Client,
+    pub(super) status: Arc<Status>,
+    consumer: Consumer,
+    source: String,
+    pub(super) permits: Arc<Semaphore>,
+    /// False while the app refuses connections.
+    reachable: watch::Sender<bool>,
+    lease_ms: AtomicU64,
+    /// Requests not yet settled: their task and receipts, for the drain.
+    outstanding: Mutex<HashMap<u64, (AbortHandle, Vec<String>)>>,
+    next_request: AtomicU64,
+}
+
+impl Runner {
+    /// A runner for `spec`, fetching as a consumer of its own.
+    pub fn new(spec: Subscription, broker: Broker) -> Arc<Self> {
+        // One consumer name per sidecar process, so several sidecars pushing
+        // the same group show up (and are pruned) separately.
+        let prefix: String = spec.name.chars().take(110).collect();
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let consumer = Consumer::parse(&format!("{prefix}-push-{}", &suffix[..8]))
+            .unwrap_or_else(|_| Consumer::parse("push").expect("a valid name"));
+        Arc::new(Self {
+            client: Client::new(&spec.target, spec.max_in_flight as usize),
+            status: Arc::new(Status::new(&spec)),
+            source: format!("/v1/tenants/{}/topics/{}", spec.tenant, spec.topic),
+            permits: Arc::new(Semaphore::new(spec.max_in_flight as usize)),
+            reachable: watch::Sender::new(true),
+            lease_ms: AtomicU64::new(crate::broker::groups::DEFAULT_LEASE_MS),
+            outstanding: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(0),
+            consumer,
+            spec,
+            broker,
+        })
+    }
+
+    /// Reads the group's lease length, declaring the group when it is missing.
+    async fn refresh_group(&self) -> Result<(), Error> {
+        let s = &self.spec;
+        let info = match self.broker.group_info(&s.tenant, &s.topic, &s.group).await {
+            Err(Error::NotFound { .. }) => {
+                self.broker
+                    .declare_group(&s.tenant, &s.topic, &s.group, &s.group_config)
+                    .await?;
+                tracing::info!(subscription = %s.name, group = %s.group, "declared the group");
+                self.broker
+                    .group_info(&s.tenant, &s.topic, &s.group)
+                    .await?
+            }
+            other => other?,
+        };
+        self.lease_ms.store(info.lease_ms, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Fetches and hands out deliveries until `shutdown`.
+    pub async fn fetch_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut pause = Pause::new();
+        let mut reachable = self.reachable.subscribe();
+        let mut group_read: Option<tokio::time::Instant> = None;
+        let batch = self.spec.batch as usize;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            if group_read.is_none_or(|t| t.elapsed() >= GROUP_REFRESH) {
+                match self.refresh_group().await {
+                    Ok(()) => group_read = Some(tokio::time::Instant::now()),
+                    Err(e) => {
+                        if !self.back_off(&mut pause, &mut shutdown, e).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+            // Nothing is fetched for an app that refuses connections.
+            let up = tokio::select! {
+                r = reachable.wait_for(|r| *r) => r.is_ok(),
+                _ = shutdown.wait_for(|s| *s) => false,
+            };
+            if !up {
+                return;
+            }
+            let mut permits: Vec<OwnedSemaphorePermit> = tokio::select! {
+                p = self.permits.clone().acquire_owned() => match p {
+                    Ok(p) => vec![p],
+                    Err(_) => return,
+                },
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            while let Ok(p) = self.permits.clone().try_acquire_owned() {
+                permits.push(p);
+            }
+            let max = u32::try_from(permits.len() * batch)
+                .unwrap_or(MAX_FETCH)
+                .min(MAX_FETCH);
+            let request = FetchRequest {
+                consumer: self.consumer.clone(),
+                max: Some(max),
+                wait_ms: Some(FETCH_WAIT_MS),
+                max_bytes: None,
+                ack: None,
+            };
+            let s = &self.spec;
+            match self
+                .broker
+                .fetch(&s.tenant, &s.topic, &s.group, &request)
+                .await
+            {
+                Ok(deliveries) => {
+                    pause = Pause::new();
+                    self.status.set_flag(&self.status.backing_off, false);
+                    let mut deliveries = deliveries.into_iter().peekable();
+                    while deliveries.peek().is_some() {
+                        let chunk: Vec<Delivery> = deliveries.by_ref().take(batch).collect();
+                        match permits.pop() {
+                            Some(permit) => self.clone().spawn_push(chunk, permit),
+                            // Cannot happen (max ≤ permits × batch); give it back rather than hold it.
+                            None => {
+                                self.give_back(chunk_receipts(&chunk), "no request slot")
+                                    .await
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    if matches!(e, Error::NotFound { .. }) {
+                        group_read = None;
+                    }
+                    drop(permits);
+                    if !self.back_off(&mut pause, &mut shutdown, e).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits out an error of Redis or the group; false on shutdown.
+    async fn back_off(
+        &self,
+        pause: &mut Pause,
+        shutdown: &mut watch::Receiver<bool>,
+        error: Error,
+    ) -> bool {
+        self.status.error(format!("fetch: {error}"));
+        self.status.set_flag(&self.status.backing_off, true);
+        tokio::select! {
+            () = tokio::time::sleep(pause.next()) => true,
+            _ = shutdown.wait_for(|s| *s) => false,
+        }
+    }
+
+    /// Starts the request task of `deliveries`, holding `permit` until settled.
+    fn spawn_push(self: Arc<Self>, deliveries: Vec<Delivery>, permit: OwnedSemaphorePermit) {
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let receipts = chunk_receipts(&deliveries);
+        // Registered before the task can finish, so its own removal never
+        // comes first; the lock is held across the spawn for that.
+        let mut outstanding = self.outstanding.lock().unwrap_or_else(|p| p.into_inner());
+        let runner = self.clone();
+        let task = tokio::spawn(async move {
+            runner.status.request(true);
+            Status::add(&runner.status.delivered, deliveries.len());
+            let lost = Mutex::new(HashSet::new());
+            tokio::select! {
+                () = runner.deliver(&deliveries, &lost) => {}
+                () = runner.keep_alive(&deliveries, &lost) => {}
+            }
+            runner.status.request(false);
+            runner
+                .outstanding
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            drop(permit);
+        });
+        outstanding.insert(id, (task.abort_handle(), receipts));
+    }
+
+    /// Renews the leases of `deliveries` every half lease, for as long as the
+    /// request runs; a receipt found lost is not sent (again).
+    async fn keep_alive(&self, deliveries: &[Delivery], lost: &Mutex<HashSet<String>>) {
+        let s = &self.spec;
+        loop {
+            let half = self.lease_ms.load(Ordering::Relaxed) / 2;
+            tokio::time::sleep(Duration::from_millis(half.max(50))).await;
+            let receipts: Vec<String> = {
+                let lost = lost.lock().unwrap_or_else(|p| p.into_inner());
+                chunk_receipts(deliveries)
+                    .into_iter()
+                    .filter(|r| !lost.contains(r))
+                    .collect()
+            };
+            if receipts.is_empty() {
+                return std::future::pending().await;
+            }
+            match self
+                .broker
+                .extend(&s.tenant, &s.topic, &s.group, &receipts, None)
+                .await
+            {
+                Ok(outcome) => {
+                    if !outcome.lease_lost.is_empty() {
+                        self.status.error(format!(
+                            "lease lost for {} message(s) in flight",
+                            outcome.lease_lost.len()
+                        ));
+                        lost.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .extend(outcome.lease_lost);
+                    }
+                }
+                Err(e) => self.status.error(format!("extend: {e}")),
+            }
+        }
+    }
+
+    /// Sends `deliveries` until the app answers (or the leases are lost),
+    /// then settles them by the answer.
+    async fn deliver(&self, deliveries: &[Delivery], lost: &Mutex<HashSet<String>>) {
+        let mut reachable = self.reachable.subscribe();
+        let labels = self.status.labels();
+        loop {
+            if reachable.wait_for(|r| *r).await.is_err() {
+                return;
+            }
+            let live: Vec<&Delivery> = {
+                let lost = lost.lock().unwrap_or_else(|p| p.into_inner());
+                deliveries
+                    .iter()
+                    .filter(|d| !lost.contains(&d.receipt))
+                    .collect()
+            };
+            if live.is_empty() {
+                return;
+            }
+            let request =
+                request::build(self.client.uri(), &self.source, &live, self.spec.batch > 1);
+            let started = tokio::time::Instant::now();
+            let result = self
+                .client
+                .send(request, Duration::from_millis(self.spec.timeout_ms))
+                .await;
+            let outcome = match &result {
+                Err(Failure::Unreachable(_)) => "unreachable",
+                Err(Failure::Timeout) => "timeout",
+                Err(Failure::Broken(_)) => "broken",
+                Ok(answer) => match request::judge(answer) {
+                    Verdict::Ack => "acked",
+                    Verdict::TakenOver => "taken_over",
+                    Verdict::Reject(_) => "rejected",
+                    Verdict::Nack { .. } => "nacked",
+                },
+            };
+            let mut outcome_labels = labels.to_vec();
+            outcome_labels.push(metrics::Label::new("outcome", outcome));
+            metrics::counter!(telemetry::PUSH_REQUESTS, outcome_labels).increment(1);
+            let verdict = match result {
+                Err(Failure::Unreachable(e)) => {
+                    // Not an attempt: wait for the prober, keep the lease, send again.
+                    self.status.error(format!("app unreachable: {e}"));
+                    self.status.set_flag(&self.status.unreachable, true);
+                    self.reachable.send_replace(false);
+                    continue;
+                }
+                Err(Failure::Timeout) => Verdict::Nack {
+                    delay_ms: None,
+                    error: format!("timeout after {} ms", self.spec.timeout_ms),
+                },
+                Err(Failure::Broken(e)) => Verdict::Nack {
+                    delay_ms: None,
+                    error: format!("connection broken: {e}"),
+                },
+                Ok(answer) => request::judge(&answer),
+            };
+            metrics::histogram!(telemetry::PUSH_DURATION, labels.to_vec())
+                .record(started.elapsed().as_secs_f64());
+            let receipts: Vec<String> = live.iter().map(|d| d.receipt.clone()).collect();
+            self.settle(&receipts, verdict).await;
+            return;
+        }
+    }
+
+    /// Acks, nacks or rejects `receipts` as `verdict` says, retrying a few
+    /// times while Redis does not answer.
+    async fn settle(&self, receipts: &[String], verdict: Verdict) {
+        if verdict == Verdict::TakenOver {
+            return;
+        }
+        let s = &self.spec;
+        if let Verdict::Reject(e) | Verdict::Nack { error: e, .. } = &verdict {
+            self.status.error(e.clone());
+        }
+        let mut pause = Pause::new();
+        for _ in 0..SETTLE_TRIES {
+            let done = match &verdict {
+                Verdict::Ack => self
+                    .broker
+                    .ack(&s.tenant, &s.topic, &s.group, receipts)
+                    .await
+                    .map(|o| Status::add(&self.status.acked, o.acked.len())),
+                Verdict::Reject(error) => self
+                    .broker
+                    .reject(&s.tenant, &s.topic, &s.group, receipts, Some(error))
+                    .await
+                    .map(|o| Status::add(&self.status.rejected, o.rejected.len())),
+                Verdict::Nack { delay_ms, error } => self
+                    .broker
+                    .nack(
+                        &s.tenant,
+                        &s.topic,
+                        &s.group,
+                        receipts,
+                        *delay_ms,
+                        Some(error),
+                    )
+                    .await
+                    .map(|o| {
+                        Status::add(&self.status.nacked, o.nacked.len() + o.dead_lettered.len())
+                    }),
+                Verdict::TakenOver => Ok(()),
+            };
+            match done {
+                Ok(()) => return,
+                Err(e) => {
+                    self.status.error(format!("settle: {e}"));
+                    tokio::time::sleep(pause.next()).await;
+                }
+            }
+        }
+    }
+
+    /// Nacks `receipts` with no delay (the drain's end, or no slot to push them).
+    pub(super) async fn give_back(&self, receipts: Vec<String>, why: &str) {
+        if receipts.is_empty() {
+            return;
+        }
+        let s = &self.spec;
+        match self
+            .broker
+            .nack(&s.tenant, &s.topic, &s.group, &receipts, Some(0), Some(why))
+            .await
+        {
+            Ok(o) => Status::add(&self.status.nacked, o.nacked.len() + o.dead_lettered.len()),
+            Err(e) => self.status.error(format!("nack at shutdown: {e}")),
+        }
+    }
+
+    /// Stops the requests still running and returns their receipts.
+    pub(super) fn abort_outstanding(&self) -> Vec<String> {
+        let mut outstanding = self.outstanding.lock().unwrap_or_else(|p| p.into_inner());
+        outstanding
+            .drain()
+            .flat_map(|(_, (task, receipts))| {
+                task.abort();
+                receipts
+            })
+            .collect()
+    }
+
+    /// Probes an unreachable app with backoff until it accepts connections,
+    /// and refreshes the gauges now and then. Runs until aborted.
+    pub async fn watch(self: Arc<Self>) {
+        let mut reachable = self.reachable.subscribe();
+        loop {
+            self.status.export_gauges();
+            let down = tokio::time::timeout(Duration::from_secs(60), reachable.wait_for(|r| !*r));
+            match down.await {
+                Err(_) => continue,
+                Ok(Err(_)) => return,
+                Ok(Ok(_)) => {}
+            }
+            let mut pause = Pause::new();
+            loop {
+                tokio::time::sleep(pause.next()).await;
+                if self.client.probe().await {
+                    break;
+                }
+            }
+            tracing::info!(subscription = %self.spec.name, "the app accepts connections again");
+            self.status.set_flag(&self.status.unreachable, false);
+            self.reachable.send_replace(true);
+        }
+    }
+}
+
+fn chunk_receipts(deliveries: &[Delivery]) -> Vec<String> {
+    deliveries.iter().map(|d| d.receipt.clone()).collect()
+}
