@@ -31,6 +31,7 @@
 //! running [`Server`]; [`run`] serves until a shutdown signal.
 
 pub mod broker;
+pub mod channels;
 pub mod config;
 pub mod coord;
 pub mod dev;
@@ -170,7 +171,9 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
             signal.clone(),
         )));
     }
+    let channels = channels::Channels::start(store.clone(), urls[0], config.channel_queue_bytes);
     let app = http::router(AppState::new(Services {
+        channels,
         coord: Coord::new(store.clone()),
         store,
         broker,

@@ -1,0 +1,563 @@
+//! Realtime channels (issue 17): offsets and epochs, bounded history, SSE
+//! resume without gap or duplicate, resets for lost positions, fan-out to
+//! many subscribers, one WebSocket for many channels, slow consumers, two
+//! sidecars on one Redis, and a Redis restart mid-stream. Everything goes
+//! through the public HTTP API against a real redis-server.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{StreamcarProcess, TestApp};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// Longest any single wait in these tests may take before it fails.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// One server-sent event.
+#[derive(Debug, Clone)]
+struct SseEvent {
+    id: Option<String>,
+    event: String,
+    data: Value,
+}
+
+/// A minimal SSE reader over a streaming reqwest response.
+struct Sse {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+}
+
+impl Sse {
+    async fn open(url: &str, last_event_id: Option<&str>) -> Self {
+        let client = reqwest::Client::new();
+        let mut request = client.get(url);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let resp = request.send().await.expect("events request");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with("text/event-stream"), "{ct}");
+        Self {
+            body: Box::pin(resp.bytes_stream()),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event (comments skipped); None when the stream ended.
+    async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SseEvent {
+                    id: None,
+                    event: "message".into(),
+                    data: Value::Null,
+                };
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        event.id = Some(v.trim_start().to_owned());
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event.event = v.trim_start().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if data.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                event.data = serde_json::from_str(&data).expect("event data is JSON");
+                return Some(event);
+            }
+            let chunk = tokio::time::timeout(WAIT, self.body.next())
+                .await
+                .expect("an event within the wait limit");
+            match chunk {
+                Some(Ok(bytes)) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next event, which must exist.
+    async fn expect(&mut self) -> SseEvent {
+        self.next().await.expect("stream still open")
+    }
+}
+
+fn payload_of(offset: u64) -> Value {
+    json!({ "n": offset })
+}
+
+async fn publish(app: &TestApp, channel: &str, body: &Value) -> (StatusCode, Value) {
+    let reply = app
+        .post(&format!("/channels/{channel}/messages"), body)
+        .await;
+    (reply.status, reply.body)
+}
+
+/// Publishes `n` messages and returns the last answer.
+async fn publish_n(app: &TestApp, channel: &str, n: u64) -> Value {
+    let mut last = Value::Null;
+    for i in 0..n {
+        let (status, body) = publish(app, channel, &json!({ "payload": { "i": i } })).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        last = body;
+    }
+    last
+}
+
+#[tokio::test]
+async fn offsets_epochs_and_bounded_history() {
+    let app = TestApp::start().await;
+    let created = app
+        .put("/channels/news", &json!({ "history_size": 5 }))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["history_size"], 5);
+    assert_eq!(created.body["history_ttl_ms"], 300_000);
+    assert_eq!(created.body["top_offset"], 0);
+    let again = app
+        .put("/channels/news", &json!({ "history_size": 5 }))
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+    let epoch = created.body["epoch"].as_str().expect("epoch").to_owned();
+    assert_eq!(again.body["epoch"], epoch.as_str());
+
+    for expected in 1..=8u64 {
+        let (status, body) = publish(
+            &app,
+            "news",
+            &json!({ "payload": payload_of(expected), "headers": { "k": "v" } }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["offset"], expected);
+        assert_eq!(body["epoch"], epoch.as_str());
+        assert_eq!(body["duplicate"], false);
+    }
+    // Idempotency: the same key again is the first publish, nothing written.
+    let first = publish(
+        &app,
+        "news",
+        &json!({ "payload": 1, "idempotency_key": "k1" }),
+    )
+    .await;
+    assert_eq!(first.0, StatusCode::CREATED);
+    assert_eq!(first.1["offset"], 9);
+    let dup = publish(
+        &app,
+        "news",
+        &json!({ "payload": 2, "idempotency_key": "k1" }),
+    )
+    .await;
+    assert_eq!(dup.0, StatusCode::OK);
+    assert_eq!(dup.1["offset"], 9);
+    assert_eq!(dup.1["duplicate"], true);
+
+    let info = app.get("/channels/news").await;
+    assert_eq!(info.status, StatusCode::OK);
+    assert_eq!(info.body["top_offset"], 9);
+    assert_eq!(info.body["epoch"], epoch.as_str());
+
+    // Bounded: the last 5 only; from the start, that is not a recovery.
+    let all = app.get("/channels/news/messages").await;
+    assert_eq!(all.status, StatusCode::OK, "{}", all.body);
+    let offsets: Vec<u64> = all.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, vec![5, 6, 7, 8, 9]);
+    assert_eq!(all.body["recovered"], false);
+    assert_eq!(all.body["messages"][0]["payload"], payload_of(5));
+    assert_eq!(all.body["messages"][0]["headers"]["k"], "v");
+    assert!(all.body["messages"][0]["published_at"].as_u64().unwrap() > 0);
+
+    let after6 = app
+        .get(&format!("/channels/news/messages?since={epoch}:6&limit=2"))
+        .await;
+    assert_eq!(after6.body["recovered"], true, "{}", after6.body);
+    let offsets: Vec<u64> = after6.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, vec![7, 8]);
+    let at_top = app
+        .get(&format!("/channels/news/messages?since={epoch}:9"))
+        .await;
+    assert_eq!(at_top.body["recovered"], true);
+    assert_eq!(at_top.body["messages"], json!([]));
+    for gone in [
+        format!("{epoch}:2"),
+        "1:3".to_owned(),
+        format!("{epoch}:99"),
+    ] {
+        let reply = app
+            .get(&format!("/channels/news/messages?since={gone}"))
+            .await;
+        assert_eq!(reply.body["recovered"], false, "{gone}: {}", reply.body);
+    }
+
+    // Bad input is a 400 problem, never a crash.
+    app.get("/channels/news/messages?since=nope")
+        .await
+        .assert_problem(400, "invalid_field");
+    app.get("/channels/news/messages?limit=0")
+        .await
+        .assert_problem(400, "invalid_field");
+    app.put("/channels/news", &json!({ "history_size": 10_001 }))
+        .await
+        .assert_problem(400, "invalid_field");
+    app.put("/channels/bad:name", &json!({}))
+        .await
+        .assert_problem(400, "invalid_name");
+    app.post("/channels/news/messages", &json!({ "headers": {} }))
+        .await
+        .assert_problem(400, "invalid_field");
+}
+
+#[tokio::test]
+async fn sse_resumes_with_last_event_id_while_publishing_goes_on() {
+    let app = TestApp::start().await;
+    let first = publish_n(&app, "feed", 3).await;
+    let epoch = first["epoch"].as_str().unwrap().to_owned();
+
+    // Publishes 4..=40 run while the subscriber resumes from offset 1.
+    let publisher = {
+        let client = app.client.clone();
+        let url = app.url("/channels/feed/messages");
+        tokio::spawn(async move {
+            for i in 4..=40u64 {
+                let resp = client
+                    .post(&url)
+                    .json(&json!({ "payload": payload_of(i) }))
+                    .send()
+                    .await
+                    .expect("publish");
+                assert_eq!(resp.status(), StatusCode::CREATED);
+            }
+        })
+    };
+    let mut sse = Sse::open(
+        &app.url("/channels/feed/events"),
+        Some(&format!("{epoch}:1")),
+    )
+    .await;
+    for expected in 2..=40u64 {
+        let event = sse.expect().await;
+        assert_eq!(event.event, "message", "{event:?}");
+        assert_eq!(
+            event.id.as_deref(),
+            Some(format!("{epoch}:{expected}").as_str())
+        );
+        assert_eq!(event.data["offset"], expected, "no gap, no duplicate");
+        assert_eq!(event.data["epoch"], epoch.as_str());
+        if expected >= 4 {
+            assert_eq!(event.data["payload"], payload_of(expected));
+        }
+    }
+    publisher.await.unwrap();
+    // Then live.
+    let (_, last) = publish(&app, "feed", &json!({ "payload": "live" })).await;
+    assert_eq!(last["offset"], 41);
+    let event = sse.expect().await;
+    assert_eq!(event.data["offset"], 41);
+    assert_eq!(event.data["payload"], "live");
+
+    // ?since= works too, and an up-to-date position replays nothing.
+    let mut again = Sse::open(
+        &app.url(&format!("/channels/feed/events?since={epoch}:41")),
+        None,
+    )
+    .await;
+    publish(&app, "feed", &json!({ "payload": "next" })).await;
+    assert_eq!(again.expect().await.data["offset"], 42);
+}
+
+#[tokio::test]
+async fn lost_positions_get_one_reset_then_live() {
+    let app = TestApp::start().await;
+    app.put("/channels/short", &json!({ "history_size": 3 }))
+        .await;
+    let last = publish_n(&app, "short", 10).await;
+    let epoch = last["epoch"].as_str().unwrap().to_owned();
+
+    for position in [
+        format!("{epoch}:2"),
+        "123:5".to_owned(),
+        format!("{epoch}:50"),
+    ] {
+        let mut sse = Sse::open(&app.url("/channels/short/events"), Some(&position)).await;
+        let reset = sse.expect().await;
+        assert_eq!(reset.event, "reset", "{position}: {reset:?}");
+        assert_eq!(reset.data["epoch"], epoch.as_str());
+        let top = reset.data["top_offset"].as_u64().unwrap();
+        assert!(top >= 10);
+        assert_eq!(reset.id, Some(format!("{epoch}:{top}")));
+        let (_, next) = publish(&app, "short", &json!({ "payload": "after" })).await;
+        let live = sse.expect().await;
+        assert_eq!(live.event, "message");
+        assert_eq!(live.data["offset"], next["offset"]);
+    }
+
+    // An invalid Last-Event-ID is a 400 problem.
+    let bad = app
+        .client
+        .get(app.url("/channels/short/events"))
+        .header("Last-Event-ID", "garbage")
+        .send()
+        .await
+        .unwrap();
+    TestApp::reply(bad)
+        .await
+        .assert_problem(400, "invalid_field");
+}
+
+#[tokio::test]
+async fn expired_channel_keys_give_a_new_epoch() {
+    let app = TestApp::start().await;
+    app.put("/channels/brief", &json!({ "history_ttl_ms": 100 }))
+        .await;
+    let last = publish_n(&app, "brief", 2).await;
+    let old = last["epoch"].as_str().unwrap().to_owned();
+    // Wait (bounded) until Redis has expired the channel's keys.
+    let mut fresh = None;
+    for _ in 0..150 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let info = app.get("/channels/brief").await;
+        if info.body["epoch"] != old.as_str() {
+            fresh = Some(info.body);
+            break;
+        }
+    }
+    let fresh = fresh.expect("the channel expired");
+    assert_eq!(fresh["top_offset"], 0);
+    let mut sse = Sse::open(
+        &app.url("/channels/brief/events"),
+        Some(&format!("{old}:2")),
+    )
+    .await;
+    let reset = sse.expect().await;
+    assert_eq!(reset.event, "reset");
+    assert_ne!(reset.data["epoch"], old.as_str());
+    let (_, next) = publish(&app, "brief", &json!({ "payload": 1 })).await;
+    assert_ne!(next["epoch"], old.as_str());
+    let live = sse.expect().await;
+    assert_eq!(live.data["offset"], next["offset"]);
+    assert_eq!(live.data["epoch"], next["epoch"]);
+}
+
+#[tokio::test]
+async fn two_hundred_sse_subscribers_get_every_message_in_order() {
+    let app = TestApp::start().await;
+    let url = app.url("/channels/crowd/events");
+    let mut subscribers = Vec::new();
+    for _ in 0..200 {
+        subscribers.push(Sse::open(&url, None).await);
+    }
+    // One Redis subscription for all of them.
+    let live = format!("sc:ch:{{{}:crowd}}:live", app.tenant);
+    let numsub: (String, u64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(&live)
+        .query(&mut app.redis.connection())
+        .unwrap();
+    assert_eq!(
+        numsub.1, 1,
+        "one Redis subscription per channel per sidecar"
+    );
+
+    let last = publish_n(&app, "crowd", 20).await;
+    let epoch = last["epoch"].as_str().unwrap().to_owned();
+    let readers = subscribers.into_iter().map(|mut sse| {
+        let epoch = epoch.clone();
+        tokio::spawn(async move {
+            for expected in 1..=20u64 {
+                let event = sse.expect().await;
+                assert_eq!(event.event, "message");
+                assert_eq!(event.data["offset"], expected);
+                assert_eq!(event.data["epoch"], epoch.as_str());
+            }
+        })
+    });
+    for reader in futures_util::future::join_all(readers).await {
+        reader.expect("every subscriber got 1..=20 in order");
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_connect(app: &TestApp) -> Ws {
+    let url = app.url("/ws").replacen("http://", "ws://", 1);
+    let (ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket");
+    ws
+}
+
+async fn ws_send(ws: &mut Ws, frame: Value) {
+    ws.send(WsMessage::text(frame.to_string()))
+        .await
+        .expect("send");
+}
+
+/// The next JSON frame (pings skipped); panics when the socket closes.
+async fn ws_next(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame within the wait limit")
+            .expect("socket open")
+            .expect("frame");
+        match msg {
+            WsMessage::Text(text) => return serde_json::from_str(&text).expect("JSON frame"),
+            WsMessage::Ping(_) | WsMessage::Pong(_) => {}
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn one_websocket_many_channels() {
+    let app = TestApp::start().await;
+    let mut ws = ws_connect(&app).await;
+    const N: usize = 1000;
+    for i in 0..N {
+        ws_send(
+            &mut ws,
+            json!({ "op": "subscribe", "channel": format!("c{i}") }),
+        )
+        .await;
+    }
+    let mut subscribed = 0;
+    while subscribed < N {
+        let frame = ws_next(&mut ws).await;
+        assert_eq!(frame["type"], "subscribed", "{frame}");
+        assert_eq!(frame["recovered"], false);
+        assert_eq!(frame["top_offset"], 0);
+        subscribed += 1;
+    }
+    // Publish over the same socket, one message per channel.
+    for i in 0..N {
+        ws_send(
+            &mut ws,
+            json!({ "op": "publish", "channel": format!("c{i}"), "payload": { "i": i } }),
+        )
+        .await;
+    }
+    let mut seen: HashMap<String, Value> = HashMap::new();
+    while seen.len() < N {
+        let frame = ws_next(&mut ws).await;
+        assert_eq!(frame["type"], "message", "{frame}");
+        assert_eq!(frame["offset"], 1, "{frame}");
+        let channel = frame["channel"].as_str().unwrap().to_owned();
+        let i: usize = channel[1..].parse().unwrap();
+        assert_eq!(frame["payload"]["i"], i);
+        assert!(seen.insert(channel, frame).is_none(), "no duplicate");
+    }
+
+    // Unsubscribed channels go quiet; the others keep flowing, in order.
+    ws_send(&mut ws, json!({ "op": "unsubscribe", "channel": "c0" })).await;
+    publish(&app, "c0", &json!({ "payload": "quiet" })).await;
+    publish(&app, "c1", &json!({ "payload": "loud" })).await;
+    let frame = ws_next(&mut ws).await;
+    assert_eq!(frame["channel"], "c1", "{frame}");
+    assert_eq!(frame["offset"], 2);
+}
+
+#[tokio::test]
+async fn websocket_resume_and_invalid_frames() {
+    let app = TestApp::start().await;
+    app.put("/channels/w", &json!({ "history_size": 3 })).await;
+    let last = publish_n(&app, "w", 6).await;
+    let epoch = last["epoch"].as_str().unwrap().to_owned();
+    let mut ws = ws_connect(&app).await;
+
+    for (frame, code) in [
+        ("not json".to_owned(), "invalid_frame"),
+        (json!({ "op": "dance" }).to_string(), "invalid_frame"),
+        (
+            json!({ "op": "subscribe", "channel": "a:b" }).to_string(),
+            "invalid_name",
+        ),
+        (
+            json!({ "op": "subscribe", "channel": "w", "since": "x" }).to_string(),
+            "invalid_field",
+        ),
+        (
+            json!({ "op": "unsubscribe", "channel": "w" }).to_string(),
+            "not_subscribed",
+        ),
+        (
+            json!({ "op": "publish", "channel": "w" }).to_string(),
+            "invalid_frame",
+        ),
+    ] {
+        ws.send(WsMessage::text(frame.clone())).await.unwrap();
+        let reply = ws_next(&mut ws).await;
+        assert_eq!(reply["type"], "error", "{frame}: {reply}");
+        assert_eq!(reply["code"], code, "{frame}: {reply}");
+        assert!(reply["detail"].is_string());
+    }
+    ws.send(WsMessage::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(ws_next(&mut ws).await["code"], "invalid_frame");
+
+    // Still usable: resume inside history replays exactly what was missed.
+    ws_send(
+        &mut ws,
+        json!({ "op": "subscribe", "channel": "w", "since": format!("{epoch}:4") }),
+    )
+    .await;
+    let subscribed = ws_next(&mut ws).await;
+    assert_eq!(subscribed["type"], "subscribed");
+    assert_eq!(subscribed["recovered"], true);
+    assert_eq!(subscribed["epoch"], epoch.as_str());
+    assert_eq!(subscribed["top_offset"], 6);
+    for expected in [5, 6] {
+        let m = ws_next(&mut ws).await;
+        assert_eq!(m["type"], "message");
+        assert_eq!(m["offset"], expected);
+        assert_eq!(m["channel"], "w");
+    }
+    ws_send(&mut ws, json!({ "op": "subscribe", "channel": "w" })).await;
+    assert_eq!(ws_next(&mut ws).await["code"], "already_subscribed");
+
+    // Older than history: subscribed (not recovered), one reset, then live.
+    ws_send(&mut ws, json!({ "op": "unsubscribe", "channel": "w" })).await;
+    ws_send(
+        &mut ws,
+        json!({ "op": "subscribe", "channel": "w", "since": format!("{epoch}:1") }),
+    )
+    .await;
+    let subscribed = ws_next(&mut ws).await;
+    assert_eq!(subscribed["recovered"], false, "{subscribed}");
+    let reset = ws_next(&mut ws).await;
+    assert_eq!(reset["type"], "reset", "{reset}");
+    assert_eq!(reset["top_offset"], 6);
+    assert_eq!(reset["channel"], "w");
+    publish(&app, "w", &json!({ "payload": 7 })).await;
+    assert_eq!(ws_next(&mut ws).await["offset"], 7);
+}
+
+#[tokio::test]
+async fn publish_on_one_sidecar_reaches_subscribers_on_another() {
+    let app = TestApp::start().await;
+    let b = StreamcarProcess::start(&app.redis.url(), &[]).await;
+    let url_b = format!("{}/v1/tenants/{}/channels/x/events", b.base, app.tenant);
+    let mut sse = Sse::open(&url_b, None).await;
+    let (_, published) = publish(&app, "x", &json!({ "payload": "from A" })).await;
+    let event = sse.expect().await;
+    assert_eq!(event.data["payload"], "from A");
+    assert_eq!(event.data["offset"], published["offset"]);
+}
