@@ -561,3 +561,158 @@ async fn publish_on_one_sidecar_reaches_subscribers_on_another() {
     assert_eq!(event.data["payload"], "from A");
     assert_eq!(event.data["offset"], published["offset"]);
 }
+
+/// The slow-consumer counter of `/metrics` (0 before the first one).
+async fn slow_consumers(app: &TestApp) -> u64 {
+    let text = app.metrics_text().await;
+    text.lines()
+        .find(|l| l.starts_with("streamcar_channel_slow_consumers_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Publishes 16 KiB messages until the sidecar has cut one more slow
+/// consumer (bounded); returns the last offset published.
+async fn flood_until_cut(app: &TestApp, channel: &str) -> u64 {
+    let before = slow_consumers(app).await;
+    let big = "x".repeat(16 * 1024);
+    let mut last = 0;
+    for i in 0..2000 {
+        let (status, body) = publish(app, channel, &json!({ "payload": big })).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        last = body["offset"].as_u64().unwrap();
+        if i % 10 == 9 && slow_consumers(app).await > before {
+            return last;
+        }
+    }
+    panic!("no slow consumer after 2000 messages of 16 KiB (last offset {last})");
+}
+
+// SSE and WebSocket in one test: both move the one slow-consumer counter.
+#[tokio::test]
+async fn subscribers_that_stop_reading_are_cut_as_slow_consumers() {
+    let app = TestApp::start_with(|c| c.channel_queue_bytes = 64 * 1024).await;
+    let config = json!({ "history_size": 10_000, "history_ttl_ms": 600_000 });
+    app.put("/channels/flood", &config).await;
+    app.put("/channels/flood-ws", &config).await;
+
+    // SSE: stop reading, let the sidecar cut it, then read what arrived.
+    let url = app.url("/channels/flood/events");
+    let mut sse = Sse::open(&url, None).await;
+    let published = flood_until_cut(&app, "flood").await;
+    let mut next = 1;
+    let mut last_id = None;
+    loop {
+        let event = sse.next().await.expect("an error event before the end");
+        if event.event == "message" {
+            assert_eq!(event.data["offset"], next, "in order, no gap");
+            next += 1;
+            last_id = event.id;
+            continue;
+        }
+        assert_eq!(event.event, "error", "{event:?}");
+        assert_eq!(event.data["code"], "slow_consumer");
+        break;
+    }
+    assert!(
+        sse.next().await.is_none(),
+        "the stream ends after the error"
+    );
+    assert!(next <= published, "it was cut before the end");
+    // It resumes by offset: exactly the rest.
+    let mut resumed = Sse::open(&url, last_id.as_deref()).await;
+    for expected in next..=published {
+        let event = resumed.expect().await;
+        assert_eq!(event.event, "message");
+        assert_eq!(event.data["offset"], expected);
+    }
+
+    // WebSocket, with a small receive buffer so the client stops taking
+    // data soon after it stops reading.
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr.parse().unwrap()).await.unwrap();
+    let ws_url = app.url("/ws").replacen("http://", "ws://", 1);
+    let (mut ws, _) = tokio_tungstenite::client_async(ws_url, stream)
+        .await
+        .expect("websocket");
+    ws.send(WsMessage::text(
+        json!({ "op": "subscribe", "channel": "flood-ws" }).to_string(),
+    ))
+    .await
+    .unwrap();
+    let subscribed = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(subscribed.to_text().unwrap().contains("subscribed"));
+    flood_until_cut(&app, "flood-ws").await;
+    let mut next = 1;
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame within the wait limit")
+            .expect("a close frame before the end")
+            .expect("frame");
+        match frame {
+            WsMessage::Text(text) => {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(frame["offset"], next, "in order, no gap");
+                next += 1;
+            }
+            WsMessage::Close(Some(close)) => {
+                assert_eq!(u16::from(close.code), 4008);
+                assert_eq!(close.reason.as_str(), "slow_consumer");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn redis_restart_mid_stream_resumes_or_resets_never_skips() {
+    let mut app = TestApp::start().await;
+    let url = app.url("/channels/r/events");
+    let mut sse = Sse::open(&url, None).await;
+    let last = publish_n(&app, "r", 3).await;
+    let old = last["epoch"].as_str().unwrap().to_owned();
+    for expected in 1..=3u64 {
+        assert_eq!(sse.expect().await.data["offset"], expected);
+    }
+
+    // Redis without persistence: the restart loses the channel.
+    app.redis.restart();
+    let mut first = None;
+    for _ in 0..200 {
+        let (status, body) = publish(&app, "r", &json!({ "payload": "after" })).await;
+        if status == StatusCode::CREATED {
+            first = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = first.expect("publishing works again after the restart");
+    let epoch = first["epoch"].as_str().unwrap().to_owned();
+    assert_ne!(epoch, old, "lost history means a new epoch");
+
+    // The subscriber is told: one reset to the new epoch, never a silent jump.
+    let reset = sse.expect().await;
+    assert_eq!(reset.event, "reset", "{reset:?}");
+    assert_eq!(reset.data["epoch"], epoch.as_str());
+    let top = reset.data["top_offset"].as_u64().unwrap();
+    let (_, final_message) = publish(&app, "r", &json!({ "payload": "final" })).await;
+    let final_offset = final_message["offset"].as_u64().unwrap();
+    for expected in top + 1..=final_offset {
+        let event = sse.expect().await;
+        assert_eq!(event.event, "message", "{event:?}");
+        assert_eq!(event.data["epoch"], epoch.as_str());
+        assert_eq!(
+            event.data["offset"], expected,
+            "consecutive after the reset"
+        );
+    }
+}

@@ -17,11 +17,17 @@
 //! So a subscriber never skips a message silently: it sees every offset in
 //! order or a reset that says where it now stands.
 
+use std::time::{Duration, Instant};
+
 use super::history::MAX_PAGE;
 use super::{ChannelName, Channels, Delivery, Position};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::names::Tenant;
 use crate::telemetry;
+
+/// How long a catch-up waits out a Redis outage before giving up (the
+/// subscriber is then told, and resumes from its position later).
+pub const OUTAGE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// One subscriber's position in one channel.
 #[derive(Debug)]
@@ -124,9 +130,23 @@ impl Cursor {
         })
     }
 
-    /// Reads history after the cursor's position (one page).
+    /// Reads history after the cursor's position (one page). A Redis
+    /// outage is waited out for up to [`OUTAGE_PATIENCE`]: a resync usually
+    /// comes right after Redis is back, when the shared connections may not
+    /// have reconnected yet, and ending every stream then would make all
+    /// clients reconnect at once.
     pub async fn catch_up(&mut self, channels: &Channels) -> Result<CatchUp> {
-        Ok(self.read_after(channels).await?.0)
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.read_after(channels).await {
+                Err(Error::Unavailable { .. }) if started.elapsed() < OUTAGE_PATIENCE => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                result => return result.map(|(catch_up, _)| catch_up),
+            }
+        }
     }
 
     async fn read_after(&mut self, channels: &Channels) -> Result<(CatchUp, u64)> {

@@ -39,8 +39,10 @@ use crate::names::{Name, Tenant};
 const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// WebSocket close code of a subscriber that fell too far behind.
 const CLOSE_SLOW_CONSUMER: u16 = 4008;
-/// How long a closing handshake may take before the socket is dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the close frame may wait behind unread data before the socket
+/// is dropped without it (a slow client that reads again in time learns
+/// why it was cut; a dead one does not hold the task).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
