@@ -3,7 +3,9 @@
 --
 -- KEYS[1] history stream, KEYS[2] meta hash, KEYS[3] config hash.
 -- ARGV[1] after (offset), ARGV[2] limit (0 = none), ARGV[3] default
--- history_size, ARGV[4] default history_ttl_ms.
+-- history_size, ARGV[4] default history_ttl_ms, ARGV[5] byte budget: the
+-- entries returned stop before the one that would pass it (the first is
+-- always returned), so a page of large messages stays small.
 -- Reply: {epoch, top, history_size, history_ttl_ms, {{id, fields}, …}}.
 --
 -- A channel without meta gets an epoch here (top 0, same TTL as after a
@@ -30,5 +32,18 @@ end
 local entries = {}
 if limit > 0 and tonumber(top) > after then
   entries = redis.call('XRANGE', history, int(after + 1), '+', 'COUNT', int(limit))
+  local budget, used = tonumber(ARGV[5]), 0
+  for i = 1, #entries do
+    local fields = entries[i][2]
+    for j = 2, #fields, 2 do
+      used = used + #fields[j]
+    end
+    if i > 1 and used > budget then
+      for k = #entries, i, -1 do
+        entries[k] = nil
+      end
+      break
+    end
+  end
 end
 return { epoch, top, size, ttl, entries }

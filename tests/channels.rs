@@ -310,6 +310,12 @@ async fn lost_positions_get_one_reset_then_live() {
         assert_eq!(live.data["offset"], next["offset"]);
     }
 
+    let metrics = app.metrics_text().await;
+    assert!(
+        metrics.contains("streamcar_channel_resumes_total{outcome=\"reset\"}"),
+        "resume outcomes are counted"
+    );
+
     // An invalid Last-Event-ID is a 400 problem.
     let bad = app
         .client
@@ -393,6 +399,35 @@ async fn two_hundred_sse_subscribers_get_every_message_in_order() {
     for reader in futures_util::future::join_all(readers).await {
         reader.expect("every subscriber got 1..=20 in order");
     }
+    let metrics = app.metrics_text().await;
+    for name in [
+        "streamcar_channel_connections{transport=\"sse\"}",
+        "streamcar_channel_subscriptions",
+        "streamcar_channel_redis_subscribed",
+        "streamcar_channel_fanout_total",
+    ] {
+        assert!(metrics.contains(name), "{name} in /metrics");
+    }
+
+    // All gone (their tasks dropped the streams): the Redis subscription is
+    // released a little later.
+    let mut released = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let numsub: (String, u64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&live)
+            .query(&mut app.redis.connection())
+            .unwrap();
+        if numsub.1 == 0 {
+            released = true;
+            break;
+        }
+    }
+    assert!(
+        released,
+        "the channel is unsubscribed after its last subscriber left"
+    );
 }
 
 type Ws =

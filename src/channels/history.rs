@@ -285,7 +285,10 @@ impl Channels {
     }
 
     /// Config, epoch, top offset and up to `limit` messages after offset
-    /// `after`, in one reading (a channel without an epoch gets one).
+    /// `after`, in one reading (a channel without an epoch gets one). The
+    /// messages also stop before passing `--channel-queue-bytes` of stored
+    /// text (at least one is returned), so one page is never much more than
+    /// one connection's queue.
     pub async fn read(
         &self,
         tenant: &Tenant,
@@ -306,6 +309,7 @@ impl Channels {
             .arg(limit.min(MAX_PAGE))
             .arg(DEFAULT_HISTORY_SIZE)
             .arg(DEFAULT_HISTORY_TTL_MS)
+            .arg(self.queue_bytes)
             .invoke_async(&mut conn)
             .await?;
         let messages = entries

@@ -101,7 +101,9 @@ impl Outbox {
         if state.overflowed {
             return Pushed::Dropped;
         }
-        if state.bytes + bytes > self.limit {
+        // An empty queue takes any one message: a message larger than the
+        // bound must not cut every subscriber of its channel.
+        if state.bytes > 0 && state.bytes + bytes > self.limit {
             state.overflowed = true;
             state.items = VecDeque::new();
             state.bytes = 0;
@@ -164,6 +166,8 @@ mod tests {
     async fn bounded_by_bytes_then_dropped() {
         let outbox = Outbox::new(100);
         assert_eq!(outbox.push(1, live(60)), Pushed::Queued);
+        assert!(outbox.recv().await.is_some());
+        assert_eq!(outbox.push(1, live(500)), Pushed::Queued, "empty: any size");
         assert!(outbox.recv().await.is_some());
         assert_eq!(outbox.push(1, live(60)), Pushed::Queued);
         assert_eq!(outbox.push(1, live(60)), Pushed::Overflowed);
