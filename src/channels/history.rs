@@ -72,7 +72,11 @@ pub struct ChannelPublish {
     /// publish's offset with `duplicate: true` and writes nothing. At most
     /// 256 bytes of UTF-8, no control characters.
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 256)]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub idempotency_key: Option<String>,
     /// String map carried with the message (at most 64).
     #[serde(default)]
@@ -122,6 +126,7 @@ pub struct ChannelPublished {
 
 /// One message as subscribers and history readers see it.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = ChannelMessage)]
 pub struct Delivery {
     /// The epoch of `offset`.
     pub epoch: String,
@@ -187,6 +192,7 @@ pub struct Reading {
 
 /// `GET …/messages` answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = ChannelHistoryPage)]
 pub struct HistoryPage {
     /// The current epoch.
     pub epoch: String,
