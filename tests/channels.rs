@@ -751,3 +751,40 @@ async fn redis_restart_mid_stream_resumes_or_resets_never_skips() {
         );
     }
 }
+
+#[tokio::test]
+async fn shutdown_ends_subscriber_connections_instead_of_holding_the_drain() {
+    // A drain far longer than the wait below: only an ended stream passes.
+    let mut app = TestApp::start_with(|c| c.drain_timeout = Duration::from_secs(120)).await;
+    let mut sse = Sse::open(&app.url("/channels/bye/events"), None).await;
+    let mut ws = ws_connect(&app).await;
+    ws_send(&mut ws, json!({ "op": "subscribe", "channel": "bye" })).await;
+    assert_eq!(ws_next(&mut ws).await["type"], "subscribed");
+    let stop = app.stop();
+    let ended = async {
+        assert!(sse.next().await.is_none(), "the event stream ends");
+        let close = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a close within the wait limit");
+        match close {
+            Some(Ok(WsMessage::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1001),
+            other => panic!("expected a 1001 close, got {other:?}"),
+        }
+    };
+    tokio::join!(stop, ended);
+}
+
+#[tokio::test]
+async fn the_document_names_channel_schemas_apart_from_topic_ones() {
+    let app = TestApp::start().await;
+    let doc = app.get_root("/v1/openapi.json").await.body;
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["ChannelHistoryPage"]["properties"]["messages"]["items"]["$ref"],
+        "#/components/schemas/ChannelMessage"
+    );
+    assert_eq!(
+        schemas["HistoryPage"]["properties"]["messages"]["items"]["$ref"],
+        "#/components/schemas/Message"
+    );
+}

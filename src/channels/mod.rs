@@ -51,6 +51,13 @@ impl Channels {
         &self.hub
     }
 
+    /// Turns true when the service shuts down: subscriber connections end
+    /// then (their clients resume elsewhere by position) instead of
+    /// holding the drain until its timeout.
+    pub fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.store.shutdown_signal()
+    }
+
     /// A new outbound queue for one connection.
     pub fn outbox(&self) -> std::sync::Arc<outbox::Outbox> {
         std::sync::Arc::new(outbox::Outbox::new(self.queue_bytes))

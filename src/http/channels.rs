@@ -260,6 +260,7 @@ async fn events(
     let subscription = channels.subscribe(&path.tenant, &path.channel, outbox.clone(), 0);
     let opened = Cursor::open(&channels, &path.tenant, &path.channel, since).await?;
     let mut session = SseSession {
+        shutdown: channels.shutdown_signal(),
         channels,
         cursor: opened.cursor,
         outbox,
@@ -286,6 +287,8 @@ struct SseSession {
     more: bool,
     /// The stream ends once `pending` is empty.
     done: bool,
+    /// True once the service shuts down.
+    shutdown: tokio::sync::watch::Receiver<bool>,
     _subscription: Subscription,
     _gauge: ConnectionGauge,
 }
@@ -340,7 +343,14 @@ impl SseSession {
                 }
                 continue;
             }
-            match self.outbox.recv().await {
+            let item = tokio::select! {
+                item = self.outbox.recv() => item,
+                () = stopping(&mut self.shutdown) => {
+                    self.done = true;
+                    continue;
+                }
+            };
+            match item {
                 None => {
                     self.pending.push_back(error_event(
                         "slow_consumer",
@@ -416,6 +426,8 @@ enum End {
     Gone,
     /// The client fell too far behind.
     Slow,
+    /// The service is shutting down.
+    Shutdown,
 }
 
 struct WsSession {
@@ -442,8 +454,10 @@ impl WsSession {
     }
 
     async fn run(mut self, mut socket: WebSocket) {
+        let mut shutdown = self.channels.shutdown_signal();
         let end = loop {
             let step = tokio::select! {
+                () = stopping(&mut shutdown) => Err(End::Shutdown),
                 incoming = socket.recv() => match incoming {
                     Some(Ok(Message::Text(text))) => self.on_frame(&mut socket, text.as_str()).await,
                     Some(Ok(Message::Binary(_))) => {
@@ -461,13 +475,17 @@ impl WsSession {
                 break end;
             }
         };
-        if let End::Slow = end {
-            let close = Message::Close(Some(CloseFrame {
-                code: CLOSE_SLOW_CONSUMER,
-                reason: "slow_consumer".into(),
-            }));
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(close)).await;
-        }
+        let (code, reason) = match end {
+            End::Gone => return,
+            End::Slow => (CLOSE_SLOW_CONSUMER, "slow_consumer"),
+            // 1001 "going away": the client reconnects (to another sidecar).
+            End::Shutdown => (1001, "shutting_down"),
+        };
+        let close = Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(close)).await;
     }
 
     async fn on_frame(
@@ -670,6 +688,12 @@ impl WsSession {
         };
         self.send_catch_up(socket, sub, catch_up).await
     }
+}
+
+/// Resolves once the service shuts down (the watch guard is dropped here,
+/// so callers' futures stay `Send`).
+async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 /// Sends a text frame unless the client stops reading long enough for the
