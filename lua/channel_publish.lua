@@ -6,7 +6,8 @@
 -- hash, KEYS[4] idempotency record (any key of the tag when unused).
 -- ARGV[1] payload JSON, ARGV[2] headers JSON object, ARGV[3] '1' when
 -- KEYS[4] is a real idempotency record, ARGV[4] the live pub/sub channel,
--- ARGV[5] default history_size, ARGV[6] default history_ttl_ms.
+-- ARGV[5] default history_size, ARGV[6] default history_ttl_ms, ARGV[7]
+-- how long a declared config is kept after its last publish or PUT (ms).
 -- Reply: {duplicate (0|1), offset, epoch}.
 --
 -- Invariants: offsets are 1, 2, 3… per epoch; a new epoch (the meta hash
@@ -20,6 +21,9 @@ local payload, headers, idem, live = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4]
 local c = redis.call('HMGET', config, 'history_size', 'history_ttl_ms')
 local size = tonumber(c[1] or ARGV[5])
 local ttl = tonumber(c[2] or ARGV[6])
+if c[1] then
+  redis.call('PEXPIRE', config, ARGV[7])
+end
 
 if idem then
   local seen = redis.call('GET', dedup)

@@ -208,6 +208,17 @@ async fn offsets_epochs_and_bounded_history() {
         assert_eq!(reply.body["recovered"], false, "{gone}: {}", reply.body);
     }
 
+    // No channel key lives forever: the config is kept for 30 days after
+    // the last publish or PUT.
+    let config_ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("sc:ch:{{{}:news}}:config", app.tenant))
+        .query(&mut app.redis.connection())
+        .unwrap();
+    assert!(
+        config_ttl > 29 * 24 * 3600 * 1000,
+        "config PTTL {config_ttl}"
+    );
+
     // Bad input is a 400 problem, never a crash.
     app.get("/channels/news/messages?since=nope")
         .await

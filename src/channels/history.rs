@@ -26,6 +26,9 @@ pub const MAX_HISTORY_SIZE: u64 = 10_000;
 pub const DEFAULT_HISTORY_TTL_MS: u64 = 300_000;
 /// Longest `history_ttl_ms`: 30 days.
 pub const MAX_HISTORY_TTL_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+/// How long a declared config outlives the channel's last publish or PUT:
+/// channel names come from clients, so no channel key may live forever.
+pub const CONFIG_KEEP_MS: u64 = MAX_HISTORY_TTL_MS;
 /// Most messages one read returns.
 pub const MAX_PAGE: usize = 1000;
 /// Default of `limit` on history reads.
@@ -244,6 +247,7 @@ impl Channels {
             .key(keys.config())
             .arg(config.history_size.unwrap_or(DEFAULT_HISTORY_SIZE))
             .arg(config.history_ttl_ms.unwrap_or(DEFAULT_HISTORY_TTL_MS))
+            .arg(CONFIG_KEEP_MS)
             .invoke_async(&mut conn)
             .await?;
         Ok(created == 1)
@@ -281,6 +285,7 @@ impl Channels {
             .arg(keys.live())
             .arg(DEFAULT_HISTORY_SIZE)
             .arg(DEFAULT_HISTORY_TTL_MS)
+            .arg(CONFIG_KEEP_MS)
             .invoke_async(&mut conn)
             .await?;
         Ok(ChannelPublished {
