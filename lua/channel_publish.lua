@@ -7,7 +7,9 @@
 -- ARGV[1] payload JSON, ARGV[2] headers JSON object, ARGV[3] '1' when
 -- KEYS[4] is a real idempotency record, ARGV[4] the live pub/sub channel,
 -- ARGV[5] default history_size, ARGV[6] default history_ttl_ms, ARGV[7]
--- how long a declared config is kept after its last publish or PUT (ms).
+-- how long a declared config is kept after its last publish or PUT (ms),
+-- ARGV[8] 'PUBLISH', or 'SPUBLISH' on Redis Cluster (the live channel
+-- shares the keys' hash tag, so it belongs to this script's shard).
 -- Reply: {duplicate (0|1), offset, epoch}.
 --
 -- Invariants: offsets are 1, 2, 3… per epoch; a new epoch (the meta hash
@@ -59,6 +61,7 @@ if idem then
 end
 -- Payload and headers are JSON texts validated by the sidecar; they are
 -- spliced in as sent (re-encoding would change numbers).
-redis.call('PUBLISH', live, '{"epoch":"' .. epoch .. '","offset":' .. int(top) ..
+local command = ARGV[8] == 'SPUBLISH' and 'SPUBLISH' or 'PUBLISH'
+redis.call(command, live, '{"epoch":"' .. epoch .. '","offset":' .. int(top) ..
   ',"published_at":' .. int(now) .. ',"headers":' .. headers .. ',"payload":' .. payload .. '}')
 return { 0, int(top), epoch }

@@ -171,7 +171,12 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
             signal.clone(),
         )));
     }
-    let channels = channels::Channels::start(store.clone(), urls[0], config.channel_queue_bytes);
+    let channels = channels::Channels::start(
+        store.clone(),
+        &urls,
+        config.redis_cluster,
+        config.channel_queue_bytes,
+    );
     let app = http::router(AppState::new(Services {
         channels,
         coord: Coord::new(store.clone()),

@@ -291,6 +291,21 @@ async fn the_api_works_on_a_redis_cluster() {
             seen.push_str(&String::from_utf8_lossy(&chunk));
         }
         assert!(seen.contains(&format!("id: {epoch}:1")), "{seen}");
+        // Sharded pub/sub: one subscription, on the shard of the channel.
+        let live = format!("sc:ch:{{acme:room-{room}}}:live");
+        let subscribers: u64 = cluster
+            .nodes
+            .iter()
+            .map(|node| {
+                let (_, n): (String, u64) = redis::cmd("PUBSUB")
+                    .arg("SHARDNUMSUB")
+                    .arg(&live)
+                    .query(&mut node.connection())
+                    .expect("PUBSUB SHARDNUMSUB");
+                n
+            })
+            .sum();
+        assert_eq!(subscribers, 1, "one sharded subscription for {live}");
         let (status, history) = api
             .get(&format!("/channels/room-{room}/messages?since={epoch}:0"))
             .await;

@@ -286,6 +286,7 @@ impl Channels {
             .arg(DEFAULT_HISTORY_SIZE)
             .arg(DEFAULT_HISTORY_TTL_MS)
             .arg(CONFIG_KEEP_MS)
+            .arg(if self.sharded { "SPUBLISH" } else { "PUBLISH" })
             .invoke_async(&mut conn)
             .await?;
         Ok(ChannelPublished {

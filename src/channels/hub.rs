@@ -11,9 +11,9 @@
 //! confirmed (subscribers registered before that may have read history
 //! before Redis would send them anything) and after every reconnect, each
 //! subscriber of the channel gets [`Event::Resync`] and checks history from
-//! its position (see [`super::cursor`]). Plain PUBLISH/SUBSCRIBE also work on
-//! Redis Cluster (a PUBLISH reaches every node), so one connection to any
-//! node serves all channels.
+//! its position (see [`super::cursor`]). On Redis Cluster the hub uses
+//! sharded pub/sub instead ([`Hub::start_sharded`]): a message then crosses
+//! only its channel's shard, not the whole cluster bus.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +41,9 @@ enum Command {
     Idle(String),
     /// Release the channel now if it still has no subscriber.
     Release(String),
+    /// Sharded: subscribe every registered channel again (after a
+    /// disconnection, or a failed SSUBSCRIBE).
+    Resubscribe,
 }
 
 struct Subscriber {
@@ -116,6 +119,37 @@ impl Hub {
                 tokio::spawn(run(client, Arc::downgrade(&inner), commands, rx));
             }
             Err(e) => tracing::error!(error = %e, "channel fan-out disabled: invalid redis url"),
+        }
+        Self { inner }
+    }
+
+    /// On Redis Cluster: sharded pub/sub (`SSUBSCRIBE`), through a RESP3
+    /// cluster connection that routes each channel to the node owning its
+    /// slot, so a message crosses only that shard rather than the whole
+    /// cluster bus. The publish script uses `SPUBLISH` to match.
+    pub fn start_sharded(seed_urls: &[&str]) -> Self {
+        let (commands, rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            entries: Mutex::new(HashMap::new()),
+            commands: commands.clone(),
+            next: AtomicU64::new(1),
+        });
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let client = redis::cluster::ClusterClient::builder(seed_urls.to_vec())
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(push_tx)
+            .build();
+        match client {
+            Ok(client) => {
+                tokio::spawn(run_sharded(
+                    client,
+                    Arc::downgrade(&inner),
+                    commands,
+                    rx,
+                    push_rx,
+                ));
+            }
+            Err(e) => tracing::error!(error = %e, "channel fan-out disabled: invalid cluster urls"),
         }
         Self { inner }
     }
@@ -222,7 +256,7 @@ async fn run(
                         () = &mut deadline => break,
                         cmd = commands.recv() => match cmd {
                             // Subscribed with all the others once connected.
-                            Some(Command::Subscribe(_)) => {}
+                            Some(Command::Subscribe(_) | Command::Resubscribe) => {}
                             Some(Command::Idle(channel)) => schedule_release(&commands_tx, channel),
                             Some(Command::Release(channel)) => {
                                 let Some(live) = inner.upgrade() else { return };
@@ -290,11 +324,132 @@ async fn run(
                                 break;
                             }
                         }
+                        Some(Command::Resubscribe) => {}
                         None => return,
                     }
                 }
             }
         }
         tracing::debug!("channel pub/sub connection lost; reconnecting");
+    }
+}
+
+/// The sharded pub/sub task (Redis Cluster). redis-rs keeps the
+/// subscriptions on the right nodes and re-subscribes after disconnections
+/// and slot moves; every `ssubscribe` confirmation it pushes (the first one
+/// and each re-subscription) makes the channel's subscribers check history,
+/// which covers whatever was published while not subscribed.
+async fn run_sharded(
+    client: redis::cluster::ClusterClient,
+    inner: Weak<Inner>,
+    commands_tx: mpsc::UnboundedSender<Command>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    mut pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
+) {
+    let mut conn = loop {
+        if inner.strong_count() == 0 {
+            return;
+        }
+        match client.get_async_connection().await {
+            Ok(conn) => break conn,
+            Err(e) => {
+                tracing::debug!(error = %e, "channel cluster connect failed; retrying");
+                tokio::time::sleep(RECONNECT_DELAY).await;
+            }
+        }
+    };
+    let _ = commands_tx.send(Command::Resubscribe);
+    loop {
+        tokio::select! {
+            push = pushes.recv() => {
+                let Some(push) = push else { return };
+                let Some(live) = inner.upgrade() else { return };
+                on_push(&live, &commands_tx, push);
+            }
+            cmd = commands.recv() => {
+                let Some(live) = inner.upgrade() else { return };
+                match cmd {
+                    Some(Command::Subscribe(channel)) => {
+                        if live.entries().contains_key(&channel) {
+                            ssubscribe(&mut conn, &commands_tx, &channel).await;
+                        }
+                    }
+                    Some(Command::Resubscribe) => {
+                        let current: Vec<String> = live.entries().keys().cloned().collect();
+                        drop(live);
+                        for channel in current {
+                            ssubscribe(&mut conn, &commands_tx, &channel).await;
+                        }
+                    }
+                    Some(Command::Idle(channel)) => schedule_release(&commands_tx, channel),
+                    Some(Command::Release(channel)) => {
+                        if release(&live, &channel) {
+                            let _ = conn.sunsubscribe(&channel).await;
+                        }
+                    }
+                    None => return,
+                }
+            }
+        }
+    }
+}
+
+/// SSUBSCRIBE, or try everything again a little later (the node may be
+/// failing over).
+async fn ssubscribe(
+    conn: &mut redis::cluster_async::ClusterConnection,
+    commands: &mpsc::UnboundedSender<Command>,
+    channel: &str,
+) {
+    if let Err(e) = conn.ssubscribe(channel).await {
+        tracing::debug!(error = %e, channel, "ssubscribe failed; retrying");
+        let commands = commands.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(RECONNECT_DELAY).await;
+            let _ = commands.send(Command::Resubscribe);
+        });
+    }
+}
+
+fn on_push(inner: &Inner, commands: &mpsc::UnboundedSender<Command>, push: redis::PushInfo) {
+    let text = |v: &redis::Value| redis::from_redis_value_ref::<String>(v).ok();
+    match push.kind {
+        redis::PushKind::SMessage => {
+            let (Some(channel), Some(payload)) = (
+                push.data.first().and_then(text),
+                push.data
+                    .get(1)
+                    .and_then(|v| redis::from_redis_value_ref::<Vec<u8>>(v).ok()),
+            ) else {
+                return;
+            };
+            match serde_json::from_slice(&payload) {
+                Ok(delivery) => {
+                    let event = Event::Live(Arc::new(Live {
+                        delivery,
+                        bytes: payload.len(),
+                    }));
+                    inner.fan_out(&channel, &event);
+                }
+                Err(_) => inner.fan_out(&channel, &Event::Resync),
+            }
+        }
+        redis::PushKind::SSubscribe => {
+            if let Some(channel) = push.data.first().and_then(text) {
+                metrics::gauge!(telemetry::CHANNEL_REDIS_SUBSCRIBED)
+                    .set(inner.entries().len() as f64);
+                inner.fan_out(&channel, &Event::Resync);
+            }
+        }
+        // A connection dropped: make sure every channel is subscribed again
+        // (each confirmation then resyncs its subscribers).
+        redis::PushKind::Disconnection => {
+            let commands = commands.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(RECONNECT_DELAY).await;
+                let _ = commands.send(Command::Resubscribe);
+            });
+        }
+        _ => {}
     }
 }

@@ -33,16 +33,25 @@ pub struct Channels {
     store: Store,
     hub: hub::Hub,
     queue_bytes: usize,
+    /// Redis Cluster: sharded pub/sub (SPUBLISH/SSUBSCRIBE).
+    sharded: bool,
 }
 
 impl Channels {
-    /// Starts the hub's pub/sub connection to `redis_url`; each connection's
-    /// outbound queue holds at most `queue_bytes`.
-    pub fn start(store: Store, redis_url: &str, queue_bytes: usize) -> Self {
+    /// Starts the hub's pub/sub connection to `redis_urls` (one Redis, or a
+    /// cluster's seed nodes with `cluster`); each connection's outbound
+    /// queue holds at most `queue_bytes`.
+    pub fn start(store: Store, redis_urls: &[&str], cluster: bool, queue_bytes: usize) -> Self {
+        let hub = if cluster {
+            hub::Hub::start_sharded(redis_urls)
+        } else {
+            hub::Hub::start(redis_urls.first().copied().unwrap_or_default())
+        };
         Self {
             store,
-            hub: hub::Hub::start(redis_url),
+            hub,
             queue_bytes,
+            sharded: cluster,
         }
     }
 
