@@ -724,10 +724,14 @@ async fn redis_restart_mid_stream_resumes_or_resets_never_skips() {
     let mut app = TestApp::start().await;
     let url = app.url("/channels/r/events");
     let mut sse = Sse::open(&url, None).await;
+    let mut ws = ws_connect(&app).await;
+    ws_send(&mut ws, json!({ "op": "subscribe", "channel": "r" })).await;
+    assert_eq!(ws_next(&mut ws).await["type"], "subscribed");
     let last = publish_n(&app, "r", 3).await;
     let old = last["epoch"].as_str().unwrap().to_owned();
     for expected in 1..=3u64 {
         assert_eq!(sse.expect().await.data["offset"], expected);
+        assert_eq!(ws_next(&mut ws).await["offset"], expected);
     }
 
     // Redis without persistence: the restart loses the channel.
@@ -760,6 +764,19 @@ async fn redis_restart_mid_stream_resumes_or_resets_never_skips() {
             event.data["offset"], expected,
             "consecutive after the reset"
         );
+    }
+
+    // The WebSocket subscriber likewise: a reset frame, then consecutive.
+    let reset = ws_next(&mut ws).await;
+    assert_eq!(reset["type"], "reset", "{reset}");
+    assert_eq!(reset["channel"], "r");
+    assert_eq!(reset["epoch"], epoch.as_str());
+    let top = reset["top_offset"].as_u64().unwrap();
+    for expected in top + 1..=final_offset {
+        let frame = ws_next(&mut ws).await;
+        assert_eq!(frame["type"], "message", "{frame}");
+        assert_eq!(frame["epoch"], epoch.as_str());
+        assert_eq!(frame["offset"], expected, "consecutive after the reset");
     }
 }
 
