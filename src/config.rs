@@ -46,6 +46,11 @@ pub struct ServerArgs {
     #[arg(long, env = "STREAMCAR_WAKE_RECHECK", default_value = "1s", value_parser = parse_duration)]
     pub wake_recheck: Duration,
 
+    /// Outbound queue of one realtime-channel connection (SSE or WebSocket);
+    /// a subscriber that falls further behind is disconnected (slow_consumer).
+    #[arg(long, env = "STREAMCAR_CHANNEL_QUEUE_BYTES", default_value = "1MiB", value_parser = parse_size)]
+    pub channel_queue_bytes: usize,
+
     /// Consumers that own nothing are forgotten after this long idle, e.g. `60m`.
     #[arg(long, env = "STREAMCAR_CONSUMER_IDLE", default_value = "60m", value_parser = parse_duration)]
     pub consumer_idle: Duration,
@@ -146,6 +151,8 @@ pub struct Config {
     pub redis_cluster: bool,
     /// Push subscriptions (`--subscriptions`), checked.
     pub subscriptions: Vec<crate::push::Subscription>,
+    /// Outbound queue bound of one realtime-channel connection, in bytes.
+    pub channel_queue_bytes: usize,
 }
 
 impl Config {
@@ -190,6 +197,7 @@ impl Config {
                 Some(path) => crate::push::load(path)?,
                 None => Vec::new(),
             },
+            channel_queue_bytes: args.channel_queue_bytes,
         })
     }
 
@@ -211,6 +219,7 @@ impl Config {
             durability: None,
             redis_cluster: false,
             subscriptions: Vec::new(),
+            channel_queue_bytes: 1 << 20,
         }
     }
 }

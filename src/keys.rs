@@ -34,6 +34,10 @@
 //! | `sc:tenants` | set | the tenants that have topics (see [`crate::tenants`]) |
 //! | `sc:retention:lock` | string | which sidecar runs the current retention pass |
 //! | `sc:tenants:lock` | string | held while one sidecar prunes `sc:tenants` |
+//! | `sc:ch:{T:C}:history` | stream | a realtime channel's last messages, ids `<offset>-0` |
+//! | `sc:ch:{T:C}:meta` | hash | a channel's `epoch` and `top` offset (expires) |
+//! | `sc:ch:{T:C}:config` | hash | a channel's `history_size`, `history_ttl_ms` |
+//! | `sc:ch:{T:C}:dedup:<key>` | string | a channel publish's idempotency record |
 
 use crate::names::{Group, Join, Pool, Tenant, Topic};
 
@@ -108,6 +112,48 @@ impl PoolKeys {
     /// Pub/sub channel (not a key) that wakes waiting acquirers.
     pub fn wake_channel(&self) -> String {
         format!("{}:wake", self.prefix)
+    }
+}
+
+/// Keys of one realtime channel (hash tag `{tenant:channel}` behind the
+/// `sc:ch:` prefix, so a channel and a topic of the same name never share
+/// a key).
+#[derive(Debug, Clone)]
+pub struct ChannelKeys {
+    prefix: String,
+}
+
+impl ChannelKeys {
+    /// Keys for `channel` (a validated channel name) of `tenant`.
+    pub fn new(tenant: &Tenant, channel: &str) -> Self {
+        Self {
+            prefix: format!("sc:ch:{{{tenant}:{channel}}}"),
+        }
+    }
+
+    /// The bounded history stream.
+    pub fn history(&self) -> String {
+        format!("{}:history", self.prefix)
+    }
+
+    /// Epoch and top offset.
+    pub fn meta(&self) -> String {
+        format!("{}:meta", self.prefix)
+    }
+
+    /// `history_size` and `history_ttl_ms`, as declared.
+    pub fn config(&self) -> String {
+        format!("{}:config", self.prefix)
+    }
+
+    /// The idempotency record of a publish.
+    pub fn dedup(&self, idempotency_key: &str) -> String {
+        format!("{}:dedup:{idempotency_key}", self.prefix)
+    }
+
+    /// Pub/sub channel (not a key) carrying live messages.
+    pub fn live(&self) -> String {
+        format!("{}:live", self.prefix)
     }
 }
 

@@ -32,6 +32,7 @@
 //! running [`Server`]; [`run`] serves until a shutdown signal.
 
 pub mod broker;
+pub mod channels;
 pub mod config;
 pub mod coord;
 pub mod dev;
@@ -175,7 +176,14 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         )));
     }
     let pusher = push::Pusher::start(&broker, &config.subscriptions, &signal);
+    let channels = channels::Channels::start(
+        store.clone(),
+        &urls,
+        config.redis_cluster,
+        config.channel_queue_bytes,
+    );
     let app = http::router(AppState::new(Services {
+        channels,
         coord: Coord::new(store.clone()),
         store,
         broker,

@@ -188,6 +188,12 @@ pub struct Scripts {
     pub rate_limit: NamedScript,
     /// Read-only: which idempotency keys of a publish were already written.
     pub publish_dups: NamedScript,
+    /// Realtime channels: append to history and publish live.
+    pub channel_publish: NamedScript,
+    /// Realtime channels: epoch, top offset and a page of history.
+    pub channel_read: NamedScript,
+    /// Realtime channels: set config, trim to it.
+    pub channel_declare: NamedScript,
 }
 
 impl Scripts {
@@ -223,6 +229,9 @@ impl Scripts {
             pool_info: script!("pool_info"),
             rate_limit: script!("rate_limit"),
             publish_dups: script!("publish_dups"),
+            channel_publish: script!("channel_publish"),
+            channel_read: script!("channel_read"),
+            channel_declare: script!("channel_declare"),
         }
     }
 
@@ -270,6 +279,9 @@ impl Scripts {
             &self.pool_info,
             &self.rate_limit,
             &self.publish_dups,
+            &self.channel_publish,
+            &self.channel_read,
+            &self.channel_declare,
         ]
     }
 

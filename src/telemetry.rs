@@ -95,6 +95,18 @@ pub const PUSH_DURATION: &str = "streamcar_push_request_duration_seconds";
 pub const PUSH_IN_FLIGHT: &str = "streamcar_push_in_flight";
 /// 1 for the state a subscription is in, 0 for the others.
 pub const PUSH_STATE: &str = "streamcar_push_state";
+/// Open realtime-channel connections, by transport (`sse`, `ws`).
+pub const CHANNEL_CONNECTIONS: &str = "streamcar_channel_connections";
+/// Live channel subscriptions of local connections.
+pub const CHANNEL_SUBSCRIPTIONS: &str = "streamcar_channel_subscriptions";
+/// Channels this sidecar is subscribed to in Redis (one per channel).
+pub const CHANNEL_REDIS_SUBSCRIBED: &str = "streamcar_channel_redis_subscribed";
+/// Live channel messages handed to local subscribers (one per subscriber).
+pub const CHANNEL_FANOUT: &str = "streamcar_channel_fanout_total";
+/// Channel connections cut because their outbound queue was full.
+pub const CHANNEL_SLOW_CONSUMERS: &str = "streamcar_channel_slow_consumers_total";
+/// Channel resumes from a position, by outcome (`recovered`, `reset`).
+pub const CHANNEL_RESUMES: &str = "streamcar_channel_resumes_total";
 
 /// Installs the global tracing subscriber. Call once, from `main`.
 pub fn init_logging(format: LogFormat) {
@@ -295,6 +307,30 @@ impl Recorder for Split {
 }
 
 fn describe() {
+    describe_gauge!(
+        CHANNEL_CONNECTIONS,
+        "Open realtime-channel connections, by transport (sse, ws)."
+    );
+    describe_gauge!(
+        CHANNEL_SUBSCRIPTIONS,
+        "Channel subscriptions of local connections."
+    );
+    describe_gauge!(
+        CHANNEL_REDIS_SUBSCRIBED,
+        "Channels this sidecar is subscribed to in Redis."
+    );
+    describe_counter!(
+        CHANNEL_FANOUT,
+        "Live channel messages handed to local subscribers."
+    );
+    describe_counter!(
+        CHANNEL_SLOW_CONSUMERS,
+        "Channel connections cut because their outbound queue was full."
+    );
+    describe_counter!(
+        CHANNEL_RESUMES,
+        "Channel resumes from a position, by outcome (recovered, reset)."
+    );
     describe_counter!(
         PUBLISHED,
         "Messages written by publishes (duplicates excluded)."

@@ -40,6 +40,7 @@ fn concrete(path: &str, tenant: &str, name: &str) -> String {
         .replace("{id}", name)
         .replace("{join}", name)
         .replace("{part}", name)
+        .replace("{channel}", name)
 }
 
 async fn raw(

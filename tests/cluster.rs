@@ -260,4 +260,57 @@ async fn the_api_works_on_a_redis_cluster() {
     assert_eq!(deleted.0, 204, "{:?}", deleted.1);
     let (status, _) = api.get("/topics/topic-0").await;
     assert_eq!(status, 404);
+
+    // Realtime channels: each channel's history, meta and publish are one
+    // slot; the sidecar's one pub/sub connection hears every node's PUBLISH.
+    use futures_util::StreamExt;
+    for room in 0..6 {
+        let events = api
+            .client
+            .get(format!("{}/channels/room-{room}/events", api.base))
+            .send()
+            .await
+            .expect("events");
+        assert_eq!(events.status(), 200);
+        let mut body = events.bytes_stream();
+        let (status, published) = api
+            .post(
+                &format!("/channels/room-{room}/messages"),
+                json!({ "payload": { "room": room } }),
+            )
+            .await;
+        assert_eq!(status, 201, "{published}");
+        let epoch = published["epoch"].as_str().expect("epoch").to_owned();
+        let mut seen = String::new();
+        while !seen.contains("\"offset\":1") {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
+                .await
+                .expect("a live event")
+                .expect("stream open")
+                .expect("chunk");
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        assert!(seen.contains(&format!("id: {epoch}:1")), "{seen}");
+        // Sharded pub/sub: one subscription, on the shard of the channel.
+        let live = format!("sc:ch:{{acme:room-{room}}}:live");
+        let subscribers: u64 = cluster
+            .nodes
+            .iter()
+            .map(|node| {
+                let (_, n): (String, u64) = redis::cmd("PUBSUB")
+                    .arg("SHARDNUMSUB")
+                    .arg(&live)
+                    .query(&mut node.connection())
+                    .expect("PUBSUB SHARDNUMSUB");
+                n
+            })
+            .sum();
+        assert_eq!(subscribers, 1, "one sharded subscription for {live}");
+        let (status, history) = api
+            .get(&format!("/channels/room-{room}/messages?since={epoch}:0"))
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(history["recovered"], true, "{history}");
+        assert_eq!(history["messages"][0]["payload"]["room"], room);
+    }
 }

@@ -2,6 +2,7 @@
 //! and the listeners. Handlers translate between HTTP and the domain
 //! ([`crate::broker`]); they never build Redis keys.
 
+mod channels;
 mod coord;
 pub mod extract;
 mod groups;
@@ -56,6 +57,8 @@ pub struct Services {
     pub broker: Broker,
     /// Coordination operations on Redis.
     pub coord: Coord,
+    /// Realtime channels and their fan-out hub.
+    pub channels: crate::channels::Channels,
     /// Request body limit in bytes (`--max-body`).
     pub max_body: usize,
     /// Bearer token required on `/v1` (None = open).
@@ -85,6 +88,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(joins::routes())
         .merge(coord::routes())
         .merge(subscriptions::routes())
+        .merge(channels::routes())
         .split_for_parts()
 }
 

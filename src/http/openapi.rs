@@ -142,6 +142,18 @@ pub struct TopicParams {
     pub topic: String,
 }
 
+/// `{tenant}` and `{channel}`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ChannelParams {
+    /// Tenant name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    pub tenant: String,
+    /// Channel name.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    pub channel: String,
+}
+
 /// `{tenant}`, `{topic}` and `{group}`.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
@@ -379,6 +391,7 @@ pub fn state_byte_limits(schema: &mut utoipa::openapi::schema::Schema) {
         (name = "groups", description = "Consumer groups and delivery under leases"),
         (name = "dead letters", description = "Dead-letter streams of a group"),
         (name = "coordination", description = "Idempotency, checkpoints, reservations, quotas"),
+        (name = "channels", description = "Realtime channels: bounded history and live fan-out (SSE, WebSocket)"),
         (name = "operations", description = "Health, readiness, metrics")
     )
 )]

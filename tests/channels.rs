@@ -1,0 +1,818 @@
+//! Realtime channels (issue 17): offsets and epochs, bounded history, SSE
+//! resume without gap or duplicate, resets for lost positions, fan-out to
+//! many subscribers, one WebSocket for many channels, slow consumers, two
+//! sidecars on one Redis, and a Redis restart mid-stream. Everything goes
+//! through the public HTTP API against a real redis-server.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{StreamcarProcess, TestApp};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// Longest any single wait in these tests may take before it fails.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// One server-sent event.
+#[derive(Debug, Clone)]
+struct SseEvent {
+    id: Option<String>,
+    event: String,
+    data: Value,
+}
+
+/// A minimal SSE reader over a streaming reqwest response.
+struct Sse {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+}
+
+impl Sse {
+    async fn open(url: &str, last_event_id: Option<&str>) -> Self {
+        let client = reqwest::Client::new();
+        let mut request = client.get(url);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let resp = request.send().await.expect("events request");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with("text/event-stream"), "{ct}");
+        Self {
+            body: Box::pin(resp.bytes_stream()),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event (comments skipped); None when the stream ended.
+    async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SseEvent {
+                    id: None,
+                    event: "message".into(),
+                    data: Value::Null,
+                };
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        event.id = Some(v.trim_start().to_owned());
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event.event = v.trim_start().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if data.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                event.data = serde_json::from_str(&data).expect("event data is JSON");
+                return Some(event);
+            }
+            let chunk = tokio::time::timeout(WAIT, self.body.next())
+                .await
+                .expect("an event within the wait limit");
+            match chunk {
+                Some(Ok(bytes)) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next event, which must exist.
+    async fn expect(&mut self) -> SseEvent {
+        self.next().await.expect("stream still open")
+    }
+}
+
+fn payload_of(offset: u64) -> Value {
+    json!({ "n": offset })
+}
+
+async fn publish(app: &TestApp, channel: &str, body: &Value) -> (StatusCode, Value) {
+    let reply = app
+        .post(&format!("/channels/{channel}/messages"), body)
+        .await;
+    (reply.status, reply.body)
+}
+
+/// Publishes `n` messages and returns the last answer.
+async fn publish_n(app: &TestApp, channel: &str, n: u64) -> Value {
+    let mut last = Value::Null;
+    for i in 0..n {
+        let (status, body) = publish(app, channel, &json!({ "payload": { "i": i } })).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        last = body;
+    }
+    last
+}
+
+#[tokio::test]
+async fn offsets_epochs_and_bounded_history() {
+    let app = TestApp::start().await;
+    let created = app
+        .put("/channels/news", &json!({ "history_size": 5 }))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["history_size"], 5);
+    assert_eq!(created.body["history_ttl_ms"], 300_000);
+    assert_eq!(created.body["top_offset"], 0);
+    let again = app
+        .put("/channels/news", &json!({ "history_size": 5 }))
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+    let epoch = created.body["epoch"].as_str().expect("epoch").to_owned();
+    assert_eq!(again.body["epoch"], epoch.as_str());
+
+    for expected in 1..=8u64 {
+        let (status, body) = publish(
+            &app,
+            "news",
+            &json!({ "payload": payload_of(expected), "headers": { "k": "v" } }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["offset"], expected);
+        assert_eq!(body["epoch"], epoch.as_str());
+        assert_eq!(body["duplicate"], false);
+    }
+    // Idempotency: the same key again is the first publish, nothing written.
+    let first = publish(
+        &app,
+        "news",
+        &json!({ "payload": 1, "idempotency_key": "k1" }),
+    )
+    .await;
+    assert_eq!(first.0, StatusCode::CREATED);
+    assert_eq!(first.1["offset"], 9);
+    let dup = publish(
+        &app,
+        "news",
+        &json!({ "payload": 2, "idempotency_key": "k1" }),
+    )
+    .await;
+    assert_eq!(dup.0, StatusCode::OK);
+    assert_eq!(dup.1["offset"], 9);
+    assert_eq!(dup.1["duplicate"], true);
+
+    let info = app.get("/channels/news").await;
+    assert_eq!(info.status, StatusCode::OK);
+    assert_eq!(info.body["top_offset"], 9);
+    assert_eq!(info.body["epoch"], epoch.as_str());
+
+    // Bounded: the last 5 only; from the start, that is not a recovery.
+    let all = app.get("/channels/news/messages").await;
+    assert_eq!(all.status, StatusCode::OK, "{}", all.body);
+    let offsets: Vec<u64> = all.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, vec![5, 6, 7, 8, 9]);
+    assert_eq!(all.body["recovered"], false);
+    assert_eq!(all.body["messages"][0]["payload"], payload_of(5));
+    assert_eq!(all.body["messages"][0]["headers"]["k"], "v");
+    assert!(all.body["messages"][0]["published_at"].as_u64().unwrap() > 0);
+
+    let after6 = app
+        .get(&format!("/channels/news/messages?since={epoch}:6&limit=2"))
+        .await;
+    assert_eq!(after6.body["recovered"], true, "{}", after6.body);
+    let offsets: Vec<u64> = after6.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, vec![7, 8]);
+    let at_top = app
+        .get(&format!("/channels/news/messages?since={epoch}:9"))
+        .await;
+    assert_eq!(at_top.body["recovered"], true);
+    assert_eq!(at_top.body["messages"], json!([]));
+    for gone in [
+        format!("{epoch}:2"),
+        "1:3".to_owned(),
+        format!("{epoch}:99"),
+    ] {
+        let reply = app
+            .get(&format!("/channels/news/messages?since={gone}"))
+            .await;
+        assert_eq!(reply.body["recovered"], false, "{gone}: {}", reply.body);
+    }
+
+    // No channel key lives forever: the config is kept for 30 days after
+    // the last publish or PUT.
+    let config_ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("sc:ch:{{{}:news}}:config", app.tenant))
+        .query(&mut app.redis.connection())
+        .unwrap();
+    assert!(
+        config_ttl > 29 * 24 * 3600 * 1000,
+        "config PTTL {config_ttl}"
+    );
+
+    // Bad input is a 400 problem, never a crash.
+    app.get("/channels/news/messages?since=nope")
+        .await
+        .assert_problem(400, "invalid_field");
+    app.get("/channels/news/messages?limit=0")
+        .await
+        .assert_problem(400, "invalid_field");
+    app.put("/channels/news", &json!({ "history_size": 10_001 }))
+        .await
+        .assert_problem(400, "invalid_field");
+    app.put("/channels/bad:name", &json!({}))
+        .await
+        .assert_problem(400, "invalid_name");
+    app.post("/channels/news/messages", &json!({ "headers": {} }))
+        .await
+        .assert_problem(400, "invalid_field");
+}
+
+#[tokio::test]
+async fn sse_resumes_with_last_event_id_while_publishing_goes_on() {
+    let app = TestApp::start().await;
+    let first = publish_n(&app, "feed", 3).await;
+    let epoch = first["epoch"].as_str().unwrap().to_owned();
+
+    // Publishes 4..=40 run while the subscriber resumes from offset 1.
+    let publisher = {
+        let client = app.client.clone();
+        let url = app.url("/channels/feed/messages");
+        tokio::spawn(async move {
+            for i in 4..=40u64 {
+                let resp = client
+                    .post(&url)
+                    .json(&json!({ "payload": payload_of(i) }))
+                    .send()
+                    .await
+                    .expect("publish");
+                assert_eq!(resp.status(), StatusCode::CREATED);
+            }
+        })
+    };
+    let mut sse = Sse::open(
+        &app.url("/channels/feed/events"),
+        Some(&format!("{epoch}:1")),
+    )
+    .await;
+    for expected in 2..=40u64 {
+        let event = sse.expect().await;
+        assert_eq!(event.event, "message", "{event:?}");
+        assert_eq!(
+            event.id.as_deref(),
+            Some(format!("{epoch}:{expected}").as_str())
+        );
+        assert_eq!(event.data["offset"], expected, "no gap, no duplicate");
+        assert_eq!(event.data["epoch"], epoch.as_str());
+        if expected >= 4 {
+            assert_eq!(event.data["payload"], payload_of(expected));
+        }
+    }
+    publisher.await.unwrap();
+    // Then live.
+    let (_, last) = publish(&app, "feed", &json!({ "payload": "live" })).await;
+    assert_eq!(last["offset"], 41);
+    let event = sse.expect().await;
+    assert_eq!(event.data["offset"], 41);
+    assert_eq!(event.data["payload"], "live");
+
+    // ?since= works too, and an up-to-date position replays nothing.
+    let mut again = Sse::open(
+        &app.url(&format!("/channels/feed/events?since={epoch}:41")),
+        None,
+    )
+    .await;
+    publish(&app, "feed", &json!({ "payload": "next" })).await;
+    assert_eq!(again.expect().await.data["offset"], 42);
+}
+
+#[tokio::test]
+async fn lost_positions_get_one_reset_then_live() {
+    let app = TestApp::start().await;
+    app.put("/channels/short", &json!({ "history_size": 3 }))
+        .await;
+    let last = publish_n(&app, "short", 10).await;
+    let epoch = last["epoch"].as_str().unwrap().to_owned();
+
+    for position in [
+        format!("{epoch}:2"),
+        "123:5".to_owned(),
+        format!("{epoch}:50"),
+    ] {
+        let mut sse = Sse::open(&app.url("/channels/short/events"), Some(&position)).await;
+        let reset = sse.expect().await;
+        assert_eq!(reset.event, "reset", "{position}: {reset:?}");
+        assert_eq!(reset.data["epoch"], epoch.as_str());
+        let top = reset.data["top_offset"].as_u64().unwrap();
+        assert!(top >= 10);
+        assert_eq!(reset.id, Some(format!("{epoch}:{top}")));
+        let (_, next) = publish(&app, "short", &json!({ "payload": "after" })).await;
+        let live = sse.expect().await;
+        assert_eq!(live.event, "message");
+        assert_eq!(live.data["offset"], next["offset"]);
+    }
+
+    let metrics = app.metrics_text().await;
+    assert!(
+        metrics.contains("streamcar_channel_resumes_total{outcome=\"reset\"}"),
+        "resume outcomes are counted"
+    );
+
+    // An invalid Last-Event-ID is a 400 problem.
+    let bad = app
+        .client
+        .get(app.url("/channels/short/events"))
+        .header("Last-Event-ID", "garbage")
+        .send()
+        .await
+        .unwrap();
+    TestApp::reply(bad)
+        .await
+        .assert_problem(400, "invalid_field");
+}
+
+#[tokio::test]
+async fn expired_channel_keys_give_a_new_epoch() {
+    let app = TestApp::start().await;
+    app.put("/channels/brief", &json!({ "history_ttl_ms": 100 }))
+        .await;
+    let last = publish_n(&app, "brief", 2).await;
+    let old = last["epoch"].as_str().unwrap().to_owned();
+    // Wait (bounded) until Redis has expired the channel's keys.
+    let mut fresh = None;
+    for _ in 0..150 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let info = app.get("/channels/brief").await;
+        if info.body["epoch"] != old.as_str() {
+            fresh = Some(info.body);
+            break;
+        }
+    }
+    let fresh = fresh.expect("the channel expired");
+    assert_eq!(fresh["top_offset"], 0);
+    let mut sse = Sse::open(
+        &app.url("/channels/brief/events"),
+        Some(&format!("{old}:2")),
+    )
+    .await;
+    let reset = sse.expect().await;
+    assert_eq!(reset.event, "reset");
+    assert_ne!(reset.data["epoch"], old.as_str());
+    let (_, next) = publish(&app, "brief", &json!({ "payload": 1 })).await;
+    assert_ne!(next["epoch"], old.as_str());
+    let live = sse.expect().await;
+    assert_eq!(live.data["offset"], next["offset"]);
+    assert_eq!(live.data["epoch"], next["epoch"]);
+}
+
+#[tokio::test]
+async fn two_hundred_sse_subscribers_get_every_message_in_order() {
+    let app = TestApp::start().await;
+    let url = app.url("/channels/crowd/events");
+    let mut subscribers = Vec::new();
+    for _ in 0..200 {
+        subscribers.push(Sse::open(&url, None).await);
+    }
+    // One Redis subscription for all of them.
+    let live = format!("sc:ch:{{{}:crowd}}:live", app.tenant);
+    let numsub: (String, u64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(&live)
+        .query(&mut app.redis.connection())
+        .unwrap();
+    assert_eq!(
+        numsub.1, 1,
+        "one Redis subscription per channel per sidecar"
+    );
+
+    let last = publish_n(&app, "crowd", 20).await;
+    let epoch = last["epoch"].as_str().unwrap().to_owned();
+    let readers = subscribers.into_iter().map(|mut sse| {
+        let epoch = epoch.clone();
+        tokio::spawn(async move {
+            for expected in 1..=20u64 {
+                let event = sse.expect().await;
+                assert_eq!(event.event, "message");
+                assert_eq!(event.data["offset"], expected);
+                assert_eq!(event.data["epoch"], epoch.as_str());
+            }
+        })
+    });
+    for reader in futures_util::future::join_all(readers).await {
+        reader.expect("every subscriber got 1..=20 in order");
+    }
+    let metrics = app.metrics_text().await;
+    for name in [
+        "streamcar_channel_connections{transport=\"sse\"}",
+        "streamcar_channel_subscriptions",
+        "streamcar_channel_redis_subscribed",
+        "streamcar_channel_fanout_total",
+    ] {
+        assert!(metrics.contains(name), "{name} in /metrics");
+    }
+
+    // All gone (their tasks dropped the streams): the Redis subscription is
+    // released a little later.
+    let mut released = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let numsub: (String, u64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&live)
+            .query(&mut app.redis.connection())
+            .unwrap();
+        if numsub.1 == 0 {
+            released = true;
+            break;
+        }
+    }
+    assert!(
+        released,
+        "the channel is unsubscribed after its last subscriber left"
+    );
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_connect(app: &TestApp) -> Ws {
+    let url = app.url("/ws").replacen("http://", "ws://", 1);
+    let (ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket");
+    ws
+}
+
+async fn ws_send(ws: &mut Ws, frame: Value) {
+    ws.send(WsMessage::text(frame.to_string()))
+        .await
+        .expect("send");
+}
+
+/// The next JSON frame (pings skipped); panics when the socket closes.
+async fn ws_next(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame within the wait limit")
+            .expect("socket open")
+            .expect("frame");
+        match msg {
+            WsMessage::Text(text) => return serde_json::from_str(&text).expect("JSON frame"),
+            WsMessage::Ping(_) | WsMessage::Pong(_) => {}
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn one_websocket_many_channels() {
+    let app = TestApp::start().await;
+    let mut ws = ws_connect(&app).await;
+    const N: usize = 1000;
+    for i in 0..N {
+        ws_send(
+            &mut ws,
+            json!({ "op": "subscribe", "channel": format!("c{i}") }),
+        )
+        .await;
+    }
+    let mut subscribed = 0;
+    while subscribed < N {
+        let frame = ws_next(&mut ws).await;
+        assert_eq!(frame["type"], "subscribed", "{frame}");
+        assert_eq!(frame["recovered"], false);
+        assert_eq!(frame["top_offset"], 0);
+        subscribed += 1;
+    }
+    // Publish over the same socket, one message per channel.
+    for i in 0..N {
+        ws_send(
+            &mut ws,
+            json!({ "op": "publish", "channel": format!("c{i}"), "payload": { "i": i } }),
+        )
+        .await;
+    }
+    let mut seen: HashMap<String, Value> = HashMap::new();
+    while seen.len() < N {
+        let frame = ws_next(&mut ws).await;
+        assert_eq!(frame["type"], "message", "{frame}");
+        assert_eq!(frame["offset"], 1, "{frame}");
+        let channel = frame["channel"].as_str().unwrap().to_owned();
+        let i: usize = channel[1..].parse().unwrap();
+        assert_eq!(frame["payload"]["i"], i);
+        assert!(seen.insert(channel, frame).is_none(), "no duplicate");
+    }
+
+    // Unsubscribed channels go quiet; the others keep flowing, in order.
+    ws_send(&mut ws, json!({ "op": "unsubscribe", "channel": "c0" })).await;
+    publish(&app, "c0", &json!({ "payload": "quiet" })).await;
+    publish(&app, "c1", &json!({ "payload": "loud" })).await;
+    let frame = ws_next(&mut ws).await;
+    assert_eq!(frame["channel"], "c1", "{frame}");
+    assert_eq!(frame["offset"], 2);
+}
+
+#[tokio::test]
+async fn websocket_resume_and_invalid_frames() {
+    let app = TestApp::start().await;
+    app.put("/channels/w", &json!({ "history_size": 3 })).await;
+    let last = publish_n(&app, "w", 6).await;
+    let epoch = last["epoch"].as_str().unwrap().to_owned();
+    let mut ws = ws_connect(&app).await;
+
+    for (frame, code) in [
+        ("not json".to_owned(), "invalid_frame"),
+        (json!({ "op": "dance" }).to_string(), "invalid_frame"),
+        (
+            json!({ "op": "subscribe", "channel": "a:b" }).to_string(),
+            "invalid_name",
+        ),
+        (
+            json!({ "op": "subscribe", "channel": "w", "since": "x" }).to_string(),
+            "invalid_field",
+        ),
+        (
+            json!({ "op": "unsubscribe", "channel": "w" }).to_string(),
+            "not_subscribed",
+        ),
+        (
+            json!({ "op": "publish", "channel": "w" }).to_string(),
+            "invalid_frame",
+        ),
+    ] {
+        ws.send(WsMessage::text(frame.clone())).await.unwrap();
+        let reply = ws_next(&mut ws).await;
+        assert_eq!(reply["type"], "error", "{frame}: {reply}");
+        assert_eq!(reply["code"], code, "{frame}: {reply}");
+        assert!(reply["detail"].is_string());
+    }
+    ws.send(WsMessage::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(ws_next(&mut ws).await["code"], "invalid_frame");
+
+    // Still usable: resume inside history replays exactly what was missed.
+    ws_send(
+        &mut ws,
+        json!({ "op": "subscribe", "channel": "w", "since": format!("{epoch}:4") }),
+    )
+    .await;
+    let subscribed = ws_next(&mut ws).await;
+    assert_eq!(subscribed["type"], "subscribed");
+    assert_eq!(subscribed["recovered"], true);
+    assert_eq!(subscribed["epoch"], epoch.as_str());
+    assert_eq!(subscribed["top_offset"], 6);
+    for expected in [5, 6] {
+        let m = ws_next(&mut ws).await;
+        assert_eq!(m["type"], "message");
+        assert_eq!(m["offset"], expected);
+        assert_eq!(m["channel"], "w");
+    }
+    ws_send(&mut ws, json!({ "op": "subscribe", "channel": "w" })).await;
+    assert_eq!(ws_next(&mut ws).await["code"], "already_subscribed");
+
+    // Older than history: subscribed (not recovered), one reset, then live.
+    ws_send(&mut ws, json!({ "op": "unsubscribe", "channel": "w" })).await;
+    ws_send(
+        &mut ws,
+        json!({ "op": "subscribe", "channel": "w", "since": format!("{epoch}:1") }),
+    )
+    .await;
+    let subscribed = ws_next(&mut ws).await;
+    assert_eq!(subscribed["recovered"], false, "{subscribed}");
+    let reset = ws_next(&mut ws).await;
+    assert_eq!(reset["type"], "reset", "{reset}");
+    assert_eq!(reset["top_offset"], 6);
+    assert_eq!(reset["channel"], "w");
+    publish(&app, "w", &json!({ "payload": 7 })).await;
+    assert_eq!(ws_next(&mut ws).await["offset"], 7);
+}
+
+#[tokio::test]
+async fn publish_on_one_sidecar_reaches_subscribers_on_another() {
+    let app = TestApp::start().await;
+    let b = StreamcarProcess::start(&app.redis.url(), &[]).await;
+    let url_b = format!("{}/v1/tenants/{}/channels/x/events", b.base, app.tenant);
+    let mut sse = Sse::open(&url_b, None).await;
+    let (_, published) = publish(&app, "x", &json!({ "payload": "from A" })).await;
+    let event = sse.expect().await;
+    assert_eq!(event.data["payload"], "from A");
+    assert_eq!(event.data["offset"], published["offset"]);
+}
+
+/// The slow-consumer counter of `/metrics` (0 before the first one).
+async fn slow_consumers(app: &TestApp) -> u64 {
+    let text = app.metrics_text().await;
+    text.lines()
+        .find(|l| l.starts_with("streamcar_channel_slow_consumers_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Publishes 16 KiB messages until the sidecar has cut one more slow
+/// consumer (bounded); returns the last offset published.
+async fn flood_until_cut(app: &TestApp, channel: &str) -> u64 {
+    let before = slow_consumers(app).await;
+    let big = "x".repeat(16 * 1024);
+    let mut last = 0;
+    for i in 0..2000 {
+        let (status, body) = publish(app, channel, &json!({ "payload": big })).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        last = body["offset"].as_u64().unwrap();
+        if i % 10 == 9 && slow_consumers(app).await > before {
+            return last;
+        }
+    }
+    panic!("no slow consumer after 2000 messages of 16 KiB (last offset {last})");
+}
+
+// SSE and WebSocket in one test: both move the one slow-consumer counter.
+#[tokio::test]
+async fn subscribers_that_stop_reading_are_cut_as_slow_consumers() {
+    let app = TestApp::start_with(|c| c.channel_queue_bytes = 64 * 1024).await;
+    let config = json!({ "history_size": 10_000, "history_ttl_ms": 600_000 });
+    app.put("/channels/flood", &config).await;
+    app.put("/channels/flood-ws", &config).await;
+
+    // SSE: stop reading, let the sidecar cut it, then read what arrived.
+    let url = app.url("/channels/flood/events");
+    let mut sse = Sse::open(&url, None).await;
+    let published = flood_until_cut(&app, "flood").await;
+    let mut next = 1;
+    let mut last_id = None;
+    loop {
+        let event = sse.next().await.expect("an error event before the end");
+        if event.event == "message" {
+            assert_eq!(event.data["offset"], next, "in order, no gap");
+            next += 1;
+            last_id = event.id;
+            continue;
+        }
+        assert_eq!(event.event, "error", "{event:?}");
+        assert_eq!(event.data["code"], "slow_consumer");
+        break;
+    }
+    assert!(
+        sse.next().await.is_none(),
+        "the stream ends after the error"
+    );
+    assert!(next <= published, "it was cut before the end");
+    // It resumes by offset: exactly the rest.
+    let mut resumed = Sse::open(&url, last_id.as_deref()).await;
+    for expected in next..=published {
+        let event = resumed.expect().await;
+        assert_eq!(event.event, "message");
+        assert_eq!(event.data["offset"], expected);
+    }
+
+    // WebSocket, with a small receive buffer so the client stops taking
+    // data soon after it stops reading.
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr.parse().unwrap()).await.unwrap();
+    let ws_url = app.url("/ws").replacen("http://", "ws://", 1);
+    let (mut ws, _) = tokio_tungstenite::client_async(ws_url, stream)
+        .await
+        .expect("websocket");
+    ws.send(WsMessage::text(
+        json!({ "op": "subscribe", "channel": "flood-ws" }).to_string(),
+    ))
+    .await
+    .unwrap();
+    let subscribed = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(subscribed.to_text().unwrap().contains("subscribed"));
+    flood_until_cut(&app, "flood-ws").await;
+    let mut next = 1;
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame within the wait limit")
+            .expect("a close frame before the end")
+            .expect("frame");
+        match frame {
+            WsMessage::Text(text) => {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(frame["offset"], next, "in order, no gap");
+                next += 1;
+            }
+            WsMessage::Close(Some(close)) => {
+                assert_eq!(u16::from(close.code), 4008);
+                assert_eq!(close.reason.as_str(), "slow_consumer");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn redis_restart_mid_stream_resumes_or_resets_never_skips() {
+    let mut app = TestApp::start().await;
+    let url = app.url("/channels/r/events");
+    let mut sse = Sse::open(&url, None).await;
+    let mut ws = ws_connect(&app).await;
+    ws_send(&mut ws, json!({ "op": "subscribe", "channel": "r" })).await;
+    assert_eq!(ws_next(&mut ws).await["type"], "subscribed");
+    let last = publish_n(&app, "r", 3).await;
+    let old = last["epoch"].as_str().unwrap().to_owned();
+    for expected in 1..=3u64 {
+        assert_eq!(sse.expect().await.data["offset"], expected);
+        assert_eq!(ws_next(&mut ws).await["offset"], expected);
+    }
+
+    // Redis without persistence: the restart loses the channel.
+    app.redis.restart();
+    let mut first = None;
+    for _ in 0..200 {
+        let (status, body) = publish(&app, "r", &json!({ "payload": "after" })).await;
+        if status == StatusCode::CREATED {
+            first = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = first.expect("publishing works again after the restart");
+    let epoch = first["epoch"].as_str().unwrap().to_owned();
+    assert_ne!(epoch, old, "lost history means a new epoch");
+
+    // The subscriber is told: one reset to the new epoch, never a silent jump.
+    let reset = sse.expect().await;
+    assert_eq!(reset.event, "reset", "{reset:?}");
+    assert_eq!(reset.data["epoch"], epoch.as_str());
+    let top = reset.data["top_offset"].as_u64().unwrap();
+    let (_, final_message) = publish(&app, "r", &json!({ "payload": "final" })).await;
+    let final_offset = final_message["offset"].as_u64().unwrap();
+    for expected in top + 1..=final_offset {
+        let event = sse.expect().await;
+        assert_eq!(event.event, "message", "{event:?}");
+        assert_eq!(event.data["epoch"], epoch.as_str());
+        assert_eq!(
+            event.data["offset"], expected,
+            "consecutive after the reset"
+        );
+    }
+
+    // The WebSocket subscriber likewise: a reset frame, then consecutive.
+    let reset = ws_next(&mut ws).await;
+    assert_eq!(reset["type"], "reset", "{reset}");
+    assert_eq!(reset["channel"], "r");
+    assert_eq!(reset["epoch"], epoch.as_str());
+    let top = reset["top_offset"].as_u64().unwrap();
+    for expected in top + 1..=final_offset {
+        let frame = ws_next(&mut ws).await;
+        assert_eq!(frame["type"], "message", "{frame}");
+        assert_eq!(frame["epoch"], epoch.as_str());
+        assert_eq!(frame["offset"], expected, "consecutive after the reset");
+    }
+}
+
+#[tokio::test]
+async fn shutdown_ends_subscriber_connections_instead_of_holding_the_drain() {
+    // A drain far longer than the wait below: only an ended stream passes.
+    let mut app = TestApp::start_with(|c| c.drain_timeout = Duration::from_secs(120)).await;
+    let mut sse = Sse::open(&app.url("/channels/bye/events"), None).await;
+    let mut ws = ws_connect(&app).await;
+    ws_send(&mut ws, json!({ "op": "subscribe", "channel": "bye" })).await;
+    assert_eq!(ws_next(&mut ws).await["type"], "subscribed");
+    let stop = app.stop();
+    let ended = async {
+        assert!(sse.next().await.is_none(), "the event stream ends");
+        let close = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a close within the wait limit");
+        match close {
+            Some(Ok(WsMessage::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1001),
+            other => panic!("expected a 1001 close, got {other:?}"),
+        }
+    };
+    tokio::join!(stop, ended);
+}
+
+#[tokio::test]
+async fn the_document_names_channel_schemas_apart_from_topic_ones() {
+    let app = TestApp::start().await;
+    let doc = app.get_root("/v1/openapi.json").await.body;
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["ChannelHistoryPage"]["properties"]["messages"]["items"]["$ref"],
+        "#/components/schemas/ChannelMessage"
+    );
+    assert_eq!(
+        schemas["HistoryPage"]["properties"]["messages"]["items"]["$ref"],
+        "#/components/schemas/Message"
+    );
+}
