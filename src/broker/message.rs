@@ -4,7 +4,7 @@
 //! The payload and headers are stored as JSON text and handed back as raw
 //! JSON, so a message is never re-parsed into a tree on its way out.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -75,6 +75,30 @@ impl Message {
             stream_id,
         })
     }
+}
+
+/// Checks a message's `headers` against the limits the schema below
+/// states; `field` names them in errors (e.g. `headers`, `messages[3].headers`).
+pub fn check_headers(field: &str, headers: &BTreeMap<String, String>) -> crate::error::Result<()> {
+    use crate::error::Error;
+    if headers.len() > MAX_HEADERS {
+        return Err(Error::invalid_field(
+            field,
+            format!("at most {MAX_HEADERS} headers are allowed"),
+        ));
+    }
+    for (name, value) in headers {
+        crate::validate::check_text(format_args!("{field}.{name}"), name, MAX_HEADER_NAME_LEN)?;
+        if value.len() > MAX_HEADER_VALUE_LEN || value.chars().any(char::is_control) {
+            return Err(Error::invalid_field(
+                format!("{field}.{name}"),
+                format!(
+                    "values must be at most {MAX_HEADER_VALUE_LEN} bytes without control characters"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The OpenAPI schema of a message's `headers`: at most [`MAX_HEADERS`]

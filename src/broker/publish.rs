@@ -177,24 +177,7 @@ impl PublishRequest {
             ));
         }
         if let Some(headers) = &self.headers {
-            let field = format_args!("{prefix}headers");
-            if headers.len() > MAX_HEADERS {
-                return Err(Error::invalid_field(
-                    field.to_string(),
-                    format!("at most {MAX_HEADERS} headers are allowed"),
-                ));
-            }
-            for (name, value) in headers {
-                check_text(format_args!("{field}.{name}"), name, MAX_HEADER_NAME_LEN)?;
-                if value.len() > MAX_HEADER_VALUE_LEN || value.chars().any(char::is_control) {
-                    return Err(Error::invalid_field(
-                        format!("{field}.{name}"),
-                        format!(
-                            "values must be at most {MAX_HEADER_VALUE_LEN} bytes without control characters"
-                        ),
-                    ));
-                }
-            }
+            super::message::check_headers(&format!("{prefix}headers"), headers)?;
         }
         Ok(())
     }

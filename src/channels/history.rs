@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{ChannelName, Channels};
-use crate::broker::publish::{MAX_HEADER_NAME_LEN, MAX_HEADER_VALUE_LEN, MAX_HEADERS, MAX_REF_LEN};
+use crate::broker::publish::MAX_REF_LEN;
 use crate::error::{Error, Result};
 use crate::keys::ChannelKeys;
 use crate::names::Tenant;
@@ -94,23 +94,7 @@ impl ChannelPublish {
             check_text("idempotency_key", key, MAX_REF_LEN)?;
         }
         if let Some(headers) = &self.headers {
-            if headers.len() > MAX_HEADERS {
-                return Err(Error::invalid_field(
-                    "headers",
-                    format!("at most {MAX_HEADERS} headers are allowed"),
-                ));
-            }
-            for (name, value) in headers {
-                check_text(format_args!("headers.{name}"), name, MAX_HEADER_NAME_LEN)?;
-                if value.len() > MAX_HEADER_VALUE_LEN || value.chars().any(char::is_control) {
-                    return Err(Error::invalid_field(
-                        format!("headers.{name}"),
-                        format!(
-                            "values must be at most {MAX_HEADER_VALUE_LEN} bytes without control characters"
-                        ),
-                    ));
-                }
-            }
+            crate::broker::message::check_headers("headers", headers)?;
         }
         Ok(())
     }
