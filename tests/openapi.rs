@@ -265,3 +265,25 @@ fn text_limits_are_documented_in_bytes() {
     }
     walk(&doc["components"], "components");
 }
+
+/// Every operation has its own operationId (OpenAPI requires it, and client
+/// generators name their methods after it).
+#[test]
+fn operation_ids_are_unique() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_streamcar"))
+        .arg("openapi")
+        .output()
+        .expect("streamcar openapi");
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let mut seen = std::collections::HashSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            if let Some(id) = op.get("operationId").and_then(Value::as_str) {
+                assert!(
+                    seen.insert(id.to_owned()),
+                    "{method} {path}: operationId {id} repeats"
+                );
+            }
+        }
+    }
+}

@@ -47,7 +47,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(declare_channel, get_channel))
-        .routes(routes!(publish, history))
+        .routes(routes!(publish_to_channel, channel_history))
         .routes(routes!(events))
         .routes(routes!(websocket))
 }
@@ -145,7 +145,7 @@ async fn get_channel(
         ApiErrors, BodyErrors
     )
 )]
-async fn publish(
+async fn publish_to_channel(
     State(state): State<AppState>,
     path: ChannelPath,
     JsonBody(message): JsonBody<ChannelPublish>,
@@ -183,7 +183,7 @@ struct HistoryQuery {
     params(ChannelParams, HistoryQuery),
     responses((status = 200, description = "History after `since`", body = HistoryPage), ApiErrors)
 )]
-async fn history(
+async fn channel_history(
     State(state): State<AppState>,
     path: ChannelPath,
     QueryParams(query): QueryParams<HistoryQuery>,
