@@ -32,9 +32,10 @@ pub struct Emit {
     /// Any JSON value.
     #[schema(value_type = serde_json::Value)]
     pub payload: Box<RawValue>,
-    /// Ordering key of the emitted message.
+    /// Ordering key of the emitted message (1 to 256 bytes of UTF-8, no
+    /// control characters).
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 256)]
+    #[schema(min_length = 1, max_length = 256, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$")]
     pub key: Option<String>,
     /// Headers of the emitted message.
     #[serde(default)]
