@@ -265,11 +265,11 @@ impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJsonBody<T
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, HttpError> {
         let bytes = read_body(req, state).await?;
-        let text = bytes.trim_ascii();
-        if text.is_empty() || text == b"null" {
+        // No body at all is no body; whitespace alone is not JSON.
+        if bytes.is_empty() || bytes.trim_ascii() == b"null" {
             return Ok(Self(T::default()));
         }
-        Ok(parse_json(text, "").map(Self)?)
+        Ok(parse_json(&bytes, "").map(Self)?)
     }
 }
 

@@ -206,7 +206,8 @@ async fn ack(
     path: GroupPath,
     JsonBody(request): JsonBody<AckRequest>,
 ) -> Result<Response> {
-    let outcome = match request.emit {
+    // An empty `emit` list is a plain ack.
+    let outcome = match request.emit.filter(|e| !e.is_empty()) {
         Some(emits) => {
             state
                 .broker

@@ -35,7 +35,11 @@ pub struct Emit {
     /// Ordering key of the emitted message (1 to 256 bytes of UTF-8, no
     /// control characters).
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 256, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub key: Option<String>,
     /// Headers of the emitted message.
     #[serde(default)]

@@ -54,7 +54,7 @@ impl OnTimeout {
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
     /// The parts to wait for (1 to 1000 distinct names).
-    #[schema(min_items = 1, max_items = 1000)]
+    #[schema(schema_with = parts_schema)]
     pub parts: Vec<Part>,
     /// Deadline from now, ms (1 to 7 days).
     #[serde(deserialize_with = "crate::validate::whole::u64")]
@@ -65,18 +65,36 @@ pub struct JoinRequest {
     pub on_timeout: Option<OnTimeout>,
 }
 
+/// The schema of a join's `parts`: 1 to 1000 distinct part names.
+fn parts_schema() -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(<Part as utoipa::PartialSchema>::schema())
+        .min_items(Some(1))
+        .max_items(Some(MAX_PARTS))
+        .unique_items(true)
+        .description(Some("The parts to wait for: 1 to 1000 distinct names."))
+        .build()
+}
+
 /// Body of `POST …/joins/{join}/parts/{part}`: exactly one of the two.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1, max_properties = 1)]
 pub struct PartRequest {
-    /// The part's result (any JSON).
-    #[serde(default)]
+    /// The part's result (any JSON, `null` included).
+    #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<serde_json::Value>)]
     pub result: Option<Box<RawValue>>,
     /// The part's error (any JSON, usually a string).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<serde_json::Value>)]
     pub error: Option<Box<RawValue>>,
+}
+
+/// A field that is present is `Some`, even when it is JSON `null` (a part
+/// may well produce `null`); only a missing field is `None`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 /// What recording a part came to.
