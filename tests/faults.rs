@@ -420,6 +420,33 @@ async fn three_sidecars() -> (RedisServer, Vec<StreamcarProcess>, Arc<Cluster>) 
     (redis, sidecars, cluster)
 }
 
+/// The end of every run: the producer is done, the group drains, the
+/// consumers stop, and the history is checked.
+async fn finish_and_check(
+    cluster: &Cluster,
+    history: &Mutex<History>,
+    (producer, consumers): (
+        tokio::task::JoinHandle<()>,
+        Vec<tokio::task::JoinHandle<()>>,
+    ),
+    stop: &AtomicBool,
+    (count, seed): (usize, u64),
+) {
+    producer.await.expect("producer");
+    let group = drained(cluster, seed).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in consumers {
+        c.await.expect("consumer");
+    }
+    let history = history.lock().await;
+    eprintln!(
+        "{} published, {} deliveries, group {group}",
+        history.published.len(),
+        history.deliveries.len()
+    );
+    check(cluster, &history, count, seed).await;
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
@@ -461,20 +488,15 @@ async fn no_acknowledged_message_is_lost_when_the_sidecar_and_redis_crash() {
             redis.restart();
         }
     }
-    producer.await.expect("producer");
-    eprintln!("chaos and publishing took {:?}", started.elapsed());
-    let group = drained(&cluster, seed).await;
-    stop.store(true, Ordering::Relaxed);
-    for c in consumers {
-        c.await.expect("consumer");
-    }
-    let history = history.lock().await;
-    eprintln!(
-        "{} published, {} deliveries, group {group}",
-        history.published.len(),
-        history.deliveries.len()
-    );
-    check(&cluster, &history, COUNT, seed).await;
+    eprintln!("chaos took {:?}", started.elapsed());
+    finish_and_check(
+        &cluster,
+        &history,
+        (producer, consumers),
+        &stop,
+        (COUNT, seed),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -497,14 +519,14 @@ async fn three_sidecars_share_groups_without_double_leases_even_when_one_freezes
     tokio::time::sleep(Duration::from_millis(LEASE_MS * 2)).await;
     sidecars[1].signal(libc::SIGCONT);
 
-    producer.await.expect("producer");
-    drained(&cluster, seed).await;
-    stop.store(true, Ordering::Relaxed);
-    for c in consumers {
-        c.await.expect("consumer");
-    }
-    let history = history.lock().await;
-    check(&cluster, &history, COUNT, seed).await;
+    finish_and_check(
+        &cluster,
+        &history,
+        (producer, consumers),
+        &stop,
+        (COUNT, seed),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -536,17 +558,12 @@ async fn an_ordered_group_keeps_every_key_in_order_through_stalls_nacks_and_cras
     tokio::time::sleep(Duration::from_millis(rng.u64(100..600))).await;
     redis.restart();
 
-    producer.await.expect("producer");
-    drained(&cluster, seed).await;
-    stop.store(true, Ordering::Relaxed);
-    for c in consumers {
-        c.await.expect("consumer");
-    }
-    let history = history.lock().await;
-    eprintln!(
-        "{} published, {} deliveries",
-        history.published.len(),
-        history.deliveries.len()
-    );
-    check(&cluster, &history, COUNT, seed).await;
+    finish_and_check(
+        &cluster,
+        &history,
+        (producer, consumers),
+        &stop,
+        (COUNT, seed),
+    )
+    .await;
 }
