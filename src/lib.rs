@@ -175,16 +175,25 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
             signal.clone(),
         )));
     }
-    let pusher = push::Pusher::start(&broker, &config.subscriptions, &signal);
     let channels = channels::Channels::start(
         store.clone(),
         &urls,
         config.redis_cluster,
         config.channel_queue_bytes,
     );
+    let coord = Coord::new(store.clone());
+    let pusher = push::Pusher::start(
+        push::Services {
+            broker: broker.clone(),
+            coord: coord.clone(),
+            channels: channels.clone(),
+        },
+        &config.subscriptions,
+        &signal,
+    );
     let app = http::router(AppState::new(Services {
         channels,
-        coord: Coord::new(store.clone()),
+        coord,
         store,
         broker,
         max_body: config.max_body,

@@ -589,6 +589,68 @@ async fn refusals_dead_letter_with_the_answer_as_last_error() {
 }
 
 #[tokio::test]
+async fn a_2xx_with_emit_publishes_the_next_step_then_acks() {
+    // The first answer's emit has no target (the app's bug): nacked, not
+    // acked without its next step. The second emits to a topic and to the
+    // user's channel.
+    let server = AppServer::start(|n, seen| {
+        let order: Value = serde_json::from_slice(&seen.body).unwrap();
+        let emit = if n == 0 {
+            json!([{"payload": order}])
+        } else {
+            json!([
+                {"topic": "shipped", "payload": {"order": order}, "key": "u1"},
+                {"channel": "user.u1", "payload": {"shipped": order}},
+            ])
+        };
+        Answer {
+            body: json!({"emit": emit}).to_string(),
+            ..answer(200)
+        }
+    })
+    .await;
+    let backoff = json!({"initial_ms": 100, "max_ms": 100, "multiplier": 1.0, "jitter": 0.0});
+    let app = sidecar(vec![subscription(
+        "emit",
+        &server.url(),
+        json!({"group_config": {"backoff": backoff}}),
+    )])
+    .await;
+    let source = publish(&app, json!({"payload": 7, "correlation_id": "conv-1"})).await;
+    let seen = server.wait_for(2).await;
+    assert_eq!(attempts(&seen), ["1", "2"]);
+    let g = settled(&app).await;
+    assert_eq!(g["dead_lettered"], 0);
+    let sub = wait_subscription(&app, |s| s["acked"] == 1).await;
+    assert_eq!(sub["nacked"], 1);
+    assert!(
+        sub["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("emit[0].topic"),
+        "{sub}"
+    );
+
+    let shipped = get(&app, "/topics/shipped/messages").await["messages"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(shipped.len(), 1, "one next step, from the good answer");
+    assert_eq!(shipped[0]["payload"], json!({"order": 7}));
+    assert_eq!(shipped[0]["causation_id"], source["id"]);
+    assert_eq!(shipped[0]["correlation_id"], "conv-1");
+    assert_eq!(shipped[0]["key"], "u1");
+
+    let channel = get(&app, "/channels/user.u1/messages").await;
+    let messages = channel["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 1, "{channel}");
+    assert_eq!(messages[0]["payload"], json!({"shipped": 7}));
+    assert_eq!(messages[0]["headers"]["causation_id"], source["id"]);
+    assert_eq!(messages[0]["headers"]["correlation_id"], "conv-1");
+    assert_eq!(server.seen().len(), 2);
+}
+
+#[tokio::test]
 async fn a_202_leaves_the_delivery_to_the_app_which_acks_it_through_the_api() {
     let server = AppServer::start(|_, _| answer(202)).await;
     let app = sidecar(vec![subscription("takeover", &server.url(), json!({}))]).await;

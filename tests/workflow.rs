@@ -85,12 +85,15 @@ async fn a_redone_step_emits_each_message_exactly_once() {
     let got = app.fetch("in", "g", "w", 1, 0).await;
     let body = json!({"receipts": [receipt(&got[0])], "emit": [
         {"topic": "out", "payload": "first"},
+        {"channel": "user.1", "payload": "to the user"},
         {"topic": "full", "payload": "second"}
     ]});
     app.post("/topics/in/groups/g/ack", &body)
         .await
         .assert_problem(429, "backlog_full");
     assert_eq!(app.history("out").await.len(), 1, "the first emit went out");
+    let channel = app.get("/channels/user.1/messages").await;
+    assert_eq!(channel.body["top_offset"], 1, "{}", channel.body);
 
     // The sink catches up; the worker redoes the step with the same receipt.
     let blocker = app.fetch("full", "sink", "s", 1, 0).await;
@@ -103,8 +106,19 @@ async fn a_redone_step_emits_each_message_exactly_once() {
     let redone = app.post("/topics/in/groups/g/ack", &body).await;
     assert_eq!(redone.status, StatusCode::OK, "{}", redone.body);
     assert_eq!(redone.body["emitted"][0]["duplicate"], true);
-    assert_eq!(redone.body["emitted"][1]["duplicate"], false);
+    assert_eq!(redone.body["emitted"][1]["duplicate"], true);
+    assert_eq!(redone.body["emitted"][1]["offset"], 1);
+    assert_eq!(redone.body["emitted"][2]["duplicate"], false);
     assert_eq!(app.history("out").await.len(), 1);
+    let channel = app.get("/channels/user.1/messages").await;
+    let messages = channel.body["messages"].as_array().unwrap();
+    assert_eq!(
+        messages.len(),
+        1,
+        "the channel message once: {}",
+        channel.body
+    );
+    assert_eq!(messages[0]["headers"]["causation_id"], got[0]["id"]);
     let full: Vec<Value> = app.history("full").await;
     assert_eq!(full.len(), 2, "blocker + the second emit, once");
 }
@@ -148,13 +162,33 @@ async fn ack_with_emit_refuses_bad_requests() {
     app.post("/topics/bad/groups/g/ack", &two)
         .await
         .assert_problem(400, "invalid_field");
-    let channel =
-        json!({"receipts": [receipt(&got[0])], "emit": [{"channel": "u1", "payload": 1}]});
-    let reply = app.post("/topics/bad/groups/g/ack", &channel).await;
-    assert_eq!(
-        reply.assert_problem(400, "invalid_field")["field"],
-        "emit[0].channel"
-    );
+    for (emit, field) in [
+        (
+            json!({"channel": "u1", "topic": "x", "payload": 1}),
+            "emit[0].channel",
+        ),
+        (json!({"channel": "u 1", "payload": 1}), "emit[0].channel"),
+        (
+            json!({"channel": "u1", "payload": 1, "key": "k"}),
+            "emit[0].key",
+        ),
+        (
+            json!({"channel": "u1", "payload": 1, "delay_ms": 5}),
+            "emit[0].delay_ms",
+        ),
+        (
+            json!({"channel": "u1", "payload": 1, "ttl_ms": 5}),
+            "emit[0].ttl_ms",
+        ),
+    ] {
+        let body = json!({"receipts": [receipt(&got[0])], "emit": [emit]});
+        let reply = app.post("/topics/bad/groups/g/ack", &body).await;
+        assert_eq!(
+            reply.assert_problem(400, "invalid_field")["field"],
+            field,
+            "{emit}"
+        );
+    }
     let no_target = json!({"receipts": [receipt(&got[0])], "emit": [{"payload": 1}]});
     let reply = app.post("/topics/bad/groups/g/ack", &no_target).await;
     assert_eq!(

@@ -83,7 +83,17 @@ pub struct AckOutcome {
     /// Ack with emit: what each emitted message's publish came to, in order
     /// (a redone step gets the first publish's ids, as duplicates).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub emitted: Option<Vec<Published>>,
+    pub emitted: Option<Vec<Emitted>>,
+}
+
+/// What one emit of an ack with emit came to.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum Emitted {
+    /// Published to a topic: `{id, stream_id, seq, duplicate}`.
+    Topic(Published),
+    /// Appended to a realtime channel: `{offset, epoch, duplicate}`.
+    Channel(crate::channels::history::ChannelPublished),
 }
 
 /// One renewed lease.

@@ -237,7 +237,8 @@ impl Channels {
         Ok(created == 1)
     }
 
-    /// Appends to history and publishes live, in one script.
+    /// Appends to history and publishes live, in one script, after
+    /// checking the client's `message` against the text limits.
     pub async fn publish(
         &self,
         tenant: &Tenant,
@@ -245,6 +246,17 @@ impl Channels {
         message: &ChannelPublish,
     ) -> Result<ChannelPublished> {
         message.validate()?;
+        self.append(tenant, channel, message).await
+    }
+
+    /// [`Self::publish`] of a message the server built and checked itself
+    /// (an emit's idempotency key is longer than a client's may be).
+    pub async fn append(
+        &self,
+        tenant: &Tenant,
+        channel: &ChannelName,
+        message: &ChannelPublish,
+    ) -> Result<ChannelPublished> {
         let keys = Self::keys(tenant, channel);
         let headers = match &message.headers {
             Some(h) => serde_json::to_string(h).map_err(|e| Error::Internal(e.to_string()))?,

@@ -23,7 +23,7 @@ use crate::broker::dlq::{DeadLetterPage, ReplayOutcome};
 use crate::broker::groups::{GroupConfigRequest, GroupInfo};
 use crate::broker::retry::{NackOutcome, RejectOutcome};
 use crate::error::{Error, Result};
-use crate::workflow::emit::Emit;
+use crate::workflow::emit::{Emit, Steps};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -209,15 +209,17 @@ async fn ack(
     // An empty `emit` list is a plain ack.
     let outcome = match request.emit.filter(|e| !e.is_empty()) {
         Some(emits) => {
-            state
-                .broker
-                .ack_with_emit(
-                    &state.coord,
-                    (&path.tenant, &path.topic, &path.group),
-                    &request.receipts,
-                    emits,
-                )
-                .await?
+            Steps {
+                broker: &state.broker,
+                coord: &state.coord,
+                channels: &state.channels,
+            }
+            .ack_with_emit(
+                (&path.tenant, &path.topic, &path.group),
+                &request.receipts,
+                emits,
+            )
+            .await?
         }
         None => {
             state

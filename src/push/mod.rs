@@ -26,7 +26,20 @@ pub use spec::{Subscription, load};
 pub use status::Registry;
 
 use crate::broker::Broker;
+use crate::channels::Channels;
+use crate::coord::Coord;
 use runner::Runner;
+
+/// What the push loops work with (cheap clones of the sidecar's own).
+#[derive(Clone)]
+pub struct Services {
+    /// Fetch, ack, nack, reject, extend.
+    pub broker: Broker,
+    /// Publish quotas of emitted messages.
+    pub coord: Coord,
+    /// Channel targets of emitted messages.
+    pub channels: Channels,
+}
 
 /// The push loops of every subscription.
 pub struct Pusher {
@@ -39,7 +52,7 @@ impl Pusher {
     /// Starts one fetch loop and one prober per subscription; the fetch
     /// loops stop when `shutdown` turns true.
     pub fn start(
-        broker: &Broker,
+        services: Services,
         subscriptions: &[Subscription],
         shutdown: &watch::Receiver<bool>,
     ) -> Self {
@@ -48,7 +61,7 @@ impl Pusher {
         let runners: Vec<Arc<Runner>> = subscriptions
             .iter()
             .map(|spec| {
-                let runner = Runner::new(spec.clone(), broker.clone());
+                let runner = Runner::new(spec.clone(), services.clone());
                 tracing::info!(subscription = %spec.name, url = %spec.url, "pushing");
                 loops.spawn(runner.clone().fetch_loop(shutdown.clone()));
                 watchers.push(tokio::spawn(runner.clone().watch()).abort_handle());

@@ -15,9 +15,13 @@ use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
 use hyper::{Method, Request, StatusCode, Uri};
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
 use super::client::Answer;
 use crate::broker::delivery::Delivery;
 use crate::broker::publish::MAX_DURATION_MS;
+use crate::workflow::emit::Emit;
 
 /// How much of an error answer's body goes into `last_error`.
 const ERROR_BODY_BYTES: usize = 200;
@@ -88,10 +92,13 @@ pub fn build(
 }
 
 /// What the sidecar does with a delivery once the app has answered.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Verdict {
     /// 2xx: done.
     Ack,
+    /// 2xx with a body `{"emit": […]}`: done, and these are the next
+    /// step's messages (an ack with emit).
+    AckEmit(Vec<Emit>),
     /// 202: the app acks or nacks it later itself, with its receipt.
     TakenOver,
     /// The app refuses it for good: dead-letter now with this error.
@@ -105,14 +112,23 @@ pub enum Verdict {
     },
 }
 
-/// Reads the app's answer. Statuses the table does not name are retried:
-/// an unknown answer never dead-letters a message early (`max_deliveries`
-/// still bounds the retries).
-pub fn judge(answer: &Answer) -> Verdict {
+/// The part of a 2xx answer's body the sidecar reads: any other JSON (or
+/// none) is a plain ack.
+#[derive(Deserialize)]
+struct AnswerBody<'a> {
+    #[serde(borrow, default)]
+    emit: Option<&'a RawValue>,
+}
+
+/// Reads the app's answer to a request of one delivery (`batch` false) or
+/// of several. Statuses the table does not name are retried: an unknown
+/// answer never dead-letters a message early (`max_deliveries` still
+/// bounds the retries).
+pub fn judge(answer: &Answer, batch: bool) -> Verdict {
     let status = answer.status;
     match status.as_u16() {
         202 => Verdict::TakenOver,
-        200..=299 => Verdict::Ack,
+        200..=299 => judge_success(status, &answer.body, batch),
         400 | 403 | 410 | 413 | 415 | 422 => Verdict::Reject(error_text(status, &answer.body)),
         _ => Verdict::Nack {
             delay_ms: answer
@@ -120,6 +136,35 @@ pub fn judge(answer: &Answer) -> Verdict {
                 .map(|s| s.saturating_mul(1000).min(MAX_DURATION_MS)),
             error: error_text(status, &answer.body),
         },
+    }
+}
+
+/// A 2xx answer: a plain ack, or an ack with emit when the body is a JSON
+/// object with a non-empty `emit` list. An `emit` the sidecar cannot use
+/// is the app's bug: nacked with the reason (the group's backoff, then the
+/// dead letter, where `last_error` says what was wrong), never acked
+/// without its next step.
+fn judge_success(status: StatusCode, body: &[u8], batch: bool) -> Verdict {
+    // Only an object: serde would also read a struct from an array.
+    let object = body.trim_ascii_start().starts_with(b"{");
+    let Some(emit) = object
+        .then(|| serde_json::from_slice::<AnswerBody>(body).ok())
+        .flatten()
+        .and_then(|b| b.emit)
+    else {
+        return Verdict::Ack;
+    };
+    let refused = |why: String| Verdict::Nack {
+        delay_ms: None,
+        error: format!("HTTP {}: {why}", status.as_u16()),
+    };
+    match serde_json::from_str::<Vec<Emit>>(emit.get()) {
+        Ok(emits) if emits.is_empty() => Verdict::Ack,
+        Ok(_) if batch => {
+            refused("an answer with emit needs a subscription with batch: 1".to_owned())
+        }
+        Ok(emits) => Verdict::AckEmit(emits),
+        Err(e) => refused(format!("invalid emit in the answer: {e}")),
     }
 }
 
@@ -152,46 +197,87 @@ mod tests {
         }
     }
 
+    fn is_nack(v: &Verdict, delay: Option<u64>, text: &str) -> bool {
+        matches!(v, Verdict::Nack { delay_ms, error } if *delay_ms == delay && error.contains(text))
+    }
+
     #[test]
     fn the_answer_table() {
-        assert_eq!(judge(&answer(200, None, "")), Verdict::Ack);
-        assert_eq!(judge(&answer(204, None, "")), Verdict::Ack);
-        assert_eq!(judge(&answer(202, None, "")), Verdict::TakenOver);
+        assert!(matches!(judge(&answer(200, None, ""), false), Verdict::Ack));
+        assert!(matches!(judge(&answer(204, None, ""), false), Verdict::Ack));
+        assert!(matches!(
+            judge(&answer(202, None, ""), false),
+            Verdict::TakenOver
+        ));
         for code in [400, 403, 410, 413, 415, 422] {
             assert!(
-                matches!(judge(&answer(code, None, "x")), Verdict::Reject(_)),
+                matches!(judge(&answer(code, None, "x"), false), Verdict::Reject(_)),
                 "{code}"
             );
         }
         for code in [404, 408, 409, 425, 429, 500, 502, 503, 504, 401, 302] {
             assert!(
-                matches!(
-                    judge(&answer(code, None, "")),
-                    Verdict::Nack { delay_ms: None, .. }
-                ),
+                is_nack(&judge(&answer(code, None, ""), false), None, ""),
                 "{code}"
             );
         }
-        assert_eq!(
-            judge(&answer(503, Some(2), "busy")),
-            Verdict::Nack {
-                delay_ms: Some(2000),
-                error: "HTTP 503: busy".into()
-            }
-        );
+        assert!(is_nack(
+            &judge(&answer(503, Some(2), "busy"), false),
+            Some(2000),
+            "HTTP 503: busy"
+        ));
+    }
+
+    #[test]
+    fn a_success_body_with_emit_is_an_ack_with_emit() {
+        let emit = r#"{"emit": [{"topic": "next", "payload": {"a": 1}}], "other": true}"#;
+        let Verdict::AckEmit(emits) = judge(&answer(200, None, emit), false) else {
+            panic!("ack with emit");
+        };
+        assert_eq!(emits.len(), 1);
+        // Other bodies, an empty or null emit: a plain ack.
+        for body in [
+            "ok",
+            "{}",
+            r#"{"emit": []}"#,
+            r#"{"emit": null}"#,
+            "[1]",
+            "{",
+        ] {
+            assert!(
+                matches!(judge(&answer(200, None, body), false), Verdict::Ack),
+                "{body}"
+            );
+        }
+        // An emit the sidecar cannot use is nacked with the reason.
+        for body in [r#"{"emit": 3}"#, r#"{"emit": [{"payload": 1, "nope": 2}]}"#] {
+            assert!(
+                is_nack(
+                    &judge(&answer(200, None, body), false),
+                    None,
+                    "invalid emit"
+                ),
+                "{body}"
+            );
+        }
+        assert!(is_nack(
+            &judge(&answer(200, None, emit), true),
+            None,
+            "batch: 1"
+        ));
     }
 
     #[test]
     fn error_texts_are_short_single_lines() {
-        assert_eq!(
-            judge(&answer(422, None, "bad\nthing")),
-            Verdict::Reject("HTTP 422: bad thing".into())
-        );
-        assert_eq!(
-            judge(&answer(422, None, "")),
-            Verdict::Reject("HTTP 422: Unprocessable Entity".into())
-        );
-        let Verdict::Reject(long) = judge(&answer(400, None, &"é".repeat(500))) else {
+        assert!(matches!(
+            judge(&answer(422, None, "bad\nthing"), false),
+            Verdict::Reject(e) if e == "HTTP 422: bad thing"
+        ));
+        assert!(matches!(
+            judge(&answer(422, None, ""), false),
+            Verdict::Reject(e) if e == "HTTP 422: Unprocessable Entity"
+        ));
+        let Verdict::Reject(long) = judge(&answer(400, None, &"é".repeat(500)), false) else {
             panic!("reject");
         };
         assert!(long.len() <= 220, "{}", long.len());

@@ -17,15 +17,16 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::AbortHandle;
 
+use super::Services;
 use super::client::{Client, Failure};
 use super::request::{self, Verdict};
 use super::spec::Subscription;
 use super::status::Status;
-use crate::broker::Broker;
 use crate::broker::delivery::{Delivery, FetchRequest, MAX_FETCH};
 use crate::error::Error;
 use crate::names::Consumer;
 use crate::telemetry;
+use crate::workflow::emit::{Emit, Steps};
 
 /// Long-poll of one fetch round (ends at once on shutdown).
 const FETCH_WAIT_MS: u64 = 5_000;
@@ -56,7 +57,7 @@ impl Pause {
 /// One subscription's shared parts.
 pub struct Runner {
     pub(super) spec: Subscription,
-    broker: Broker,
+    services: Services,
     client: Client,
     pub(super) status: Arc<Status>,
     consumer: Consumer,
@@ -72,7 +73,7 @@ pub struct Runner {
 
 impl Runner {
     /// A runner for `spec`, fetching as a consumer of its own.
-    pub fn new(spec: Subscription, broker: Broker) -> Arc<Self> {
+    pub fn new(spec: Subscription, services: Services) -> Arc<Self> {
         // One consumer name per sidecar process, so several sidecars pushing
         // the same group show up (and are pruned) separately.
         let prefix: String = spec.name.chars().take(110).collect();
@@ -90,20 +91,27 @@ impl Runner {
             next_request: AtomicU64::new(0),
             consumer,
             spec,
-            broker,
+            services,
         })
     }
 
     /// Reads the group's lease length, declaring the group when it is missing.
     async fn refresh_group(&self) -> Result<(), Error> {
         let s = &self.spec;
-        let info = match self.broker.group_info(&s.tenant, &s.topic, &s.group).await {
+        let info = match self
+            .services
+            .broker
+            .group_info(&s.tenant, &s.topic, &s.group)
+            .await
+        {
             Err(Error::NotFound { .. }) => {
-                self.broker
+                self.services
+                    .broker
                     .declare_group(&s.tenant, &s.topic, &s.group, &s.group_config)
                     .await?;
                 tracing::info!(subscription = %s.name, group = %s.group, "declared the group");
-                self.broker
+                self.services
+                    .broker
                     .group_info(&s.tenant, &s.topic, &s.group)
                     .await?
             }
@@ -164,6 +172,7 @@ impl Runner {
             };
             let s = &self.spec;
             match self
+                .services
                 .broker
                 .fetch(&s.tenant, &s.topic, &s.group, &request)
                 .await
@@ -257,6 +266,7 @@ impl Runner {
                 return std::future::pending().await;
             }
             match self
+                .services
                 .broker
                 .extend(&s.tenant, &s.topic, &s.group, &receipts, None)
                 .await
@@ -282,6 +292,7 @@ impl Runner {
     async fn deliver(&self, deliveries: &[Delivery], lost: &Mutex<HashSet<String>>) {
         let mut reachable = self.reachable.subscribe();
         let labels = self.status.labels();
+        let batch = self.spec.batch > 1;
         loop {
             if reachable.wait_for(|r| *r).await.is_err() {
                 return;
@@ -296,8 +307,7 @@ impl Runner {
             if live.is_empty() {
                 return;
             }
-            let request =
-                request::build(self.client.uri(), &self.source, &live, self.spec.batch > 1);
+            let request = request::build(self.client.uri(), &self.source, &live, batch);
             let started = tokio::time::Instant::now();
             let result = self
                 .client
@@ -307,8 +317,8 @@ impl Runner {
                 Err(Failure::Unreachable(_)) => "unreachable",
                 Err(Failure::Timeout) => "timeout",
                 Err(Failure::Broken(_)) => "broken",
-                Ok(answer) => match request::judge(answer) {
-                    Verdict::Ack => "acked",
+                Ok(answer) => match request::judge(answer, batch) {
+                    Verdict::Ack | Verdict::AckEmit(_) => "acked",
                     Verdict::TakenOver => "taken_over",
                     Verdict::Reject(_) => "rejected",
                     Verdict::Nack { .. } => "nacked",
@@ -333,7 +343,7 @@ impl Runner {
                     delay_ms: None,
                     error: format!("connection broken: {e}"),
                 },
-                Ok(answer) => request::judge(&answer),
+                Ok(answer) => request::judge(&answer, batch),
             };
             metrics::histogram!(telemetry::PUSH_DURATION, labels.to_vec())
                 .record(started.elapsed().as_secs_f64());
@@ -345,29 +355,54 @@ impl Runner {
 
     /// Acks, nacks or rejects `receipts` as `verdict` says, retrying a few
     /// times while Redis does not answer.
-    async fn settle(&self, receipts: &[String], verdict: Verdict) {
-        if verdict == Verdict::TakenOver {
-            return;
-        }
+    async fn settle(&self, receipts: &[String], mut verdict: Verdict) {
         let s = &self.spec;
-        if let Verdict::Reject(e) | Verdict::Nack { error: e, .. } = &verdict {
-            self.status.error(e.clone());
-        }
+        let broker = &self.services.broker;
         let mut pause = Pause::new();
-        for _ in 0..SETTLE_TRIES {
+        let mut tries = 0;
+        while tries < SETTLE_TRIES {
+            if let Verdict::Reject(e) | Verdict::Nack { error: e, .. } = &verdict {
+                self.status.error(e.clone());
+            }
             let done = match &verdict {
-                Verdict::Ack => self
-                    .broker
+                Verdict::TakenOver => return,
+                Verdict::Ack => broker
                     .ack(&s.tenant, &s.topic, &s.group, receipts)
                     .await
                     .map(|o| Status::add(&self.status.acked, o.acked.len())),
-                Verdict::Reject(error) => self
-                    .broker
+                Verdict::AckEmit(emits) => {
+                    match self.ack_with_emit(receipts, emits.clone()).await {
+                        Ok(acked) => {
+                            Status::add(&self.status.acked, acked);
+                            Ok(())
+                        }
+                        Err(Error::Conflict { detail, .. }) => {
+                            self.status.error(detail);
+                            return;
+                        }
+                        Err(e @ (Error::Unavailable { .. } | Error::Redis(_))) => Err(e),
+                        // The next step cannot be published: the message
+                        // stays unacked and comes back (after the quota's
+                        // delay, or the group's backoff for a bad emit).
+                        Err(e) => {
+                            verdict = Verdict::Nack {
+                                delay_ms: match &e {
+                                    Error::TooManyRequests { retry_after, .. } => {
+                                        Some(retry_after.as_millis().try_into().unwrap_or(u64::MAX))
+                                    }
+                                    _ => None,
+                                },
+                                error: format!("emit refused: {e}"),
+                            };
+                            continue;
+                        }
+                    }
+                }
+                Verdict::Reject(error) => broker
                     .reject(&s.tenant, &s.topic, &s.group, receipts, Some(error))
                     .await
                     .map(|o| Status::add(&self.status.rejected, o.rejected.len())),
-                Verdict::Nack { delay_ms, error } => self
-                    .broker
+                Verdict::Nack { delay_ms, error } => broker
                     .nack(
                         &s.tenant,
                         &s.topic,
@@ -380,16 +415,31 @@ impl Runner {
                     .map(|o| {
                         Status::add(&self.status.nacked, o.nacked.len() + o.dead_lettered.len())
                     }),
-                Verdict::TakenOver => Ok(()),
             };
             match done {
                 Ok(()) => return,
                 Err(e) => {
                     self.status.error(format!("settle: {e}"));
+                    tries += 1;
                     tokio::time::sleep(pause.next()).await;
                 }
             }
         }
+    }
+
+    /// Acks the one delivery of `receipts` with `emits` (the app's 2xx
+    /// answer `{"emit": […]}`); how many were acked.
+    async fn ack_with_emit(&self, receipts: &[String], emits: Vec<Emit>) -> Result<usize, Error> {
+        let s = &self.spec;
+        let steps = Steps {
+            broker: &self.services.broker,
+            coord: &self.services.coord,
+            channels: &self.services.channels,
+        };
+        let outcome = steps
+            .ack_with_emit((&s.tenant, &s.topic, &s.group), receipts, emits)
+            .await?;
+        Ok(outcome.acked.len())
     }
 
     /// Nacks `receipts` with no delay (the drain's end, or no slot to push them).
@@ -399,6 +449,7 @@ impl Runner {
         }
         let s = &self.spec;
         match self
+            .services
             .broker
             .nack(&s.tenant, &s.topic, &s.group, &receipts, Some(0), Some(why))
             .await

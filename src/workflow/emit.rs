@@ -7,9 +7,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::broker::Broker;
-use crate::broker::delivery::{AckOutcome, parse_receipts};
+use crate::broker::delivery::{AckOutcome, Emitted, parse_receipts};
 use crate::broker::message::headers_schema;
 use crate::broker::publish::PublishRequest;
+use crate::channels::history::ChannelPublish;
+use crate::channels::{ChannelName, Channels};
 use crate::coord::Coord;
 use crate::error::{Error, Result};
 use crate::names::{Group, Tenant, Topic};
@@ -18,14 +20,16 @@ use crate::names::{Group, Tenant, Topic};
 pub const MAX_EMITS: usize = 100;
 
 /// One message of the next step.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Emit {
     /// The topic to publish to (of the same tenant).
     #[serde(default)]
     #[schema(value_type = Option<String>, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub topic: Option<Topic>,
-    /// A realtime channel (not available in this version: refused).
+    /// A realtime channel of the same tenant (instead of `topic`): the
+    /// message is appended to its history and fanned out live. `key`,
+    /// `delay_ms` and `ttl_ms` apply to topics only.
     #[serde(default)]
     #[schema(value_type = Option<String>, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     pub channel: Option<String>,
@@ -55,49 +59,110 @@ pub struct Emit {
     pub ttl_ms: Option<u64>,
 }
 
-/// The publish request of emit `index`, caused by message `source_id`.
+/// Where one emit goes, ready to publish.
+enum Step {
+    /// A message of a topic (with its idempotency key set).
+    Topic(Topic, PublishRequest),
+    /// A realtime channel message (with its idempotency key set).
+    Channel(ChannelName, ChannelPublish),
+}
+
+/// The message of emit `index`, caused by message `source_id`: checked
+/// field by field (`emit[i].…` in errors), and given the idempotency key
+/// `emit:<group>:<source id>:<index>`.
 fn next_step(
     group: &Group,
     (source_id, correlation): (&str, Option<&str>),
     index: usize,
     emit: Emit,
-) -> Result<(Topic, PublishRequest)> {
+) -> Result<Step> {
     let prefix = format!("emit[{index}].");
-    if emit.channel.is_some() {
-        return Err(Error::invalid_field(
-            format!("{prefix}channel"),
-            "realtime channels are not available in this version; emit to a topic",
-        ));
-    }
-    let topic = emit
-        .topic
-        .ok_or_else(|| Error::invalid_field(format!("{prefix}topic"), "is required"))?;
-    let mut request = PublishRequest {
-        payload: emit.payload,
-        id: None,
-        key: emit.key,
-        idempotency_key: None,
-        causation_id: Some(source_id.to_owned()),
-        correlation_id: Some(correlation.unwrap_or(source_id).to_owned()),
-        ttl_ms: emit.ttl_ms,
-        delay_ms: emit.delay_ms,
-        headers: emit.headers,
-        schema_version: None,
-    };
-    request.validate(&prefix)?;
     // Server-made, so not held to the client's length limit.
-    request.idempotency_key = Some(format!("emit:{group}:{source_id}:{index}"));
-    Ok((topic, request))
+    let idempotency_key = format!("emit:{group}:{source_id}:{index}");
+    let correlation = correlation.unwrap_or(source_id);
+    match (emit.topic, emit.channel) {
+        (Some(_), Some(_)) => Err(Error::invalid_field(
+            format!("{prefix}channel"),
+            "give either topic or channel, not both",
+        )),
+        (None, None) => Err(Error::invalid_field(
+            format!("{prefix}topic"),
+            "is required (or channel)",
+        )),
+        (Some(topic), None) => {
+            let mut request = PublishRequest {
+                payload: emit.payload,
+                id: None,
+                key: emit.key,
+                idempotency_key: None,
+                causation_id: Some(source_id.to_owned()),
+                correlation_id: Some(correlation.to_owned()),
+                ttl_ms: emit.ttl_ms,
+                delay_ms: emit.delay_ms,
+                headers: emit.headers,
+                schema_version: None,
+            };
+            request.validate(&prefix)?;
+            request.idempotency_key = Some(idempotency_key);
+            Ok(Step::Topic(topic, request))
+        }
+        (None, Some(channel)) => {
+            for (field, given) in [
+                ("key", emit.key.is_some()),
+                ("delay_ms", emit.delay_ms.is_some()),
+                ("ttl_ms", emit.ttl_ms.is_some()),
+            ] {
+                if given {
+                    return Err(Error::invalid_field(
+                        format!("{prefix}{field}"),
+                        "applies to topics only, not to a channel",
+                    ));
+                }
+            }
+            let channel = ChannelName::parse(&channel)
+                .map_err(|e| Error::invalid_field(format!("{prefix}channel"), e.to_string()))?;
+            let mut headers = emit.headers.unwrap_or_default();
+            if let Some(h) = Some(&headers).filter(|h| !h.is_empty()) {
+                crate::broker::message::check_headers(&format!("{prefix}headers"), h)?;
+            }
+            // A channel message has no envelope of its own: the step's
+            // lineage travels in its headers (unless the app set them).
+            headers
+                .entry("causation_id".to_owned())
+                .or_insert_with(|| source_id.to_owned());
+            headers
+                .entry("correlation_id".to_owned())
+                .or_insert_with(|| correlation.to_owned());
+            Ok(Step::Channel(
+                channel,
+                ChannelPublish {
+                    payload: emit.payload,
+                    idempotency_key: Some(idempotency_key),
+                    headers: Some(headers),
+                },
+            ))
+        }
+    }
 }
 
-impl Broker {
+/// What an ack with emit needs: the broker, the quotas and the channels.
+#[derive(Clone, Copy)]
+pub struct Steps<'a> {
+    /// Topics and groups.
+    pub broker: &'a Broker,
+    /// Publish quotas.
+    pub coord: &'a Coord,
+    /// Realtime channels.
+    pub channels: &'a Channels,
+}
+
+impl Steps<'_> {
     /// Acks one delivery and publishes `emits`, each exactly once however
     /// often the step is redone. A lost lease answers `lease_lost` (409 for
     /// the caller) and emits nothing; a refused publish (quota, backlog)
     /// fails the call before the ack, so the worker retries the whole step.
     pub async fn ack_with_emit(
         &self,
-        coord: &Coord,
         (tenant, topic, group): (&Tenant, &Topic, &Group),
         receipts: &[String],
         emits: Vec<Emit>,
@@ -115,8 +180,10 @@ impl Broker {
             ));
         }
         let receipt = &parse_receipts(receipts)?[0];
-        let Some((source_id, correlation)) =
-            self.current_delivery(tenant, topic, group, receipt).await?
+        let Some((source_id, correlation)) = self
+            .broker
+            .current_delivery(tenant, topic, group, receipt)
+            .await?
         else {
             return Err(lease_lost(&receipts[0], "nothing was emitted"));
         };
@@ -126,14 +193,24 @@ impl Broker {
             .map(|(i, emit)| next_step(group, (&source_id, correlation.as_deref()), i, emit))
             .collect::<Result<Vec<_>>>()?;
         let mut emitted = Vec::with_capacity(steps.len());
-        for (target, request) in steps {
-            let (published, _) = self
-                .publish_one_within_quota(coord, tenant, &target, &request)
-                .await?;
-            tracing::debug!(id = %published.id, causation_id = %source_id, topic = %target, "emitted");
-            emitted.push(published);
+        for step in steps {
+            emitted.push(match step {
+                Step::Topic(target, request) => {
+                    let (published, _) = self
+                        .broker
+                        .publish_one_within_quota(self.coord, tenant, &target, &request)
+                        .await?;
+                    tracing::debug!(id = %published.id, causation_id = %source_id, topic = %target, "emitted");
+                    Emitted::Topic(published)
+                }
+                Step::Channel(channel, message) => {
+                    let published = self.channels.append(tenant, &channel, &message).await?;
+                    tracing::debug!(offset = published.offset, causation_id = %source_id, channel = %channel, "emitted");
+                    Emitted::Channel(published)
+                }
+            });
         }
-        let mut ack = self.ack(tenant, topic, group, receipts).await?;
+        let mut ack = self.broker.ack(tenant, topic, group, receipts).await?;
         if !ack.lease_lost.is_empty() {
             // The emits stand; whoever holds the lease now redoes the step
             // and its emits answer as duplicates.
