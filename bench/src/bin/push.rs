@@ -2,9 +2,15 @@
 //! sidecar started with `--subscriptions`, and an app server in this
 //! process that answers 200 at once (so the sidecar is what is measured).
 //!
+//! 0. Pull baseline, same sidecar, same run: `--messages` in another
+//!    topic, drained by `max_in_flight` HTTP pull workers fetching `batch`
+//!    at a time, each fetch acking the previous one's receipts (`ack` in
+//!    the fetch body: one round trip per batch, the best a pull worker can
+//!    do); messages per second and sidecar CPU per message.
 //! 1. Backlog: `--messages` published while the group is paused, then
 //!    resumed; pushed messages per second until the group is settled, and
-//!    the sidecar's CPU per message.
+//!    the sidecar's CPU per message; the ratio push / pull (target ≥ 0.6:
+//!    push must not cost a sidecar much more than pull).
 //! 2. Steady: `--rate` single publishes per second for `--duration`;
 //!    latency from publish (the message's `ce-time`, Redis clock) to the
 //!    request reaching the app (ms resolution: `ce-time` has ms).
@@ -115,6 +121,65 @@ async fn app(listener: tokio::net::TcpListener, seen: Arc<Seen>) {
     }
 }
 
+/// Publishes `messages` to `topic` in batches of 1,000.
+async fn publish_backlog(http: &http::Clients, topic: &str, messages: u64) {
+    let mut published = 0;
+    while published < messages {
+        let n = (messages - published).min(1000);
+        let batch: Vec<_> = (0..n)
+            .map(|i| json!({"payload": {"job": published + i}}))
+            .collect();
+        let (status, body) = http
+            .send(
+                0,
+                "POST",
+                &format!("/topics/{topic}/messages:batch"),
+                json!({"messages": batch}).to_string(),
+            )
+            .await;
+        assert_eq!(status, 200, "publish batch: {body}");
+        published += n;
+    }
+}
+
+/// `workers` pull workers drain group `pull` of topic `pulljobs`, fetching
+/// `batch` at a time and acking each batch in the next fetch; messages got.
+async fn pull(host: &str, workers: usize, batch: u32) -> u64 {
+    let clients = Arc::new(http::Clients::new(host, "/v1/tenants/bench", workers).await);
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let clients = clients.clone();
+        tasks.spawn(async move {
+            let mut got = 0u64;
+            let mut ack: Vec<serde_json::Value> = Vec::new();
+            loop {
+                let body =
+                    json!({"consumer": format!("w{w}"), "max": batch, "wait_ms": 0, "ack": ack});
+                let (status, reply) = clients
+                    .send(
+                        w,
+                        "POST",
+                        "/topics/pulljobs/groups/pull/fetch",
+                        body.to_string(),
+                    )
+                    .await;
+                assert_eq!(status, 200, "fetch: {reply}");
+                let messages = reply["messages"].as_array().cloned().unwrap_or_default();
+                if messages.is_empty() {
+                    return got;
+                }
+                got += messages.len() as u64;
+                ack = messages.iter().map(|m| m["receipt"].clone()).collect();
+            }
+        });
+    }
+    let mut total = 0;
+    while let Some(done) = tasks.join_next().await {
+        total += done.expect("pull worker");
+    }
+    total
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -169,24 +234,29 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 
+    // 0. Pull baseline.
+    publish_backlog(&http, "pulljobs", args.messages).await;
+    let (status, body) = http
+        .send(
+            0,
+            "PUT",
+            "/topics/pulljobs/groups/pull",
+            json!({"start": "earliest"}).to_string(),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "declare pull group: {body}");
+    let cpu0 = procs::cpu_time(sidecar_pid);
+    let started = Instant::now();
+    let pulled = pull(&host, args.max_in_flight as usize, args.batch).await;
+    let pull_rate = pulled as f64 / started.elapsed().as_secs_f64();
+    let pull_cpu = (procs::cpu_time(sidecar_pid) - cpu0).as_secs_f64() * 1e6 / pulled.max(1) as f64;
+    println!(
+        "pull:    {pulled} messages, {pull_rate:.0} msg/s, sidecar CPU {pull_cpu:.1} µs/msg ({} workers, fetch max {}, ack in the next fetch)",
+        args.max_in_flight, args.batch,
+    );
+
     // 1. Backlog.
-    let mut published = 0;
-    while published < args.messages {
-        let n = (args.messages - published).min(1000);
-        let messages: Vec<_> = (0..n)
-            .map(|i| json!({"payload": {"job": published + i}}))
-            .collect();
-        let (status, body) = http
-            .send(
-                0,
-                "POST",
-                "/topics/jobs/messages:batch",
-                json!({"messages": messages}).to_string(),
-            )
-            .await;
-        assert_eq!(status, 200, "publish batch: {body}");
-        published += n;
-    }
+    publish_backlog(&http, "jobs", args.messages).await;
     let cpu0 = procs::cpu_time(sidecar_pid);
     let started = Instant::now();
     let (status, _) = http
@@ -212,13 +282,18 @@ async fn main() {
     let took = started.elapsed();
     let cpu = procs::cpu_time(sidecar_pid) - cpu0;
     let pushed = seen.messages.load(Ordering::Relaxed);
+    let push_rate = pushed as f64 / took.as_secs_f64();
     println!(
-        "backlog: {pushed} messages in {} requests, {:.0} msg/s, sidecar CPU {:.1} µs/msg (max_in_flight {}, batch {})",
+        "push:    {pushed} messages in {} requests, {push_rate:.0} msg/s, sidecar CPU {:.1} µs/msg (max_in_flight {}, batch {})",
         seen.requests.load(Ordering::Relaxed),
-        pushed as f64 / took.as_secs_f64(),
         cpu.as_secs_f64() * 1e6 / pushed.max(1) as f64,
         args.max_in_flight,
         args.batch,
+    );
+    let ratio = push_rate / pull_rate;
+    println!(
+        "push / pull throughput: {ratio:.2} (target >= 0.6): {}",
+        if ratio >= 0.6 { "PASS" } else { "FAIL" }
     );
 
     // 2. Steady rate: publish → arrival latency.
