@@ -16,17 +16,4 @@ local g = group_keys()
 if redis.call('EXISTS', g.config) == 0 then
   return { -1, 0, {} }
 end
-local now = now_ms()
-local out = {}
-for i = 3, #ARGV, 2 do
-  local id = ARGV[i]
-  if is_current(g, id, ARGV[i + 1]) then
-    local entry = redis.call('XRANGE', g.stream, id, id)[1]
-    local f = entry and entry_fields(entry[2]) or {}
-    finish(g, id, f)
-    out[#out + 1] = { 1, tonumber(f.published_at or 0), f.id or '', f.correlation_id or '', f.causation_id or '' }
-  else
-    out[#out + 1] = { 0 }
-  end
-end
-return { 1, now, out }
+return { 1, now_ms(), ack_receipts(g, 3) }

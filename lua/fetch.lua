@@ -8,10 +8,13 @@
 -- ARGV[4]  max messages (1..1000)
 -- ARGV[5]  max bytes: stop before a message that would take the answer's
 --          field bytes past this (the first message always goes)
+-- ARGV[6…] receipts to ack first, as ack.lua takes them (fetch with `ack`:
+--          one round trip per message for a worker that handles one at a
+--          time); acked even when the group is paused
 -- Returns  { status, now_ms, lease_ms, next_wake_ms, deliveries,
 --            dead-lettered as expired, dead-lettered as max_deliveries,
 --            more (0|1): stopped at the byte budget or the read bound with
---            more maybe waiting }
+--            more maybe waiting, ack results as ack.lua returns them }
 --          status 1 ok, 0 paused, -1 no such group; next_wake_ms (only when
 --          nothing was delivered) is the earliest scheduled retry or lease
 --          expiry (0 = none); deliveries = { { stream_id, attempt, {fields…},
@@ -39,13 +42,14 @@ local consumer, max, max_bytes = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 
 local cfg = redis.call('HMGET', g.config, 'lease_ms', 'paused', 'max_deliveries')
 if not cfg[1] then
-  return { -1, 0, 0, 0, {}, 0, 0, 0 }
+  return { -1, 0, 0, 0, {}, 0, 0, 0, {} }
 end
 local lease_ms, max_deliveries = tonumber(cfg[1]), tonumber(cfg[3])
 local now = now_ms()
+local acks = ack_receipts(g, 6)
 
 if cfg[2] == '1' then
-  return { 0, now, lease_ms, 0, {}, 0, 0, 0 }
+  return { 0, now, lease_ms, 0, {}, 0, 0, 0, acks }
 end
 
 local out = {}
@@ -188,4 +192,4 @@ if #out == 0 then
     end
   end
 end
-return { 1, now, lease_ms, wake, out, expired, exhausted, more and 1 or 0 }
+return { 1, now, lease_ms, wake, out, expired, exhausted, more and 1 or 0, acks }

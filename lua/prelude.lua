@@ -151,6 +151,27 @@ local function finish(g, id, f)
   end
 end
 
+-- Acks the receipts given as ARGV pairs (stream id, '<attempt>:<delivery>')
+-- from ARGV[first] on, each only while its delivery is current (fencing: a
+-- worker whose lease lapsed and whose message went to someone else learns
+-- lease_lost). Returns, per receipt, { 1, published_at, id, correlation_id,
+-- causation_id } when acked or { 0 } when the lease was lost.
+local function ack_receipts(g, first)
+  local out = {}
+  for i = first, #ARGV, 2 do
+    local id = ARGV[i]
+    if is_current(g, id, ARGV[i + 1]) then
+      local entry = redis.call('XRANGE', g.stream, id, id)[1]
+      local f = entry and entry_fields(entry[2]) or {}
+      finish(g, id, f)
+      out[#out + 1] = { 1, tonumber(f.published_at or 0), f.id or '', f.correlation_id or '', f.causation_id or '' }
+    else
+      out[#out + 1] = { 0 }
+    end
+  end
+  return out
+end
+
 -- Moves entry `id` out of the group's delivery path into its dead-letter
 -- stream: a copy of the original fields plus stream_id, reason, attempts,
 -- last_error and dead_lettered_at; the message id is indexed so replay and

@@ -236,3 +236,47 @@ async fn fetch_acks_the_previous_receipts_first() {
         (json!(0), json!(0))
     );
 }
+
+/// The fetch is checked whole before anything is acked; acks of a paused
+/// group still count, and a waiting fetch acks at once, not when it ends.
+#[tokio::test]
+async fn fetch_with_ack_checks_first_and_acks_even_when_nothing_comes() {
+    let app = TestApp::start().await;
+    app.group("chk", "g", &json!({})).await;
+    app.publish("chk", &json!({"payload": 1})).await;
+    app.publish("chk", &json!({"payload": 2})).await;
+    let got = app.fetch("chk", "g", "w", 2, 0).await;
+    let (first, second) = (receipt(&got[0]), receipt(&got[1]));
+
+    let bad = json!({"consumer": "w", "max": 0, "ack": [first]});
+    app.post("/topics/chk/groups/g/fetch", &bad)
+        .await
+        .assert_problem(400, "invalid_field");
+    let bad_receipt = json!({"consumer": "w", "ack": [first, "nope"]});
+    let reply = app.post("/topics/chk/groups/g/fetch", &bad_receipt).await;
+    assert_eq!(
+        reply.assert_problem(400, "invalid_receipt")["field"],
+        "ack[1]"
+    );
+    assert_eq!(
+        app.get("/topics/chk/groups/g").await.body["pending"],
+        2,
+        "nothing acked by refused calls"
+    );
+
+    app.post("/topics/chk/groups/g/pause", &json!({})).await;
+    let paused = json!({"consumer": "w", "ack": [first]});
+    let reply = app.post("/topics/chk/groups/g/fetch", &paused).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["acked"], json!([first]));
+    assert_eq!(reply.body["messages"], json!([]));
+    app.post("/topics/chk/groups/g/resume", &json!({})).await;
+
+    // A long-poll that finds nothing: the ack is done by its first look.
+    let waiting = json!({"consumer": "w", "wait_ms": 300, "ack": [second, first]});
+    let reply = app.post("/topics/chk/groups/g/fetch", &waiting).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["acked"], json!([second]));
+    assert_eq!(reply.body["lease_lost"], json!([first]), "acked before");
+    assert_eq!(app.get("/topics/chk/groups/g").await.body["pending"], 0);
+}

@@ -237,10 +237,18 @@ fn spawn_producer(ctx: &Ctx, topic: &str, stop: Arc<AtomicBool>) -> tokio::task:
 async fn raw_fetch(c: &Ctx, keys: &TopicKeys, consumer: &Consumer, max: u32) -> FetchReply {
     let group = Group::parse(GROUP).expect("name");
     let mut conn = c.redis.clone();
-    fetch_call(&c.scripts, keys, &group, consumer, max, DEFAULT_FETCH_BYTES)
-        .invoke_async(&mut conn)
-        .await
-        .expect("raw fetch")
+    fetch_call(
+        &c.scripts,
+        keys,
+        &group,
+        consumer,
+        max,
+        DEFAULT_FETCH_BYTES,
+        &[],
+    )
+    .invoke_async(&mut conn)
+    .await
+    .expect("raw fetch")
 }
 
 async fn raw_ack(c: &Ctx, keys: &TopicKeys, rows: &FetchReply) {

@@ -147,9 +147,11 @@ pub fn fetch_call<'a>(
     consumer: &Consumer,
     max: u32,
     max_bytes: u64,
+    acks: &[Receipt],
 ) -> Invocation<'a> {
     let mut call = group_call(&scripts.fetch, keys, group);
     call.arg(consumer.as_str()).arg(max).arg(max_bytes);
+    receipt_args(&mut call, acks);
     call
 }
 
@@ -161,17 +163,28 @@ pub fn ack_call<'a>(
     receipts: &[Receipt],
 ) -> Invocation<'a> {
     let mut call = group_call(&scripts.ack, keys, group);
+    receipt_args(&mut call, receipts);
+    call
+}
+
+/// Appends `receipts` as the scripts take them: stream id, then
+/// `<attempt>:<delivery>`.
+fn receipt_args(call: &mut Invocation<'_>, receipts: &[Receipt]) {
     for r in receipts {
         call.arg(&r.stream_id).arg(r.fence());
     }
-    call
 }
 
 /// Parses receipts, refusing the whole call on the first malformed one.
 pub fn parse_receipts(receipts: &[String]) -> Result<Vec<Receipt>> {
+    parse_receipts_of("receipts", receipts)
+}
+
+/// [`parse_receipts`] of the request field `field` (errors name `field[i]`).
+fn parse_receipts_of(field: &str, receipts: &[String]) -> Result<Vec<Receipt>> {
     if receipts.is_empty() || receipts.len() > MAX_RECEIPTS {
         return Err(Error::invalid_field(
-            "receipts",
+            field,
             format!("must hold between 1 and {MAX_RECEIPTS} receipts"),
         ));
     }
@@ -182,7 +195,7 @@ pub fn parse_receipts(receipts: &[String]) -> Result<Vec<Receipt>> {
             Receipt::parse(r).map_err(|e| Error::BadRequest {
                 code: "invalid_receipt",
                 detail: e.to_string(),
-                field: Some(format!("receipts[{i}]")),
+                field: Some(format!("{field}[{i}]")),
             })
         })
         .collect()
@@ -191,6 +204,8 @@ pub fn parse_receipts(receipts: &[String]) -> Result<Vec<Receipt>> {
 /// What one run of `lua/fetch.lua` found.
 struct FetchRound {
     deliveries: Vec<Delivery>,
+    /// The receipts acked first, when the round was given some.
+    acked: Option<AckOutcome>,
     /// The round took as many entries as it was allowed (delivered or
     /// dead-lettered): more may be waiting. A round that took fewer drained
     /// everything deliverable at that moment.
@@ -203,7 +218,8 @@ struct FetchRound {
 
 /// Raw reply of `lua/fetch.lua`: status, Redis now, lease_ms, next wake,
 /// `(stream id, attempt, fields, delivery number)` per delivery, expired
-/// and exhausted counts, and whether the byte budget stopped the round.
+/// and exhausted counts, whether the byte budget stopped the round, and
+/// the results of the receipts acked first (as in [`AckReply`]).
 /// Public for the benchmark's raw baseline.
 pub type FetchReply = (
     i64,
@@ -214,13 +230,50 @@ pub type FetchReply = (
     u64,
     u64,
     u8,
+    Vec<Vec<redis::Value>>,
 );
 
 /// Raw reply of `lua/ack.lua`: status, Redis now, then per receipt either
 /// `[1, published_at, id, correlation_id, causation_id]` or `[0]`.
 type AckReply = (i64, u64, Vec<Vec<redis::Value>>);
 
+/// Sorts the script's per-receipt ack `results` (see [`AckReply`]) into
+/// acked and lost `receipts`, and counts them.
+fn ack_outcome(
+    (tenant, topic, group): (&Tenant, &Topic, &Group),
+    receipts: &[String],
+    now: u64,
+    results: Vec<Vec<redis::Value>>,
+) -> AckOutcome {
+    let labels = telemetry::group_labels(tenant, topic, group);
+    let to_ack = metrics::histogram!(telemetry::PUBLISH_TO_ACK, labels.clone());
+    let mut outcome = AckOutcome::default();
+    for (receipt, result) in receipts.iter().zip(results) {
+        let text = |i: usize| {
+            result
+                .get(i)
+                .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+                .unwrap_or_default()
+        };
+        if text(0) == "1" {
+            let published_at = text(1).parse().unwrap_or(now);
+            to_ack.record(telemetry::seconds_between(published_at, now));
+            tracing::debug!(id = %text(2), correlation_id = %text(3), causation_id = %text(4), "acked");
+            outcome.acked.push(receipt.clone());
+        } else {
+            outcome.lease_lost.push(receipt.clone());
+        }
+    }
+    metrics::counter!(telemetry::ACKED, labels.clone()).increment(outcome.acked.len() as u64);
+    if !outcome.lease_lost.is_empty() {
+        metrics::counter!(telemetry::LEASE_LOST, labels).increment(outcome.lease_lost.len() as u64);
+    }
+    outcome
+}
+
 impl Broker {
+    /// One fetch (a few script calls when an ordered group only parks),
+    /// acking `acks` (their texts and parsed receipts) in the first call.
     async fn fetch_round(
         &self,
         (tenant, topic): (&Tenant, &Topic),
@@ -228,19 +281,34 @@ impl Broker {
         group: &Group,
         consumer: &Consumer,
         (max, max_bytes): (u32, u64),
+        acks: Option<(&[String], &[Receipt])>,
     ) -> Result<FetchRound> {
         let mut conn = self.store.conn().await?;
         let (mut expired, mut exhausted) = (0, 0);
         let mut calls = 0;
+        let mut acked = None;
         // An ordered group may read a long run of one busy key's messages
         // and park them all: such a call delivers nothing but says more may
         // follow. Go on (bounded), so messages of other keys behind the run
         // come out now rather than after the long-poll's next wake-up.
         let (status, now, lease_ms, next_wake, rows, budget_hit) = loop {
-            let (status, now, lease_ms, next_wake, rows, e, x, more): FetchReply =
-                fetch_call(self.store.scripts(), keys, group, consumer, max, max_bytes)
-                    .invoke_async(&mut conn)
-                    .await?;
+            let first = if calls == 0 { acks } else { None };
+            let receipts = first.map_or(&[][..], |(_, parsed)| parsed);
+            let (status, now, lease_ms, next_wake, rows, e, x, more, ack_results): FetchReply =
+                fetch_call(
+                    self.store.scripts(),
+                    keys,
+                    group,
+                    consumer,
+                    max,
+                    max_bytes,
+                    receipts,
+                )
+                .invoke_async(&mut conn)
+                .await?;
+            if let Some((texts, _)) = first.filter(|_| status >= 0) {
+                acked = Some(ack_outcome((tenant, topic, group), texts, now, ack_results));
+            }
             expired += e;
             exhausted += x;
             calls += 1;
@@ -303,6 +371,7 @@ impl Broker {
             }
         }
         Ok(FetchRound {
+            acked,
             filled: budget_hit == 1
                 || deliveries.len() as u64 + expired + exhausted >= u64::from(max),
             deliveries,
@@ -320,6 +389,42 @@ impl Broker {
         group: &Group,
         request: &FetchRequest,
     ) -> Result<Vec<Delivery>> {
+        let (_, deliveries) = self
+            .fetch_acking(tenant, topic, group, request, None)
+            .await?;
+        Ok(deliveries)
+    }
+
+    /// Acks `request.ack` (when given), then fetches, in one script call
+    /// (the first, when the fetch waits): one round trip per message for a
+    /// worker that handles one at a time. The request is checked whole
+    /// before anything is acked.
+    pub async fn ack_then_fetch(
+        &self,
+        tenant: &Tenant,
+        topic: &Topic,
+        group: &Group,
+        request: &FetchRequest,
+    ) -> Result<(Option<AckOutcome>, Vec<Delivery>)> {
+        match request.ack.as_deref() {
+            Some(texts) if !texts.is_empty() => {
+                let parsed = parse_receipts_of("ack", texts)?;
+                self.fetch_acking(tenant, topic, group, request, Some((texts, &parsed)))
+                    .await
+            }
+            _ => self.fetch_acking(tenant, topic, group, request, None).await,
+        }
+    }
+
+    /// Fetch, acking `acks` in the first script call.
+    async fn fetch_acking(
+        &self,
+        tenant: &Tenant,
+        topic: &Topic,
+        group: &Group,
+        request: &FetchRequest,
+        acks: Option<(&[String], &[Receipt])>,
+    ) -> Result<(Option<AckOutcome>, Vec<Delivery>)> {
         let max = request.max.unwrap_or(1);
         if !(1..=MAX_FETCH).contains(&max) {
             return Err(Error::invalid_field(
@@ -344,10 +449,17 @@ impl Broker {
         let limits = (max, max_bytes);
         let keys = TopicKeys::new(tenant, topic);
         if wait_ms == 0 {
-            return Ok(self
-                .fetch_round((tenant, topic), &keys, group, &request.consumer, limits)
-                .await?
-                .deliveries);
+            let round = self
+                .fetch_round(
+                    (tenant, topic),
+                    &keys,
+                    group,
+                    &request.consumer,
+                    limits,
+                    acks,
+                )
+                .await?;
+            return Ok((round.acked, round.deliveries));
         }
 
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
@@ -357,6 +469,8 @@ impl Broker {
             .waiter(keys.wake_channel(), group.as_str())
             .await;
         let mut shutdown = self.store.shutdown_signal();
+        let mut acks = acks;
+        let mut acked = None;
         loop {
             // Enable before checking, so a wake-up between the check and the
             // wait is not lost.
@@ -365,8 +479,16 @@ impl Broker {
             notified.as_mut().enable();
 
             let round = self
-                .fetch_round((tenant, topic), &keys, group, &request.consumer, limits)
+                .fetch_round(
+                    (tenant, topic),
+                    &keys,
+                    group,
+                    &request.consumer,
+                    limits,
+                    acks.take(),
+                )
                 .await?;
+            acked = acked.or(round.acked);
             if !round.deliveries.is_empty() {
                 // Wake the next waiter of the group only when there may be
                 // more: a round that drained the group leaves nothing for it,
@@ -377,11 +499,11 @@ impl Broker {
                 if round.filled {
                     waiter.pass_on();
                 }
-                return Ok(round.deliveries);
+                return Ok((acked, round.deliveries));
             }
             let now = tokio::time::Instant::now();
             if now >= deadline || *shutdown.borrow() {
-                return Ok(Vec::new());
+                return Ok((acked, Vec::new()));
             }
             let mut wake_at = deadline.min(now + self.store.wakeups().recheck());
             if round.next_wake > 0 {
@@ -391,29 +513,9 @@ impl Broker {
             tokio::select! {
                 () = &mut notified => {}
                 () = tokio::time::sleep_until(wake_at) => {}
-                _ = shutdown.wait_for(|stop| *stop) => return Ok(Vec::new()),
+                _ = shutdown.wait_for(|stop| *stop) => return Ok((acked, Vec::new())),
             }
         }
-    }
-
-    /// Acks `request.ack` (when given), then fetches: one round trip per
-    /// message for a worker that handles one at a time. A fetch after a
-    /// failed ack is not attempted (the error is the answer).
-    pub async fn ack_then_fetch(
-        &self,
-        tenant: &Tenant,
-        topic: &Topic,
-        group: &Group,
-        request: &FetchRequest,
-    ) -> Result<(Option<AckOutcome>, Vec<Delivery>)> {
-        let acked = match request.ack.as_deref() {
-            Some(receipts) if !receipts.is_empty() => {
-                Some(self.ack(tenant, topic, group, receipts).await?)
-            }
-            _ => None,
-        };
-        let messages = self.fetch(tenant, topic, group, request).await?;
-        Ok((acked, messages))
     }
 
     /// Acks deliveries whose lease is still held; the others are `lease_lost`.
@@ -434,31 +536,7 @@ impl Broker {
         if status < 0 {
             return Err(group_not_found(group));
         }
-        let labels = telemetry::group_labels(tenant, topic, group);
-        let to_ack = metrics::histogram!(telemetry::PUBLISH_TO_ACK, labels.clone());
-        let mut outcome = AckOutcome::default();
-        for (receipt, result) in receipts.iter().zip(results) {
-            let text = |i: usize| {
-                result
-                    .get(i)
-                    .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
-                    .unwrap_or_default()
-            };
-            if text(0) == "1" {
-                let published_at = text(1).parse().unwrap_or(now);
-                to_ack.record(telemetry::seconds_between(published_at, now));
-                tracing::debug!(id = %text(2), correlation_id = %text(3), causation_id = %text(4), "acked");
-                outcome.acked.push(receipt.clone());
-            } else {
-                outcome.lease_lost.push(receipt.clone());
-            }
-        }
-        metrics::counter!(telemetry::ACKED, labels.clone()).increment(outcome.acked.len() as u64);
-        if !outcome.lease_lost.is_empty() {
-            metrics::counter!(telemetry::LEASE_LOST, labels)
-                .increment(outcome.lease_lost.len() as u64);
-        }
-        Ok(outcome)
+        Ok(ack_outcome((tenant, topic, group), receipts, now, results))
     }
 
     /// The message a receipt names, if its delivery is still current:
