@@ -44,7 +44,7 @@ function fmtSpan(ms) {
 /** The chart of `points` ({t, v}) as an SVG element. */
 export function lagChart(points, label) {
   const W = 1000;
-  const H = 200;
+  const H = 150;
   const L = 44; // room for the y labels
   const R = 8;
   const T = 10;

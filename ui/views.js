@@ -304,6 +304,9 @@ export function topicView(model) {
   ];
 }
 
+/** Messages the group has yet to ack, whatever their state. */
+export const owed = (g) => g.lag + g.parked + g.pending + g.delayed;
+
 export function groupView(model) {
   const { tenant, topic, group, info: g, lagPoints, dlq } = model;
   const pauseButton = g.paused
@@ -325,6 +328,7 @@ export function groupView(model) {
       stat("pending", "Pending", num(g.pending), "Delivered and not yet acked"),
       stat("delayed", "Delayed", num(g.delayed), "Waiting for a scheduled retry"),
       stat("dead_lettered", "Dead letters", num(g.dead_lettered)),
+      stat("owed", "Owed", num(owed(g)), "Not yet acked: lag + parked + pending + delayed (a replayed dead letter waits as delayed)"),
       stat("consumers", "Consumers", num(g.consumers.length))),
     section("chart", "Lag over time",
       lagChart(lagPoints, `Lag of ${group}`),
