@@ -562,3 +562,111 @@ async fn the_page_asks_for_the_api_token_once_and_keeps_it_for_the_tab() {
     assert_eq!(page_errors(page).await, Vec::<Value>::new());
     app.stop().await;
 }
+
+/// What needs no browser: `/ui` and its files are served without the
+/// token, with strict security headers, from a fixed list (no file system
+/// path is ever formed from the URL), and are not part of the API document.
+#[tokio::test]
+async fn the_page_is_served_without_the_token_with_strict_headers_and_outside_the_api() {
+    let app = TestApp::start_with(|c| c.api_token = Some("s3cret-token".into())).await;
+    for (path, content_type) in [
+        ("/ui", "text/html; charset=utf-8"),
+        ("/ui/app.js", "text/javascript; charset=utf-8"),
+        ("/ui/errors.js", "text/javascript; charset=utf-8"),
+        ("/ui/style.css", "text/css; charset=utf-8"),
+        ("/ui/icon.svg", "image/svg+xml"),
+    ] {
+        let resp = app
+            .client
+            .get(format!("{}{path}", app.base))
+            .send()
+            .await
+            .expect(path);
+        assert_eq!(resp.status(), 200, "{path}");
+        let h = resp.headers();
+        assert_eq!(h["content-type"], content_type, "{path}");
+        let csp = h["content-security-policy"].to_str().expect("csp");
+        for directive in [
+            "default-src 'self'",
+            "script-src 'self'",
+            "object-src 'none'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(csp.contains(directive), "{path}: {csp}");
+        }
+        assert!(!csp.contains("unsafe"), "{path}: {csp}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+        assert!(!resp.text().await.expect("body").is_empty(), "{path}");
+    }
+    // The page loads no inline script: every <script> names a file.
+    let index = app
+        .client
+        .get(format!("{}/ui", app.base))
+        .send()
+        .await
+        .expect("index")
+        .text()
+        .await
+        .expect("index body");
+    for tag in index.split("<script").skip(1) {
+        let (attrs, rest) = tag.split_once('>').expect("a closed tag");
+        assert!(attrs.contains(" src=\"/ui/"), "script without src: {attrs}");
+        assert!(rest.starts_with("</script>"), "inline script: {rest}");
+    }
+    // HEAD answers like GET, without a body.
+    let head = app
+        .client
+        .head(format!("{}/ui/app.js", app.base))
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(head.status(), 200);
+    // /ui/ leads to /ui.
+    let slash = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .get(format!("{}/ui/", app.base))
+        .send()
+        .await
+        .expect("/ui/");
+    assert_eq!(slash.status(), 308);
+    assert_eq!(slash.headers()["location"], "/ui");
+    // Unknown or path-like names are a 404 problem, never a file read.
+    for path in [
+        "/ui/nope.js",
+        "/ui/..%2FCargo.toml",
+        "/ui/%2E%2E%2F%2E%2E%2Fetc%2Fpasswd",
+        "/ui/index.html%00.js",
+        "/ui/app.js/more",
+    ] {
+        let reply = app
+            .send(reqwest::Method::GET, &format!("{}{path}", app.base), None)
+            .await;
+        reply.assert_problem(404, "route_not_found");
+    }
+    // The API itself still wants the token.
+    let reply = app
+        .send(
+            reqwest::Method::GET,
+            &format!("{}/v1/tenants", app.base),
+            None,
+        )
+        .await;
+    reply.assert_problem(401, "unauthorized");
+    // Not API: the OpenAPI document does not mention /ui.
+    let doc = std::process::Command::new(env!("CARGO_BIN_EXE_streamcar"))
+        .arg("openapi")
+        .output()
+        .expect("streamcar openapi");
+    let doc: Value = serde_json::from_slice(&doc.stdout).expect("JSON");
+    let paths = doc["paths"].as_object().expect("paths");
+    assert!(paths.contains_key("/v1/tenants"));
+    assert!(
+        paths.keys().all(|p| !p.starts_with("/ui")),
+        "{:?}",
+        paths.keys()
+    );
+}
