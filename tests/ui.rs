@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use fantoccini::key::Key;
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
@@ -391,6 +392,38 @@ async fn operator_sees_and_fixes_a_group_in_the_browser() {
     // Cancelling a delete changes nothing.
     click(page, &format!("{row} button[data-action=delete]")).await;
     answer_confirm(page, false).await;
+    assert_eq!(app.get(group_path).await.body["dead_lettered"], 2);
+    wait_for(page, &row).await;
+
+    // The same by keyboard: Enter on the focused button opens the dialog,
+    // whose focus starts on Cancel; Escape closes it and changes nothing.
+    let delete = page
+        .find(Locator::Css(&format!("{row} button[data-action=delete]")))
+        .await
+        .expect("delete button");
+    page.execute(
+        "arguments[0].focus();",
+        vec![serde_json::to_value(&delete).expect("element")],
+    )
+    .await
+    .expect("focus");
+    delete
+        .send_keys(&Key::Enter.to_string())
+        .await
+        .expect("Enter");
+    wait_for(page, "dialog#confirm[open]").await;
+    let focused = page
+        .execute("return document.activeElement.id;", vec![])
+        .await
+        .expect("active element");
+    assert_eq!(focused, json!("confirm-cancel"));
+    page.active_element()
+        .await
+        .expect("focus")
+        .send_keys(&Key::Escape.to_string())
+        .await
+        .expect("Escape");
+    wait_gone(page, "dialog#confirm[open]").await;
     assert_eq!(app.get(group_path).await.body["dead_lettered"], 2);
     wait_for(page, &row).await;
 
