@@ -99,6 +99,22 @@ pub async fn prune(store: &Store, interval: Duration) -> Result<usize> {
     Ok(removed)
 }
 
+/// The tenants that have topics, sorted (what `GET /v1/tenants` lists).
+/// Names streamcar did not write (they do not validate) are left out.
+pub async fn list(store: &Store) -> Result<Vec<String>> {
+    let mut conn = store.conn().await?;
+    let names: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys::TENANTS)
+        .query_async(&mut conn)
+        .await?;
+    let mut tenants: Vec<String> = names
+        .into_iter()
+        .filter(|t| Tenant::parse(t).is_ok())
+        .collect();
+    tenants.sort_unstable();
+    Ok(tenants)
+}
+
 /// Removes `tenant` from the list, then puts it back if it has a topic by
 /// now (see the module docs for why this order is race-free). Returns true
 /// when it stayed off.

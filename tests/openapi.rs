@@ -15,6 +15,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
+    ("GET", "/v1/tenants"),
     ("GET", "/v1/tenants/{tenant}/topics"),
     ("PUT", "/v1/tenants/{tenant}/topics/{topic}"),
     ("GET", "/v1/tenants/{tenant}/topics/{topic}"),

@@ -110,3 +110,52 @@ async fn delete_removes_messages_sequence_and_idempotency() {
     assert_eq!(history.len(), 1);
     assert_eq!(history[0]["payload"], 3);
 }
+
+/// `GET /v1/tenants` lists the tenants that have topics, sorted; a tenant
+/// with only a pool or a quota is not listed, and one whose last topic was
+/// deleted leaves the list (with the background prune).
+#[tokio::test]
+async fn tenants_with_topics_are_listed() {
+    let mut app =
+        TestApp::start_with(|c| c.retention_interval = std::time::Duration::from_millis(100)).await;
+    let tenants = format!("{}/v1/tenants", app.base);
+    let list = app.send(reqwest::Method::GET, &tenants, None).await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert_eq!(list.body, json!({"tenants": []}));
+    let base = app.tenant.clone();
+    for t in ["zeta", "alpha", "mid.dle"] {
+        app.tenant = format!("{base}-{t}");
+        app.publish("orders", &json!({"payload": 1})).await;
+    }
+    app.tenant = format!("{base}-pool-only");
+    let pool = app
+        .put("/pools/gpu", &json!({"capacity": 1, "lease_ms": 1000}))
+        .await;
+    assert!(pool.status.is_success(), "{}", pool.body);
+    let limits = app
+        .put("/limits", &json!({"publish_per_sec": 5, "burst": 5}))
+        .await;
+    assert!(limits.status.is_success(), "{}", limits.body);
+    let list = app.send(reqwest::Method::GET, &tenants, None).await;
+    assert_eq!(
+        list.body,
+        json!({"tenants": [format!("{base}-alpha"), format!("{base}-mid.dle"), format!("{base}-zeta")]})
+    );
+    app.tenant = format!("{base}-zeta");
+    assert_eq!(
+        app.delete("/topics/orders").await.status,
+        StatusCode::NO_CONTENT
+    );
+    let mut names = serde_json::Value::Null;
+    for _ in 0..100 {
+        names = app.send(reqwest::Method::GET, &tenants, None).await.body["tenants"].clone();
+        if names.as_array().is_some_and(|n| n.len() == 2) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        names,
+        json!([format!("{base}-alpha"), format!("{base}-mid.dle")])
+    );
+}

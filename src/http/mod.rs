@@ -13,7 +13,9 @@ pub mod openapi;
 mod ops;
 pub mod problem;
 mod subscriptions;
+mod tenants;
 mod topics;
+mod ui;
 
 use std::sync::Arc;
 
@@ -80,6 +82,7 @@ fn created_or_ok(created: bool) -> axum::http::StatusCode {
 fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(ops::routes())
+        .merge(tenants::routes())
         // Tenant routes carry their full paths rather than being nested under
         // `/v1/tenants/{tenant}`: a nested router rewrites every request's
         // URI (an allocation and a parse per request) before routing it.
@@ -120,6 +123,8 @@ pub fn router(state: AppState) -> Router {
                 async move { Json(document.as_ref().clone()) }
             }),
         )
+        // The operator UI: not API, so outside the OpenAPI document.
+        .merge(ui::routes())
         .fallback(|uri: Uri| async move { HttpError::RouteNotFound(uri.path().to_owned()) })
         .method_not_allowed_fallback(|| async { HttpError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body));

@@ -275,6 +275,13 @@ pub struct TopicList {
     pub topics: Vec<String>,
 }
 
+/// `GET /v1/tenants`.
+#[derive(Serialize, ToSchema)]
+pub struct TenantList {
+    /// Names of the tenants that have at least one topic, sorted.
+    pub tenants: Vec<String>,
+}
+
 /// `POST …/fetch`.
 #[derive(Serialize, ToSchema)]
 pub struct FetchResponse {
@@ -387,6 +394,7 @@ pub fn state_byte_limits(schema: &mut utoipa::openapi::schema::Schema) {
     ),
     components(schemas(Problem)),
     tags(
+        (name = "tenants", description = "Tenants that have topics"),
         (name = "topics", description = "Topics, publishing and history"),
         (name = "groups", description = "Consumer groups and delivery under leases"),
         (name = "dead letters", description = "Dead-letter streams of a group"),
