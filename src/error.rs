@@ -255,6 +255,30 @@ fn server_code(e: &redis::RedisError) -> Option<String> {
         .and_then(|errors| errors.first().map(|(_, error)| error.code().to_owned()))
 }
 
+impl Error {
+    /// The same failure for another caller of a call many callers shared
+    /// (a group commit): transient outages keep their kind (503 and its
+    /// code), not-found and conflicts their code, anything else becomes an
+    /// internal error with the text.
+    pub fn for_each_caller(&self) -> Self {
+        match self {
+            Self::Unavailable { kind, .. } => Self::Unavailable {
+                kind: *kind,
+                source: None,
+            },
+            Self::NotFound { kind, name } => Self::NotFound {
+                kind: *kind,
+                name: name.clone(),
+            },
+            Self::Conflict { code, detail } => Self::Conflict {
+                code,
+                detail: detail.clone(),
+            },
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
 /// Everything an operation can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

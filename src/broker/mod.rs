@@ -6,6 +6,7 @@
 //! more than one key is one Lua script from [`crate::scripts`].
 
 pub mod backoff;
+pub mod commit;
 pub mod delivery;
 pub mod dlq;
 pub mod groups;
@@ -26,12 +27,17 @@ pub const DEFAULT_DEDUP_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
 #[derive(Clone)]
 pub struct Broker {
     store: Store,
+    /// Group commit of concurrent publishes, per topic.
+    commits: std::sync::Arc<publish::PublishCommits>,
 }
 
 impl Broker {
     /// A broker working through `store`.
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            commits: std::sync::Arc::default(),
+        }
     }
 
     /// The Redis handle, for the workflow operations built on the broker.

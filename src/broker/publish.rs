@@ -46,6 +46,14 @@ pub const MAX_DURATION_MS: u64 = 365 * 24 * 60 * 60 * 1000;
 /// message, the topic's max_backlog.
 type PublishReply = (i64, Vec<(String, String, u64, i64)>, u64);
 
+/// One message's row of a publish: id, stream id, seq, outcome, and the
+/// topic's max_backlog at the time (for a refusal's detail).
+pub type PublishRow = (String, String, u64, i64, u64);
+
+/// Combines concurrent publishes to one topic into one `publish.lua` call
+/// (see [`super::commit`]), keyed by the topic's stream key.
+pub(crate) type PublishCommits = super::commit::Batcher<String, Encoded, PublishRow>;
+
 /// Per-message outcomes of `lua/publish.lua`.
 const WRITTEN: i64 = 0;
 const DUPLICATE: i64 = 1;
@@ -286,6 +294,10 @@ impl Broker {
     /// Publishes `messages` to `topic` in order, as one atomic step, with no
     /// regard to quotas. Declares the topic with defaults when it does not
     /// exist yet. Returns each message's outcome and how many were written.
+    ///
+    /// Publishes to one topic that arrive while a call for it is in flight
+    /// go together in the next call (group commit); each caller still gets
+    /// only its own messages' outcomes.
     pub async fn publish(
         &self,
         tenant: &Tenant,
@@ -293,17 +305,22 @@ impl Broker {
         messages: &[PublishRequest],
     ) -> Result<(Vec<Result<Published>>, u64)> {
         let keys = TopicKeys::new(tenant, topic);
-        let call = publish_call(self.store.scripts(), &keys, messages);
-        let mut conn = self.store.conn().await?;
-        let (created, rows, max_backlog): PublishReply = call.invoke_async(&mut conn).await?;
-        if created == 1 {
-            register_topic(&mut conn, tenant, topic).await?;
-        }
+        let encoded: Vec<Encoded> = messages.iter().map(Encoded::new).collect();
+        let bytes = encoded.iter().map(Encoded::bytes).sum();
+        let broker = self.clone();
+        let (t, p) = (tenant.clone(), topic.clone());
+        let rows = self
+            .commits
+            .submit(&keys.stream(), encoded, bytes, move |batch| {
+                let (broker, t, p) = (broker.clone(), t.clone(), p.clone());
+                async move { broker.publish_encoded(&t, &p, batch).await }
+            })
+            .await?;
         let labels = telemetry::topic_labels(tenant, topic);
         let (mut written, mut duplicates, mut refused) = (0, 0, 0);
         let items: Vec<Result<Published>> = rows
             .into_iter()
-            .map(|(id, stream_id, seq, outcome)| match outcome {
+            .map(|(id, stream_id, seq, outcome, max_backlog)| match outcome {
                 REFUSED_BACKLOG => {
                     refused += 1;
                     Err(backlog_full(topic, max_backlog))
@@ -337,6 +354,27 @@ impl Broker {
             }
         }
         Ok((items, written))
+    }
+
+    /// One `publish.lua` call for `batch` (one caller's messages or several
+    /// callers' together): a row per message, in order.
+    async fn publish_encoded(
+        &self,
+        tenant: &Tenant,
+        topic: &Topic,
+        batch: Vec<Encoded>,
+    ) -> Result<Vec<PublishRow>> {
+        let keys = TopicKeys::new(tenant, topic);
+        let call = encoded_call(self.store.scripts(), &keys, &batch);
+        let mut conn = self.store.conn().await?;
+        let (created, rows, max_backlog): PublishReply = call.invoke_async(&mut conn).await?;
+        if created == 1 {
+            register_topic(&mut conn, tenant, topic).await?;
+        }
+        Ok(rows
+            .into_iter()
+            .map(|(id, stream_id, seq, outcome)| (id, stream_id, seq, outcome, max_backlog))
+            .collect())
     }
 
     /// For each of `messages`, the message already written under its
@@ -402,12 +440,58 @@ fn backlog_full(topic: &Topic, max_backlog: u64) -> Error {
     }
 }
 
+/// A message ready for `publish.lua`: what the script takes of it, owned,
+/// so that it can join another caller's call (group commit).
+pub struct Encoded {
+    /// The dedup key, when the message has an idempotency key.
+    dedup_key: Option<String>,
+    id: String,
+    ttl_ms: u64,
+    delay_ms: u64,
+    fields: Vec<(&'static str, String)>,
+}
+
+impl Encoded {
+    /// Encodes `message` (a new UUIDv7 id when it has none).
+    fn new(message: &PublishRequest) -> Self {
+        Self {
+            dedup_key: message.idempotency_key.clone(),
+            id: message
+                .id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            ttl_ms: message.ttl_ms.unwrap_or(0),
+            delay_ms: message.delay_ms.unwrap_or(0),
+            fields: message
+                .envelope_fields()
+                .into_iter()
+                .map(|(name, value)| (name, value.into_owned()))
+                .collect(),
+        }
+    }
+
+    /// Its weight in a combined call.
+    fn bytes(&self) -> usize {
+        self.id.len() + self.fields.iter().map(|(_, v)| v.len()).sum::<usize>()
+    }
+}
+
 /// The `lua/publish.lua` call that appends `messages` to the topic of
 /// `keys`. Public so the benchmark's raw baseline sends exactly the same call.
 pub fn publish_call<'a>(
     scripts: &'a Scripts,
     keys: &TopicKeys,
     messages: &[PublishRequest],
+) -> Invocation<'a> {
+    let encoded: Vec<Encoded> = messages.iter().map(Encoded::new).collect();
+    encoded_call(scripts, keys, &encoded)
+}
+
+/// The `lua/publish.lua` call for encoded messages.
+fn encoded_call<'a>(
+    scripts: &'a Scripts,
+    keys: &TopicKeys,
+    messages: &[Encoded],
 ) -> Invocation<'a> {
     let mut call = scripts.publish.prepare_invoke();
     call.key(keys.meta()).key(keys.stream()).key(keys.groups());
@@ -416,7 +500,7 @@ pub fn publish_call<'a>(
         .arg(messages.len());
     let mut next_dedup_key = 4; // KEYS index of the next dedup key (Lua is 1-based)
     for message in messages {
-        let dedup_index = match &message.idempotency_key {
+        let dedup_index = match &message.dedup_key {
             Some(idem) => {
                 call.key(keys.dedup(idem));
                 next_dedup_key += 1;
@@ -424,18 +508,13 @@ pub fn publish_call<'a>(
             }
             None => 0,
         };
-        let id = message
-            .id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-        let fields = message.envelope_fields();
         call.arg(dedup_index)
-            .arg(id)
-            .arg(message.ttl_ms.unwrap_or(0))
-            .arg(message.delay_ms.unwrap_or(0))
-            .arg(fields.len());
-        for (name, value) in fields {
-            call.arg(name).arg(value.as_ref());
+            .arg(&message.id)
+            .arg(message.ttl_ms)
+            .arg(message.delay_ms)
+            .arg(message.fields.len());
+        for (name, value) in &message.fields {
+            call.arg(*name).arg(value.as_str());
         }
     }
     call
