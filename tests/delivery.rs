@@ -511,3 +511,50 @@ async fn expired_leases_behind_many_live_ones_are_reclaimed_and_live_ones_kept()
     assert_eq!(kept.status, StatusCode::OK, "{}", kept.body);
     assert_eq!(kept.body["acked"].as_array().map(Vec::len), Some(300));
 }
+
+/// Concurrent acks of one group share script calls (group commit): each
+/// caller must get its own receipts' outcome. 200 deliveries, each acked
+/// by two racing callers: exactly one of the two wins, the other learns
+/// `lease_lost` (409), and the group ends with nothing pending.
+#[tokio::test]
+async fn concurrent_acks_each_get_their_own_outcome() {
+    let app = std::sync::Arc::new(TestApp::start().await);
+    app.group("acks", "g", &json!({})).await;
+    let batch: Vec<Value> = (0..200).map(|i| json!({"payload": i})).collect();
+    let reply = app
+        .post("/topics/acks/messages:batch", &json!({"messages": batch}))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let got = app.fetch("acks", "g", "w", 200, 0).await;
+    assert_eq!(got.len(), 200);
+    let mut tasks = tokio::task::JoinSet::new();
+    for m in &got {
+        for _ in 0..2 {
+            let app = app.clone();
+            let receipt = m["receipt"].as_str().unwrap().to_owned();
+            tasks.spawn(async move {
+                let reply = app.ack("acks", "g", &[&receipt]).await;
+                (receipt, reply)
+            });
+        }
+    }
+    let mut wins: std::collections::HashMap<String, u32> = Default::default();
+    while let Some(done) = tasks.join_next().await {
+        let (receipt, reply) = done.expect("task");
+        match reply.status {
+            StatusCode::OK => {
+                assert_eq!(reply.body["acked"], json!([receipt]), "{}", reply.body);
+                *wins.entry(receipt).or_default() += 1;
+            }
+            StatusCode::CONFLICT => assert_eq!(reply.body["code"], "lease_lost"),
+            other => panic!("ack: {other} {}", reply.body),
+        }
+    }
+    assert_eq!(wins.len(), 200, "every delivery acked once");
+    assert!(wins.values().all(|&n| n == 1), "a receipt acked twice");
+    let info = app.get("/topics/acks/groups/g").await.body;
+    assert_eq!(
+        (info["pending"].clone(), info["lag"].clone()),
+        (json!(0), json!(0))
+    );
+}

@@ -237,6 +237,13 @@ pub type FetchReply = (
 /// `[1, published_at, id, correlation_id, causation_id]` or `[0]`.
 type AckReply = (i64, u64, Vec<Vec<redis::Value>>);
 
+/// One receipt's result of `lua/ack.lua`, with the call's Redis time.
+pub type AckRow = (Vec<redis::Value>, u64);
+
+/// Combines concurrent acks of one group into one `ack.lua` call (see
+/// [`super::commit`]).
+pub(crate) type AckCommits = super::commit::Batcher<String, Receipt, AckRow>;
+
 /// Sorts the script's per-receipt ack `results` (see [`AckReply`]) into
 /// acked and lost `receipts`, and counts them.
 fn ack_outcome(
@@ -528,15 +535,42 @@ impl Broker {
     ) -> Result<AckOutcome> {
         let parsed = parse_receipts(receipts)?;
         let keys = TopicKeys::new(tenant, topic);
+        // Acks of one group that arrive while one of its ack calls is in
+        // flight go together in the next call (group commit).
+        let commit_key = format!("{}\n{group}", keys.stream());
+        let bytes = parsed.iter().map(|r| r.stream_id.len() + 24).sum();
+        let broker = self.clone();
+        let (t, p, g) = (tenant.clone(), topic.clone(), group.clone());
+        let rows = self
+            .ack_commits
+            .submit(&commit_key, parsed, bytes, move |batch| {
+                let (broker, t, p, g) = (broker.clone(), t.clone(), p.clone(), g.clone());
+                async move { broker.ack_receipts(&t, &p, &g, batch).await }
+            })
+            .await?;
+        let now = rows.first().map_or(0, |(_, now)| *now);
+        let results = rows.into_iter().map(|(result, _)| result).collect();
+        Ok(ack_outcome((tenant, topic, group), receipts, now, results))
+    }
+
+    /// One `ack.lua` call for `batch` (one caller's receipts or several
+    /// callers' together): per receipt, the script's result and Redis's now.
+    async fn ack_receipts(
+        &self,
+        tenant: &Tenant,
+        topic: &Topic,
+        group: &Group,
+        batch: Vec<Receipt>,
+    ) -> Result<Vec<AckRow>> {
+        let keys = TopicKeys::new(tenant, topic);
         let mut conn = self.store.conn().await?;
-        let (status, now, results): AckReply =
-            ack_call(self.store.scripts(), &keys, group, &parsed)
-                .invoke_async(&mut conn)
-                .await?;
+        let (status, now, results): AckReply = ack_call(self.store.scripts(), &keys, group, &batch)
+            .invoke_async(&mut conn)
+            .await?;
         if status < 0 {
             return Err(group_not_found(group));
         }
-        Ok(ack_outcome((tenant, topic, group), receipts, now, results))
+        Ok(results.into_iter().map(|r| (r, now)).collect())
     }
 
     /// The message a receipt names, if its delivery is still current:

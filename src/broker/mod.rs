@@ -29,6 +29,8 @@ pub struct Broker {
     store: Store,
     /// Group commit of concurrent publishes, per topic.
     commits: std::sync::Arc<publish::PublishCommits>,
+    /// Group commit of concurrent acks, per group.
+    ack_commits: std::sync::Arc<delivery::AckCommits>,
 }
 
 impl Broker {
@@ -37,6 +39,7 @@ impl Broker {
         Self {
             store,
             commits: std::sync::Arc::default(),
+            ack_commits: std::sync::Arc::default(),
         }
     }
 
