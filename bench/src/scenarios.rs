@@ -356,6 +356,96 @@ pub async fn consume(ctx: &Ctx, concurrency: usize, duration: Duration, ordered:
     }
 }
 
+/// A worker that handles one message at a time: fetch `max: 1`, each
+/// fetch acking the previous message (`ack` in the fetch body, one round
+/// trip per message); counts delivered messages. Raw: the same `fetch.lua`
+/// call with the previous receipt, through redis-rs.
+pub async fn consume_single(ctx: &Ctx, concurrency: usize, duration: Duration) -> Pair {
+    let run_mode = |topic: &'static str, op: Op| {
+        let ctx = ctx.clone();
+        async move {
+            ctx.flush().await;
+            ctx.put(&format!("/topics/{topic}"), json!({"max_backlog": 100_000}))
+                .await;
+            ctx.put(
+                &format!("/topics/{topic}/groups/{GROUP}"),
+                json!({"lease_ms": 60000}),
+            )
+            .await;
+            let stop = Arc::new(AtomicBool::new(false));
+            let producer = spawn_producer(&ctx, topic, stop.clone());
+            tokio::time::sleep(Duration::from_millis(500)).await; // build a backlog
+            let measured = ctx
+                .metered(load::run(concurrency, duration, op))
+                .await
+                .summary();
+            stop.store(true, Ordering::Relaxed);
+            let _ = producer.await;
+            measured
+        }
+    };
+    let c = ctx.clone();
+    let keys = Arc::new(topic_keys("raw-single"));
+    let previous: Arc<Vec<std::sync::Mutex<Vec<Receipt>>>> =
+        Arc::new((0..concurrency).map(|_| Default::default()).collect());
+    let raw: Op = Arc::new(move |w| {
+        let (c, keys, previous) = (c.clone(), keys.clone(), previous.clone());
+        Box::pin(async move {
+            let consumer = Consumer::parse(&format!("raw-{w}")).expect("name");
+            let group = Group::parse(GROUP).expect("name");
+            let acks = std::mem::take(&mut *previous[w].lock().expect("receipts"));
+            let mut conn = c.redis.clone();
+            let rows: FetchReply = fetch_call(
+                &c.scripts,
+                &keys,
+                &group,
+                &consumer,
+                1,
+                DEFAULT_FETCH_BYTES,
+                &acks,
+            )
+            .invoke_async(&mut conn)
+            .await
+            .expect("raw fetch");
+            *previous[w].lock().expect("receipts") = rows
+                .4
+                .iter()
+                .map(|(id, attempt, _, delivery)| Receipt {
+                    stream_id: id.clone(),
+                    attempt: *attempt,
+                    delivery: *delivery,
+                })
+                .collect();
+            rows.4.len() as u64
+        })
+    });
+    let c = ctx.clone();
+    let previous: Arc<Vec<std::sync::Mutex<Vec<Value>>>> =
+        Arc::new((0..concurrency).map(|_| Default::default()).collect());
+    let sidecar: Op = Arc::new(move |w| {
+        let (c, previous) = (c.clone(), previous.clone());
+        Box::pin(async move {
+            let acks = std::mem::take(&mut *previous[w].lock().expect("receipts"));
+            let (status, body) = c
+                .http_post(
+                    w,
+                    &format!("/topics/sc-single/groups/{GROUP}/fetch"),
+                    json!({"consumer": format!("sc-{w}"), "max": 1, "ack": acks}).to_string(),
+                )
+                .await;
+            assert_eq!(status, 200, "sidecar fetch: {body}");
+            let messages = body["messages"].as_array().cloned().unwrap_or_default();
+            *previous[w].lock().expect("receipts") =
+                messages.iter().map(|m| m["receipt"].clone()).collect();
+            messages.len() as u64
+        })
+    });
+    Pair {
+        raw: run_mode("raw-single", raw).await,
+        sidecar: run_mode("sc-single", sidecar).await,
+    }
+}
+
 /// Microseconds since the process-wide bench epoch.
 fn now_us(epoch: Instant) -> u64 {
     epoch.elapsed().as_micros() as u64
