@@ -470,9 +470,10 @@ async fn e2e_mode(ctx: &Ctx, consumers: usize, duration: Duration, raw: bool) ->
     .await;
     let epoch = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for w in 0..consumers {
-        let (c, stop) = (ctx.clone(), stop.clone());
+        let (c, stop, received) = (ctx.clone(), stop.clone(), received.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let keys = topic_keys(topic);
@@ -509,6 +510,7 @@ async fn e2e_mode(ctx: &Ctx, consumers: usize, duration: Duration, raw: bool) ->
                         .collect()
                 };
                 let now = now_us(epoch);
+                received.fetch_add(payloads.len() as u64, Ordering::Relaxed);
                 latencies.extend(payloads.iter().map(|t| now.saturating_sub(*t)));
             }
             latencies
@@ -540,7 +542,11 @@ async fn e2e_mode(ctx: &Ctx, consumers: usize, duration: Duration, raw: bool) ->
             });
         }
     }
-    tokio::time::sleep(Duration::from_millis(300)).await; // let the last ones arrive
+    // Let the last ones arrive (bounded: a slow machine may lag behind).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.load(Ordering::Relaxed) < published && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::new();
     for t in tasks {
@@ -549,7 +555,7 @@ async fn e2e_mode(ctx: &Ctx, consumers: usize, duration: Duration, raw: bool) ->
     let delivered = latencies.len() as u64;
     assert!(
         delivered + 50 >= published,
-        "e2e lost messages: {delivered} of {published}"
+        "e2e lost messages ({topic}): {delivered} of {published}"
     );
     Record {
         latencies,
