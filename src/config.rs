@@ -98,6 +98,176 @@ pub struct ServerArgs {
     /// Log format on stderr.
     #[arg(long, env = "STREAMCAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// The client edge (`--edge-listen` and its JWT settings).
+    #[command(flatten)]
+    pub edge: EdgeArgs,
+}
+
+/// JWT signature algorithm of edge tokens (`--jwt-alg`). The algorithm comes
+/// from here, never from a token's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum JwtAlg {
+    /// HMAC-SHA256 with a shared secret (the key file holds the secret).
+    #[default]
+    #[value(name = "HS256")]
+    Hs256,
+    /// RSA PKCS#1 v1.5 with SHA-256 (the key file holds the public key, PEM).
+    #[value(name = "RS256")]
+    Rs256,
+    /// ECDSA P-256 with SHA-256 (the key file holds the public key, PEM).
+    #[value(name = "ES256")]
+    Es256,
+}
+
+/// Flags of the client edge: a second listener, meant to face browsers and
+/// devices, that serves only `GET /v1/edge/ws` and `GET /v1/edge/events`
+/// to holders of a short-lived JWT.
+#[derive(Debug, Clone, Args)]
+pub struct EdgeArgs {
+    /// Serve the client edge on this address (off when unset; never the API's address).
+    #[arg(long, env = "STREAMCAR_EDGE_LISTEN")]
+    pub edge_listen: Option<SocketAddr>,
+
+    /// Key that verifies edge tokens: the shared secret (HS256, at least 32
+    /// bytes) or a public key PEM (RS256, ES256). Re-read on SIGHUP.
+    #[arg(long, env = "STREAMCAR_JWT_KEY_FILE")]
+    pub jwt_key_file: Option<PathBuf>,
+
+    /// Signature algorithm every edge token must use.
+    #[arg(long, env = "STREAMCAR_JWT_ALG", value_enum, default_value_t = JwtAlg::Hs256)]
+    pub jwt_alg: JwtAlg,
+
+    /// Required `aud` of edge tokens (unset: not checked).
+    #[arg(long, env = "STREAMCAR_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Required `iss` of edge tokens (unset: not checked).
+    #[arg(long, env = "STREAMCAR_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Origins allowed to open edge connections, comma-separated, e.g.
+    /// `https://app.example.com` (unset: any; requests without Origin,
+    /// i.e. not from a browser, are always allowed).
+    #[arg(long, env = "STREAMCAR_EDGE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub edge_allowed_origins: Vec<String>,
+
+    /// Most open edge connections of this sidecar (more: 429).
+    #[arg(long, env = "STREAMCAR_EDGE_MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub edge_max_connections: u32,
+
+    /// Most open edge connections of one user (`sub`) on this sidecar (more: 429).
+    #[arg(long, env = "STREAMCAR_EDGE_MAX_CONNECTIONS_PER_USER", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub edge_max_connections_per_user: u32,
+
+    /// Largest WebSocket message an edge client may send, e.g. `64KiB`.
+    #[arg(long, env = "STREAMCAR_EDGE_MAX_FRAME", default_value = "64KiB", value_parser = parse_size)]
+    pub edge_max_frame: usize,
+
+    /// Publishes per second one edge connection may make (also its burst).
+    #[arg(long, env = "STREAMCAR_EDGE_PUBLISH_RATE", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub edge_publish_rate: u32,
+
+    /// How long a sidecar's presence entries outlive its last heartbeat
+    /// (heartbeats go every third of it), e.g. `30s`.
+    #[arg(long, env = "STREAMCAR_EDGE_PRESENCE_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub edge_presence_ttl: Duration,
+}
+
+/// The client edge, validated (see [`EdgeArgs`]).
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// Where the edge listens.
+    pub listen: SocketAddr,
+    /// The verification key's file.
+    pub key_file: PathBuf,
+    /// The one accepted algorithm.
+    pub alg: JwtAlg,
+    /// Required `aud`.
+    pub audience: Option<String>,
+    /// Required `iss`.
+    pub issuer: Option<String>,
+    /// Allowed browser origins (empty: any).
+    pub allowed_origins: Vec<String>,
+    /// Most connections of the sidecar.
+    pub max_connections: usize,
+    /// Most connections of one user.
+    pub max_connections_per_user: usize,
+    /// Largest client message in bytes.
+    pub max_frame: usize,
+    /// Publishes per second per connection.
+    pub publish_rate: u32,
+    /// Presence entry lifetime without a heartbeat.
+    pub presence_ttl: Duration,
+}
+
+impl EdgeConfig {
+    /// Defaults around a listen address and key file (tests, embedding).
+    pub fn new(listen: SocketAddr, key_file: PathBuf, alg: JwtAlg) -> Self {
+        Self {
+            listen,
+            key_file,
+            alg,
+            audience: None,
+            issuer: None,
+            allowed_origins: Vec::new(),
+            max_connections: 10_000,
+            max_connections_per_user: 16,
+            max_frame: 64 << 10,
+            publish_rate: 20,
+            presence_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+impl EdgeArgs {
+    /// The validated edge config; None when `--edge-listen` is unset.
+    pub fn config(&self, api_listen: SocketAddr) -> Result<Option<EdgeConfig>, String> {
+        let Some(listen) = self.edge_listen else {
+            return Ok(None);
+        };
+        if listen == api_listen && listen.port() != 0 {
+            return Err(
+                "--edge-listen must differ from --listen (the API never faces clients)".into(),
+            );
+        }
+        let key_file = self
+            .jwt_key_file
+            .clone()
+            .ok_or("--edge-listen needs --jwt-key-file (the key that verifies client tokens)")?;
+        if self.edge_presence_ttl < Duration::from_secs(1) {
+            return Err("--edge-presence-ttl must be at least 1s".into());
+        }
+        for origin in &self.edge_allowed_origins {
+            let origin = origin.trim();
+            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(format!(
+                    "--edge-allowed-origins: '{origin}' is not an origin such as https://app.example.com (or *)"
+                ));
+            }
+        }
+        Ok(Some(EdgeConfig {
+            listen,
+            key_file,
+            alg: self.jwt_alg,
+            audience: self.jwt_audience.clone(),
+            issuer: self.jwt_issuer.clone(),
+            allowed_origins: self
+                .edge_allowed_origins
+                .iter()
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            max_connections: self.edge_max_connections as usize,
+            max_connections_per_user: self.edge_max_connections_per_user as usize,
+            max_frame: self.edge_max_frame,
+            publish_rate: self.edge_publish_rate,
+            presence_ttl: self.edge_presence_ttl,
+        }))
+    }
 }
 
 impl ServerArgs {
@@ -153,6 +323,8 @@ pub struct Config {
     pub subscriptions: Vec<crate::push::Subscription>,
     /// Outbound queue bound of one realtime-channel connection, in bytes.
     pub channel_queue_bytes: usize,
+    /// The client edge (None: off).
+    pub edge: Option<EdgeConfig>,
 }
 
 impl Config {
@@ -198,6 +370,7 @@ impl Config {
                 None => Vec::new(),
             },
             channel_queue_bytes: args.channel_queue_bytes,
+            edge: args.edge.config(args.listen)?,
         })
     }
 
@@ -220,6 +393,7 @@ impl Config {
             redis_cluster: false,
             subscriptions: Vec::new(),
             channel_queue_bytes: 1 << 20,
+            edge: None,
         }
     }
 }

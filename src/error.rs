@@ -320,6 +320,23 @@ pub enum Error {
     /// The caller did not present the configured API token.
     #[error("this API needs Authorization: Bearer <token>")]
     Unauthorized,
+    /// A client credential (an edge JWT) is missing or refused.
+    #[error("{detail}")]
+    Unauthenticated {
+        /// Stable code, e.g. `token_expired`, `invalid_signature`.
+        code: &'static str,
+        /// Why, for a human (never the token itself).
+        detail: String,
+    },
+    /// The credential is valid but does not grant this (a channel outside
+    /// the token's `channels`, an Origin not allowed).
+    #[error("{detail}")]
+    Forbidden {
+        /// Stable code, e.g. `forbidden`, `origin_not_allowed`.
+        code: &'static str,
+        /// What is not granted.
+        detail: String,
+    },
     /// Over quota, backlog full or pool full: try again later. Nothing dropped.
     #[error("{detail}")]
     TooManyRequests {
@@ -406,7 +423,9 @@ impl Error {
             Self::BadRequest { code, .. }
             | Self::Conflict { code, .. }
             | Self::TooManyRequests { code, .. }
-            | Self::TooLarge { code, .. } => code,
+            | Self::TooLarge { code, .. }
+            | Self::Unauthenticated { code, .. }
+            | Self::Forbidden { code, .. } => code,
             Self::NotFound { kind, .. } => kind.code(),
             Self::Unauthorized => "unauthorized",
             Self::InProgress { .. } => "in_progress",

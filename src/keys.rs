@@ -38,6 +38,8 @@
 //! | `sc:ch:{T:C}:meta` | hash | a channel's `epoch` and `top` offset (expires) |
 //! | `sc:ch:{T:C}:config` | hash | a channel's `history_size`, `history_ttl_ms` |
 //! | `sc:ch:{T:C}:dedup:<key>` | string | a channel publish's idempotency record |
+//! | `sc:ch:{T:C}:presence` | zset | edge clients of a channel: `<sidecar>\|<sub>` → expiry (TTL'd) |
+//! | `sc:ch:{T:C}:presence:conns` | hash | the same members → their connection count (TTL'd) |
 
 use crate::names::{Group, Join, Pool, Tenant, Topic};
 
@@ -154,6 +156,16 @@ impl ChannelKeys {
     /// Pub/sub channel (not a key) carrying live messages.
     pub fn live(&self) -> String {
         format!("{}:live", self.prefix)
+    }
+
+    /// Edge presence: `<sidecar>|<sub>` → when the entry expires.
+    pub fn presence(&self) -> String {
+        format!("{}:presence", self.prefix)
+    }
+
+    /// Edge presence: `<sidecar>|<sub>` → open connections.
+    pub fn presence_connections(&self) -> String {
+        format!("{}:presence:conns", self.prefix)
     }
 }
 

@@ -36,6 +36,7 @@ pub mod channels;
 pub mod config;
 pub mod coord;
 pub mod dev;
+pub mod edge;
 pub mod error;
 pub mod http;
 pub mod keys;

@@ -194,6 +194,10 @@ pub struct Scripts {
     pub channel_read: NamedScript,
     /// Realtime channels: set config, trim to it.
     pub channel_declare: NamedScript,
+    /// Client edge: one sidecar's presence heartbeat on a channel.
+    pub presence_beat: NamedScript,
+    /// Client edge: who is connected to a channel.
+    pub presence_read: NamedScript,
 }
 
 impl Scripts {
@@ -232,6 +236,8 @@ impl Scripts {
             channel_publish: script!("channel_publish"),
             channel_read: script!("channel_read"),
             channel_declare: script!("channel_declare"),
+            presence_beat: script!("presence_beat"),
+            presence_read: script!("presence_read"),
         }
     }
 
@@ -243,6 +249,7 @@ impl Scripts {
             &self.topic_info,
             &self.delivery_peek,
             &self.publish_dups,
+            &self.presence_read,
         ]
         .into_iter()
     }
@@ -282,6 +289,8 @@ impl Scripts {
             &self.channel_publish,
             &self.channel_read,
             &self.channel_declare,
+            &self.presence_beat,
+            &self.presence_read,
         ]
     }
 

@@ -108,6 +108,22 @@ pub const CHANNEL_SLOW_CONSUMERS: &str = "streamcar_channel_slow_consumers_total
 /// Channel resumes from a position, by outcome (`recovered`, `reset`).
 pub const CHANNEL_RESUMES: &str = "streamcar_channel_resumes_total";
 
+// Client edge (`--edge-listen`); labels: `tenant` (from verified tokens
+// only), `transport` (`ws`, `sse`), `reason` (a fixed set of codes).
+/// Open edge connections, by tenant and transport.
+pub const EDGE_CONNECTIONS: &str = "streamcar_edge_connections";
+/// Edge connections opened, by tenant and transport (with the gauge: churn).
+pub const EDGE_CONNECTIONS_OPENED: &str = "streamcar_edge_connections_opened_total";
+/// Edge tokens refused, by reason (the tenant of a refused token is unknown).
+pub const EDGE_AUTH_FAILURES: &str = "streamcar_edge_auth_failures_total";
+/// Edge connections refused before upgrade by a limit, by reason
+/// (`too_many_connections`, `origin_not_allowed`).
+pub const EDGE_REFUSED: &str = "streamcar_edge_refused_total";
+/// Subscriptions and publishes of edge clients refused as not granted, by tenant.
+pub const EDGE_FORBIDDEN: &str = "streamcar_edge_forbidden_total";
+/// Edge connections ended because their token expired, by tenant.
+pub const EDGE_TOKEN_EXPIRIES: &str = "streamcar_edge_token_expiries_total";
+
 /// Installs the global tracing subscriber. Call once, from `main`.
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -389,6 +405,31 @@ fn describe() {
     describe_gauge!(REDIS_IN_FLIGHT, "Lua script calls waiting for Redis now.");
     describe_gauge!(REDIS_UP, "1 while Redis answers, 0 while it does not.");
     describe_push();
+    describe_edge();
+}
+
+fn describe_edge() {
+    describe_gauge!(
+        EDGE_CONNECTIONS,
+        "Open edge connections, by tenant and transport."
+    );
+    describe_counter!(
+        EDGE_CONNECTIONS_OPENED,
+        "Edge connections opened, by tenant and transport."
+    );
+    describe_counter!(EDGE_AUTH_FAILURES, "Edge tokens refused, by reason.");
+    describe_counter!(
+        EDGE_REFUSED,
+        "Edge connections refused before upgrade, by reason."
+    );
+    describe_counter!(
+        EDGE_FORBIDDEN,
+        "Edge subscriptions and publishes refused as not granted, by tenant."
+    );
+    describe_counter!(
+        EDGE_TOKEN_EXPIRIES,
+        "Edge connections ended by their token's expiry, by tenant."
+    );
 }
 
 fn describe_push() {
