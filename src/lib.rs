@@ -102,11 +102,15 @@ pub enum StartError {
     /// A listener failed while serving.
     #[error("server failed: {0}")]
     Serve(io::Error),
+    /// The client edge cannot start (its key file, most likely).
+    #[error("client edge: {0}")]
+    Edge(String),
 }
 
 /// A running service: its listeners and the means to stop them.
 pub struct Server {
     addr: SocketAddr,
+    edge_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     listeners: JoinSet<io::Result<()>>,
     /// The tenant-list prune, awaited on shutdown so none is left half done.
@@ -192,7 +196,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         &config.subscriptions,
         &signal,
     );
-    let app = http::router(AppState::new(Services {
+    let state = AppState::new(Services {
         channels,
         coord,
         store,
@@ -200,7 +204,8 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         max_body: config.max_body,
         api_token: config.api_token.clone().map(Arc::from),
         subscriptions: pusher.registry(),
-    }));
+    });
+    let app = http::router(state.clone());
 
     let tcp = TcpListener::bind(config.listen)
         .await
@@ -233,7 +238,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
             })?;
             listeners.spawn(
                 axum::serve(unix, app)
-                    .with_graceful_shutdown(stopped(signal))
+                    .with_graceful_shutdown(stopped(signal.clone()))
                     .into_future(),
             );
             tracing::info!(path = %path.display(), "serving on unix socket");
@@ -241,9 +246,14 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         }
         None => None,
     };
+    let edge_addr = match &config.edge {
+        Some(edge) => Some(start_edge(edge, state, &signal, &mut listeners).await?),
+        None => None,
+    };
     tracing::info!(%addr, "serving HTTP API");
     Ok(Server {
         addr,
+        edge_addr,
         shutdown,
         listeners,
         housekeeping,
@@ -253,10 +263,62 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
     })
 }
 
+/// Starts the client edge (`--edge-listen`): loads its key, binds its
+/// listener, serves its router, and re-reads the key on SIGHUP.
+async fn start_edge(
+    config: &config::EdgeConfig,
+    state: AppState,
+    signal: &watch::Receiver<bool>,
+    listeners: &mut JoinSet<io::Result<()>>,
+) -> Result<SocketAddr, StartError> {
+    let edge =
+        edge::Edge::start(config, state.store.clone(), signal.clone()).map_err(StartError::Edge)?;
+    let tcp = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = tcp.local_addr().map_err(StartError::Serve)?;
+    let mut stop = signal.clone();
+    listeners.spawn(
+        axum::serve(tcp, http::edge::router(state, edge.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            })
+            .into_future(),
+    );
+    let mut stop = signal.clone();
+    tokio::spawn(async move {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP: the edge key is not reloadable");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hangups.recv() => match edge.reload_key() {
+                    Ok(()) => tracing::info!("SIGHUP: edge key reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: edge key not reloaded; the old key stays"),
+                },
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+        }
+    });
+    tracing::info!(%addr, "serving the client edge");
+    Ok(addr)
+}
+
 impl Server {
     /// The bound TCP address (useful with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The client edge's address, when `--edge-listen` is set.
+    pub fn edge_addr(&self) -> Option<SocketAddr> {
+        self.edge_addr
     }
 
     /// Graceful drain: stop accepting and fetching, let in-flight requests

@@ -1,4 +1,5 @@
-//! The `streamcar` command line: `serve` and `dev`. Nothing else lives here.
+//! The `streamcar` command line: `serve`, `dev`, `openapi` and `token`.
+//! Nothing else lives here.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -46,6 +47,36 @@ enum Command {
     },
     /// Print the OpenAPI 3.1 document of the HTTP API and exit.
     Openapi,
+    /// Print a signed development token for the client edge and exit.
+    Token {
+        /// Signing key: the HS256 secret, or the RS256/ES256 private key (PKCS#8 PEM).
+        #[arg(long)]
+        key_file: std::path::PathBuf,
+        /// Algorithm (the edge's --jwt-alg).
+        #[arg(long, value_enum, default_value_t = streamcar::config::JwtAlg::Hs256)]
+        alg: streamcar::config::JwtAlg,
+        /// The user (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Channels the client may subscribe to, comma-separated (`user.u1,news.*`).
+        #[arg(long, value_delimiter = ',')]
+        channels: Vec<String>,
+        /// Topics the client may publish to, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        publish: Vec<String>,
+        /// Lifetime, e.g. `5m`, `90s`.
+        #[arg(long, default_value = "5m", value_parser = streamcar::config::parse_duration)]
+        ttl: std::time::Duration,
+        /// `aud` claim (the edge's --jwt-audience).
+        #[arg(long)]
+        audience: Option<String>,
+        /// `iss` claim (the edge's --jwt-issuer).
+        #[arg(long)]
+        issuer: Option<String>,
+    },
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -71,7 +102,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match &cli.command {
         Command::Serve { server, .. } | Command::Dev { server } => server.runtime(),
-        Command::Openapi => tokio::runtime::Builder::new_current_thread().build(),
+        Command::Openapi | Command::Token { .. } => {
+            tokio::runtime::Builder::new_current_thread().build()
+        }
     };
     match runtime {
         Ok(runtime) => runtime.block_on(run(cli)),
@@ -85,6 +118,39 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> ExitCode {
     let server = match &cli.command {
         Command::Serve { server, .. } | Command::Dev { server } => server,
+        Command::Token {
+            key_file,
+            alg,
+            sub,
+            tenant,
+            channels,
+            publish,
+            ttl,
+            audience,
+            issuer,
+        } => {
+            let request = streamcar::edge::token::TokenRequest {
+                key_file: key_file.clone(),
+                alg: *alg,
+                sub: sub.clone(),
+                tenant: tenant.clone(),
+                channels: channels.clone(),
+                publish: publish.clone(),
+                ttl: *ttl,
+                audience: audience.clone(),
+                issuer: issuer.clone(),
+            };
+            return match streamcar::edge::token::mint(&request) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("streamcar token: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Command::Openapi => {
             match streamcar::http::openapi_document().to_pretty_json() {
                 Ok(json) => println!("{json}"),
@@ -98,7 +164,7 @@ async fn run(cli: Cli) -> ExitCode {
     };
     streamcar::telemetry::init_logging(server.log_format);
     let result = match cli.command {
-        Command::Openapi => return ExitCode::SUCCESS,
+        Command::Openapi | Command::Token { .. } => return ExitCode::SUCCESS,
         Command::Serve {
             redis_url,
             redis_cluster,

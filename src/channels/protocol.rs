@@ -1,15 +1,21 @@
 //! The WebSocket protocol: JSON text frames, one object each.
 //!
 //! Client: `{"op":"subscribe","channel","since"?}`,
-//! `{"op":"unsubscribe","channel"}`, `{"op":"publish","channel","payload"}`.
-//! Server: `subscribed`, `message`, `reset`, `error` (see [`ServerFrame`]).
+//! `{"op":"unsubscribe","channel"}`, `{"op":"publish","channel","payload"}`
+//! (into a channel) or `{"op":"publish","topic","payload"}` (to a topic,
+//! like `POST …/messages`), and on the client edge `{"op":"auth","token"}`
+//! and `{"op":"refresh","token"}`.
+//! Server: `subscribed`, `message`, `reset`, `published`, `refreshed`,
+//! `error` (see [`ServerFrame`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::history::ChannelPublish;
 use super::{ChannelName, Delivery, Position};
+use crate::broker::publish::PublishRequest;
 use crate::error::{Error, Result};
+use crate::names::Topic;
 
 /// Most channels one WebSocket connection may subscribe to.
 pub const MAX_SUBSCRIPTIONS: usize = 10_000;
@@ -23,6 +29,10 @@ struct RawFrame {
     op: String,
     #[serde(default)]
     channel: Option<String>,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    token: Option<String>,
     #[serde(default)]
     since: Option<String>,
     /// Present (even as `null`) or absent.
@@ -63,6 +73,24 @@ pub enum ClientFrame {
         /// What to publish.
         message: ChannelPublish,
     },
+    /// Publish to a topic (the normal publish path, quotas included).
+    PublishTopic {
+        /// The topic.
+        topic: Topic,
+        /// What to publish (payload, idempotency key, headers).
+        message: Box<PublishRequest>,
+    },
+    /// Present a token (the edge's first frame, when the token did not
+    /// come with the request).
+    Auth {
+        /// The JWT.
+        token: String,
+    },
+    /// Replace the connection's token before it expires.
+    Refresh {
+        /// The new JWT.
+        token: String,
+    },
 }
 
 fn channel_name(text: &str) -> Result<ChannelName> {
@@ -98,6 +126,34 @@ impl ClientFrame {
             "unsubscribe" => Self::Unsubscribe {
                 channel: channel()?,
             },
+            "publish" if raw.topic.is_some() => {
+                if raw.channel.is_some() {
+                    return Err(invalid("publish names a channel or a topic, not both"));
+                }
+                let name = raw.topic.as_deref().unwrap_or_default();
+                let topic = Topic::parse(name).map_err(|e| Error::BadRequest {
+                    code: "invalid_name",
+                    detail: format!("invalid topic name '{name}': {e}"),
+                    field: Some("topic".into()),
+                })?;
+                let message = PublishRequest {
+                    payload: raw.payload.ok_or_else(|| invalid("payload is required"))?,
+                    id: None,
+                    key: None,
+                    idempotency_key: raw.idempotency_key,
+                    causation_id: None,
+                    correlation_id: None,
+                    ttl_ms: None,
+                    delay_ms: None,
+                    headers: raw.headers,
+                    schema_version: None,
+                };
+                message.validate("")?;
+                Self::PublishTopic {
+                    topic,
+                    message: Box::new(message),
+                }
+            }
             "publish" => {
                 let channel = channel()?;
                 let message = ChannelPublish {
@@ -108,7 +164,22 @@ impl ClientFrame {
                 message.validate()?;
                 Self::Publish { channel, message }
             }
-            _ => return Err(invalid("op must be subscribe, unsubscribe or publish")),
+            "auth" | "refresh" => {
+                let token = raw
+                    .token
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| invalid("token is required"))?;
+                if raw.op == "auth" {
+                    Self::Auth { token }
+                } else {
+                    Self::Refresh { token }
+                }
+            }
+            _ => {
+                return Err(invalid(
+                    "op must be subscribe, unsubscribe, publish, auth or refresh",
+                ));
+            }
         })
     }
 }
@@ -150,6 +221,22 @@ pub enum ServerFrame<'a> {
         /// The current top offset.
         top_offset: u64,
     },
+    /// A topic publish was accepted.
+    Published {
+        /// The topic.
+        topic: &'a str,
+        /// The message id.
+        id: &'a str,
+        /// Its per-topic sequence number.
+        seq: u64,
+        /// An earlier publish had the same idempotency key; nothing written.
+        duplicate: bool,
+    },
+    /// The connection's token was replaced.
+    Refreshed {
+        /// The new expiry, seconds since the epoch.
+        exp: u64,
+    },
     /// Something went wrong with a frame or a subscription.
     Error {
         /// Stable code.
@@ -159,6 +246,12 @@ pub enum ServerFrame<'a> {
         /// The channel concerned, when there is one.
         #[serde(skip_serializing_if = "Option::is_none")]
         channel: Option<&'a str>,
+        /// The topic concerned, when there is one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        topic: Option<&'a str>,
+        /// When a retry may succeed (rate limits, full backlogs), in ms.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -193,6 +286,14 @@ mod tests {
             ClientFrame::parse(r#"{"op":"subscribe","channel":"a","since":"12:3"}"#),
             Ok(ClientFrame::Subscribe { since: Some(_), .. })
         ));
+        assert!(matches!(
+            ClientFrame::parse(r#"{"op":"publish","topic":"chat","payload":{"a":1}}"#),
+            Ok(ClientFrame::PublishTopic { .. })
+        ));
+        assert!(matches!(
+            ClientFrame::parse(r#"{"op":"auth","token":"x.y.z"}"#),
+            Ok(ClientFrame::Auth { .. })
+        ));
         for bad in [
             "",
             "[]",
@@ -202,6 +303,11 @@ mod tests {
             r#"{"op":"subscribe","channel":"a:b"}"#,
             r#"{"op":"subscribe","channel":"a","since":"x"}"#,
             r#"{"op":"publish","channel":"a"}"#,
+            r#"{"op":"publish","topic":"a:b","payload":1}"#,
+            r#"{"op":"publish","topic":"a","channel":"b","payload":1}"#,
+            r#"{"op":"publish","topic":"a","payload":1,"idempotency_key":""}"#,
+            r#"{"op":"auth"}"#,
+            r#"{"op":"refresh","token":""}"#,
         ] {
             assert!(ClientFrame::parse(bad).is_err(), "{bad}");
         }

@@ -119,17 +119,17 @@ fn algorithm(alg: JwtAlg) -> Algorithm {
 }
 
 /// Reads a key file (bounded).
-fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {
+fn read_key_file(path: &Path, flag: &str) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let file = std::fs::File::open(path)
-        .map_err(|e| format!("cannot read --jwt-key-file {}: {e}", path.display()))?;
+        .map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))?;
     let mut bytes = Vec::new();
     file.take(MAX_KEY_FILE + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read --jwt-key-file {}: {e}", path.display()))?;
+        .map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))?;
     if bytes.len() as u64 > MAX_KEY_FILE {
         return Err(format!(
-            "--jwt-key-file {} is larger than {MAX_KEY_FILE} bytes",
+            "{flag} {} is larger than {MAX_KEY_FILE} bytes",
             path.display()
         ));
     }
@@ -139,17 +139,17 @@ fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {
 /// The HS256 secret of a key file: its bytes without surrounding
 /// whitespace, at least [`MIN_SECRET_LEN`] of them, and not a PEM key (a
 /// public key used as an HMAC secret is the algorithm-confusion attack).
-fn secret(bytes: &[u8], path: &Path) -> Result<Vec<u8>, String> {
+fn secret(bytes: &[u8], path: &Path, flag: &str) -> Result<Vec<u8>, String> {
     let secret = bytes.trim_ascii();
     if secret.starts_with(b"-----BEGIN") {
         return Err(format!(
-            "--jwt-key-file {} holds a PEM key, but HS256 needs a shared secret (use --jwt-alg RS256 or ES256 for a public key)",
+            "{flag} {} holds a PEM key, but HS256 needs a shared secret (use --jwt-alg RS256 or ES256 for a public key)",
             path.display()
         ));
     }
     if secret.len() < MIN_SECRET_LEN {
         return Err(format!(
-            "--jwt-key-file {}: an HS256 secret needs at least {MIN_SECRET_LEN} bytes",
+            "{flag} {}: an HS256 secret needs at least {MIN_SECRET_LEN} bytes",
             path.display()
         ));
     }
@@ -158,7 +158,7 @@ fn secret(bytes: &[u8], path: &Path) -> Result<Vec<u8>, String> {
 
 /// The verification key in `path` for `alg`.
 pub fn load_decoding_key(alg: JwtAlg, path: &Path) -> Result<DecodingKey, String> {
-    let bytes = read_key_file(path)?;
+    let bytes = read_key_file(path, "--jwt-key-file")?;
     let bad = |e: jsonwebtoken::errors::Error| {
         format!(
             "--jwt-key-file {} is not a {alg:?} public key PEM: {e}",
@@ -166,7 +166,11 @@ pub fn load_decoding_key(alg: JwtAlg, path: &Path) -> Result<DecodingKey, String
         )
     };
     match alg {
-        JwtAlg::Hs256 => Ok(DecodingKey::from_secret(&secret(&bytes, path)?)),
+        JwtAlg::Hs256 => Ok(DecodingKey::from_secret(&secret(
+            &bytes,
+            path,
+            "--jwt-key-file",
+        )?)),
         JwtAlg::Rs256 => DecodingKey::from_rsa_pem(&bytes).map_err(bad),
         JwtAlg::Es256 => DecodingKey::from_ec_pem(&bytes).map_err(bad),
     }
@@ -175,7 +179,7 @@ pub fn load_decoding_key(alg: JwtAlg, path: &Path) -> Result<DecodingKey, String
 /// The signing key in `path` for `alg` (the secret, or a private key PEM),
 /// for `streamcar token`.
 pub fn load_encoding_key(alg: JwtAlg, path: &Path) -> Result<EncodingKey, String> {
-    let bytes = read_key_file(path)?;
+    let bytes = read_key_file(path, "--key-file")?;
     let bad = |e: jsonwebtoken::errors::Error| {
         format!(
             "--key-file {} is not a {alg:?} private key PEM (PKCS#8): {e}",
@@ -183,7 +187,11 @@ pub fn load_encoding_key(alg: JwtAlg, path: &Path) -> Result<EncodingKey, String
         )
     };
     match alg {
-        JwtAlg::Hs256 => Ok(EncodingKey::from_secret(&secret(&bytes, path)?)),
+        JwtAlg::Hs256 => Ok(EncodingKey::from_secret(&secret(
+            &bytes,
+            path,
+            "--key-file",
+        )?)),
         JwtAlg::Rs256 => EncodingKey::from_rsa_pem(&bytes).map_err(bad),
         JwtAlg::Es256 => EncodingKey::from_ec_pem(&bytes).map_err(bad),
     }

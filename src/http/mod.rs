@@ -4,6 +4,7 @@
 
 mod channels;
 mod coord;
+pub mod edge;
 pub mod extract;
 mod groups;
 mod joins;
@@ -12,6 +13,7 @@ mod observe;
 pub mod openapi;
 mod ops;
 pub mod problem;
+mod session;
 mod subscriptions;
 mod tenants;
 mod topics;

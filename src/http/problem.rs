@@ -164,6 +164,12 @@ impl IntoResponse for Error {
         if let Some(secs) = retry_after(&self) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if let Error::Unauthenticated { .. } = &self {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
         if let Error::TooManyRequests {
             limit: Some(limit), ..
         } = &self
