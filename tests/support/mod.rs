@@ -6,6 +6,8 @@
 //! through the public HTTP API.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod sse;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -509,6 +511,12 @@ impl TestApp {
             .text()
             .await
             .expect("metrics text")
+    }
+
+    /// `http://<edge address>` when the config enabled the client edge.
+    pub fn edge_base(&self) -> Option<String> {
+        let server = self.server.as_ref()?;
+        server.edge_addr().map(|addr| format!("http://{addr}"))
     }
 
     /// Stops the app gracefully.
