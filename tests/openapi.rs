@@ -97,6 +97,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("POST", "/v1/tenants/{tenant}/channels/{channel}/messages"),
     ("GET", "/v1/tenants/{tenant}/channels/{channel}/messages"),
     ("GET", "/v1/tenants/{tenant}/channels/{channel}/events"),
+    ("GET", "/v1/tenants/{tenant}/channels/{channel}/presence"),
     ("GET", "/v1/tenants/{tenant}/ws"),
 ];
 
