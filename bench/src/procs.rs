@@ -96,10 +96,21 @@ pub fn streamcar_binary() -> PathBuf {
 
 /// Starts `streamcar serve` against `redis_url` and waits for `/readyz`.
 pub async fn start_streamcar(binary: &std::path::Path, redis_url: &str) -> Proc {
+    start_streamcar_with(binary, redis_url, &[]).await
+}
+
+/// Starts `streamcar serve` against `redis_url` with `extra` flags and
+/// waits for `/readyz`.
+pub async fn start_streamcar_with(
+    binary: &std::path::Path,
+    redis_url: &str,
+    extra: &[&str],
+) -> Proc {
     let port = free_port();
     let child = Command::new(binary)
         .args(["serve", "--redis-url", redis_url])
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
