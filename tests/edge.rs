@@ -537,6 +537,64 @@ async fn grants_decide_channels_and_prefixes_match() {
 }
 
 #[tokio::test]
+async fn extreme_claims_and_subscription_bounds() {
+    let (app, _key) = edge_app(|_| {}).await;
+    let t = app.tenant.clone();
+    // exp at the end of u64 time: accepted, and nothing overflows.
+    let forever = hs(&json!({ "sub": "u1", "tenant": t, "channels": ["*"], "exp": u64::MAX }));
+    let mut ws = ws_with_token(&app, &forever).await;
+    assert_eq!(subscribe(&mut ws, "c0").await["type"], "subscribed");
+    // exp beyond u64 and negative: not a JWT numeric date this edge takes.
+    for exp in [json!(1e30), json!(-1), json!("soon")] {
+        let token = hs(&json!({ "sub": "u1", "tenant": t, "exp": exp }));
+        let (status, _) = ws_open(&edge_ws_url(&app), &[bearer(&token)])
+            .await
+            .expect_err("refused");
+        assert_eq!(status, 401, "exp {exp}");
+    }
+    // The longest sub is a valid publish key; one byte more is refused.
+    let long = "u".repeat(256);
+    let token = hs(&json!({ "sub": long, "tenant": t, "publish": ["p"], "exp": now() + 60 }));
+    let mut publisher = ws_with_token(&app, &token).await;
+    ws_send(
+        &mut publisher,
+        json!({ "op": "publish", "topic": "p", "payload": 1 }),
+    )
+    .await;
+    assert_eq!(ws_next(&mut publisher).await["type"], "published");
+    let token = hs(&json!({ "sub": "u".repeat(257), "tenant": t, "exp": now() + 60 }));
+    let (status, body) = ws_open(&edge_ws_url(&app), &[bearer(&token)])
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("invalid_claim"))
+    );
+    // A `*` grant does not let one connection hold unbounded subscriptions.
+    for i in 1..256 {
+        ws_send(
+            &mut ws,
+            json!({ "op": "subscribe", "channel": format!("c{i}") }),
+        )
+        .await;
+    }
+    let mut subscribed = 1;
+    let refused = loop {
+        let frame = ws_next(&mut ws).await;
+        if frame["type"] == "subscribed" {
+            subscribed += 1;
+            if subscribed == 256 {
+                ws_send(&mut ws, json!({ "op": "subscribe", "channel": "c256" })).await;
+            }
+            continue;
+        }
+        break frame;
+    };
+    assert_eq!(subscribed, 256);
+    assert_eq!(refused["code"], "too_many_subscriptions", "{refused}");
+}
+
+#[tokio::test]
 async fn tenants_are_sealed_off() {
     let (app, _key) = edge_app(|_| {}).await;
     let mine = app.tenant.clone();

@@ -20,6 +20,14 @@ use crate::error::Error;
 use crate::names::{Tenant, Topic};
 use crate::telemetry;
 
+/// Longest a token's remaining life is taken to be (a longer `exp` is a
+/// token that never expires in practice).
+const FAR_FUTURE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Most channels one edge connection may subscribe to (prefix grants would
+/// otherwise let one client hold thousands of subscriptions and presence
+/// entries).
+pub const EDGE_MAX_SUBSCRIPTIONS: usize = 256;
+
 /// A connection's authorizer.
 pub enum Access {
     /// The loopback API: anything goes.
@@ -101,6 +109,14 @@ impl Access {
         )))
     }
 
+    /// Most channels the connection may subscribe to at once.
+    pub fn max_subscriptions(&self) -> usize {
+        match self {
+            Self::Open => crate::channels::protocol::MAX_SUBSCRIPTIONS,
+            Self::Client(_) => EDGE_MAX_SUBSCRIPTIONS,
+        }
+    }
+
     /// Whether `channel` is still granted (after a refresh).
     pub fn grants(&self, channel: &ChannelName) -> bool {
         match self {
@@ -162,7 +178,9 @@ impl Access {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        Some(tokio::time::Instant::now() + exp.saturating_sub(now))
+        // A far-future `exp` (up to u64::MAX seconds) must not overflow the clock.
+        let left = exp.saturating_sub(now).min(FAR_FUTURE);
+        Some(tokio::time::Instant::now() + left)
     }
 
     /// The token expired: counted once per connection.

@@ -20,7 +20,7 @@ use super::AppState;
 use crate::channels::cursor::{CatchUp, Cursor, LiveStep};
 use crate::channels::hub::Subscription;
 use crate::channels::outbox::{Event as Queued, Outbox};
-use crate::channels::protocol::{ClientFrame, MAX_SUBSCRIPTIONS, ServerFrame};
+use crate::channels::protocol::{ClientFrame, ServerFrame};
 use crate::channels::{ChannelName, Channels, ConnectionGauge, Delivery, Position};
 use crate::edge::Access;
 use crate::edge::presence::Joined;
@@ -438,12 +438,13 @@ impl WsSession {
             )
             .await;
         }
-        if self.subs.len() >= MAX_SUBSCRIPTIONS {
+        let max = self.access.max_subscriptions();
+        if self.subs.len() >= max {
             return send_error(
                 socket,
                 &self.outbox,
                 "too_many_subscriptions",
-                &format!("at most {MAX_SUBSCRIPTIONS} channels per connection"),
+                &format!("at most {max} channels per connection"),
                 Some(channel.as_str()),
             )
             .await;
