@@ -1324,3 +1324,129 @@ async fn reconnect_storm_onto_the_surviving_sidecar_loses_nothing() {
         "every client of the killed sidecar resumed"
     );
 }
+
+/// Headless Chromium driven over WebDriver (`chromedriver`).
+struct Browser {
+    driver: std::process::Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+}
+
+impl Browser {
+    async fn start() -> Self {
+        let port = free_port();
+        let driver = std::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromedriver must be installed (package chromium-driver, see .ci/run)");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let capabilities = json!({ "capabilities": { "alwaysMatch": {
+            "goog:chromeOptions": { "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"] }
+        } } });
+        for _ in 0..200 {
+            if let Ok(resp) = http
+                .post(format!("{base}/session"))
+                .json(&capabilities)
+                .send()
+                .await
+            {
+                let body: Value = resp.json().await.expect("WebDriver JSON");
+                let session = body["value"]["sessionId"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no session: {body}"))
+                    .to_owned();
+                return Self {
+                    driver,
+                    base,
+                    session,
+                    http,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("chromedriver did not start");
+    }
+
+    async fn command(&self, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}/{path}", self.base, self.session);
+        let resp = self
+            .http
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .expect("WebDriver answers");
+        resp.json::<Value>().await.expect("WebDriver JSON")["value"].clone()
+    }
+
+    /// Opens `examples/edge.html` with `query` (the page connects at once).
+    async fn open_example(&self, query: &str) {
+        let page = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/edge.html");
+        let url = format!("file://{}?{query}", page.display());
+        self.command("url", json!({ "url": url })).await;
+    }
+
+    /// Waits (bounded) until the page's log contains every one of `wanted`.
+    async fn log_until(&self, wanted: &[&str]) -> String {
+        let mut text = String::new();
+        for _ in 0..300 {
+            let value = self
+                .command("execute/sync", json!({ "script": "return document.getElementById('log').textContent", "args": [] }))
+                .await;
+            text = value.as_str().unwrap_or_default().to_owned();
+            if wanted.iter().all(|w| text.contains(w)) {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the page never showed {wanted:?}: {text}");
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_browser_page_works_against_the_edge() {
+    let (app, _key) = edge_app(|_| {}).await;
+    let t = app.tenant.clone();
+    let first = publish(&app, &t, "user.u1", json!({ "n": 1 })).await;
+    publish(&app, &t, "user.u1", json!({ "n": 2 })).await;
+    let epoch = first["epoch"].as_str().unwrap().to_owned();
+    let token = hs(&claims(&t, "u1", &["user.u1"], 300));
+    let edge = app.edge_base().unwrap();
+    let browser = Browser::start().await;
+    for mode in ["sse", "ws"] {
+        browser
+            .open_example(&format!(
+                "edge={edge}&token={token}&channel=user.u1&since={epoch}:0&mode={mode}"
+            ))
+            .await;
+        // History after the position, then live.
+        browser
+            .log_until(&[
+                "message user.u1 #1: {\"n\":1}",
+                "message user.u1 #2: {\"n\":2}",
+            ])
+            .await;
+        publish(&app, &t, "user.u1", json!({ "mode": mode })).await;
+        let live = format!("{{\"mode\":\"{mode}\"}}");
+        browser.log_until(&[live.as_str()]).await;
+    }
+    // A token for another user's channel: refused, and the page says so.
+    let other = hs(&claims(&t, "u2", &["user.u2"], 300));
+    browser
+        .open_example(&format!(
+            "edge={edge}&token={other}&channel=user.u1&mode=ws"
+        ))
+        .await;
+    browser.log_until(&["error forbidden"]).await;
+}
