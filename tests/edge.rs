@@ -1327,7 +1327,7 @@ async fn reconnect_storm_onto_the_surviving_sidecar_loses_nothing() {
 
 /// Headless Chromium driven over WebDriver (`chromedriver`).
 struct Browser {
-    driver: std::process::Child,
+    _driver: Driver,
     base: String,
     session: String,
     http: reqwest::Client,
@@ -1336,12 +1336,14 @@ struct Browser {
 impl Browser {
     async fn start() -> Self {
         let port = free_port();
-        let driver = std::process::Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("chromedriver must be installed (package chromium-driver, see .ci/run)");
+        let driver = Driver(
+            std::process::Command::new("chromedriver")
+                .arg(format!("--port={port}"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("chromedriver must be installed (package chromium-driver, see .ci/run)"),
+        );
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
         let capabilities = json!({ "capabilities": { "alwaysMatch": {
@@ -1407,10 +1409,13 @@ impl Browser {
     }
 }
 
-impl Drop for Browser {
+/// The chromedriver process (and the browsers it started), killed on drop.
+struct Driver(std::process::Child);
+
+impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
