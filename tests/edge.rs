@@ -11,6 +11,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::os::unix::process::CommandExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
@@ -1336,8 +1337,10 @@ struct Browser {
 impl Browser {
     async fn start() -> Self {
         let port = free_port();
+        // Its own process group, so the browsers it starts go with it.
         let driver = Driver(
             std::process::Command::new("chromedriver")
+                .process_group(0)
                 .arg(format!("--port={port}"))
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
@@ -1362,7 +1365,7 @@ impl Browser {
                     .unwrap_or_else(|| panic!("no session: {body}"))
                     .to_owned();
                 return Self {
-                    driver,
+                    _driver: driver,
                     base,
                     session,
                     http,
@@ -1409,12 +1412,16 @@ impl Browser {
     }
 }
 
-/// The chromedriver process (and the browsers it started), killed on drop.
+/// The chromedriver process and the browsers it started (its process
+/// group), killed on drop.
 struct Driver(std::process::Child);
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            // SAFETY: signalling the process group of our own child.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
         let _ = self.0.wait();
     }
 }
