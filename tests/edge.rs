@@ -11,7 +11,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::os::unix::process::CommandExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
@@ -19,6 +18,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use streamcar::config::{EdgeConfig, JwtAlg};
+use support::browser::Browser;
 use support::sse::Sse;
 use support::{StreamcarProcess, TestApp, free_port};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -1326,104 +1326,29 @@ async fn reconnect_storm_onto_the_surviving_sidecar_loses_nothing() {
     );
 }
 
-/// Headless Chromium driven over WebDriver (`chromedriver`).
-struct Browser {
-    _driver: Driver,
-    base: String,
-    session: String,
-    http: reqwest::Client,
+/// Opens `examples/edge.html` with `query` (the page connects at once).
+async fn open_example(page: &fantoccini::Client, query: &str) {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/edge.html");
+    page.goto(&format!("file://{}?{query}", file.display()))
+        .await
+        .expect("open the page");
 }
 
-impl Browser {
-    async fn start() -> Self {
-        let port = free_port();
-        // Its own process group, so the browsers it starts go with it.
-        let driver = Driver(
-            std::process::Command::new("chromedriver")
-                .process_group(0)
-                .arg(format!("--port={port}"))
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("chromedriver must be installed (package chromium-driver, see .ci/run)"),
-        );
-        let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        let capabilities = json!({ "capabilities": { "alwaysMatch": {
-            "goog:chromeOptions": { "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"] }
-        } } });
-        for _ in 0..200 {
-            if let Ok(resp) = http
-                .post(format!("{base}/session"))
-                .json(&capabilities)
-                .send()
-                .await
-            {
-                let body: Value = resp.json().await.expect("WebDriver JSON");
-                let session = body["value"]["sessionId"]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("no session: {body}"))
-                    .to_owned();
-                return Self {
-                    _driver: driver,
-                    base,
-                    session,
-                    http,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("chromedriver did not start");
-    }
-
-    async fn command(&self, path: &str, body: Value) -> Value {
-        let url = format!("{}/session/{}/{path}", self.base, self.session);
-        let resp = self
-            .http
-            .post(url)
-            .json(&body)
-            .send()
+/// Waits (bounded) until the page's log shows every one of `wanted`.
+async fn log_until(page: &fantoccini::Client, wanted: &[&str]) -> String {
+    let mut text = String::new();
+    for _ in 0..300 {
+        let value = page
+            .execute("return document.getElementById('log').textContent", vec![])
             .await
-            .expect("WebDriver answers");
-        resp.json::<Value>().await.expect("WebDriver JSON")["value"].clone()
-    }
-
-    /// Opens `examples/edge.html` with `query` (the page connects at once).
-    async fn open_example(&self, query: &str) {
-        let page = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/edge.html");
-        let url = format!("file://{}?{query}", page.display());
-        self.command("url", json!({ "url": url })).await;
-    }
-
-    /// Waits (bounded) until the page's log contains every one of `wanted`.
-    async fn log_until(&self, wanted: &[&str]) -> String {
-        let mut text = String::new();
-        for _ in 0..300 {
-            let value = self
-                .command("execute/sync", json!({ "script": "return document.getElementById('log').textContent", "args": [] }))
-                .await;
-            text = value.as_str().unwrap_or_default().to_owned();
-            if wanted.iter().all(|w| text.contains(w)) {
-                return text;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            .expect("script runs");
+        text = value.as_str().unwrap_or_default().to_owned();
+        if wanted.iter().all(|w| text.contains(w)) {
+            return text;
         }
-        panic!("the page never showed {wanted:?}: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// The chromedriver process and the browsers it started (its process
-/// group), killed on drop.
-struct Driver(std::process::Child);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            // SAFETY: signalling the process group of our own child.
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
-        }
-        let _ = self.0.wait();
-    }
+    panic!("the page never showed {wanted:?}: {text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1435,30 +1360,33 @@ async fn the_browser_page_works_against_the_edge() {
     let epoch = first["epoch"].as_str().unwrap().to_owned();
     let token = hs(&claims(&t, "u1", &["user.u1"], 300));
     let edge = app.edge_base().unwrap();
-    let browser = Browser::start().await;
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let page = browser.page();
     for mode in ["sse", "ws"] {
-        browser
-            .open_example(&format!(
-                "edge={edge}&token={token}&channel=user.u1&since={epoch}:0&mode={mode}"
-            ))
-            .await;
+        let query =
+            format!("edge={edge}&token={token}&channel=user.u1&since={epoch}:0&mode={mode}");
+        open_example(page, &query).await;
         // History after the position, then live.
-        browser
-            .log_until(&[
+        log_until(
+            page,
+            &[
                 "message user.u1 #1: {\"n\":1}",
                 "message user.u1 #2: {\"n\":2}",
-            ])
-            .await;
+            ],
+        )
+        .await;
         publish(&app, &t, "user.u1", json!({ "mode": mode })).await;
         let live = format!("{{\"mode\":\"{mode}\"}}");
-        browser.log_until(&[live.as_str()]).await;
+        log_until(page, &[live.as_str()]).await;
     }
     // A token for another user's channel: refused, and the page says so.
     let other = hs(&claims(&t, "u2", &["user.u2"], 300));
-    browser
-        .open_example(&format!(
-            "edge={edge}&token={other}&channel=user.u1&mode=ws"
-        ))
-        .await;
-    browser.log_until(&["error forbidden"]).await;
+    open_example(
+        page,
+        &format!("edge={edge}&token={other}&channel=user.u1&mode=ws"),
+    )
+    .await;
+    log_until(page, &["error forbidden"]).await;
 }

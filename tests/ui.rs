@@ -9,122 +9,18 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::key::Key;
 use fantoccini::wd::WebDriverCompatibleCommand;
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use serde_json::{Value, json};
-use support::{TestApp, free_port};
+use support::TestApp;
+use support::browser::Browser;
 
 /// How long any one wait for the page may take.
 const WAIT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(100);
-
-/// A `chromedriver` child and the browser profile it uses; both go on drop.
-struct Browser {
-    driver: Child,
-    client: Option<Client>,
-    _profile: tempfile::TempDir,
-}
-
-impl Browser {
-    /// Starts chromedriver and a headless Chromium session at 1280×800, or
-    /// None (after saying why) when chromedriver is not installed and the
-    /// browser is not required.
-    async fn start() -> Option<Self> {
-        let Some(chromedriver) = find_on_path("chromedriver") else {
-            let why = "chromedriver is not on PATH (apt-get install chromium chromium-driver)";
-            assert!(
-                std::env::var("STREAMCAR_REQUIRE_BROWSER").as_deref() != Ok("1"),
-                "STREAMCAR_REQUIRE_BROWSER=1 but {why}"
-            );
-            eprintln!("skipping the browser test: {why}");
-            return None;
-        };
-        let port = free_port();
-        let driver = Command::new(chromedriver)
-            .arg(format!("--port={port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn chromedriver");
-        let profile = tempfile::tempdir().expect("browser profile dir");
-        let mut browser = Self {
-            driver,
-            client: None,
-            _profile: profile,
-        };
-        let status = format!("http://127.0.0.1:{port}/status");
-        let http = reqwest::Client::new();
-        let mut ready = false;
-        for _ in 0..200 {
-            if let Ok(resp) = http.get(&status).send().await
-                && resp.status().is_success()
-            {
-                ready = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(ready, "chromedriver did not start");
-        let args = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--window-size=1280,800",
-        ]
-        .iter()
-        .map(|a| (*a).to_owned())
-        .chain([format!(
-            "--user-data-dir={}",
-            browser._profile.path().display()
-        )])
-        .collect::<Vec<_>>();
-        let caps = json!({
-            "goog:chromeOptions": { "args": args },
-            "goog:loggingPrefs": { "browser": "ALL" },
-        });
-        let Value::Object(caps) = caps else {
-            unreachable!()
-        };
-        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps)
-            .connect(&format!("http://127.0.0.1:{port}"))
-            .await
-            .expect("a Chromium session through chromedriver");
-        browser.client = Some(client);
-        Some(browser)
-    }
-
-    fn page(&self) -> &Client {
-        self.client.as_ref().expect("session")
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // The session ends with chromedriver (which ends its Chromium).
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
-}
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|path| path.is_file())
-    })
-}
 
 /// chromedriver's browser console log (`POST /session/{id}/se/log`).
 #[derive(Debug)]

@@ -6,6 +6,7 @@
 //! through the public HTTP API.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod browser;
 pub mod sse;
 
 use std::net::TcpListener;
