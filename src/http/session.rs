@@ -338,14 +338,15 @@ impl WsSession {
                 self.publish_to_topic(socket, topic, *message).await
             }
             ClientFrame::Auth { .. } => {
-                send_error(
-                    socket,
-                    &self.outbox,
-                    "invalid_frame",
-                    "this connection is already authenticated (use refresh to replace the token)",
-                    None,
-                )
-                .await
+                let detail = match self.access {
+                    Access::Open => {
+                        "auth is for the client edge; this API needs no token per connection"
+                    }
+                    Access::Client(_) => {
+                        "this connection is already authenticated (refresh replaces the token)"
+                    }
+                };
+                send_error(socket, &self.outbox, "invalid_frame", detail, None).await
             }
             ClientFrame::Refresh { token } => self.refresh(socket, &token).await,
         }
