@@ -229,7 +229,8 @@ pub struct StreamcarProcess {
 
 impl StreamcarProcess {
     /// Starts `streamcar serve` against `redis_url` on a free port with
-    /// `extra` flags, and waits until it answers `/healthz`.
+    /// `extra` flags, and waits until it answers `/healthz` (and, for up
+    /// to 2.5 s more, `/readyz`).
     pub async fn start(redis_url: &str, extra: &[&str]) -> Self {
         let port = free_port();
         let mut args: Vec<String> = ["serve", "--redis-url", redis_url, "--listen"]
@@ -257,15 +258,33 @@ impl StreamcarProcess {
             .expect("spawn streamcar");
         self.child = Some(child);
         let client = reqwest::Client::new();
+        let answers = |path: &'static str| {
+            let (client, base) = (client.clone(), self.base.clone());
+            async move {
+                client
+                    .get(format!("{base}{path}"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        };
+        let mut alive = false;
         for _ in 0..200 {
-            if let Ok(resp) = client.get(format!("{}/healthz", self.base)).send().await
-                && resp.status().is_success()
-            {
+            if answers("/healthz").await {
+                alive = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(alive, "streamcar did not start");
+        // Ready too (Redis reachable, scripts loaded), unless the test
+        // started it without a Redis on purpose: then go on after a while.
+        for _ in 0..50 {
+            if answers("/readyz").await {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("streamcar did not start");
     }
 
     /// Kills the process with SIGKILL (no drain, no cleanup).
