@@ -222,7 +222,14 @@ impl RedisOutage {
             ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown) => {
                 return Some(Self::ReadOnly);
             }
-            ErrorKind::Server(ServerErrorKind::ClusterDown | ServerErrorKind::TryAgain)
+            // MOVED/ASK reach us only when redis-rs ran out of redirects
+            // while a failover or resharding moves slots.
+            ErrorKind::Server(
+                ServerErrorKind::ClusterDown
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::Moved
+                | ServerErrorKind::Ask,
+            )
             | ErrorKind::ClusterConnectionNotFound => return Some(Self::ClusterDown),
             _ => {}
         }

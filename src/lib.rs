@@ -43,6 +43,7 @@ pub mod keys;
 pub mod names;
 pub mod push;
 pub mod scripts;
+pub mod slot;
 pub mod store;
 pub mod telemetry;
 pub mod tenants;
@@ -134,8 +135,8 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
     }
     .map_err(|e| StartError::RedisConfig(e.to_string()))?;
     let (shutdown, signal) = watch::channel(false);
-    // Pub/sub messages reach every node of a cluster, so one node will do.
-    let wakeups = Wakeups::start(urls[0], config.wake_recheck);
+    // Pub/sub messages reach every node of a cluster, so any live one will do.
+    let wakeups = Wakeups::start(&urls, config.wake_recheck);
     let store = Store::new(
         Arc::new(connections),
         Arc::new(Scripts::new()),

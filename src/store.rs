@@ -24,6 +24,9 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+};
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::{OnceCell, watch};
 
@@ -36,6 +39,26 @@ use crate::wake::Wakeups;
 /// largest script (a 1000-message batch).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// On a Redis Cluster, how a request that met a failover is retried by
+/// redis-rs before it answers 503: each retry first refreshes the slot map
+/// (on MOVED, a lost connection or CLUSTERDOWN), so a request that arrives
+/// after the replica's promotion finds the new primary. redis-rs's
+/// defaults (16 retries, waits from 1.28 s up to 655 s) would hold a
+/// request for minutes; ours are capped so that retries span about a
+/// cluster-node-timeout while the whole request stays within
+/// [`CLUSTER_REQUEST_TIMEOUT`].
+const CLUSTER_RETRIES: u32 = 4;
+const CLUSTER_RETRY_MIN_WAIT_MS: u64 = 50;
+const CLUSTER_RETRY_MAX_WAIT_MS: u64 = 500;
+/// Retry n waits up to `factor × 2ⁿ` ms (within the bounds above): 200,
+/// 400, 500, 500.
+const CLUSTER_RETRY_FACTOR_MS: u64 = 100;
+/// Connecting to a node: a dead host (no RST, the packets vanish) must not
+/// hold the slot-map refresh, which connects to every node, for long.
+const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A whole cluster request, retries included.
+const CLUSTER_REQUEST_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// The error code a write answers with when fewer replicas than
 /// `--durability replicas:N` asks for confirmed it in time.
@@ -98,6 +121,9 @@ const READ_ONLY: &[&str] = &[
     "CLIENT",
     "SCRIPT",
     "PUBSUB",
+    // Messages, not data: nothing for a replica to keep.
+    "PUBLISH",
+    "SPUBLISH",
     "GET",
     "MGET",
     "EXISTS",
@@ -147,16 +173,32 @@ impl Conn {
         let Some(durability) = self.durability.clone() else {
             return Ok(());
         };
-        if !cmds.any(|c| durability.writes(c)) {
+        let Some(written) = cmds.find(|c| durability.writes(c)) else {
             return Ok(());
-        }
+        };
         let replicas = durability.replicas;
         let timeout_ms = u64::try_from(replicas.timeout.as_millis()).unwrap_or(u64::MAX);
         let mut wait = redis::cmd("WAIT");
         wait.arg(replicas.count).arg(timeout_ms.max(1));
-        let confirmed: u64 = redis::FromRedisValue::from_redis_value(
-            self.link.as_dyn().req_packed_command(&wait).await?,
-        )?;
+        let reply = match &mut self.link {
+            Link::Single(c) => c.req_packed_command(&wait).await?,
+            // `WAIT` counts the replicas that have this connection's writes,
+            // so it must go where the write went: redis-rs would send a
+            // keyless `WAIT` to every primary and take the minimum, making
+            // a write on one shard wait for (and fail with) all the others.
+            Link::Cluster(c) => match crate::slot::of_command(written) {
+                Some(slot) => {
+                    let route = Route::new(slot, SlotAddr::Master);
+                    c.route_command(
+                        wait.clone(),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await?
+                }
+                None => c.req_packed_command(&wait).await?,
+            },
+        };
+        let confirmed: u64 = redis::FromRedisValue::from_redis_value(reply)?;
         if confirmed < u64::from(replicas.count) {
             return Err(redis::make_extension_error(
                 DURABILITY_CODE.to_owned(),
@@ -247,9 +289,13 @@ impl Connections {
     /// A Redis Cluster reached through any of `seed_urls`.
     pub fn cluster(seed_urls: &[&str]) -> RedisResult<Self> {
         let client = ClusterClient::builder(seed_urls.to_vec())
-            .connection_timeout(CONNECT_TIMEOUT)
+            .connection_timeout(CLUSTER_CONNECT_TIMEOUT)
             .response_timeout(RESPONSE_TIMEOUT)
-            .retries(2)
+            .overall_response_timeout(Some(CLUSTER_REQUEST_TIMEOUT))
+            .retries(CLUSTER_RETRIES)
+            .min_retry_wait(CLUSTER_RETRY_MIN_WAIT_MS)
+            .max_retry_wait(CLUSTER_RETRY_MAX_WAIT_MS)
+            .retry_wait_formula(CLUSTER_RETRY_FACTOR_MS, 2)
             .build()?;
         Ok(Self::Cluster {
             client: Box::new(client),
@@ -400,11 +446,35 @@ impl Store {
         // (and says why it refuses writes in the readiness answer).
         metrics::gauge!(crate::telemetry::REDIS_UP).set(if answering.is_ok() { 1.0 } else { 0.0 });
         let mut conn = answering?;
+        Self::check_slots_served(&mut conn).await?;
         self.check_writable(&mut conn).await?;
         if self.strict
             && let Some(policy) = self.eviction_policy().await
         {
             return Err(Error::EvictingRedis(policy));
+        }
+        Ok(())
+    }
+
+    /// On a Redis Cluster: every primary answers and reports
+    /// `cluster_state:ok`, i.e. every slot has a live primary. Between a
+    /// primary's death and its replica's promotion this fails (the dead
+    /// primary does not answer, then the others report `fail`), so
+    /// `/readyz` answers 503 while some slot has no primary.
+    async fn check_slots_served(conn: &mut Conn) -> Result<()> {
+        let Link::Cluster(cluster) = &mut conn.link else {
+            return Ok(());
+        };
+        let mut info = redis::cmd("CLUSTER");
+        info.arg("INFO");
+        let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+        let reply = cluster.route_command(info, routing).await?;
+        let reports = info_reports(&reply);
+        if reports.is_empty() || reports.iter().any(|r| !r.contains("cluster_state:ok")) {
+            return Err(Error::Unavailable {
+                kind: RedisOutage::ClusterDown,
+                source: None,
+            });
         }
         Ok(())
     }

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use redis::Value;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 /// Default of the longest a waiting fetch goes without re-checking Redis.
@@ -35,6 +36,11 @@ pub const SAFETY_RECHECK: Duration = Duration::from_secs(1);
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause between reconnection attempts of the pub/sub connection.
 const RECONNECT_DELAY: Duration = Duration::from_millis(500);
+/// Longest a connection attempt may take (a dead host never answers).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Silence after which the connection is checked with a PING: a node that
+/// vanished without closing the socket would otherwise hold it forever.
+const IDLE_PING: Duration = Duration::from_secs(5);
 
 enum Command {
     Subscribe(String, oneshot::Sender<()>),
@@ -85,20 +91,28 @@ pub struct Wakeups {
 }
 
 impl Wakeups {
-    /// Starts the pub/sub task for `redis_url` (it reconnects by itself);
-    /// waiters re-check Redis at least every `recheck`.
-    pub fn start(redis_url: &str, recheck: Duration) -> Self {
+    /// Starts the pub/sub task on the first of `redis_urls` that answers
+    /// (it reconnects by itself, moving on to the next URL when one fails:
+    /// on a Redis Cluster, where a PUBLISH reaches every node, any live node
+    /// will do, and a dead primary must not silence the wake-ups); waiters
+    /// re-check Redis at least every `recheck`.
+    pub fn start(redis_urls: &[&str], recheck: Duration) -> Self {
         let (commands, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             channels: Mutex::new(HashMap::new()),
             commands,
         });
-        match redis::Client::open(redis_url) {
-            Ok(client) => {
-                tokio::spawn(run(client, Arc::downgrade(&inner), rx));
+        match redis_urls
+            .iter()
+            .map(|url| redis::Client::open(*url))
+            .collect::<redis::RedisResult<Vec<_>>>()
+        {
+            Ok(clients) if !clients.is_empty() => {
+                tokio::spawn(run(clients, Arc::downgrade(&inner), rx));
             }
             // The pool reports the same bad URL on every request; waiters
             // fall back to periodic re-checks.
+            Ok(_) => tracing::error!("pub/sub disabled: no redis url"),
             Err(e) => tracing::error!(error = %e, "pub/sub disabled: invalid redis url"),
         }
         Self { inner, recheck }
@@ -189,13 +203,24 @@ impl Drop for Waiter {
 /// The pub/sub task: (re)connects, keeps subscriptions in step with the
 /// registry and turns messages into wake-ups. Ends when the registry is gone.
 async fn run(
-    client: redis::Client,
+    clients: Vec<redis::Client>,
     inner: std::sync::Weak<Inner>,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
+    let mut next = 0;
     loop {
         let Some(live) = inner.upgrade() else { return };
-        let connection = client.get_async_pubsub().await;
+        let client = &clients[next % clients.len()];
+        // Whatever happens below ends in a reconnect: to the next node.
+        next += 1;
+        let connection =
+            match tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub()).await {
+                Ok(connection) => connection,
+                Err(elapsed) => Err(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    elapsed,
+                ))),
+            };
         let (mut sink, mut stream) = match connection {
             Ok(pubsub) => pubsub.split(),
             Err(e) => {
@@ -230,6 +255,10 @@ async fn run(
                     let Some(msg) = msg else { break }; // connection lost
                     let Some(live) = inner.upgrade() else { return };
                     live.wake_channel(msg.get_channel_name());
+                }
+                () = tokio::time::sleep(IDLE_PING) => {
+                    let pong = tokio::time::timeout(CONNECT_TIMEOUT, sink.ping::<Value>()).await;
+                    if !matches!(pong, Ok(Ok(_))) { break; }
                 }
                 cmd = commands.recv() => match cmd {
                     Some(Command::Subscribe(channel, done)) => {

@@ -138,18 +138,32 @@ impl RedisCluster {
     /// Starts `n` (≥ 3) nodes, forms the cluster and waits until every node
     /// reports `cluster_state:ok`.
     pub fn start(n: usize) -> Self {
-        let nodes: Vec<RedisServer> = (0..n)
-            .map(|_| {
-                RedisServer::start_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "5000",
-                ])
-            })
-            .collect();
+        Self::start_with(n, 0, 5000, &[])
+    }
+
+    /// Starts `masters` (≥ 3) primaries with `replicas` replicas each
+    /// (`redis-cli --cluster create --cluster-replicas`), the given
+    /// `cluster-node-timeout` and extra `redis-server` arguments, and waits
+    /// until every node reports `cluster_state:ok` and every replica is in
+    /// sync with its primary.
+    pub fn start_with(
+        masters: usize,
+        replicas: usize,
+        node_timeout_ms: u64,
+        extra: &[&str],
+    ) -> Self {
+        let timeout = node_timeout_ms.to_string();
+        let mut args = vec![
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            timeout.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        let n = masters * (1 + replicas);
+        let nodes: Vec<RedisServer> = (0..n).map(|_| RedisServer::start_with(&args)).collect();
         let out = Command::new("redis-cli")
             .arg("--cluster")
             .arg("create")
@@ -158,7 +172,7 @@ impl RedisCluster {
                     .iter()
                     .map(|node| format!("127.0.0.1:{}", node.port())),
             )
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli must be installed (it comes with redis-server)");
         assert!(
@@ -183,9 +197,157 @@ impl RedisCluster {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        Self { nodes }
+        let cluster = Self { nodes };
+        let deadline = std::time::Instant::now() + WAIT_LIMIT;
+        while cluster
+            .topology()
+            .iter()
+            .filter(|n| n.master_port.is_some())
+            .count()
+            < masters * replicas
+            || !cluster.replicas_in_sync()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the replicas did not sync"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
     }
 
+    /// Whether every primary reports all its replicas online.
+    fn replicas_in_sync(&self) -> bool {
+        let topology = self.topology();
+        topology
+            .iter()
+            .filter(|n| n.master_port.is_none())
+            .all(|m| {
+                let expected = topology
+                    .iter()
+                    .filter(|r| r.master_port == Some(m.port))
+                    .count();
+                let Some(node) = self.nodes.iter().find(|n| n.port() == m.port) else {
+                    return false;
+                };
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut node.connection())
+                    .unwrap_or_default();
+                info.matches("state=online").count() == expected
+            })
+    }
+
+    /// `CLUSTER NODES` as seen by the first node that answers: each node's
+    /// port, role, health and slots.
+    pub fn topology(&self) -> Vec<ClusterNode> {
+        for node in &self.nodes {
+            let Ok(client) = redis::Client::open(node.url()) else {
+                continue;
+            };
+            let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(500))
+            else {
+                continue;
+            };
+            let Ok(text) = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query::<String>(&mut conn)
+            else {
+                continue;
+            };
+            return ClusterNode::parse_all(&text);
+        }
+        Vec::new()
+    }
+
+    /// The slot of `key` (asked of any node that answers).
+    pub fn key_slot(&self, key: &str) -> u16 {
+        for node in &self.nodes {
+            if let Ok(client) = redis::Client::open(node.url())
+                && let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(500))
+                && let Ok(slot) = redis::cmd("CLUSTER")
+                    .arg("KEYSLOT")
+                    .arg(key)
+                    .query(&mut conn)
+            {
+                return slot;
+            }
+        }
+        panic!("no cluster node answers");
+    }
+
+    /// The index in `nodes` of the server listening on `port`.
+    pub fn index_of(&self, port: u16) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.port() == port)
+            .expect("a node of this cluster")
+    }
+}
+
+/// One line of `CLUSTER NODES`.
+#[derive(Debug, Clone)]
+pub struct ClusterNode {
+    pub id: String,
+    pub port: u16,
+    /// The primary's port when this node is a replica.
+    pub master_port: Option<u16>,
+    /// Flagged `fail` (or `fail?`) by the cluster.
+    pub failing: bool,
+    /// Slot ranges it serves (primaries only).
+    pub slots: Vec<(u16, u16)>,
+}
+
+impl ClusterNode {
+    fn parse_all(text: &str) -> Vec<Self> {
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .filter(|f: &Vec<&str>| f.len() >= 8)
+            .collect();
+        let port_of = |field: &str| -> u16 {
+            let addr = field.split('@').next().unwrap_or_default();
+            addr.rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0)
+        };
+        lines
+            .iter()
+            .map(|f| {
+                let master_port = (f[3] != "-")
+                    .then(|| lines.iter().find(|m| m[0] == f[3]).map(|m| port_of(m[1])))
+                    .flatten();
+                let slots = f[8..]
+                    .iter()
+                    .filter(|s| !s.starts_with('['))
+                    .filter_map(|s| {
+                        let (a, b) = s.split_once('-').unwrap_or((s, s));
+                        Some((a.parse().ok()?, b.parse().ok()?))
+                    })
+                    .collect();
+                Self {
+                    id: f[0].to_owned(),
+                    port: port_of(f[1]),
+                    master_port: if f[2].contains("master") {
+                        None
+                    } else {
+                        master_port
+                    },
+                    failing: f[2].contains("fail"),
+                    slots,
+                }
+            })
+            .collect()
+    }
+
+    /// Whether this primary serves `slot`.
+    pub fn serves(&self, slot: u16) -> bool {
+        self.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot))
+    }
+}
+
+impl RedisCluster {
     /// The seed list `--redis-url` takes with `--redis-cluster`.
     pub fn urls(&self) -> String {
         let urls: Vec<String> = self.nodes.iter().map(RedisServer::url).collect();
@@ -253,7 +415,12 @@ impl StreamcarProcess {
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // `STREAMCAR_TEST_STDERR=1` shows the sidecars' logs (debugging).
+            .stderr(if std::env::var_os("STREAMCAR_TEST_STDERR").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .expect("spawn streamcar");
         self.child = Some(child);
