@@ -8,7 +8,8 @@
 //! With `--durability replicas:1` nothing acknowledged is lost, every
 //! acknowledged publish is in history once and delivered and acked by the
 //! group, requests during the failover answer only 2xx or 503 with
-//! `Retry-After`, and service resumes. With `--durability leader` the same
+//! `Retry-After` (or, for an ack that outlived its lease, 409 `lease_lost`:
+//! the message is redelivered), and service resumes. With `--durability leader` the same
 //! run reports how many acknowledged publishes the failover lost: a number,
 //! not a pass. Both print the recovery time (first failure to first success
 //! on the dead primary's topics); the bound is stated in the README.
@@ -92,6 +93,12 @@ impl Load {
                 match status {
                     200..=299 => Answer::Ok(body),
                     503 if retry_after => Answer::Unavailable,
+                    // An ack that outlived its lease (the failover took
+                    // longer than `lease_ms`): the message is redelivered,
+                    // as the contract says (stale receipt: 409).
+                    409 if path.ends_with("/ack") && body["code"] == "lease_lost" => {
+                        Answer::Ok(body)
+                    }
                     _ => {
                         self.violation(format!("POST {path}: {status} {body}"));
                         Answer::Unavailable
@@ -312,6 +319,20 @@ async fn run(durability: &str) -> Outcome {
     let mut cluster = cluster;
     let killed_at = Instant::now();
     cluster.nodes[victim].kill();
+    // While the dead primary's slots have no primary, not ready.
+    let unready_seen = Arc::new(AtomicBool::new(false));
+    let readiness = tokio::spawn({
+        let (client, base, seen) = (client.clone(), base.clone(), unready_seen.clone());
+        async move {
+            while killed_at.elapsed() < RESUME_DEADLINE && !seen.load(Ordering::Relaxed) {
+                let ready = client.get(format!("{base}/readyz")).send().await;
+                if ready.is_ok_and(|r| r.status() == 503) {
+                    seen.store(true, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
     let promoted_after = loop {
         let promoted = cluster.topology().iter().any(|n| {
             n.master_port.is_none() && n.port != victim_port && {
@@ -358,6 +379,7 @@ async fn run(durability: &str) -> Outcome {
         producer.await.expect("producer");
     }
 
+    let mut violations_after: Vec<String> = Vec::new();
     // Drain: every group caught up and nothing pending.
     let deadline = Instant::now() + DRAIN_DEADLINE;
     loop {
@@ -378,6 +400,23 @@ async fn run(durability: &str) -> Outcome {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     load.stop_consuming.store(true, Ordering::Relaxed);
+    readiness.abort();
+    if !unready_seen.load(Ordering::Relaxed) {
+        violations_after.push("/readyz never answered 503 while a slot had no primary".into());
+    }
+    let deadline = Instant::now() + DRAIN_DEADLINE;
+    while client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map_or(true, |r| r.status() != 200)
+    {
+        if Instant::now() > deadline {
+            violations_after.push("/readyz never answered 200 again".into());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for consumer in consumers {
         consumer.await.expect("consumer");
     }
@@ -387,6 +426,7 @@ async fn run(durability: &str) -> Outcome {
     let mut acked = 0;
     let mut lost = 0;
     let mut violations = record.violations;
+    violations.extend(violations_after);
     for topic in &topics {
         let mut history: Vec<u64> = Vec::new();
         let mut after = String::new();

@@ -38,6 +38,11 @@ impl Drop for Proc {
 /// Starts `redis-server` without persistence (the bench measures the
 /// sidecar, not the disk) and waits until it answers.
 pub async fn start_redis(dir: &std::path::Path) -> Proc {
+    start_redis_with(dir, &[]).await
+}
+
+/// [`start_redis`] with extra `redis-server` arguments (`--replicaof …`).
+pub async fn start_redis_with(dir: &std::path::Path, extra: &[&str]) -> Proc {
     let port = free_port();
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -45,6 +50,7 @@ pub async fn start_redis(dir: &std::path::Path) -> Proc {
         .args(["--loglevel", "warning", "--maxmemory-policy", "noeviction"])
         .arg("--dir")
         .arg(dir)
+        .args(extra)
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server on PATH (apt-get install redis-server)");
