@@ -314,3 +314,41 @@ async fn the_api_works_on_a_redis_cluster() {
         assert_eq!(history["messages"][0]["payload"]["room"], room);
     }
 }
+
+/// A primary with no replica dies: its slots have no primary, for good, so
+/// `/readyz` must answer 503 (and keep answering it) while the other
+/// nodes still serve.
+#[tokio::test]
+async fn readyz_is_503_while_a_slot_has_no_primary() {
+    let mut cluster = RedisCluster::start(3);
+    let sc = StreamcarProcess::start(&cluster.urls(), &["--redis-cluster"]).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let ready = |client: reqwest::Client, base: String| async move {
+        client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    assert_eq!(ready(client.clone(), sc.base.clone()).await, 200);
+    cluster.nodes[1].kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = ready(client.clone(), sc.base.clone()).await;
+        if status == 503 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz stayed {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Still not ready a moment later: nothing can take the slots over.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ready(client, sc.base.clone()).await, 503);
+}
