@@ -60,6 +60,20 @@ const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A whole cluster request, retries included.
 const CLUSTER_REQUEST_TIMEOUT: Duration = Duration::from_secs(6);
 
+/// A cluster client builder with the sidecar's bounded timeouts and
+/// retries (see [`CLUSTER_RETRIES`]): every cluster connection the sidecar
+/// opens (commands, channel fan-out) follows a failover this fast.
+pub fn cluster_client_builder(seed_urls: &[&str]) -> redis::cluster::ClusterClientBuilder {
+    ClusterClient::builder(seed_urls.to_vec())
+        .connection_timeout(CLUSTER_CONNECT_TIMEOUT)
+        .response_timeout(RESPONSE_TIMEOUT)
+        .overall_response_timeout(Some(CLUSTER_REQUEST_TIMEOUT))
+        .retries(CLUSTER_RETRIES)
+        .min_retry_wait(CLUSTER_RETRY_MIN_WAIT_MS)
+        .max_retry_wait(CLUSTER_RETRY_MAX_WAIT_MS)
+        .retry_wait_formula(CLUSTER_RETRY_FACTOR_MS, 2)
+}
+
 /// The error code a write answers with when fewer replicas than
 /// `--durability replicas:N` asks for confirmed it in time.
 pub const DURABILITY_CODE: &str = "DURABILITY";
@@ -288,15 +302,7 @@ impl Connections {
 
     /// A Redis Cluster reached through any of `seed_urls`.
     pub fn cluster(seed_urls: &[&str]) -> RedisResult<Self> {
-        let client = ClusterClient::builder(seed_urls.to_vec())
-            .connection_timeout(CLUSTER_CONNECT_TIMEOUT)
-            .response_timeout(RESPONSE_TIMEOUT)
-            .overall_response_timeout(Some(CLUSTER_REQUEST_TIMEOUT))
-            .retries(CLUSTER_RETRIES)
-            .min_retry_wait(CLUSTER_RETRY_MIN_WAIT_MS)
-            .max_retry_wait(CLUSTER_RETRY_MAX_WAIT_MS)
-            .retry_wait_formula(CLUSTER_RETRY_FACTOR_MS, 2)
-            .build()?;
+        let client = cluster_client_builder(seed_urls).build()?;
         Ok(Self::Cluster {
             client: Box::new(client),
             connection: OnceCell::new(),

@@ -135,7 +135,7 @@ impl Hub {
             next: AtomicU64::new(1),
         });
         let (push_tx, push_rx) = mpsc::unbounded_channel();
-        let client = redis::cluster::ClusterClient::builder(seed_urls.to_vec())
+        let client = crate::store::cluster_client_builder(seed_urls)
             .use_protocol(redis::ProtocolVersion::RESP3)
             .push_sender(push_tx)
             .build();
