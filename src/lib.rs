@@ -208,13 +208,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
     });
     let app = http::router(state.clone());
 
-    let tcp = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = tcp.local_addr().map_err(StartError::Serve)?;
+    let (tcp, addr) = bind(config.listen).await?;
     let stopped = move |mut signal: watch::Receiver<bool>| async move {
         let _ = signal.wait_for(|stop| *stop).await;
     };
@@ -264,6 +258,15 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
     })
 }
 
+/// Binds a TCP listener on `addr`; the address it got (port 0 picks one).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let tcp = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let local = tcp.local_addr().map_err(StartError::Serve)?;
+    Ok((tcp, local))
+}
+
 /// Starts the client edge (`--edge-listen`): loads its key, binds its
 /// listener, serves its router, and re-reads the key on SIGHUP.
 async fn start_edge(
@@ -274,13 +277,7 @@ async fn start_edge(
 ) -> Result<SocketAddr, StartError> {
     let edge =
         edge::Edge::start(config, state.store.clone(), signal.clone()).map_err(StartError::Edge)?;
-    let tcp = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = tcp.local_addr().map_err(StartError::Serve)?;
+    let (tcp, addr) = bind(config.listen).await?;
     let mut stop = signal.clone();
     listeners.spawn(
         axum::serve(tcp, http::edge::router(state, edge.clone()))

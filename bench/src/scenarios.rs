@@ -302,33 +302,41 @@ async fn sidecar_fetch_ack(
     messages
 }
 
+/// One measured run of a consuming scenario on an emptied Redis: `topic`
+/// with a backlog limit, its group declared with `group`, a producer
+/// keeping the backlog full while `op` runs.
+async fn consuming_run(
+    ctx: &Ctx,
+    topic: &'static str,
+    group: Value,
+    (concurrency, duration): (usize, Duration),
+    op: Op,
+) -> Measured {
+    ctx.flush().await;
+    ctx.put(&format!("/topics/{topic}"), json!({"max_backlog": 100_000}))
+        .await;
+    ctx.put(&format!("/topics/{topic}/groups/{GROUP}"), group)
+        .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = spawn_producer(ctx, topic, stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await; // build a backlog
+    let measured = ctx
+        .metered(load::run(concurrency, duration, op))
+        .await
+        .summary();
+    stop.store(true, Ordering::Relaxed);
+    let _ = producer.await;
+    measured
+}
+
 /// Fetch up to 100 + ack them, with a producer keeping the backlog full;
 /// counts acked messages. `ordered`: the group has `ordering: key` (the
 /// messages spread over 1,000 keys, so a fetch gets at most one per key).
 pub async fn consume(ctx: &Ctx, concurrency: usize, duration: Duration, ordered: bool) -> Pair {
     let ordering = if ordered { "key" } else { "none" };
+    let group = json!({"lease_ms": 60000, "ordering": ordering});
     let run_mode = |topic: &'static str, op: Op| {
-        let ctx = ctx.clone();
-        async move {
-            ctx.flush().await;
-            ctx.put(&format!("/topics/{topic}"), json!({"max_backlog": 100_000}))
-                .await;
-            ctx.put(
-                &format!("/topics/{topic}/groups/{GROUP}"),
-                json!({"lease_ms": 60000, "ordering": ordering}),
-            )
-            .await;
-            let stop = Arc::new(AtomicBool::new(false));
-            let producer = spawn_producer(&ctx, topic, stop.clone());
-            tokio::time::sleep(Duration::from_millis(500)).await; // build a backlog
-            let measured = ctx
-                .metered(load::run(concurrency, duration, op))
-                .await
-                .summary();
-            stop.store(true, Ordering::Relaxed);
-            let _ = producer.await;
-            measured
-        }
+        consuming_run(ctx, topic, group.clone(), (concurrency, duration), op)
     };
     let c = ctx.clone();
     let keys = Arc::new(topic_keys("raw-consume"));
@@ -362,27 +370,13 @@ pub async fn consume(ctx: &Ctx, concurrency: usize, duration: Duration, ordered:
 /// call with the previous receipt, through redis-rs.
 pub async fn consume_single(ctx: &Ctx, concurrency: usize, duration: Duration) -> Pair {
     let run_mode = |topic: &'static str, op: Op| {
-        let ctx = ctx.clone();
-        async move {
-            ctx.flush().await;
-            ctx.put(&format!("/topics/{topic}"), json!({"max_backlog": 100_000}))
-                .await;
-            ctx.put(
-                &format!("/topics/{topic}/groups/{GROUP}"),
-                json!({"lease_ms": 60000}),
-            )
-            .await;
-            let stop = Arc::new(AtomicBool::new(false));
-            let producer = spawn_producer(&ctx, topic, stop.clone());
-            tokio::time::sleep(Duration::from_millis(500)).await; // build a backlog
-            let measured = ctx
-                .metered(load::run(concurrency, duration, op))
-                .await
-                .summary();
-            stop.store(true, Ordering::Relaxed);
-            let _ = producer.await;
-            measured
-        }
+        consuming_run(
+            ctx,
+            topic,
+            json!({"lease_ms": 60000}),
+            (concurrency, duration),
+            op,
+        )
     };
     let c = ctx.clone();
     let keys = Arc::new(topic_keys("raw-single"));

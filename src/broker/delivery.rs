@@ -455,17 +455,18 @@ impl Broker {
         }
         let limits = (max, max_bytes);
         let keys = TopicKeys::new(tenant, topic);
+        let fetch_round = |acks| {
+            self.fetch_round(
+                (tenant, topic),
+                &keys,
+                group,
+                &request.consumer,
+                limits,
+                acks,
+            )
+        };
         if wait_ms == 0 {
-            let round = self
-                .fetch_round(
-                    (tenant, topic),
-                    &keys,
-                    group,
-                    &request.consumer,
-                    limits,
-                    acks,
-                )
-                .await?;
+            let round = fetch_round(acks).await?;
             return Ok((round.acked, round.deliveries));
         }
 
@@ -485,16 +486,7 @@ impl Broker {
             tokio::pin!(notified);
             notified.as_mut().enable();
 
-            let round = self
-                .fetch_round(
-                    (tenant, topic),
-                    &keys,
-                    group,
-                    &request.consumer,
-                    limits,
-                    acks.take(),
-                )
-                .await?;
+            let round = fetch_round(acks.take()).await?;
             acked = acked.or(round.acked);
             if !round.deliveries.is_empty() {
                 // Wake the next waiter of the group only when there may be
