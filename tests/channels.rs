@@ -302,6 +302,113 @@ async fn expired_channel_keys_give_a_new_epoch() {
     assert_eq!(live.data["epoch"], next["epoch"]);
 }
 
+/// The channel's current epoch (asserting the GET succeeded).
+async fn epoch_of(app: &TestApp, channel: &str) -> String {
+    let info = app.get(&format!("/channels/{channel}")).await;
+    assert_eq!(info.status, StatusCode::OK, "{}", info.body);
+    info.body["epoch"].as_str().expect("epoch").to_owned()
+}
+
+// The meta hash survives but the history does not: deleted alone, trimmed
+// by someone else, or restored from another moment than the meta. Each is
+// lost history, so each must start a new epoch (an old position is then
+// answered with a reset, never trusted).
+#[tokio::test]
+async fn lost_history_with_the_meta_intact_gives_a_new_epoch() {
+    let app = TestApp::start().await;
+    let mut redis = app.redis.connection();
+    let keys = |channel: &str| {
+        let prefix = format!("sc:ch:{{{}:{channel}}}", app.tenant);
+        (format!("{prefix}:history"), format!("{prefix}:meta"))
+    };
+
+    // 1. The history stream deleted alone, with a subscriber at the top.
+    let last = publish_n(&app, "gone", 3).await;
+    let old = last["epoch"].as_str().unwrap().to_owned();
+    let mut sse = Sse::open(&app.url("/channels/gone/events"), Some(&format!("{old}:3"))).await;
+    let (history, _) = keys("gone");
+    let _: i64 = redis::cmd("DEL").arg(&history).query(&mut redis).unwrap();
+    let fresh = epoch_of(&app, "gone").await;
+    assert_ne!(fresh, old, "a deleted history is lost history");
+    let page = app
+        .get(&format!("/channels/gone/messages?since={old}:3"))
+        .await;
+    assert_eq!(page.body["recovered"], false, "{}", page.body);
+    assert_eq!(page.body["top_offset"], 0);
+    let (_, next) = publish(&app, "gone", &json!({ "payload": "after" })).await;
+    assert_eq!(next["epoch"], fresh.as_str());
+    assert_eq!(next["offset"], 1);
+    let reset = sse.expect().await;
+    assert_eq!(reset.event, "reset", "{reset:?}");
+    assert_eq!(reset.data["epoch"], fresh.as_str());
+
+    // 2. Trimmed to nothing by someone else (the stream still exists).
+    let last = publish_n(&app, "trimmed", 4).await;
+    let old = last["epoch"].as_str().unwrap().to_owned();
+    let (history, _) = keys("trimmed");
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(&history)
+        .arg("MAXLEN")
+        .arg(0)
+        .query(&mut redis)
+        .unwrap();
+    let (status, next) = publish(&app, "trimmed", &json!({ "payload": 5 })).await;
+    assert_eq!(status, StatusCode::CREATED, "{next}");
+    assert_ne!(
+        next["epoch"],
+        old.as_str(),
+        "trimmed history is lost history"
+    );
+    assert_eq!(next["offset"], 1);
+
+    // 3. Redis came back with the meta of an earlier moment than the
+    //    history (partial data): the history holds offsets the meta never
+    //    counted. Publishing must neither fail nor reuse offsets 3 and 4.
+    publish_n(&app, "partial", 2).await;
+    let (_, meta) = keys("partial");
+    let dump: Vec<u8> = redis::cmd("DUMP").arg(&meta).query(&mut redis).unwrap();
+    let last = publish_n(&app, "partial", 2).await;
+    let old = last["epoch"].as_str().unwrap().to_owned();
+    let _: () = redis::cmd("RESTORE")
+        .arg(&meta)
+        .arg(0)
+        .arg(dump)
+        .arg("REPLACE")
+        .query(&mut redis)
+        .unwrap();
+    let (status, next) = publish(&app, "partial", &json!({ "payload": "x" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{next}");
+    assert_ne!(next["epoch"], old.as_str(), "history ahead of its meta");
+    assert_eq!(next["offset"], 1);
+    let page = app.get("/channels/partial/messages").await;
+    let offsets: Vec<u64> = page.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, vec![1], "nothing of the lost epoch is served");
+
+    // No false alarm: a channel that keeps no history loses none, before
+    // and after it starts keeping some again.
+    app.put("/channels/none", &json!({ "history_size": 0 }))
+        .await;
+    let last = publish_n(&app, "none", 2).await;
+    let epoch = last["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(epoch_of(&app, "none").await, epoch);
+    app.put("/channels/none", &json!({ "history_size": 10 }))
+        .await;
+    assert_eq!(epoch_of(&app, "none").await, epoch);
+    let (_, next) = publish(&app, "none", &json!({ "payload": 3 })).await;
+    assert_eq!(next["epoch"], epoch.as_str());
+    assert_eq!(next["offset"], 3);
+    // And a kept history shrunk by PUT is trimmed, not lost.
+    app.put("/channels/none", &json!({ "history_size": 1 }))
+        .await;
+    publish_n(&app, "none", 2).await;
+    assert_eq!(epoch_of(&app, "none").await, epoch);
+}
+
 #[tokio::test]
 async fn two_hundred_sse_subscribers_get_every_message_in_order() {
     let app = TestApp::start().await;
