@@ -840,7 +840,9 @@ async fn a_silent_sse_client_is_disconnected_and_its_memory_stays_bounded() {
     // The sidecar lets the connection go (bounded wait).
     let mut released = false;
     for _ in 0..200 {
-        if metric(&sc.base, sse).await == 0 && support::open_fds(sc.pid()) <= fds_before {
+        // Descriptors first: the previous metrics connection has had time
+        // to close, this one's has not been opened yet.
+        if support::open_fds(sc.pid()) <= fds_before && metric(&sc.base, sse).await == 0 {
             released = true;
             break;
         }
