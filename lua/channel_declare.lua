@@ -12,7 +12,9 @@ local created = redis.call('EXISTS', config) == 0 and 1 or 0
 redis.call('HSET', config, 'history_size', size, 'history_ttl_ms', ttl)
 redis.call('PEXPIRE', config, ARGV[3])
 if tonumber(size) == 0 then
+  -- No history is kept from now on: none is missing either.
   redis.call('DEL', history)
+  redis.call('HDEL', meta, 'kept')
 elseif redis.call('EXISTS', history) == 1 then
   redis.call('XTRIM', history, 'MAXLEN', size)
 end

@@ -12,9 +12,11 @@
 -- shares the keys' hash tag, so it belongs to this script's shard).
 -- Reply: {duplicate (0|1), offset, epoch}.
 --
--- Invariants: offsets are 1, 2, 3… per epoch; a new epoch (the meta hash
--- was lost: expired, deleted, Redis lost data) starts from an empty history,
--- so an offset never names two messages under one epoch; the history holds
+-- Invariants: offsets are 1, 2, 3… per epoch; a new epoch (history was
+-- lost: the meta hash or the history stream expired, deleted, trimmed by
+-- someone else, Redis lost data; see channel_head in the prelude) starts
+-- from an empty history, so an offset never names two messages under one
+-- epoch and no lost message goes unnoticed; the history holds
 -- exactly the last history_size messages (exact MAXLEN); meta and history
 -- expire history_ttl_ms after the last publish.
 local history, meta, config, dedup = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -35,25 +37,18 @@ if idem then
   end
 end
 
-local now, t = now_ms()
-local m = redis.call('HMGET', meta, 'epoch', 'top')
-local epoch, top = m[1], tonumber(m[2] or 0)
-if not epoch then
-  -- Redis time in microseconds: never repeats for a channel name.
-  epoch = t[1] .. string.format('%06d', tonumber(t[2]))
-  top = 0
-  -- A history without its meta belongs to a lost epoch: never serve it
-  -- under the new one.
-  redis.call('DEL', history)
-end
+local now = now_ms()
+local epoch, top = channel_head(history, meta, int(ttl))
 top = top + 1
-redis.call('HSET', meta, 'epoch', epoch, 'top', int(top))
 redis.call('PEXPIRE', meta, int(ttl))
 if size > 0 then
+  redis.call('HSET', meta, 'epoch', epoch, 'top', int(top), 'kept', int(top))
   redis.call('XADD', history, 'MAXLEN', int(size), int(top) .. '-0',
     'p', payload, 'h', headers, 't', int(now))
   redis.call('PEXPIRE', history, int(ttl))
 else
+  redis.call('HSET', meta, 'epoch', epoch, 'top', int(top))
+  redis.call('HDEL', meta, 'kept')
   redis.call('DEL', history)
 end
 if idem then

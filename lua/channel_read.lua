@@ -8,9 +8,10 @@
 -- always returned), so a page of large messages stays small.
 -- Reply: {epoch, top, history_size, history_ttl_ms, {{id, fields}, …}}.
 --
--- A channel without meta gets an epoch here (top 0, same TTL as after a
--- publish): a subscriber that arrives first must hold the epoch the first
--- publish will use, or its position would be reset for nothing.
+-- A channel without meta, or whose history was lost, gets a new epoch here
+-- (top 0, same TTL as after a publish; see channel_head in the prelude): a
+-- subscriber that arrives first must hold the epoch the first publish will
+-- use, or its position would be reset for nothing.
 local history, meta, config = KEYS[1], KEYS[2], KEYS[3]
 local after, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 
@@ -18,19 +19,10 @@ local c = redis.call('HMGET', config, 'history_size', 'history_ttl_ms')
 local size = c[1] or ARGV[3]
 local ttl = c[2] or ARGV[4]
 
-local m = redis.call('HMGET', meta, 'epoch', 'top')
-local epoch, top = m[1], m[2]
-if not epoch then
-  local t = redis.call('TIME')
-  epoch = t[1] .. string.format('%06d', tonumber(t[2]))
-  top = '0'
-  redis.call('DEL', history)
-  redis.call('HSET', meta, 'epoch', epoch, 'top', 0)
-  redis.call('PEXPIRE', meta, ttl)
-end
+local epoch, top = channel_head(history, meta, ttl)
 
 local entries = {}
-if limit > 0 and tonumber(top) > after then
+if limit > 0 and top > after then
   entries = redis.call('XRANGE', history, int(after + 1), '+', 'COUNT', int(limit))
   local budget, used = tonumber(ARGV[5]), 0
   for i = 1, #entries do
@@ -46,4 +38,4 @@ if limit > 0 and tonumber(top) > after then
     end
   end
 end
-return { epoch, top, size, ttl, entries }
+return { epoch, int(top), size, ttl, entries }

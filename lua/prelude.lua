@@ -37,6 +37,37 @@ local function int(n)
   return string.format('%d', n)
 end
 
+-- A realtime channel's epoch and top offset, checked against its history
+-- (channel_publish.lua, channel_read.lua). The meta hash holds `epoch`,
+-- `top` and, while the history must end with the top message (the last
+-- publish appended to it), `kept` = that offset. Whenever history was lost
+-- (meta gone: expired, deleted, Redis lost data; or the history gone,
+-- trimmed or out of step with the meta: deleted alone, trimmed by someone
+-- else, restored from another moment than the meta) a new epoch starts
+-- from an empty history, so an old position is never trusted. A new meta
+-- expires after `ttl` ms. Returns epoch, top (a number).
+local function channel_head(history, meta, ttl)
+  local m = redis.call('HMGET', meta, 'epoch', 'top', 'kept')
+  local epoch, top, kept = m[1], m[2], m[3]
+  if epoch and not kept then
+    return epoch, tonumber(top or 0)
+  end
+  if epoch and kept == top then
+    local last = redis.call('XREVRANGE', history, '+', '-', 'COUNT', 1)[1]
+    if last and last[1] == kept .. '-0' then
+      return epoch, tonumber(top)
+    end
+  end
+  -- Redis time in microseconds: never repeats for a channel name.
+  local t = redis.call('TIME')
+  epoch = t[1] .. string.format('%06d', tonumber(t[2]))
+  redis.call('DEL', history)
+  redis.call('HSET', meta, 'epoch', epoch, 'top', 0)
+  redis.call('HDEL', meta, 'kept')
+  redis.call('PEXPIRE', meta, ttl)
+  return epoch, 0
+end
+
 -- PEL owner of entries waiting in a group's retry schedule. Consumer names
 -- start with a letter or digit, so no client can be called this.
 local SCHEDULED = '~scheduled'

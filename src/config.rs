@@ -51,6 +51,12 @@ pub struct ServerArgs {
     #[arg(long, env = "STREAMCAR_CHANNEL_QUEUE_BYTES", default_value = "1MiB", value_parser = parse_size)]
     pub channel_queue_bytes: usize,
 
+    /// Longest a write to a client may make no progress before its
+    /// connection is closed (a subscriber that stops reading, a dead peer),
+    /// e.g. `30s`.
+    #[arg(long, env = "STREAMCAR_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
     /// Consumers that own nothing are forgotten after this long idle, e.g. `60m`.
     #[arg(long, env = "STREAMCAR_CONSUMER_IDLE", default_value = "60m", value_parser = parse_duration)]
     pub consumer_idle: Duration,
@@ -325,6 +331,8 @@ pub struct Config {
     pub channel_queue_bytes: usize,
     /// The client edge (None: off).
     pub edge: Option<EdgeConfig>,
+    /// Longest a write to a client may stall before the connection is closed.
+    pub write_timeout: Duration,
 }
 
 impl Config {
@@ -371,6 +379,7 @@ impl Config {
             },
             channel_queue_bytes: args.channel_queue_bytes,
             edge: args.edge.config(args.listen)?,
+            write_timeout: args.write_timeout,
         })
     }
 
@@ -394,6 +403,7 @@ impl Config {
             subscriptions: Vec::new(),
             channel_queue_bytes: 1 << 20,
             edge: None,
+            write_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -67,7 +67,7 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::coord::Coord;
 use crate::error::Error;
-use crate::http::listen::SocketFile;
+use crate::http::listen::{SocketFile, WriteTimeout};
 use crate::http::{AppState, Services};
 use crate::scripts::Scripts;
 use crate::store::{Connections, Store};
@@ -220,6 +220,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
     });
+    let tcp = WriteTimeout::new(tcp, config.write_timeout);
     listeners.spawn(
         axum::serve(tcp, app.clone())
             .with_graceful_shutdown(stopped(signal.clone()))
@@ -231,6 +232,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
                 path: path.clone(),
                 source,
             })?;
+            let unix = WriteTimeout::new(unix, config.write_timeout);
             listeners.spawn(
                 axum::serve(unix, app)
                     .with_graceful_shutdown(stopped(signal.clone()))
@@ -242,7 +244,9 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         None => None,
     };
     let edge_addr = match &config.edge {
-        Some(edge) => Some(start_edge(edge, state, &signal, &mut listeners).await?),
+        Some(edge) => {
+            Some(start_edge(edge, state, &signal, &mut listeners, config.write_timeout).await?)
+        }
         None => None,
     };
     tracing::info!(%addr, "serving HTTP API");
@@ -274,10 +278,13 @@ async fn start_edge(
     state: AppState,
     signal: &watch::Receiver<bool>,
     listeners: &mut JoinSet<io::Result<()>>,
+    write_timeout: Duration,
 ) -> Result<SocketAddr, StartError> {
     let edge =
         edge::Edge::start(config, state.store.clone(), signal.clone()).map_err(StartError::Edge)?;
     let (tcp, addr) = bind(config.listen).await?;
+    // Clients out there stop reading too: the same write deadline.
+    let tcp = WriteTimeout::new(tcp, write_timeout);
     let mut stop = signal.clone();
     listeners.spawn(
         axum::serve(tcp, http::edge::router(state, edge.clone()))

@@ -302,6 +302,113 @@ async fn expired_channel_keys_give_a_new_epoch() {
     assert_eq!(live.data["epoch"], next["epoch"]);
 }
 
+/// The channel's current epoch (asserting the GET succeeded).
+async fn epoch_of(app: &TestApp, channel: &str) -> String {
+    let info = app.get(&format!("/channels/{channel}")).await;
+    assert_eq!(info.status, StatusCode::OK, "{}", info.body);
+    info.body["epoch"].as_str().expect("epoch").to_owned()
+}
+
+// The meta hash survives but the history does not: deleted alone, trimmed
+// by someone else, or restored from another moment than the meta. Each is
+// lost history, so each must start a new epoch (an old position is then
+// answered with a reset, never trusted).
+#[tokio::test]
+async fn lost_history_with_the_meta_intact_gives_a_new_epoch() {
+    let app = TestApp::start().await;
+    let mut redis = app.redis.connection();
+    let keys = |channel: &str| {
+        let prefix = format!("sc:ch:{{{}:{channel}}}", app.tenant);
+        (format!("{prefix}:history"), format!("{prefix}:meta"))
+    };
+
+    // 1. The history stream deleted alone, with a subscriber at the top.
+    let last = publish_n(&app, "gone", 3).await;
+    let old = last["epoch"].as_str().unwrap().to_owned();
+    let mut sse = Sse::open(&app.url("/channels/gone/events"), Some(&format!("{old}:3"))).await;
+    let (history, _) = keys("gone");
+    let _: i64 = redis::cmd("DEL").arg(&history).query(&mut redis).unwrap();
+    let fresh = epoch_of(&app, "gone").await;
+    assert_ne!(fresh, old, "a deleted history is lost history");
+    let page = app
+        .get(&format!("/channels/gone/messages?since={old}:3"))
+        .await;
+    assert_eq!(page.body["recovered"], false, "{}", page.body);
+    assert_eq!(page.body["top_offset"], 0);
+    let (_, next) = publish(&app, "gone", &json!({ "payload": "after" })).await;
+    assert_eq!(next["epoch"], fresh.as_str());
+    assert_eq!(next["offset"], 1);
+    let reset = sse.expect().await;
+    assert_eq!(reset.event, "reset", "{reset:?}");
+    assert_eq!(reset.data["epoch"], fresh.as_str());
+
+    // 2. Trimmed to nothing by someone else (the stream still exists).
+    let last = publish_n(&app, "trimmed", 4).await;
+    let old = last["epoch"].as_str().unwrap().to_owned();
+    let (history, _) = keys("trimmed");
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(&history)
+        .arg("MAXLEN")
+        .arg(0)
+        .query(&mut redis)
+        .unwrap();
+    let (status, next) = publish(&app, "trimmed", &json!({ "payload": 5 })).await;
+    assert_eq!(status, StatusCode::CREATED, "{next}");
+    assert_ne!(
+        next["epoch"],
+        old.as_str(),
+        "trimmed history is lost history"
+    );
+    assert_eq!(next["offset"], 1);
+
+    // 3. Redis came back with the meta of an earlier moment than the
+    //    history (partial data): the history holds offsets the meta never
+    //    counted. Publishing must neither fail nor reuse offsets 3 and 4.
+    publish_n(&app, "partial", 2).await;
+    let (_, meta) = keys("partial");
+    let dump: Vec<u8> = redis::cmd("DUMP").arg(&meta).query(&mut redis).unwrap();
+    let last = publish_n(&app, "partial", 2).await;
+    let old = last["epoch"].as_str().unwrap().to_owned();
+    let _: () = redis::cmd("RESTORE")
+        .arg(&meta)
+        .arg(0)
+        .arg(dump)
+        .arg("REPLACE")
+        .query(&mut redis)
+        .unwrap();
+    let (status, next) = publish(&app, "partial", &json!({ "payload": "x" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{next}");
+    assert_ne!(next["epoch"], old.as_str(), "history ahead of its meta");
+    assert_eq!(next["offset"], 1);
+    let page = app.get("/channels/partial/messages").await;
+    let offsets: Vec<u64> = page.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, vec![1], "nothing of the lost epoch is served");
+
+    // No false alarm: a channel that keeps no history loses none, before
+    // and after it starts keeping some again.
+    app.put("/channels/none", &json!({ "history_size": 0 }))
+        .await;
+    let last = publish_n(&app, "none", 2).await;
+    let epoch = last["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(epoch_of(&app, "none").await, epoch);
+    app.put("/channels/none", &json!({ "history_size": 10 }))
+        .await;
+    assert_eq!(epoch_of(&app, "none").await, epoch);
+    let (_, next) = publish(&app, "none", &json!({ "payload": 3 })).await;
+    assert_eq!(next["epoch"], epoch.as_str());
+    assert_eq!(next["offset"], 3);
+    // And a kept history shrunk by PUT is trimmed, not lost.
+    app.put("/channels/none", &json!({ "history_size": 1 }))
+        .await;
+    publish_n(&app, "none", 2).await;
+    assert_eq!(epoch_of(&app, "none").await, epoch);
+}
+
 #[tokio::test]
 async fn two_hundred_sse_subscribers_get_every_message_in_order() {
     let app = TestApp::start().await;
@@ -536,14 +643,25 @@ async fn publish_on_one_sidecar_reaches_subscribers_on_another() {
     assert_eq!(event.data["offset"], published["offset"]);
 }
 
-/// The slow-consumer counter of `/metrics` (0 before the first one).
-async fn slow_consumers(app: &TestApp) -> u64 {
-    let text = app.metrics_text().await;
+/// The value of the first `/metrics` series starting with `series` (0
+/// before it exists) from the sidecar at `base`.
+async fn metric(base: &str, series: &str) -> u64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
     text.lines()
-        .find(|l| l.starts_with("streamcar_channel_slow_consumers_total"))
+        .find(|l| l.starts_with(series))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok())
         .map_or(0, |v| v as u64)
+}
+
+/// The slow-consumer counter of `/metrics` (0 before the first one).
+async fn slow_consumers(app: &TestApp) -> u64 {
+    metric(&app.base, "streamcar_channel_slow_consumers_total").await
 }
 
 /// Publishes 16 KiB messages until the sidecar has cut one more slow
@@ -645,6 +763,109 @@ async fn subscribers_that_stop_reading_are_cut_as_slow_consumers() {
             other => panic!("unexpected {other:?}"),
         }
     }
+}
+
+// An SSE client that connects and never reads again: once the socket is
+// full the event stream is no longer polled, so only a write deadline can
+// end it. The sidecar must let the connection go (it does not hold the
+// TCP connection, the subscription and their memory forever), and what it
+// holds meanwhile must not grow with what is published.
+#[tokio::test]
+async fn a_silent_sse_client_is_disconnected_and_its_memory_stays_bounded() {
+    let redis = support::RedisServer::start();
+    let sc = StreamcarProcess::start(
+        &redis.url(),
+        &["--channel-queue-bytes", "65536", "--write-timeout", "2s"],
+    )
+    .await;
+    let tenant = format!("silent{}", std::process::id());
+    let channel_url = format!("{}/v1/tenants/{tenant}/channels/quiet", sc.base);
+    let client = reqwest::Client::new();
+    let big = "x".repeat(16 * 1024);
+    let publish = |n: u64| {
+        let (client, url, big) = (client.clone(), channel_url.clone(), big.clone());
+        async move {
+            for _ in 0..n {
+                let resp = client
+                    .post(format!("{url}/messages"))
+                    .json(&json!({ "payload": big }))
+                    .send()
+                    .await
+                    .expect("publish");
+                assert_eq!(resp.status(), StatusCode::CREATED);
+            }
+        }
+    };
+    // Warm up the publish path, then take the baseline.
+    publish(200).await;
+    let fds_before = support::open_fds(sc.pid());
+    let rss_before = support::proc_memory_bytes(sc.pid(), "VmRSS");
+
+    // A client with a tiny receive window that sends its request and then
+    // never reads.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket
+        .connect(sc.base.trim_start_matches("http://").parse().unwrap())
+        .await
+        .unwrap();
+    let request =
+        format!("GET /v1/tenants/{tenant}/channels/quiet/events HTTP/1.1\r\nhost: x\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .unwrap();
+    let sse = "streamcar_channel_connections{transport=\"sse\"}";
+    for _ in 0..100 {
+        if metric(&sc.base, sse).await == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(&sc.base, sse).await, 1, "the stream is open");
+
+    // 64 MiB published past it, in rounds, far more than any buffer.
+    let slow = "streamcar_channel_slow_consumers_total";
+    let mut peak = 0;
+    for _ in 0..16 {
+        publish(256).await;
+        peak = peak.max(support::proc_memory_bytes(sc.pid(), "VmRSS"));
+    }
+    assert_eq!(metric(&sc.base, slow).await, 1, "cut as a slow consumer");
+    let growth = peak.saturating_sub(rss_before);
+    assert!(
+        growth < 24 << 20,
+        "RSS grew {growth} bytes while 64 MiB went past a silent client"
+    );
+
+    // The sidecar lets the connection go (bounded wait).
+    let mut released = false;
+    for _ in 0..200 {
+        // Descriptors first: the previous metrics connection has had time
+        // to close, this one's has not been opened yet.
+        if support::open_fds(sc.pid()) <= fds_before && metric(&sc.base, sse).await == 0 {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        released,
+        "a client that never reads is disconnected ({} open fds, {fds_before} before)",
+        support::open_fds(sc.pid())
+    );
+    // The client sees the end once it reads what was sent before.
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut closed = false;
+    for _ in 0..100_000 {
+        let read = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut stream, &mut buf))
+            .await
+            .expect("the stream ends instead of waiting");
+        if !matches!(read, Ok(n) if n > 0) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the server closed the connection");
 }
 
 #[tokio::test]

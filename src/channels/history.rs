@@ -16,6 +16,7 @@ use crate::broker::publish::MAX_REF_LEN;
 use crate::error::{Error, Result};
 use crate::keys::ChannelKeys;
 use crate::names::Tenant;
+use crate::scripts::{Invocation, Scripts};
 use crate::validate::{check_range, check_text};
 
 /// Default number of messages a channel keeps.
@@ -258,33 +259,11 @@ impl Channels {
         message: &ChannelPublish,
     ) -> Result<ChannelPublished> {
         let keys = Self::keys(tenant, channel);
-        let headers = match &message.headers {
-            Some(h) => serde_json::to_string(h).map_err(|e| Error::Internal(e.to_string()))?,
-            None => "{}".to_owned(),
-        };
-        let (dedup, idem) = match &message.idempotency_key {
-            Some(key) => (keys.dedup(key), "1"),
-            None => (keys.meta(), "0"),
-        };
         let mut conn = self.store.conn().await?;
-        let (duplicate, offset, epoch): (u8, u64, String) = self
-            .store
-            .scripts()
-            .channel_publish
-            .key(keys.history())
-            .key(keys.meta())
-            .key(keys.config())
-            .key(dedup)
-            .arg(message.payload.get())
-            .arg(headers)
-            .arg(idem)
-            .arg(keys.live())
-            .arg(DEFAULT_HISTORY_SIZE)
-            .arg(DEFAULT_HISTORY_TTL_MS)
-            .arg(CONFIG_KEEP_MS)
-            .arg(if self.sharded { "SPUBLISH" } else { "PUBLISH" })
-            .invoke_async(&mut conn)
-            .await?;
+        let (duplicate, offset, epoch): (u8, u64, String) =
+            publish_call(self.store.scripts(), &keys, message, self.sharded)?
+                .invoke_async(&mut conn)
+                .await?;
         Ok(ChannelPublished {
             offset,
             epoch,
@@ -366,6 +345,38 @@ impl Channels {
             messages: reading.messages,
         })
     }
+}
+
+/// The `lua/channel_publish.lua` call that publishes a (validated)
+/// `message` to the channel of `keys`; `sharded` on Redis Cluster. Public
+/// so the benchmark's raw baseline sends exactly the same call.
+pub fn publish_call<'a>(
+    scripts: &'a Scripts,
+    keys: &ChannelKeys,
+    message: &ChannelPublish,
+    sharded: bool,
+) -> Result<Invocation<'a>> {
+    let headers = match &message.headers {
+        Some(h) => serde_json::to_string(h).map_err(|e| Error::Internal(e.to_string()))?,
+        None => "{}".to_owned(),
+    };
+    let (dedup, idem) = match &message.idempotency_key {
+        Some(key) => (keys.dedup(key), "1"),
+        None => (keys.meta(), "0"),
+    };
+    let mut call = scripts.channel_publish.key(keys.history());
+    call.key(keys.meta())
+        .key(keys.config())
+        .key(dedup)
+        .arg(message.payload.get())
+        .arg(headers)
+        .arg(idem)
+        .arg(keys.live())
+        .arg(DEFAULT_HISTORY_SIZE)
+        .arg(DEFAULT_HISTORY_TTL_MS)
+        .arg(CONFIG_KEEP_MS)
+        .arg(if sharded { "SPUBLISH" } else { "PUBLISH" });
+    Ok(call)
 }
 
 /// A history entry (`<offset>-0`, fields `p`, `h`, `t`) as a delivery.

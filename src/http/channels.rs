@@ -15,7 +15,7 @@ use utoipa_axum::routes;
 
 use super::extract::{JsonBody, OptionalJsonBody, QueryParams, TenantPath};
 use super::openapi::{ApiErrors, BodyErrors, ChannelParams, TenantParams};
-use super::session::WsSession;
+use super::session::{WS_READ_BUFFER, WsSession};
 use super::{AppState, created_or_ok};
 use crate::channels::history::{
     ChannelConfigRequest, ChannelInfo, ChannelPublish, ChannelPublished, DEFAULT_PAGE, HistoryPage,
@@ -291,6 +291,7 @@ async fn websocket(
     };
     let max = state.max_body;
     upgrade
+        .read_buffer_size(WS_READ_BUFFER)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| WsSession::new(state, tenant, Access::Open).run(socket))

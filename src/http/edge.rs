@@ -36,8 +36,6 @@ pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_UNAUTHORIZED: u16 = 4003;
 /// Close code of a WebSocket over a connection limit after first-frame auth.
 const CLOSE_TOO_MANY: u16 = 4029;
-/// Read buffer of one edge WebSocket (it grows for a larger frame).
-const EDGE_READ_BUFFER: usize = 4 << 10;
 
 /// State of the edge's handlers.
 #[derive(Clone)]
@@ -123,7 +121,7 @@ async fn websocket(
         .max_frame_size(max)
         // Clients send small frames; the default 128 KiB read buffer per
         // connection would dominate the memory of thousands of them.
-        .read_buffer_size(EDGE_READ_BUFFER)
+        .read_buffer_size(super::session::WS_READ_BUFFER)
         .on_upgrade(move |mut socket| async move {
             let access = match (access, pending_slot) {
                 (Some(access), _) => access,

@@ -37,6 +37,11 @@ pub(super) const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 /// is dropped without it (a slow client that reads again in time learns
 /// why it was cut; a dead one does not hold the task).
 pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read buffer of one WebSocket (it grows for a larger frame). tungstenite
+/// fills its read buffer to this size with zeros before reading, so its
+/// default (128 KiB) would be 128 KiB of RSS for every connection, idle or
+/// not; client frames are small.
+pub(super) const WS_READ_BUFFER: usize = 4 << 10;
 
 /// Starts an event stream of `channel` for a connection with `access`:
 /// refused (403) before streaming when the channel is not granted.
