@@ -18,6 +18,7 @@ use crate::broker::{Broker, DEFAULT_DEDUP_WINDOW_MS};
 use crate::error::{Error, NotFoundKind, Result};
 use crate::keys::TopicKeys;
 use crate::names::{Join, Part, Tenant, Topic};
+use crate::traces::{self, MessageSpan, attr};
 use crate::validate::check_range;
 
 /// Most parts of one join.
@@ -218,9 +219,27 @@ impl Broker {
                 ));
             }
         };
-        let (code, state, stream_id) = self
+        let mut span = MessageSpan::on(
+            traces::Step::Join,
+            traces::continued(None).as_deref(),
+            tenant,
+            topic,
+            None,
+        );
+        span.set(attr::JOIN, join.as_str());
+        span.set(attr::PART, part.as_str());
+        let called = self
             .join_call(tenant, topic, join, (part.as_str(), kind, value), max_bytes)
-            .await?;
+            .await;
+        let (code, state, stream_id) = match called {
+            Ok(reply) => reply,
+            Err(e) => {
+                span.fail(e.code());
+                return Err(e);
+            }
+        };
+        span.set(attr::OUTCOME, &state);
+        span.set_int("streamcar.join.code", code);
         let conflict = |code: &'static str, detail: String| Err(Error::Conflict { code, detail });
         match code {
             1 | 0 => Ok(PartRecorded {
