@@ -108,11 +108,87 @@ async fn fetch_one(app: &TestApp, topic: &str, group: &str) -> Value {
     got[0].clone()
 }
 
+/// The push subscription's tenant (the pull flow uses the app's own).
+const PUSH_TENANT: &str = "trace-push";
+/// The push flow's trace.
+const PUSH_TRACE: &str = "5af92f3577b34da6a3ce929d0e0e4799";
+
+/// An app that answers every push with an emit, recording each request's
+/// `traceparent`.
+async fn push_app() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let record = record.clone();
+        async move {
+            let traceparent = headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            record.lock().expect("seen").push(traceparent);
+            axum::Json(json!({"emit": [{"topic": "pushed-next", "payload": 1}]}))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, seen)
+}
+
+/// Both flows share one sidecar and one receiver: the exporter is one per
+/// process, so they cannot run as two parallel tests.
 #[cfg(feature = "otlp")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_trace_links_publish_deliver_emit_and_the_next_delivery() {
+async fn pull_and_push_workflows_are_each_one_linked_trace() {
     let (addr, spans) = receiver().await;
-    let mut app = TestApp::start_with(|c| c.otlp_endpoint = Some(format!("http://{addr}"))).await;
+    let (push_addr, pushed) = push_app().await;
+    let subscriptions = json!({"subscriptions": [{
+        "name": "traced", "tenant": PUSH_TENANT, "topic": "pushed", "group": "push",
+        "url": format!("http://{push_addr}/"),
+    }]});
+    let subscriptions = streamcar::push::spec::parse(&subscriptions.to_string(), true)
+        .expect("valid subscriptions");
+    let mut app = TestApp::start_with(|c| {
+        c.otlp_endpoint = Some(format!("http://{addr}"));
+        c.subscriptions = subscriptions;
+    })
+    .await;
+    let pull = pull_flow(&app).await;
+    push_flow(&app).await;
+    // Shutdown flushes the batch processor.
+    app.stop().await;
+    let mut received = Vec::new();
+    for _ in 0..100 {
+        received = spans.lock().expect("spans").clone();
+        let count = |name: &str| received.iter().filter(|s| s.name == name).count();
+        if count("deliver") >= 4 && count("ack") >= 3 && count("emit") >= 2 && count("push") >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (pull_spans, push_spans): (Vec<Received>, Vec<Received>) =
+        received.into_iter().partition(|s| {
+            s.attributes.get("streamcar.tenant").map(String::as_str) != Some(PUSH_TENANT)
+        });
+    check_pull(&app.tenant, &pull, &pull_spans);
+    let pushed = pushed.lock().expect("seen").clone();
+    check_push(&pushed, &push_spans);
+}
+
+/// What the pull flow saw through the API.
+struct Pull {
+    source_id: String,
+    first: Value,
+    worker_context: String,
+    next: Value,
+}
+
+/// Publish → fetch → nack → fetch → ack with emit → fetch the emitted
+/// message → ack (by a worker that sends no context).
+async fn pull_flow(app: &TestApp) -> Pull {
     let no_backoff = json!({"backoff": {"initial_ms": 1, "max_ms": 1}});
     app.group("prompts", "model", &no_backoff).await;
     app.group("results", "post", &json!({})).await;
@@ -169,24 +245,28 @@ async fn one_trace_links_publish_deliver_emit_and_the_next_delivery() {
     let next_receipt = next["receipt"].as_str().expect("receipt");
     let done = app.ack("results", "post", &[next_receipt]).await;
     assert_eq!(done.status, StatusCode::OK, "{}", done.body);
-    let next_id = next["id"].as_str().expect("id").to_owned();
-
-    // Shutdown flushes the batch processor.
-    app.stop().await;
-    let names = ["publish", "deliver", "nack", "ack", "emit"];
-    let mut received = Vec::new();
-    for _ in 0..100 {
-        received = spans.lock().expect("spans").clone();
-        if received.iter().filter(|s| s.name == "deliver").count() >= 3
-            && received.iter().filter(|s| s.name == "ack").count() >= 2
-            && names.iter().all(|n| received.iter().any(|s| s.name == *n))
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    Pull {
+        source_id,
+        first,
+        worker_context,
+        next,
     }
-    let named =
-        |name: &str| -> Vec<&Received> { received.iter().filter(|s| s.name == name).collect() };
+}
+
+fn named<'a>(spans: &'a [Received], name: &str) -> Vec<&'a Received> {
+    spans.iter().filter(|s| s.name == name).collect()
+}
+
+fn check_pull(tenant: &str, pull: &Pull, received: &[Received]) {
+    let Pull {
+        source_id,
+        first,
+        worker_context,
+        next,
+    } = pull;
+    let source_id = source_id.as_str();
+    let next_id = next["id"].as_str().expect("id");
+    let named = |name: &str| named(received, name);
     let by_attempt = |name: &str, attempt: &str| -> &Received {
         named(name)
             .into_iter()
@@ -196,14 +276,14 @@ async fn one_trace_links_publish_deliver_emit_and_the_next_delivery() {
 
     // One trace, the client's.
     assert!(received.len() >= 8, "{received:#?}");
-    for span in &received {
+    for span in received {
         assert_eq!(span.trace_id, TRACE, "{span:#?}");
     }
     let publish = named("publish")[0];
     assert_eq!(publish.parent_span_id, CLIENT_SPAN);
     assert_eq!(publish.attributes["messaging.message.id"], source_id);
     assert_eq!(publish.attributes["messaging.destination.name"], "prompts");
-    assert_eq!(publish.attributes["streamcar.tenant"], app.tenant);
+    assert_eq!(publish.attributes["streamcar.tenant"], tenant);
 
     // publish → deliver (each attempt), and the delivery names its span.
     let deliveries: Vec<&Received> = named("deliver")
@@ -240,7 +320,7 @@ async fn one_trace_links_publish_deliver_emit_and_the_next_delivery() {
     assert_eq!(emit.attributes["messaging.destination.name"], "results");
     assert_eq!(emit.attributes["streamcar.causation_id"], source_id);
     assert_eq!(emit.attributes["messaging.message.id"], next_id);
-    assert_eq!(ids(&traceparent_of(&next)).0, TRACE);
+    assert_eq!(ids(&traceparent_of(next)).0, TRACE);
     let next_deliver = named("deliver")
         .into_iter()
         .find(|s| s.attributes["messaging.destination.name"] == "results")
@@ -277,4 +357,65 @@ fn a_bad_endpoint_is_refused_at_start() {
     for bad in ["https://collector:4318", "collector:4318", "not a url"] {
         assert!(streamcar::traces::traces_url(bad).is_err(), "{bad}");
     }
+}
+
+/// Publish to the push subscription's topic, and wait for the emitted
+/// message (the push answered, was acked with emit).
+async fn push_flow(app: &TestApp) {
+    let url = |path: &str| format!("{}/v1/tenants/{PUSH_TENANT}{path}", app.base);
+    let published = app
+        .client
+        .post(url("/topics/pushed/messages"))
+        .header("traceparent", format!("00-{PUSH_TRACE}-{CLIENT_SPAN}-01"))
+        .json(&json!({"payload": {"prompt": "push me"}}))
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(published.status(), StatusCode::CREATED);
+    for _ in 0..200 {
+        let history = app
+            .send(Method::GET, &url("/topics/pushed-next/messages"), None)
+            .await;
+        if history.status == StatusCode::OK
+            && history.body["messages"]
+                .as_array()
+                .is_some_and(|m| !m.is_empty())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the push was never answered with its emit");
+}
+
+/// deliver → push (the app gets the push span's context) → ack and emit.
+fn check_push(pushed: &[String], received: &[Received]) {
+    for span in received {
+        assert_eq!(span.trace_id, PUSH_TRACE, "{span:#?}");
+    }
+    let one = |name: &str| -> &Received {
+        let found = named(received, name);
+        assert_eq!(found.len(), 1, "one {name} in {received:#?}");
+        found[0]
+    };
+    let publish = one("publish");
+    let deliver = one("deliver");
+    let push = one("push");
+    assert_eq!(deliver.parent_span_id, publish.span_id);
+    assert_eq!(push.parent_span_id, deliver.span_id);
+    assert_eq!(push.attributes["streamcar.subscription"], "traced");
+    assert_eq!(push.attributes["streamcar.outcome"], "acked");
+    assert_eq!(push.attributes["streamcar.attempt"], "1");
+    assert_eq!(push.attributes["messaging.consumer.group.name"], "push");
+    let source_id = &deliver.attributes["messaging.message.id"];
+    assert_eq!(&push.attributes["messaging.message.id"], source_id);
+    assert_eq!(pushed.len(), 1, "{pushed:?}");
+    assert_eq!(ids(&pushed[0]), (PUSH_TRACE.into(), push.span_id.clone()));
+    let ack = one("ack");
+    assert_eq!(ack.parent_span_id, push.span_id);
+    assert_eq!(&ack.attributes["messaging.message.id"], source_id);
+    let emit = one("emit");
+    assert_eq!(emit.parent_span_id, push.span_id);
+    assert_eq!(emit.attributes["messaging.destination.name"], "pushed-next");
+    assert_eq!(&emit.attributes["streamcar.causation_id"], source_id);
 }
