@@ -210,7 +210,7 @@ async fn pull_flow(app: &TestApp) -> Pull {
 
     // First delivery fails (nack), the second is acked with an emit by a
     // worker that continues the delivery's trace on its ack request.
-    let first = fetch_one(&app, "prompts", "model").await;
+    let first = fetch_one(app, "prompts", "model").await;
     let nack = json!({"receipts": [first["receipt"]], "delay_ms": 0});
     let nacked = app
         .client
@@ -221,7 +221,7 @@ async fn pull_flow(app: &TestApp) -> Pull {
         .await
         .expect("nack");
     assert_eq!(nacked.status(), StatusCode::OK);
-    let second = fetch_one(&app, "prompts", "model").await;
+    let second = fetch_one(app, "prompts", "model").await;
     assert_eq!(second["attempt"], 2);
     let worker_context = traceparent_of(&second);
     let ack = json!({
@@ -240,7 +240,7 @@ async fn pull_flow(app: &TestApp) -> Pull {
     assert_eq!(acked.status, StatusCode::OK, "{}", acked.body);
 
     // The next step: a worker that sends no traceparent of its own.
-    let next = fetch_one(&app, "results", "post").await;
+    let next = fetch_one(app, "results", "post").await;
     assert_eq!(next["causation_id"], source_id.as_str());
     let next_receipt = next["receipt"].as_str().expect("receipt");
     let done = app.ack("results", "post", &[next_receipt]).await;
@@ -299,11 +299,11 @@ fn check_pull(tenant: &str, pull: &Pull, received: &[Received]) {
     let deliver1 = by_attempt("deliver", "1");
     let deliver2 = by_attempt("deliver", "2");
     assert_eq!(
-        ids(&traceparent_of(&first)),
+        ids(&traceparent_of(first)),
         (TRACE.into(), deliver1.span_id.clone())
     );
     assert_eq!(
-        ids(&worker_context),
+        ids(worker_context),
         (TRACE.into(), deliver2.span_id.clone())
     );
 
