@@ -279,6 +279,7 @@ async fn fetch_with_ack_checks_first_and_acks_even_when_nothing_comes() {
     assert_eq!(reply.body["acked"], json!([second]));
     assert_eq!(reply.body["lease_lost"], json!([first]), "acked before");
     assert_eq!(app.get("/topics/chk/groups/g").await.body["pending"], 0);
+}
 
 #[tokio::test]
 async fn emitted_messages_carry_the_source_trace_on_without_an_exporter() {
