@@ -357,12 +357,18 @@ mod otel {
     use std::sync::RwLock;
     use std::time::Duration;
 
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full, Limited};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioExecutor;
     use opentelemetry::trace::{
         Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
         TraceState, Tracer as _, TracerProvider as _,
     };
     use opentelemetry::{Context, KeyValue};
-    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    use opentelemetry_http::{HttpClient, HttpError};
+    use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
     use opentelemetry_sdk::Resource;
     use opentelemetry_sdk::runtime::Tokio;
     use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
@@ -377,9 +383,41 @@ mod otel {
 
     static TRACER: RwLock<Option<SdkTracer>> = RwLock::new(None);
 
+    /// Most bytes of a collector's answer kept (it is a small protobuf).
+    const MAX_ANSWER: usize = 64 * 1024;
+
+    /// The exporter's HTTP client: HTTP/1 on the hyper client the sidecar
+    /// already has (the crate's own hyper client needs HTTP/2 as well).
+    #[derive(Debug)]
+    struct Http1 {
+        client: Client<HttpConnector, Full<Bytes>>,
+    }
+
+    #[async_trait::async_trait]
+    impl HttpClient for Http1 {
+        async fn send_bytes(
+            &self,
+            request: hyper::Request<Bytes>,
+        ) -> Result<hyper::Response<Bytes>, HttpError> {
+            let (parts, body) = request.into_parts();
+            let request = hyper::Request::from_parts(parts, Full::new(body));
+            let answer = tokio::time::timeout(EXPORT_TIMEOUT, async {
+                let (parts, body) = self.client.request(request).await?.into_parts();
+                let body = Limited::new(body, MAX_ANSWER).collect().await?.to_bytes();
+                Ok::<_, HttpError>(hyper::Response::from_parts(parts, body))
+            });
+            match answer.await {
+                Ok(result) => result,
+                Err(_) => Err("the collector did not answer in time".into()),
+            }
+        }
+    }
+
     pub(super) fn provider(url: &str) -> Result<SdkTracerProvider, String> {
+        let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
+            .with_http_client(Http1 { client })
             .with_protocol(Protocol::HttpBinary)
             .with_endpoint(url)
             .with_timeout(EXPORT_TIMEOUT)
