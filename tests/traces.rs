@@ -164,7 +164,12 @@ async fn pull_and_push_workflows_are_each_one_linked_trace() {
     for _ in 0..100 {
         received = spans.lock().expect("spans").clone();
         let count = |name: &str| received.iter().filter(|s| s.name == name).count();
-        if count("deliver") >= 4 && count("ack") >= 3 && count("emit") >= 2 && count("push") >= 1 {
+        if count("deliver") >= 4
+            && count("ack") >= 3
+            && count("emit") >= 2
+            && count("push") >= 1
+            && count("join") >= 1
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -245,6 +250,35 @@ async fn pull_flow(app: &TestApp) -> Pull {
     let next_receipt = next["receipt"].as_str().expect("receipt");
     let done = app.ack("results", "post", &[next_receipt]).await;
     assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+
+    // A fan-in declared and completed in the worker's context: the
+    // aggregate carries that context on.
+    for (method, path, body) in [
+        (
+            Method::PUT,
+            "/topics/fanin/joins/j1",
+            json!({"parts": ["a"], "ttl_ms": 60000}),
+        ),
+        (
+            Method::POST,
+            "/topics/fanin/joins/j1/parts/a",
+            json!({"result": 1}),
+        ),
+    ] {
+        let sent = app
+            .client
+            .request(method, app.url(path))
+            .header("traceparent", &worker_context)
+            .json(&body)
+            .send()
+            .await
+            .expect("join");
+        assert!(sent.status().is_success(), "{path}: {}", sent.status());
+    }
+    let aggregate = app.history("fanin").await;
+    assert_eq!(aggregate.len(), 1);
+    assert_eq!(aggregate[0]["payload"]["status"], "complete");
+    assert_eq!(traceparent_of(&aggregate[0]), worker_context);
     Pull {
         source_id,
         first,
@@ -333,6 +367,14 @@ fn check_pull(tenant: &str, pull: &Pull, received: &[Received]) {
     );
     assert_eq!(next_deliver.attributes["streamcar.attempt"], "1");
     assert_eq!(next_deliver.attributes["streamcar.causation_id"], source_id);
+
+    // The join part, under the worker's context.
+    let join = named("join")[0];
+    assert_eq!(join.parent_span_id, deliver2.span_id);
+    assert_eq!(join.attributes["streamcar.join"], "j1");
+    assert_eq!(join.attributes["streamcar.join.part"], "a");
+    assert_eq!(join.attributes["streamcar.outcome"], "complete");
+    assert_eq!(join.attributes["messaging.destination.name"], "fanin");
 
     // The acks: under the worker's context, and (no context given) under
     // the emitted message's own trace.

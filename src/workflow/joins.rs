@@ -168,6 +168,9 @@ impl Broker {
         }
         check_range("ttl_ms", Some(request.ttl_ms), 1, MAX_JOIN_TTL_MS)?;
         let parts: Vec<&str> = request.parts.iter().map(Part::as_str).collect();
+        // The declaring step's trace (valid W3C text only), which the
+        // aggregate carries on.
+        let traceparent = traces::continued(None).unwrap_or_default();
         let keys = TopicKeys::new(tenant, topic);
         let mut conn = self.store().conn().await?;
         let (outcome, topic_created): (i64, i64) = self
@@ -183,6 +186,7 @@ impl Broker {
             .arg(request.ttl_ms)
             .arg(request.on_timeout.unwrap_or_default().as_str())
             .arg(KEEP_FINISHED_MS)
+            .arg(traceparent)
             .invoke_async(&mut conn)
             .await?;
         if topic_created == 1 {
