@@ -307,6 +307,15 @@ async fn push_app() -> SocketAddr {
 /// then reads `/metrics` (last of all with Redis down, for the error kinds).
 async fn exposition_after_traffic() -> String {
     let target = push_app().await;
+    // The client edge, HS256 with a secret of our own; browsers of one origin.
+    let key = tempfile::NamedTempFile::new().expect("key file");
+    std::fs::write(key.path(), "a-dashboard-test-secret-of-at-least-32-bytes").expect("key");
+    let mut edge = streamcar::config::EdgeConfig::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        key.path().to_owned(),
+        streamcar::config::JwtAlg::Hs256,
+    );
+    edge.allowed_origins = vec!["https://app.example".into()];
     let subscriptions = json!({"subscriptions": [{
         "name": "dash-push", "tenant": "dash-push", "topic": "pushed", "group": "push",
         "url": format!("http://{target}/"),
@@ -317,6 +326,7 @@ async fn exposition_after_traffic() -> String {
         c.metrics_interval = Duration::from_millis(100);
         c.retention_interval = Duration::from_millis(100);
         c.subscriptions = subscriptions;
+        c.edge = Some(edge);
     })
     .await;
     // Push: one message to the subscription's topic.
@@ -418,6 +428,42 @@ async fn exposition_after_traffic() -> String {
         .expect("sse");
     assert_eq!(sse.status(), StatusCode::OK);
     let mut events = sse.bytes_stream();
+    // The edge: a connection, a refused token, a refused origin, a channel
+    // not granted.
+    let token = streamcar::edge::token::mint(&streamcar::edge::token::TokenRequest {
+        key_file: key.path().to_owned(),
+        alg: streamcar::config::JwtAlg::Hs256,
+        sub: "u1".into(),
+        tenant: app.tenant.clone(),
+        channels: vec!["feed".into()],
+        publish: Vec::new(),
+        ttl: Duration::from_secs(600),
+        audience: None,
+        issuer: None,
+    })
+    .expect("token");
+    let edge = app.edge_base().expect("edge on");
+    let events_url = |channel: &str, token: &str| {
+        format!("{edge}/v1/edge/events?channel={channel}&token={token}")
+    };
+    let edge_sse = app
+        .client
+        .get(events_url("feed", &token))
+        .send()
+        .await
+        .expect("edge sse");
+    assert_eq!(edge_sse.status(), StatusCode::OK);
+    let bad = app.client.get(events_url("feed", "x.y.z")).send().await;
+    assert_eq!(bad.expect("edge").status(), StatusCode::UNAUTHORIZED);
+    let not_granted = app.client.get(events_url("other", &token)).send().await;
+    assert_eq!(not_granted.expect("edge").status(), StatusCode::FORBIDDEN);
+    let foreign = app
+        .client
+        .get(events_url("feed", &token))
+        .header("origin", "https://evil.example")
+        .send()
+        .await;
+    assert_eq!(foreign.expect("edge").status(), StatusCode::FORBIDDEN);
 
     // Poke the live paths until every family shows (gauges need a stats
     // round, joins a retention sweep, fan-out the Redis subscription).
@@ -446,7 +492,7 @@ async fn exposition_after_traffic() -> String {
         .await;
     down.assert_problem(503, "redis_unavailable");
     let after = app.metrics_text().await;
-    drop(events);
+    drop((events, edge_sse));
     app.stop().await;
     assert!(!text.is_empty());
     after
