@@ -96,9 +96,12 @@ pub fn of_headers(headers: &RawValue) -> Option<String> {
     map.get(TRACEPARENT).cloned()
 }
 
-/// `headers` (stored JSON) with `traceparent` set.
+/// `headers` (stored JSON) with `traceparent` set; left as they are if
+/// they are not a string map (never dropped for the sake of a span).
 pub fn set_in_headers(headers: &mut Box<RawValue>, traceparent: &str) {
-    let mut map: BTreeMap<String, String> = serde_json::from_str(headers.get()).unwrap_or_default();
+    let Ok(mut map) = serde_json::from_str::<BTreeMap<String, String>>(headers.get()) else {
+        return;
+    };
     map.insert(TRACEPARENT.to_owned(), traceparent.to_owned());
     if let Ok(text) = serde_json::to_string(&map)
         && let Ok(raw) = RawValue::from_string(text)
@@ -563,6 +566,9 @@ mod tests {
         set_in_headers(&mut headers, TP);
         assert_eq!(of_headers(&headers).as_deref(), Some(TP));
         assert!(headers.get().contains(r#""a":"1""#));
+        let mut odd = RawValue::from_string(r#"{"a":1}"#.into()).unwrap();
+        set_in_headers(&mut odd, TP);
+        assert_eq!(odd.get(), r#"{"a":1}"#, "not a string map: untouched");
     }
 
     #[test]
