@@ -4,8 +4,9 @@
 -- ARGV[1]  group name
 -- ARGV[2]  the topic's wake-up channel (an ordered group's next message)
 -- ARGV[3…] pairs: stream id, '<attempt>:<delivery>'
--- Returns  { status, now_ms, { { 1, published_at, id, correlation_id, causation_id }
---            acked | { 0 } lease_lost … } }, status 1 ok, -1 no such group
+-- Returns  { status, now_ms, { { 1, published_at, id, correlation_id, causation_id,
+--            traceparent ('' = none) } acked | { 0 } lease_lost … } },
+--          status 1 ok, -1 no such group
 --
 -- Invariant (fencing): a receipt acks only while its delivery is current:
 -- the group's deliveries hash still holds that delivery for the entry. A

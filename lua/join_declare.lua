@@ -9,6 +9,8 @@
 -- ARGV[4]  ttl_ms
 -- ARGV[5]  on_timeout: 'emit' | 'dead_letter'
 -- ARGV[6]  how long a finished join stays readable, ms
+-- ARGV[7]  the declaring caller's W3C traceparent ('' = none; checked by the
+--          sidecar), carried by the aggregate
 -- Returns  { 1 created | 0 same join exists | -1 exists with other parts or
 --            on_timeout, topic created (0|1) }
 --
@@ -31,7 +33,7 @@ local _, parts = string.gsub(ARGV[3], '\n', '\n')
 redis.call('DEL', join)
 redis.call('HSET', join, 'incarnation', incarnation, 'parts', ARGV[3], 'total', int(parts + 1),
   'recorded', 0, 'bytes', 0, 'on_timeout', ARGV[5], 'state', 'open', 'created_at', int(now),
-  'deadline', int(now + ttl))
+  'deadline', int(now + ttl), 'traceparent', ARGV[7] or '')
 redis.call('PEXPIRE', join, int(ttl + tonumber(ARGV[6])))
 redis.call('ZADD', deadlines, int(now + ttl), ARGV[2])
 return { 1, topic_created }

@@ -18,6 +18,8 @@
 --          -4 the join is finished and this part came too late,
 --          -5 over the byte bound, -6 (sweep) not due or not open
 --
+-- The aggregate carries the `traceparent` the join was declared with.
+--
 -- Invariants: each part is recorded once; the aggregate is published
 -- exactly once, by whichever call finishes the join (the last part, or the
 -- sweep at the deadline), in the same step; a join never waits forever.
@@ -25,7 +27,7 @@ local join, deadlines, meta, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local name, part, kind, value = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local incarnation = redis.call('HGET', meta, 'incarnation')
 local j = redis.call('HMGET', join, 'incarnation', 'parts', 'state', 'deadline', 'on_timeout',
-  'bytes', 'recorded', 'total')
+  'bytes', 'recorded', 'total', 'traceparent')
 if not j[1] or j[1] ~= incarnation then
   return { -1, '', '' }
 end
@@ -62,8 +64,14 @@ local function finish(status, publish)
   local sid = ''
   if publish then
     local seq = redis.call('HINCRBY', meta, 'seq', 1)
-    sid = redis.call('XADD', stream, '*', 'id', ARGV[6], 'seq', int(seq), 'published_at', int(now),
-      'payload', aggregate(status), 'causation_id', name)
+    local fields = { 'id', ARGV[6], 'seq', int(seq), 'published_at', int(now),
+      'payload', aggregate(status), 'causation_id', name }
+    -- The declaring step's trace goes on (hex and dashes only: safe in JSON).
+    if j[9] and j[9] ~= '' then
+      fields[#fields + 1] = 'headers'
+      fields[#fields + 1] = '{"traceparent":"' .. j[9] .. '"}'
+    end
+    sid = redis.call('XADD', stream, '*', unpack(fields))
     redis.call('PUBLISH', ARGV[7], 1)
   end
   redis.call('HSET', join, 'state', status, 'finished_at', int(now), 'stream_id', sid)

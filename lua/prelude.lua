@@ -30,6 +30,12 @@ local function entry_fields(flat)
   return fields
 end
 
+-- The `traceparent` in an entry's stored headers ('' = none). The headers
+-- are compact JSON written by the sidecar; the key starts a member.
+local function traceparent_of(f)
+  return string.match(f.headers or '', '[{,]"traceparent":"([%x%-]+)"') or ''
+end
+
 -- An integer as exact decimal text. Lua numbers are doubles and `tostring`
 -- (or `..`) prints only 14 significant digits; every integer a script
 -- stores or concatenates goes through this.
@@ -186,7 +192,8 @@ end
 -- from ARGV[first] on, each only while its delivery is current (fencing: a
 -- worker whose lease lapsed and whose message went to someone else learns
 -- lease_lost). Returns, per receipt, { 1, published_at, id, correlation_id,
--- causation_id } when acked or { 0 } when the lease was lost.
+-- causation_id, traceparent ('' = none) } when acked or { 0 } when the lease
+-- was lost.
 local function ack_receipts(g, first)
   local out = {}
   for i = first, #ARGV, 2 do
@@ -195,7 +202,8 @@ local function ack_receipts(g, first)
       local entry = redis.call('XRANGE', g.stream, id, id)[1]
       local f = entry and entry_fields(entry[2]) or {}
       finish(g, id, f)
-      out[#out + 1] = { 1, tonumber(f.published_at or 0), f.id or '', f.correlation_id or '', f.causation_id or '' }
+      out[#out + 1] = { 1, tonumber(f.published_at or 0), f.id or '', f.correlation_id or '', f.causation_id or '',
+        traceparent_of(f) }
     else
       out[#out + 1] = { 0 }
     end

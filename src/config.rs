@@ -101,6 +101,13 @@ pub struct ServerArgs {
     #[arg(long, env = "STREAMCAR_DURABILITY_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub durability_timeout: Duration,
 
+    /// Export OpenTelemetry spans (publish, deliver, push, ack, nack, emit,
+    /// join) over OTLP/HTTP protobuf to this collector, e.g.
+    /// `http://127.0.0.1:4318` (`/v1/traces` is appended unless given).
+    /// Unset = no spans are made.
+    #[arg(long, env = "STREAMCAR_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
     /// Log format on stderr.
     #[arg(long, env = "STREAMCAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -327,6 +334,8 @@ pub struct Config {
     pub redis_cluster: bool,
     /// Push subscriptions (`--subscriptions`), checked.
     pub subscriptions: Vec<crate::push::Subscription>,
+    /// OTLP/HTTP collector to export spans to (`--otlp-endpoint`); None = off.
+    pub otlp_endpoint: Option<String>,
     /// Outbound queue bound of one realtime-channel connection, in bytes.
     pub channel_queue_bytes: usize,
     /// The client edge (None: off).
@@ -380,6 +389,14 @@ impl Config {
             channel_queue_bytes: args.channel_queue_bytes,
             edge: args.edge.config(args.listen)?,
             write_timeout: args.write_timeout,
+            otlp_endpoint: match &args.otlp_endpoint {
+                Some(url) => Some(
+                    crate::traces::traces_url(url)
+                        .map(|_| url.clone())
+                        .map_err(|e| format!("--otlp-endpoint {url}: {e}"))?,
+                ),
+                None => None,
+            },
         })
     }
 
@@ -404,6 +421,7 @@ impl Config {
             channel_queue_bytes: 1 << 20,
             edge: None,
             write_timeout: Duration::from_secs(30),
+            otlp_endpoint: None,
         }
     }
 }

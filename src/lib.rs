@@ -27,6 +27,7 @@
 //! * [`error`]: the domain error, with a stable code per case (no HTTP types).
 //! * [`dev`]: the private `redis-server` behind `streamcar dev`.
 //! * [`push`]: push delivery to the app (`--subscriptions`).
+//! * [`traces`]: OpenTelemetry spans per message step (`--otlp-endpoint`).
 //!
 //! [`start`] wires config → Redis pool → app → listeners and returns a
 //! running [`Server`]; [`run`] serves until a shutdown signal.
@@ -47,6 +48,7 @@ pub mod slot;
 pub mod store;
 pub mod telemetry;
 pub mod tenants;
+pub mod traces;
 pub mod validate;
 pub mod wake;
 pub mod workflow;
@@ -100,6 +102,9 @@ pub enum StartError {
         "Redis maxmemory-policy is {0}, not noeviction, and --strict is set: refusing to start (eviction would silently delete messages)"
     )]
     EvictingRedis(String),
+    /// The trace exporter cannot start (`--otlp-endpoint`).
+    #[error(transparent)]
+    Traces(#[from] traces::ExportError),
     /// A listener failed while serving.
     #[error("server failed: {0}")]
     Serve(io::Error),
@@ -118,6 +123,8 @@ pub struct Server {
     housekeeping: Option<JoinHandle<()>>,
     drain_timeout: Duration,
     pusher: push::Pusher,
+    /// The span exporter (`--otlp-endpoint`), flushed last on shutdown.
+    traces: Option<traces::Exporter>,
     _socket_file: Option<SocketFile>,
 }
 
@@ -127,6 +134,11 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
     // Install the recorder before anything counts.
     telemetry::install(config.metrics_interval);
     error::describe_metrics();
+    // Before the router is built: it adds the caller's trace only when on.
+    let traces = match &config.otlp_endpoint {
+        Some(endpoint) => Some(traces::install(endpoint)?),
+        None => None,
+    };
     let urls = config.redis_urls();
     let connections = if config.redis_cluster {
         Connections::cluster(&urls)
@@ -258,6 +270,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         housekeeping,
         drain_timeout: config.drain_timeout,
         pusher,
+        traces,
         _socket_file: socket_file,
     })
 }
@@ -336,6 +349,7 @@ impl Server {
             housekeeping,
             drain_timeout,
             pusher,
+            traces,
             _socket_file,
             ..
         } = self;
@@ -368,6 +382,9 @@ impl Server {
             }
         };
         let (result, ()) = tokio::join!(served, pusher.drain(deadline));
+        if let Some(traces) = traces {
+            traces.shutdown().await;
+        }
         result
     }
 }

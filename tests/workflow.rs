@@ -280,3 +280,36 @@ async fn fetch_with_ack_checks_first_and_acks_even_when_nothing_comes() {
     assert_eq!(reply.body["lease_lost"], json!([first]), "acked before");
     assert_eq!(app.get("/topics/chk/groups/g").await.body["pending"], 0);
 }
+
+#[tokio::test]
+async fn emitted_messages_carry_the_source_trace_on_without_an_exporter() {
+    let app = TestApp::start().await;
+    app.group("steps", "g", &json!({})).await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let own = "00-11111111111111111111111111111111-2222222222222222-01";
+    app.publish(
+        "steps",
+        &json!({"payload": 1, "headers": {"traceparent": traceparent}}),
+    )
+    .await;
+    let got = app.fetch("steps", "g", "w", 1, 0).await;
+    // No exporter: the delivery shows the message's traceparent as stored.
+    assert_eq!(got[0]["headers"]["traceparent"], traceparent);
+    let reply = app
+        .post(
+            "/topics/steps/groups/g/ack",
+            &json!({"receipts": [receipt(&got[0])], "emit": [
+                {"topic": "next", "payload": 2},
+                {"topic": "next", "payload": 3, "headers": {"traceparent": own}}
+            ]}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let next = app.history("next").await;
+    assert_eq!(next.len(), 2);
+    assert_eq!(next[0]["headers"]["traceparent"], traceparent);
+    assert_eq!(
+        next[1]["headers"]["traceparent"], own,
+        "the worker's own wins"
+    );
+}

@@ -12,11 +12,13 @@ use super::groups::group_not_found;
 use super::message::Message;
 use super::publish::Published;
 use super::receipt::{Receipt, ReceiptText};
+use super::traced;
 use crate::error::{Error, Result};
 use crate::keys::TopicKeys;
 use crate::names::{Consumer, Group, Tenant, Topic};
 use crate::scripts::{Invocation, NamedScript, Scripts};
 use crate::telemetry;
+use crate::traces::{self, Step};
 
 /// Most messages one fetch may return.
 pub const MAX_FETCH: u32 = 1000;
@@ -71,6 +73,17 @@ pub struct Delivery {
     pub receipt: String,
     /// When the lease ends unless extended (ms, Redis clock).
     pub lease_expires_at: u64,
+}
+
+/// The message of a delivery that is still current.
+#[derive(Debug, Clone)]
+pub struct CurrentDelivery {
+    /// The message id.
+    pub id: String,
+    /// Its correlation id, if it has one.
+    pub correlation_id: Option<String>,
+    /// Its stored W3C `traceparent`, if it has one.
+    pub traceparent: Option<String>,
 }
 
 /// Outcome of an ack.
@@ -255,6 +268,7 @@ fn ack_outcome(
     let labels = telemetry::group_labels(tenant, topic, group);
     let to_ack = metrics::histogram!(telemetry::PUBLISH_TO_ACK, labels.clone());
     let mut outcome = AckOutcome::default();
+    let tracing = traces::enabled();
     for (receipt, result) in receipts.iter().zip(results) {
         let text = |i: usize| {
             result
@@ -262,13 +276,26 @@ fn ack_outcome(
                 .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
                 .unwrap_or_default()
         };
-        if text(0) == "1" {
+        let acked = text(0) == "1";
+        if acked {
             let published_at = text(1).parse().unwrap_or(now);
             to_ack.record(telemetry::seconds_between(published_at, now));
             tracing::debug!(id = %text(2), correlation_id = %text(3), causation_id = %text(4), "acked");
             outcome.acked.push(receipt.clone());
         } else {
             outcome.lease_lost.push(receipt.clone());
+        }
+        // Here, in the caller's task (a group commit may have run the
+        // script in another's), so the span gets this caller's context.
+        if tracing && let Ok(parsed) = Receipt::parse(receipt) {
+            let (id, traceparent) = (text(2), text(5));
+            let settled = traced::Settled {
+                receipt: &parsed,
+                message_id: Some(&id),
+                traceparent: Some(&traceparent),
+                outcome: if acked { "acked" } else { "lease_lost" },
+            };
+            traced::settled(Step::Ack, (tenant, topic, group), &settled);
         }
     }
     metrics::counter!(telemetry::ACKED, labels.clone()).increment(outcome.acked.len() as u64);
@@ -342,7 +369,7 @@ impl Broker {
             )
             .increment(exhausted);
         }
-        let deliveries: Vec<Delivery> = rows
+        let mut deliveries: Vec<Delivery> = rows
             .into_iter()
             .map(|(stream_id, attempt, fields, delivery)| {
                 let receipt = Receipt {
@@ -358,6 +385,9 @@ impl Broker {
                 })
             })
             .collect::<Result<_>>()?;
+        if traces::enabled() {
+            traced::deliver((tenant, topic, group), consumer, &mut deliveries);
+        }
         if !deliveries.is_empty() {
             metrics::counter!(telemetry::DELIVERED, labels.clone())
                 .increment(deliveries.len() as u64);
@@ -565,25 +595,30 @@ impl Broker {
         Ok(results.into_iter().map(|r| (r, now)).collect())
     }
 
-    /// The message a receipt names, if its delivery is still current:
-    /// `(message id, correlation id)`; `Ok(None)` when the lease is lost.
+    /// The message a receipt names, if its delivery is still current;
+    /// `Ok(None)` when the lease is lost.
     pub async fn current_delivery(
         &self,
         tenant: &Tenant,
         topic: &Topic,
         group: &Group,
         receipt: &Receipt,
-    ) -> Result<Option<(String, Option<String>)>> {
+    ) -> Result<Option<CurrentDelivery>> {
         let keys = TopicKeys::new(tenant, topic);
         let mut call = group_call(&self.store.scripts().delivery_peek, &keys, group);
         call.arg(&receipt.stream_id).arg(receipt.fence());
         let mut conn = self.store.conn().await?;
-        let (status, current, id, correlation): (i64, i64, String, String) =
+        let (status, current, id, correlation, traceparent): (i64, i64, String, String, String) =
             call.invoke_async(&mut conn).await?;
         if status < 0 {
             return Err(group_not_found(group));
         }
-        Ok((current == 1).then(|| (id, (!correlation.is_empty()).then_some(correlation))))
+        let some = |s: String| (!s.is_empty()).then_some(s);
+        Ok((current == 1).then(|| CurrentDelivery {
+            id,
+            correlation_id: some(correlation),
+            traceparent: some(traceparent),
+        }))
     }
 
     /// Renews leases still held, for `lease_ms` (default: the group's lease).

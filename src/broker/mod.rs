@@ -17,6 +17,7 @@ pub mod retention;
 pub mod retry;
 pub mod stats;
 pub mod topics;
+mod traced;
 
 use crate::store::Store;
 

@@ -12,10 +12,12 @@ use super::backoff::{random_spread, retry_delay_ms};
 use super::delivery::{group_call, parse_receipts};
 use super::groups::{group_not_found, parse_config};
 use super::publish::MAX_DURATION_MS;
+use super::traced;
 use crate::error::{Error, Result};
 use crate::keys::TopicKeys;
 use crate::names::{Group, Tenant, Topic};
 use crate::telemetry;
+use crate::traces::{self, Step};
 
 /// Longest `error` text kept with a dead letter.
 pub const MAX_ERROR_LEN: usize = 4096;
@@ -44,6 +46,26 @@ pub struct RejectOutcome {
 fn count(name: &'static str, labels: &[metrics::Label], n: usize) {
     if n > 0 {
         metrics::counter!(name, labels.to_vec()).increment(n as u64);
+    }
+}
+
+/// A span for a nacked or rejected receipt (the scripts do not read the
+/// message: its parent is the caller's context, so there is a span only
+/// when the caller sent one, or the sidecar itself settles a push).
+fn settled_span(
+    step: Step,
+    scope: (&Tenant, &Topic, &Group),
+    receipt: &super::receipt::Receipt,
+    outcome: &'static str,
+) {
+    if traces::enabled() {
+        let settled = traced::Settled {
+            receipt,
+            message_id: None,
+            traceparent: None,
+            outcome,
+        };
+        traced::settled(step, scope, &settled);
     }
 }
 
@@ -106,13 +128,14 @@ impl Broker {
             return Err(group_not_found(group));
         }
         let mut outcome = NackOutcome::default();
-        for (receipt, result) in receipts.iter().zip(results) {
-            let bucket = match result {
-                1 => &mut outcome.nacked,
-                2 => &mut outcome.dead_lettered,
-                _ => &mut outcome.lease_lost,
+        for ((receipt, parsed), result) in receipts.iter().zip(&parsed).zip(results) {
+            let (bucket, name) = match result {
+                1 => (&mut outcome.nacked, "nacked"),
+                2 => (&mut outcome.dead_lettered, "dead_lettered"),
+                _ => (&mut outcome.lease_lost, "lease_lost"),
             };
             bucket.push(receipt.clone());
+            settled_span(Step::Nack, (tenant, topic, group), parsed, name);
         }
         let labels = telemetry::group_labels(tenant, topic, group);
         count(telemetry::NACKED, &labels, outcome.nacked.len());
@@ -148,12 +171,15 @@ impl Broker {
             return Err(group_not_found(group));
         }
         let mut outcome = RejectOutcome::default();
-        for (receipt, result) in receipts.iter().zip(results) {
-            if result == 1 {
+        for ((receipt, parsed), result) in receipts.iter().zip(&parsed).zip(results) {
+            let name = if result == 1 {
                 outcome.rejected.push(receipt.clone());
+                "rejected"
             } else {
                 outcome.lease_lost.push(receipt.clone());
-            }
+                "lease_lost"
+            };
+            settled_span(Step::Reject, (tenant, topic, group), parsed, name);
         }
         let labels = telemetry::group_labels(tenant, topic, group);
         count(

@@ -137,6 +137,11 @@ pub fn router(state: AppState) -> Router {
         )),
         None => routes,
     };
+    let routes = if crate::traces::enabled() {
+        routes.layer(middleware::from_fn(observe::caller_trace))
+    } else {
+        routes
+    };
     routes
         .layer(middleware::from_fn(observe::observe))
         .with_state(state)

@@ -151,3 +151,15 @@ pub async fn require_token(State(expected): State<Arc<str>>, req: Request, next:
         response
     }
 }
+
+/// Runs the request with its W3C `traceparent` as the caller's trace
+/// context, so the spans it causes nest under the caller's (layered only
+/// while traces are exported).
+pub(super) async fn caller_trace(request: Request, next: Next) -> Response {
+    let traceparent = request
+        .headers()
+        .get(crate::traces::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    crate::traces::with_caller(traceparent.as_deref(), next.run(request)).await
+}

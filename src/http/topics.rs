@@ -22,6 +22,8 @@ use super::{AppState, created_or_ok};
 use crate::broker::publish::{MAX_BATCH, PublishRequest, Published};
 use crate::broker::topics::{HistoryPage, TopicConfigRequest, TopicInfo};
 use crate::error::{Error, RateLimitInfo, Result};
+use crate::names::{Tenant, Topic};
+use crate::traces::{self, MessageSpan, Step, TRACEPARENT, attr};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -129,6 +131,47 @@ fn carry_traceparent(request_headers: &HeaderMap, message: &mut PublishRequest) 
         .or_insert_with(|| traceparent.to_owned());
 }
 
+/// A `publish` span under the message's `traceparent` (the request's, see
+/// [`carry_traceparent`]), which it then replaces: consumers continue from
+/// the publish.
+fn publish_span(tenant: &Tenant, topic: &Topic, message: &mut PublishRequest) -> MessageSpan {
+    let parent = message.headers.as_ref().and_then(|h| h.get(TRACEPARENT));
+    let span = MessageSpan::on(
+        Step::Publish,
+        parent.map(String::as_str),
+        tenant,
+        topic,
+        None,
+    );
+    if let Some(traceparent) = span.traceparent() {
+        message
+            .headers
+            .get_or_insert_with(Default::default)
+            .insert(TRACEPARENT.to_owned(), traceparent);
+    }
+    span
+}
+
+/// Ends a `publish` span with what came of it.
+fn published(mut span: MessageSpan, result: Result<&Published, &Error>) {
+    if !span.is_recording() {
+        return;
+    }
+    match result {
+        Ok(p) => {
+            span.set(attr::MESSAGE_ID, &p.id);
+            span.set_int("streamcar.seq", i64::try_from(p.seq).unwrap_or(i64::MAX));
+            let outcome = if p.duplicate {
+                "duplicate"
+            } else {
+                "published"
+            };
+            span.set(attr::OUTCOME, outcome);
+        }
+        Err(e) => span.fail(e.code()),
+    }
+}
+
 /// `version-trace_id-parent_id-flags` in lowercase hex (2-32-16-2 digits),
 /// as W3C Trace Context defines it; a future version may append `-…` fields.
 fn is_traceparent(value: &str) -> bool {
@@ -176,11 +219,13 @@ async fn publish(
 ) -> Result<Response> {
     message.validate("")?;
     carry_traceparent(&request_headers, &mut message);
+    let span = publish_span(&path.tenant, &path.topic, &mut message);
     let outcome = state
         .broker
         .publish_one_within_quota(&state.coord, &path.tenant, &path.topic, &message)
-        .await?;
-    let (published, quota) = outcome;
+        .await;
+    published(span, outcome.as_ref().map(|(p, _)| p));
+    let (published, quota) = outcome?;
     let status = created_or_ok(!published.duplicate);
     Ok(with_quota((status, Json(published)).into_response(), quota))
 }
@@ -251,10 +296,27 @@ async fn publish_batch(
         let results = vec![None; errors.len()];
         return Ok(Json(BatchResponse { results, errors }).into_response());
     }
+    let spans: Vec<MessageSpan> = if traces::enabled() {
+        let (tenant, topic) = (&path.tenant, &path.topic);
+        valid
+            .iter_mut()
+            .map(|m| publish_span(tenant, topic, m))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let outcome = state
         .broker
         .publish_within_quota(&state.coord, &path.tenant, &path.topic, &valid)
-        .await?;
+        .await;
+    match &outcome {
+        Ok(o) => spans
+            .into_iter()
+            .zip(&o.items)
+            .for_each(|(span, item)| published(span, item.as_ref())),
+        Err(e) => spans.into_iter().for_each(|span| published(span, Err(e))),
+    }
+    let outcome = outcome?;
     let mut items = outcome.items.into_iter();
     let mut results = Vec::with_capacity(errors.len());
     let mut refusal = None;

@@ -26,6 +26,7 @@ use crate::broker::delivery::{Delivery, FetchRequest, MAX_FETCH};
 use crate::error::Error;
 use crate::names::Consumer;
 use crate::telemetry;
+use crate::traces::{self, MessageSpan};
 use crate::workflow::emit::{Emit, Steps};
 
 /// Long-poll of one fetch round (ends at once on shutdown).
@@ -307,7 +308,13 @@ impl Runner {
             if live.is_empty() {
                 return;
             }
-            let request = request::build(self.client.uri(), &self.source, &live, batch);
+            let mut request = request::build(self.client.uri(), &self.source, &live, batch);
+            let mut span = push_span(&self.spec, &live);
+            if let Some(traceparent) = span.traceparent()
+                && let Ok(value) = traceparent.parse()
+            {
+                request.headers_mut().insert(traces::TRACEPARENT, value);
+            }
             let started = tokio::time::Instant::now();
             let result = self
                 .client
@@ -324,6 +331,7 @@ impl Runner {
                     Verdict::Nack { .. } => "nacked",
                 },
             };
+            span.set(traces::attr::OUTCOME, outcome);
             let mut outcome_labels = labels.to_vec();
             outcome_labels.push(metrics::Label::new("outcome", outcome));
             metrics::counter!(telemetry::PUSH_REQUESTS, outcome_labels).increment(1);
@@ -348,7 +356,9 @@ impl Runner {
             metrics::histogram!(telemetry::PUSH_DURATION, labels.to_vec())
                 .record(started.elapsed().as_secs_f64());
             let receipts: Vec<String> = live.iter().map(|d| d.receipt.clone()).collect();
-            self.settle(&receipts, verdict).await;
+            // The settling spans (ack, emit, nack) nest under the push.
+            let caller = span.traceparent();
+            traces::with_caller(caller.as_deref(), self.settle(&receipts, verdict)).await;
             return;
         }
     }
@@ -499,4 +509,33 @@ impl Runner {
 
 fn chunk_receipts(deliveries: &[Delivery]) -> Vec<String> {
     deliveries.iter().map(|d| d.receipt.clone()).collect()
+}
+
+/// The `push` span of one request, under its (first) delivery's context.
+fn push_span(spec: &Subscription, live: &[&Delivery]) -> MessageSpan {
+    if !traces::enabled() {
+        return MessageSpan::start(traces::Step::Push, None);
+    }
+    let first = live.first().map(|d| (&d.message, d.attempt));
+    let parent = first.and_then(|(m, _)| traces::of_headers(&m.headers));
+    let mut span = MessageSpan::on(
+        traces::Step::Push,
+        parent.as_deref(),
+        &spec.tenant,
+        &spec.topic,
+        Some(&spec.group),
+    );
+    span.set(traces::attr::SUBSCRIPTION, &spec.name);
+    if let Some((m, attempt)) = first {
+        span.set(traces::attr::MESSAGE_ID, &m.id);
+        span.set_int(
+            traces::attr::ATTEMPT,
+            i64::try_from(attempt).unwrap_or(i64::MAX),
+        );
+    }
+    span.set_int(
+        "streamcar.batch",
+        i64::try_from(live.len()).unwrap_or(i64::MAX),
+    );
+    span
 }

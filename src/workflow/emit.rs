@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::broker::Broker;
-use crate::broker::delivery::{AckOutcome, Emitted, parse_receipts};
+use crate::broker::delivery::{AckOutcome, CurrentDelivery, Emitted, parse_receipts};
 use crate::broker::message::headers_schema;
 use crate::broker::publish::PublishRequest;
 use crate::channels::history::ChannelPublish;
@@ -15,6 +15,7 @@ use crate::channels::{ChannelName, Channels};
 use crate::coord::Coord;
 use crate::error::{Error, Result};
 use crate::names::{Group, Tenant, Topic};
+use crate::traces::{self, MessageSpan, TRACEPARENT, attr};
 
 /// Most messages one ack may emit.
 pub const MAX_EMITS: usize = 100;
@@ -180,35 +181,39 @@ impl Steps<'_> {
             ));
         }
         let receipt = &parse_receipts(receipts)?[0];
-        let Some((source_id, correlation)) = self
+        let Some(source) = self
             .broker
             .current_delivery(tenant, topic, group, receipt)
             .await?
         else {
             return Err(lease_lost(&receipts[0], "nothing was emitted"));
         };
+        let source_id = source.id.as_str();
         let steps = emits
             .into_iter()
             .enumerate()
-            .map(|(i, emit)| next_step(group, (&source_id, correlation.as_deref()), i, emit))
+            .map(|(i, emit)| {
+                next_step(
+                    group,
+                    (source_id, source.correlation_id.as_deref()),
+                    i,
+                    emit,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
+        // The trace goes on: each emitted message continues the source's
+        // (through the caller's span when that is in the same trace).
+        let parent = traces::continued(source.traceparent.as_deref());
         let mut emitted = Vec::with_capacity(steps.len());
-        for step in steps {
-            emitted.push(match step {
-                Step::Topic(target, request) => {
-                    let (published, _) = self
-                        .broker
-                        .publish_one_within_quota(self.coord, tenant, &target, &request)
-                        .await?;
-                    tracing::debug!(id = %published.id, causation_id = %source_id, topic = %target, "emitted");
-                    Emitted::Topic(published)
-                }
-                Step::Channel(channel, message) => {
-                    let published = self.channels.append(tenant, &channel, &message).await?;
-                    tracing::debug!(offset = published.offset, causation_id = %source_id, channel = %channel, "emitted");
-                    Emitted::Channel(published)
-                }
-            });
+        for mut step in steps {
+            let mut span = emit_span((tenant, group), &source, parent.as_deref(), &mut step);
+            let result = self.emit_one(tenant, step).await;
+            match &result {
+                Ok(Emitted::Topic(p)) => span.set(attr::MESSAGE_ID, &p.id),
+                Ok(Emitted::Channel(_)) => {}
+                Err(e) => span.fail(e.code()),
+            }
+            emitted.push(result?);
         }
         let mut ack = self.broker.ack(tenant, topic, group, receipts).await?;
         if !ack.lease_lost.is_empty() {
@@ -222,6 +227,68 @@ impl Steps<'_> {
         ack.emitted = Some(emitted);
         Ok(ack)
     }
+}
+
+impl Steps<'_> {
+    /// Publishes one emitted message.
+    async fn emit_one(&self, tenant: &Tenant, step: Step) -> Result<Emitted> {
+        Ok(match step {
+            Step::Topic(target, request) => {
+                let (published, _) = self
+                    .broker
+                    .publish_one_within_quota(self.coord, tenant, &target, &request)
+                    .await?;
+                let causation = request.causation_id.as_deref().unwrap_or_default();
+                tracing::debug!(id = %published.id, causation_id = %causation, topic = %target, "emitted");
+                Emitted::Topic(published)
+            }
+            Step::Channel(channel, message) => {
+                let published = self.channels.append(tenant, &channel, &message).await?;
+                tracing::debug!(offset = published.offset, channel = %channel, "emitted");
+                Emitted::Channel(published)
+            }
+        })
+    }
+}
+
+/// The `emit` span of one emitted message, under the message's own
+/// `traceparent` when the worker set one, else under `parent`; the message
+/// then carries the span's `traceparent` (or `parent` when tracing is off),
+/// so the next step continues the trace.
+fn emit_span(
+    (tenant, group): (&Tenant, &Group),
+    source: &CurrentDelivery,
+    parent: Option<&str>,
+    step: &mut Step,
+) -> MessageSpan {
+    let headers = match step {
+        Step::Topic(_, request) => &mut request.headers,
+        Step::Channel(_, message) => &mut message.headers,
+    };
+    let own = headers
+        .as_ref()
+        .and_then(|h| h.get(TRACEPARENT))
+        .filter(|t| traces::parse(t).is_some())
+        .cloned();
+    let parent = own.as_deref().or(parent);
+    let mut span = MessageSpan::start(traces::Step::Emit, parent);
+    if let Some(traceparent) = span.traceparent().or_else(|| parent.map(str::to_owned)) {
+        headers
+            .get_or_insert_with(Default::default)
+            .insert(TRACEPARENT.to_owned(), traceparent);
+    }
+    if span.is_recording() {
+        span.set(attr::TENANT, tenant.as_str());
+        span.set(attr::GROUP, group.as_str());
+        span.set(attr::CAUSATION_ID, &source.id);
+        let correlation = source.correlation_id.as_deref().unwrap_or(&source.id);
+        span.set(attr::CORRELATION_ID, correlation);
+        match step {
+            Step::Topic(target, _) => span.set(attr::TOPIC, target.as_str()),
+            Step::Channel(channel, _) => span.set(attr::CHANNEL, channel.as_str()),
+        }
+    }
+    span
 }
 
 fn lease_lost(receipt: &str, emits: &str) -> Error {

@@ -18,6 +18,7 @@ use crate::broker::{Broker, DEFAULT_DEDUP_WINDOW_MS};
 use crate::error::{Error, NotFoundKind, Result};
 use crate::keys::TopicKeys;
 use crate::names::{Join, Part, Tenant, Topic};
+use crate::traces::{self, MessageSpan, attr};
 use crate::validate::check_range;
 
 /// Most parts of one join.
@@ -167,6 +168,9 @@ impl Broker {
         }
         check_range("ttl_ms", Some(request.ttl_ms), 1, MAX_JOIN_TTL_MS)?;
         let parts: Vec<&str> = request.parts.iter().map(Part::as_str).collect();
+        // The declaring step's trace (valid W3C text only), which the
+        // aggregate carries on.
+        let traceparent = traces::continued(None).unwrap_or_default();
         let keys = TopicKeys::new(tenant, topic);
         let mut conn = self.store().conn().await?;
         let (outcome, topic_created): (i64, i64) = self
@@ -182,6 +186,7 @@ impl Broker {
             .arg(request.ttl_ms)
             .arg(request.on_timeout.unwrap_or_default().as_str())
             .arg(KEEP_FINISHED_MS)
+            .arg(traceparent)
             .invoke_async(&mut conn)
             .await?;
         if topic_created == 1 {
@@ -218,9 +223,27 @@ impl Broker {
                 ));
             }
         };
-        let (code, state, stream_id) = self
+        let mut span = MessageSpan::on(
+            traces::Step::Join,
+            traces::continued(None).as_deref(),
+            tenant,
+            topic,
+            None,
+        );
+        span.set(attr::JOIN, join.as_str());
+        span.set(attr::PART, part.as_str());
+        let called = self
             .join_call(tenant, topic, join, (part.as_str(), kind, value), max_bytes)
-            .await?;
+            .await;
+        let (code, state, stream_id) = match called {
+            Ok(reply) => reply,
+            Err(e) => {
+                span.fail(e.code());
+                return Err(e);
+            }
+        };
+        span.set(attr::OUTCOME, &state);
+        span.set_int("streamcar.join.code", code);
         let conflict = |code: &'static str, detail: String| Err(Error::Conflict { code, detail });
         match code {
             1 | 0 => Ok(PartRecorded {
