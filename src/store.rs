@@ -180,6 +180,12 @@ impl Durability {
     }
 }
 
+/// The error of a write the required replicas did not confirm (503
+/// `durability_timeout`: it may exist).
+fn not_confirmed(detail: String) -> redis::RedisError {
+    redis::make_extension_error(DURABILITY_CODE.to_owned(), Some(detail))
+}
+
 impl Conn {
     /// After commands that may have written: waits for the configured
     /// replicas, if any.
@@ -195,7 +201,7 @@ impl Conn {
         let mut wait = redis::cmd("WAIT");
         wait.arg(replicas.count).arg(timeout_ms.max(1));
         let reply = match &mut self.link {
-            Link::Single(c) => c.req_packed_command(&wait).await?,
+            Link::Single(c) => c.req_packed_command(&wait).await,
             // `WAIT` counts the replicas that have this connection's writes,
             // so it must go where the write went: redis-rs would send a
             // keyless `WAIT` to every primary and take the minimum, making
@@ -207,20 +213,32 @@ impl Conn {
                         wait.clone(),
                         RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
                     )
-                    .await?
+                    .await
                 }
-                None => c.req_packed_command(&wait).await?,
+                None => c.req_packed_command(&wait).await,
             },
         };
-        let confirmed: u64 = redis::FromRedisValue::from_redis_value(reply)?;
+        // A lost connection stays what it is (unreachable); any answer but
+        // a count means the node cannot confirm the write, e.g. `ERR WAIT
+        // cannot be used with replica instances` from a primary that a
+        // failover just turned into a replica. Either way the write may
+        // exist: the client retries with its idempotency key.
+        let reply = match reply {
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                return Err(e);
+            }
+            Err(e) => return Err(not_confirmed(format!("WAIT failed: {e}"))),
+            Ok(reply) => reply,
+        };
+        let confirmed = match reply {
+            Value::Int(n) => u64::try_from(n).unwrap_or(0),
+            other => return Err(not_confirmed(format!("WAIT answered {other:?}"))),
+        };
         if confirmed < u64::from(replicas.count) {
-            return Err(redis::make_extension_error(
-                DURABILITY_CODE.to_owned(),
-                Some(format!(
-                    "{confirmed} of {} replicas confirmed the write within {timeout_ms} ms",
-                    replicas.count
-                )),
-            ));
+            return Err(not_confirmed(format!(
+                "{confirmed} of {} replicas confirmed the write within {timeout_ms} ms",
+                replicas.count
+            )));
         }
         Ok(())
     }

@@ -88,3 +88,35 @@ async fn asking_for_more_replicas_than_exist_refuses_every_write() {
     let group = app.put("/topics/two/groups/g", &json!({})).await;
     group.assert_problem(503, "durability_timeout");
 }
+
+/// A primary that a failover turned into a replica answers `WAIT` with an
+/// error (`WAIT cannot be used with replica instances`). The write may
+/// exist: that is a 503 `durability_timeout` (retry with the key), never a
+/// 500. (A writable replica makes the write land and the `WAIT` fail.)
+#[tokio::test]
+async fn a_wait_refused_by_a_demoted_primary_is_a_durability_timeout() {
+    let app = TestApp::start_with(|c| {
+        c.durability = Some(streamcar::store::Replicas {
+            count: 1,
+            timeout: Duration::from_millis(300),
+        });
+    })
+    .await;
+    let new_primary = RedisServer::start();
+    let mut conn = app.redis.connection();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("replica-read-only")
+        .arg("no")
+        .query(&mut conn)
+        .expect("CONFIG SET");
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(new_primary.port())
+        .query(&mut conn)
+        .expect("REPLICAOF");
+    let body = json!({"payload": 1, "idempotency_key": "k"});
+    let reply = app.post("/topics/demoted/messages", &body).await;
+    reply.assert_problem(503, "durability_timeout");
+    assert!(reply.headers.contains_key("retry-after"));
+}
