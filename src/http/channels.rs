@@ -226,17 +226,7 @@ async fn events(
     headers: HeaderMap,
     QueryParams(query): QueryParams<EventsQuery>,
 ) -> Result<Response> {
-    let since = match headers.get("last-event-id") {
-        Some(value) => Some(Position::parse(
-            value.to_str().unwrap_or_default(),
-            "Last-Event-ID",
-        )?),
-        None => query
-            .since
-            .as_deref()
-            .map(|s| Position::parse(s, "since"))
-            .transpose()?,
-    };
+    let since = super::session::resume_position(&headers, query.since.as_deref())?;
     super::session::events(&state, &path.tenant, &path.channel, since, Access::Open).await
 }
 

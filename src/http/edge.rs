@@ -25,8 +25,8 @@ use super::extract::QueryParams;
 use super::problem::HttpError;
 use super::session::{self, WsSession};
 use super::{AppState, observe};
+use crate::channels::ChannelName;
 use crate::channels::protocol::ClientFrame;
-use crate::channels::{ChannelName, Position};
 use crate::edge::{Access, Edge, limits::Slot};
 use crate::error::{Error, Result};
 
@@ -236,17 +236,7 @@ async fn open_events(
         detail: format!("invalid channel name '{name}': {e}"),
         field: Some("channel".into()),
     })?;
-    let since = match headers.get("last-event-id") {
-        Some(value) => Some(Position::parse(
-            value.to_str().unwrap_or_default(),
-            "Last-Event-ID",
-        )?),
-        None => query
-            .since
-            .as_deref()
-            .map(|s| Position::parse(s, "since"))
-            .transpose()?,
-    };
+    let since = super::session::resume_position(headers, query.since.as_deref())?;
     let tenant = claims.tenant.clone();
     let slot = edge.connection()?;
     let access = edge.admit(claims, slot, "sse")?;

@@ -43,6 +43,20 @@ pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// not; client frames are small.
 pub(super) const WS_READ_BUFFER: usize = 4 << 10;
 
+/// Where an SSE subscriber resumes: the `Last-Event-ID` header (sent by a
+/// reconnecting `EventSource`) wins over the `since` query parameter.
+pub(super) fn resume_position(
+    headers: &axum::http::HeaderMap,
+    since: Option<&str>,
+) -> Result<Option<Position>> {
+    match headers.get("last-event-id") {
+        Some(value) => {
+            Position::parse(value.to_str().unwrap_or_default(), "Last-Event-ID").map(Some)
+        }
+        None => since.map(|s| Position::parse(s, "since")).transpose(),
+    }
+}
+
 /// Starts an event stream of `channel` for a connection with `access`:
 /// refused (403) before streaming when the channel is not granted.
 pub(super) async fn events(
