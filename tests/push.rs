@@ -87,7 +87,9 @@ struct AppServer {
 
 impl AppServer {
     async fn start(script: impl Fn(usize, &Seen) -> Answer + Send + Sync + 'static) -> Self {
-        Self::start_on(Bind::Tcp(free_port()), script).await
+        // Port 0: the first bind takes a port the OS picks (no race with
+        // other tests for a "free" port); a restart binds that port again.
+        Self::start_on(Bind::Tcp(0), script).await
     }
 
     async fn start_on(
@@ -121,11 +123,12 @@ impl AppServer {
     /// Listens (again).
     async fn resume(&mut self) {
         let shared = self.shared.clone();
-        self.task = Some(match &self.bind {
+        self.task = Some(match &mut self.bind {
             Bind::Tcp(port) => {
                 let listener = tokio::net::TcpListener::bind(("127.0.0.1", *port))
                     .await
                     .expect("bind the app port");
+                *port = listener.local_addr().expect("app addr").port();
                 tokio::spawn(async move {
                     let mut conns = JoinSet::new();
                     while let Ok((stream, _)) = listener.accept().await {
@@ -134,7 +137,7 @@ impl AppServer {
                 })
             }
             Bind::Unix(path) => {
-                let _ = std::fs::remove_file(path);
+                let _ = std::fs::remove_file(&*path);
                 let listener = tokio::net::UnixListener::bind(path).expect("bind the app socket");
                 tokio::spawn(async move {
                     let mut conns = JoinSet::new();
