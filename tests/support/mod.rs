@@ -20,13 +20,31 @@ use serde_json::Value;
 /// Most time any harness wait loop may take.
 const WAIT_LIMIT: Duration = Duration::from_secs(10);
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, for a server that must be
+/// told its port (a `redis-server`, a sidecar process).
+///
+/// Taken below Linux's ephemeral range (32768–60999), where the kernel
+/// never hands out ports on its own: a port from `bind(0)` could be given
+/// again, as another `bind(0)` or as the source port of one of the tests'
+/// many client connections, before the server binds it. Each test process
+/// walks its own stretch of the range (by pid), so parallel tests in one
+/// process never get the same port either. Ports stay in 10000–19999, so a
+/// cluster node's bus port (port + 10000) is in 20000–29999, where no
+/// other server is ever put.
 pub fn free_port() -> u16 {
-    TcpListener::bind(("127.0.0.1", 0))
-        .expect("bind a free port")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        let port = u16::try_from(FIRST + offset).expect("below 20000");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below the ephemeral range");
 }
 
 /// A private `redis-server` child process.
