@@ -18,7 +18,8 @@
 --          -4 the join is finished and this part came too late,
 --          -5 over the byte bound, -6 (sweep) not due or not open
 --
--- The aggregate carries the `traceparent` the join was declared with.
+-- The aggregate carries the `traceparent`, `key` and `correlation_id` the
+-- join was declared with.
 --
 -- Invariants: each part is recorded once; the aggregate is published
 -- exactly once, by whichever call finishes the join (the last part, or the
@@ -27,7 +28,7 @@ local join, deadlines, meta, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local name, part, kind, value = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local incarnation = redis.call('HGET', meta, 'incarnation')
 local j = redis.call('HMGET', join, 'incarnation', 'parts', 'state', 'deadline', 'on_timeout',
-  'bytes', 'recorded', 'total', 'traceparent')
+  'bytes', 'recorded', 'total', 'traceparent', 'key', 'correlation_id')
 if not j[1] or j[1] ~= incarnation then
   return { -1, '', '' }
 end
@@ -66,6 +67,12 @@ local function finish(status, publish)
     local seq = redis.call('HINCRBY', meta, 'seq', 1)
     local fields = { 'id', ARGV[6], 'seq', int(seq), 'published_at', int(now),
       'payload', aggregate(status), 'causation_id', name }
+    for i, field in ipairs({ 'key', 'correlation_id' }) do
+      if j[9 + i] and j[9 + i] ~= '' then
+        fields[#fields + 1] = field
+        fields[#fields + 1] = j[9 + i]
+      end
+    end
     -- The declaring step's trace goes on (hex and dashes only: safe in JSON).
     if j[9] and j[9] ~= '' then
       fields[#fields + 1] = 'headers'

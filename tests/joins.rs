@@ -207,6 +207,11 @@ async fn bad_joins_are_refused() {
         (json!({"parts": [], "ttl_ms": 1000}), "parts"),
         (json!({"parts": ["a", "a"], "ttl_ms": 1000}), "parts"),
         (json!({"parts": ["a"], "ttl_ms": 0}), "ttl_ms"),
+        (json!({"parts": ["a"], "ttl_ms": 1000, "key": ""}), "key"),
+        (
+            json!({"parts": ["a"], "ttl_ms": 1000, "correlation_id": "x".repeat(257)}),
+            "correlation_id",
+        ),
     ] {
         let reply = app.put("/topics/agg/joins/j", &body).await;
         assert_eq!(
@@ -222,4 +227,60 @@ async fn bad_joins_are_refused() {
     part(&app, "j", "a", json!({}))
         .await
         .assert_problem(400, "invalid_body");
+}
+
+/// A join declared with a `key` and a `correlation_id` publishes its
+/// aggregate with both, so an ordered group downstream takes the aggregates
+/// of one key in order; the declaration is fixed like its parts.
+#[tokio::test]
+async fn the_aggregate_carries_the_declared_key_and_correlation_id() {
+    let app = TestApp::start().await;
+    app.put(
+        "/topics/agg/groups/next",
+        &json!({"ordering": "key", "start": "earliest"}),
+    )
+    .await;
+    let body = |join: &str| {
+        json!({"parts": ["a", "b"], "ttl_ms": 60000, "key": "user-7",
+               "correlation_id": format!("req-{join}")})
+    };
+    for join in ["j1", "j2"] {
+        assert_eq!(declare(&app, join, body(join)).await, 201);
+    }
+    assert_eq!(declare(&app, "j1", body("j1")).await, 200, "same again");
+    for other in [
+        json!({"parts": ["a", "b"], "ttl_ms": 60000, "key": "user-8", "correlation_id": "req-j1"}),
+        json!({"parts": ["a", "b"], "ttl_ms": 60000, "correlation_id": "req-j1"}),
+        json!({"parts": ["a", "b"], "ttl_ms": 60000, "key": "user-7"}),
+    ] {
+        app.put("/topics/agg/joins/j1", &other)
+            .await
+            .assert_problem(409, "join_config_conflict");
+    }
+    let info = app.get("/topics/agg/joins/j1").await.body;
+    assert_eq!(
+        (&info["key"], &info["correlation_id"]),
+        (&json!("user-7"), &json!("req-j1"))
+    );
+
+    // j1 finishes first, then j2: the group gets them in that order, and
+    // never both at once (one key).
+    for (join, p) in [("j1", "a"), ("j2", "a"), ("j1", "b"), ("j2", "b")] {
+        part(&app, join, p, json!({"result": p})).await;
+    }
+    let history = app.history("agg").await;
+    let lineage: Vec<(&Value, &Value, &Value)> = history
+        .iter()
+        .map(|m| (&m["key"], &m["correlation_id"], &m["causation_id"]))
+        .collect();
+    assert_eq!(
+        lineage,
+        [
+            (&json!("user-7"), &json!("req-j1"), &json!("j1")),
+            (&json!("user-7"), &json!("req-j2"), &json!("j2")),
+        ]
+    );
+    let first = app.fetch("agg", "next", "w", 10, 0).await;
+    assert_eq!(first.len(), 1, "one message of a key at a time: {first:?}");
+    assert_eq!(first[0]["payload"]["join"], "j1");
 }

@@ -14,12 +14,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::broker::publish::MAX_REF_LEN;
 use crate::broker::{Broker, DEFAULT_DEDUP_WINDOW_MS};
 use crate::error::{Error, NotFoundKind, Result};
 use crate::keys::TopicKeys;
 use crate::names::{Join, Part, Tenant, Topic};
 use crate::traces::{self, MessageSpan, attr};
-use crate::validate::check_range;
+use crate::validate::{check_range, check_text};
 
 /// Most parts of one join.
 pub const MAX_PARTS: usize = 1000;
@@ -64,6 +65,13 @@ pub struct JoinRequest {
     /// At the deadline: `emit` (default) or `dead_letter`.
     #[serde(default)]
     pub on_timeout: Option<OnTimeout>,
+    /// The aggregate's ordering key (e.g. the user the fan-out serves), so
+    /// a group with `ordering: key` takes the aggregates of one key in order.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The aggregate's `correlation_id` (e.g. the request the fan-out serves).
+    #[serde(default)]
+    pub correlation_id: Option<String>,
 }
 
 /// The schema of a join's `parts`: 1 to 1000 distinct part names.
@@ -134,6 +142,12 @@ pub struct JoinInfo {
     pub on_timeout: OnTimeout,
     /// Declared at (ms, Redis clock).
     pub created_at: u64,
+    /// The aggregate's ordering key, when declared with one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The aggregate's `correlation_id`, when declared with one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
     /// The aggregate's stream id, once published.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream_id: Option<String>,
@@ -167,6 +181,15 @@ impl Broker {
             return Err(Error::invalid_field("parts", "must not repeat a part"));
         }
         check_range("ttl_ms", Some(request.ttl_ms), 1, MAX_JOIN_TTL_MS)?;
+        let lineage = [
+            ("key", &request.key),
+            ("correlation_id", &request.correlation_id),
+        ];
+        for (field, value) in lineage {
+            if let Some(value) = value {
+                check_text(field, value, MAX_REF_LEN)?;
+            }
+        }
         let parts: Vec<&str> = request.parts.iter().map(Part::as_str).collect();
         // The declaring step's trace (valid W3C text only), which the
         // aggregate carries on.
@@ -187,6 +210,8 @@ impl Broker {
             .arg(request.on_timeout.unwrap_or_default().as_str())
             .arg(KEEP_FINISHED_MS)
             .arg(traceparent)
+            .arg(request.key.as_deref().unwrap_or_default())
+            .arg(request.correlation_id.as_deref().unwrap_or_default())
             .invoke_async(&mut conn)
             .await?;
         if topic_created == 1 {
@@ -196,7 +221,7 @@ impl Broker {
             -1 => Err(Error::Conflict {
                 code: "join_config_conflict",
                 detail: format!(
-                    "join '{join}' exists with other parts or on_timeout; a join's parts are fixed"
+                    "join '{join}' exists with other parts, on_timeout, key or correlation_id; a join's declaration is fixed"
                 ),
             }),
             created => Ok(created == 1),
@@ -346,6 +371,8 @@ impl Broker {
                 OnTimeout::Emit
             },
             stream_id: fields.get("stream_id").filter(|s| !s.is_empty()).cloned(),
+            key: fields.remove("key").filter(|k| !k.is_empty()),
+            correlation_id: fields.remove("correlation_id").filter(|c| !c.is_empty()),
             parts,
             results,
             errors,
