@@ -12,7 +12,8 @@
 -- ARGV[5]  most bytes of results and errors a join may hold
 -- ARGV[6]  message id for the aggregate, should this call publish it
 -- ARGV[7]  the topic's wake-up channel
--- Returns  { code, state, stream id of the aggregate ('' = none) }
+-- Returns  { code, state, stream id of the aggregate ('' = none), the
+--            join's traceparent ('' = none) }
 --          code 1 recorded, 0 the same part again (no-op), -1 no such join,
 --          -2 no such part, -3 the part was recorded with another value,
 --          -4 the join is finished and this part came too late,
@@ -30,9 +31,9 @@ local incarnation = redis.call('HGET', meta, 'incarnation')
 local j = redis.call('HMGET', join, 'incarnation', 'parts', 'state', 'deadline', 'on_timeout',
   'bytes', 'recorded', 'total', 'traceparent', 'key', 'correlation_id')
 if not j[1] or j[1] ~= incarnation then
-  return { -1, '', '' }
+  return { -1, '', '', '' }
 end
-local parts, state = {}, j[3]
+local parts, state, traceparent = {}, j[3], j[9] or ''
 for p in string.gmatch(j[2], '[^\n]+') do
   parts[#parts + 1] = p
 end
@@ -74,9 +75,9 @@ local function finish(status, publish)
       end
     end
     -- The declaring step's trace goes on (hex and dashes only: safe in JSON).
-    if j[9] and j[9] ~= '' then
+    if traceparent ~= '' then
       fields[#fields + 1] = 'headers'
-      fields[#fields + 1] = '{"traceparent":"' .. j[9] .. '"}'
+      fields[#fields + 1] = '{"traceparent":"' .. traceparent .. '"}'
     end
     sid = redis.call('XADD', stream, '*', unpack(fields))
     redis.call('PUBLISH', ARGV[7], 1)
@@ -89,12 +90,12 @@ end
 if part == '' then
   -- The deadline sweep.
   if state ~= 'open' or tonumber(j[4]) > now then
-    return { -6, state, '' }
+    return { -6, state, '', traceparent }
   end
   if j[5] == 'dead_letter' then
-    return { 1, 'dead_lettered', finish('dead_lettered', false) }
+    return { 1, 'dead_lettered', finish('dead_lettered', false), traceparent }
   end
-  return { 1, 'timeout', finish('timeout', true) }
+  return { 1, 'timeout', finish('timeout', true), traceparent }
 end
 
 local known = false
@@ -102,22 +103,23 @@ for _, p in ipairs(parts) do
   known = known or p == part
 end
 if not known then
-  return { -2, state, '' }
+  return { -2, state, '', traceparent }
 end
 local field = kind .. ':' .. part
 local other = (kind == 'r' and 'e:' or 'r:') .. part
 local previous = redis.call('HGET', join, field)
 if previous then
-  return { previous == value and 0 or -3, state, redis.call('HGET', join, 'stream_id') or '' }
+  local sid = redis.call('HGET', join, 'stream_id') or ''
+  return { previous == value and 0 or -3, state, sid, traceparent }
 end
 if redis.call('HEXISTS', join, other) == 1 then
-  return { -3, state, '' }
+  return { -3, state, '', traceparent }
 end
 if state ~= 'open' then
-  return { -4, state, '' }
+  return { -4, state, '', traceparent }
 end
 if tonumber(j[6]) + #value > tonumber(ARGV[5]) then
-  return { -5, state, '' }
+  return { -5, state, '', traceparent }
 end
 redis.call('HSET', join, field, value)
 redis.call('HINCRBY', join, 'bytes', #value)
@@ -127,6 +129,6 @@ if kind == 'e' then
 end
 if recorded == tonumber(j[8]) then
   local status = redis.call('HEXISTS', join, 'failed') == 1 and 'failed' or 'complete'
-  return { 1, status, finish(status, true) }
+  return { 1, status, finish(status, true), traceparent }
 end
-return { 1, state, '' }
+return { 1, state, '', traceparent }

@@ -1110,93 +1110,6 @@ async fn a_bad_subscriptions_file_exits_2_naming_the_field() {
     assert!(stderr.contains("/nonexistent/subs.yaml"), "{stderr}");
 }
 
-/// Kills a child process when the test ends, however it ends.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-#[tokio::test]
-async fn the_push_worker_example_turns_every_prompt_into_one_result() {
-    const PROMPTS: usize = 12;
-    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}/prompts");
-    let entries = ["acme", "globex"]
-        .iter()
-        .map(|t| {
-            json!({"name": format!("{t}-prompts"), "tenant": t, "topic": "prompts",
-                   "group": "llm", "url": url, "max_in_flight": 2})
-        })
-        .collect();
-    let app = sidecar(entries).await;
-    let python = |script: &str, args: &[&str]| {
-        Child(
-            std::process::Command::new("python3")
-                .arg(examples.join(script))
-                .args(args)
-                .env("STREAMCAR_URL", &app.base)
-                .env("PYTHONDONTWRITEBYTECODE", "1")
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("python3 runs the examples"),
-        )
-    };
-    let count = PROMPTS.to_string();
-    let mut producer = python(
-        "producer.py",
-        &["--tenants", "acme,globex", "--count", &count],
-    );
-    let status = tokio::task::spawn_blocking(move || producer.0.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "producer: {status}");
-    // Started after the prompts are waiting: the sidecar found it unreachable
-    // until now and delivers everything once it listens.
-    let _worker = python("push_worker.py", &["--port", &port.to_string()]);
-
-    let deadline = Instant::now() + WAIT;
-    for tenant in ["acme", "globex"] {
-        loop {
-            let url = format!("{}/v1/tenants/{tenant}/topics/prompts/groups/llm", app.base);
-            let g = app.send(Method::GET, &url, None).await.body;
-            assert_eq!(g["dead_lettered"], 0, "{g}");
-            if g["lag"] == 0 && g["pending"] == 0 && g["delayed"] == 0 && g["parked"] == 0 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "prompts left: {g}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let url = format!(
-            "{}/v1/tenants/{tenant}/topics/results/messages?limit=1000",
-            app.base
-        );
-        let history = app.send(Method::GET, &url, None).await.body;
-        let causes: Vec<&str> = history["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["causation_id"].as_str().unwrap())
-            .collect();
-        let expected: HashSet<String> = (0..PROMPTS)
-            .map(|i| format!("{tenant}-prompt-{i}"))
-            .collect();
-        assert_eq!(causes.len(), PROMPTS, "{tenant}: one result per prompt");
-        assert_eq!(
-            causes
-                .iter()
-                .map(|c| (*c).to_owned())
-                .collect::<HashSet<_>>(),
-            expected
-        );
-    }
-}
-
 #[tokio::test]
 async fn redis_away_backs_off_then_the_group_is_declared_again() {
     let server = AppServer::start(|_, _| answer(200)).await;
@@ -1248,7 +1161,7 @@ fn the_example_subscriptions_file_is_valid() {
     let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/subscriptions.yaml");
     let subs = streamcar::push::load(&file).expect("examples/subscriptions.yaml");
     let names: Vec<&str> = subs.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["acme-prompts", "globex-prompts"]);
+    assert_eq!(names, ["acme-model", "globex-model"]);
 }
 
 #[tokio::test]

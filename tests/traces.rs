@@ -6,87 +6,18 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
-use prost::Message as _;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use support::TestApp;
+use support::otlp::{Received, receiver};
 
 /// The publisher's trace and span (as an instrumented client sends them).
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
-
-/// A span as received, ids in lowercase hex.
-#[derive(Debug, Clone)]
-struct Received {
-    name: String,
-    trace_id: String,
-    span_id: String,
-    parent_span_id: String,
-    attributes: HashMap<String, String>,
-}
-
-type Spans = Arc<Mutex<Vec<Received>>>;
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-async fn receive(State(spans): State<Spans>, body: Bytes) -> StatusCode {
-    let Ok(request) = ExportTraceServiceRequest::decode(body) else {
-        return StatusCode::BAD_REQUEST;
-    };
-    let mut spans = spans.lock().expect("spans");
-    for resource in request.resource_spans {
-        for scope in resource.scope_spans {
-            for span in scope.spans {
-                let attributes = span
-                    .attributes
-                    .iter()
-                    .filter_map(|kv| {
-                        let value = match kv.value.as_ref()?.value.as_ref()? {
-                            AnyValue::StringValue(s) => s.clone(),
-                            AnyValue::IntValue(i) => i.to_string(),
-                            AnyValue::BoolValue(b) => b.to_string(),
-                            other => format!("{other:?}"),
-                        };
-                        Some((kv.key.clone(), value))
-                    })
-                    .collect();
-                spans.push(Received {
-                    name: span.name,
-                    trace_id: hex(&span.trace_id),
-                    span_id: hex(&span.span_id),
-                    parent_span_id: hex(&span.parent_span_id),
-                    attributes,
-                });
-            }
-        }
-    }
-    StatusCode::OK
-}
-
-/// An OTLP/HTTP receiver on a free loopback port: `POST /v1/traces`.
-async fn receiver() -> (SocketAddr, Spans) {
-    let spans = Spans::default();
-    let app = axum::Router::new()
-        .route("/v1/traces", axum::routing::post(receive))
-        .with_state(spans.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (addr, spans)
-}
 
 fn traceparent_of(message: &Value) -> String {
     message["headers"]["traceparent"]
@@ -168,7 +99,7 @@ async fn pull_and_push_workflows_are_each_one_linked_trace() {
             && count("ack") >= 3
             && count("emit") >= 2
             && count("push") >= 1
-            && count("join") >= 1
+            && count("join") >= 2
         {
             break;
         }
@@ -251,28 +182,34 @@ async fn pull_flow(app: &TestApp) -> Pull {
     let done = app.ack("results", "post", &[next_receipt]).await;
     assert_eq!(done.status, StatusCode::OK, "{}", done.body);
 
-    // A fan-in declared and completed in the worker's context: the
-    // aggregate carries that context on.
-    for (method, path, body) in [
+    // A fan-in declared in the worker's context: the aggregate carries that
+    // context on, and a part posted without any context (a worker that
+    // does not propagate traces) still lands in the join's trace.
+    for (method, path, body, context) in [
         (
             Method::PUT,
             "/topics/fanin/joins/j1",
-            json!({"parts": ["a"], "ttl_ms": 60000}),
+            json!({"parts": ["a", "b"], "ttl_ms": 60000}),
+            Some(&worker_context),
         ),
         (
             Method::POST,
             "/topics/fanin/joins/j1/parts/a",
             json!({"result": 1}),
+            Some(&worker_context),
+        ),
+        (
+            Method::POST,
+            "/topics/fanin/joins/j1/parts/b",
+            json!({"result": 2}),
+            None,
         ),
     ] {
-        let sent = app
-            .client
-            .request(method, app.url(path))
-            .header("traceparent", &worker_context)
-            .json(&body)
-            .send()
-            .await
-            .expect("join");
+        let mut request = app.client.request(method, app.url(path)).json(&body);
+        if let Some(context) = context {
+            request = request.header("traceparent", context);
+        }
+        let sent = request.send().await.expect("join");
         assert!(sent.status().is_success(), "{path}: {}", sent.status());
     }
     let aggregate = app.history("fanin").await;
@@ -368,13 +305,21 @@ fn check_pull(tenant: &str, pull: &Pull, received: &[Received]) {
     assert_eq!(next_deliver.attributes["streamcar.attempt"], "1");
     assert_eq!(next_deliver.attributes["streamcar.causation_id"], source_id);
 
-    // The join part, under the worker's context.
-    let join = named("join")[0];
-    assert_eq!(join.parent_span_id, deliver2.span_id);
-    assert_eq!(join.attributes["streamcar.join"], "j1");
-    assert_eq!(join.attributes["streamcar.join.part"], "a");
-    assert_eq!(join.attributes["streamcar.outcome"], "complete");
-    assert_eq!(join.attributes["messaging.destination.name"], "fanin");
+    // The join parts: under the worker's context, given or (part b) not.
+    let joins = named("join");
+    let outcomes: Vec<(&str, &str)> = joins
+        .iter()
+        .map(|j| {
+            assert_eq!(j.parent_span_id, deliver2.span_id, "{j:?}");
+            assert_eq!(j.attributes["streamcar.join"], "j1");
+            assert_eq!(j.attributes["messaging.destination.name"], "fanin");
+            (
+                j.attributes["streamcar.join.part"].as_str(),
+                j.attributes["streamcar.outcome"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(outcomes, [("a", "open"), ("b", "complete")]);
 
     // The acks: under the worker's context, and (no context given) under
     // the emitted message's own trace.

@@ -153,6 +153,25 @@ pub struct JoinInfo {
     pub stream_id: Option<String>,
 }
 
+/// The `join` span of a part, under the caller's context when it continues
+/// the join's trace (the declaring step's), else the join's. With neither
+/// there is no trace to add to, and no span (never a stray one-span trace),
+/// as for an ack.
+fn part_span(
+    (tenant, topic): (&Tenant, &Topic),
+    (join, part): (&Join, &Part),
+    traceparent: Option<&str>,
+) -> Option<MessageSpan> {
+    if !traces::enabled() {
+        return None;
+    }
+    let parent = traces::continued(traceparent.filter(|t| !t.is_empty()))?;
+    let mut span = MessageSpan::on(traces::Step::Join, Some(&parent), tenant, topic, None);
+    span.set(attr::JOIN, join.as_str());
+    span.set(attr::PART, part.as_str());
+    Some(span)
+}
+
 fn join_not_found(join: &Join) -> Error {
     Error::NotFound {
         kind: NotFoundKind::Join,
@@ -248,27 +267,22 @@ impl Broker {
                 ));
             }
         };
-        let mut span = MessageSpan::on(
-            traces::Step::Join,
-            traces::continued(None).as_deref(),
-            tenant,
-            topic,
-            None,
-        );
-        span.set(attr::JOIN, join.as_str());
-        span.set(attr::PART, part.as_str());
         let called = self
             .join_call(tenant, topic, join, (part.as_str(), kind, value), max_bytes)
             .await;
-        let (code, state, stream_id) = match called {
+        let (code, state, stream_id, traceparent) = match called {
             Ok(reply) => reply,
             Err(e) => {
-                span.fail(e.code());
+                if let Some(mut span) = part_span((tenant, topic), (join, part), None) {
+                    span.fail(e.code());
+                }
                 return Err(e);
             }
         };
-        span.set(attr::OUTCOME, &state);
-        span.set_int("streamcar.join.code", code);
+        if let Some(mut span) = part_span((tenant, topic), (join, part), Some(&traceparent)) {
+            span.set(attr::OUTCOME, &state);
+            span.set_int("streamcar.join.code", code);
+        }
         let conflict = |code: &'static str, detail: String| Err(Error::Conflict { code, detail });
         match code {
             1 | 0 => Ok(PartRecorded {
@@ -306,7 +320,7 @@ impl Broker {
         join: &Join,
         (part, kind, value): (&str, &str, &str),
         max_bytes: usize,
-    ) -> Result<(i64, String, String)> {
+    ) -> Result<(i64, String, String, String)> {
         let keys = TopicKeys::new(tenant, topic);
         let mut conn = self.store().conn().await?;
         Ok(self
@@ -404,7 +418,7 @@ impl Broker {
             let Ok(join) = Join::parse(&name) else {
                 continue;
             };
-            let (code, state, _) = self
+            let (code, state, _, _) = self
                 .join_call(tenant, topic, &join, ("", "", ""), 0)
                 .await?;
             match code {
