@@ -7,18 +7,15 @@ in the same step. A redo posts the same part again: a no-op.
 """
 
 import argparse
-import os
 
 from pipeline import fake_model
-from streamcar_client import Tenant, consume, traceparent_of
+from streamcar_client import consume, step_args, traceparent_of
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", choices=["model-a", "model-b"], required=True)
-    parser.add_argument("--tenants", default="acme")
-    parser.add_argument("--name", default=f"fanout-{os.getpid()}")
-    args = parser.parse_args()
+    args = step_args("fanout", parser)
     model = args.model
 
     def handle(tenant, message):
@@ -35,8 +32,7 @@ def main():
             return
         tenant.call_retrying("POST", f"/topics/{model}/groups/{model}/ack", {"receipts": [message["receipt"]]}, traceparent=trace)
 
-    tenants = [Tenant(n) for n in args.tenants.split(",")]
-    consume(tenants, model, model, args.name, handle)
+    consume(args.tenants, model, model, args.name, handle)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,7 @@ the notification exactly-once even when this worker dies mid-step.
     python notifier.py --tenants acme,globex [--name n1]
 """
 
-import argparse
-import os
-
-from streamcar_client import Tenant, consume, traceparent_of
+from streamcar_client import consume, step_args, traceparent_of
 
 
 def handle(tenant, message):
@@ -31,12 +28,8 @@ def handle(tenant, message):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--tenants", default="acme")
-    parser.add_argument("--name", default=f"notifier-{os.getpid()}")
-    args = parser.parse_args()
-    tenants = [Tenant(n) for n in args.tenants.split(",")]
-    consume(tenants, "answers", "notify", args.name, handle)
+    args = step_args("notifier")
+    consume(args.tenants, "answers", "notify", args.name, handle)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,8 @@ the emits carry deterministic idempotency keys, so nothing happens twice.
     python postprocess.py --tenants acme,globex [--name p1]
 """
 
-import argparse
-import os
-
 from pipeline import JOIN_TTL_MS, MODELS, join_name
-from streamcar_client import Tenant, consume, traceparent_of
+from streamcar_client import consume, step_args, traceparent_of
 
 
 def handle(tenant, message):
@@ -38,12 +35,8 @@ def handle(tenant, message):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--tenants", default="acme")
-    parser.add_argument("--name", default=f"post-{os.getpid()}")
-    args = parser.parse_args()
-    tenants = [Tenant(n) for n in args.tenants.split(",")]
-    consume(tenants, "drafts", "post", args.name, handle)
+    args = step_args("post")
+    consume(args.tenants, "drafts", "post", args.name, handle)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ A call made for a message passes the message's `traceparent` on, so the
 sidecar's spans for it (acks, emits, join parts) stay in the message's trace.
 """
 
+import argparse
 import json
 import os
 import time
@@ -91,3 +92,14 @@ def consume(tenants, topic, group, name, handle, max_idle_polls=0, batch=4):
                 got_any = True
                 handle(tenant, message)
         idle = 0 if got_any else idle + 1
+
+
+def step_args(role, parser=None):
+    """The command line every pull step shares: `--tenants a,b` (as Tenant
+    objects) and `--name` (the consumer name, `<role>-<pid>` by default)."""
+    parser = parser or argparse.ArgumentParser()
+    parser.add_argument("--tenants", default="acme")
+    parser.add_argument("--name", default=f"{role}-{os.getpid()}")
+    args = parser.parse_args()
+    args.tenants = [Tenant(n) for n in args.tenants.split(",")]
+    return args
