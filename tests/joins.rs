@@ -284,3 +284,93 @@ async fn the_aggregate_carries_the_declared_key_and_correlation_id() {
     assert_eq!(first.len(), 1, "one message of a key at a time: {first:?}");
     assert_eq!(first[0]["payload"]["join"], "j1");
 }
+
+/// Sixty joins time out while three sidecars sweep and the last parts
+/// arrive right at the deadline, through all three: each join ends once,
+/// as `complete` (its last part won) or `timeout` (the sweep won, and the
+/// late part got 409), with exactly one aggregate that says which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_finish_each_join_once_with_three_sidecars_sweeping() {
+    const JOINS: usize = 60;
+    let sweep = Duration::from_millis(20);
+    let app = TestApp::start_with(|c| c.retention_interval = sweep).await;
+    let mut others = Vec::new();
+    for _ in 0..2 {
+        let mut config = streamcar::config::Config::for_redis(app.redis.url());
+        config.retention_interval = sweep;
+        others.push(streamcar::start(&config).await.expect("sidecar"));
+    }
+    let mut bases = vec![app.base.clone()];
+    bases.extend(others.iter().map(|s| format!("http://{}", s.addr())));
+    let url = |i: usize, path: &str| {
+        format!(
+            "{}/v1/tenants/{}/topics/agg/joins/j{i}{path}",
+            bases[i % 3],
+            app.tenant
+        )
+    };
+    for i in 0..JOINS {
+        let body = json!({"parts": ["a", "b"], "ttl_ms": 300 + 5 * i as u64});
+        let reply = app
+            .client
+            .put(url(i, ""))
+            .json(&body)
+            .send()
+            .await
+            .expect("PUT");
+        assert!(reply.status().is_success());
+        part(&app, &format!("j{i}"), "a", json!({"result": i})).await;
+    }
+    // Part b of every join around its deadline, through all three sidecars.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let mut tasks = Vec::new();
+    for i in 0..JOINS {
+        let (client, url) = (app.client.clone(), url(i, "/parts/b"));
+        tasks.push(tokio::spawn(async move {
+            let reply = client.post(url).json(&json!({"result": "b"})).send().await;
+            reply.expect("part b").status().as_u16()
+        }));
+    }
+    let mut late = std::collections::BTreeSet::new();
+    for (i, task) in tasks.into_iter().enumerate() {
+        match task.await.expect("task") {
+            200 => {}
+            409 => {
+                late.insert(format!("j{i}"));
+            }
+            other => panic!("part b of j{i}: {other}"),
+        }
+    }
+    // Every join ends, once.
+    let mut states = std::collections::BTreeMap::new();
+    for i in 0..JOINS {
+        let join = format!("j{i}");
+        let mut info = Value::Null;
+        for _ in 0..100 {
+            info = app.get(&format!("/topics/agg/joins/{join}")).await.body;
+            if info["state"] != "open" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let state = info["state"].as_str().expect("state").to_owned();
+        assert!(state == "complete" || state == "timeout", "{info}");
+        assert_eq!(state == "timeout", late.contains(&join), "{info}");
+        states.insert(join, state);
+    }
+    let history = app.history("agg").await;
+    let aggregates: std::collections::BTreeMap<String, String> = history
+        .iter()
+        .map(|m| {
+            (
+                m["causation_id"].as_str().expect("join").to_owned(),
+                m["payload"]["status"].as_str().expect("status").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(history.len(), JOINS, "one aggregate per join");
+    assert_eq!(aggregates, states, "each aggregate says how its join ended");
+    for other in others {
+        other.shutdown().await.expect("shutdown");
+    }
+}
