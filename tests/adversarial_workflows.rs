@@ -485,3 +485,346 @@ async fn the_deadline_sweep_of_three_sidecars_racing_parts_finishes_each_join_on
         other.shutdown().await.expect("shutdown");
     }
 }
+
+/// 100 emits go out once each; 101 are a 400 with nothing emitted or acked.
+#[tokio::test]
+async fn ack_with_100_emits_and_with_101() {
+    let app = TestApp::start().await;
+    app.group("in", "g", &json!({})).await;
+    app.publish("in", &json!({"payload": "job"})).await;
+    let got = app.fetch("in", "g", "w", 1, 0).await;
+    let emits = |n: usize| -> Vec<Value> {
+        (0..n)
+            .map(|i| {
+                if i % 10 == 9 {
+                    json!({"channel": format!("user.{i}"), "payload": i})
+                } else {
+                    json!({"topic": format!("out{}", i % 3), "payload": i, "key": "k"})
+                }
+            })
+            .collect()
+    };
+    let path = "/topics/in/groups/g/ack";
+    let too_many = app
+        .post(
+            path,
+            &json!({"receipts": [receipt(&got[0])], "emit": emits(101)}),
+        )
+        .await;
+    too_many.assert_problem(400, "invalid_field");
+    for i in 0..3 {
+        let topic = app.get(&format!("/topics/out{i}")).await;
+        assert_eq!(topic.status, StatusCode::NOT_FOUND, "nothing emitted");
+    }
+    let body = json!({"receipts": [receipt(&got[0])], "emit": emits(100)});
+    let reply = app.post(path, &body).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let emitted = reply.body["emitted"].as_array().unwrap();
+    assert_eq!(emitted.len(), 100);
+    assert!(emitted.iter().all(|e| e["duplicate"] == false));
+    let total: usize = [
+        app.history("out0").await.len(),
+        app.history("out1").await.len(),
+        app.history("out2").await.len(),
+    ]
+    .iter()
+    .sum();
+    assert_eq!(total, 90);
+    // The same ack again: the lease is gone (acked), nothing more emitted.
+    app.post(path, &body)
+        .await
+        .assert_problem(409, "lease_lost");
+    assert_eq!(app.history("out0").await.len(), 30);
+}
+
+/// A step whose emits pass the tenant's quota is a 429 with nothing acked;
+/// redone until it goes through, each emit is published once.
+#[tokio::test]
+async fn a_rate_limited_step_redone_emits_each_message_once() {
+    let app = TestApp::start().await;
+    app.group("in", "g", &json!({})).await;
+    app.publish("in", &json!({"payload": "job"})).await;
+    let limits = app
+        .put("/limits", &json!({"publish_per_sec": 2, "burst": 2}))
+        .await;
+    assert!(limits.status.is_success(), "{}", limits.body);
+    let got = app.fetch("in", "g", "w", 1, 0).await;
+    let emit: Vec<Value> = (0..5)
+        .map(|i| json!({"topic": "out", "payload": i}))
+        .collect();
+    let body = json!({"receipts": [receipt(&got[0])], "emit": emit});
+    let mut refused = 0;
+    let mut done = None;
+    for _ in 0..100 {
+        let reply = app.post("/topics/in/groups/g/ack", &body).await;
+        if reply.status == StatusCode::OK {
+            done = Some(reply);
+            break;
+        }
+        reply.assert_problem(429, "rate_limited");
+        assert!(reply.headers.contains_key("retry-after"));
+        refused += 1;
+        let g = app.get("/topics/in/groups/g").await.body;
+        assert_eq!(g["pending"], 1, "nothing acked: {g}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let done = done.expect("the step went through");
+    assert!(refused > 0, "the quota refused at least once");
+    let payloads: Vec<Value> = app
+        .history("out")
+        .await
+        .iter()
+        .map(|m| m["payload"].clone())
+        .collect();
+    assert_eq!(payloads, [0, 1, 2, 3, 4], "each emit once, in order");
+    assert_eq!(done.body["acked"].as_array().unwrap().len(), 1);
+}
+
+/// Emits from a receipt whose group was deleted, or of an earlier
+/// incarnation of the topic, are refused (404 / 409) and publish nothing;
+/// a lowered `lease_ms` does not cut a lease already granted.
+#[tokio::test]
+async fn emits_from_stale_receipts_publish_nothing() {
+    let app = TestApp::start().await;
+    let emit = json!([{"topic": "out", "payload": 1}, {"channel": "c1", "payload": 2}]);
+    app.group("in", "g", &json!({"lease_ms": 30000})).await;
+    app.publish("in", &json!({"payload": "a"})).await;
+    app.publish("in", &json!({"payload": "b"})).await;
+    let got = app.fetch("in", "g", "w", 2, 0).await;
+    assert_eq!(got.len(), 2);
+    // lease_ms lowered after the lease was granted: still ours.
+    app.group("in", "g", &json!({"lease_ms": 100})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(app.fetch("in", "g", "other", 1, 0).await.is_empty());
+    let ok = app
+        .post(
+            "/topics/in/groups/g/ack",
+            &json!({"receipts": [receipt(&got[0])], "emit": emit}),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+
+    // The group deleted under the worker.
+    assert_eq!(app.delete("/topics/in/groups/g").await.status, 204);
+    let gone = app
+        .post(
+            "/topics/in/groups/g/ack",
+            &json!({"receipts": [receipt(&got[1])], "emit": [{"topic": "out", "payload": "x"}]}),
+        )
+        .await;
+    gone.assert_problem(404, "group_not_found");
+
+    // The topic deleted and declared again, the group with it.
+    app.group("in", "g", &json!({})).await;
+    app.publish("in", &json!({"payload": "c"})).await;
+    let old = app.fetch("in", "g", "w", 1, 0).await;
+    assert_eq!(app.delete("/topics/in").await.status, 204);
+    app.group("in", "g", &json!({})).await;
+    app.publish("in", &json!({"payload": "d"})).await;
+    let stale = app
+        .post(
+            "/topics/in/groups/g/ack",
+            &json!({"receipts": [receipt(&old[0])], "emit": [{"topic": "out", "payload": "x"}]}),
+        )
+        .await;
+    stale.assert_problem(409, "lease_lost");
+    assert_eq!(app.history("out").await.len(), 1, "only the first step's");
+}
+
+/// The documented limit: a redo later than the target topic's
+/// `dedup_window_ms` publishes its emits again.
+#[tokio::test]
+async fn a_redo_after_the_target_dedup_window_emits_again_as_documented() {
+    let app = TestApp::start().await;
+    app.put("/topics/out", &json!({"dedup_window_ms": 1})).await;
+    app.put("/topics/full", &json!({"max_backlog": 1})).await;
+    app.group("full", "sink", &json!({})).await;
+    app.publish("full", &json!({"payload": "blocker"})).await;
+    app.group("in", "g", &json!({})).await;
+    app.publish("in", &json!({"payload": "job"})).await;
+    let got = app.fetch("in", "g", "w", 1, 0).await;
+    let body = json!({"receipts": [receipt(&got[0])], "emit": [
+        {"topic": "out", "payload": 1}, {"topic": "full", "payload": 2}]});
+    app.post("/topics/in/groups/g/ack", &body)
+        .await
+        .assert_problem(429, "backlog_full");
+    let blocker = app.fetch("full", "sink", "s", 1, 0).await;
+    app.ack("full", "sink", &[&receipt(&blocker[0])]).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let redone = app.post("/topics/in/groups/g/ack", &body).await;
+    assert_eq!(redone.status, StatusCode::OK, "{}", redone.body);
+    assert_eq!(redone.body["emitted"][0]["duplicate"], false);
+    assert_eq!(app.history("out").await.len(), 2, "the window had passed");
+}
+
+/// Fetch with `ack`: receipts of another group or topic are lease_lost and
+/// touch nothing; 1,000 receipts ack in one call; 1,001 are a 400 with
+/// nothing acked; a receipt given twice is acked once and reported once.
+#[tokio::test]
+async fn fetch_with_ack_of_foreign_duplicate_and_1000_receipts() {
+    let app = TestApp::start().await;
+    for g in ["g", "h"] {
+        app.group("in", g, &json!({})).await;
+    }
+    app.group("other", "g", &json!({})).await;
+    app.publish("other", &json!({"payload": "x"})).await;
+    let batch: Vec<Value> = (0..1000).map(|i| json!({"payload": i})).collect();
+    for chunk in batch.chunks(500) {
+        let r = app
+            .post("/topics/in/messages:batch", &json!({"messages": chunk}))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    let mine = app.fetch("in", "g", "w", 1000, 0).await;
+    assert_eq!(mine.len(), 1000);
+    let theirs = app.fetch("in", "h", "w", 1, 0).await;
+    let elsewhere = app.fetch("other", "g", "w", 1, 0).await;
+    let fetch = |ack: Vec<String>| {
+        let app = &app;
+        async move {
+            app.post(
+                "/topics/in/groups/g/fetch",
+                &json!({"consumer": "w", "ack": ack}),
+            )
+            .await
+        }
+    };
+    let foreign = fetch(vec![receipt(&theirs[0]), receipt(&elsewhere[0])]).await;
+    assert_eq!(foreign.status, StatusCode::OK, "{}", foreign.body);
+    assert_eq!(foreign.body["acked"], json!([]));
+    assert_eq!(foreign.body["lease_lost"].as_array().unwrap().len(), 2);
+    assert_eq!(app.get("/topics/in/groups/h").await.body["pending"], 1);
+    assert_eq!(app.get("/topics/other/groups/g").await.body["pending"], 1);
+
+    let all: Vec<String> = mine.iter().map(receipt).collect();
+    let mut over = all.clone();
+    over.push(receipt(&theirs[0]));
+    fetch(over).await.assert_problem(400, "invalid_field");
+    assert_eq!(app.get("/topics/in/groups/g").await.body["pending"], 1000);
+
+    let twice = fetch(vec![all[0].clone(), all[0].clone()]).await;
+    assert_eq!(twice.status, StatusCode::OK, "{}", twice.body);
+    assert_eq!(twice.body["acked"], json!([all[0]]), "{}", twice.body);
+    assert_eq!(twice.body["lease_lost"], json!([]), "{}", twice.body);
+
+    let rest = fetch(all[1..].to_vec()).await;
+    assert_eq!(rest.status, StatusCode::OK, "{}", rest.body);
+    assert_eq!(rest.body["acked"].as_array().unwrap().len(), 999);
+    let g = app.get("/topics/in/groups/g").await.body;
+    assert_eq!(
+        (g["pending"].clone(), g["lag"].clone()),
+        (json!(0), json!(0))
+    );
+
+    // The same for nack and reject: settled once, listed once.
+    app.publish("in", &json!({"payload": "again"})).await;
+    let got = app.fetch("in", "g", "w", 1, 0).await;
+    let r = receipt(&got[0]);
+    let nack = app
+        .post("/topics/in/groups/g/nack", &json!({"receipts": [r, r]}))
+        .await;
+    assert_eq!(nack.status, StatusCode::OK, "{}", nack.body);
+    assert_eq!(
+        (&nack.body["nacked"], &nack.body["lease_lost"]),
+        (&json!([r]), &json!([])),
+        "{}",
+        nack.body
+    );
+    app.publish("in", &json!({"payload": "once more"})).await;
+    let got = app.fetch("in", "h", "w", 2, 0).await;
+    let r = receipt(got.last().unwrap());
+    let reject = app
+        .post("/topics/in/groups/h/reject", &json!({"receipts": [r, r]}))
+        .await;
+    assert_eq!(reject.status, StatusCode::OK, "{}", reject.body);
+    assert_eq!(
+        (&reject.body["rejected"], &reject.body["lease_lost"]),
+        (&json!([r]), &json!([])),
+        "{}",
+        reject.body
+    );
+}
+
+/// An ack (fetch with `ack`, or ack with emit) racing a nack of the same
+/// receipt: exactly one of them wins, and the message is either done (and
+/// its emit out once) or back for a retry (and nothing emitted).
+#[tokio::test]
+async fn acks_racing_nacks_of_one_receipt_settle_it_once() {
+    let app = TestApp::start().await;
+    let backoff = json!({"initial_ms": 1, "max_ms": 1, "multiplier": 1.0, "jitter": 0.0});
+    app.group(
+        "in",
+        "g",
+        &json!({"backoff": backoff, "max_deliveries": 100}),
+    )
+    .await;
+    for i in 0..20 {
+        app.publish("in", &json!({"payload": i})).await;
+    }
+    let got = app.fetch("in", "g", "w", 20, 0).await;
+    assert_eq!(got.len(), 20);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, m) in got.iter().enumerate() {
+        let r = receipt(m);
+        let id = m["id"].as_str().unwrap().to_owned();
+        let client = app.client.clone();
+        let (ack_url, fetch_url, nack_url) = (
+            app.url("/topics/in/groups/g/ack"),
+            app.url("/topics/in/groups/g/fetch"),
+            app.url("/topics/in/groups/g/nack"),
+        );
+        tasks.spawn(async move {
+            let ack = if i % 2 == 0 {
+                client
+                    .post(ack_url)
+                    .json(&json!({"receipts": [r], "emit": [{"topic": "out", "payload": i}]}))
+            } else {
+                client
+                    .post(fetch_url)
+                    .json(&json!({"consumer": format!("c{i}"), "ack": [r], "max": 1}))
+            };
+            let nack = client.post(nack_url).json(&json!({"receipts": [r]}));
+            let (a, n) = tokio::join!(ack.send(), nack.send());
+            let (a, n) = (a.expect("ack"), n.expect("nack"));
+            let (a_status, n_status) = (a.status(), n.status());
+            let a_body: Value = a.json().await.unwrap_or_default();
+            let n_body: Value = n.json().await.unwrap_or_default();
+            (i, id, a_status, a_body, n_status, n_body)
+        });
+    }
+    let mut acked_ids = Vec::new();
+    let mut emitted = 0;
+    while let Some(done) = tasks.join_next().await {
+        let (i, id, a_status, a_body, n_status, n_body) = done.unwrap();
+        assert!(!a_status.is_server_error() && !n_status.is_server_error());
+        let ack_won =
+            a_status == StatusCode::OK && a_body["acked"].as_array().is_some_and(|a| a.len() == 1);
+        let nack_won =
+            n_status == StatusCode::OK && n_body["nacked"].as_array().is_some_and(|a| a.len() == 1);
+        assert!(ack_won != nack_won, "{i}: ack {a_body} nack {n_body}");
+        if ack_won {
+            acked_ids.push(id);
+            if i % 2 == 0 {
+                emitted += 1;
+            }
+        }
+    }
+    // Every message not acked comes back, and nothing acked does.
+    let mut back = Vec::new();
+    for _ in 0..50 {
+        let more = app.fetch("in", "g", "x", 100, 0).await;
+        for m in &more {
+            back.push(m["id"].as_str().unwrap().to_owned());
+            app.ack("in", "g", &[&receipt(m)]).await;
+        }
+        if back.len() + acked_ids.len() >= 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(back.len() + acked_ids.len(), 20);
+    assert!(back.iter().all(|id| !acked_ids.contains(id)));
+    // An ack with emit that lost to the nack may have emitted (the emits
+    // stand, a redo is a duplicate); one that won emitted exactly once.
+    assert!(app.history("out").await.len() >= emitted);
+}
