@@ -828,3 +828,171 @@ async fn acks_racing_nacks_of_one_receipt_settle_it_once() {
     // stand, a redo is a duplicate); one that won emitted exactly once.
     assert!(app.history("out").await.len() >= emitted);
 }
+
+/// A push app on a loopback port that answers each request with
+/// `answer(payload, attempt)`: (status, body).
+async fn push_app(
+    answer: impl Fn(&Value, u32) -> (u16, String) + Send + Sync + 'static,
+) -> (String, tokio::task::JoinHandle<()>) {
+    use http_body_util::{BodyExt, Full};
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let answer = std::sync::Arc::new(answer);
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                    let answer = answer.clone();
+                    async move {
+                        let attempt = req
+                            .headers()
+                            .get("streamcar-attempt")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        let body: hyper::body::Incoming = req.into_body();
+                        let bytes = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let payload: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                        let (status, text) = answer(&payload, attempt);
+                        let mut response =
+                            hyper::Response::new(Full::new(bytes::Bytes::from(text)));
+                        *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+    (url, task)
+}
+
+/// Push answers with an emit the sidecar cannot use, or cannot read whole,
+/// are never a plain ack: the delivery is nacked with the reason (and
+/// dead-lettered with it once out of attempts), so no next step is lost.
+/// Answers that are not a JSON object are a plain ack, as documented.
+#[tokio::test]
+async fn push_answers_with_unusable_emits_are_nacked_never_acked_without_their_step() {
+    let (url, server) = push_app(|payload, attempt| {
+        let case = payload["case"].as_str().unwrap_or_default().to_owned();
+        let good = json!({"emit": [{"topic": "next", "payload": case}]}).to_string();
+        let body = match (case.as_str(), attempt) {
+            // Over the 1 MiB the sidecar reads: cut off.
+            ("huge", 1) => format!(
+                "{{\"pad\": \"{}\", \"emit\": [{{\"topic\": \"next\", \"payload\": \"huge\"}}]}}",
+                "x".repeat(1_200_000)
+            ),
+            ("unclosed", 1) => r#"{"emit": [{"topic": "next", "payload": "unclosed"}]"#.to_owned(),
+            ("huge" | "unclosed" | "nested", _) => good,
+            ("bad_target", _) => r#"{"emit": [{"topic": "bad name", "payload": 1}]}"#.to_owned(),
+            ("channel_key", _) => {
+                r#"{"emit": [{"channel": "c1", "payload": 1, "key": "k"}]}"#.to_owned()
+            }
+            ("too_many", _) => {
+                json!({"emit": vec![json!({"topic": "next", "payload": 0}); 101]}).to_string()
+            }
+            ("array", _) => format!("[{good}]"),
+            ("string", _) => "\"emit\"".to_owned(),
+            _ => String::new(),
+        };
+        (200, body)
+    })
+    .await;
+    let backoff = json!({"initial_ms": 10, "max_ms": 10, "multiplier": 1.0, "jitter": 0.0});
+    let text = json!({"subscriptions": [{
+        "name": "adv", "tenant": "acme", "topic": "orders", "group": "push", "url": url,
+        "group_config": {"backoff": backoff, "max_deliveries": 2}}]})
+    .to_string();
+    let subscriptions = streamcar::push::spec::parse(&text, true).expect("valid");
+    let app = TestApp::start_with(move |c| c.subscriptions = subscriptions).await;
+    let base = format!("{}/v1/tenants/acme", app.base);
+    let cases = [
+        "huge",
+        "unclosed",
+        "nested",
+        "bad_target",
+        "channel_key",
+        "too_many",
+        "array",
+        "string",
+    ];
+    for case in cases {
+        let r = app
+            .client
+            .post(format!("{base}/topics/orders/messages"))
+            .json(&json!({"payload": {"case": case}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let get = |p: &str| {
+        let (client, url) = (app.client.clone(), format!("{base}{p}"));
+        async move {
+            let r = client.get(url).send().await.unwrap();
+            let status = r.status();
+            (status, r.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    let mut group = Value::Null;
+    for _ in 0..200 {
+        group = get("/topics/orders/groups/push").await.1;
+        if group["lag"] == 0 && group["pending"] == 0 && group["delayed"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        (
+            group["lag"].clone(),
+            group["pending"].clone(),
+            group["delayed"].clone()
+        ),
+        (json!(0), json!(0), json!(0)),
+        "{group}"
+    );
+    let (_, next) = get("/topics/next/messages").await;
+    let mut emitted: Vec<String> = next["messages"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .map(|m| m["payload"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    emitted.sort();
+    assert_eq!(emitted, ["huge", "nested", "unclosed"], "each step once");
+    let (_, dlq) = get("/topics/orders/groups/push/dlq").await;
+    let letters = dlq["messages"].as_array().expect("dead letters");
+    let mut why: Vec<(String, String)> = letters
+        .iter()
+        .map(|l| {
+            (
+                l["payload"]["case"].as_str().unwrap().to_owned(),
+                l["last_error"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    why.sort();
+    let cases: Vec<&str> = why.iter().map(|(c, _)| c.as_str()).collect();
+    assert_eq!(cases, ["bad_target", "channel_key", "too_many"], "{dlq}");
+    for (case, error) in &why {
+        let expected = match case.as_str() {
+            "bad_target" => "invalid emit",
+            "channel_key" => "emit[0].key",
+            _ => "emit",
+        };
+        assert!(error.contains(expected), "{case}: {error}");
+    }
+    server.abort();
+}
