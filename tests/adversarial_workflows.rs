@@ -996,3 +996,43 @@ async fn push_answers_with_unusable_emits_are_nacked_never_acked_without_their_s
     }
     server.abort();
 }
+
+/// A join that vanished while still in the deadline index (its key expired
+/// unswept) leaves the index at the next sweep; the same name declared
+/// again keeps its own deadline and times out.
+#[tokio::test]
+async fn the_sweep_drops_a_vanished_join_and_a_redeclared_one_still_times_out() {
+    let app = TestApp::start_with(|c| c.retention_interval = Duration::from_millis(20)).await;
+    let body = json!({"parts": ["a"], "ttl_ms": 200});
+    app.put("/topics/agg/joins/j", &body).await;
+    // The key expires (as after deadline + 24 h with no sweep).
+    let index = format!("sc:{{{}:agg}}:joins", app.tenant);
+    let mut redis = app.redis.connection();
+    let indexed: u64 = redis::cmd("ZCARD").arg(&index).query(&mut redis).unwrap();
+    assert_eq!(indexed, 1, "{index}");
+    let deleted: u64 = redis::cmd("DEL")
+        .arg(format!("sc:{{{}:agg}}:join:j", app.tenant))
+        .query(&mut redis)
+        .unwrap();
+    assert_eq!(deleted, 1);
+    let mut left = 1;
+    for _ in 0..100 {
+        left = redis::cmd("ZCARD").arg(&index).query(&mut redis).unwrap();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(left, 0, "the vanished join left the deadline index");
+    app.put("/topics/agg/joins/j", &body).await;
+    let mut info = Value::Null;
+    for _ in 0..100 {
+        info = app.get("/topics/agg/joins/j").await.body;
+        if info["state"] != "open" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(info["state"], "timeout", "{info}");
+    assert_eq!(app.history("agg").await.len(), 1);
+}
