@@ -14,7 +14,8 @@
 -- ARGV[7]  the topic's wake-up channel
 -- Returns  { code, state, stream id of the aggregate ('' = none), the
 --            join's traceparent ('' = none) }
---          code 1 recorded, 0 the same part again (no-op), -1 no such join,
+--          code 1 recorded, 0 the same part again (no-op), -1 no such join
+--          (the sweep drops it from the deadline index, in this step),
 --          -2 no such part, -3 the part was recorded with another value,
 --          -4 the join is finished and this part came too late,
 --          -5 over the byte bound, -6 (sweep) not due or not open
@@ -31,6 +32,12 @@ local incarnation = redis.call('HGET', meta, 'incarnation')
 local j = redis.call('HMGET', join, 'incarnation', 'parts', 'state', 'deadline', 'on_timeout',
   'bytes', 'recorded', 'total', 'traceparent', 'key', 'correlation_id')
 if not j[1] or j[1] ~= incarnation then
+  if part == '' then
+    -- The sweep found a join that is gone (expired, or an older
+    -- incarnation's): it leaves the deadline index here, in the same step,
+    -- so a join declared again under its name right after keeps its entry.
+    redis.call('ZREM', deadlines, name)
+  end
   return { -1, '', '', '' }
 end
 local parts, state, traceparent = {}, j[3], j[9] or ''

@@ -193,6 +193,19 @@ pub fn parse_receipts(receipts: &[String]) -> Result<Vec<Receipt>> {
     parse_receipts_of("receipts", receipts)
 }
 
+/// A call's receipts without repeats (by the delivery they name; the first
+/// text kept), with their parsed forms: a receipt given twice in one call
+/// is settled once and reported once, never as both acked and lease_lost.
+pub fn distinct(texts: &[String], parsed: Vec<Receipt>) -> (Vec<String>, Vec<Receipt>) {
+    let mut seen = std::collections::HashSet::new();
+    texts
+        .iter()
+        .cloned()
+        .zip(parsed)
+        .filter(|(_, r)| seen.insert(r.to_string()))
+        .unzip()
+}
+
 /// [`parse_receipts`] of the request field `field` (errors name `field[i]`).
 fn parse_receipts_of(field: &str, receipts: &[String]) -> Result<Vec<Receipt>> {
     if receipts.is_empty() || receipts.len() > MAX_RECEIPTS {
@@ -445,8 +458,8 @@ impl Broker {
     ) -> Result<(Option<AckOutcome>, Vec<Delivery>)> {
         match request.ack.as_deref() {
             Some(texts) if !texts.is_empty() => {
-                let parsed = parse_receipts_of("ack", texts)?;
-                self.fetch_acking(tenant, topic, group, request, Some((texts, &parsed)))
+                let (texts, parsed) = distinct(texts, parse_receipts_of("ack", texts)?);
+                self.fetch_acking(tenant, topic, group, request, Some((&texts, &parsed)))
                     .await
             }
             _ => self.fetch_acking(tenant, topic, group, request, None).await,
@@ -555,7 +568,8 @@ impl Broker {
         group: &Group,
         receipts: &[String],
     ) -> Result<AckOutcome> {
-        let parsed = parse_receipts(receipts)?;
+        let (receipts, parsed) = distinct(receipts, parse_receipts(receipts)?);
+        let receipts = receipts.as_slice();
         let keys = TopicKeys::new(tenant, topic);
         // Acks of one group that arrive while one of its ack calls is in
         // flight go together in the next call (group commit).

@@ -75,6 +75,9 @@ pub struct Answer {
     pub retry_after: Option<u64>,
     /// The body, up to [`MAX_ANSWER_BYTES`].
     pub body: Bytes,
+    /// False when `body` is not all of it: longer than
+    /// [`MAX_ANSWER_BYTES`], or cut off (a reset, the timeout).
+    pub complete: bool,
 }
 
 /// Why there is no answer.
@@ -156,12 +159,17 @@ impl Client {
             .and_then(retry_after_secs);
         let mut body = response.into_body();
         let mut read = BytesMut::new();
-        while read.len() < MAX_ANSWER_BYTES {
+        let mut complete = false;
+        while read.len() <= MAX_ANSWER_BYTES {
             match tokio::time::timeout_at(deadline, body.frame()).await {
                 Ok(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
                         read.extend_from_slice(&data);
                     }
+                }
+                Ok(None) => {
+                    complete = read.len() <= MAX_ANSWER_BYTES;
+                    break;
                 }
                 _ => break,
             }
@@ -171,6 +179,7 @@ impl Client {
             status,
             retry_after,
             body: read.freeze(),
+            complete,
         })
     }
 

@@ -18,7 +18,7 @@ use hyper::{Method, Request, StatusCode, Uri};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::client::Answer;
+use super::client::{Answer, MAX_ANSWER_BYTES};
 use crate::broker::delivery::Delivery;
 use crate::broker::publish::MAX_DURATION_MS;
 use crate::workflow::emit::Emit;
@@ -128,7 +128,7 @@ pub fn judge(answer: &Answer, batch: bool) -> Verdict {
     let status = answer.status;
     match status.as_u16() {
         202 => Verdict::TakenOver,
-        200..=299 => judge_success(status, &answer.body, batch),
+        200..=299 => judge_success(status, answer, batch),
         400 | 403 | 410 | 413 | 415 | 422 => Verdict::Reject(error_text(status, &answer.body)),
         _ => Verdict::Nack {
             delay_ms: answer
@@ -143,20 +143,33 @@ pub fn judge(answer: &Answer, batch: bool) -> Verdict {
 /// object with a non-empty `emit` list. An `emit` the sidecar cannot use
 /// is the app's bug: nacked with the reason (the group's backoff, then the
 /// dead letter, where `last_error` says what was wrong), never acked
-/// without its next step.
-fn judge_success(status: StatusCode, body: &[u8], batch: bool) -> Verdict {
-    // Only an object: serde would also read a struct from an array.
-    let object = body.trim_ascii_start().starts_with(b"{");
-    let Some(emit) = object
-        .then(|| serde_json::from_slice::<AnswerBody>(body).ok())
-        .flatten()
-        .and_then(|b| b.emit)
-    else {
-        return Verdict::Ack;
-    };
+/// without its next step. So is an object the sidecar cannot read whole
+/// (over [`MAX_ANSWER_BYTES`] or cut off: an emit may be in the rest) or
+/// that is not valid JSON and names `emit`.
+fn judge_success(status: StatusCode, answer: &Answer, batch: bool) -> Verdict {
+    let body = &answer.body[..];
     let refused = |why: String| Verdict::Nack {
         delay_ms: None,
         error: format!("HTTP {}: {why}", status.as_u16()),
+    };
+    // Only an object: serde would also read a struct from an array.
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return Verdict::Ack;
+    }
+    let emit = match serde_json::from_slice::<AnswerBody>(body) {
+        Ok(read) => read.emit,
+        Err(_) if !answer.complete => {
+            return refused(format!(
+                "the answer was cut off (over {MAX_ANSWER_BYTES} bytes, or not finished in time): an emit in it cannot be read"
+            ));
+        }
+        Err(e) if body.windows(6).any(|w| w == b"\"emit\"") => {
+            return refused(format!("invalid emit in the answer: {e}"));
+        }
+        Err(_) => None,
+    };
+    let Some(emit) = emit else {
+        return Verdict::Ack;
     };
     match serde_json::from_str::<Vec<Emit>>(emit.get()) {
         Ok(emits) if emits.is_empty() => Verdict::Ack,
@@ -194,6 +207,7 @@ mod tests {
             status: StatusCode::from_u16(code).unwrap(),
             retry_after,
             body: Bytes::copy_from_slice(body.as_bytes()),
+            complete: true,
         }
     }
 
@@ -249,8 +263,14 @@ mod tests {
                 "{body}"
             );
         }
-        // An emit the sidecar cannot use is nacked with the reason.
-        for body in [r#"{"emit": 3}"#, r#"{"emit": [{"payload": 1, "nope": 2}]}"#] {
+        // An emit the sidecar cannot use is nacked with the reason, and so
+        // is an object that names `emit` but is not valid JSON.
+        for body in [
+            r#"{"emit": 3}"#,
+            r#"{"emit": [{"payload": 1, "nope": 2}]}"#,
+            r#"{"emit": [{"topic": "next", "payload": 1}]"#,
+            r#"{"emit": [], "emit": [{"topic": "next", "payload": 1}]}"#,
+        ] {
             assert!(
                 is_nack(
                     &judge(&answer(200, None, body), false),
@@ -264,6 +284,22 @@ mod tests {
             &judge(&answer(200, None, emit), true),
             None,
             "batch: 1"
+        ));
+        // An object not read whole (over the bound, or cut off) may hold an
+        // emit in the rest: nacked. Anything else cut off is a plain ack.
+        let cut = |body: &str| Answer {
+            complete: false,
+            ..answer(200, None, body)
+        };
+        assert!(is_nack(
+            &judge(&cut(r#"{"result": "xxxx"#), false),
+            None,
+            "cut off"
+        ));
+        assert!(matches!(judge(&cut("<html>"), false), Verdict::Ack));
+        assert!(matches!(
+            judge(&cut(r#"{"emit": null}"#), false),
+            Verdict::Ack
         ));
     }
 

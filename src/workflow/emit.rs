@@ -68,18 +68,22 @@ enum Step {
     Channel(ChannelName, ChannelPublish),
 }
 
-/// The message of emit `index`, caused by message `source_id`: checked
-/// field by field (`emit[i].…` in errors), and given the idempotency key
-/// `emit:<group>:<source id>:<index>`.
+/// The message of emit `index`, caused by message `source_id` (entry
+/// `stream_id` of `topic`): checked field by field (`emit[i].…` in errors),
+/// and given the idempotency key `emit:<topic>:<group>:<stream id>:<index>`.
+/// The key names the source entry, not the message id: ids are the
+/// client's and need not be unique (the same id in two topics, twice in
+/// one topic, or again after the topic was deleted), and two such steps are
+/// two next steps. A DLQ replay keeps the entry, so its redo emits nothing new.
 fn next_step(
-    group: &Group,
+    (topic, group, stream_id): (&Topic, &Group, &str),
     (source_id, correlation): (&str, Option<&str>),
     index: usize,
     emit: Emit,
 ) -> Result<Step> {
     let prefix = format!("emit[{index}].");
     // Server-made, so not held to the client's length limit.
-    let idempotency_key = format!("emit:{group}:{source_id}:{index}");
+    let idempotency_key = format!("emit:{topic}:{group}:{stream_id}:{index}");
     let correlation = correlation.unwrap_or(source_id);
     match (emit.topic, emit.channel) {
         (Some(_), Some(_)) => Err(Error::invalid_field(
@@ -194,7 +198,7 @@ impl Steps<'_> {
             .enumerate()
             .map(|(i, emit)| {
                 next_step(
-                    group,
+                    (topic, group, &receipt.stream_id),
                     (source_id, source.correlation_id.as_deref()),
                     i,
                     emit,

@@ -421,20 +421,13 @@ impl Broker {
             let (code, state, _, _) = self
                 .join_call(tenant, topic, &join, ("", "", ""), 0)
                 .await?;
-            match code {
-                1 => {
-                    tracing::debug!(%tenant, %topic, %join, %state, "join finished at its deadline");
-                    finished += 1;
-                }
-                // Gone (expired or an older incarnation's): drop it from the index.
-                -1 => {
-                    redis::cmd("ZREM")
-                        .arg(keys.joins())
-                        .arg(&name)
-                        .query_async::<()>(&mut conn)
-                        .await?;
-                }
-                _ => {}
+            // Gone (-1: expired or an older incarnation's): the script
+            // dropped it from the index itself, atomically (a ZREM here could
+            // drop the entry of a join declared again in between, which then
+            // would never time out).
+            if code == 1 {
+                tracing::debug!(%tenant, %topic, %join, %state, "join finished at its deadline");
+                finished += 1;
             }
         }
         Ok(finished)
