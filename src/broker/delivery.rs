@@ -197,12 +197,19 @@ pub fn parse_receipts(receipts: &[String]) -> Result<Vec<Receipt>> {
 /// text kept), with their parsed forms: a receipt given twice in one call
 /// is settled once and reported once, never as both acked and lease_lost.
 pub fn distinct(texts: &[String], parsed: Vec<Receipt>) -> (Vec<String>, Vec<Receipt>) {
-    let mut seen = std::collections::HashSet::new();
+    let firsts: Vec<bool> = {
+        let mut seen = std::collections::HashSet::with_capacity(parsed.len());
+        parsed.iter().map(|r| seen.insert(r)).collect()
+    };
+    if firsts.iter().all(|first| *first) {
+        return (texts.to_vec(), parsed);
+    }
     texts
         .iter()
         .cloned()
         .zip(parsed)
-        .filter(|(_, r)| seen.insert(r.to_string()))
+        .zip(firsts)
+        .filter_map(|(pair, first)| first.then_some(pair))
         .unzip()
 }
 

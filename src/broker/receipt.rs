@@ -16,7 +16,7 @@ use std::fmt;
 use crate::validate::is_id_number;
 
 /// One delivery of one entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Receipt {
     /// The stream entry id.
     pub stream_id: String,
