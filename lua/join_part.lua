@@ -18,14 +18,18 @@
 --          (the sweep drops it from the deadline index, in this step),
 --          -2 no such part, -3 the part was recorded with another value,
 --          -4 the join is finished and this part came too late,
---          -5 over the byte bound, -6 (sweep) not due or not open
+--          -5 over the byte bound, -6 (sweep) not due or not open,
+--          -7 the part came after the deadline and this call finished the
+--          join (as the sweep would have); the part is not recorded
 --
 -- The aggregate carries the `traceparent`, `key` and `correlation_id` the
 -- join was declared with.
 --
 -- Invariants: each part is recorded once; the aggregate is published
 -- exactly once, by whichever call finishes the join (the last part, or the
--- sweep at the deadline), in the same step; a join never waits forever.
+-- sweep or a late part at the deadline), in the same step; a join never
+-- waits forever, and no part counts after its deadline (Redis clock), however
+-- late the sweep runs.
 local join, deadlines, meta, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local name, part, kind, value = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local incarnation = redis.call('HGET', meta, 'incarnation')
@@ -94,15 +98,22 @@ local function finish(status, publish)
   return sid
 end
 
+-- Finishes an open join whose deadline has passed: `timeout` (the
+-- aggregate lists what is missing) or, with on_timeout dead_letter,
+-- `dead_lettered` with nothing published.
+local function expire()
+  state = j[5] == 'dead_letter' and 'dead_lettered' or 'timeout'
+  return finish(state, state == 'timeout')
+end
+local overdue = state == 'open' and tonumber(j[4]) <= now
+
 if part == '' then
   -- The deadline sweep.
-  if state ~= 'open' or tonumber(j[4]) > now then
+  if not overdue then
     return { -6, state, '', traceparent }
   end
-  if j[5] == 'dead_letter' then
-    return { 1, 'dead_lettered', finish('dead_lettered', false), traceparent }
-  end
-  return { 1, 'timeout', finish('timeout', true), traceparent }
+  local sid = expire()
+  return { 1, state, sid, traceparent }
 end
 
 local known = false
@@ -121,6 +132,10 @@ if previous then
 end
 if redis.call('HEXISTS', join, other) == 1 then
   return { -3, state, '', traceparent }
+end
+if overdue then
+  local sid = expire()
+  return { -7, state, sid, traceparent }
 end
 if state ~= 'open' then
   return { -4, state, '', traceparent }

@@ -374,3 +374,45 @@ async fn timeouts_finish_each_join_once_with_three_sidecars_sweeping() {
         other.shutdown().await.expect("shutdown");
     }
 }
+
+/// The deadline is exact, not "at the next sweep": with no sweep running,
+/// the first part to come after the deadline finishes the join (as the
+/// sweep would have) and is not recorded.
+#[tokio::test]
+async fn a_part_after_the_deadline_finishes_the_join_without_counting() {
+    let app = TestApp::start_with(|c| c.retention_interval = Duration::from_secs(3600)).await;
+    declare(&app, "late", json!({"parts": ["a", "b"], "ttl_ms": 200})).await;
+    let body = json!({"parts": ["x"], "ttl_ms": 200, "on_timeout": "dead_letter"});
+    declare(&app, "late-dl", body).await;
+    part(&app, "late", "a", json!({"result": 1})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    part(&app, "late", "b", json!({"result": 2}))
+        .await
+        .assert_problem(409, "join_finished");
+    part(&app, "late-dl", "x", json!({"result": 3}))
+        .await
+        .assert_problem(409, "join_finished");
+    let info = app.get("/topics/agg/joins/late").await.body;
+    assert_eq!(info["state"], "timeout", "{info}");
+    assert_eq!(info["missing"], json!(["b"]));
+    let dead = app.get("/topics/agg/joins/late-dl").await.body;
+    assert_eq!(dead["state"], "dead_lettered", "{dead}");
+    assert_eq!(dead["missing"], json!(["x"]));
+
+    let history = app.history("agg").await;
+    assert_eq!(history.len(), 1, "one aggregate: the timeout's");
+    assert_eq!(history[0]["payload"]["status"], "timeout");
+    assert_eq!(history[0]["payload"]["results"], json!({"a": 1}));
+    // Again: finished already, nothing more.
+    part(&app, "late", "b", json!({"result": 2}))
+        .await
+        .assert_problem(409, "join_finished");
+    assert_eq!(app.history("agg").await.len(), 1);
+    let metrics = app.metrics_text().await;
+    let timed_out = metrics
+        .lines()
+        .find(|l| l.starts_with("streamcar_joins_timed_out_total{") && l.contains("\"agg\""))
+        .unwrap_or_default();
+    assert!(timed_out.ends_with(" 2"), "{timed_out}");
+}

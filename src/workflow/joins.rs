@@ -303,6 +303,19 @@ impl Broker {
                 "join_finished",
                 format!("join '{join}' is already {state}; part '{part}' came too late"),
             ),
+            -7 => {
+                metrics::counter!(
+                    crate::telemetry::JOINS_TIMED_OUT,
+                    crate::telemetry::topic_labels(tenant, topic)
+                )
+                .increment(1);
+                conflict(
+                    "join_finished",
+                    format!(
+                        "join '{join}' passed its deadline and is now {state}; part '{part}' came too late"
+                    ),
+                )
+            }
             -5 => Err(Error::TooLarge {
                 code: "join_too_large",
                 detail: format!(
