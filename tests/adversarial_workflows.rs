@@ -48,8 +48,8 @@ async fn step(app: &TestApp, topic: &str, group: &str, emit: Value) -> Reply {
 
 /// The emits of two steps are two next steps, even when the two source
 /// messages share a client-given `id` (ids are not checked for uniqueness)
-/// or come from two topics whose groups share a name: the idempotency key
-/// names the delivery's source entry, not only the message id.
+/// or come from two topics whose groups share a name: duplicates are
+/// detected within the delivery's source entry, not by the message id.
 #[tokio::test]
 async fn emits_of_distinct_sources_sharing_a_message_id_never_collide() {
     let app = TestApp::start().await;
@@ -104,6 +104,10 @@ async fn emits_of_distinct_sources_sharing_a_message_id_never_collide() {
         .map(|m| m["payload"].clone())
         .collect();
     assert_eq!(audit, ["orders", "refunds", "again", "reborn"]);
+    // Each still carries the idempotency key the contract names.
+    for message in app.history("audit").await {
+        assert_eq!(message["idempotency_key"], "emit:worker:o-1:0", "{message}");
+    }
 }
 
 /// A join of 1,000 parts (names of 128 bytes) with odd values: numbers of

@@ -132,6 +132,12 @@ pub struct PublishRequest {
         pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$"
     )]
     pub schema_version: Option<String>,
+    /// Set by the server only, never read from a request: the identity
+    /// duplicates are detected by, when it is not `idempotency_key` itself
+    /// (ack with emit scopes it to the source entry, see
+    /// `crate::workflow::emit`).
+    #[serde(skip)]
+    pub dedup_scope: Option<String>,
 }
 
 /// What a publish answers for one message.
@@ -148,6 +154,14 @@ pub struct Published {
 }
 
 impl PublishRequest {
+    /// What duplicates of this message are detected by: its dedup scope,
+    /// else its idempotency key.
+    pub fn dedup_key(&self) -> Option<&str> {
+        self.dedup_scope
+            .as_deref()
+            .or(self.idempotency_key.as_deref())
+    }
+
     /// Validates every field; `prefix` is prepended to field names in errors
     /// (`messages[3].` inside a batch).
     pub fn validate(&self, prefix: &str) -> Result<()> {
@@ -389,7 +403,7 @@ impl Broker {
         let keyed: Vec<(usize, &str)> = messages
             .iter()
             .enumerate()
-            .filter_map(|(i, m)| m.idempotency_key.as_deref().map(|k| (i, k)))
+            .filter_map(|(i, m)| m.dedup_key().map(|k| (i, k)))
             .collect();
         let mut found = vec![None; messages.len()];
         if keyed.is_empty() {
@@ -455,7 +469,7 @@ impl Encoded {
     /// Encodes `message` (a new UUIDv7 id when it has none).
     fn new(message: &PublishRequest) -> Self {
         Self {
-            dedup_key: message.idempotency_key.clone(),
+            dedup_key: message.dedup_key().map(str::to_owned),
             id: message
                 .id
                 .clone()

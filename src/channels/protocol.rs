@@ -147,6 +147,7 @@ impl ClientFrame {
                     delay_ms: None,
                     headers: raw.headers,
                     schema_version: None,
+                    dedup_scope: None,
                 };
                 message.validate("")?;
                 Self::PublishTopic {

@@ -183,7 +183,7 @@ pub(super) struct AckRequest {
     #[schema(min_items = 1, max_items = 1000, inline, value_type = Vec<ReceiptText>)]
     receipts: Vec<String>,
     /// Ack with emit: messages of the next step, published exactly once
-    /// (idempotency key `emit:<topic>:<group>:<stream id>:<index>`) before the ack.
+    /// (idempotency key `emit:<group>:<message id>:<index>`) before the ack.
     #[serde(default)]
     #[schema(max_items = 100)]
     emit: Option<Vec<Emit>>,

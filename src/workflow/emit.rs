@@ -69,12 +69,13 @@ enum Step {
 }
 
 /// The message of emit `index`, caused by message `source_id` (entry
-/// `stream_id` of `topic`): checked field by field (`emit[i].…` in errors),
-/// and given the idempotency key `emit:<topic>:<group>:<stream id>:<index>`.
-/// The key names the source entry, not the message id: ids are the
-/// client's and need not be unique (the same id in two topics, twice in
-/// one topic, or again after the topic was deleted), and two such steps are
-/// two next steps. A DLQ replay keeps the entry, so its redo emits nothing new.
+/// `stream_id` of `topic`), checked field by field (`emit[i].…` in errors).
+/// It carries the idempotency key `emit:<group>:<message id>:<index>`, and
+/// its duplicates are detected within the source entry,
+/// `emit:<topic>:<group>:<stream id>:<index>`: ids are the client's and need
+/// not be unique (the same id in two topics, twice in one topic, or again
+/// after the topic was deleted), and two such steps are two next steps. A
+/// DLQ replay keeps the entry, so its redo emits nothing new.
 fn next_step(
     (topic, group, stream_id): (&Topic, &Group, &str),
     (source_id, correlation): (&str, Option<&str>),
@@ -83,7 +84,8 @@ fn next_step(
 ) -> Result<Step> {
     let prefix = format!("emit[{index}].");
     // Server-made, so not held to the client's length limit.
-    let idempotency_key = format!("emit:{topic}:{group}:{stream_id}:{index}");
+    let idempotency_key = format!("emit:{group}:{source_id}:{index}");
+    let identity = format!("emit:{topic}:{group}:{stream_id}:{index}");
     let correlation = correlation.unwrap_or(source_id);
     match (emit.topic, emit.channel) {
         (Some(_), Some(_)) => Err(Error::invalid_field(
@@ -106,9 +108,11 @@ fn next_step(
                 delay_ms: emit.delay_ms,
                 headers: emit.headers,
                 schema_version: None,
+                dedup_scope: None,
             };
             request.validate(&prefix)?;
             request.idempotency_key = Some(idempotency_key);
+            request.dedup_scope = Some(identity);
             Ok(Step::Topic(topic, request))
         }
         (None, Some(channel)) => {
@@ -142,7 +146,9 @@ fn next_step(
                 channel,
                 ChannelPublish {
                     payload: emit.payload,
-                    idempotency_key: Some(idempotency_key),
+                    // A channel message shows no idempotency key: the
+                    // identity is its key.
+                    idempotency_key: Some(identity),
                     headers: Some(headers),
                 },
             ))
