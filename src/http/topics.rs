@@ -2,8 +2,9 @@
 //! delete, publish (single and batch) and history.
 
 use axum::Json;
+use axum::extract::FromRequestParts;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderValue, StatusCode, request::Parts};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -110,15 +111,31 @@ async fn delete_topic(State(state): State<AppState>, path: TopicPath) -> Result<
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The request's `traceparent` header, if any: all a publish needs of
+/// the request's headers (extracting the whole `HeaderMap` clones it).
+struct RequestTraceparent(Option<HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestTraceparent {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _: &S,
+    ) -> std::result::Result<Self, Self::Rejection> {
+        Ok(Self(parts.headers.get(TRACEPARENT).cloned()))
+    }
+}
+
 /// Keeps the request's W3C `traceparent` with the message (unless the
 /// message brings its own), so consumers continue the publisher's trace.
 /// Runs after the message's own headers were validated: the header is the
 /// sidecar's addition, not one of the client's 64, and a malformed one is
 /// dropped rather than failing the publish (W3C Trace Context: a receiver
 /// ignores an invalid traceparent).
-fn carry_traceparent(request_headers: &HeaderMap, message: &mut PublishRequest) {
-    let Some(traceparent) = request_headers
-        .get("traceparent")
+fn carry_traceparent(request: &RequestTraceparent, message: &mut PublishRequest) {
+    let Some(traceparent) = request
+        .0
+        .as_ref()
         .and_then(|v| v.to_str().ok())
         .filter(|v| is_traceparent(v))
     else {
@@ -214,7 +231,7 @@ fn is_traceparent(value: &str) -> bool {
 async fn publish(
     State(state): State<AppState>,
     path: TopicPath,
-    request_headers: HeaderMap,
+    request_headers: RequestTraceparent,
     JsonBody(mut message): JsonBody<PublishRequest>,
 ) -> Result<Response> {
     message.validate("")?;
@@ -265,7 +282,7 @@ pub(super) struct BatchResponse {
 async fn publish_batch(
     State(state): State<AppState>,
     path: TopicPath,
-    request_headers: HeaderMap,
+    request_headers: RequestTraceparent,
     JsonBody(batch): JsonBody<BatchRequest>,
 ) -> Result<Response> {
     if batch.messages.is_empty() || batch.messages.len() > MAX_BATCH {
