@@ -148,7 +148,7 @@ impl ClientFrame {
                     headers: raw.headers,
                     schema_version: None,
                 };
-                message.validate("")?;
+                message.validate(&"")?;
                 Self::PublishTopic {
                     topic,
                     message: Box::new(message),

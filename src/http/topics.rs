@@ -234,7 +234,7 @@ async fn publish(
     request_headers: RequestTraceparent,
     JsonBody(mut message): JsonBody<PublishRequest>,
 ) -> Result<Response> {
-    message.validate("")?;
+    message.validate(&"")?;
     carry_traceparent(&request_headers, &mut message);
     let span = publish_span(&path.tenant, &path.topic, &mut message);
     let outcome = state
@@ -255,6 +255,16 @@ pub(super) struct BatchRequest {
     /// (`PublishRequest`). An item that is not fails alone, in `errors[i]`.
     #[schema(min_items = 1, max_items = 1000, value_type = Vec<serde_json::Value>)]
     messages: Vec<Box<RawValue>>,
+}
+
+/// `messages[i].`, the field prefix of a batch item's errors (formatted
+/// only for an error, not for every item).
+struct ItemPrefix(usize);
+
+impl std::fmt::Display for ItemPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "messages[{}].", self.0)
+    }
 }
 
 /// Per-item outcome of a batch: `results[i]` or `errors[i]` is set, never both.
@@ -294,7 +304,7 @@ async fn publish_batch(
     let mut errors = Vec::with_capacity(batch.messages.len());
     let mut valid = Vec::with_capacity(batch.messages.len());
     for (i, raw) in batch.messages.iter().enumerate() {
-        let prefix = format!("messages[{i}].");
+        let prefix = ItemPrefix(i);
         let parsed =
             parse_json::<PublishRequest>(raw.get().as_bytes(), &prefix).and_then(|mut m| {
                 m.validate(&prefix)?;
