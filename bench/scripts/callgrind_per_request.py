@@ -9,7 +9,11 @@ runs), unlike wall-clock figures on a shared machine.
 
 Usage (release binary; `cargo build --profile profiling` for one with line
 tables that callgrind_annotate can point into):
-    python3 bench/scripts/callgrind_per_request.py TARGET/release/streamcar [--flags "--worker-threads 2"]
+    python3 bench/scripts/callgrind_per_request.py TARGET/release/streamcar [--flags "--worker-threads 2"] [--keep]
+
+With --keep the dumps stay (their directory is printed) for
+`callgrind_annotate <dir>/callgrind.out.N` (1 publish, 2 publish_batch,
+3 fetch_ack, 4 fetch1_ack); otherwise the directory is removed.
 
 Scenarios (requests sent one at a time, so no group commit):
   publish        one message with an idempotency key, as the bench's `publish`
@@ -19,7 +23,7 @@ Scenarios (requests sent one at a time, so no group commit):
   fetch1_ack     fetch max 1 with the previous receipt in `ack` (one request
                  per message), as the bench's `consume_single`
 """
-import http.client, json, os, shlex, socket, subprocess, sys, tempfile, threading, time
+import http.client, json, os, shlex, shutil, socket, subprocess, sys, tempfile, threading, time
 
 binary = sys.argv[1]
 flags = []
@@ -190,3 +194,7 @@ finally:
     sidecar.wait()
     redis.terminate()
     redis.wait()
+    if "--keep" in sys.argv:
+        print(f"dumps in {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
