@@ -52,6 +52,14 @@ pub const RETENTION_LOCK: &str = "sc:retention:lock";
 /// Short lock that lets about one sidecar per interval prune [`TENANTS`].
 pub const TENANTS_PRUNE_LOCK: &str = "sc:tenants:lock";
 
+/// `parts` concatenated into a string of exactly their length: key names
+/// are built on every request, and `format!` costs several times as much.
+fn joined(parts: &[&str]) -> String {
+    let mut key = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    parts.iter().for_each(|p| key.push_str(p));
+    key
+}
+
 /// Keys of one tenant (hash tag `{tenant}`).
 #[derive(Debug, Clone)]
 pub struct TenantKeys {
@@ -62,34 +70,34 @@ impl TenantKeys {
     /// Keys for `tenant`.
     pub fn new(tenant: &Tenant) -> Self {
         Self {
-            prefix: format!("sc:{{{tenant}}}"),
+            prefix: joined(&["sc:{", tenant.as_str(), "}"]),
         }
     }
 
     /// Set of the tenant's topic names.
     pub fn topics(&self) -> String {
-        format!("{}:topics", self.prefix)
+        joined(&[&self.prefix, ":topics"])
     }
 
     /// Consumer-side idempotency record of `key` (any text after the tag).
     pub fn idempotency(&self, key: &str) -> String {
-        format!("{}:idem:{key}", self.prefix)
+        joined(&[&self.prefix, ":idem:", key])
     }
 
     /// Sequence checkpoint `name` (any text after the tag).
     pub fn checkpoint(&self, name: &str) -> String {
-        format!("{}:checkpoint:{name}", self.prefix)
+        joined(&[&self.prefix, ":checkpoint:", name])
     }
 
     /// The tenant's publish quota (GCRA state).
     pub fn rate(&self) -> String {
-        format!("{}:rate", self.prefix)
+        joined(&[&self.prefix, ":rate"])
     }
 
     /// Keys of reservation pool `pool`.
     pub fn pool(&self, pool: &Pool) -> PoolKeys {
         PoolKeys {
-            prefix: format!("{}:pool:{pool}", self.prefix),
+            prefix: joined(&[&self.prefix, ":pool:", pool.as_str()]),
         }
     }
 }
@@ -108,12 +116,12 @@ impl PoolKeys {
 
     /// Live reservations (zset id → expires_at).
     pub fn holders(&self) -> String {
-        format!("{}:holders", self.prefix)
+        joined(&[&self.prefix, ":holders"])
     }
 
     /// Pub/sub channel (not a key) that wakes waiting acquirers.
     pub fn wake_channel(&self) -> String {
-        format!("{}:wake", self.prefix)
+        joined(&[&self.prefix, ":wake"])
     }
 }
 
@@ -129,43 +137,43 @@ impl ChannelKeys {
     /// Keys for `channel` (a validated channel name) of `tenant`.
     pub fn new(tenant: &Tenant, channel: &str) -> Self {
         Self {
-            prefix: format!("sc:ch:{{{tenant}:{channel}}}"),
+            prefix: joined(&["sc:ch:{", tenant.as_str(), ":", channel, "}"]),
         }
     }
 
     /// The bounded history stream.
     pub fn history(&self) -> String {
-        format!("{}:history", self.prefix)
+        joined(&[&self.prefix, ":history"])
     }
 
     /// Epoch and top offset.
     pub fn meta(&self) -> String {
-        format!("{}:meta", self.prefix)
+        joined(&[&self.prefix, ":meta"])
     }
 
     /// `history_size` and `history_ttl_ms`, as declared.
     pub fn config(&self) -> String {
-        format!("{}:config", self.prefix)
+        joined(&[&self.prefix, ":config"])
     }
 
     /// The idempotency record of a publish.
     pub fn dedup(&self, idempotency_key: &str) -> String {
-        format!("{}:dedup:{idempotency_key}", self.prefix)
+        joined(&[&self.prefix, ":dedup:", idempotency_key])
     }
 
     /// Pub/sub channel (not a key) carrying live messages.
     pub fn live(&self) -> String {
-        format!("{}:live", self.prefix)
+        joined(&[&self.prefix, ":live"])
     }
 
     /// Edge presence: `<sidecar>|<sub>` → when the entry expires.
     pub fn presence(&self) -> String {
-        format!("{}:presence", self.prefix)
+        joined(&[&self.prefix, ":presence"])
     }
 
     /// Edge presence: `<sidecar>|<sub>` → open connections.
     pub fn presence_connections(&self) -> String {
-        format!("{}:presence:conns", self.prefix)
+        joined(&[&self.prefix, ":presence:conns"])
     }
 }
 
@@ -179,18 +187,18 @@ impl TopicKeys {
     /// Keys for `topic` of `tenant`.
     pub fn new(tenant: &Tenant, topic: &Topic) -> Self {
         Self {
-            prefix: format!("sc:{{{tenant}:{topic}}}"),
+            prefix: joined(&["sc:{", tenant.as_str(), ":", topic.as_str(), "}"]),
         }
     }
 
     /// The topic's stream.
     pub fn stream(&self) -> String {
-        format!("{}:stream", self.prefix)
+        joined(&[&self.prefix, ":stream"])
     }
 
     /// The topic's config and sequence hash.
     pub fn meta(&self) -> String {
-        format!("{}:meta", self.prefix)
+        joined(&[&self.prefix, ":meta"])
     }
 
     /// The publish idempotency record of `idempotency_key`.
@@ -198,34 +206,34 @@ impl TopicKeys {
     /// The key text follows the hash tag, so it may hold any bytes: the tag
     /// is the first `{…}` of the key and is already closed.
     pub fn dedup(&self, idempotency_key: &str) -> String {
-        format!("{}:dedup:{idempotency_key}", self.prefix)
+        joined(&[&self.prefix, ":dedup:", idempotency_key])
     }
 
     /// Pub/sub channel (not a key) that wakes long-polling fetches of the topic.
     pub fn wake_channel(&self) -> String {
-        format!("{}:wake", self.prefix)
+        joined(&[&self.prefix, ":wake"])
     }
 
     /// The set of the topic's group names.
     pub fn groups(&self) -> String {
-        format!("{}:groups", self.prefix)
+        joined(&[&self.prefix, ":groups"])
     }
 
     /// A fan-in join of the topic (hash; expires after its deadline plus
     /// the keep time).
     pub fn join(&self, join: &Join) -> String {
-        format!("{}:join:{join}", self.prefix)
+        joined(&[&self.prefix, ":join:", join.as_str()])
     }
 
     /// The topic's open joins by deadline (zset), for the timeout sweep.
     pub fn joins(&self) -> String {
-        format!("{}:joins", self.prefix)
+        joined(&[&self.prefix, ":joins"])
     }
 
     /// Keys of one group of this topic.
     pub fn group(&self, group: &Group) -> GroupKeys {
         GroupKeys {
-            prefix: format!("{}:g:{group}", self.prefix),
+            prefix: joined(&[&self.prefix, ":g:", group.as_str()]),
         }
     }
 }
@@ -244,40 +252,40 @@ impl GroupKeys {
 
     /// The group's retry schedule (zset of stream id → due time).
     pub fn delayed(&self) -> String {
-        format!("{}:delayed", self.prefix)
+        joined(&[&self.prefix, ":delayed"])
     }
 
     /// The group's dead-letter stream.
     pub fn dlq(&self) -> String {
-        format!("{}:dlq", self.prefix)
+        joined(&[&self.prefix, ":dlq"])
     }
 
     /// Message id → ids of its dead letters (space-separated), so replaying
     /// or deleting the dead letters of one message never scans the DLQ.
     pub fn dlq_index(&self) -> String {
-        format!("{}:dlq:index", self.prefix)
+        joined(&[&self.prefix, ":dlq:index"])
     }
 
     /// Live leases: zset of stream id → the expiry (ms) its holder was told.
     pub fn leases(&self) -> String {
-        format!("{}:leases", self.prefix)
+        joined(&[&self.prefix, ":leases"])
     }
 
     /// The current delivery of each leased entry: stream id →
     /// `<attempt>:<delivery number>`, the fencing half of a receipt.
     pub fn deliveries(&self) -> String {
-        format!("{}:deliveries", self.prefix)
+        joined(&[&self.prefix, ":deliveries"])
     }
 
     /// Ordered groups: key → the stream id of its message in progress.
     pub fn heads(&self) -> String {
-        format!("{}:heads", self.prefix)
+        joined(&[&self.prefix, ":heads"])
     }
 
     /// Ordered groups: messages waiting behind the one of their key in
     /// progress (zset ordered by member: key, then arrival).
     pub fn parked(&self) -> String {
-        format!("{}:parked", self.prefix)
+        joined(&[&self.prefix, ":parked"])
     }
 
     /// Every key of the group, for deleting it.

@@ -12,7 +12,9 @@ use std::time::Instant;
 
 use metrics::{Gauge, Histogram};
 
-use redis::{FromRedisValue, RedisResult, Script, ScriptInvocation, ToRedisArgs};
+use redis::{
+    Arg, Cmd, ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind, ToRedisArgs,
+};
 
 use crate::telemetry;
 
@@ -62,7 +64,10 @@ impl NamedScript {
     pub fn prepare_invoke(&self) -> Invocation<'_> {
         Invocation {
             script: self,
-            inner: self.script.prepare_invoke(),
+            // Room for a typical call's keys and arguments (most calls fit, a
+            // batch grows it), so writing them does not reallocate.
+            keys: Cmd::with_capacity(8, 256),
+            args: Cmd::with_capacity(32, 1024),
         }
     }
 
@@ -73,25 +78,52 @@ impl NamedScript {
 }
 
 /// One call of a [`NamedScript`] being built.
+///
+/// Keys and arguments are written straight into two flat buffers (a
+/// [`Cmd`] each: one byte vector and one offset vector), then copied once
+/// into the `EVALSHA` command; redis-rs's `ScriptInvocation` allocates a
+/// vector per key and per argument and copies them all again.
 pub struct Invocation<'a> {
     script: &'a NamedScript,
-    inner: ScriptInvocation<'a>,
+    keys: Cmd,
+    args: Cmd,
 }
 
 impl Invocation<'_> {
     /// Adds a key.
     pub fn key<T: ToRedisArgs>(&mut self, key: T) -> &mut Self {
-        self.inner.key(key);
+        key.write_redis_args(&mut self.keys);
         self
     }
 
     /// Adds an argument.
     pub fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self {
-        self.inner.arg(arg);
+        arg.write_redis_args(&mut self.args);
         self
     }
 
-    /// Runs it by EVALSHA (loading the script on NOSCRIPT), timing the round trip.
+    /// The `EVALSHA` command of this call.
+    fn eval_cmd(&self) -> Cmd {
+        let parts = || self.keys.args_iter().chain(self.args.args_iter());
+        let (count, bytes) = parts().fold((0, 0), |(n, b), part| match part {
+            Arg::Simple(bytes) => (n + 1, b + bytes.len()),
+            _ => (n, b),
+        });
+        let hash = self.script.script.get_hash();
+        let mut cmd = Cmd::with_capacity(3 + count, "EVALSHA".len() + hash.len() + 4 + bytes);
+        cmd.arg("EVALSHA")
+            .arg(hash)
+            .arg(self.keys.args_iter().count());
+        for part in parts() {
+            if let Arg::Simple(bytes) = part {
+                cmd.arg(bytes);
+            }
+        }
+        cmd
+    }
+
+    /// Runs it by EVALSHA (loading the script on NOSCRIPT, then once
+    /// more), timing the round trip.
     pub async fn invoke_async<T: FromRedisValue>(
         &self,
         conn: &mut impl redis::aio::ConnectionLike,
@@ -103,7 +135,14 @@ impl Invocation<'_> {
         let started = Instant::now();
         let result = {
             let _in_flight = InFlight::enter(&metrics.in_flight);
-            self.inner.invoke_async(conn).await
+            let cmd = self.eval_cmd();
+            match cmd.query_async(conn).await {
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    self.script.script.load_async(conn).await?;
+                    cmd.query_async(conn).await
+                }
+                result => result,
+            }
         };
         metrics.duration.record(started.elapsed().as_secs_f64());
         result

@@ -452,15 +452,15 @@ fn describe_push() {
 /// Labels of a topic's metrics.
 pub fn topic_labels(tenant: &Tenant, topic: &Topic) -> Vec<Label> {
     vec![
-        Label::new("tenant", tenant.to_string()),
-        Label::new("topic", topic.to_string()),
+        Label::new("tenant", tenant.as_str().to_owned()),
+        Label::new("topic", topic.as_str().to_owned()),
     ]
 }
 
 /// Labels of a group's metrics.
 pub fn group_labels(tenant: &Tenant, topic: &Topic, group: &Group) -> Vec<Label> {
     let mut labels = topic_labels(tenant, topic);
-    labels.push(Label::new("group", group.to_string()));
+    labels.push(Label::new("group", group.as_str().to_owned()));
     labels
 }
 

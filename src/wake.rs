@@ -16,6 +16,12 @@
 //! Waiting itself costs no Redis connection: a waiting fetch holds only a
 //! [`Waiter`] (an `Arc<Notify>`), so publish and ack keep the whole pool.
 //!
+//! A channel stays subscribed for [`UNSUBSCRIBE_AFTER`] after its last
+//! waiter left: consumers that fetch, ack and fetch again leave moments with
+//! no waiter at all, and unsubscribing then would make the next fetch wait
+//! for a SUBSCRIBE round trip (and a busy topic churn through both commands
+//! dozens of times a second).
+//!
 //! Pub/sub is at-most-once and a sidecar may be disconnected, so a waiter
 //! never relies on it alone: it also wakes at the time the fetch script
 //! reports as the next due retry or lease expiry, and at least every
@@ -24,7 +30,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use redis::Value;
@@ -41,10 +47,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Silence after which the connection is checked with a PING: a node that
 /// vanished without closing the socket would otherwise hold it forever.
 const IDLE_PING: Duration = Duration::from_secs(5);
+/// How long a channel stays subscribed with no waiter (give or take one
+/// more of it: channels are swept that often).
+const UNSUBSCRIBE_AFTER: Duration = Duration::from_secs(2);
 
 enum Command {
     Subscribe(String, oneshot::Sender<()>),
-    Unsubscribe(String),
 }
 
 #[derive(Default)]
@@ -53,6 +61,8 @@ struct Channel {
     groups: HashMap<String, Arc<Notify>>,
     /// Live waiters on this channel, all groups together.
     waiters: usize,
+    /// Since when the channel has had no waiter (None while it has some).
+    idle_since: Option<Instant>,
 }
 
 struct Inner {
@@ -79,6 +89,24 @@ impl Inner {
         for ch in self.channels().values() {
             ch.groups.values().for_each(|n| n.notify_one());
         }
+    }
+
+    /// Forgets the channels that have had no waiter for `UNSUBSCRIBE_AFTER`
+    /// and returns them, to unsubscribe.
+    fn take_idle(&self, now: Instant) -> Vec<String> {
+        let mut channels = self.channels();
+        let idle: Vec<String> = channels
+            .iter()
+            .filter(|(_, ch)| {
+                ch.idle_since
+                    .is_some_and(|since| now.duration_since(since) >= UNSUBSCRIBE_AFTER)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &idle {
+            channels.remove(name);
+        }
+        idle
     }
 }
 
@@ -124,7 +152,7 @@ impl Wakeups {
     }
 
     /// Registers a waiter for `group` on `channel`, subscribing the channel
-    /// first if this is its first waiter.
+    /// first unless it still is (see [`UNSUBSCRIBE_AFTER`]).
     ///
     /// Cancel-safe: the [`Waiter`] (whose drop unregisters) exists before
     /// the wait for the SUBSCRIBE confirmation, so a caller dropped during
@@ -132,10 +160,12 @@ impl Wakeups {
     pub async fn waiter(&self, channel: String, group: &str) -> Waiter {
         let (notify, first) = {
             let mut channels = self.inner.channels();
+            let first = !channels.contains_key(&channel);
             let ch = channels.entry(channel.clone()).or_default();
             ch.waiters += 1;
+            ch.idle_since = None;
             let notify = ch.groups.entry(group.to_owned()).or_default().clone();
-            (notify, ch.waiters == 1)
+            (notify, first)
         };
         let waiter = Waiter {
             inner: self.inner.clone(),
@@ -191,11 +221,8 @@ impl Drop for Waiter {
             ch.groups.remove(&self.group);
         }
         if ch.waiters == 0 {
-            channels.remove(&self.channel);
-            let _ = self
-                .inner
-                .commands
-                .send(Command::Unsubscribe(self.channel.clone()));
+            // Unsubscribed by the pub/sub task once idle for long enough.
+            ch.idle_since = Some(Instant::now());
         }
     }
 }
@@ -234,7 +261,6 @@ async fn run(
                         () = &mut deadline => break,
                         cmd = commands.recv() => match cmd {
                             Some(Command::Subscribe(_, done)) => { let _ = done.send(()); }
-                            Some(Command::Unsubscribe(_)) => {}
                             None => return,
                         },
                     }
@@ -249,25 +275,35 @@ async fn run(
         // Anything published while we were away: let every waiter re-check.
         live.wake_all();
         drop(live);
-        loop {
+        let silence = tokio::time::sleep(IDLE_PING);
+        tokio::pin!(silence);
+        let mut sweep = tokio::time::interval(UNSUBSCRIBE_AFTER);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        'connected: loop {
             tokio::select! {
                 msg = stream.next() => {
                     let Some(msg) = msg else { break }; // connection lost
                     let Some(live) = inner.upgrade() else { return };
                     live.wake_channel(msg.get_channel_name());
+                    silence.as_mut().reset(tokio::time::Instant::now() + IDLE_PING);
                 }
-                () = tokio::time::sleep(IDLE_PING) => {
+                () = &mut silence => {
                     let pong = tokio::time::timeout(CONNECT_TIMEOUT, sink.ping::<Value>()).await;
                     if !matches!(pong, Ok(Ok(_))) { break; }
+                    silence.as_mut().reset(tokio::time::Instant::now() + IDLE_PING);
+                }
+                _ = sweep.tick() => {
+                    let Some(live) = inner.upgrade() else { return };
+                    for channel in live.take_idle(Instant::now()) {
+                        if sink.unsubscribe(&channel).await.is_err() { break 'connected; }
+                    }
                 }
                 cmd = commands.recv() => match cmd {
                     Some(Command::Subscribe(channel, done)) => {
                         let ok = sink.subscribe(&channel).await.is_ok();
                         let _ = done.send(());
                         if !ok { break; }
-                    }
-                    Some(Command::Unsubscribe(channel)) => {
-                        if sink.unsubscribe(&channel).await.is_err() { break; }
+                        silence.as_mut().reset(tokio::time::Instant::now() + IDLE_PING);
                     }
                     None => return,
                 },

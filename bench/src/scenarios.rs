@@ -279,6 +279,19 @@ async fn sidecar_fetch_ack(
     consumer: &str,
     wait_ms: u64,
 ) -> Vec<Value> {
+    let messages = sidecar_fetch(c, worker, topic, consumer, wait_ms).await;
+    sidecar_ack(c, worker, topic, &messages).await;
+    messages
+}
+
+/// Fetches up to 100 messages, waiting up to `wait_ms`.
+async fn sidecar_fetch(
+    c: &Ctx,
+    worker: usize,
+    topic: &str,
+    consumer: &str,
+    wait_ms: u64,
+) -> Vec<Value> {
     let (status, body) = c
         .http_post(
             worker,
@@ -287,7 +300,11 @@ async fn sidecar_fetch_ack(
         )
         .await;
     assert_eq!(status, 200, "sidecar fetch");
-    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    body["messages"].as_array().cloned().unwrap_or_default()
+}
+
+/// Acks fetched `messages` (nothing to do when there are none).
+async fn sidecar_ack(c: &Ctx, worker: usize, topic: &str, messages: &[Value]) {
     if !messages.is_empty() {
         let receipts: Vec<&Value> = messages.iter().map(|m| &m["receipt"]).collect();
         let (status, _) = c
@@ -299,7 +316,6 @@ async fn sidecar_fetch_ack(
             .await;
         assert_eq!(status, 200, "sidecar ack");
     }
-    messages
 }
 
 /// One measured run of a consuming scenario on an emptied Redis: `topic`
@@ -445,6 +461,9 @@ fn now_us(epoch: Instant) -> u64 {
     epoch.elapsed().as_micros() as u64
 }
 
+/// Keep-alive connections the e2e publisher spreads its publishes over.
+const E2E_PUBLISH_CONNECTIONS: u64 = 8;
+
 /// Publish at a fixed 2,000 msg/s while `consumers` long-poll; measures the
 /// time from publish start to delivery. Ops = delivered messages per second.
 pub async fn e2e_latency(ctx: &Ctx, consumers: usize, duration: Duration) -> Pair {
@@ -481,8 +500,11 @@ async fn e2e_mode(ctx: &Ctx, consumers: usize, duration: Duration, raw: bool) ->
                 None
             };
             while !stop.load(Ordering::Relaxed) {
-                let payloads: Vec<u64> = if let Some(p) = pubsub.as_mut() {
+                // Delivered = the fetch's answer is in: the clock stops
+                // before the ack (its round trip is not part of delivery).
+                let (payloads, now): (Vec<u64>, u64) = if let Some(p) = pubsub.as_mut() {
                     let rows = raw_fetch(&c, &keys, &consumer, 100).await;
+                    let now = now_us(epoch);
                     raw_ack(&c, &keys, &rows).await;
                     if rows.4.is_empty() {
                         // Wait for the publish script's wake-up, as the sidecar does.
@@ -490,20 +512,24 @@ async fn e2e_mode(ctx: &Ctx, consumers: usize, duration: Duration, raw: bool) ->
                         let _ =
                             tokio::time::timeout(Duration::from_millis(200), wakeups.next()).await;
                     }
-                    rows.4
+                    let payloads = rows
+                        .4
                         .iter()
                         .filter_map(|(_, _, f, _)| f.get("payload"))
                         .filter_map(|p| serde_json::from_str::<Value>(p).ok())
                         .filter_map(|v| v["t"].as_u64())
-                        .collect()
+                        .collect();
+                    (payloads, now)
                 } else {
-                    sidecar_fetch_ack(&c, w, topic, consumer.as_str(), 200)
-                        .await
+                    let messages = sidecar_fetch(&c, w, topic, consumer.as_str(), 200).await;
+                    let now = now_us(epoch);
+                    sidecar_ack(&c, w, topic, &messages).await;
+                    let payloads = messages
                         .iter()
                         .filter_map(|m| m["payload"]["t"].as_u64())
-                        .collect()
+                        .collect();
+                    (payloads, now)
                 };
-                let now = now_us(epoch);
                 received.fetch_add(payloads.len() as u64, Ordering::Relaxed);
                 latencies.extend(payloads.iter().map(|t| now.saturating_sub(*t)));
             }
@@ -518,18 +544,22 @@ async fn e2e_mode(ctx: &Ctx, consumers: usize, duration: Duration, raw: bool) ->
     let mut published = 0u64;
     while started.elapsed() < duration {
         tick.tick().await;
-        for k in 0..2 {
+        for _ in 0..2 {
             let c = ctx.clone();
             let keys = keys.clone();
+            // Connections after the consumers' own ones, round robin, as
+            // from an app's connection pool: a publish does not queue in
+            // this client behind the previous one on its connection (the
+            // raw run's multiplexed connection never makes one wait).
+            let connection = consumers + (published % E2E_PUBLISH_CONNECTIONS) as usize;
             published += 1;
             tokio::spawn(async move {
                 let body = json!({"payload": {"t": now_us(epoch)}}).to_string();
                 if raw {
                     c.raw_publish(&keys, &[parse(&body)]).await;
                 } else {
-                    // Connections after the consumers' own ones.
                     let (status, _) = c
-                        .http_post(consumers + k, &format!("/topics/{topic}/messages"), body)
+                        .http_post(connection, &format!("/topics/{topic}/messages"), body)
                         .await;
                     assert_eq!(status, 201);
                 }

@@ -5,6 +5,7 @@
 //! JSON, so a message is never re-parsed into a tree on its way out.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -50,13 +51,16 @@ fn raw_json(text: Option<String>, default: &str, stream_id: &str) -> Result<Box<
         .map_err(|e| Error::Internal(format!("entry {stream_id} holds invalid JSON: {e}")))
 }
 
-fn number(fields: &mut HashMap<String, String>, name: &str) -> Option<u64> {
+fn number<S: BuildHasher>(fields: &mut HashMap<String, String, S>, name: &str) -> Option<u64> {
     fields.remove(name).and_then(|v| v.parse().ok())
 }
 
 impl Message {
     /// Decodes a stream entry written by `lua/publish.lua`.
-    pub fn from_entry(stream_id: String, mut fields: HashMap<String, String>) -> Result<Self> {
+    pub fn from_entry<S: BuildHasher>(
+        stream_id: String,
+        mut fields: HashMap<String, String, S>,
+    ) -> Result<Self> {
         let payload = raw_json(fields.remove("payload"), "null", &stream_id)?;
         let headers = raw_json(fields.remove("headers"), "{}", &stream_id)?;
         Ok(Self {

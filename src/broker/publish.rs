@@ -164,7 +164,7 @@ impl PublishRequest {
 
     /// Validates every field; `prefix` is prepended to field names in errors
     /// (`messages[3].` inside a batch).
-    pub fn validate(&self, prefix: &str) -> Result<()> {
+    pub fn validate(&self, prefix: &dyn std::fmt::Display) -> Result<()> {
         let texts = [
             ("id", &self.id, MAX_ID_LEN),
             ("key", &self.key, MAX_REF_LEN),

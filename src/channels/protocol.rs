@@ -149,7 +149,7 @@ impl ClientFrame {
                     schema_version: None,
                     dedup_scope: None,
                 };
-                message.validate("")?;
+                message.validate(&"")?;
                 Self::PublishTopic {
                     topic,
                     message: Box::new(message),

@@ -150,11 +150,16 @@ impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
 }
 
 /// Parses JSON bytes into `T`, naming the field that failed. `prefix` is
-/// put before field names (`messages[3].` for an item of a batch).
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], prefix: &str) -> Result<T, Error> {
+/// put before field names (`messages[3].` for an item of a batch); it is
+/// formatted only when the bytes are refused.
+pub fn parse_json<T: DeserializeOwned>(
+    bytes: &[u8],
+    prefix: &dyn std::fmt::Display,
+) -> Result<T, Error> {
     // Every body and batch item is an object; serde would otherwise read an
     // array positionally and report a confusing field.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        let prefix = prefix.to_string();
         let at = prefix.trim_end_matches('.');
         return Err(if at.is_empty() {
             Error::bad_request("invalid_body", "the body must be a JSON object")
@@ -169,6 +174,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], prefix: &str) -> Result<T, 
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let prefix = prefix.to_string();
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
@@ -216,7 +222,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         let bytes = read_body(req, state).await?;
         // An empty body means "no fields": the 400 then names the missing one.
         let json: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
-        Ok(parse_json(json, "").map(Self)?)
+        Ok(parse_json(json, &"").map(Self)?)
     }
 }
 
@@ -269,7 +275,7 @@ impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJsonBody<T
         if bytes.is_empty() || bytes.trim_ascii() == b"null" {
             return Ok(Self(T::default()));
         }
-        Ok(parse_json(&bytes, "").map(Self)?)
+        Ok(parse_json(&bytes, &"").map(Self)?)
     }
 }
 

@@ -2,8 +2,9 @@
 //! delete, publish (single and batch) and history.
 
 use axum::Json;
+use axum::extract::FromRequestParts;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderValue, StatusCode, request::Parts};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -110,15 +111,31 @@ async fn delete_topic(State(state): State<AppState>, path: TopicPath) -> Result<
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The request's `traceparent` header, if any: all a publish needs of
+/// the request's headers (extracting the whole `HeaderMap` clones it).
+struct RequestTraceparent(Option<HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestTraceparent {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _: &S,
+    ) -> std::result::Result<Self, Self::Rejection> {
+        Ok(Self(parts.headers.get(TRACEPARENT).cloned()))
+    }
+}
+
 /// Keeps the request's W3C `traceparent` with the message (unless the
 /// message brings its own), so consumers continue the publisher's trace.
 /// Runs after the message's own headers were validated: the header is the
 /// sidecar's addition, not one of the client's 64, and a malformed one is
 /// dropped rather than failing the publish (W3C Trace Context: a receiver
 /// ignores an invalid traceparent).
-fn carry_traceparent(request_headers: &HeaderMap, message: &mut PublishRequest) {
-    let Some(traceparent) = request_headers
-        .get("traceparent")
+fn carry_traceparent(request: &RequestTraceparent, message: &mut PublishRequest) {
+    let Some(traceparent) = request
+        .0
+        .as_ref()
         .and_then(|v| v.to_str().ok())
         .filter(|v| is_traceparent(v))
     else {
@@ -214,10 +231,10 @@ fn is_traceparent(value: &str) -> bool {
 async fn publish(
     State(state): State<AppState>,
     path: TopicPath,
-    request_headers: HeaderMap,
+    request_headers: RequestTraceparent,
     JsonBody(mut message): JsonBody<PublishRequest>,
 ) -> Result<Response> {
-    message.validate("")?;
+    message.validate(&"")?;
     carry_traceparent(&request_headers, &mut message);
     let span = publish_span(&path.tenant, &path.topic, &mut message);
     let outcome = state
@@ -238,6 +255,16 @@ pub(super) struct BatchRequest {
     /// (`PublishRequest`). An item that is not fails alone, in `errors[i]`.
     #[schema(min_items = 1, max_items = 1000, value_type = Vec<serde_json::Value>)]
     messages: Vec<Box<RawValue>>,
+}
+
+/// `messages[i].`, the field prefix of a batch item's errors (formatted
+/// only for an error, not for every item).
+struct ItemPrefix(usize);
+
+impl std::fmt::Display for ItemPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "messages[{}].", self.0)
+    }
 }
 
 /// Per-item outcome of a batch: `results[i]` or `errors[i]` is set, never both.
@@ -265,7 +292,7 @@ pub(super) struct BatchResponse {
 async fn publish_batch(
     State(state): State<AppState>,
     path: TopicPath,
-    request_headers: HeaderMap,
+    request_headers: RequestTraceparent,
     JsonBody(batch): JsonBody<BatchRequest>,
 ) -> Result<Response> {
     if batch.messages.is_empty() || batch.messages.len() > MAX_BATCH {
@@ -277,7 +304,7 @@ async fn publish_batch(
     let mut errors = Vec::with_capacity(batch.messages.len());
     let mut valid = Vec::with_capacity(batch.messages.len());
     for (i, raw) in batch.messages.iter().enumerate() {
-        let prefix = format!("messages[{i}].");
+        let prefix = ItemPrefix(i);
         let parsed =
             parse_json::<PublishRequest>(raw.get().as_bytes(), &prefix).and_then(|mut m| {
                 m.validate(&prefix)?;
