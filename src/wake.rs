@@ -6,7 +6,8 @@
 //! resume, an immediate retry) PUBLISHes on the topic's channel
 //! `sc:{T:P}:wake` from Redis. Each sidecar keeps **one** dedicated pub/sub
 //! connection (outside the pool) and subscribes to a topic's channel only
-//! while some local fetch on that topic is waiting. A message on the channel
+//! while some local fetch on that topic is waiting (and for a moment after,
+//! see below). A message on the channel
 //! wakes one waiter per group ([`tokio::sync::Notify::notify_one`]); a waiter
 //! whose fetch then comes back full (more may be waiting) passes the baton to
 //! the next waiter of its group, so a burst is drained by as many workers as
