@@ -52,6 +52,11 @@ pub type PublishRow = (String, String, u64, i64, u64);
 
 /// Combines concurrent publishes to one topic into one `publish.lua` call
 /// (see [`super::commit`]), keyed by the topic's stream key.
+/// Requests with at least this many messages skip group commit: they are a
+/// batch already, and sending them at once keeps several script calls of
+/// one topic in flight, so Redis never idles between two combined calls.
+const COMBINE_BELOW: usize = 16;
+
 pub(crate) type PublishCommits = super::commit::Batcher<String, Encoded, PublishRow>;
 
 /// Per-message outcomes of `lua/publish.lua`.
@@ -320,16 +325,19 @@ impl Broker {
     ) -> Result<(Vec<Result<Published>>, u64)> {
         let keys = TopicKeys::new(tenant, topic);
         let encoded: Vec<Encoded> = messages.iter().map(Encoded::new).collect();
-        let bytes = encoded.iter().map(Encoded::bytes).sum();
-        let broker = self.clone();
-        let (t, p) = (tenant.clone(), topic.clone());
-        let rows = self
-            .commits
-            .submit(&keys.stream(), encoded, bytes, move |batch| {
-                let (broker, t, p) = (broker.clone(), t.clone(), p.clone());
-                async move { broker.publish_encoded(&t, &p, batch).await }
-            })
-            .await?;
+        let rows = if encoded.len() >= COMBINE_BELOW {
+            self.publish_encoded(tenant, topic, encoded).await?
+        } else {
+            let bytes = encoded.iter().map(Encoded::bytes).sum();
+            let broker = self.clone();
+            let (t, p) = (tenant.clone(), topic.clone());
+            self.commits
+                .submit(&keys.stream(), encoded, bytes, move |batch| {
+                    let (broker, t, p) = (broker.clone(), t.clone(), p.clone());
+                    async move { broker.publish_encoded(&t, &p, batch).await }
+                })
+                .await?
+        };
         let labels = telemetry::topic_labels(tenant, topic);
         let (mut written, mut duplicates, mut refused) = (0, 0, 0);
         let items: Vec<Result<Published>> = rows
