@@ -68,9 +68,19 @@ pub struct JoinRequest {
     /// The aggregate's ordering key (e.g. the user the fan-out serves), so
     /// a group with `ordering: key` takes the aggregates of one key in order.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub key: Option<String>,
     /// The aggregate's `correlation_id` (e.g. the request the fan-out serves).
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub correlation_id: Option<String>,
 }
 
