@@ -288,9 +288,7 @@ async fn main() -> std::process::ExitCode {
         duration_s: d.as_secs_f64(),
         cpus: std::thread::available_parallelism().map_or(1, usize::from),
     };
-    let json = serde_json::to_string_pretty(&results).expect("results serialize");
-    std::fs::write(&args.out, json + "\n").expect("write results");
-    println!("results written to {}", args.out.display());
+    procs::write_results(&args.out, &results);
     drop(sidecar);
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);

@@ -167,3 +167,10 @@ pub fn cpu_time(pid: u32) -> Duration {
 pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
 }
+
+/// Writes a run's results as pretty JSON to `out`, and says where.
+pub fn write_results(out: &std::path::Path, results: &impl serde::Serialize) {
+    let json = serde_json::to_string_pretty(results).expect("results serialize");
+    std::fs::write(out, json + "\n").expect("write results");
+    println!("results written to {}", out.display());
+}

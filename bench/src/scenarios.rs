@@ -251,17 +251,21 @@ async fn raw_fetch(c: &Ctx, keys: &TopicKeys, consumer: &Consumer, max: u32) -> 
     .expect("raw fetch")
 }
 
-async fn raw_ack(c: &Ctx, keys: &TopicKeys, rows: &FetchReply) {
-    let group = Group::parse(GROUP).expect("name");
-    let receipts: Vec<Receipt> = rows
-        .4
+/// The receipts of a raw `fetch.lua` reply's deliveries.
+fn receipts_of(rows: &FetchReply) -> Vec<Receipt> {
+    rows.4
         .iter()
         .map(|(id, attempt, _, delivery)| Receipt {
             stream_id: id.clone(),
             attempt: *attempt,
             delivery: *delivery,
         })
-        .collect();
+        .collect()
+}
+
+async fn raw_ack(c: &Ctx, keys: &TopicKeys, rows: &FetchReply) {
+    let group = Group::parse(GROUP).expect("name");
+    let receipts = receipts_of(rows);
     if receipts.is_empty() {
         return;
     }
@@ -417,15 +421,7 @@ pub async fn consume_single(ctx: &Ctx, concurrency: usize, duration: Duration) -
             .invoke_async(&mut conn)
             .await
             .expect("raw fetch");
-            *previous[w].lock().expect("receipts") = rows
-                .4
-                .iter()
-                .map(|(id, attempt, _, delivery)| Receipt {
-                    stream_id: id.clone(),
-                    attempt: *attempt,
-                    delivery: *delivery,
-                })
-                .collect();
+            *previous[w].lock().expect("receipts") = receipts_of(&rows);
             rows.4.len() as u64
         })
     });

@@ -132,6 +132,33 @@ struct Run {
     redis_cpu_us_per_delivery: f64,
 }
 
+impl Run {
+    /// One mode's run: `published` messages in `took` for `expected`
+    /// deliveries, of which `delivered` arrived with `latencies` (µs), and
+    /// the CPU the sidecar (zero for raw) and Redis spent meanwhile.
+    fn new(
+        (published, took): (u64, Duration),
+        (expected, delivered): (u64, u64),
+        latencies: Vec<u64>,
+        (sidecar_cpu, redis_cpu): (Duration, Duration),
+    ) -> Self {
+        let (p50_ms, p99_ms, max_ms) = percentiles(latencies);
+        let per_delivery = |cpu: Duration| cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64;
+        Self {
+            published,
+            publish_rate: published as f64 / took.as_secs_f64(),
+            expected_deliveries: expected,
+            delivered,
+            deliveries_per_s: delivered as f64 / took.as_secs_f64(),
+            p50_ms,
+            p99_ms,
+            max_ms,
+            sidecar_cpu_us_per_delivery: per_delivery(sidecar_cpu),
+            redis_cpu_us_per_delivery: per_delivery(redis_cpu),
+        }
+    }
+}
+
 /// The results file.
 #[derive(Serialize)]
 struct Results {
@@ -374,19 +401,12 @@ async fn main() -> std::process::ExitCode {
         let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
     }
     let delivered = counters.delivered.load(Ordering::Relaxed);
-    let (p50, p99, max) = percentiles(std::mem::take(&mut *latencies.lock().expect("l")));
-    let sidecar_run = Run {
-        published,
-        publish_rate: published as f64 / took.as_secs_f64(),
-        expected_deliveries: expected,
-        delivered,
-        deliveries_per_s: delivered as f64 / took.as_secs_f64(),
-        p50_ms: p50,
-        p99_ms: p99,
-        max_ms: max,
-        sidecar_cpu_us_per_delivery: sidecar_cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64,
-        redis_cpu_us_per_delivery: redis_cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64,
-    };
+    let sidecar_run = Run::new(
+        (published, took),
+        (expected, delivered),
+        std::mem::take(&mut *latencies.lock().expect("l")),
+        (sidecar_cpu, redis_cpu),
+    );
     let rss_mb_peak = procs::memory_mb(sidecar_pid, "VmHWM");
     if counters.other.load(Ordering::Relaxed) > 0 {
         eprintln!(
@@ -474,19 +494,12 @@ async fn main() -> std::process::ExitCode {
         let _ = reader.await;
     }
     let delivered = raw_counters.delivered.load(Ordering::Relaxed);
-    let (p50, p99, max) = percentiles(std::mem::take(&mut *raw_latencies.lock().expect("l")));
-    let raw_run = Run {
-        published,
-        publish_rate: published as f64 / took.as_secs_f64(),
-        expected_deliveries: expected,
-        delivered,
-        deliveries_per_s: delivered as f64 / took.as_secs_f64(),
-        p50_ms: p50,
-        p99_ms: p99,
-        max_ms: max,
-        sidecar_cpu_us_per_delivery: 0.0,
-        redis_cpu_us_per_delivery: redis_cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64,
-    };
+    let raw_run = Run::new(
+        (published, took),
+        (expected, delivered),
+        std::mem::take(&mut *raw_latencies.lock().expect("l")),
+        (Duration::ZERO, redis_cpu),
+    );
 
     let connections = args.connections as f64;
     let per_conn = (rss_connected - rss_before) / connections;
@@ -574,9 +587,7 @@ async fn main() -> std::process::ExitCode {
         cpus: std::thread::available_parallelism().map_or(1, usize::from),
         open_files_limit,
     };
-    let json = serde_json::to_string_pretty(&results).expect("results serialize");
-    std::fs::write(&args.out, json + "\n").expect("write results");
-    println!("results written to {}", args.out.display());
+    procs::write_results(&args.out, &results);
     drop(sidecar);
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
