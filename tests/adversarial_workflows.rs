@@ -26,12 +26,12 @@ fn not_5xx(reply: &Reply) {
         reply.body
     );
     if !reply.status.is_success() {
-        let ct = reply
-            .headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        assert_eq!(ct, "application/problem+json", "{}", reply.body);
+        assert_eq!(
+            reply.content_type(),
+            "application/problem+json",
+            "{}",
+            reply.body
+        );
     }
 }
 
@@ -180,15 +180,7 @@ async fn a_join_of_1000_parts_with_odd_values_aggregates_once_and_exactly() {
         assert_eq!(&info.body[kind][name], field, "part {i}");
     }
     // The raw text keeps every digit.
-    let raw = app
-        .client
-        .get(app.url("/topics/agg/messages"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let raw = support::get_text(&app.client, app.url("/topics/agg/messages")).await;
     assert!(
         raw.contains("1234567890123456789012345678900"),
         "digits kept"

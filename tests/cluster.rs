@@ -236,15 +236,7 @@ async fn the_api_works_on_a_redis_cluster() {
     for _ in 0..100 {
         let (_, history) = api.get("/topics/topic-3/messages?limit=10").await;
         trimmed = history["messages"].as_array().is_some_and(Vec::is_empty);
-        let metrics = api
-            .client
-            .get(format!("{}/metrics", sc.base))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
+        let metrics = support::get_text(&api.client, format!("{}/metrics", sc.base)).await;
         gauges = metrics.contains("streamcar_group_lag{") && metrics.contains("topic=\"topic-7\"");
         if trimmed && gauges {
             break;

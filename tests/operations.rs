@@ -8,22 +8,11 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{RedisServer, StreamcarProcess, TestApp};
+use support::{RedisServer, StreamcarProcess, TestApp, get_text};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn post(client: &reqwest::Client, url: String, body: Value) -> support::Reply {
     TestApp::reply(client.post(url).json(&body).send().await.expect("post")).await
-}
-
-async fn get_text(client: &reqwest::Client, url: String) -> String {
-    client
-        .get(url)
-        .send()
-        .await
-        .expect("get")
-        .text()
-        .await
-        .expect("text")
 }
 
 /// The value of the sample whose line starts with `series` (name and labels).

@@ -456,15 +456,7 @@ async fn a_2xx_acks_and_the_request_carries_cloudevents_and_streamcar_headers() 
     assert!(sub["last_error"].is_null(), "{sub}");
     assert_eq!(server.seen().len(), 2, "each message pushed once");
 
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains(
             r#"streamcar_push_requests_total{subscription="orders-hook",outcome="acked"} 2"#
@@ -1237,15 +1229,7 @@ async fn a_reset_and_a_timeout_are_failed_attempts() {
     let sub = wait_subscription(&app, |s| s["acked"] == 1).await;
     assert_eq!(sub["nacked"], 2);
     assert_eq!(sub["last_error"], "timeout after 300 ms");
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     for outcome in ["broken", "timeout", "acked"] {
         let line = format!(
             r#"streamcar_push_requests_total{{subscription="flaky",outcome="{outcome}"}} 1"#

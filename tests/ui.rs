@@ -530,15 +530,7 @@ async fn the_page_is_served_without_the_token_with_strict_headers_and_outside_th
         assert!(!resp.text().await.expect("body").is_empty(), "{path}");
     }
     // The page loads no inline script: every <script> names a file.
-    let index = app
-        .client
-        .get(format!("{}/ui", app.base))
-        .send()
-        .await
-        .expect("index")
-        .text()
-        .await
-        .expect("index body");
+    let index = support::get_text(&app.client, format!("{}/ui", app.base)).await;
     for tag in index.split("<script").skip(1) {
         let (attrs, rest) = tag.split_once('>').expect("a closed tag");
         assert!(attrs.contains(" src=\"/ui/"), "script without src: {attrs}");

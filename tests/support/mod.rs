@@ -383,16 +383,24 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The `content-type` header ('' when missing).
+    pub fn content_type(&self) -> &str {
+        self.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
     /// Asserts this is a problem+json with `status` and `code`, and returns it.
     #[track_caller]
     pub fn assert_problem(&self, status: u16, code: &str) -> &Value {
         assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
-        let ct = self
-            .headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        assert_eq!(ct, "application/problem+json", "body: {}", self.body);
+        assert_eq!(
+            self.content_type(),
+            "application/problem+json",
+            "body: {}",
+            self.body
+        );
         assert_eq!(self.body["code"], code, "body: {}", self.body);
         assert_eq!(self.body["status"], status, "body: {}", self.body);
         assert!(self.body["detail"].is_string(), "body: {}", self.body);
@@ -520,6 +528,18 @@ impl Drop for StreamcarProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// The body of `GET url` as text (metrics, pages, raw JSON).
+pub async fn get_text(client: &reqwest::Client, url: String) -> String {
+    client
+        .get(url)
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text")
 }
 
 static TENANT_COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -709,14 +729,7 @@ impl TestApp {
 
     /// The Prometheus text of `/metrics`.
     pub async fn metrics_text(&self) -> String {
-        self.client
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text")
+        get_text(&self.client, format!("{}/metrics", self.base)).await
     }
 
     /// `http://<edge address>` when the config enabled the client edge.
