@@ -193,10 +193,19 @@ pub fn parse_receipts(receipts: &[String]) -> Result<Vec<Receipt>> {
     parse_receipts_of("receipts", receipts)
 }
 
+/// Parses the receipts of a call that settles them (ack, nack, reject):
+/// [`parse_receipts_of`] `field`, then [`distinct`].
+pub(super) fn parse_settled_receipts(
+    field: &str,
+    texts: &[String],
+) -> Result<(Vec<String>, Vec<Receipt>)> {
+    Ok(distinct(texts, parse_receipts_of(field, texts)?))
+}
+
 /// A call's receipts without repeats (by the delivery they name; the first
 /// text kept), with their parsed forms: a receipt given twice in one call
 /// is settled once and reported once, never as both acked and lease_lost.
-pub fn distinct(texts: &[String], parsed: Vec<Receipt>) -> (Vec<String>, Vec<Receipt>) {
+fn distinct(texts: &[String], parsed: Vec<Receipt>) -> (Vec<String>, Vec<Receipt>) {
     let firsts: Vec<bool> = {
         let mut seen = std::collections::HashSet::with_capacity(parsed.len());
         parsed.iter().map(|r| seen.insert(r)).collect()
@@ -470,7 +479,7 @@ impl Broker {
     ) -> Result<(Option<AckOutcome>, Vec<Delivery>)> {
         match request.ack.as_deref() {
             Some(texts) if !texts.is_empty() => {
-                let (texts, parsed) = distinct(texts, parse_receipts_of("ack", texts)?);
+                let (texts, parsed) = parse_settled_receipts("ack", texts)?;
                 self.fetch_acking(tenant, topic, group, request, Some((&texts, &parsed)))
                     .await
             }
@@ -580,7 +589,7 @@ impl Broker {
         group: &Group,
         receipts: &[String],
     ) -> Result<AckOutcome> {
-        let (receipts, parsed) = distinct(receipts, parse_receipts(receipts)?);
+        let (receipts, parsed) = parse_settled_receipts("receipts", receipts)?;
         let receipts = receipts.as_slice();
         let keys = TopicKeys::new(tenant, topic);
         // Acks of one group that arrive while one of its ack calls is in

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::Broker;
 use super::backoff::{random_spread, retry_delay_ms};
-use super::delivery::{distinct, group_call, parse_receipts};
+use super::delivery::{group_call, parse_settled_receipts};
 use super::groups::{group_not_found, parse_config};
 use super::publish::MAX_DURATION_MS;
 use super::traced;
@@ -92,7 +92,7 @@ impl Broker {
         delay_ms: Option<u64>,
         error: Option<&str>,
     ) -> Result<NackOutcome> {
-        let (receipts, parsed) = distinct(receipts, parse_receipts(receipts)?);
+        let (receipts, parsed) = parse_settled_receipts("receipts", receipts)?;
         let receipts = receipts.as_slice();
         let error = check_error(error)?;
         if delay_ms.is_some_and(|d| d > MAX_DURATION_MS) {
@@ -158,7 +158,7 @@ impl Broker {
         receipts: &[String],
         error: Option<&str>,
     ) -> Result<RejectOutcome> {
-        let (receipts, parsed) = distinct(receipts, parse_receipts(receipts)?);
+        let (receipts, parsed) = parse_settled_receipts("receipts", receipts)?;
         let receipts = receipts.as_slice();
         let error = check_error(error)?;
         let keys = TopicKeys::new(tenant, topic);
