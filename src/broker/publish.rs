@@ -323,11 +323,11 @@ impl Broker {
         topic: &Topic,
         messages: &[PublishRequest],
     ) -> Result<(Vec<Result<Published>>, u64)> {
-        let keys = TopicKeys::new(tenant, topic);
         let encoded: Vec<Encoded> = messages.iter().map(Encoded::new).collect();
         let rows = if encoded.len() >= COMBINE_BELOW {
             self.publish_encoded(tenant, topic, encoded).await?
         } else {
+            let keys = TopicKeys::new(tenant, topic);
             let bytes = encoded.iter().map(Encoded::bytes).sum();
             let broker = self.clone();
             let (t, p) = (tenant.clone(), topic.clone());
