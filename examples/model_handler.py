@@ -28,7 +28,6 @@ class Handler(BaseHTTPRequestHandler):
         prompt = json.loads(self.rfile.read(int(self.headers["content-length"])))
         msg_id = self.headers["ce-id"]
         tenant = Tenant(self.headers["ce-source"].split("/")[3])
-        trace = self.headers.get("traceparent")
         status, slot = tenant.call("POST", "/pools/gpu/acquire", {"holder": f"{NAME}.{msg_id}", "wait_ms": 2000})
         if status != 201:
             return self.answer(503, headers={"retry-after": "1"})  # pool full: again in a second
@@ -43,7 +42,7 @@ class Handler(BaseHTTPRequestHandler):
                 draft = fake_model("draft", prompt["prompt"])
                 tenant.call("POST", f"{claim_path}/complete", {"token": claim["token"], "result": draft, "ttl_ms": 3600000})
         finally:
-            tenant.call("POST", "/pools/gpu/release", {"reservation_id": slot["reservation_id"]}, traceparent=trace)
+            tenant.call("POST", "/pools/gpu/release", {"reservation_id": slot["reservation_id"]})
         # The sidecar publishes this to `drafts` (key: the user, causation: the
         # prompt) and acks the prompt; a redo emits nothing new.
         emit = {"topic": "drafts", "key": prompt["user"], "payload": {**prompt, "draft": draft}}
