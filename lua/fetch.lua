@@ -109,6 +109,17 @@ if redis.call('HEXISTS', g.meta, 'deliveries') == 0 then
   redis.call('HSET', g.meta, 'deliveries', t[1] .. string.format('%06d', tonumber(t[2])))
 end
 
+-- 0. Deferred DLQ replays the group has read past (prelude.lua
+-- `defer_replay`) join their key, so a free key's replay is due now.
+if g.ordered and first_deferred(g) then
+  for _, row in ipairs(redis.call('XINFO', 'GROUPS', g.stream)) do
+    local info = entry_fields(row)
+    if info.name == g.name then
+      release_deferred(g, sortable_id(info['last-delivered-id']) .. '~', now)
+    end
+  end
+end
+
 -- 1. Retries whose time has come: this consumer takes them over.
 for _, member in ipairs(redis.call('ZRANGE', g.delayed, '-inf', int(now), 'BYSCORE', 'LIMIT', 0, max)) do
   local id, attempts = string.match(member, '^([^|]+)|(%d+)$')
@@ -151,16 +162,25 @@ end
 -- 3. New entries. Delayed ones are parked until due, and entries read past
 -- the byte budget are parked as due now (first in line next time); read on
 -- (bounded) to fill up.
+-- Deferred DLQ replays join their key once the read passes the stream top
+-- they were replayed at (prelude.lua `defer_replay`).
 local reads = 1000
+local deferred = g.ordered and first_deferred(g)
+local caught_up = false
 while #out < max and not budget_hit and reads > 0 do
   local reply = redis.call('XREADGROUP', 'GROUP', g.name, consumer, 'COUNT', max - #out,
     'STREAMS', g.stream, '>')
   if not reply then
+    caught_up = true
     break
   end
   local entries = reply[1][2]
   reads = reads - #entries
   for _, entry in ipairs(entries) do
+    if deferred and deferred < sortable_id(entry[1]) then
+      release_deferred(g, sortable_id(entry[1]), now)
+      deferred = first_deferred(g)
+    end
     local f = entry_fields(entry[2])
     local key = order_key(g, f)
     local deliver_at = tonumber(f.deliver_at or 0)
@@ -174,6 +194,9 @@ while #out < max and not budget_hit and reads > 0 do
       offer(entry[1], 1, entry[2])
     end
   end
+end
+if deferred and caught_up then
+  release_deferred(g, nil, now)
 end
 local more = budget_hit or (reads <= 0 and #out < max)
 
