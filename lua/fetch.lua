@@ -120,20 +120,24 @@ if g.ordered and first_deferred(g) then
   end
 end
 
--- 1. Retries whose time has come: this consumer takes them over.
-for _, member in ipairs(redis.call('ZRANGE', g.delayed, '-inf', int(now), 'BYSCORE', 'LIMIT', 0, max)) do
-  local id, attempts = string.match(member, '^([^|]+)|(%d+)$')
-  local flat = read_entry(id)
-  if flat and not fits(flat) then
-    break
-  end
-  redis.call('ZREM', g.delayed, member)
-  if flat then
-    local attempt = tonumber(attempts) + 1
-    redis.call('XCLAIM', g.stream, g.name, consumer, 0, id, 'RETRYCOUNT', attempt, 'JUSTID')
-    offer(id, attempt, flat)
+-- 1. Retries whose time (up to `due`) has come: this consumer takes them over.
+local function take_due(due)
+  for _, member in ipairs(redis.call('ZRANGE', g.delayed, '-inf', int(due), 'BYSCORE', 'LIMIT', 0,
+    max - #out)) do
+    local id, attempts = string.match(member, '^([^|]+)|(%d+)$')
+    local flat = read_entry(id)
+    if flat and not fits(flat) then
+      break
+    end
+    redis.call('ZREM', g.delayed, member)
+    if flat then
+      local attempt = tonumber(attempts) + 1
+      redis.call('XCLAIM', g.stream, g.name, consumer, 0, id, 'RETRYCOUNT', attempt, 'JUSTID')
+      offer(id, attempt, flat)
+    end
   end
 end
+take_due(now)
 
 -- 2. Leases whose promised expiry has passed, oldest first.
 if #out < max and not budget_hit then
@@ -157,6 +161,15 @@ if #out < max and not budget_hit then
       end
     end
   end
+end
+
+-- In an ordered group, a head dead-lettered above (ttl passed, last attempt
+-- lapsed) passed its key on: the next message, due now, goes out in this
+-- same fetch (bounded), rather than after an empty answer per dead head.
+local dead, passes = 0, 100
+while g.ordered and expired + exhausted > dead and #out < max and not budget_hit and passes > 0 do
+  dead, passes = expired + exhausted, passes - 1
+  take_due(now_ms())
 end
 
 -- 3. New entries. Delayed ones are parked until due, and entries read past

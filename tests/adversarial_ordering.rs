@@ -460,6 +460,42 @@ async fn a_replayed_head_joins_the_back_of_its_key_even_with_one_at_a_time_fetch
     }
 }
 
+/// Heads dead-lettered by a fetch (ttl passed, or a lapsed lease on its
+/// last attempt) pass their key on within that same fetch: one fetch with
+/// `wait_ms: 0` hands out the key's next live message, rather than an
+/// empty answer per dead message.
+#[tokio::test]
+async fn a_fetch_that_dead_letters_a_head_delivers_the_next_message_of_its_key() {
+    let app = TestApp::start().await;
+    app.group(
+        "ttl",
+        "g",
+        &json!({"ordering": "key", "lease_ms": 100, "max_deliveries": 1}),
+    )
+    .await;
+    app.publish("ttl", &json!({"key": "k", "payload": "first"}))
+        .await;
+    for i in 0..3 {
+        app.publish("ttl", &json!({"key": "k", "payload": i, "ttl_ms": 100}))
+            .await;
+    }
+    app.publish("ttl", &json!({"key": "k", "payload": "live"}))
+        .await;
+    app.publish("ttl", &json!({"key": "k", "payload": "last"}))
+        .await;
+    let first = app.fetch("ttl", "g", "w", 10, 0).await;
+    assert_eq!(payloads(&first), [json!("first")]);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // The head's lease lapsed on its last attempt, the next three expired.
+    let live = app.fetch("ttl", "g", "w", 10, 0).await;
+    assert_eq!(payloads(&live), [json!("live")]);
+    let info = app.get("/topics/ttl/groups/g").await.body;
+    assert_eq!(
+        (info["dead_lettered"].clone(), info["parked"].clone()),
+        (json!(4), json!(1))
+    );
+}
+
 /// A lease that lapses while its holder acks and another consumer fetches:
 /// exactly one of them wins, every time; with `ordering: key` the key's
 /// next message comes out exactly once, after the head is settled.
@@ -598,4 +634,81 @@ async fn racing_workers_never_hold_two_messages_of_a_key() {
     for k in 0..keys {
         assert_eq!(done.get(&format!("k{k}")), Some(&want), "key k{k}");
     }
+}
+
+/// Publishes `n` messages to `topic`, message `i` with key `key(i)`.
+async fn publish_many(app: &TestApp, topic: &str, n: usize, key: impl Fn(usize) -> String) {
+    for start in (0..n).step_by(1000) {
+        let batch: Vec<Value> = (start..n.min(start + 1000))
+            .map(|i| json!({"key": key(i), "payload": i}))
+            .collect();
+        let path = format!("/topics/{topic}/messages:batch");
+        let reply = app.post(&path, &json!({ "messages": batch })).await;
+        assert!(reply.status.is_success(), "{}", reply.body);
+    }
+}
+
+/// Fetches (max `max`) and acks `rounds` times; returns (messages, time).
+async fn drain(app: &TestApp, topic: &str, max: u32, rounds: usize) -> (usize, Duration) {
+    let (mut n, t) = (0, Instant::now());
+    for _ in 0..rounds {
+        let got = app.fetch(topic, "g", "w", max, 0).await;
+        if got.is_empty() {
+            break;
+        }
+        n += got.len();
+        let receipts: Vec<String> = got.iter().map(receipt).collect();
+        settle(app, topic, "ack", &receipts, json!({})).await;
+    }
+    (n, t.elapsed())
+}
+
+/// The fetch hot path with 100k distinct keys and with 100k messages on
+/// one key: figures only (`cargo nextest run --test adversarial_ordering
+/// --run-ignored only`), no timing is asserted.
+#[tokio::test]
+#[ignore = "a measurement, run by hand"]
+async fn hot_path_figures_for_many_keys_and_one_deep_key() {
+    let app = TestApp::start().await;
+    let n = 100_000;
+    for (topic, ordering) in [("wide", "key"), ("deep", "key"), ("flat", "none")] {
+        app.group(topic, "g", &json!({ "ordering": ordering }))
+            .await;
+    }
+    let t = Instant::now();
+    publish_many(&app, "wide", n, |i| format!("user-{i}")).await;
+    publish_many(&app, "deep", n, |_| "hot".to_owned()).await;
+    publish_many(&app, "flat", n, |i| format!("user-{i}")).await;
+    eprintln!("published 3 x {n} in {:?}", t.elapsed());
+    for topic in ["wide", "flat"] {
+        let (first, t1) = drain(&app, topic, 1000, 5).await;
+        let _ = drain(&app, topic, 1000, 85).await;
+        let (last, t2) = drain(&app, topic, 1000, 5).await;
+        eprintln!(
+            "{topic}: fetch+ack 1000 at a time: {:.1} us/msg first 5k, {:.1} us/msg at 90-95k",
+            t1.as_micros() as f64 / first as f64,
+            t2.as_micros() as f64 / last as f64
+        );
+    }
+    let t = Instant::now();
+    let first = app.fetch("deep", "g", "w", 100, 0).await;
+    let park = t.elapsed();
+    let info = app.get("/topics/deep/groups/g").await.body;
+    eprintln!(
+        "deep: first fetch {park:?} (parked {}, lag {})",
+        info["parked"], info["lag"]
+    );
+    settle(&app, "deep", "ack", &[receipt(&first[0])], json!({})).await;
+    let (a, t1) = drain(&app, "deep", 100, 200).await;
+    let (b, t2) = drain(&app, "deep", 100, 1000).await;
+    let info = app.get("/topics/deep/groups/g").await.body;
+    let (c, t3) = drain(&app, "flat", 1, 1000).await;
+    eprintln!(
+        "deep: one at a time: {:.1} us/msg while parking ({a}), {:.1} us/msg with ~98k parked \
+         ({b}, parked now {}); flat one at a time: {:.1} us/msg ({c})",
+        t1.as_micros() as f64 / a as f64,
+        t2.as_micros() as f64 / b as f64,
+        info["parked"],
+        t3.as_micros() as f64 / c as f64,
+    );
 }
