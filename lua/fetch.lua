@@ -45,8 +45,10 @@ if not cfg[1] then
   return { -1, 0, 0, 0, {}, 0, 0, 0, {} }
 end
 local lease_ms, max_deliveries = tonumber(cfg[1]), tonumber(cfg[3])
-local now = now_ms()
 local acks = ack_receipts(g, 6)
+-- Read after the acks: a key an ack passed on has its next message due at
+-- the Redis time of that ack, and this fetch must see it as due.
+local now = now_ms()
 
 if cfg[2] == '1' then
   return { 0, now, lease_ms, 0, {}, 0, 0, 0, acks }

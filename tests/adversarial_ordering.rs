@@ -405,9 +405,10 @@ async fn receipts_of_a_deleted_topic_touch_nothing_of_its_successor() {
 /// fetch size, and its old receipt stays dead.
 #[tokio::test]
 async fn a_replayed_head_joins_the_back_of_its_key_even_with_one_at_a_time_fetches() {
+    const K: &str = "k|~\u{fc}";
     let app = TestApp::start().await;
     app.group("rp1", "g", &json!({"ordering": "key"})).await;
-    publish_keyed(&app, "rp1", "k", &[json!(1), json!(2), json!(3)]).await;
+    publish_keyed(&app, "rp1", K, &[json!(1), json!(2), json!(3)]).await;
     let first = app.fetch("rp1", "g", "w", 1, 0).await;
     assert_eq!(payloads(&first), [json!(1)]);
     let old = vec![receipt(&first[0])];
@@ -434,7 +435,7 @@ async fn a_replayed_head_joins_the_back_of_its_key_even_with_one_at_a_time_fetch
 
     // Replayed behind a backlog of other keys' messages: it waits until the
     // group has read them, then comes out, before what is published later.
-    publish_keyed(&app, "rp1", "k", &[json!(4)]).await;
+    publish_keyed(&app, "rp1", K, &[json!(4)]).await;
     let fourth = app.fetch("rp1", "g", "w", 1, 0).await;
     settle(&app, "rp1", "reject", &[receipt(&fourth[0])], json!({})).await;
     let others: Vec<Value> = (0..5).map(|i| json!(["other", i])).collect();
@@ -443,12 +444,12 @@ async fn a_replayed_head_joins_the_back_of_its_key_even_with_one_at_a_time_fetch
         .post("/topics/rp1/groups/g/dlq/replay", &json!({}))
         .await;
     assert_eq!(count(&replayed.body, "replayed"), 1, "{}", replayed.body);
-    publish_keyed(&app, "rp1", "k", &[json!(5)]).await;
+    publish_keyed(&app, "rp1", K, &[json!(5)]).await;
     let mut order = Vec::new();
     for _ in 0..12 {
         let got = app.fetch("rp1", "g", "w", 1, 0).await;
         let Some(m) = got.first() else { break };
-        if m["key"] == "k" {
+        if m["key"] == K {
             order.push(m["payload"].clone());
         }
         settle(&app, "rp1", "ack", &[receipt(m)], json!({})).await;
@@ -494,6 +495,24 @@ async fn a_fetch_that_dead_letters_a_head_delivers_the_next_message_of_its_key()
         (info["dead_lettered"].clone(), info["parked"].clone()),
         (json!(4), json!(1))
     );
+}
+
+/// A worker on one key that acks through fetch (`ack` + fetch in one call)
+/// gets the key's next message in that same call, every time.
+#[tokio::test]
+async fn fetch_with_ack_hands_out_the_next_message_of_the_key_at_once() {
+    let app = TestApp::start().await;
+    app.group("chain", "g", &json!({"ordering": "key"})).await;
+    let all: Vec<Value> = (0..200).map(|i| json!(i)).collect();
+    publish_keyed(&app, "chain", "k", &all).await;
+    let mut got = app.fetch("chain", "g", "w", 1, 0).await;
+    for i in 1..200 {
+        let body = json!({"consumer": "w", "max": 5, "ack": [receipt(&got[0])]});
+        let reply = app.post("/topics/chain/groups/g/fetch", &body).await;
+        assert_eq!(count(&reply.body, "acked"), 1, "{}", reply.body);
+        got = reply.body["messages"].as_array().expect("messages").clone();
+        assert_eq!(payloads(&got), [json!(i)], "after acking {}", i - 1);
+    }
 }
 
 /// A lease that lapses while its holder acks and another consumer fetches:
@@ -628,6 +647,16 @@ async fn racing_workers_never_hold_two_messages_of_a_key() {
     }
     for w in workers {
         w.await.expect("worker");
+    }
+    // Every key was passed on to the end: no head is left behind.
+    let mut conn = app.redis.connection();
+    let heads: Vec<String> = redis::cmd("KEYS")
+        .arg("*:heads")
+        .query(&mut conn)
+        .expect("keys");
+    for h in heads {
+        let left: usize = redis::cmd("HLEN").arg(&h).query(&mut conn).expect("hlen");
+        assert_eq!(left, 0, "{h}");
     }
     let done = done.lock().unwrap();
     let want: Vec<i64> = (0..i64::try_from(per_key).expect("small")).collect();
