@@ -741,3 +741,58 @@ async fn hot_path_figures_for_many_keys_and_one_deep_key() {
         t3.as_micros() as f64 / c as f64,
     );
 }
+
+/// A new group whose `start` id is after both the topic's last message and
+/// the Redis clock would owe, forever, every message published until the
+/// clock passes it (their ids come first: never delivered), and with
+/// `max_backlog` would block the topic's publishing for good: refused.
+#[tokio::test]
+async fn a_group_start_in_the_future_is_refused() {
+    let app = TestApp::start().await;
+    app.put("/topics/fut", &json!({"max_backlog": 5})).await;
+    for start in [
+        "99999999999999-0",
+        "99999999999999",
+        "9999999999999999999-9999999999999999999",
+    ] {
+        let reply = app
+            .put("/topics/fut/groups/g", &json!({ "start": start }))
+            .await;
+        assert_eq!(
+            reply.assert_problem(400, "invalid_field")["field"],
+            "start",
+            "{start}"
+        );
+    }
+    app.get("/topics/fut/groups/g")
+        .await
+        .assert_problem(404, "group_not_found");
+    let last = app.publish("fut", &json!({"payload": 0})).await["stream_id"].clone();
+    let last = last.as_str().expect("stream id");
+    app.group("fut", "g", &json!({ "start": last })).await;
+    app.group("fut", "old", &json!({"start": "1-0"})).await;
+    // Re-declaring never moves a group: its start is not looked at again.
+    app.group("fut", "g", &json!({"start": "99999999999999-0"}))
+        .await;
+    for i in 1..8 {
+        let reply = app
+            .post("/topics/fut/messages", &json!({ "payload": i }))
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "publish {i}: {}",
+            reply.body
+        );
+        for group in ["g", "old"] {
+            let got = app.fetch("fut", group, "w", 10, 0).await;
+            let receipts: Vec<String> = got.iter().map(receipt).collect();
+            if !receipts.is_empty() {
+                let path = format!("/topics/fut/groups/{group}/ack");
+                app.post(&path, &json!({ "receipts": receipts })).await;
+            }
+        }
+    }
+    let info = app.get("/topics/fut/groups/g").await.body;
+    assert_eq!(info["lag"], 0, "{info}");
+}
