@@ -692,29 +692,16 @@ async fn a_group_start_in_the_future_is_refused() {
     let last = app.publish("fut", &json!({"payload": 0})).await["stream_id"].clone();
     let last = last.as_str().expect("stream id");
     app.group("fut", "g", &json!({ "start": last })).await;
-    app.group("fut", "old", &json!({"start": "1-0"})).await;
     // Re-declaring never moves a group: its start is not looked at again.
     app.group("fut", "g", &json!({"start": "99999999999999-0"}))
         .await;
-    for i in 1..8 {
-        let reply = app
-            .post("/topics/fut/messages", &json!({ "payload": i }))
-            .await;
-        assert_eq!(
-            reply.status,
-            StatusCode::CREATED,
-            "publish {i}: {}",
-            reply.body
-        );
-        for group in ["g", "old"] {
-            let got = app.fetch("fut", group, "w", 10, 0).await;
-            let receipts: Vec<String> = got.iter().map(receipt).collect();
-            if !receipts.is_empty() {
-                let path = format!("/topics/fut/groups/{group}/ack");
-                app.post(&path, &json!({ "receipts": receipts })).await;
-            }
-        }
+    for i in 1..5 {
+        app.publish("fut", &json!({ "payload": i })).await;
     }
+    assert_eq!(
+        payloads(&app.fetch("fut", "g", "w", 10, 0).await),
+        [1, 2, 3, 4]
+    );
     let info = app.get("/topics/fut/groups/g").await.body;
     assert_eq!(info["lag"], 0, "{info}");
 }
