@@ -14,10 +14,10 @@
 -- so other groups of the topic are unaffected; in an ordered group a
 -- replayed message joins the back of its key: behind every message of the
 -- key published before the replay (when the group has not read them all
--- yet, it waits, deferred, until fetch has: prelude.lua `defer_replay`); a replayed message starts
--- again at attempt 1 (member '<id>|0', parked in the PEL like any retry)
--- and is owed again (`done:<G>` − 1); it gets new receipts, never an old
--- one's; a dead letter whose original entry was trimmed by retention is
+-- yet, it waits, deferred, until fetch has: prelude.lua `defer_replay`);
+-- a replayed message starts again at attempt 1 (member '<id>|0', parked
+-- in the PEL like any retry) and is owed again (`done:<G>` − 1); it gets
+-- new receipts, never an old one's; a dead letter whose original entry was trimmed by retention is
 -- kept, never silently dropped. Cost: O(log n) per dead letter touched; ids
 -- are found through the index, never by scanning the DLQ.
 local g = group_keys()
