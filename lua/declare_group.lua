@@ -11,7 +11,8 @@
 -- ARGV[5]  D = number of default field/value pairs, then D pairs (written
 --          only when the group is created), then pairs to set now
 -- Returns  { group_created (1|0, or -1 when the group exists with another
---          ordering: nothing changed), topic_created (0|1), the group's ordering }
+--          ordering, -2 when a new group's start id is in the future:
+--          nothing changed), topic_created (0|1), the group's ordering }
 --
 -- Invariants: a group exists exactly when its config hash exists, its name
 -- is in the groups set and the Redis consumer group exists; `start` applies
@@ -29,6 +30,18 @@ if redis.call('EXISTS', config) == 1 then
   existing = existing or 'none'
   if ordering ~= '' and ordering ~= existing then
     return { -1, 0, existing }
+  end
+end
+-- A new group's start id after both the stream's last entry and the Redis
+-- clock would make the group owe every message published until the clock
+-- passes it (their ids come before it: never delivered): refused, before
+-- anything is written.
+if start ~= '0' and start ~= '$' and redis.call('EXISTS', config) == 0 then
+  local ms, seq = string.match(start, '^(%d+)%-?(%d*)$')
+  local id = ms .. '-' .. (seq == '' and '0' or seq)
+  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+  if (not last or sortable_id(id) > sortable_id(last[1])) and tonumber(ms) >= now_ms() then
+    return { -2, 0, '' }
   end
 end
 local _, topic_created = ensure_topic(meta, ARGV[1])

@@ -12,10 +12,12 @@
 --
 -- Invariants: replay touches only this group (its schedule, DLQ and index),
 -- so other groups of the topic are unaffected; in an ordered group a
--- replayed message joins the back of its key; a replayed message starts
--- again at attempt 1 (member '<id>|0', parked in the PEL like any retry)
--- and is owed again (`done:<G>` − 1); it gets new receipts, never an old
--- one's; a dead letter whose original entry was trimmed by retention is
+-- replayed message joins the back of its key: behind every message of the
+-- key published before the replay (when the group has not read them all
+-- yet, it waits, deferred, until fetch has: prelude.lua `defer_replay`);
+-- a replayed message starts again at attempt 1 (member '<id>|0', parked
+-- in the PEL like any retry) and is owed again (`done:<G>` − 1); it gets
+-- new receipts, never an old one's; a dead letter whose original entry was trimmed by retention is
 -- kept, never silently dropped. Cost: O(log n) per dead letter touched; ids
 -- are found through the index, never by scanning the DLQ.
 local g = group_keys()
@@ -24,6 +26,21 @@ if redis.call('EXISTS', g.config) == 0 then
 end
 local now = now_ms()
 local replayed, missing = {}, {}
+
+-- An ordered group that has not read its whole stream may not have seen
+-- every earlier message of a replayed key: `top` (the stream's last id)
+-- is where a replay of a keyed message waits for the group to read to.
+local top
+if g.ordered then
+  local last = redis.call('XREVRANGE', g.stream, '+', '-', 'COUNT', 1)[1]
+  for _, row in ipairs(redis.call('XINFO', 'GROUPS', g.stream)) do
+    local info = entry_fields(row)
+    if last and info.name == g.name
+      and sortable_id(info['last-delivered-id']) < sortable_id(last[1]) then
+      top = last[1]
+    end
+  end
+end
 
 -- Drops dead letter `letter` from the index entry of `message_id`.
 local function unindex(message_id, letter)
@@ -50,7 +67,9 @@ local function replay(letter, fields)
     return
   end
   local key = order_key(g, fields)
-  if not key or take_key(g, key, sid, true) then
+  if key and top then
+    defer_replay(g, key, sid, top)
+  elseif not key or take_key(g, key, sid, true) then
     schedule(g, sid, 0, now, true)
   end
   redis.call('HINCRBY', g.meta, 'done:' .. g.name, -1)

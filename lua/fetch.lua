@@ -45,8 +45,10 @@ if not cfg[1] then
   return { -1, 0, 0, 0, {}, 0, 0, 0, {} }
 end
 local lease_ms, max_deliveries = tonumber(cfg[1]), tonumber(cfg[3])
-local now = now_ms()
 local acks = ack_receipts(g, 6)
+-- Read after the acks: a key an ack passed on has its next message due at
+-- the Redis time of that ack, and this fetch must see it as due.
+local now = now_ms()
 
 if cfg[2] == '1' then
   return { 0, now, lease_ms, 0, {}, 0, 0, 0, acks }
@@ -109,20 +111,35 @@ if redis.call('HEXISTS', g.meta, 'deliveries') == 0 then
   redis.call('HSET', g.meta, 'deliveries', t[1] .. string.format('%06d', tonumber(t[2])))
 end
 
--- 1. Retries whose time has come: this consumer takes them over.
-for _, member in ipairs(redis.call('ZRANGE', g.delayed, '-inf', int(now), 'BYSCORE', 'LIMIT', 0, max)) do
-  local id, attempts = string.match(member, '^([^|]+)|(%d+)$')
-  local flat = read_entry(id)
-  if flat and not fits(flat) then
-    break
-  end
-  redis.call('ZREM', g.delayed, member)
-  if flat then
-    local attempt = tonumber(attempts) + 1
-    redis.call('XCLAIM', g.stream, g.name, consumer, 0, id, 'RETRYCOUNT', attempt, 'JUSTID')
-    offer(id, attempt, flat)
+-- 0. Deferred DLQ replays the group has read past (prelude.lua
+-- `defer_replay`) join their key, so a free key's replay is due now.
+if g.ordered and first_deferred(g) then
+  for _, row in ipairs(redis.call('XINFO', 'GROUPS', g.stream)) do
+    local info = entry_fields(row)
+    if info.name == g.name then
+      release_deferred(g, sortable_id(info['last-delivered-id']) .. '~', now)
+    end
   end
 end
+
+-- 1. Retries whose time (up to `due`) has come: this consumer takes them over.
+local function take_due(due)
+  for _, member in ipairs(redis.call('ZRANGE', g.delayed, '-inf', int(due), 'BYSCORE', 'LIMIT', 0,
+    max - #out)) do
+    local id, attempts = string.match(member, '^([^|]+)|(%d+)$')
+    local flat = read_entry(id)
+    if flat and not fits(flat) then
+      break
+    end
+    redis.call('ZREM', g.delayed, member)
+    if flat then
+      local attempt = tonumber(attempts) + 1
+      redis.call('XCLAIM', g.stream, g.name, consumer, 0, id, 'RETRYCOUNT', attempt, 'JUSTID')
+      offer(id, attempt, flat)
+    end
+  end
+end
+take_due(now)
 
 -- 2. Leases whose promised expiry has passed, oldest first.
 if #out < max and not budget_hit then
@@ -148,19 +165,37 @@ if #out < max and not budget_hit then
   end
 end
 
+-- In an ordered group, a head dead-lettered above (ttl passed, last attempt
+-- lapsed) passed its key on: the next message, due now, goes out in this
+-- same fetch (bounded), rather than after an empty answer per dead head.
+local dead, passes = 0, 100
+while g.ordered and expired + exhausted > dead and #out < max and not budget_hit and passes > 0 do
+  dead, passes = expired + exhausted, passes - 1
+  take_due(now_ms())
+end
+
 -- 3. New entries. Delayed ones are parked until due, and entries read past
 -- the byte budget are parked as due now (first in line next time); read on
 -- (bounded) to fill up.
+-- Deferred DLQ replays join their key once the read passes the stream top
+-- they were replayed at (prelude.lua `defer_replay`).
 local reads = 1000
+local deferred = g.ordered and first_deferred(g)
+local caught_up = false
 while #out < max and not budget_hit and reads > 0 do
   local reply = redis.call('XREADGROUP', 'GROUP', g.name, consumer, 'COUNT', max - #out,
     'STREAMS', g.stream, '>')
   if not reply then
+    caught_up = true
     break
   end
   local entries = reply[1][2]
   reads = reads - #entries
   for _, entry in ipairs(entries) do
+    if deferred and deferred < sortable_id(entry[1]) then
+      release_deferred(g, sortable_id(entry[1]), now)
+      deferred = first_deferred(g)
+    end
     local f = entry_fields(entry[2])
     local key = order_key(g, f)
     local deliver_at = tonumber(f.deliver_at or 0)
@@ -174,6 +209,9 @@ while #out < max and not budget_hit and reads > 0 do
       offer(entry[1], 1, entry[2])
     end
   end
+end
+if deferred and caught_up then
+  release_deferred(g, nil, now)
 end
 local more = budget_hit or (reads <= 0 and #out < max)
 

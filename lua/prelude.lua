@@ -165,6 +165,48 @@ local function release_key(g, key)
   redis.call('PUBLISH', g.wake, 0)
 end
 
+-- A stream id as fixed-width digits (ms and seq, 20 each), so ids compare
+-- as strings.
+local function sortable_id(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return string.rep('0', 20 - #ms) .. ms .. string.rep('0', 20 - #seq) .. seq
+end
+
+-- DLQ replays in an ordered group that has not read its whole stream yet
+-- are deferred: the group may not have read every earlier message of the
+-- key, so the replay cannot take its place in the key yet. They wait in
+-- `parked` (PEL owner PARKED) as '~<sortable stream top at the replay>
+-- <stream id>|<key>' ('~' sorts after every key's members), until fetch
+-- reads past that top (dlq_replay.lua, fetch.lua).
+local function defer_replay(g, key, id, top)
+  redis.call('XCLAIM', g.stream, g.name, PARKED, 0, id, 'FORCE', 'JUSTID')
+  redis.call('ZADD', g.parked, 0, '~' .. sortable_id(top) .. id .. '|' .. key)
+end
+
+-- The sortable top of the first deferred replay, or nil.
+local function first_deferred(g)
+  local m = redis.call('ZRANGE', g.parked, '[~', '+', 'BYLEX', 'LIMIT', 0, 1)[1]
+  return m and string.sub(m, 2, 41)
+end
+
+-- Deferred replays whose top sorts before `upto` ('<sortable id>' for tops
+-- before that id, '<sortable id>~' for tops up to it; nil: all, up to 1000)
+-- join the back of their key now; a free key's replay is due at `due`.
+local function release_deferred(g, upto, due)
+  local members = redis.call('ZRANGE', g.parked, '[~', upto and ('(~' .. upto) or '+', 'BYLEX',
+    'LIMIT', 0, 1000)
+  for _, m in ipairs(members) do
+    redis.call('ZREM', g.parked, m)
+    local id, key = string.match(string.sub(m, 42), '^([^|]+)|(.*)$')
+    if take_key(g, key, id) then
+      schedule(g, id, 0, due)
+    end
+  end
+  if #members > 0 then
+    redis.call('PUBLISH', g.wake, 0)
+  end
+end
+
 -- The ordering key of an entry with fields `f` in this group, or nil.
 local function order_key(g, f)
   if g.ordered and f and f.key and f.key ~= '' then

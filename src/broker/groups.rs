@@ -306,6 +306,13 @@ impl Broker {
         let mut conn = self.store.conn().await?;
         let (created, topic_created, ordering): (i64, i64, String) =
             call.invoke_async(&mut conn).await?;
+        if created == -2 {
+            return Err(Error::invalid_field(
+                "start",
+                "must not be after both the topic's last message and the current time: \
+                 the messages published before it would be owed and never delivered",
+            ));
+        }
         if created < 0 {
             return Err(Error::Conflict {
                 code: "group_config_conflict",
