@@ -369,3 +369,367 @@ async fn a_page_of_large_messages_costs_redis_about_one_page() {
         growth >> 20
     );
 }
+
+/// Positions at their limits: 0, the top, one past it, past 2^53, the
+/// largest accepted offset, another epoch. History, SSE and WebSocket
+/// agree: recovered exactly, or not recovered / one reset to the top.
+#[tokio::test]
+async fn positions_at_their_limits_resume_or_reset() {
+    let app = TestApp::start().await;
+    let last = publish_n(&app, "lim", 5).await;
+    let epoch = last["epoch"].as_str().unwrap().to_owned();
+    let page = |since: String| {
+        let app = &app;
+        async move {
+            let reply = app
+                .get(&format!("/channels/lim/messages?since={since}"))
+                .await;
+            assert_eq!(reply.status, StatusCode::OK, "{since}: {}", reply.body);
+            reply.body
+        }
+    };
+    let zero = page(format!("{epoch}:0")).await;
+    assert_eq!(zero["recovered"], true);
+    assert_eq!(offsets(&zero), vec![1, 2, 3, 4, 5]);
+    let top = page(format!("{epoch}:5")).await;
+    assert_eq!(top["recovered"], true);
+    assert_eq!(offsets(&top), Vec::<u64>::new());
+    for gone in [
+        format!("{epoch}:6"),
+        format!("{epoch}:9007199254740992"),
+        format!("{epoch}:9007199254740993"),
+        format!("{epoch}:9223372036854775807"),
+        format!("{epoch}:9223372036854775808"),
+        format!("{epoch}:9999999999999999999"),
+        "1:3".to_owned(),
+        format!("{}:3", "Z".repeat(32)),
+        "0:0".to_owned(),
+    ] {
+        let body = page(gone.clone()).await;
+        assert_eq!(body["recovered"], false, "{gone}: {body}");
+        assert_eq!(offsets(&body), vec![1, 2, 3, 4, 5], "{gone}");
+        assert_eq!(body["top_offset"], 5, "{gone}");
+        assert_eq!(body["epoch"], epoch.as_str(), "{gone}");
+    }
+
+    // SSE and WebSocket: one reset to the top, then live, for each.
+    let mut ws = ws_connect(&app).await;
+    let huge = [
+        format!("{epoch}:9007199254740993"),
+        format!("{epoch}:9999999999999999999"),
+        "0:0".to_owned(),
+    ];
+    for (i, since) in huge.iter().enumerate() {
+        let mut sse = Sse::open(&app.url("/channels/lim/events"), Some(since)).await;
+        let channel = format!("lim{i}");
+        // The WebSocket goes to its own channel, at the same kind of position.
+        let ws_top = publish_n(&app, &channel, 2).await;
+        let ws_epoch = ws_top["epoch"].as_str().unwrap();
+        let ws_since = since.replacen(&epoch, ws_epoch, 1);
+        ws_send(
+            &mut ws,
+            json!({ "op": "subscribe", "channel": channel, "since": ws_since }),
+        )
+        .await;
+        let subscribed = ws_next(&mut ws).await;
+        assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+        assert_eq!(subscribed["recovered"], false, "{ws_since}: {subscribed}");
+        let reset = ws_next(&mut ws).await;
+        assert_eq!(reset["type"], "reset", "{reset}");
+        assert_eq!(reset["top_offset"], 2);
+        assert_eq!(reset["epoch"], ws_epoch);
+
+        let reset = sse.expect().await;
+        assert_eq!(reset.event, "reset", "{since}: {reset:?}");
+        let top = reset.data["top_offset"].as_u64().unwrap();
+        assert_eq!(reset.id, Some(format!("{epoch}:{top}")));
+        let next = publish(&app, "lim", &json!({ "payload": "live" })).await;
+        let live = sse.expect().await;
+        assert_eq!(live.event, "message");
+        assert_eq!(live.data["offset"], next["offset"]);
+        assert_eq!(live.data["offset"], top + 1, "live right after the reset");
+        publish(&app, &channel, &json!({ "payload": "live" })).await;
+        let live = ws_next(&mut ws).await;
+        assert_eq!(live["offset"], 3, "{live}");
+    }
+}
+
+/// Integers beyond 2^53 (and beyond 64 bits) in payloads reach history,
+/// SSE and WebSocket subscribers digit for digit: the scripts splice the
+/// JSON text, they never hold it as a Lua number.
+#[tokio::test]
+async fn big_integers_in_payloads_stay_exact_everywhere() {
+    let app = TestApp::start().await;
+    let mut sse = Sse::open(&app.url("/channels/nums/events"), None).await;
+    let mut ws = ws_connect(&app).await;
+    ws_send(&mut ws, json!({ "op": "subscribe", "channel": "nums" })).await;
+    assert_eq!(ws_next(&mut ws).await["type"], "subscribed");
+    let digits = [
+        "9007199254740993",
+        "18446744073709551615",
+        "-9223372036854775808",
+        "123456789012345678901234567890",
+        "1.0000000000000000000000001",
+    ];
+    let text = format!(
+        r#"{{"payload":{{"a":9007199254740993,"b":18446744073709551615,"c":-9223372036854775808,"d":123456789012345678901234567890,"e":1.0000000000000000000000001}},"headers":{{"n":"9007199254740993"}}}}"#
+    );
+    let resp = app
+        .client
+        .post(app.url("/channels/nums/messages"))
+        .header("content-type", "application/json")
+        .body(text)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let history = app
+        .client
+        .get(app.url("/channels/nums/messages"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let frame = ws_next_text(&mut ws).await;
+    for d in digits {
+        assert!(history.contains(d), "history keeps {d}: {history}");
+        assert!(frame.contains(d), "the WebSocket frame keeps {d}: {frame}");
+    }
+    let event = sse.expect().await;
+    assert_eq!(event.data["payload"]["a"], 9_007_199_254_740_993u64);
+    assert_eq!(event.data["payload"]["b"], u64::MAX);
+    assert_eq!(event.data["payload"]["c"], i64::MIN);
+    assert_eq!(event.data["headers"]["n"], "9007199254740993");
+    // The same over the WebSocket publish path.
+    ws.send(WsMessage::text(
+        r#"{"op":"publish","channel":"nums","payload":[18446744073709551615,9007199254740993]}"#,
+    ))
+    .await
+    .unwrap();
+    let frame = ws_next_text(&mut ws).await;
+    assert!(
+        frame.contains("[18446744073709551615,9007199254740993]"),
+        "{frame}"
+    );
+    assert_eq!(sse.expect().await.data["offset"], 2);
+}
+
+/// A subscriber over either transport.
+enum Subscriber {
+    Sse(Sse),
+    Ws(Ws),
+}
+
+impl Subscriber {
+    /// The next `(kind, epoch, offset or top_offset, payload)`.
+    async fn next(&mut self) -> (String, String, u64, Value) {
+        let (kind, data) = match self {
+            Self::Sse(sse) => {
+                let e = sse.expect().await;
+                (e.event, e.data)
+            }
+            Self::Ws(ws) => {
+                let f = ws_next(ws).await;
+                (f["type"].as_str().unwrap().to_owned(), f)
+            }
+        };
+        let at = if kind == "reset" {
+            "top_offset"
+        } else {
+            "offset"
+        };
+        let epoch = data["epoch"].as_str().unwrap().to_owned();
+        (
+            kind,
+            epoch,
+            data[at].as_u64().unwrap(),
+            data["payload"].clone(),
+        )
+    }
+
+    /// Follows the events from `start` until the subscriber stands at
+    /// `end`: every message must be the next offset of its epoch and the
+    /// one published there (`sent`); a reset moves it. Returns the resets.
+    async fn follow(
+        &mut self,
+        start: (String, u64),
+        end: &(String, u64),
+        sent: &HashMap<(String, u64), Value>,
+    ) -> usize {
+        let (mut at, mut resets) = (start, 0);
+        for _ in 0..5000 {
+            if &at == end {
+                return resets;
+            }
+            let (kind, epoch, offset, payload) = self.next().await;
+            if kind == "reset" {
+                resets += 1;
+            } else {
+                assert_eq!(kind, "message");
+                assert_eq!((&epoch, offset), (&at.0, at.1 + 1), "no gap, no duplicate");
+                assert_eq!(sent.get(&(epoch.clone(), offset)), Some(&payload));
+            }
+            at = (epoch, offset);
+        }
+        panic!("never reached {end:?}; at {at:?}");
+    }
+}
+
+/// A channel's keys deleted (all, the meta alone, the history alone) while
+/// messages are published: an offset never names two messages, and
+/// subscribers see each offset in order or a reset, never a silent gap. A
+/// position of a deleted epoch is not trusted in the re-created channel.
+#[tokio::test]
+async fn keys_deleted_under_a_publisher_never_give_a_gap_or_a_duplicate() {
+    let app = TestApp::start().await;
+    let sse = Sse::open(&app.url("/channels/race/events"), None).await;
+    let mut ws = ws_connect(&app).await;
+    ws_send(&mut ws, json!({ "op": "subscribe", "channel": "race" })).await;
+    let subscribed = ws_next(&mut ws).await;
+    let start = (subscribed["epoch"].as_str().unwrap().to_owned(), 0);
+    let prefix = format!("sc:ch:{{{}:race}}", app.tenant);
+    let mut redis = app.redis.connection();
+    let deleter = tokio::task::spawn_blocking(move || {
+        for i in 0..60 {
+            let keys: &[&str] = match i % 3 {
+                0 => &[":meta", ":history"],
+                1 => &[":meta"],
+                _ => &[":history"],
+            };
+            let mut del = redis::cmd("DEL");
+            for k in keys {
+                del.arg(format!("{prefix}{k}"));
+            }
+            let _: i64 = del.query(&mut redis).unwrap();
+            std::thread::sleep(Duration::from_millis(3));
+        }
+    });
+    let mut sent = HashMap::new();
+    for i in 0..300 {
+        let body = publish(&app, "race", &json!({ "payload": i })).await;
+        let at = (
+            body["epoch"].as_str().unwrap().to_owned(),
+            body["offset"].as_u64().unwrap(),
+        );
+        assert!(
+            sent.insert(at.clone(), json!(i)).is_none(),
+            "{at:?} named twice"
+        );
+    }
+    deleter.await.unwrap();
+    let last = publish(&app, "race", &json!({ "payload": "end" })).await;
+    let end = (
+        last["epoch"].as_str().unwrap().to_owned(),
+        last["offset"].as_u64().unwrap(),
+    );
+    sent.insert(end.clone(), json!("end"));
+    let epochs: std::collections::BTreeSet<&String> = sent.keys().map(|(e, _)| e).collect();
+    assert!(epochs.len() > 1, "the deletions started new epochs");
+
+    let sse_resets = Subscriber::Sse(sse)
+        .follow(start.clone(), &end, &sent)
+        .await;
+    let ws_resets = Subscriber::Ws(ws).follow(start, &end, &sent).await;
+    assert!(sse_resets > 0 && ws_resets > 0, "lost history is announced");
+
+    // A position of an earlier epoch, at an offset the new one also has.
+    let old = epochs.iter().find(|e| **e != &end.0).unwrap();
+    let page = app
+        .get(&format!("/channels/race/messages?since={old}:1"))
+        .await;
+    assert_eq!(page.body["recovered"], false, "{}", page.body);
+    assert_eq!(page.body["epoch"], end.0.as_str());
+    let mut again = Sse::open(&app.url("/channels/race/events"), Some(&format!("{old}:1"))).await;
+    let reset = again.expect().await;
+    assert_eq!(reset.event, "reset", "{reset:?}");
+    assert_eq!(reset.data["epoch"], end.0.as_str());
+}
+
+/// The config lowered while subscribers replay a long history page by
+/// page: a smaller history_size turns the rest of the replay into one
+/// reset to the top (never a jump), and a history_ttl_ms that lets the
+/// keys expire gives a new epoch, announced the same way.
+#[tokio::test]
+async fn config_lowered_under_replaying_subscribers() {
+    // Small queues: a page is a few messages, so the replay takes many.
+    let app = TestApp::start_with(|c| c.channel_queue_bytes = 4096).await;
+    app.put("/channels/shrink", &json!({ "history_size": 1000 }))
+        .await;
+    let pad = "p".repeat(1000);
+    let mut sent = HashMap::new();
+    let mut end = (String::new(), 0);
+    for i in 0..200 {
+        let body = publish(&app, "shrink", &json!({ "payload": [i, pad] })).await;
+        end = (
+            body["epoch"].as_str().unwrap().to_owned(),
+            body["offset"].as_u64().unwrap(),
+        );
+        sent.insert(end.clone(), json!([i, pad]));
+    }
+    let epoch = end.0.clone();
+    let from = format!("{epoch}:0");
+    let mut sse =
+        Subscriber::Sse(Sse::open(&app.url("/channels/shrink/events"), Some(&from)).await);
+    let mut ws = ws_connect(&app).await;
+    ws_send(
+        &mut ws,
+        json!({ "op": "subscribe", "channel": "shrink", "since": from }),
+    )
+    .await;
+    assert_eq!(ws_next(&mut ws).await["recovered"], true);
+    let mut ws = Subscriber::Ws(ws);
+    for sub in [&mut sse, &mut ws] {
+        sub.follow((epoch.clone(), 0), &(epoch.clone(), 10), &sent)
+            .await;
+    }
+    let shrunk = app
+        .put("/channels/shrink", &json!({ "history_size": 5 }))
+        .await;
+    assert_eq!(shrunk.status, StatusCode::OK);
+    // What was already read ahead is delivered, then one reset to 200 (the
+    // WebSocket may have sent everything before the PUT).
+    let resets = sse.follow((epoch.clone(), 10), &end, &sent).await;
+    assert_eq!(resets, 1, "the rest of the replay is one reset");
+    assert!(ws.follow((epoch.clone(), 10), &end, &sent).await <= 1);
+    let next = publish(&app, "shrink", &json!({ "payload": "after" })).await;
+    sent.insert((epoch.clone(), 201), json!("after"));
+    assert_eq!(next["offset"], 201);
+    for sub in [&mut sse, &mut ws] {
+        sub.follow(end.clone(), &(epoch.clone(), 201), &sent).await;
+    }
+
+    // A TTL short enough to expire the history: a new epoch.
+    app.put("/channels/shrink", &json!({ "history_ttl_ms": 1 }))
+        .await;
+    let mut expired = false;
+    for _ in 0..100 {
+        let exists: i64 = redis::cmd("EXISTS")
+            .arg(format!("sc:ch:{{{}:shrink}}:meta", app.tenant))
+            .query(&mut app.redis.connection())
+            .unwrap();
+        if exists == 0 {
+            expired = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(expired, "the meta expired");
+    app.put("/channels/shrink", &json!({ "history_ttl_ms": 60_000 }))
+        .await;
+    let fresh = publish(&app, "shrink", &json!({ "payload": "fresh" })).await;
+    assert_ne!(fresh["epoch"], epoch.as_str());
+    let fresh = (fresh["epoch"].as_str().unwrap().to_owned(), 1);
+    sent.insert(fresh.clone(), json!("fresh"));
+    for sub in [&mut sse, &mut ws] {
+        let (kind, e, top, _) = sub.next().await;
+        assert_eq!((kind.as_str(), &e, top), ("reset", &fresh.0, 1));
+    }
+    publish(&app, "shrink", &json!({ "payload": 2 })).await;
+    sent.insert((fresh.0.clone(), 2), json!(2));
+    for sub in [&mut sse, &mut ws] {
+        sub.follow(fresh.clone(), &(fresh.0.clone(), 2), &sent)
+            .await;
+    }
+}
