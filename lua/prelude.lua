@@ -49,8 +49,9 @@ end
 -- and, while the history must end with the top message (the last publish
 -- appended to it), `kept` = that offset. Whenever history was lost (meta
 -- gone: expired, deleted, Redis lost data; or the history gone, trimmed or
--- out of step with the meta: deleted alone, trimmed by someone else,
--- restored from another moment than the meta; or another Redis process:
+-- out of step with the meta: deleted alone, trimmed by someone else, an
+-- entry deleted from its middle, restored from another moment than the
+-- meta; or another Redis process:
 -- a restart from a snapshot older than the last writes, or a failover to
 -- a replica that lagged, lose a tail the data itself does not show) a new
 -- epoch starts from an empty history, so an old position is never
@@ -63,9 +64,16 @@ local function channel_head(history, meta, ttl)
     return epoch, tonumber(top or 0)
   end
   if epoch and m[4] == run and kept == top then
+    -- The history is always one run of offsets ending at `kept` (exact
+    -- MAXLEN, exact trims): one that ends elsewhere, or has a hole (an
+    -- entry deleted by someone else), is not the history of this meta.
     local last = redis.call('XREVRANGE', history, '+', '-', 'COUNT', 1)[1]
     if last and last[1] == kept .. '-0' then
-      return epoch, tonumber(top)
+      local first = redis.call('XRANGE', history, '-', '+', 'COUNT', 1)[1][1]
+      local oldest = tonumber(string.sub(first, 1, string.find(first, '-', 1, true) - 1))
+      if redis.call('XLEN', history) == tonumber(kept) - oldest + 1 then
+        return epoch, tonumber(top)
+      end
     end
   end
   -- Redis time in microseconds: never repeats for a channel name.

@@ -855,3 +855,53 @@ async fn a_restart_from_an_older_snapshot_is_lost_history() {
     let first = sse.expect().await;
     assert_eq!(first.event, "reset", "{first:?}");
 }
+
+/// One entry deleted from the middle of the history by someone else
+/// (XDEL) is lost history: a new epoch, and a replay over the hole is one
+/// reset, never the messages after the hole as if they continued.
+#[tokio::test]
+async fn a_hole_in_the_history_is_a_reset_not_a_silent_gap() {
+    let app = TestApp::start().await;
+    let last = publish_n(&app, "holes", 10).await;
+    let epoch = last["epoch"].as_str().unwrap().to_owned();
+    let from = format!("{epoch}:2");
+    let mut ws = ws_connect(&app).await;
+    ws_send(
+        &mut ws,
+        json!({ "op": "subscribe", "channel": "holes", "since": from }),
+    )
+    .await;
+    assert_eq!(ws_next(&mut ws).await["recovered"], true);
+    for expected in 3..=10 {
+        assert_eq!(ws_next(&mut ws).await["offset"], expected);
+    }
+    let _: i64 = redis::cmd("XDEL")
+        .arg(format!("sc:ch:{{{}:holes}}:history", app.tenant))
+        .arg("5-0")
+        .query(&mut app.redis.connection())
+        .unwrap();
+    let page = app
+        .get(&format!("/channels/holes/messages?since={from}"))
+        .await;
+    assert_eq!(page.body["recovered"], false, "{}", page.body);
+    let fresh = page.body["epoch"].as_str().unwrap().to_owned();
+    assert_ne!(fresh, epoch, "{}", page.body);
+    assert_eq!(offsets(&page.body), Vec::<u64>::new());
+    // The WebSocket had its replay before the hole; a publish tells it.
+    let next = publish(&app, "holes", &json!({ "payload": "after" })).await;
+    assert_eq!(
+        (next["epoch"].as_str(), next["offset"].as_u64()),
+        (Some(fresh.as_str()), Some(1))
+    );
+    let (kind, e, top, _) = Subscriber::Ws(ws).next().await;
+    assert_eq!(
+        (kind.as_str(), e.as_str(), top),
+        ("reset", fresh.as_str(), 1)
+    );
+    let mut sse = Subscriber::Sse(Sse::open(&app.url("/channels/holes/events"), Some(&from)).await);
+    let (kind, e, top, _) = sse.next().await;
+    assert_eq!(
+        (kind.as_str(), e.as_str(), top),
+        ("reset", fresh.as_str(), 1)
+    );
+}
