@@ -905,3 +905,75 @@ async fn a_hole_in_the_history_is_a_reset_not_a_silent_gap() {
         ("reset", fresh.as_str(), 1)
     );
 }
+
+/// Messages right at --max-body, each larger than a connection's whole
+/// queue: published over HTTP and WebSocket, replayed one per page and
+/// delivered live, byte for byte; one byte over is refused.
+#[tokio::test]
+async fn messages_at_max_body_larger_than_the_queue() {
+    let app = TestApp::start_with(|c| {
+        c.max_body = 64 << 10;
+        c.channel_queue_bytes = 4096;
+    })
+    .await;
+    let body = |fill: usize| format!(r#"{{"payload":"{}"}}"#, "x".repeat(fill));
+    let fill = (64 << 10) - body(0).len();
+    let post = |text: String| {
+        app.client
+            .post(app.url("/channels/max/messages"))
+            .header("content-type", "application/json")
+            .body(text)
+            .send()
+    };
+    let mut sse = Sse::open(&app.url("/channels/max/events"), None).await;
+    let mut ws = ws_connect(&app).await;
+    ws_send(&mut ws, json!({ "op": "subscribe", "channel": "max" })).await;
+    let epoch = ws_next(&mut ws).await["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(
+        post(body(fill)).await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    let over = TestApp::reply(post(body(fill + 1)).await.unwrap()).await;
+    over.assert_problem(413, "payload_too_large");
+    // The same size as a WebSocket frame (op and channel take the room of
+    // nothing else), then one byte over: the connection ends.
+    let frame = |fill: usize| {
+        format!(
+            r#"{{"op":"publish","channel":"max","payload":"{}"}}"#,
+            "x".repeat(fill)
+        )
+    };
+    let ws_fill = (64 << 10) - frame(0).len();
+    ws.send(WsMessage::text(frame(ws_fill))).await.unwrap();
+    for expected in 1..=2u64 {
+        let event = sse.expect().await;
+        assert_eq!(event.data["offset"], expected);
+        let len = event.data["payload"].as_str().unwrap().len();
+        assert_eq!(len, if expected == 1 { fill } else { ws_fill });
+        assert_eq!(ws_next(&mut ws).await["offset"], expected);
+    }
+    let mut replay = Sse::open(
+        &app.url("/channels/max/events"),
+        Some(&format!("{epoch}:0")),
+    )
+    .await;
+    for expected in 1..=2u64 {
+        assert_eq!(replay.expect().await.data["offset"], expected);
+    }
+    let page = app
+        .get(&format!("/channels/max/messages?since={epoch}:0"))
+        .await;
+    assert_eq!(offsets(&page.body), vec![1], "one per page");
+    let _ = ws.send(WsMessage::text(frame(ws_fill + 1))).await;
+    let end = tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(WsMessage::Text(t))) => panic!("no answer to an oversized frame: {t}"),
+                Some(Ok(WsMessage::Close(_)) | Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    });
+    end.await.expect("the connection ends");
+    assert_eq!(app.get("/channels/max").await.body["top_offset"], 2);
+}
