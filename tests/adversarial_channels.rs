@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::TestApp;
 use support::sse::Sse;
@@ -80,222 +80,127 @@ async fn ws_next(ws: &mut Ws) -> Value {
     serde_json::from_str(&ws_next_text(ws).await).expect("JSON frame")
 }
 
+/// Bad input, one per line: `METHOD path expected-code [raw body]` (the
+/// path under the tenant; `~` stands for a 129-byte name).
+const BAD_INPUT: &str = r#"
+GET /channels/bad/messages?since= invalid_field
+GET /channels/bad/messages?since=0 invalid_field
+GET /channels/bad/messages?since=-1 invalid_field
+GET /channels/bad/messages?since=: invalid_field
+GET /channels/bad/messages?since=:1 invalid_field
+GET /channels/bad/messages?since=e: invalid_field
+GET /channels/bad/messages?since=e:-1 invalid_field
+GET /channels/bad/messages?since=e:1.5 invalid_field
+GET /channels/bad/messages?since=e:%2B1 invalid_field
+GET /channels/bad/messages?since=e:%201 invalid_field
+GET /channels/bad/messages?since=e:1e3 invalid_field
+GET /channels/bad/messages?since=e:0x1 invalid_field
+GET /channels/bad/messages?since=e:01 invalid_field
+GET /channels/bad/messages?since=a:b:1 invalid_field
+GET /channels/bad/messages?since=%FF:1 invalid_field
+GET /channels/bad/messages?since=e:18446744073709551615 invalid_field
+GET /channels/bad/messages?since=e:18446744073709551616 invalid_field
+GET /channels/bad/messages?since=e:99999999999999999999999999 invalid_field
+GET /channels/bad/messages?since=999999999999999999999999999999999:1 invalid_field
+GET /channels/bad/messages?limit=0 invalid_field
+GET /channels/bad/messages?limit=1001 invalid_field
+GET /channels/bad/messages?limit=18446744073709551615 invalid_field
+GET /channels/bad/messages?limit=-1 invalid_query
+GET /channels/bad/messages?limit=1.5 invalid_query
+GET /channels/bad/messages?limit=abc invalid_query
+GET /channels/bad/messages?limit= invalid_query
+GET /channels/bad/messages?limit=18446744073709551616 invalid_query
+GET /channels/bad/messages?foo=1 invalid_query
+GET /channels/bad/messages?since=e:1&since=e:2 invalid_query
+GET /channels/bad/events?since=e:-1 invalid_field
+GET /channels/bad/events?since=e:1&x=1 invalid_query
+PUT /channels/bad invalid_body []
+PUT /channels/bad invalid_body "x"
+PUT /channels/bad invalid_body {"history_size":
+PUT /channels/bad invalid_field {"history_size":-1}
+PUT /channels/bad invalid_field {"history_size":10001}
+PUT /channels/bad invalid_field {"history_size":1.5}
+PUT /channels/bad invalid_field {"history_size":"5"}
+PUT /channels/bad invalid_field {"history_size":18446744073709551615}
+PUT /channels/bad invalid_field {"history_size":18446744073709551616}
+PUT /channels/bad invalid_field {"history_size":1e300}
+PUT /channels/bad invalid_field {"history_ttl_ms":0}
+PUT /channels/bad invalid_field {"history_ttl_ms":2592000001}
+PUT /channels/bad invalid_field {"history_ttl_ms":-5}
+PUT /channels/bad invalid_field {"history_size":5,"extra":1}
+POST /channels/bad/messages invalid_field {}
+POST /channels/bad/messages invalid_field
+POST /channels/bad/messages invalid_body {
+POST /channels/bad/messages invalid_body {"payload":1,"payload":2}
+POST /channels/bad/messages invalid_field {"payload":1,"extra":1}
+POST /channels/bad/messages invalid_field {"payload":1,"idempotency_key":"a\u0000b"}
+POST /channels/bad/messages invalid_field {"payload":1,"idempotency_key":5}
+POST /channels/bad/messages invalid_field {"payload":1,"headers":{"k":1}}
+POST /channels/bad/messages invalid_field {"payload":1,"headers":[]}
+PUT /channels/~ invalid_name {}
+GET /channels/a%00b invalid_name
+GET /channels/.dot invalid_name
+GET /channels/%FF invalid_path
+DELETE /channels/bad method_not_allowed
+GET /ws websocket_upgrade_required
+"#;
+
 /// Every bad input on the channel routes is a 4xx problem+json with a
-/// stable code: never a 5xx, a panic or a hang.
+/// stable code: never a 5xx, a panic or a hang; and nothing is written.
 #[tokio::test]
 async fn bad_input_on_channel_routes_is_a_4xx_problem() {
     let app = TestApp::start().await;
-    let last = publish_n(&app, "bad", 2).await;
-    let epoch = last["epoch"].as_str().unwrap().to_owned();
-    let long_epoch = "9".repeat(33);
-    let get = |q: &str| app.url(&format!("/channels/bad/messages?{q}"));
-    let mut cases: Vec<(Method, String, Option<Value>, &str)> = Vec::new();
-    for since in [
-        "",
-        "0",
-        "-1",
-        ":",
-        ":1",
-        "e:",
-        "e:-1",
-        "e:1.5",
-        "e:+1",
-        "e:%201",
-        "%20e:1",
-        "e:1e3",
-        "a:b:1",
-        "%FF:1",
-        "e:18446744073709551615",
-        "e:18446744073709551616",
-        "e:99999999999999999999999999",
-        &format!("{long_epoch}:1"),
-        &format!("{epoch}:0x1"),
-        &format!("{epoch}:01"),
-    ] {
-        cases.push((
-            Method::GET,
-            get(&format!("since={since}")),
-            None,
-            "invalid_field",
-        ));
-    }
-    for q in ["limit=0", "limit=1001", "limit=18446744073709551615"] {
-        cases.push((Method::GET, get(q), None, "invalid_field"));
-    }
-    for q in [
-        "limit=-1",
-        "limit=1.5",
-        "limit=abc",
-        "limit=",
-        "limit=18446744073709551616",
-        "foo=1",
-        "since=e:1&since=e:2",
-    ] {
-        cases.push((Method::GET, get(q), None, "invalid_query"));
-    }
-    let put = app.url("/channels/bad");
-    for (body, code) in [
-        (json!([]), "invalid_body"),
-        (json!("x"), "invalid_body"),
-        (json!({ "history_size": -1 }), "invalid_field"),
-        (json!({ "history_size": 10_001 }), "invalid_field"),
-        (json!({ "history_size": 1.5 }), "invalid_field"),
-        (json!({ "history_size": "5" }), "invalid_field"),
-        (
-            json!({ "history_size": 18_446_744_073_709_551_615u64 }),
-            "invalid_field",
-        ),
-        (json!({ "history_size": 1e300 }), "invalid_field"),
-        (json!({ "history_ttl_ms": 0 }), "invalid_field"),
-        (
-            json!({ "history_ttl_ms": 2_592_000_001u64 }),
-            "invalid_field",
-        ),
-        (json!({ "history_ttl_ms": -5 }), "invalid_field"),
-        (json!({ "history_size": 5, "extra": 1 }), "invalid_field"),
-    ] {
-        cases.push((Method::PUT, put.clone(), Some(body), code));
-    }
-    let post = app.url("/channels/bad/messages");
-    for body in [
-        json!({}),
-        json!({ "payload": 1, "extra": 1 }),
-        json!({ "payload": 1, "idempotency_key": "k".repeat(257) }),
-        json!({ "payload": 1, "idempotency_key": "a\u{0}b" }),
-        json!({ "payload": 1, "idempotency_key": 5 }),
-        json!({ "payload": 1, "headers": { "k": 1 } }),
-        json!({ "payload": 1, "headers": [] }),
-    ] {
-        cases.push((Method::POST, post.clone(), Some(body), "invalid_field"));
-    }
-    cases.push((
-        Method::PUT,
-        app.url(&format!("/channels/{}", "c".repeat(129))),
-        Some(json!({})),
-        "invalid_name",
-    ));
-    cases.push((
-        Method::GET,
-        app.url("/channels/a%00b"),
-        None,
-        "invalid_name",
-    ));
-    cases.push((Method::GET, app.url("/channels/.dot"), None, "invalid_name"));
-    cases.push((Method::GET, app.url("/channels/%FF"), None, "invalid_path"));
-    cases.push((
-        Method::DELETE,
-        app.url("/channels/bad"),
-        None,
-        "method_not_allowed",
-    ));
-    cases.push((
-        Method::GET,
-        app.url("/ws"),
-        None,
-        "websocket_upgrade_required",
-    ));
-
-    for (method, url, body, code) in cases {
-        let reply = app.send(method.clone(), &url, body.as_ref()).await;
+    let epoch = publish_n(&app, "bad", 2).await["epoch"].clone();
+    let long_key = format!(r#"{{"payload":1,"idempotency_key":"{}"}}"#, "k".repeat(257));
+    let huge = format!(r#"{{"payload":"{}"}}"#, "x".repeat(2 << 20));
+    let extra = [
+        format!("POST /channels/bad/messages invalid_field {long_key}"),
+        format!("POST /channels/bad/messages payload_too_large {huge}"),
+    ];
+    let lines = BAD_INPUT.lines().map(str::to_owned).chain(extra);
+    for line in lines.filter(|l| !l.is_empty()) {
+        let mut parts = line.splitn(4, ' ');
+        let (method, path, code) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        let path = path.replace('~', &"c".repeat(129));
+        let mut req = app.client.request(method.parse().unwrap(), app.url(&path));
+        if let Some(body) = parts.next() {
+            req = req.body(body.to_owned());
+        }
+        let reply = TestApp::reply(req.send().await.expect("request")).await;
+        let what = &line[..line.len().min(120)];
         assert!(
             reply.status.is_client_error(),
-            "{method} {url} {body:?}: {} {}",
+            "{what}: {} {}",
             reply.status,
             reply.body
         );
-        assert_eq!(
-            reply.content_type(),
-            "application/problem+json",
-            "{method} {url}"
-        );
-        assert_eq!(
-            reply.body["code"], code,
-            "{method} {url} {body:?}: {}",
-            reply.body
-        );
+        assert_eq!(reply.content_type(), "application/problem+json", "{what}");
+        assert_eq!(reply.body["code"], code, "{what}: {}", reply.body);
     }
-
-    // Raw bodies: not JSON, not UTF-8, too large, wrong type, empty.
-    let raw = |method: Method, url: &str, ct: Option<&str>, body: Vec<u8>| {
-        let mut req = app.client.request(method, url).body(body);
-        if let Some(ct) = ct {
-            req = req.header("content-type", ct);
-        }
-        req
-    };
-    for (req, status, code) in [
-        (
-            raw(Method::POST, &post, None, b"{".to_vec()),
-            400,
-            "invalid_body",
-        ),
-        (
-            raw(Method::POST, &post, None, b"".to_vec()),
-            400,
-            "invalid_field",
-        ),
-        (
-            raw(Method::POST, &post, None, vec![b'"', 0xFF, b'"']),
-            400,
-            "invalid_body",
-        ),
-        (
-            raw(
-                Method::POST,
-                &post,
-                None,
-                br#"{"payload":1,"payload":2}"#.to_vec(),
-            ),
-            400,
-            "invalid_body",
-        ),
-        (
-            raw(
-                Method::POST,
-                &post,
-                Some("text/plain"),
-                br#"{"payload":1}"#.to_vec(),
-            ),
-            415,
-            "unsupported_media_type",
-        ),
-        (
-            raw(
-                Method::POST,
-                &post,
-                None,
-                format!(r#"{{"payload":"{}"}}"#, "x".repeat(2 << 20)).into_bytes(),
-            ),
-            413,
-            "payload_too_large",
-        ),
-        (
-            raw(Method::PUT, &put, None, b"{\"history_size\":".to_vec()),
-            400,
-            "invalid_body",
-        ),
-    ] {
-        let reply = TestApp::reply(req.send().await.expect("request")).await;
-        assert_eq!(
-            (reply.status.as_u16(), reply.body["code"].as_str()),
-            (status, Some(code)),
-            "{}",
-            reply.body
-        );
-        reply.assert_problem(status, code);
-    }
-
-    // Last-Event-ID: garbage, and bytes that are not visible ASCII.
-    let events = app.url("/channels/bad/events");
-    for value in [
-        reqwest::header::HeaderValue::from_static("garbage"),
-        reqwest::header::HeaderValue::from_static("e:18446744073709551616"),
-        reqwest::header::HeaderValue::from_bytes(b"\xFF\xFE:1").unwrap(),
-    ] {
+    let text = app
+        .client
+        .post(app.url("/channels/bad/messages"))
+        .header("content-type", "text/plain")
+        .body(r#"{"payload":1}"#)
+        .send()
+        .await
+        .unwrap();
+    TestApp::reply(text)
+        .await
+        .assert_problem(415, "unsupported_media_type");
+    // Last-Event-ID: garbage, too large, bytes that are not visible ASCII.
+    for value in [&b"garbage"[..], b"e:18446744073709551616", b"\xFF\xFE:1"] {
         let resp = app
             .client
-            .get(&events)
-            .header("last-event-id", value)
+            .get(app.url("/channels/bad/events"))
+            .header(
+                "last-event-id",
+                reqwest::header::HeaderValue::from_bytes(value).unwrap(),
+            )
             .send()
             .await
             .unwrap();
@@ -303,10 +208,11 @@ async fn bad_input_on_channel_routes_is_a_4xx_problem() {
             .await
             .assert_problem(400, "invalid_field");
     }
-    // Nothing above wrote a message.
     let info = app.get("/channels/bad").await;
-    assert_eq!(info.body["top_offset"], 2, "{}", info.body);
-    assert_eq!(info.body["epoch"], epoch.as_str());
+    assert_eq!(
+        (&info.body["top_offset"], &info.body["epoch"]),
+        (&json!(2), &epoch)
+    );
 }
 
 /// The peak RSS of the test's redis-server, in bytes.
@@ -406,51 +312,46 @@ async fn positions_at_their_limits_resume_or_reset() {
         "0:0".to_owned(),
     ] {
         let body = page(gone.clone()).await;
-        assert_eq!(body["recovered"], false, "{gone}: {body}");
-        assert_eq!(offsets(&body), vec![1, 2, 3, 4, 5], "{gone}");
-        assert_eq!(body["top_offset"], 5, "{gone}");
-        assert_eq!(body["epoch"], epoch.as_str(), "{gone}");
+        let seen = (&body["recovered"], offsets(&body), &body["epoch"]);
+        assert_eq!(
+            seen,
+            (&json!(false), vec![1, 2, 3, 4, 5], &json!(epoch)),
+            "{gone}"
+        );
     }
 
     // SSE and WebSocket: one reset to the top, then live, for each.
-    let mut ws = ws_connect(&app).await;
-    let huge = [
+    for since in [
         format!("{epoch}:9007199254740993"),
         format!("{epoch}:9999999999999999999"),
-        "0:0".to_owned(),
-    ];
-    for (i, since) in huge.iter().enumerate() {
-        let mut sse = Sse::open(&app.url("/channels/lim/events"), Some(since)).await;
-        let channel = format!("lim{i}");
-        // The WebSocket goes to its own channel, at the same kind of position.
-        let ws_top = publish_n(&app, &channel, 2).await;
-        let ws_epoch = ws_top["epoch"].as_str().unwrap();
-        let ws_since = since.replacen(&epoch, ws_epoch, 1);
+        "0:0".into(),
+    ] {
+        let top = app.get("/channels/lim").await.body["top_offset"]
+            .as_u64()
+            .unwrap();
+        let sse = Sse::open(&app.url("/channels/lim/events"), Some(&since)).await;
+        let mut ws = ws_connect(&app).await;
         ws_send(
             &mut ws,
-            json!({ "op": "subscribe", "channel": channel, "since": ws_since }),
+            json!({ "op": "subscribe", "channel": "lim", "since": since }),
         )
         .await;
-        let subscribed = ws_next(&mut ws).await;
-        assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
-        assert_eq!(subscribed["recovered"], false, "{ws_since}: {subscribed}");
-        let reset = ws_next(&mut ws).await;
-        assert_eq!(reset["type"], "reset", "{reset}");
-        assert_eq!(reset["top_offset"], 2);
-        assert_eq!(reset["epoch"], ws_epoch);
-
-        let reset = sse.expect().await;
-        assert_eq!(reset.event, "reset", "{since}: {reset:?}");
-        let top = reset.data["top_offset"].as_u64().unwrap();
-        assert_eq!(reset.id, Some(format!("{epoch}:{top}")));
+        assert_eq!(ws_next(&mut ws).await["recovered"], false, "{since}");
         let next = publish(&app, "lim", &json!({ "payload": "live" })).await;
-        let live = sse.expect().await;
-        assert_eq!(live.event, "message");
-        assert_eq!(live.data["offset"], next["offset"]);
-        assert_eq!(live.data["offset"], top + 1, "live right after the reset");
-        publish(&app, &channel, &json!({ "payload": "live" })).await;
-        let live = ws_next(&mut ws).await;
-        assert_eq!(live["offset"], 3, "{live}");
+        assert_eq!(next["offset"], top + 1);
+        for mut sub in [Subscriber::Sse(sse), Subscriber::Ws(Box::new(ws))] {
+            let (kind, e, at, _) = sub.next().await;
+            assert_eq!(
+                (kind.as_str(), e.as_str(), at),
+                ("reset", epoch.as_str(), top),
+                "{since}"
+            );
+            let (kind, _, at, payload) = sub.next().await;
+            assert_eq!(
+                (kind.as_str(), at, payload),
+                ("message", top + 1, json!("live"))
+            );
+        }
     }
 }
 
@@ -471,9 +372,7 @@ async fn big_integers_in_payloads_stay_exact_everywhere() {
         "123456789012345678901234567890",
         "1.0000000000000000000000001",
     ];
-    let text = format!(
-        r#"{{"payload":{{"a":9007199254740993,"b":18446744073709551615,"c":-9223372036854775808,"d":123456789012345678901234567890,"e":1.0000000000000000000000001}},"headers":{{"n":"9007199254740993"}}}}"#
-    );
+    let text = r#"{"payload":{"a":9007199254740993,"b":18446744073709551615,"c":-9223372036854775808,"d":123456789012345678901234567890,"e":1.0000000000000000000000001},"headers":{"n":"9007199254740993"}}"#;
     let resp = app
         .client
         .post(app.url("/channels/nums/messages"))
@@ -519,7 +418,7 @@ async fn big_integers_in_payloads_stay_exact_everywhere() {
 /// A subscriber over either transport.
 enum Subscriber {
     Sse(Sse),
-    Ws(Ws),
+    Ws(Box<Ws>),
 }
 
 impl Subscriber {
@@ -631,7 +530,9 @@ async fn keys_deleted_under_a_publisher_never_give_a_gap_or_a_duplicate() {
     let sse_resets = Subscriber::Sse(sse)
         .follow(start.clone(), &end, &sent)
         .await;
-    let ws_resets = Subscriber::Ws(ws).follow(start, &end, &sent).await;
+    let ws_resets = Subscriber::Ws(Box::new(ws))
+        .follow(start, &end, &sent)
+        .await;
     assert!(sse_resets > 0 && ws_resets > 0, "lost history is announced");
 
     // A position of an earlier epoch, at an offset the new one also has.
@@ -679,7 +580,7 @@ async fn config_lowered_under_replaying_subscribers() {
     )
     .await;
     assert_eq!(ws_next(&mut ws).await["recovered"], true);
-    let mut ws = Subscriber::Ws(ws);
+    let mut ws = Subscriber::Ws(Box::new(ws));
     for sub in [&mut sse, &mut ws] {
         sub.follow((epoch.clone(), 0), &(epoch.clone(), 10), &sent)
             .await;
@@ -893,7 +794,7 @@ async fn a_hole_in_the_history_is_a_reset_not_a_silent_gap() {
         (next["epoch"].as_str(), next["offset"].as_u64()),
         (Some(fresh.as_str()), Some(1))
     );
-    let (kind, e, top, _) = Subscriber::Ws(ws).next().await;
+    let (kind, e, top, _) = Subscriber::Ws(Box::new(ws)).next().await;
     assert_eq!(
         (kind.as_str(), e.as_str(), top),
         ("reset", fresh.as_str(), 1)
