@@ -20,7 +20,7 @@ local c = redis.call('HMGET', config, 'history_size', 'history_ttl_ms')
 local size = c[1] or ARGV[3]
 local ttl = c[2] or ARGV[4]
 
-local epoch, top = channel_head(history, meta, ttl)
+local epoch, top = channel_head(history, meta, ttl, true)
 
 local entries = {}
 if limit > 0 and top > after then
