@@ -38,7 +38,7 @@ if idem then
 end
 
 local now = now_ms()
-local epoch, top = channel_head(history, meta, int(ttl))
+local epoch, top = channel_head(history, meta, int(ttl), false)
 top = top + 1
 redis.call('PEXPIRE', meta, int(ttl))
 if size > 0 then

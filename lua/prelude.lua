@@ -45,30 +45,46 @@ end
 
 -- A realtime channel's epoch and top offset, checked against its history
 -- (channel_publish.lua, channel_read.lua). The meta hash holds `epoch`,
--- `top` and, while the history must end with the top message (the last
--- publish appended to it), `kept` = that offset. Whenever history was lost
--- (meta gone: expired, deleted, Redis lost data; or the history gone,
--- trimmed or out of step with the meta: deleted alone, trimmed by someone
--- else, restored from another moment than the meta) a new epoch starts
--- from an empty history, so an old position is never trusted. A new meta
+-- `top`, `run` (the run id of the Redis process that started the epoch)
+-- and, while the history must end with the top message (the last publish
+-- appended to it), `kept` = that offset. Whenever history was lost (meta
+-- gone: expired, deleted, Redis lost data; or the history gone, trimmed or
+-- out of step with the meta: deleted alone, trimmed by someone else,
+-- restored from another moment than the meta; or another Redis process: a
+-- restart from a snapshot older than the last writes, or a failover to a
+-- replica that lagged, lose a tail the data itself does not show) a new
+-- epoch starts from an empty history, so an old position is never
+-- trusted. With `whole` (reads, which serve history), a history with a
+-- hole (an entry deleted from its middle by someone else) is lost history
+-- too: it is always one run of offsets ending at `kept` (exact MAXLEN,
+-- exact trims). A publish need not look (a hole makes it reuse no offset;
+-- the next read starts the new epoch), which keeps it cheap. A new meta
 -- expires after `ttl` ms. Returns epoch, top (a number).
-local function channel_head(history, meta, ttl)
-  local m = redis.call('HMGET', meta, 'epoch', 'top', 'kept')
+local function channel_head(history, meta, ttl, whole)
+  local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  local m = redis.call('HMGET', meta, 'epoch', 'top', 'kept', 'run')
   local epoch, top, kept = m[1], m[2], m[3]
-  if epoch and not kept then
+  if epoch and m[4] == run and not kept then
     return epoch, tonumber(top or 0)
   end
-  if epoch and kept == top then
+  if epoch and m[4] == run and kept == top then
     local last = redis.call('XREVRANGE', history, '+', '-', 'COUNT', 1)[1]
     if last and last[1] == kept .. '-0' then
-      return epoch, tonumber(top)
+      if not whole then
+        return epoch, tonumber(top)
+      end
+      local first = redis.call('XRANGE', history, '-', '+', 'COUNT', 1)[1][1]
+      local oldest = tonumber(string.sub(first, 1, string.find(first, '-', 1, true) - 1))
+      if redis.call('XLEN', history) == tonumber(kept) - oldest + 1 then
+        return epoch, tonumber(top)
+      end
     end
   end
   -- Redis time in microseconds: never repeats for a channel name.
   local t = redis.call('TIME')
   epoch = t[1] .. string.format('%06d', tonumber(t[2]))
   redis.call('DEL', history)
-  redis.call('HSET', meta, 'epoch', epoch, 'top', 0)
+  redis.call('HSET', meta, 'epoch', epoch, 'top', 0, 'run', run)
   redis.call('HDEL', meta, 'kept')
   redis.call('PEXPIRE', meta, ttl)
   return epoch, 0
