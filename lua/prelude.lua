@@ -61,7 +61,9 @@ end
 -- the next read starts the new epoch), which keeps it cheap. A new meta
 -- expires after `ttl` ms. Returns epoch, top (a number).
 local function channel_head(history, meta, ttl, whole)
-  local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  -- '' where INFO does not say (a proxy that hides it): then only the
+  -- data's own checks below apply.
+  local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
   local m = redis.call('HMGET', meta, 'epoch', 'top', 'kept', 'run')
   local epoch, top, kept = m[1], m[2], m[3]
   if epoch and m[4] == run and not kept then
