@@ -253,8 +253,12 @@ impl Runner {
     /// request runs; a receipt found lost is not sent (again).
     async fn keep_alive(&self, deliveries: &[Delivery], lost: &Mutex<HashSet<String>>) {
         let s = &self.spec;
+        // The group's lease may have been lowered since it was last read:
+        // the first renewal comes by the leases as granted (their expiry, by
+        // this host's clock), later ones by the lease each extend reports.
+        let mut half =
+            (self.lease_ms.load(Ordering::Relaxed) / 2).min(first_half_lease(deliveries));
         loop {
-            let half = self.lease_ms.load(Ordering::Relaxed) / 2;
             tokio::time::sleep(Duration::from_millis(half.max(50))).await;
             let receipts: Vec<String> = {
                 let lost = lost.lock().unwrap_or_else(|p| p.into_inner());
@@ -273,6 +277,10 @@ impl Runner {
                 .await
             {
                 Ok(outcome) => {
+                    if outcome.group_lease_ms > 0 {
+                        self.lease_ms
+                            .store(outcome.group_lease_ms, Ordering::Relaxed);
+                    }
                     if !outcome.lease_lost.is_empty() {
                         self.status.error(format!(
                             "lease lost for {} message(s) in flight",
@@ -285,6 +293,7 @@ impl Runner {
                 }
                 Err(e) => self.status.error(format!("extend: {e}")),
             }
+            half = self.lease_ms.load(Ordering::Relaxed) / 2;
         }
     }
 
@@ -505,6 +514,19 @@ impl Runner {
             self.reachable.send_replace(true);
         }
     }
+}
+
+/// Half the time left on the shortest lease of `deliveries`, ms (by this
+/// host's clock; `u64::MAX` when there are none).
+fn first_half_lease(deliveries: &[Delivery]) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    deliveries
+        .iter()
+        .map(|d| d.lease_expires_at.saturating_sub(now) / 2)
+        .min()
+        .unwrap_or(u64::MAX)
 }
 
 fn chunk_receipts(deliveries: &[Delivery]) -> Vec<String> {
