@@ -437,10 +437,17 @@ impl Runner {
             };
             match done {
                 Ok(()) => return,
-                Err(e) => {
+                Err(e @ (Error::Unavailable { .. } | Error::Redis(_))) => {
                     self.status.error(format!("settle: {e}"));
                     tries += 1;
                     tokio::time::sleep(pause.next()).await;
+                }
+                // The group or topic is gone (deleted while the app
+                // worked): trying again cannot help, and the request would
+                // hold its slot for nothing.
+                Err(e) => {
+                    self.status.error(format!("settle: {e}"));
+                    return;
                 }
             }
         }
