@@ -282,12 +282,6 @@ async fn publish_many(app: &TestApp, messages: Vec<Value>) {
     assert_eq!(reply.status, 200, "{}", reply.body);
 }
 
-async fn group(app: &TestApp) -> Value {
-    let reply = call(app, Method::GET, "/topics/orders/groups/push", None).await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    reply.body
-}
-
 /// Waits (bounded) until the group satisfies `check`.
 async fn wait_group(app: &TestApp, check: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + WAIT;
@@ -418,4 +412,540 @@ async fn a_lease_lowered_just_before_the_fetch_is_kept_alive_from_the_start() {
     let sub = wait_subscription(&app, |s| s["acked"] == 1).await;
     assert_eq!(sub["nacked"], 0, "{sub}");
     assert_eq!(app_server.seen().len(), 1);
+}
+
+/// The payload of a request of one delivery, as a string.
+fn payload(seen: &Seen) -> String {
+    serde_json::from_slice::<Value>(&seen.body)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn retry_after_huge_negative_dated_or_garbage_never_breaks_the_nack() {
+    let far = "Fri, 31 Dec 9999 23:59:59 GMT";
+    let app_server = App::start(move |_, seen| {
+        let retry_after = match payload(seen).as_str() {
+            "huge" => "99999999999999",
+            "u64max" => "18446744073709551615",
+            "far-date" => far,
+            "negative" => "-5",
+            "garbage" => "soon, maybe",
+            "past-date" => "Wed, 21 Oct 2015 07:28:00 GMT",
+            _ => "1.5",
+        };
+        if seen.header("streamcar-attempt") == "1" {
+            http(429, &[("retry-after", retry_after)], "slow down")
+        } else {
+            http(200, &[], "")
+        }
+    })
+    .await;
+    let app = sidecar(vec![subscription(
+        &app_server.url(),
+        json!({"group_config": {"backoff": fast_backoff(), "max_deliveries": 3}}),
+    )])
+    .await;
+    for p in [
+        "huge",
+        "u64max",
+        "far-date",
+        "negative",
+        "garbage",
+        "past-date",
+        "fraction",
+    ] {
+        publish(&app, json!({ "payload": p })).await;
+    }
+    // The three far-off ones wait (Retry-After capped, still a valid nack);
+    // the others come back after the group's backoff (or at once) and are acked.
+    let g = wait_group(&app, |g| {
+        g["delayed"] == 3 && g["lag"] == 0 && g["pending"] == 0
+    })
+    .await;
+    assert_eq!(g["dead_lettered"], 0, "{g}");
+    let sub = wait_subscription(&app, |s| s["acked"] == 4).await;
+    assert_eq!(sub["nacked"], 7, "{sub}");
+    assert_eq!(sub["last_error"], "HTTP 429: slow down", "{sub}");
+    let again: Vec<String> = app_server
+        .seen()
+        .iter()
+        .filter(|s| s.header("streamcar-attempt") == "2")
+        .map(payload)
+        .collect();
+    assert_eq!(again.len(), 4, "{again:?}");
+    assert!(
+        !again
+            .iter()
+            .any(|p| ["huge", "u64max", "far-date"].contains(&p.as_str())),
+        "{again:?}"
+    );
+}
+
+#[tokio::test]
+async fn redirects_informational_and_odd_statuses_are_judged_by_the_table() {
+    let app_server = App::start(|_, seen| match payload(seen).as_str() {
+        "redirect" => http(302, &[("location", "http://127.0.0.1:9/elsewhere")], ""),
+        "permanent" => http(308, &[("location", "/hook2")], ""),
+        "early-hints" => {
+            let mut bytes = b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>\r\n\r\n".to_vec();
+            let Reply::Raw(rest) = http(200, &[], "ok") else {
+                unreachable!()
+            };
+            bytes.extend(rest);
+            Reply::Raw(bytes)
+        }
+        "no-content" => {
+            Reply::Raw(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n".to_vec())
+        }
+        "odd" => http(599, &[], "what"),
+        "teapot" => http(418, &[], "short and stout"),
+        _ => http(500, &[], ""),
+    })
+    .await;
+    let app = sidecar(vec![subscription(
+        &app_server.url(),
+        json!({"group_config": {"backoff": fast_backoff(), "max_deliveries": 2}}),
+    )])
+    .await;
+    for p in [
+        "redirect",
+        "permanent",
+        "early-hints",
+        "no-content",
+        "odd",
+        "teapot",
+    ] {
+        publish(&app, json!({ "payload": p })).await;
+    }
+    let g = settled(&app).await;
+    // Redirects are not followed (the app's 3xx is an answer: retried, then
+    // dead): only the two acks are acks.
+    assert_eq!(g["dead_lettered"], 4, "{g}");
+    let sub = wait_subscription(&app, |s| s["acked"] == 2).await;
+    assert_eq!(sub["rejected"], 0, "{sub}");
+    let mut dead: Vec<(String, String)> = dead_letters(&app)
+        .await
+        .iter()
+        .map(|m| {
+            (
+                m["payload"].as_str().unwrap().to_owned(),
+                m["last_error"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    dead.sort();
+    let want = [
+        ("odd", "HTTP 599: what"),
+        ("permanent", "HTTP 308: Permanent Redirect"),
+        ("redirect", "HTTP 302: Found"),
+        ("teapot", "HTTP 418: short and stout"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect();
+    assert_eq!(dead, want);
+    // Two tries each for the dead ones, one for the acked ones.
+    assert_eq!(app_server.seen().len(), 4 * 2 + 2);
+}
+
+#[tokio::test]
+async fn a_100_mb_answer_is_not_buffered_whole() {
+    let app_server = App::start(|_, seen| {
+        let status = if payload(seen) == "err" { 503 } else { 200 };
+        Reply::Huge {
+            head: format!("HTTP/1.1 {status} X\r\ncontent-length: 104857600\r\n\r\n"),
+            total: 100 << 20,
+        }
+    })
+    .await;
+    let app = sidecar(vec![subscription(
+        &app_server.url(),
+        json!({"group_config": {"backoff": fast_backoff(), "max_deliveries": 1}}),
+    )])
+    .await;
+    let pid = i32::try_from(std::process::id()).unwrap();
+    let before = support::proc_memory_bytes(pid, "VmRSS");
+    publish(&app, json!({"payload": "ok"})).await;
+    publish(&app, json!({"payload": "err"})).await;
+    let g = settled(&app).await;
+    // The 2xx is an ack (its body, not an object, is not read to the end);
+    // the 503 a nack with the start of its body.
+    assert_eq!(g["dead_lettered"], 1, "{g}");
+    let sub = wait_subscription(&app, |s| s["acked"] == 1).await;
+    assert_eq!(sub["nacked"], 1, "{sub}");
+    let dead = dead_letters(&app).await;
+    assert_eq!(
+        dead[0]["last_error"],
+        format!("HTTP 503: {}", "x".repeat(200))
+    );
+    let peak = support::proc_memory_bytes(pid, "VmHWM");
+    assert!(
+        peak < before + (48 << 20),
+        "peak RSS {} MB over {} MB before: an answer was buffered",
+        peak >> 20,
+        before >> 20
+    );
+}
+
+/// A loopback port whose server accepts and then does `then` with each connection.
+async fn bad_server(
+    then: fn(TcpStream) -> tokio::task::JoinHandle<()>,
+) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(then(stream));
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test]
+async fn servers_that_never_read_close_at_once_or_speak_no_http_cost_attempts_then_dead_letter() {
+    // Accepts and never reads nor answers.
+    let (silent, _a) = bad_server(|s| {
+        tokio::spawn(async move {
+            tokio::time::sleep(WAIT * 3).await;
+            drop(s);
+        })
+    })
+    .await;
+    // Accepts and closes.
+    let (closing, _b) = bad_server(|s| tokio::spawn(async move { drop(s) })).await;
+    // Greets like an SSH server.
+    let (ssh, _c) = bad_server(|mut s| {
+        tokio::spawn(async move {
+            let _ = s.write_all(b"SSH-2.0-OpenSSH_9.6\r\n").await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        })
+    })
+    .await;
+    let config = json!({"timeout_ms": 300, "max_in_flight": 2,
+        "group_config": {"backoff": fast_backoff(), "max_deliveries": 2}});
+    let mut entries = Vec::new();
+    for (name, port) in [("silent", silent), ("closing", closing), ("ssh", ssh)] {
+        let mut e = subscription(&format!("http://127.0.0.1:{port}/hook"), config.clone());
+        e["name"] = json!(name);
+        e["group"] = json!(name);
+        entries.push(e);
+    }
+    let app = sidecar(entries).await;
+    for i in 0..3 {
+        publish(&app, json!({ "payload": i })).await;
+    }
+    for name in ["silent", "closing", "ssh"] {
+        let p = format!("/topics/orders/groups/{name}");
+        let deadline = Instant::now() + WAIT;
+        let g = loop {
+            let g = call(&app, Method::GET, &p, None).await.body;
+            if g["dead_lettered"] == 3 {
+                break g;
+            }
+            assert!(Instant::now() < deadline, "{name}: {g}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            (g["lag"].as_u64(), g["pending"].as_u64()),
+            (Some(0), Some(0)),
+            "{name}: {g}"
+        );
+        let dlq = call(&app, Method::GET, &format!("{p}/dlq"), None)
+            .await
+            .body;
+        for m in dlq["messages"].as_array().unwrap() {
+            assert_eq!(m["attempts"], 2, "{name}: {m}");
+            let error = m["last_error"].as_str().unwrap();
+            let want = if name == "silent" {
+                "timeout after 300 ms"
+            } else {
+                "connection broken"
+            };
+            assert!(error.starts_with(want), "{name}: {error}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_5xx_storm_acks_each_message_exactly_once_within_max_in_flight() {
+    // Two of three requests fail, in every shape.
+    let app_server = App::start(|n, _| match n % 6 {
+        0 | 3 => http(200, &[], "ok"),
+        1 => http(500, &[], "boom"),
+        2 => http(503, &[("retry-after", "0")], ""),
+        4 => Reply::Raw(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 50\r\n\r\ncut".to_vec()),
+        _ => Reply::Raw(Vec::new()),
+    })
+    .await;
+    let app = sidecar(vec![subscription(
+        &app_server.url(),
+        json!({"max_in_flight": 3,
+               "group_config": {"backoff": fast_backoff(), "max_deliveries": 100}}),
+    )])
+    .await;
+    let messages: Vec<Value> = (0..30).map(|i| json!({ "payload": i })).collect();
+    publish_many(&app, messages).await;
+    let g = settled(&app).await;
+    assert_eq!(g["dead_lettered"], 0, "{g}");
+    let sub = wait_subscription(&app, |s| s["acked"] == 30).await;
+    let ok = app_server.ok();
+    let mut unique = ok.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        (ok.len(), unique.len()),
+        (30, 30),
+        "each message answered 2xx once"
+    );
+    assert_eq!(
+        sub["nacked"].as_u64().unwrap() + 30,
+        app_server.seen().len() as u64,
+        "{sub}"
+    );
+    let most = app_server.counts.most.load(Ordering::SeqCst);
+    assert!(most <= 3, "{most} requests at once");
+}
+
+#[tokio::test]
+async fn an_ordered_group_keeps_per_key_order_while_the_app_fails_at_random() {
+    let app_server = App::start(|n, _| {
+        // A fixed pseudo-random 40 % of failures.
+        if (n * 7919 + 13) % 10 < 4 {
+            http(500, &[], "flaky")
+        } else {
+            after(Duration::from_millis(5), http(200, &[], ""))
+        }
+    })
+    .await;
+    let app = sidecar(vec![subscription(
+        &app_server.url(),
+        json!({"max_in_flight": 6, "group_config": {"ordering": "key", "paused": true,
+               "backoff": fast_backoff(), "max_deliveries": 100}}),
+    )])
+    .await;
+    wait_group(&app, |g| g["paused"] == true).await;
+    let messages: Vec<Value> = (0..40)
+        .map(|i| json!({"payload": i, "key": format!("k{}", i % 5)}))
+        .collect();
+    publish_many(&app, messages).await;
+    let reply = call(
+        &app,
+        Method::POST,
+        "/topics/orders/groups/push/resume",
+        Some(&json!({})),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let g = settled(&app).await;
+    assert_eq!(g["dead_lettered"], 0, "{g}");
+    wait_subscription(&app, |s| s["acked"] == 40).await;
+    assert_eq!(app_server.counts.per_key_most.load(Ordering::SeqCst), 1);
+    assert!(app_server.counts.most.load(Ordering::SeqCst) <= 6);
+    let seen = app_server.seen();
+    for k in 0..5 {
+        let key = format!("k{k}");
+        let seqs: Vec<u64> = seen
+            .iter()
+            .filter(|s| s.header("ce-subject") == key)
+            .map(|s| s.header("streamcar-seq").parse().unwrap())
+            .collect();
+        // Retries repeat a seq; a later one never comes before an earlier one is done.
+        assert!(seqs.windows(2).all(|w| w[0] <= w[1]), "{key}: {seqs:?}");
+        let mut distinct = seqs.clone();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 8, "{key}: {seqs:?}");
+    }
+    let ok = app_server.ok();
+    let mut unique = ok.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!((ok.len(), unique.len()), (40, 40));
+}
+
+#[tokio::test]
+async fn a_group_paused_deleted_or_its_topic_deleted_under_pushes_in_flight_recovers() {
+    let app_server = App::start(|_, seen| {
+        if payload(seen).starts_with("slow") {
+            after(Duration::from_millis(600), http(200, &[], ""))
+        } else {
+            http(200, &[], "")
+        }
+    })
+    .await;
+    let app = sidecar(vec![subscription(
+        &app_server.url(),
+        json!({"max_in_flight": 1, "group_config": {"backoff": fast_backoff()}}),
+    )])
+    .await;
+    let ok_has = |id: &str| app_server.ok().iter().any(|o| o == id);
+
+    // Paused while a push is in flight: that one is still acked, nothing
+    // else is pushed until resumed.
+    let slow = publish(&app, json!({"payload": "slow-1"})).await;
+    app_server.wait_for(1).await;
+    let reply = call(
+        &app,
+        Method::POST,
+        "/topics/orders/groups/push/pause",
+        Some(&json!({})),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let waiting = publish(&app, json!({"payload": "after-pause"})).await;
+    wait_subscription(&app, |s| s["acked"] == 1).await;
+    assert!(ok_has(&slow));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app_server.seen().len(), 1, "pushed while paused");
+    let reply = call(
+        &app,
+        Method::POST,
+        "/topics/orders/groups/push/resume",
+        Some(&json!({})),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    settled(&app).await;
+    assert!(ok_has(&waiting));
+
+    // The group deleted while a push is in flight: the sidecar declares it
+    // again and goes on pushing.
+    let slow = publish(&app, json!({"payload": "slow-2"})).await;
+    let deadline = Instant::now() + WAIT;
+    while !app_server.seen().iter().any(|s| s.header("ce-id") == slow) {
+        assert!(Instant::now() < deadline, "never pushed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reply = call(&app, Method::DELETE, "/topics/orders/groups/push", None).await;
+    assert!(reply.status.is_success(), "{}", reply.body);
+    let next = publish(&app, json!({"payload": "after-delete"})).await;
+    let deadline = Instant::now() + WAIT;
+    while !ok_has(&next) {
+        assert!(
+            Instant::now() < deadline,
+            "nothing pushed after the group was deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    settled(&app).await;
+
+    // The topic deleted while a push is in flight: the same.
+    let slow = publish(&app, json!({"payload": "slow-3"})).await;
+    let deadline = Instant::now() + WAIT;
+    while !app_server.seen().iter().any(|s| s.header("ce-id") == slow) {
+        assert!(Instant::now() < deadline, "never pushed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reply = call(&app, Method::DELETE, "/topics/orders", None).await;
+    assert!(reply.status.is_success(), "{}", reply.body);
+    let next = publish(&app, json!({"payload": "after-topic-delete"})).await;
+    let deadline = Instant::now() + WAIT;
+    while !ok_has(&next) {
+        assert!(
+            Instant::now() < deadline,
+            "nothing pushed after the topic was deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    settled(&app).await;
+    let sub = subscription_status(&app).await;
+    assert_eq!(sub["state"], "running", "{sub}");
+}
+
+#[tokio::test]
+async fn shutdown_ends_within_the_drain_timeout_and_acks_only_2xx_answers() {
+    let app_server = App::start(|_, seen| match payload(seen).as_str() {
+        "hang" => Reply::Hang,
+        "fail" => after(Duration::from_millis(200), http(500, &[], "no")),
+        _ => after(Duration::from_millis(200), http(200, &[], "")),
+    })
+    .await;
+    let mut app = sidecar_draining(
+        vec![subscription(
+            &app_server.url(),
+            json!({"max_in_flight": 3, "timeout_ms": 3_600_000,
+                   "group_config": {"backoff": fast_backoff(), "lease_ms": 1000}}),
+        )],
+        Duration::from_millis(1500),
+    )
+    .await;
+    let mut ids = HashMap::new();
+    for p in ["hang", "fail", "ok"] {
+        ids.insert(publish(&app, json!({ "payload": p })).await, p);
+    }
+    app_server.wait_for(3).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(10), app.stop()).await;
+    assert!(stopped.is_ok(), "the drain did not end");
+    // Another sidecar on the same Redis finds the two not answered 2xx (the
+    // hung one given back at the drain's end, the failed one nacked), and
+    // never the acked one.
+    let other = TestApp::start_with(|c| {
+        *c = streamcar::config::Config::for_redis(app.redis.url());
+    })
+    .await;
+    let mut back = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while back.len() < 2 {
+        assert!(Instant::now() < deadline, "given back: {back:?}");
+        let body = json!({"consumer": "next", "max": 10, "wait_ms": 1000});
+        let reply = call(
+            &other,
+            Method::POST,
+            "/topics/orders/groups/push/fetch",
+            Some(&body),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        for m in reply.body["messages"].as_array().unwrap() {
+            back.push(ids[m["id"].as_str().unwrap()]);
+            assert_eq!(m["attempt"], 2, "{m}");
+        }
+    }
+    back.sort_unstable();
+    assert_eq!(back, ["fail", "hang"]);
+    assert_eq!(app_server.ok().len(), 1);
+}
+
+#[tokio::test]
+async fn shutdown_while_the_app_is_down_dead_letters_nothing() {
+    let port = {
+        let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut app = sidecar_draining(
+        vec![subscription(
+            &format!("http://127.0.0.1:{port}/hook"),
+            json!({"group_config": {"max_deliveries": 1}}),
+        )],
+        Duration::from_millis(300),
+    )
+    .await;
+    publish(&app, json!({"payload": "unseen"})).await;
+    wait_subscription(&app, |s| s["state"] == "app_unreachable").await;
+    let stopped = tokio::time::timeout(Duration::from_secs(10), app.stop()).await;
+    assert!(stopped.is_ok(), "the drain did not end");
+    let other = TestApp::start_with(|c| {
+        *c = streamcar::config::Config::for_redis(app.redis.url());
+    })
+    .await;
+    let g = call(&other, Method::GET, "/topics/orders/groups/push", None)
+        .await
+        .body;
+    assert_eq!(g["dead_lettered"], 0, "the app never saw it: {g}");
+    // Given back at once, as the same attempt.
+    let body = json!({"consumer": "next", "wait_ms": 5000});
+    let reply = call(
+        &other,
+        Method::POST,
+        "/topics/orders/groups/push/fetch",
+        Some(&body),
+    )
+    .await;
+    let messages = reply.body["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 1, "{}", reply.body);
+    assert_eq!(messages[0]["payload"], "unseen");
+    assert_eq!(messages[0]["attempt"], 1);
 }

@@ -10,7 +10,7 @@
 //! the app would dead-letter messages it never saw.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,6 +55,9 @@ impl Pause {
     }
 }
 
+/// A request not yet settled, for the drain.
+type Outstanding = (AbortHandle, Vec<String>, Arc<AtomicBool>);
+
 /// One subscription's shared parts.
 pub struct Runner {
     pub(super) spec: Subscription,
@@ -67,8 +70,9 @@ pub struct Runner {
     /// False while the app refuses connections.
     reachable: watch::Sender<bool>,
     lease_ms: AtomicU64,
-    /// Requests not yet settled: their task and receipts, for the drain.
-    outstanding: Mutex<HashMap<u64, (AbortHandle, Vec<String>)>>,
+    /// Requests not yet settled: their task, receipts and whether they may
+    /// have reached the app (false while it refuses connections), for the drain.
+    outstanding: Mutex<HashMap<u64, Outstanding>>,
     next_request: AtomicU64,
 }
 
@@ -230,12 +234,14 @@ impl Runner {
         // comes first; the lock is held across the spawn for that.
         let mut outstanding = self.outstanding.lock().unwrap_or_else(|p| p.into_inner());
         let runner = self.clone();
+        let sent = Arc::new(AtomicBool::new(false));
+        let sending = sent.clone();
         let task = tokio::spawn(async move {
             runner.status.request(true);
             Status::add(&runner.status.delivered, deliveries.len());
             let lost = Mutex::new(HashSet::new());
             tokio::select! {
-                () = runner.deliver(&deliveries, &lost) => {}
+                () = runner.deliver(&deliveries, &lost, &sending) => {}
                 () = runner.keep_alive(&deliveries, &lost) => {}
             }
             runner.status.request(false);
@@ -246,7 +252,7 @@ impl Runner {
                 .remove(&id);
             drop(permit);
         });
-        outstanding.insert(id, (task.abort_handle(), receipts));
+        outstanding.insert(id, (task.abort_handle(), receipts, sent));
     }
 
     /// Renews the leases of `deliveries` every half lease, for as long as the
@@ -299,7 +305,13 @@ impl Runner {
 
     /// Sends `deliveries` until the app answers (or the leases are lost),
     /// then settles them by the answer.
-    async fn deliver(&self, deliveries: &[Delivery], lost: &Mutex<HashSet<String>>) {
+    /// `sent` is true while the request may have reached the app.
+    async fn deliver(
+        &self,
+        deliveries: &[Delivery],
+        lost: &Mutex<HashSet<String>>,
+        sent: &AtomicBool,
+    ) {
         let mut reachable = self.reachable.subscribe();
         let labels = self.status.labels();
         let batch = self.spec.batch > 1;
@@ -325,6 +337,7 @@ impl Runner {
                 request.headers_mut().insert(traces::TRACEPARENT, value);
             }
             let started = tokio::time::Instant::now();
+            sent.store(true, Ordering::SeqCst);
             let result = self
                 .client
                 .send(request, Duration::from_millis(self.spec.timeout_ms))
@@ -347,6 +360,7 @@ impl Runner {
             let verdict = match result {
                 Err(Failure::Unreachable(e)) => {
                     // Not an attempt: wait for the prober, keep the lease, send again.
+                    sent.store(false, Ordering::SeqCst);
                     self.status.error(format!("app unreachable: {e}"));
                     self.status.set_flag(&self.status.unreachable, true);
                     self.reachable.send_replace(false);
@@ -485,16 +499,40 @@ impl Runner {
         }
     }
 
-    /// Stops the requests still running and returns their receipts.
-    pub(super) fn abort_outstanding(&self) -> Vec<String> {
+    /// Stops the requests still running and returns their receipts: those
+    /// that may have reached the app, and those that cannot have (it
+    /// refused connections).
+    pub(super) fn abort_outstanding(&self) -> (Vec<String>, Vec<String>) {
         let mut outstanding = self.outstanding.lock().unwrap_or_else(|p| p.into_inner());
-        outstanding
-            .drain()
-            .flat_map(|(_, (task, receipts))| {
-                task.abort();
-                receipts
-            })
-            .collect()
+        let (mut sent, mut unsent) = (Vec::new(), Vec::new());
+        for (_, (task, receipts, was_sent)) in outstanding.drain() {
+            task.abort();
+            if was_sent.load(Ordering::SeqCst) {
+                sent.extend(receipts);
+            } else {
+                unsent.extend(receipts);
+            }
+        }
+        (sent, unsent)
+    }
+
+    /// Gives `receipts` back without counting an attempt: the app never got
+    /// them (it refused connections), so they cost no attempt, as while the
+    /// sidecar runs.
+    pub(super) async fn release(&self, receipts: Vec<String>) {
+        if receipts.is_empty() {
+            return;
+        }
+        let s = &self.spec;
+        match self
+            .services
+            .broker
+            .release(&s.tenant, &s.topic, &s.group, &receipts)
+            .await
+        {
+            Ok(o) => Status::add(&self.status.nacked, o.nacked.len()),
+            Err(e) => self.status.error(format!("release at shutdown: {e}")),
+        }
     }
 
     /// Probes an unreachable app with backoff until it accepts connections,
