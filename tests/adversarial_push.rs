@@ -485,7 +485,8 @@ async fn retry_after_huge_negative_dated_or_garbage_never_breaks_the_nack() {
 
 #[tokio::test]
 async fn redirects_informational_and_odd_statuses_are_judged_by_the_table() {
-    let app_server = App::start(|_, seen| match payload(seen).as_str() {
+    let app_server = App::start(|_, seen| {
+        match payload(seen).as_str() {
         "redirect" => http(302, &[("location", "http://127.0.0.1:9/elsewhere")], ""),
         "permanent" => http(308, &[("location", "/hook2")], ""),
         "early-hints" => {
@@ -500,8 +501,13 @@ async fn redirects_informational_and_odd_statuses_are_judged_by_the_table() {
             Reply::Raw(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n".to_vec())
         }
         "odd" => http(599, &[], "what"),
+        "switch" => Reply::Raw(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"
+                .to_vec(),
+        ),
         "teapot" => http(418, &[], "short and stout"),
         _ => http(500, &[], ""),
+    }
     })
     .await;
     let app = sidecar(vec![subscription(
@@ -516,13 +522,14 @@ async fn redirects_informational_and_odd_statuses_are_judged_by_the_table() {
         "no-content",
         "odd",
         "teapot",
+        "switch",
     ] {
         publish(&app, json!({ "payload": p })).await;
     }
     let g = settled(&app).await;
     // Redirects are not followed (the app's 3xx is an answer: retried, then
     // dead): only the two acks are acks.
-    assert_eq!(g["dead_lettered"], 4, "{g}");
+    assert_eq!(g["dead_lettered"], 5, "{g}");
     let sub = wait_subscription(&app, |s| s["acked"] == 2).await;
     assert_eq!(sub["rejected"], 0, "{sub}");
     let mut dead: Vec<(String, String)> = dead_letters(&app)
@@ -540,6 +547,7 @@ async fn redirects_informational_and_odd_statuses_are_judged_by_the_table() {
         ("odd", "HTTP 599: what"),
         ("permanent", "HTTP 308: Permanent Redirect"),
         ("redirect", "HTTP 302: Found"),
+        ("switch", "HTTP 101: Switching Protocols"),
         ("teapot", "HTTP 418: short and stout"),
     ];
     let want: Vec<(String, String)> = want
@@ -548,7 +556,7 @@ async fn redirects_informational_and_odd_statuses_are_judged_by_the_table() {
         .collect();
     assert_eq!(dead, want);
     // Two tries each for the dead ones, one for the acked ones.
-    assert_eq!(app_server.seen().len(), 4 * 2 + 2);
+    assert_eq!(app_server.seen().len(), 5 * 2 + 2);
 }
 
 #[tokio::test]
