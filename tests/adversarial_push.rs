@@ -791,3 +791,33 @@ async fn shutdown_while_the_app_is_down_dead_letters_nothing() {
     assert_eq!(messages[0]["payload"], "unseen");
     assert_eq!(messages[0]["attempt"], 1);
 }
+
+#[tokio::test]
+async fn an_app_whose_accept_queue_is_full_costs_no_attempt_even_with_a_short_timeout() {
+    // A listener that never accepts, its queue filled: connects hang.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut fillers = Vec::new();
+    for _ in 0..3 {
+        let connect = TcpStream::connect(("127.0.0.1", port));
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(300), connect).await {
+            fillers.push(s);
+        }
+    }
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let config = json!({"timeout_ms": 500, "group_config": {"max_deliveries": 1}});
+    let app = sidecar(vec![subscription(&url, config)]).await;
+    publish(&app, json!({"payload": "queued"})).await;
+    // The app never took the connection: not an attempt, as when it refuses.
+    let sub = wait_subscription(&app, |s| s["state"] == "app_unreachable").await;
+    assert_eq!(sub["nacked"], 0, "{sub}");
+    let g = get(&app, G).await;
+    assert_eq!(
+        (g["dead_lettered"].as_u64(), g["pending"].as_u64()),
+        (Some(0), Some(1)),
+        "{g}"
+    );
+    drop(listener);
+}

@@ -86,7 +86,11 @@ impl Runner {
         let consumer = Consumer::parse(&format!("{prefix}-push-{}", &suffix[..8]))
             .unwrap_or_else(|_| Consumer::parse("push").expect("a valid name"));
         Arc::new(Self {
-            client: Client::new(&spec.target, spec.max_in_flight as usize),
+            client: Client::new(
+                &spec.target,
+                spec.max_in_flight as usize,
+                Duration::from_millis(spec.timeout_ms),
+            ),
             status: Arc::new(Status::new(&spec)),
             source: format!("/v1/tenants/{}/topics/{}", spec.tenant, spec.topic),
             permits: Arc::new(Semaphore::new(spec.max_in_flight as usize)),
