@@ -219,7 +219,6 @@ async fn serve(mut stream: TcpStream, counts: Arc<Counts>, script: Script) {
 }
 
 /// One subscription entry (topic `orders`, group `push`).
-/// One subscription entry (topic `orders`, group `push`).
 fn subscription(url: &str, extra: Value) -> Value {
     let mut entry = json!({
         "name": "adv", "tenant": TENANT, "topic": "orders", "group": "push", "url": url,
