@@ -302,8 +302,10 @@ async fn wait_until(what: &str, done: impl Fn() -> bool) {
 async fn wait_group_at(app: &TestApp, p: &str, check: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
-        let g = get(app, p).await;
-        if check(&g) {
+        // Not found until the sidecar has declared it.
+        let url = format!("{}/v1/tenants/{TENANT}{p}", app.base);
+        let g = app.send(Method::GET, &url, None).await.body;
+        if g["name"].is_string() && check(&g) {
             return g;
         }
         assert!(Instant::now() < deadline, "{p}: {g}");
