@@ -6,6 +6,8 @@
 -- ARGV[2]  the topic's wake-up channel
 -- ARGV[3]  error text ('' = none), kept as last_error when dead-lettered
 -- ARGV[4…] triples: stream id, '<attempt>:<delivery>', retry delay ms
+--          (-1: a release: due now and not an attempt, so never
+--          dead-lettered: the delivery never reached its handler)
 -- Returns  { status, { 1 scheduled | 2 dead-lettered | 0 lease_lost … } }
 --          status 1 ok, -1 no such group
 --
@@ -30,7 +32,11 @@ for i = 4, #ARGV, 3 do
     out[#out + 1] = 0
   else
     local attempt = tonumber(string.match(tail, '^(%d+):'))
-    if attempt >= max_deliveries then
+    if delay < 0 then
+      schedule(g, id, attempt - 1, now)
+      out[#out + 1] = 1
+      wake = true
+    elseif attempt >= max_deliveries then
       dead_letter(g, id, nil, 'max_deliveries', attempt, err, now)
       out[#out + 1] = 2
     else

@@ -125,6 +125,10 @@ pub struct ExtendOutcome {
     pub extended: Vec<Extended>,
     /// Receipts whose lease was already lost.
     pub lease_lost: Vec<String>,
+    /// The group's `lease_ms` as the extend read it (for the push
+    /// keep-alive, which renews every half lease); not in the answer.
+    #[serde(skip)]
+    pub group_lease_ms: u64,
 }
 
 /// A call of a group script: the ten group keys every such script takes
@@ -688,7 +692,10 @@ impl Broker {
             }
             _ => {}
         }
-        let mut outcome = ExtendOutcome::default();
+        let mut outcome = ExtendOutcome {
+            group_lease_ms: group_lease,
+            ..ExtendOutcome::default()
+        };
         for (receipt, expires) in receipts.iter().zip(results) {
             if expires > 0 {
                 outcome.extended.push(Extended {

@@ -149,6 +149,40 @@ impl Broker {
         Ok(outcome)
     }
 
+    /// Gives leased deliveries back, due now, without counting an attempt
+    /// (so never dead-lettered): for deliveries a push never got to the
+    /// app (it refused connections) when the sidecar stops. Receipts in
+    /// `nacked` were given back, the rest had lost their lease.
+    pub async fn release(
+        &self,
+        tenant: &Tenant,
+        topic: &Topic,
+        group: &Group,
+        receipts: &[String],
+    ) -> Result<NackOutcome> {
+        let (receipts, parsed) = parse_settled_receipts("receipts", receipts)?;
+        let keys = TopicKeys::new(tenant, topic);
+        let mut call = group_call(&self.store.scripts().nack, &keys, group);
+        call.arg("");
+        for r in &parsed {
+            call.arg(&r.stream_id).arg(r.fence()).arg(-1);
+        }
+        let mut conn = self.store.conn().await?;
+        let (status, results): (i64, Vec<i64>) = call.invoke_async(&mut conn).await?;
+        if status < 0 {
+            return Err(group_not_found(group));
+        }
+        let mut outcome = NackOutcome::default();
+        for (receipt, result) in receipts.into_iter().zip(results) {
+            if result == 1 {
+                outcome.nacked.push(receipt);
+            } else {
+                outcome.lease_lost.push(receipt);
+            }
+        }
+        Ok(outcome)
+    }
+
     /// Dead-letters deliveries now, with reason `rejected`.
     pub async fn reject(
         &self,

@@ -23,7 +23,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::spec::Target;
 
-/// Longest wait for a connection to open; past it the app counts as unreachable.
+/// Longest wait for a connection to open; past it the app counts as
+/// unreachable (a request's connect gets at most half its timeout, so a
+/// connection the app never accepts is that, not a timed-out attempt).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Idle keep-alive connections are closed after this long.
 const POOL_IDLE: Duration = Duration::from_secs(30);
@@ -92,8 +94,9 @@ pub enum Failure {
 }
 
 impl Client {
-    /// A client for `target`, keeping up to `idle` connections open.
-    pub fn new(target: &Target, idle: usize) -> Self {
+    /// A client for `target`, keeping up to `idle` connections open, for
+    /// requests of `timeout`.
+    pub fn new(target: &Target, idle: usize, timeout: Duration) -> Self {
         let mut builder = HyperClient::builder(TokioExecutor::new());
         builder
             .pool_idle_timeout(POOL_IDLE)
@@ -101,7 +104,7 @@ impl Client {
         let inner = match target {
             Target::Http(_) => {
                 let mut http = HttpConnector::new();
-                http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+                http.set_connect_timeout(Some(CONNECT_TIMEOUT.min(timeout / 2)));
                 http.set_nodelay(true);
                 Inner::Tcp(builder.build(http))
             }

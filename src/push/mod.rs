@@ -82,7 +82,8 @@ impl Pusher {
 
     /// After shutdown was signalled: lets the requests in flight finish
     /// until `deadline`, then stops the rest and nacks their deliveries with
-    /// no delay, so another consumer gets them at once.
+    /// no delay, so another consumer gets them at once (without counting an
+    /// attempt for those the app never got: it refused connections).
     pub async fn drain(mut self, deadline: tokio::time::Instant) {
         for r in &self.runners {
             r.status.set_flag(&r.status.draining, true);
@@ -98,10 +99,12 @@ impl Pusher {
             let all = r.spec.max_in_flight;
             let settled = tokio::time::timeout_at(deadline, r.permits.acquire_many(all)).await;
             if !matches!(settled, Ok(Ok(_))) {
-                let left = r.abort_outstanding();
-                tracing::warn!(subscription = %r.spec.name, messages = left.len(),
+                let (sent, unsent) = r.abort_outstanding();
+                tracing::warn!(subscription = %r.spec.name, messages = sent.len() + unsent.len(),
                     "drain timeout passed; giving deliveries in flight back");
-                r.give_back(left, "sidecar shutting down").await;
+                r.give_back(sent, "sidecar shutting down").await;
+                // Those the app never got (it refused connections) cost no attempt.
+                r.release(unsent).await;
             }
         }
     }

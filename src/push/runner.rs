@@ -10,7 +10,7 @@
 //! the app would dead-letter messages it never saw.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,6 +55,9 @@ impl Pause {
     }
 }
 
+/// A request not yet settled, for the drain.
+type Outstanding = (AbortHandle, Vec<String>, Arc<AtomicBool>);
+
 /// One subscription's shared parts.
 pub struct Runner {
     pub(super) spec: Subscription,
@@ -67,8 +70,9 @@ pub struct Runner {
     /// False while the app refuses connections.
     reachable: watch::Sender<bool>,
     lease_ms: AtomicU64,
-    /// Requests not yet settled: their task and receipts, for the drain.
-    outstanding: Mutex<HashMap<u64, (AbortHandle, Vec<String>)>>,
+    /// Requests not yet settled: their task, receipts and whether they may
+    /// have reached the app (false while it refuses connections), for the drain.
+    outstanding: Mutex<HashMap<u64, Outstanding>>,
     next_request: AtomicU64,
 }
 
@@ -82,7 +86,11 @@ impl Runner {
         let consumer = Consumer::parse(&format!("{prefix}-push-{}", &suffix[..8]))
             .unwrap_or_else(|_| Consumer::parse("push").expect("a valid name"));
         Arc::new(Self {
-            client: Client::new(&spec.target, spec.max_in_flight as usize),
+            client: Client::new(
+                &spec.target,
+                spec.max_in_flight as usize,
+                Duration::from_millis(spec.timeout_ms),
+            ),
             status: Arc::new(Status::new(&spec)),
             source: format!("/v1/tenants/{}/topics/{}", spec.tenant, spec.topic),
             permits: Arc::new(Semaphore::new(spec.max_in_flight as usize)),
@@ -230,12 +238,14 @@ impl Runner {
         // comes first; the lock is held across the spawn for that.
         let mut outstanding = self.outstanding.lock().unwrap_or_else(|p| p.into_inner());
         let runner = self.clone();
+        let sent = Arc::new(AtomicBool::new(false));
+        let sending = sent.clone();
         let task = tokio::spawn(async move {
             runner.status.request(true);
             Status::add(&runner.status.delivered, deliveries.len());
             let lost = Mutex::new(HashSet::new());
             tokio::select! {
-                () = runner.deliver(&deliveries, &lost) => {}
+                () = runner.deliver(&deliveries, &lost, &sending) => {}
                 () = runner.keep_alive(&deliveries, &lost) => {}
             }
             runner.status.request(false);
@@ -246,15 +256,19 @@ impl Runner {
                 .remove(&id);
             drop(permit);
         });
-        outstanding.insert(id, (task.abort_handle(), receipts));
+        outstanding.insert(id, (task.abort_handle(), receipts, sent));
     }
 
     /// Renews the leases of `deliveries` every half lease, for as long as the
     /// request runs; a receipt found lost is not sent (again).
     async fn keep_alive(&self, deliveries: &[Delivery], lost: &Mutex<HashSet<String>>) {
         let s = &self.spec;
+        // The group's lease may have been lowered since it was last read:
+        // the first renewal comes by the leases as granted (their expiry, by
+        // this host's clock), later ones by the lease each extend reports.
+        let mut half =
+            (self.lease_ms.load(Ordering::Relaxed) / 2).min(first_half_lease(deliveries));
         loop {
-            let half = self.lease_ms.load(Ordering::Relaxed) / 2;
             tokio::time::sleep(Duration::from_millis(half.max(50))).await;
             let receipts: Vec<String> = {
                 let lost = lost.lock().unwrap_or_else(|p| p.into_inner());
@@ -273,6 +287,10 @@ impl Runner {
                 .await
             {
                 Ok(outcome) => {
+                    if outcome.group_lease_ms > 0 {
+                        self.lease_ms
+                            .store(outcome.group_lease_ms, Ordering::Relaxed);
+                    }
                     if !outcome.lease_lost.is_empty() {
                         self.status.error(format!(
                             "lease lost for {} message(s) in flight",
@@ -285,12 +303,19 @@ impl Runner {
                 }
                 Err(e) => self.status.error(format!("extend: {e}")),
             }
+            half = self.lease_ms.load(Ordering::Relaxed) / 2;
         }
     }
 
     /// Sends `deliveries` until the app answers (or the leases are lost),
     /// then settles them by the answer.
-    async fn deliver(&self, deliveries: &[Delivery], lost: &Mutex<HashSet<String>>) {
+    /// `sent` is true while the request may have reached the app.
+    async fn deliver(
+        &self,
+        deliveries: &[Delivery],
+        lost: &Mutex<HashSet<String>>,
+        sent: &AtomicBool,
+    ) {
         let mut reachable = self.reachable.subscribe();
         let labels = self.status.labels();
         let batch = self.spec.batch > 1;
@@ -316,6 +341,7 @@ impl Runner {
                 request.headers_mut().insert(traces::TRACEPARENT, value);
             }
             let started = tokio::time::Instant::now();
+            sent.store(true, Ordering::SeqCst);
             let result = self
                 .client
                 .send(request, Duration::from_millis(self.spec.timeout_ms))
@@ -338,6 +364,7 @@ impl Runner {
             let verdict = match result {
                 Err(Failure::Unreachable(e)) => {
                     // Not an attempt: wait for the prober, keep the lease, send again.
+                    sent.store(false, Ordering::SeqCst);
                     self.status.error(format!("app unreachable: {e}"));
                     self.status.set_flag(&self.status.unreachable, true);
                     self.reachable.send_replace(false);
@@ -428,10 +455,17 @@ impl Runner {
             };
             match done {
                 Ok(()) => return,
-                Err(e) => {
+                Err(e @ (Error::Unavailable { .. } | Error::Redis(_))) => {
                     self.status.error(format!("settle: {e}"));
                     tries += 1;
                     tokio::time::sleep(pause.next()).await;
+                }
+                // The group or topic is gone (deleted while the app
+                // worked): trying again cannot help, and the request would
+                // hold its slot for nothing.
+                Err(e) => {
+                    self.status.error(format!("settle: {e}"));
+                    return;
                 }
             }
         }
@@ -469,16 +503,40 @@ impl Runner {
         }
     }
 
-    /// Stops the requests still running and returns their receipts.
-    pub(super) fn abort_outstanding(&self) -> Vec<String> {
+    /// Stops the requests still running and returns their receipts: those
+    /// that may have reached the app, and those that cannot have (it
+    /// refused connections).
+    pub(super) fn abort_outstanding(&self) -> (Vec<String>, Vec<String>) {
         let mut outstanding = self.outstanding.lock().unwrap_or_else(|p| p.into_inner());
-        outstanding
-            .drain()
-            .flat_map(|(_, (task, receipts))| {
-                task.abort();
-                receipts
-            })
-            .collect()
+        let (mut sent, mut unsent) = (Vec::new(), Vec::new());
+        for (_, (task, receipts, was_sent)) in outstanding.drain() {
+            task.abort();
+            if was_sent.load(Ordering::SeqCst) {
+                sent.extend(receipts);
+            } else {
+                unsent.extend(receipts);
+            }
+        }
+        (sent, unsent)
+    }
+
+    /// Gives `receipts` back without counting an attempt: the app never got
+    /// them (it refused connections), so they cost no attempt, as while the
+    /// sidecar runs.
+    pub(super) async fn release(&self, receipts: Vec<String>) {
+        if receipts.is_empty() {
+            return;
+        }
+        let s = &self.spec;
+        match self
+            .services
+            .broker
+            .release(&s.tenant, &s.topic, &s.group, &receipts)
+            .await
+        {
+            Ok(o) => Status::add(&self.status.nacked, o.nacked.len()),
+            Err(e) => self.status.error(format!("release at shutdown: {e}")),
+        }
     }
 
     /// Probes an unreachable app with backoff until it accepts connections,
@@ -505,6 +563,19 @@ impl Runner {
             self.reachable.send_replace(true);
         }
     }
+}
+
+/// Half the time left on the shortest lease of `deliveries`, ms (by this
+/// host's clock; `u64::MAX` when there are none).
+fn first_half_lease(deliveries: &[Delivery]) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    deliveries
+        .iter()
+        .map(|d| d.lease_expires_at.saturating_sub(now) / 2)
+        .min()
+        .unwrap_or(u64::MAX)
 }
 
 fn chunk_receipts(deliveries: &[Delivery]) -> Vec<String> {
