@@ -35,7 +35,8 @@
 -- little). A refund under another config (epoch) gives nothing back.
 --
 -- Invariant: over any window, written messages ≤ burst + rate × window; a
--- refused call changes nothing, so refusals never make a tenant wait longer.
+-- refused call charges nothing (it only ever moves a TAT beyond a full
+-- bucket back to one), so refusals never make a tenant wait longer.
 local UNIT = 1000000
 local SHIFT_MOD = 1125899906842624 -- 2^50: shift + one refund stays below 2^53
 
@@ -75,8 +76,12 @@ local shift = tonumber(cfg[7] or 0)
 -- The debt now. A TAT written under another rate converts its fraction,
 -- rounding up; one written by an older version (float milliseconds in field
 -- 'tat') counts from its next whole microsecond. Above a full bucket (the
--- quota was lowered) it counts as a full bucket.
+-- quota was changed: a lower burst, a higher rate) it counts as a full
+-- bucket, and is stored as one below: left in place, the old TAT would keep
+-- the bucket full long after the burst / rate seconds a full bucket takes
+-- to drain, while every 429 said to retry within them.
 local debt = 0
+local over = false
 local tat_us = tonumber(cfg[4] or 0)
 local frac, frac_rate = tonumber(cfg[5] or 0), tonumber(cfg[6] or 1)
 if not cfg[4] and cfg[8] then
@@ -84,10 +89,11 @@ if not cfg[4] and cfg[8] then
 end
 if tat_us >= now_us then
   debt = (tat_us - now_us) * rate
-  if debt >= cap then
-    debt = cap
-  else
-    debt = math.min(cap, debt + (frac_rate == rate and frac or cdiv(frac * rate, frac_rate)))
+  if debt <= cap then
+    debt = debt + (frac_rate == rate and frac or cdiv(frac * rate, frac_rate))
+  end
+  if debt > cap then
+    debt, over = cap, true
   end
 end
 
@@ -106,6 +112,10 @@ end
 
 local function reset_ms(d)
   return cdiv(cdiv(d, rate), 1000)
+end
+
+if over then
+  store(cap, shift)
 end
 
 if refund then

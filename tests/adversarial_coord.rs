@@ -1,0 +1,84 @@
+//! Adversarial tests of the coordination primitives through HTTP: config
+//! changed on live pools and quotas, writes racing deletes and expiry,
+//! numbers at their limits, and large collections.
+
+mod support;
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use support::{Reply, TestApp};
+
+fn retry_after(reply: &Reply) -> u64 {
+    reply.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A request to `path` under another tenant than the app's own.
+async fn on(app: &TestApp, tenant: &str, method: Method, path: &str, body: Value) -> Reply {
+    let url = format!("{}/v1/tenants/{tenant}{path}", app.base);
+    app.send(method, &url, Some(&body)).await
+}
+
+/// A batch of `n` messages to topic `q` of `tenant`.
+async fn batch(app: &TestApp, tenant: &str, n: usize) -> Reply {
+    let messages: Vec<Value> = (0..n).map(|i| json!({"payload": i})).collect();
+    let body = json!({ "messages": messages });
+    on(app, tenant, Method::POST, "/topics/q/messages:batch", body).await
+}
+
+/// A tenant that spent a large burst at a low rate, whose quota is then
+/// lowered or raised: the old debt counts as a full bucket of the new quota
+/// (bug: the old TAT stayed in place, so the tenant was refused for up to
+/// 1000 s while every 429 said `Retry-After: 1`).
+#[tokio::test]
+async fn a_quota_changed_after_a_large_burst_keeps_its_retry_after() {
+    let app = TestApp::start().await;
+    for (i, limits) in [
+        json!({"publish_per_sec": 1, "burst": 1}),
+        json!({"publish_per_sec": 1000, "burst": 1}),
+        json!({"publish_per_sec": 1000, "burst": 1000}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let tenant = format!("{}-q{i}", app.tenant);
+        on(
+            &app,
+            &tenant,
+            Method::PUT,
+            "/limits",
+            json!({"publish_per_sec": 1, "burst": 1000}),
+        )
+        .await;
+        let spent = batch(&app, &tenant, 1000).await;
+        assert_eq!(spent.status, StatusCode::OK, "{}", spent.body);
+        assert!(
+            spent.body["errors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(Value::is_null)
+        );
+        // 1000 messages at 1/s: the bucket is empty for the next 1000 s.
+        let changed = on(&app, &tenant, Method::PUT, "/limits", limits.clone()).await;
+        assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
+        let refused = batch(&app, &tenant, 1).await;
+        refused.assert_problem(429, "rate_limited");
+        let wait = retry_after(&refused);
+        assert!(wait <= 1, "a full bucket of the new quota: {wait} s");
+        tokio::time::sleep(Duration::from_millis(wait * 1000 + 200)).await;
+        let later = batch(&app, &tenant, 1).await;
+        assert_eq!(
+            later.status,
+            StatusCode::OK,
+            "{limits}: refused after its Retry-After ({wait} s): {}",
+            later.body
+        );
+        assert!(later.body["results"][0]["seq"].is_u64(), "{}", later.body);
+    }
+}
