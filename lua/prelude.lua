@@ -316,3 +316,20 @@ local function release_expired(pool, holders, now)
   end
   return #gone
 end
+
+-- A pool's { capacity, lease_ms, { { reservation id, holder|fence,
+-- expires_at } … } } once its expired holders are freed (so it shows what
+-- acquire sees), or nil when the pool does not exist.
+local function describe_pool(pool, holders)
+  local cfg = redis.call('HMGET', pool, 'capacity', 'lease_ms')
+  if not cfg[1] then
+    return nil
+  end
+  release_expired(pool, holders, now_ms())
+  local out = {}
+  local live = redis.call('ZRANGE', holders, 0, -1, 'WITHSCORES')
+  for i = 1, #live, 2 do
+    out[#out + 1] = { live[i], redis.call('HGET', pool, 'r:' .. live[i]), tonumber(live[i + 1]) }
+  end
+  return { tonumber(cfg[1]), tonumber(cfg[2]), out }
+end

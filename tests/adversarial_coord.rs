@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -81,4 +82,48 @@ async fn a_quota_changed_after_a_large_burst_keeps_its_retry_after() {
         );
         assert!(later.body["results"][0]["seq"].is_u64(), "{}", later.body);
     }
+}
+
+/// PUT and DELETE of one pool racing: the PUT answers 200 or 201 with the
+/// pool it declared, the DELETE 204 or 404. (Bug: the PUT read the pool back
+/// in a second call, and a DELETE in between made it answer 404
+/// `pool_not_found` for the pool it had just created.)
+#[tokio::test]
+async fn declaring_a_pool_while_it_is_deleted_never_answers_404() {
+    let app = Arc::new(TestApp::start().await);
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut bad = Vec::new();
+            for _ in 0..150 {
+                let r = if w % 2 == 0 {
+                    let body = json!({"capacity": 2, "lease_ms": 1000});
+                    let r = app.put("/pools/race", &body).await;
+                    if matches!(r.status.as_u16(), 200 | 201) && r.body["capacity"] == 2 {
+                        continue;
+                    }
+                    r
+                } else {
+                    let r = app.delete("/pools/race").await;
+                    if matches!(r.status.as_u16(), 204 | 404) {
+                        continue;
+                    }
+                    r
+                };
+                bad.push(format!("{} {}", r.status, r.body));
+            }
+            bad
+        }));
+    }
+    let mut bad = Vec::new();
+    for t in tasks {
+        bad.extend(t.await.unwrap());
+    }
+    assert!(
+        bad.is_empty(),
+        "{} bad answers: {:?}",
+        bad.len(),
+        bad.first()
+    );
 }
