@@ -73,28 +73,28 @@ local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local cap = burst * UNIT
 local shift = tonumber(cfg[7] or 0)
 
--- The debt now. A TAT written under another rate converts its fraction,
--- rounding up; one written by an older version (float milliseconds in field
--- 'tat') counts from its next whole microsecond. Above a full bucket (the
--- quota was changed: a lower burst, a higher rate) it counts as a full
--- bucket, and is stored as one below: left in place, the old TAT would keep
--- the bucket full long after the burst / rate seconds a full bucket takes
--- to drain, while every 429 said to retry within them.
+-- The debt now, in messages (UNIT each) whatever the rate: a TAT written
+-- under another rate (`tat_rate`, the quota was changed) is the same debt,
+-- drained at the new rate from now on. (Kept as a time instead, a lower rate
+-- turned the debt's time into new credit: 1000 messages at 100/s, lowered to
+-- 1/s, left a debt of 10 and a new burst at once.) One written by an older
+-- version (float milliseconds in field 'tat') counts from its next whole
+-- microsecond. Above a full bucket (a lower burst) it counts as a full
+-- bucket. Either is stored as such below: left in place, the old TAT would
+-- go on draining at the old rate, and a debt above the bucket would keep it
+-- full long after the burst / rate seconds every 429 said to wait.
 local debt = 0
-local over = false
 local tat_us = tonumber(cfg[4] or 0)
-local frac, frac_rate = tonumber(cfg[5] or 0), tonumber(cfg[6] or 1)
+local frac, tat_rate = tonumber(cfg[5] or 0), tonumber(cfg[6] or rate)
 if not cfg[4] and cfg[8] then
-  tat_us, frac = math.ceil(tonumber(cfg[8]) * 1000), 0
+  tat_us, frac, tat_rate = math.ceil(tonumber(cfg[8]) * 1000), 0, rate
 end
 if tat_us >= now_us then
-  debt = (tat_us - now_us) * rate
-  if debt <= cap then
-    debt = debt + (frac_rate == rate and frac or cdiv(frac * rate, frac_rate))
-  end
-  if debt > cap then
-    debt, over = cap, true
-  end
+  debt = (tat_us - now_us) * tat_rate + frac
+end
+local restate = debt > 0 and tat_rate ~= rate
+if debt > cap then
+  debt, restate = cap, true
 end
 
 -- Stores TAT = now + debt / rate and returns it as (tat_us, tat_frac).
@@ -114,8 +114,8 @@ local function reset_ms(d)
   return cdiv(cdiv(d, rate), 1000)
 end
 
-if over then
-  store(cap, shift)
+if restate then
+  store(debt, shift)
 end
 
 if refund then

@@ -84,6 +84,52 @@ async fn a_quota_changed_after_a_large_burst_keeps_its_retry_after() {
     }
 }
 
+/// A tenant that spent its whole burst, whose rate is then lowered: it owes
+/// what it owed, and cannot publish most of another burst at once. (Bug: the
+/// debt was kept as a time, and that time at the lower rate was worth a few
+/// messages: 1000 messages at 100/s, then the rate lowered to 1/s, left 990
+/// messages to publish at once, 1990 in a moment under a burst of 1000.)
+#[tokio::test]
+async fn lowering_the_rate_does_not_hand_out_a_new_burst() {
+    let app = TestApp::start().await;
+    let tenant = &app.tenant;
+    on(
+        &app,
+        tenant,
+        Method::PUT,
+        "/limits",
+        json!({"publish_per_sec": 100, "burst": 1000}),
+    )
+    .await;
+    let spent = batch(&app, tenant, 1000).await;
+    assert_eq!(spent.status, StatusCode::OK, "{}", spent.body);
+    assert!(
+        spent.body["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(Value::is_null)
+    );
+    let lowered = json!({"publish_per_sec": 1, "burst": 1000});
+    on(&app, tenant, Method::PUT, "/limits", lowered).await;
+    // At 100/s, 500 slots take 5 s to free; at 1/s, 500 s.
+    let more = batch(&app, tenant, 500).await;
+    assert_eq!(
+        more.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        more.body["code"]
+    );
+    more.assert_problem(429, "rate_limited");
+    let remaining: u64 = more.headers["ratelimit-remaining"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(remaining < 500, "remaining {remaining}");
+    assert_eq!(app.history("q").await.len(), 1000);
+}
+
 /// PUT and DELETE of one pool racing: the PUT answers 200 or 201 with the
 /// pool it declared, the DELETE 204 or 404. (Bug: the PUT read the pool back
 /// in a second call, and a DELETE in between made it answer 404
