@@ -347,9 +347,10 @@ impl Coord {
     pub async fn delete_pool(&self, tenant: &Tenant, pool: &Pool) -> Result<()> {
         let keys = TenantKeys::new(tenant).pool(pool);
         let mut conn = self.store.conn().await?;
-        // Both keys share the tenant's hash tag, so one DEL removes them
-        // atomically; holders never exist without their pool hash.
-        let deleted: u64 = redis::cmd("DEL")
+        // Both keys share the tenant's hash tag, so one UNLINK removes them
+        // atomically (a pool of 100,000 holders is freed in the background);
+        // holders never exist without their pool hash.
+        let deleted: u64 = redis::cmd("UNLINK")
             .arg(keys.pool())
             .arg(keys.holders())
             .query_async(&mut conn)
