@@ -380,6 +380,104 @@ async fn finishing_at_the_moment_of_expiry_has_one_outcome() {
     );
 }
 
+/// Message `n` to topic `bl`.
+async fn publish_bl(app: &TestApp, n: u64) -> Reply {
+    let body = json!({"payload": n, "id": format!("m{n}")});
+    app.post("/topics/bl/messages", &body).await
+}
+
+/// A topic's max_backlog changed on the live topic, its group dead-lettering
+/// and replaying, deleted and declared again: the backlog the publish check
+/// sees is always what the slowest group owes, never negative, never leaked.
+#[tokio::test]
+async fn backlog_accounting_survives_config_changes_dead_letters_and_group_churn() {
+    let app = TestApp::start().await;
+    app.put("/topics/bl", &json!({"max_backlog": 3})).await;
+    app.group("bl", "g", &json!({"lease_ms": 60000})).await;
+    for n in 0..3 {
+        assert_eq!(publish_bl(&app, n).await.status, StatusCode::CREATED);
+    }
+    publish_bl(&app, 3)
+        .await
+        .assert_problem(429, "backlog_full");
+    app.put("/topics/bl", &json!({"max_backlog": 2})).await;
+    publish_bl(&app, 3)
+        .await
+        .assert_problem(429, "backlog_full");
+    app.put("/topics/bl", &json!({"max_backlog": 4})).await;
+    assert_eq!(publish_bl(&app, 3).await.status, StatusCode::CREATED);
+    publish_bl(&app, 4)
+        .await
+        .assert_problem(429, "backlog_full");
+    // Dead-lettering ends a message for the group; replaying owes it again.
+    let got = app.fetch("bl", "g", "c", 1, 0).await;
+    let rejected = app
+        .post(
+            "/topics/bl/groups/g/reject",
+            &json!({"receipts": [got[0]["receipt"]]}),
+        )
+        .await;
+    assert_eq!(rejected.status, StatusCode::OK, "{}", rejected.body);
+    assert_eq!(publish_bl(&app, 4).await.status, StatusCode::CREATED);
+    publish_bl(&app, 5)
+        .await
+        .assert_problem(429, "backlog_full");
+    let replayed = app
+        .post(
+            "/topics/bl/groups/g/dlq/replay",
+            &json!({"ids": [got[0]["id"]]}),
+        )
+        .await;
+    assert_eq!(replayed.status, StatusCode::OK, "{}", replayed.body);
+    // 5 owed (4 + the replay) against 4: still full, even after one ack.
+    let more = app.fetch("bl", "g", "c", 1, 0).await;
+    assert_eq!(
+        app.ack("bl", "g", &[more[0]["receipt"].as_str().unwrap()])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    publish_bl(&app, 5)
+        .await
+        .assert_problem(429, "backlog_full");
+    // The only group goes away: nobody owes anything.
+    assert_eq!(
+        app.delete("/topics/bl/groups/g").await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(publish_bl(&app, 5).await.status, StatusCode::CREATED);
+    // Declared again from the start, it owes every message of the topic.
+    app.group("bl", "g", &json!({"lease_ms": 60000, "start": "0"}))
+        .await;
+    publish_bl(&app, 6)
+        .await
+        .assert_problem(429, "backlog_full");
+    assert_eq!(app.get("/topics/bl").await.body["groups"][0]["lag"], 6);
+    // Drain it all: the backlog reaches zero, not below, and max_backlog
+    // more fit again.
+    loop {
+        let batch = app.fetch("bl", "g", "c", 10, 0).await;
+        if batch.is_empty() {
+            break;
+        }
+        let rs: Vec<&str> = batch
+            .iter()
+            .map(|m| m["receipt"].as_str().unwrap())
+            .collect();
+        assert_eq!(app.ack("bl", "g", &rs).await.status, StatusCode::OK);
+    }
+    for n in 6..10 {
+        assert_eq!(
+            publish_bl(&app, n).await.status,
+            StatusCode::CREATED,
+            "message {n}"
+        );
+    }
+    publish_bl(&app, 10)
+        .await
+        .assert_problem(429, "backlog_full");
+}
+
 /// Every number of the coordination API at and past its limits: 0, the
 /// bounds, 2^53 ± 1, u64::MAX, negatives, fractions, strings, 1e300. Each is
 /// taken exactly or refused with a 400 `invalid_field` naming it.
