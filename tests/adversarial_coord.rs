@@ -652,20 +652,23 @@ async fn a_pool_with_100k_holders_stays_usable() {
     for w in 0..WORKERS {
         let app = app.clone();
         tasks.push(tokio::spawn(async move {
-            let mut first = None;
+            let (mut first, mut last_end) = (None, 0);
             for i in (w..N).step_by(WORKERS as usize) {
                 let lease = expiry.saturating_sub(redis_now_ms(&app)).max(100);
                 let body = json!({"holder": format!("h{i}"), "lease_ms": lease});
                 let r = app.post("/pools/big/acquire", &body).await;
                 assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
                 first.get_or_insert(r.body["reservation_id"].clone());
+                last_end = last_end.max(r.body["expires_at"].as_u64().unwrap());
             }
-            first.unwrap()
+            (first.unwrap(), last_end)
         }));
     }
-    let mut ids = Vec::new();
+    let (mut ids, mut last_end) = (Vec::new(), 0);
     for t in tasks {
-        ids.push(t.await.unwrap());
+        let (id, end) = t.await.unwrap();
+        ids.push(id);
+        last_end = last_end.max(end);
     }
     let fill = started.elapsed();
     if redis_now_ms(&app) + 20_000 > expiry {
@@ -693,8 +696,9 @@ async fn a_pool_with_100k_holders_stays_usable() {
             .assert_problem(429, "pool_full");
     }
     let hot = t.elapsed() / (4 * WORKERS as u32);
-    // Every lease but the re-acquired ones ends; the next call frees them.
-    let wait = expiry.saturating_sub(redis_now_ms(&app)) + 50;
+    // Every lease but the re-acquired ones ends (each a request's latency
+    // after `expiry`); the next call frees them.
+    let wait = last_end.saturating_sub(redis_now_ms(&app)) + 50;
     tokio::time::sleep(Duration::from_millis(wait)).await;
     let mut conn = app.redis.connection();
     redis::cmd("CONFIG")
