@@ -18,9 +18,10 @@ if not cfg[1] then
 end
 local now = now_ms()
 release_expired(pool, holders, now)
-local in_use = redis.call('ZCARD', holders)
+local in_use = live_holders(holders, now)
 if in_use >= tonumber(cfg[1]) then
-  local first = redis.call('ZRANGE', holders, 0, 0, 'WITHSCORES')
+  local first = redis.call('ZRANGE', holders, '(' .. int(now), '+inf', 'BYSCORE', 'LIMIT', 0, 1,
+    'WITHSCORES')
   return { 0, '', tonumber(first[2] or now), now, in_use }
 end
 local lease = tonumber(ARGV[2])

@@ -19,21 +19,22 @@ end
 local now = now_ms()
 local freed = release_expired(pool, holders, now)
 local id = ARGV[2]
-if not redis.call('ZSCORE', holders, id) then
+local expires_at = redis.call('ZSCORE', holders, id)
+if not expires_at or tonumber(expires_at) <= now then
   if freed > 0 then
     redis.call('PUBLISH', ARGV[4], 0)
   end
-  return { 0, redis.call('ZCARD', holders) }
+  return { 0, live_holders(holders, now) }
 end
 if ARGV[1] == 'release' then
   redis.call('ZREM', holders, id)
   redis.call('HDEL', pool, 'r:' .. id)
   redis.call('PUBLISH', ARGV[4], 0)
-  return { 1, 0, redis.call('ZCARD', holders) }
+  return { 1, 0, live_holders(holders, now) }
 end
 local lease = tonumber(ARGV[3])
 if lease <= 0 then
   lease = tonumber(lease_ms)
 end
 redis.call('ZADD', holders, now + lease, id)
-return { 1, now + lease, redis.call('ZCARD', holders) }
+return { 1, now + lease, live_holders(holders, now) }

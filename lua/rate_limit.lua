@@ -35,7 +35,8 @@
 -- little). A refund under another config (epoch) gives nothing back.
 --
 -- Invariant: over any window, written messages ≤ burst + rate × window; a
--- refused call changes nothing, so refusals never make a tenant wait longer.
+-- refused call charges nothing (it only ever moves a TAT beyond a full
+-- bucket back to one), so refusals never make a tenant wait longer.
 local UNIT = 1000000
 local SHIFT_MOD = 1125899906842624 -- 2^50: shift + one refund stays below 2^53
 
@@ -72,23 +73,28 @@ local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local cap = burst * UNIT
 local shift = tonumber(cfg[7] or 0)
 
--- The debt now. A TAT written under another rate converts its fraction,
--- rounding up; one written by an older version (float milliseconds in field
--- 'tat') counts from its next whole microsecond. Above a full bucket (the
--- quota was lowered) it counts as a full bucket.
+-- The debt now, in messages (UNIT each) whatever the rate: a TAT written
+-- under another rate (`tat_rate`, the quota was changed) is the same debt,
+-- drained at the new rate from now on. (Kept as a time instead, a lower rate
+-- turned the debt's time into new credit: 1000 messages at 100/s, lowered to
+-- 1/s, left a debt of 10 and a new burst at once.) One written by an older
+-- version (float milliseconds in field 'tat') counts from its next whole
+-- microsecond. Above a full bucket (a lower burst) it counts as a full
+-- bucket. Either is stored as such below: left in place, the old TAT would
+-- go on draining at the old rate, and a debt above the bucket would keep it
+-- full long after the burst / rate seconds every 429 said to wait.
 local debt = 0
 local tat_us = tonumber(cfg[4] or 0)
-local frac, frac_rate = tonumber(cfg[5] or 0), tonumber(cfg[6] or 1)
+local frac, tat_rate = tonumber(cfg[5] or 0), tonumber(cfg[6] or rate)
 if not cfg[4] and cfg[8] then
-  tat_us, frac = math.ceil(tonumber(cfg[8]) * 1000), 0
+  tat_us, frac, tat_rate = math.ceil(tonumber(cfg[8]) * 1000), 0, rate
 end
 if tat_us >= now_us then
-  debt = (tat_us - now_us) * rate
-  if debt >= cap then
-    debt = cap
-  else
-    debt = math.min(cap, debt + (frac_rate == rate and frac or cdiv(frac * rate, frac_rate)))
-  end
+  debt = (tat_us - now_us) * tat_rate + frac
+end
+local restate = debt > 0 and tat_rate ~= rate
+if debt > cap then
+  debt, restate = cap, true
 end
 
 -- Stores TAT = now + debt / rate and returns it as (tat_us, tat_frac).
@@ -106,6 +112,10 @@ end
 
 local function reset_ms(d)
   return cdiv(cdiv(d, rate), 1000)
+end
+
+if restate then
+  store(debt, shift)
 end
 
 if refund then

@@ -168,33 +168,33 @@ fn record_in_use(tenant: &Tenant, pool: &Pool, in_use: u64) {
 }
 
 impl Coord {
-    /// Creates or updates a pool; returns true when created.
+    /// Creates or updates a pool; returns true when created, and the pool as
+    /// that same call left it (a delete racing the declare cannot make it
+    /// answer 404).
     pub async fn declare_pool(
         &self,
         tenant: &Tenant,
         pool: &Pool,
         request: &PoolConfigRequest,
-    ) -> Result<bool> {
+    ) -> Result<(bool, PoolInfo)> {
         check_range("capacity", Some(request.capacity), 1, MAX_CAPACITY)?;
         check_lease(Some(request.lease_ms))?;
+        let keys = TenantKeys::new(tenant).pool(pool);
         let mut conn = self.store.conn().await?;
-        let created: i64 = self
+        let (created, info): (i64, redis::Value) = self
             .store
             .scripts()
             .pool_declare
-            .key(TenantKeys::new(tenant).pool(pool).pool())
+            .key(keys.pool())
+            .key(keys.holders())
             .arg(request.capacity)
             .arg(request.lease_ms)
             .invoke_async(&mut conn)
             .await?;
+        let info = parse_pool_info(tenant, pool, info)?;
         // Raised capacity: waiting acquirers may fit now.
-        self.store
-            .wake(
-                &mut conn,
-                &TenantKeys::new(tenant).pool(pool).wake_channel(),
-            )
-            .await?;
-        Ok(created == 1)
+        self.store.wake(&mut conn, &keys.wake_channel()).await?;
+        Ok((created == 1, info))
     }
 
     async fn try_acquire(
@@ -347,9 +347,10 @@ impl Coord {
     pub async fn delete_pool(&self, tenant: &Tenant, pool: &Pool) -> Result<()> {
         let keys = TenantKeys::new(tenant).pool(pool);
         let mut conn = self.store.conn().await?;
-        // Both keys share the tenant's hash tag, so one DEL removes them
-        // atomically; holders never exist without their pool hash.
-        let deleted: u64 = redis::cmd("DEL")
+        // Both keys share the tenant's hash tag, so one UNLINK removes them
+        // atomically (a pool of 100,000 holders is freed in the background);
+        // holders never exist without their pool hash.
+        let deleted: u64 = redis::cmd("UNLINK")
             .arg(keys.pool())
             .arg(keys.holders())
             .query_async(&mut conn)
@@ -374,32 +375,38 @@ impl Coord {
             .key(keys.holders())
             .invoke_async(&mut conn)
             .await?;
-        let (capacity, lease_ms, rows): (u64, u64, Vec<(String, String, u64)>) =
-            match redis::from_redis_value(reply) {
-                Ok(parsed) => parsed,
-                Err(_) => return Err(pool_not_found(pool)),
-            };
-        let holders: Vec<Holder> = rows
-            .into_iter()
-            .map(|(reservation_id, detail, expires_at)| {
-                let (holder, fence) = detail.rsplit_once('|').unwrap_or((&detail, "0"));
-                Holder {
-                    reservation_id,
-                    holder: holder.to_owned(),
-                    fencing_token: fence.parse().unwrap_or(0),
-                    expires_at,
-                }
-            })
-            .collect();
-        record_in_use(tenant, pool, holders.len() as u64);
-        Ok(PoolInfo {
-            name: pool.to_string(),
-            capacity,
-            lease_ms,
-            in_use: holders.len() as u64,
-            holders,
-        })
+        parse_pool_info(tenant, pool, reply)
     }
+}
+
+/// A pool as `describe_pool` (lua/prelude.lua) returns it; 404 when the
+/// script found no pool.
+fn parse_pool_info(tenant: &Tenant, pool: &Pool, reply: redis::Value) -> Result<PoolInfo> {
+    let (capacity, lease_ms, rows): (u64, u64, Vec<(String, String, u64)>) =
+        match redis::from_redis_value(reply) {
+            Ok(parsed) => parsed,
+            Err(_) => return Err(pool_not_found(pool)),
+        };
+    let holders: Vec<Holder> = rows
+        .into_iter()
+        .map(|(reservation_id, detail, expires_at)| {
+            let (holder, fence) = detail.rsplit_once('|').unwrap_or((&detail, "0"));
+            Holder {
+                reservation_id,
+                holder: holder.to_owned(),
+                fencing_token: fence.parse().unwrap_or(0),
+                expires_at,
+            }
+        })
+        .collect();
+    record_in_use(tenant, pool, holders.len() as u64);
+    Ok(PoolInfo {
+        name: pool.to_string(),
+        capacity,
+        lease_ms,
+        in_use: holders.len() as u64,
+        holders,
+    })
 }
 
 fn pool_full(pool: &Pool, until_free: Duration) -> Error {

@@ -215,11 +215,10 @@ async fn declare_pool(
     path: PoolPath,
     JsonBody(request): JsonBody<PoolConfigRequest>,
 ) -> Result<Response> {
-    let created = state
+    let (created, info) = state
         .coord
         .declare_pool(&path.tenant, &path.pool, &request)
         .await?;
-    let info = state.coord.pool_info(&path.tenant, &path.pool).await?;
     Ok((created_or_ok(created), Json(info)).into_response())
 }
 
