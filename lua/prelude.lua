@@ -21,6 +21,27 @@ local function ensure_topic(meta, default_dedup_window_ms)
   return incarnation, 1
 end
 
+-- A topic's publish idempotency record (`incarnation\nid\nstream id\nseq`,
+-- written by publish.lua) as { id, stream_id, seq } while it still counts,
+-- else nil: a record of an earlier incarnation of the topic does not count,
+-- nor one older than the topic's current dedup window `window` (ms; a
+-- lowered window applies at once to keys already seen). Its age is read
+-- from the stream id, which holds the Redis time of the write.
+local function dedup_record(record, incarnation, now, window)
+  if not record then
+    return nil
+  end
+  local inc, pid, psid, pseq = string.match(record, '^([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)$')
+  if inc ~= incarnation then
+    return nil
+  end
+  local written = tonumber(string.match(psid or '', '^(%d+)%-'))
+  if written and window and now - written >= window then
+    return nil
+  end
+  return { pid, psid, pseq }
+end
+
 -- Flat {field, value, …} reply of a stream entry → table by field name.
 local function entry_fields(flat)
   local fields = {}

@@ -23,8 +23,10 @@
 --  * an idempotency key seen inside the topic's window yields the first
 --    message's id/stream_id/seq and writes nothing, whatever the backlog. A
 --    record left by an earlier incarnation of a deleted topic is ignored, so
---    deleting a topic never has to scan for its dedup keys
---    (publish_dups.lua reads the same records);
+--    deleting a topic never has to scan for its dedup keys, and so is one
+--    older than the current window (a lowered dedup_window_ms applies to
+--    keys already seen; prelude.lua `dedup_record`, which publish_dups.lua
+--    reads the records with too);
 --  * with max_backlog set, a message is written only while the slowest
 --    group owes fewer than max_backlog messages (undelivered + leased +
 --    scheduled for a retry: meta seq − done:<G>, counters the delivery
@@ -78,12 +80,9 @@ for _ = 1, n do
 
   local previous = nil
   if dedup_index > 0 then
-    local record = redis.call('GET', KEYS[dedup_index])
+    local record = dedup_record(redis.call('GET', KEYS[dedup_index]), incarnation, now, window)
     if record then
-      local inc, pid, psid, pseq = string.match(record, '^([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)$')
-      if inc == incarnation then
-        previous = { pid, psid, tonumber(pseq), 1 }
-      end
+      previous = { record[1], record[2], tonumber(record[3]), 1 }
     end
   end
 
