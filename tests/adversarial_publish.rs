@@ -615,3 +615,53 @@ async fn retention_never_loses_leased_parked_delayed_or_retried_messages() {
     assert_eq!(got, 50);
     let _ = app.send(Method::GET, &app.url("/topics/rt"), None).await;
 }
+#[tokio::test]
+async fn a_client_idempotency_key_cannot_swallow_an_ack_with_emit() {
+    let app = TestApp::start().await;
+    app.group("src", "g", &json!({})).await;
+    app.publish("src", &json!({"payload": "work"})).await;
+    let got = app.fetch("src", "g", "w", 1, 0).await;
+    let sid = got[0]["stream_id"].as_str().unwrap();
+    // A client publishes to the target under the text of the emit's dedup
+    // identity (topic, group, stream id, index) before the step acks.
+    let forged = format!("emit:src:g:{sid}:0");
+    let f = app
+        .publish(
+            "out",
+            &json!({"payload": "forged", "idempotency_key": forged}),
+        )
+        .await;
+    assert_eq!(f["seq"], 1);
+    // The same through a channel emit (index 1).
+    let c = app
+        .post(
+            "/channels/ch/messages",
+            &json!({"payload": "forged", "idempotency_key": format!("emit:src:g:{sid}:1")}),
+        )
+        .await;
+    assert!(c.status.is_success(), "{}", c.body);
+    let reply = app
+        .post(
+            "/topics/src/groups/g/ack",
+            &json!({"receipts": [got[0]["receipt"]], "emit": [
+                {"topic": "out", "payload": "real"}, {"channel": "ch", "payload": "real"}]}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        reply.body["emitted"][0]["duplicate"], false,
+        "{}",
+        reply.body
+    );
+    assert_eq!(
+        reply.body["emitted"][1]["duplicate"], false,
+        "{}",
+        reply.body
+    );
+    let payloads: Vec<Value> = all_history(&app, "out")
+        .await
+        .iter()
+        .map(|m| m["payload"].clone())
+        .collect();
+    assert_eq!(payloads, [json!("forged"), json!("real")]);
+}

@@ -85,7 +85,11 @@ fn next_step(
     let prefix = format!("emit[{index}].");
     // Server-made, so not held to the client's length limit.
     let idempotency_key = format!("emit:{group}:{source_id}:{index}");
-    let identity = format!("emit:{topic}:{group}:{stream_id}:{index}");
+    // Starts with a control character, which a client's idempotency key
+    // may not hold: no client publish can take an emit's place (a client
+    // key spelling `emit:<topic>:<group>:<stream id>:<index>` made the
+    // step's emit answer as its duplicate, and the emit was never written).
+    let identity = format!("\u{1}emit:{topic}:{group}:{stream_id}:{index}");
     let correlation = correlation.unwrap_or(source_id);
     match (emit.topic, emit.channel) {
         (Some(_), Some(_)) => Err(Error::invalid_field(
