@@ -393,6 +393,31 @@ async fn numbers_at_their_limits_are_exact_or_a_400() {
             assert_eq!(r.status, 400, "{field}={value}");
         }
     }
+    // History cursors and page sizes at and past their limits.
+    for (query, ok) in [
+        ("limit=1", true),
+        ("limit=1000", true),
+        ("limit=0", false),
+        ("limit=1001", false),
+        ("limit=-1", false),
+        ("limit=1.5", false),
+        ("limit=18446744073709551616", false),
+        ("after=0", true),
+        ("after=0-0", true),
+        ("after=9999999999999999999-9999999999999999999", true),
+        ("after=18446744073709551615-0", false),
+        ("after=(1", false),
+        ("after=1-", false),
+        ("after=%2B", false),
+    ] {
+        let r = app.get(&format!("/topics/n/messages?{query}")).await;
+        if ok {
+            assert_eq!(r.status, 200, "{query}: {}", r.body);
+        } else {
+            assert_4xx_problem(&r, query);
+            assert_eq!(r.status, 400, "{query}");
+        }
+    }
     // The largest window and backlog still publish and dedupe.
     app.put("/topics/n", &json!({"dedup_window_ms": 2_592_000_000u64, "max_backlog": 1_000_000_000, "retention_ms": 315_360_000_000u64})).await;
     let a = app
