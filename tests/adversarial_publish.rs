@@ -138,7 +138,8 @@ async fn mixed_concurrent_single_publishes_each_get_their_own_answer() {
             let req = app.client.post(&url).json(&body).send();
             if i % 8 == 5 && i % 3 == 0 {
                 // Gives up very early: may or may not have been written.
-                let _ = tokio::time::timeout(Duration::from_micros(300), req).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_micros(100 * (i as u64 % 40)), req).await;
                 return (i, None);
             }
             let reply = TestApp::reply(req.await.unwrap()).await;
@@ -189,6 +190,13 @@ async fn mixed_concurrent_single_publishes_each_get_their_own_answer() {
             assert_eq!(reply.status, 201);
             assert_eq!(b["id"], format!("m{i}"), "its own id");
             assert_eq!(stored["payload"]["i"], i, "its own payload");
+            let at = stored["published_at"].as_u64().unwrap();
+            let (delay, ttl) = (&stored["deliver_at"], &stored["expires_at"]);
+            match i % 8 {
+                3 => assert_eq!(delay.as_u64(), Some(at + 1 + i as u64), "{i}"),
+                4 => assert_eq!(ttl.as_u64(), Some(at + 60_000 + i as u64), "{i}"),
+                _ => assert!(delay.is_null() && ttl.is_null(), "{i}: {stored}"),
+            }
         }
         if i % 8 <= 1 {
             let key = format!("k{}", i % 10);
