@@ -33,6 +33,29 @@ pub fn check_text(field: impl std::fmt::Display, value: &str, max: usize) -> Res
     Ok(())
 }
 
+/// A JSON text stored verbatim (a message payload): refused when a string
+/// in it escapes a lone UTF-16 surrogate (`"\ud800"`): the JSON parser lets
+/// it through in raw text, but strict readers (I-JSON, RFC 7493; serde_json)
+/// refuse it, so they could not read the message back from history, fetch
+/// or push. Only a text with a surrogate escape in it is decoded, so the
+/// usual payload costs one scan.
+pub fn check_json_strings(field: impl std::fmt::Display, raw: &str) -> Result<()> {
+    let bytes = raw.as_bytes();
+    let escapes_a_surrogate = raw.match_indices("\\u").any(|(i, _)| {
+        bytes.get(i + 2).is_some_and(|c| c | 0x20 == b'd')
+            && bytes
+                .get(i + 3)
+                .is_some_and(|c| matches!(c | 0x20, b'8'..=b'9' | b'a'..=b'f'))
+    });
+    if escapes_a_surrogate && serde_json::from_str::<serde_json::Value>(raw).is_err() {
+        return Err(Error::invalid_field(
+            field.to_string(),
+            "must not hold a lone UTF-16 surrogate escape (such as \\ud800)",
+        ));
+    }
+    Ok(())
+}
+
 /// A stream-id part as Redis prints it: decimal, no sign, no leading zeros,
 /// at most 19 digits (so it always fits in a u64).
 pub fn is_id_number(s: &str) -> bool {
@@ -70,6 +93,21 @@ mod tests {
         // Bytes, not characters: 'é' is two bytes.
         assert!(check_text("f", "éé", 4).is_ok());
         assert!(check_text("f", "ééa", 4).is_err());
+    }
+
+    #[test]
+    fn json_strings() {
+        for ok in [
+            r#""a""#,
+            r#""\ud83d\ude00""#,
+            r#""\\ud800""#,
+            r#"{"\uD83D\uDE00":1}"#,
+        ] {
+            assert!(check_json_strings("p", ok).is_ok(), "{ok}");
+        }
+        for bad in [r#""\ud800""#, r#"{"a\uDFFF":1}"#, r#"["x","\ud83dx"]"#] {
+            assert!(check_json_strings("p", bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -698,3 +698,30 @@ async fn a_client_idempotency_key_cannot_swallow_an_ack_with_emit() {
         .collect();
     assert_eq!(payloads, [json!("forged"), json!("real")]);
 }
+
+#[tokio::test]
+async fn lone_surrogates_are_refused_where_they_would_be_stored() {
+    let app = TestApp::start().await;
+    for body in [
+        r#"{"payload": "\ud800"}"#,
+        r#"{"payload": {"a\udfff": 1}}"#,
+        r#"{"payload": 1, "idempotency_key": "\ud800"}"#,
+    ] {
+        let resp = app
+            .client
+            .post(app.url("/topics/sur/messages"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let r = TestApp::reply(resp).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+    }
+    let r = app.get("/topics/sur/messages").await;
+    assert!(
+        r.status == 404 || r.body["messages"] == json!([]),
+        "{}",
+        r.body
+    );
+}

@@ -187,6 +187,7 @@ impl PublishRequest {
                 check_text(format_args!("{prefix}{name}"), value, max)?;
             }
         }
+        crate::validate::check_json_strings(format_args!("{prefix}payload"), self.payload.get())?;
         if let Some(ttl) = self.ttl_ms
             && !(1..=MAX_DURATION_MS).contains(&ttl)
         {
