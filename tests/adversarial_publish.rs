@@ -9,7 +9,6 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use reqwest::Method;
 use serde_json::{Value, json};
 use support::{Reply, TestApp};
 
@@ -646,7 +645,6 @@ async fn retention_never_loses_leased_parked_delayed_or_retried_messages() {
         }
     }
     assert_eq!(got, 50);
-    let _ = app.send(Method::GET, &app.url("/topics/rt"), None).await;
 }
 #[tokio::test]
 async fn a_client_idempotency_key_cannot_swallow_an_ack_with_emit() {
