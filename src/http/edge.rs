@@ -169,6 +169,12 @@ async fn first_frame_auth(edge: &Edge, slot: Slot, socket: &mut WebSocket) -> Op
                     return None;
                 }
             },
+            Ok(Some(Ok(Message::Binary(_)))) => {
+                let e = Error::bad_request("invalid_frame", "frames are JSON text");
+                session::send_error_frame(socket, &e).await;
+                session::close(socket, CLOSE_UNAUTHORIZED, "unauthorized").await;
+                return None;
+            }
             Ok(_) => return None,
         }
     };
