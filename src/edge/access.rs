@@ -27,6 +27,11 @@ const FAR_FUTURE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// otherwise let one client hold thousands of subscriptions and presence
 /// entries).
 pub const EDGE_MAX_SUBSCRIPTIONS: usize = 256;
+/// Subscriptions one edge connection may start per second, after a burst
+/// of [`EDGE_MAX_SUBSCRIPTIONS`]. A subscription to a channel nobody used
+/// yet writes its epoch to Redis (kept for the history TTL), so a prefix
+/// grant churning made-up names would otherwise grow Redis without bound.
+pub const EDGE_SUBSCRIBE_RATE: u32 = 16;
 
 /// A connection's authorizer.
 pub enum Access {
@@ -41,6 +46,7 @@ pub struct Client {
     edge: Edge,
     claims: Claims,
     rate: PublishRate,
+    subscribes: PublishRate,
     transport: &'static str,
     _slot: Slot,
     _user: UserSlot,
@@ -70,6 +76,7 @@ impl Access {
         metrics::gauge!(telemetry::EDGE_CONNECTIONS, &labels).increment(1.0);
         Self::Client(Box::new(Client {
             rate: PublishRate::new(edge.config().publish_rate),
+            subscribes: PublishRate::with_burst(EDGE_SUBSCRIBE_RATE, EDGE_MAX_SUBSCRIPTIONS as u32),
             edge,
             claims,
             transport,
@@ -89,7 +96,7 @@ impl Access {
     /// May the connection subscribe to `channel`? On the edge, the answer
     /// holds the user's presence on the channel while it lives.
     pub fn subscribe(
-        &self,
+        &mut self,
         tenant: &Tenant,
         channel: &ChannelName,
     ) -> Result<Option<Joined>, Error> {
@@ -102,6 +109,17 @@ impl Access {
                 format!("the token does not grant channel '{channel}'"),
             ));
         }
+        client
+            .subscribes
+            .take()
+            .map_err(|retry_after| Error::TooManyRequests {
+                code: "rate_limited",
+                detail: format!(
+                    "this connection starts at most {EDGE_SUBSCRIBE_RATE} subscriptions per second (after {EDGE_MAX_SUBSCRIPTIONS} at once)"
+                ),
+                retry_after,
+                limit: None,
+            })?;
         Ok(Some(client.edge.presence().join(
             tenant,
             channel,

@@ -128,21 +128,27 @@ impl Drop for UserSlot {
     }
 }
 
-/// A token bucket: `rate` per second, bursts of `rate`.
+/// A token bucket: `rate` per second, bursts of `rate` (or of `burst`).
 #[derive(Debug)]
 pub struct PublishRate {
     rate: f64,
     tokens: f64,
+    burst: f64,
     at: Instant,
 }
 
 impl PublishRate {
     /// A full bucket of `rate` per second.
     pub fn new(rate: u32) -> Self {
-        let rate = f64::from(rate.max(1));
+        Self::with_burst(rate, rate)
+    }
+
+    /// A full bucket of `burst`, refilled at `rate` per second.
+    pub fn with_burst(rate: u32, burst: u32) -> Self {
         Self {
-            rate,
-            tokens: rate,
+            rate: f64::from(rate.max(1)),
+            tokens: f64::from(burst.max(1)),
+            burst: f64::from(burst.max(1)),
             at: Instant::now(),
         }
     }
@@ -152,7 +158,7 @@ impl PublishRate {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.at = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             Ok(())
