@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::Edge;
 use super::claims::Claims;
-use super::limits::{PublishRate, Slot, UserSlot};
+use super::limits::{PublishRate, SUBSCRIBE_BURST, SUBSCRIBE_RATE, Slot, UserSlot};
 use super::presence::Joined;
 use crate::channels::ChannelName;
 use crate::error::Error;
@@ -27,11 +27,6 @@ const FAR_FUTURE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// otherwise let one client hold thousands of subscriptions and presence
 /// entries).
 pub const EDGE_MAX_SUBSCRIPTIONS: usize = 256;
-/// Subscriptions one edge connection may start per second, after a burst
-/// of [`EDGE_MAX_SUBSCRIPTIONS`]. A subscription to a channel nobody used
-/// yet writes its epoch to Redis (kept for the history TTL), so a prefix
-/// grant churning made-up names would otherwise grow Redis without bound.
-pub const EDGE_SUBSCRIBE_RATE: u32 = 16;
 
 /// A connection's authorizer.
 pub enum Access {
@@ -46,7 +41,6 @@ pub struct Client {
     edge: Edge,
     claims: Claims,
     rate: PublishRate,
-    subscribes: PublishRate,
     transport: &'static str,
     _slot: Slot,
     _user: UserSlot,
@@ -76,7 +70,6 @@ impl Access {
         metrics::gauge!(telemetry::EDGE_CONNECTIONS, &labels).increment(1.0);
         Self::Client(Box::new(Client {
             rate: PublishRate::new(edge.config().publish_rate),
-            subscribes: PublishRate::with_burst(EDGE_SUBSCRIBE_RATE, EDGE_MAX_SUBSCRIPTIONS as u32),
             edge,
             claims,
             transport,
@@ -96,7 +89,7 @@ impl Access {
     /// May the connection subscribe to `channel`? On the edge, the answer
     /// holds the user's presence on the channel while it lives.
     pub fn subscribe(
-        &mut self,
+        &self,
         tenant: &Tenant,
         channel: &ChannelName,
     ) -> Result<Option<Joined>, Error> {
@@ -110,12 +103,14 @@ impl Access {
             ));
         }
         client
-            .subscribes
-            .take()
+            .edge
+            .inner
+            .limits
+            .subscribe(tenant, &client.claims.sub)
             .map_err(|retry_after| Error::TooManyRequests {
                 code: "rate_limited",
                 detail: format!(
-                    "this connection starts at most {EDGE_SUBSCRIBE_RATE} subscriptions per second (after {EDGE_MAX_SUBSCRIPTIONS} at once)"
+                    "a user starts at most {SUBSCRIBE_RATE} subscriptions per second (after {SUBSCRIBE_BURST} at once)"
                 ),
                 retry_after,
                 limit: None,

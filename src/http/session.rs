@@ -64,7 +64,7 @@ pub(super) async fn events(
     tenant: &Tenant,
     channel: &ChannelName,
     since: Option<Position>,
-    mut access: Access,
+    access: Access,
 ) -> Result<Response> {
     let presence = access.subscribe(tenant, channel)?;
     let gauge = ConnectionGauge::open("sse");
