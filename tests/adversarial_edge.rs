@@ -699,3 +699,37 @@ async fn a_wildcard_grant_cannot_write_channel_keys_without_bound() {
     let mut other = ws_with(&app, &hs(&claims(&t, "u2", &["*"], 300))).await;
     assert_eq!(subscribe(&mut other, "junk.0").await["type"], "subscribed");
 }
+
+#[tokio::test]
+async fn one_users_idempotency_key_does_not_swallow_anothers_message() {
+    let (app, _key) = edge_app(|_| {}).await;
+    let t = app.tenant.clone();
+    let token = |sub: &str| {
+        hs(&json!({ "sub": sub, "tenant": t, "publish": ["chat.*"], "exp": now() + 300 }))
+    };
+    let (mut alice, mut mallory) = (
+        ws_with(&app, &token("alice")).await,
+        ws_with(&app, &token("mallory")).await,
+    );
+    let publish = |text: &str| json!({ "op": "publish", "topic": "chat.room", "payload": text, "idempotency_key": "msg-1" });
+    // Mallory claims the key Alice's client will use next.
+    ws_send(&mut mallory, publish("first!")).await;
+    assert_eq!(ws_next(&mut mallory).await["duplicate"], false);
+    ws_send(&mut alice, publish("hello")).await;
+    let ack = ws_next(&mut alice).await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["duplicate"].as_bool()),
+        (Some("published"), Some(false)),
+        "{ack}"
+    );
+    // Alice's own retry is still a duplicate of hers.
+    ws_send(&mut alice, publish("hello")).await;
+    let retry = ws_next(&mut alice).await;
+    assert_eq!(
+        (retry["duplicate"].as_bool(), retry["id"].as_str()),
+        (Some(true), ack["id"].as_str())
+    );
+    let history = app.history("chat.room").await;
+    let keys: Vec<&str> = history.iter().map(|m| m["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["mallory", "alice"], "{history:?}");
+}
