@@ -733,3 +733,22 @@ async fn one_users_idempotency_key_does_not_swallow_anothers_message() {
     let keys: Vec<&str> = history.iter().map(|m| m["key"].as_str().unwrap()).collect();
     assert_eq!(keys, ["mallory", "alice"], "{history:?}");
 }
+
+#[tokio::test]
+async fn an_unreadable_origin_is_not_taken_for_no_origin() {
+    let (app, _key) =
+        edge_app(|edge| edge.allowed_origins = vec!["https://app.example".into()]).await;
+    let token = hs(&claims(&app.tenant, "u1", &["c"], 300));
+    let origin = reqwest::header::HeaderValue::from_bytes(b"https://app.example\xff").unwrap();
+    let resp = reqwest::Client::new()
+        .get(events_url(&app, "c", &token))
+        .header("origin", origin)
+        .send()
+        .await
+        .unwrap();
+    // Status first: an accepted stream would never end.
+    assert_eq!(resp.status(), 403);
+    TestApp::reply(resp)
+        .await
+        .assert_problem(403, "origin_not_allowed");
+}
