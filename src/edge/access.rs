@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::Edge;
 use super::claims::Claims;
-use super::limits::{PublishRate, Slot, UserSlot};
+use super::limits::{PublishRate, SUBSCRIBE_BURST, SUBSCRIBE_RATE, Slot, UserSlot};
 use super::presence::Joined;
 use crate::channels::ChannelName;
 use crate::error::Error;
@@ -102,6 +102,19 @@ impl Access {
                 format!("the token does not grant channel '{channel}'"),
             ));
         }
+        client
+            .edge
+            .inner
+            .limits
+            .subscribe(tenant, &client.claims.sub)
+            .map_err(|retry_after| Error::TooManyRequests {
+                code: "rate_limited",
+                detail: format!(
+                    "a user starts at most {SUBSCRIBE_RATE} subscriptions per second (after {SUBSCRIBE_BURST} at once)"
+                ),
+                retry_after,
+                limit: None,
+            })?;
         Ok(Some(client.edge.presence().join(
             tenant,
             channel,

@@ -26,7 +26,21 @@ pub struct Limits {
 struct State {
     open: usize,
     users: HashMap<String, usize>,
+    /// Subscribe buckets of the users who subscribed lately (a bucket that
+    /// filled up again is forgotten at the next sweep).
+    subscribes: HashMap<String, PublishRate>,
+    /// Size of `subscribes` after its last sweep.
+    swept: usize,
 }
+
+/// Subscriptions one user may start at once (WebSocket and SSE, over all
+/// its connections of this edge), then [`SUBSCRIBE_RATE`] per second. A
+/// subscription to a channel nobody used yet writes the channel's epoch to
+/// Redis (kept for the history TTL), so a prefix grant churning made-up
+/// names would otherwise grow Redis without bound.
+pub const SUBSCRIBE_BURST: u32 = 1024;
+/// Subscriptions one user may start per second after [`SUBSCRIBE_BURST`].
+pub const SUBSCRIBE_RATE: u32 = 16;
 
 /// How long a client refused for too many connections is told to wait.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -90,6 +104,20 @@ impl Limits {
         })
     }
 
+    /// One subscription of `sub` in `tenant`, or how long until one is allowed.
+    pub fn subscribe(&self, tenant: &Tenant, sub: &str) -> Result<(), Duration> {
+        let mut state = self.state();
+        if state.subscribes.len() > 2 * state.swept.max(1024) {
+            state.subscribes.retain(|_, bucket| !bucket.is_full());
+            state.swept = state.subscribes.len();
+        }
+        state
+            .subscribes
+            .entry(format!("{tenant}\n{sub}"))
+            .or_insert_with(|| PublishRate::with_burst(SUBSCRIBE_RATE, SUBSCRIBE_BURST))
+            .take()
+    }
+
     /// Open connections now.
     pub fn open(&self) -> usize {
         self.state().open
@@ -128,23 +156,34 @@ impl Drop for UserSlot {
     }
 }
 
-/// A token bucket: `rate` per second, bursts of `rate`.
+/// A token bucket: `rate` per second, bursts of `rate` (or of `burst`).
 #[derive(Debug)]
 pub struct PublishRate {
     rate: f64,
     tokens: f64,
+    burst: f64,
     at: Instant,
 }
 
 impl PublishRate {
     /// A full bucket of `rate` per second.
     pub fn new(rate: u32) -> Self {
-        let rate = f64::from(rate.max(1));
+        Self::with_burst(rate, rate)
+    }
+
+    /// A full bucket of `burst`, refilled at `rate` per second.
+    pub fn with_burst(rate: u32, burst: u32) -> Self {
         Self {
-            rate,
-            tokens: rate,
+            rate: f64::from(rate.max(1)),
+            tokens: f64::from(burst.max(1)),
+            burst: f64::from(burst.max(1)),
             at: Instant::now(),
         }
+    }
+
+    /// Whether the bucket filled up again (as good as a new one).
+    fn is_full(&self) -> bool {
+        self.tokens + self.at.elapsed().as_secs_f64() * self.rate >= self.burst
     }
 
     /// Takes one token, or says how long until one is there.
@@ -152,7 +191,7 @@ impl PublishRate {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.at = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             Ok(())
@@ -181,6 +220,17 @@ mod tests {
         drop(u);
         let _u = limits.user(&t, "u1").unwrap();
         assert_eq!(limits.open(), 2);
+    }
+
+    #[test]
+    fn subscribes_are_limited_per_user() {
+        let limits = Limits::new(1, 1);
+        let t = Tenant::parse("t").unwrap();
+        for _ in 0..SUBSCRIBE_BURST {
+            assert!(limits.subscribe(&t, "u1").is_ok());
+        }
+        assert!(limits.subscribe(&t, "u1").is_err());
+        assert!(limits.subscribe(&t, "u2").is_ok());
     }
 
     #[test]

@@ -71,9 +71,13 @@ fn origin(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())
 }
 
-/// 403 unless the Origin is allowed.
+/// 403 unless the Origin is allowed (one that is not text matches no
+/// allowed origin: it is not the same as no Origin).
 fn check_origin(edge: &Edge, headers: &HeaderMap) -> Result<()> {
-    if edge.origin_allowed(origin(headers)) {
+    let given = headers
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or_default());
+    if edge.origin_allowed(given) {
         return Ok(());
     }
     edge.refused("origin_not_allowed");
@@ -169,6 +173,12 @@ async fn first_frame_auth(edge: &Edge, slot: Slot, socket: &mut WebSocket) -> Op
                     return None;
                 }
             },
+            Ok(Some(Ok(Message::Binary(_)))) => {
+                let e = Error::bad_request("invalid_frame", "frames are JSON text");
+                session::send_error_frame(socket, &e).await;
+                session::close(socket, CLOSE_UNAUTHORIZED, "unauthorized").await;
+                return None;
+            }
             Ok(_) => return None,
         }
     };

@@ -379,8 +379,14 @@ impl WsSession {
     ) -> std::result::Result<(), End> {
         let published = match self.access.publish_to_topic(&self.tenant, &topic) {
             Ok(key) => {
-                if key.is_some() {
-                    message.key = key;
+                if let Some(sub) = key {
+                    // One user's idempotency keys are not another's: scoped
+                    // by sub (a newline, which no key or sub may hold, keeps
+                    // the scope apart from every key a client can send).
+                    if let Some(idem) = &message.idempotency_key {
+                        message.dedup_scope = Some(format!("edge\n{sub}\n{idem}"));
+                    }
+                    message.key = Some(sub);
                 }
                 self.state
                     .broker
