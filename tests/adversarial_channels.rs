@@ -8,15 +8,13 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::TestApp;
 use support::sse::Sse;
+use support::ws::{self, Ws};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-/// Longest any single wait in these tests may take before it fails.
-const WAIT: Duration = Duration::from_secs(15);
 
 async fn publish(app: &TestApp, channel: &str, body: &Value) -> Value {
     let reply = app
@@ -41,43 +39,6 @@ fn offsets(page: &Value) -> Vec<u64> {
         .iter()
         .map(|m| m["offset"].as_u64().expect("offset"))
         .collect()
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn ws_connect(app: &TestApp) -> Ws {
-    let url = app.url("/ws").replacen("http://", "ws://", 1);
-    tokio_tungstenite::connect_async(url)
-        .await
-        .expect("websocket")
-        .0
-}
-
-async fn ws_send(ws: &mut Ws, frame: Value) {
-    ws.send(WsMessage::text(frame.to_string()))
-        .await
-        .expect("send");
-}
-
-/// The next text frame, raw (pings skipped); panics when the socket closes.
-async fn ws_next_text(ws: &mut Ws) -> String {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame within the wait limit")
-            .expect("socket open")
-            .expect("frame");
-        match msg {
-            WsMessage::Text(text) => return text.as_str().to_owned(),
-            WsMessage::Ping(_) | WsMessage::Pong(_) => {}
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
-}
-
-async fn ws_next(ws: &mut Ws) -> Value {
-    serde_json::from_str(&ws_next_text(ws).await).expect("JSON frame")
 }
 
 /// Bad input, one per line: `METHOD path expected-code [raw body]`.
@@ -267,13 +228,13 @@ async fn positions_at_their_limits_resume_or_reset() {
             .as_u64()
             .unwrap();
         let sse = Sse::open(&app.url("/channels/lim/events"), Some(&since)).await;
-        let mut ws = ws_connect(&app).await;
-        ws_send(
+        let mut ws = ws::connect(&app).await;
+        ws::send(
             &mut ws,
             json!({ "op": "subscribe", "channel": "lim", "since": since }),
         )
         .await;
-        assert_eq!(ws_next(&mut ws).await["recovered"], false, "{since}");
+        assert_eq!(ws::next(&mut ws).await["recovered"], false, "{since}");
         let next = publish(&app, "lim", &json!({ "payload": "live" })).await;
         assert_eq!(next["offset"], top + 1);
         for mut sub in [Subscriber::Sse(sse), Subscriber::Ws(Box::new(ws))] {
@@ -299,9 +260,9 @@ async fn positions_at_their_limits_resume_or_reset() {
 async fn big_integers_in_payloads_stay_exact_everywhere() {
     let app = TestApp::start().await;
     let mut sse = Sse::open(&app.url("/channels/nums/events"), None).await;
-    let mut ws = ws_connect(&app).await;
-    ws_send(&mut ws, json!({ "op": "subscribe", "channel": "nums" })).await;
-    assert_eq!(ws_next(&mut ws).await["type"], "subscribed");
+    let mut ws = ws::connect(&app).await;
+    ws::send(&mut ws, json!({ "op": "subscribe", "channel": "nums" })).await;
+    assert_eq!(ws::next(&mut ws).await["type"], "subscribed");
     let digits = [
         "9007199254740993",
         "18446744073709551615",
@@ -328,7 +289,7 @@ async fn big_integers_in_payloads_stay_exact_everywhere() {
         .text()
         .await
         .unwrap();
-    let frame = ws_next_text(&mut ws).await;
+    let frame = ws::next_text(&mut ws).await;
     for d in digits {
         assert!(history.contains(d), "history keeps {d}: {history}");
         assert!(frame.contains(d), "the WebSocket frame keeps {d}: {frame}");
@@ -344,7 +305,7 @@ async fn big_integers_in_payloads_stay_exact_everywhere() {
     ))
     .await
     .unwrap();
-    let frame = ws_next_text(&mut ws).await;
+    let frame = ws::next_text(&mut ws).await;
     assert!(
         frame.contains("[18446744073709551615,9007199254740993]"),
         "{frame}"
@@ -367,7 +328,7 @@ impl Subscriber {
                 (e.event, e.data)
             }
             Self::Ws(ws) => {
-                let f = ws_next(ws).await;
+                let f = ws::next(ws).await;
                 (f["type"].as_str().unwrap().to_owned(), f)
             }
         };
@@ -421,9 +382,9 @@ impl Subscriber {
 async fn keys_deleted_under_a_publisher_never_give_a_gap_or_a_duplicate() {
     let app = TestApp::start().await;
     let sse = Sse::open(&app.url("/channels/race/events"), None).await;
-    let mut ws = ws_connect(&app).await;
-    ws_send(&mut ws, json!({ "op": "subscribe", "channel": "race" })).await;
-    let subscribed = ws_next(&mut ws).await;
+    let mut ws = ws::connect(&app).await;
+    ws::send(&mut ws, json!({ "op": "subscribe", "channel": "race" })).await;
+    let subscribed = ws::next(&mut ws).await;
     let start = (subscribed["epoch"].as_str().unwrap().to_owned(), 0);
     let prefix = format!("sc:ch:{{{}:race}}", app.tenant);
     let mut redis = app.redis.connection();
@@ -510,13 +471,13 @@ async fn config_lowered_under_replaying_subscribers() {
     let from = format!("{epoch}:0");
     let mut sse =
         Subscriber::Sse(Sse::open(&app.url("/channels/shrink/events"), Some(&from)).await);
-    let mut ws = ws_connect(&app).await;
-    ws_send(
+    let mut ws = ws::connect(&app).await;
+    ws::send(
         &mut ws,
         json!({ "op": "subscribe", "channel": "shrink", "since": from }),
     )
     .await;
-    assert_eq!(ws_next(&mut ws).await["recovered"], true);
+    assert_eq!(ws::next(&mut ws).await["recovered"], true);
     let mut ws = Subscriber::Ws(Box::new(ws));
     for sub in [&mut sse, &mut ws] {
         sub.follow((epoch.clone(), 0), &(epoch.clone(), 10), &sent)
@@ -623,20 +584,20 @@ async fn a_full_history_replays_page_by_page_to_the_end() {
     }
     let from = format!("{epoch}:500");
     let mut sse = Sse::open(&app.url("/channels/full/events"), Some(&from)).await;
-    let mut ws = ws_connect(&app).await;
-    ws_send(
+    let mut ws = ws::connect(&app).await;
+    ws::send(
         &mut ws,
         json!({ "op": "subscribe", "channel": "full", "since": from }),
     )
     .await;
-    assert_eq!(ws_next(&mut ws).await["recovered"], true);
+    assert_eq!(ws::next(&mut ws).await["recovered"], true);
     for expected in 501..=10_500u64 {
         assert_eq!(sse.expect().await.data["offset"], expected);
-        assert_eq!(ws_next(&mut ws).await["offset"], expected);
+        assert_eq!(ws::next(&mut ws).await["offset"], expected);
     }
     publish(&app, "full", &json!({ "payload": "live" })).await;
     assert_eq!(sse.expect().await.data["offset"], 10_501);
-    assert_eq!(ws_next(&mut ws).await["offset"], 10_501);
+    assert_eq!(ws::next(&mut ws).await["offset"], 10_501);
 }
 
 /// Redis restarted from a snapshot older than the last publishes (a crash
@@ -703,15 +664,15 @@ async fn a_hole_in_the_history_is_a_reset_not_a_silent_gap() {
     let last = publish_n(&app, "holes", 10).await;
     let epoch = last["epoch"].as_str().unwrap().to_owned();
     let from = format!("{epoch}:2");
-    let mut ws = ws_connect(&app).await;
-    ws_send(
+    let mut ws = ws::connect(&app).await;
+    ws::send(
         &mut ws,
         json!({ "op": "subscribe", "channel": "holes", "since": from }),
     )
     .await;
-    assert_eq!(ws_next(&mut ws).await["recovered"], true);
+    assert_eq!(ws::next(&mut ws).await["recovered"], true);
     for expected in 3..=10 {
-        assert_eq!(ws_next(&mut ws).await["offset"], expected);
+        assert_eq!(ws::next(&mut ws).await["offset"], expected);
     }
     let _: i64 = redis::cmd("XDEL")
         .arg(format!("sc:ch:{{{}:holes}}:history", app.tenant))
@@ -764,9 +725,12 @@ async fn messages_at_max_body_larger_than_the_queue() {
             .send()
     };
     let mut sse = Sse::open(&app.url("/channels/max/events"), None).await;
-    let mut ws = ws_connect(&app).await;
-    ws_send(&mut ws, json!({ "op": "subscribe", "channel": "max" })).await;
-    let epoch = ws_next(&mut ws).await["epoch"].as_str().unwrap().to_owned();
+    let mut ws = ws::connect(&app).await;
+    ws::send(&mut ws, json!({ "op": "subscribe", "channel": "max" })).await;
+    let epoch = ws::next(&mut ws).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(
         post(body(fill)).await.unwrap().status(),
         StatusCode::CREATED
@@ -787,7 +751,7 @@ async fn messages_at_max_body_larger_than_the_queue() {
         assert_eq!(event.data["offset"], expected);
         let len = event.data["payload"].as_str().unwrap().len();
         assert_eq!(len, if expected == 1 { fill } else { ws_fill });
-        assert_eq!(ws_next(&mut ws).await["offset"], expected);
+        assert_eq!(ws::next(&mut ws).await["offset"], expected);
     }
     let mut replay = Sse::open(
         &app.url("/channels/max/events"),

@@ -10,19 +10,15 @@ mod support;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use streamcar::config::{EdgeConfig, JwtAlg};
 use support::TestApp;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+use support::ws::{self, Ws};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-const WAIT: Duration = Duration::from_secs(15);
 const SECRET: &[u8] = b"edge-probe-secret-0123456789abcdef-0123456789";
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn now() -> u64 {
     SystemTime::now()
@@ -107,99 +103,15 @@ fn events_url(app: &TestApp, channel: &str, token: &str) -> String {
     )
 }
 
-/// Opens the edge WebSocket; Err is the refusal's status and problem body
-/// (always problem+json).
-async fn ws_open(url: &str, headers: &[(&str, String)]) -> Result<Ws, (u16, Value)> {
-    let mut request = url.into_client_request().unwrap();
-    for (name, value) in headers {
-        request.headers_mut().insert(
-            reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            value.parse().unwrap(),
-        );
-    }
-    match tokio::time::timeout(
-        WAIT,
-        tokio_tungstenite::connect_async_with_config(request, None, true),
-    )
-    .await
-    .expect("the edge answers the upgrade")
-    {
-        Ok((ws, _)) => Ok(ws),
-        Err(WsError::Http(resp)) => {
-            let status = resp.status().as_u16();
-            let ct = resp
-                .headers()
-                .get("content-type")
-                .map(|v| v.to_str().unwrap().to_owned());
-            assert_eq!(
-                ct.as_deref(),
-                Some("application/problem+json"),
-                "status {status}"
-            );
-            let body = resp.body().clone().unwrap_or_default();
-            Err((status, serde_json::from_slice(&body).expect("problem JSON")))
-        }
-        Err(e) => panic!("websocket connect failed: {e}"),
-    }
-}
-
-fn bearer(token: &str) -> (&'static str, String) {
-    ("authorization", format!("Bearer {token}"))
-}
-
 async fn ws_with(app: &TestApp, token: &str) -> Ws {
-    ws_open(&ws_url(app), &[bearer(token)])
+    ws::open(&ws_url(app), &[ws::bearer(token)])
         .await
         .expect("token accepted")
 }
 
-async fn ws_send(ws: &mut Ws, frame: Value) {
-    ws.send(WsMessage::Text(frame.to_string().into()))
-        .await
-        .expect("send frame");
-}
-
-async fn ws_next(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("socket open")
-            .expect("frame");
-        match msg {
-            WsMessage::Text(text) => return serde_json::from_str(text.as_str()).expect("JSON"),
-            WsMessage::Ping(_) | WsMessage::Pong(_) => {}
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
-}
-
-/// Reads until the server closes: its close code and reason (0 when the
-/// socket just ended).
-async fn ws_close(ws: &mut Ws) -> (u16, String) {
-    for _ in 0..10_000 {
-        match tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("closed in time")
-        {
-            Some(Ok(WsMessage::Close(Some(frame)))) => {
-                return (u16::from(frame.code), frame.reason.to_string());
-            }
-            Some(Ok(WsMessage::Close(None))) | None | Some(Err(_)) => return (0, String::new()),
-            Some(Ok(_)) => {}
-        }
-    }
-    panic!("no close");
-}
-
-async fn subscribe(ws: &mut Ws, channel: &str) -> Value {
-    ws_send(ws, json!({ "op": "subscribe", "channel": channel })).await;
-    ws_next(ws).await
-}
-
 /// The 401 code of `token` on the WebSocket and on SSE (the same on both).
 async fn refusal(app: &TestApp, token: &str) -> String {
-    let (status, body) = ws_open(&ws_url(app), &[bearer(token)])
+    let (status, body) = ws::open(&ws_url(app), &[ws::bearer(token)])
         .await
         .err()
         .unwrap_or_else(|| panic!("accepted: {token}"));
@@ -321,7 +233,7 @@ sub with NUL|invalid_claim|{"sub":"u\u0000","tenant":"T","exp":E}"#;
     drop(ws_with(&app, &ok).await);
     // The header wins over the query: a bad header is not rescued by a good ?token=.
     let url = format!("{}?token={ok}", ws_url(&app));
-    let (status, body) = ws_open(&url, &[bearer("x.y.z")])
+    let (status, body) = ws::open(&url, &[ws::bearer("x.y.z")])
         .await
         .expect_err("header wins");
     assert_eq!(
@@ -345,11 +257,11 @@ async fn grant_prefixes_cover_what_they_say_and_nothing_else() {
         "x-y",
         &format!("news.{}", "n".repeat(123)),
     ] {
-        let frame = subscribe(&mut ws, granted).await;
+        let frame = ws::subscribe(&mut ws, granted).await;
         assert_eq!(frame["type"], "subscribed", "{granted}: {frame}");
     }
     for denied in ["news", "NEWS.a", "newsx", "a.b", "a.b.c", "X", "a.b.."] {
-        let frame = subscribe(&mut ws, denied).await;
+        let frame = ws::subscribe(&mut ws, denied).await;
         assert_eq!(
             (frame["code"].as_str(), frame["channel"].as_str()),
             (Some("forbidden"), Some(denied)),
@@ -365,7 +277,7 @@ async fn grant_prefixes_cover_what_they_say_and_nothing_else() {
         "",
         &format!("news.{}", "n".repeat(124)),
     ] {
-        let frame = subscribe(&mut ws, bad).await;
+        let frame = ws::subscribe(&mut ws, bad).await;
         assert_eq!(frame["code"], "invalid_name", "{bad:?}: {frame}");
     }
     // SSE: the same grant, percent-encoded tricks decode to refused names.
@@ -397,8 +309,8 @@ async fn connection_limits_hold_under_a_race_and_every_end_frees_the_slot() {
     let u1 = hs(&claims(&t, "u1", &["c"], 300));
     // 20 connections of one user at once: exactly 3 get in, the rest 429.
     let opens = (0..20).map(|_| {
-        let (url, header) = (url.clone(), bearer(&u1));
-        async move { ws_open(&url, &[header]).await }
+        let (url, header) = (url.clone(), ws::bearer(&u1));
+        async move { ws::open(&url, &[header]).await }
     });
     let results = futures_util::future::join_all(opens).await;
     let mut open: Vec<Ws> = Vec::new();
@@ -417,8 +329,8 @@ async fn connection_limits_hold_under_a_race_and_every_end_frees_the_slot() {
         .map(|i| hs(&claims(&t, &format!("v{i}"), &["c"], 300)))
         .collect();
     let results = futures_util::future::join_all(others.iter().map(|tok| {
-        let (url, header) = (url.clone(), bearer(tok));
-        async move { ws_open(&url, &[header]).await }
+        let (url, header) = (url.clone(), ws::bearer(tok));
+        async move { ws::open(&url, &[header]).await }
     }))
     .await;
     let (ok, refused): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
@@ -433,29 +345,29 @@ async fn connection_limits_hold_under_a_race_and_every_end_frees_the_slot() {
     closing.close(None).await.unwrap();
     // and a kick by the server (the token expires).
     let mut kicked = open.next().unwrap();
-    ws_send(
+    ws::send(
         &mut kicked,
         json!({ "op": "refresh", "token": hs(&claims(&t, "u1", &["c"], 0)) }),
     )
     .await;
-    assert_eq!(ws_next(&mut kicked).await["type"], "refreshed");
-    assert_eq!(ws_close(&mut kicked).await.0, 4001);
+    assert_eq!(ws::next(&mut kicked).await["type"], "refreshed");
+    assert_eq!(ws::close(&mut kicked).await.0, 4001);
     // An SSE stream dropped by its client, and a first-frame socket refused with 4029.
     let mut back = Vec::new();
     for _ in 0..200 {
         if back.len() == 3 {
             break;
         }
-        match ws_open(&url, &[bearer(&u1)]).await {
+        match ws::open(&url, &[ws::bearer(&u1)]).await {
             Ok(ws) => back.push(ws),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
     assert_eq!(back.len(), 3, "the user's slots came back");
-    let mut pending = ws_open(&url, &[]).await.expect("first-frame socket");
-    ws_send(&mut pending, json!({ "op": "auth", "token": u1 })).await;
-    assert_eq!(ws_next(&mut pending).await["code"], "too_many_connections");
-    assert_eq!(ws_close(&mut pending).await.0, 4029);
+    let mut pending = ws::open(&url, &[]).await.expect("first-frame socket");
+    ws::send(&mut pending, json!({ "op": "auth", "token": u1 })).await;
+    assert_eq!(ws::next(&mut pending).await["code"], "too_many_connections");
+    assert_eq!(ws::close(&mut pending).await.0, 4029);
     let resp = reqwest::get(events_url(&app, "c", &u1)).await.unwrap();
     TestApp::reply(resp)
         .await
@@ -478,7 +390,7 @@ async fn connection_limits_hold_under_a_race_and_every_end_frees_the_slot() {
             break;
         }
         let sub = format!("w{}", all.len());
-        match ws_open(&url, &[bearer(&hs(&claims(&t, &sub, &["c"], 300)))]).await {
+        match ws::open(&url, &[ws::bearer(&hs(&claims(&t, &sub, &["c"], 300)))]).await {
             Ok(ws) => all.push(ws),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
@@ -491,14 +403,14 @@ async fn a_first_frame_that_is_not_text_is_told_and_closed_4003() {
     let (app, _key) = edge_app(|_| {}).await;
     let t = app.tenant.clone();
     let token = hs(&claims(&t, "u1", &["c"], 300));
-    let mut ws = ws_open(&ws_url(&app), &[]).await.unwrap();
+    let mut ws = ws::open(&ws_url(&app), &[]).await.unwrap();
     let frame = json!({ "op": "auth", "token": token }).to_string();
     ws.send(WsMessage::Binary(frame.into_bytes().into()))
         .await
         .unwrap();
-    let error = ws_next(&mut ws).await;
+    let error = ws::next(&mut ws).await;
     assert_eq!(error["type"], "error", "{error}");
-    assert_eq!(ws_close(&mut ws).await.0, 4003);
+    assert_eq!(ws::close(&mut ws).await.0, 4003);
 }
 
 #[tokio::test]
@@ -509,26 +421,26 @@ async fn a_refresh_to_narrower_grants_ends_what_it_no_longer_grants() {
         "channels": ["news.*"], "publish": ["chat.*"] }));
     let mut ws = ws_with(&app, &wide).await;
     for c in ["news.a", "news.sport", "news.sport.x"] {
-        assert_eq!(subscribe(&mut ws, c).await["type"], "subscribed");
+        assert_eq!(ws::subscribe(&mut ws, c).await["type"], "subscribed");
     }
     let narrow = hs(&json!({ "sub": "u1", "tenant": t, "exp": now() + 300,
         "channels": ["news.sport*"], "publish": [] }));
-    ws_send(&mut ws, json!({ "op": "refresh", "token": narrow })).await;
-    assert_eq!(ws_next(&mut ws).await["type"], "refreshed");
-    let revoked = ws_next(&mut ws).await;
+    ws::send(&mut ws, json!({ "op": "refresh", "token": narrow })).await;
+    assert_eq!(ws::next(&mut ws).await["type"], "refreshed");
+    let revoked = ws::next(&mut ws).await;
     assert_eq!(
         (revoked["code"].as_str(), revoked["channel"].as_str()),
         (Some("forbidden"), Some("news.a"))
     );
     // Publishes the old token allowed are refused now; the refused channel
     // delivers nothing; the kept ones go on.
-    ws_send(
+    ws::send(
         &mut ws,
         json!({ "op": "publish", "topic": "chat.x", "payload": 1 }),
     )
     .await;
-    assert_eq!(ws_next(&mut ws).await["code"], "forbidden");
-    assert_eq!(subscribe(&mut ws, "news.a").await["code"], "forbidden");
+    assert_eq!(ws::next(&mut ws).await["code"], "forbidden");
+    assert_eq!(ws::subscribe(&mut ws, "news.a").await["code"], "forbidden");
     for (c, p) in [("news.a", "lost"), ("news.sport.x", "kept")] {
         let url = format!("{}/v1/tenants/{t}/channels/{c}/messages", app.base);
         let reply = app
@@ -536,7 +448,7 @@ async fn a_refresh_to_narrower_grants_ends_what_it_no_longer_grants() {
             .await;
         assert_eq!(reply.status, 201);
     }
-    let frame = ws_next(&mut ws).await;
+    let frame = ws::next(&mut ws).await;
     assert_eq!(
         (frame["channel"].as_str(), frame["payload"].as_str()),
         (Some("news.sport.x"), Some("kept"))
@@ -553,10 +465,10 @@ async fn a_refresh_to_narrower_grants_ends_what_it_no_longer_grants() {
             .unwrap()),
         hs(&claims(&format!("{t}x"), "u1", &["*"], 300)),
     ] {
-        ws_send(&mut ws, json!({ "op": "refresh", "token": bad })).await;
-        assert_eq!(ws_next(&mut ws).await["type"], "error");
+        ws::send(&mut ws, json!({ "op": "refresh", "token": bad })).await;
+        assert_eq!(ws::next(&mut ws).await["type"], "error");
     }
-    assert_eq!(subscribe(&mut ws, "news.b").await["code"], "forbidden");
+    assert_eq!(ws::subscribe(&mut ws, "news.b").await["code"], "forbidden");
 }
 
 /// Channel meta keys in the app's Redis (each test has its own Redis).
@@ -581,9 +493,9 @@ async fn a_wildcard_grant_cannot_write_channel_keys_without_bound() {
     let mut limited = None;
     for i in 0..3000 {
         let channel = format!("junk.{i}");
-        let frame = subscribe(&mut ws, &channel).await;
+        let frame = ws::subscribe(&mut ws, &channel).await;
         if frame["type"] == "subscribed" {
-            ws_send(&mut ws, json!({ "op": "unsubscribe", "channel": channel })).await;
+            ws::send(&mut ws, json!({ "op": "unsubscribe", "channel": channel })).await;
             continue;
         }
         limited = Some(frame);
@@ -611,7 +523,10 @@ async fn a_wildcard_grant_cannot_write_channel_keys_without_bound() {
     assert!(meta_keys(&app) < 3000 + keys);
     // Another user is not slowed down by this one.
     let mut other = ws_with(&app, &hs(&claims(&t, "u2", &["*"], 300))).await;
-    assert_eq!(subscribe(&mut other, "junk.0").await["type"], "subscribed");
+    assert_eq!(
+        ws::subscribe(&mut other, "junk.0").await["type"],
+        "subscribed"
+    );
 }
 
 #[tokio::test]
@@ -627,18 +542,18 @@ async fn one_users_idempotency_key_does_not_swallow_anothers_message() {
     );
     let publish = |text: &str| json!({ "op": "publish", "topic": "chat.room", "payload": text, "idempotency_key": "msg-1" });
     // Mallory claims the key Alice's client will use next.
-    ws_send(&mut mallory, publish("first!")).await;
-    assert_eq!(ws_next(&mut mallory).await["duplicate"], false);
-    ws_send(&mut alice, publish("hello")).await;
-    let ack = ws_next(&mut alice).await;
+    ws::send(&mut mallory, publish("first!")).await;
+    assert_eq!(ws::next(&mut mallory).await["duplicate"], false);
+    ws::send(&mut alice, publish("hello")).await;
+    let ack = ws::next(&mut alice).await;
     assert_eq!(
         (ack["type"].as_str(), ack["duplicate"].as_bool()),
         (Some("published"), Some(false)),
         "{ack}"
     );
     // Alice's own retry is still a duplicate of hers.
-    ws_send(&mut alice, publish("hello")).await;
-    let retry = ws_next(&mut alice).await;
+    ws::send(&mut alice, publish("hello")).await;
+    let retry = ws::next(&mut alice).await;
     assert_eq!(
         (retry["duplicate"].as_bool(), retry["id"].as_str()),
         (Some(true), ack["id"].as_str())

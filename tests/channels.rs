@@ -13,6 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::sse::Sse;
+use support::ws;
 use support::{StreamcarProcess, TestApp};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -476,46 +477,13 @@ async fn two_hundred_sse_subscribers_get_every_message_in_order() {
     );
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn ws_connect(app: &TestApp) -> Ws {
-    let url = app.url("/ws").replacen("http://", "ws://", 1);
-    let (ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("websocket");
-    ws
-}
-
-async fn ws_send(ws: &mut Ws, frame: Value) {
-    ws.send(WsMessage::text(frame.to_string()))
-        .await
-        .expect("send");
-}
-
-/// The next JSON frame (pings skipped); panics when the socket closes.
-async fn ws_next(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame within the wait limit")
-            .expect("socket open")
-            .expect("frame");
-        match msg {
-            WsMessage::Text(text) => return serde_json::from_str(&text).expect("JSON frame"),
-            WsMessage::Ping(_) | WsMessage::Pong(_) => {}
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
-}
-
 #[tokio::test]
 async fn one_websocket_many_channels() {
     let app = TestApp::start().await;
-    let mut ws = ws_connect(&app).await;
+    let mut ws = ws::connect(&app).await;
     const N: usize = 1000;
     for i in 0..N {
-        ws_send(
+        ws::send(
             &mut ws,
             json!({ "op": "subscribe", "channel": format!("c{i}") }),
         )
@@ -523,7 +491,7 @@ async fn one_websocket_many_channels() {
     }
     let mut subscribed = 0;
     while subscribed < N {
-        let frame = ws_next(&mut ws).await;
+        let frame = ws::next(&mut ws).await;
         assert_eq!(frame["type"], "subscribed", "{frame}");
         assert_eq!(frame["recovered"], false);
         assert_eq!(frame["top_offset"], 0);
@@ -531,7 +499,7 @@ async fn one_websocket_many_channels() {
     }
     // Publish over the same socket, one message per channel.
     for i in 0..N {
-        ws_send(
+        ws::send(
             &mut ws,
             json!({ "op": "publish", "channel": format!("c{i}"), "payload": { "i": i } }),
         )
@@ -539,7 +507,7 @@ async fn one_websocket_many_channels() {
     }
     let mut seen: HashMap<String, Value> = HashMap::new();
     while seen.len() < N {
-        let frame = ws_next(&mut ws).await;
+        let frame = ws::next(&mut ws).await;
         assert_eq!(frame["type"], "message", "{frame}");
         assert_eq!(frame["offset"], 1, "{frame}");
         let channel = frame["channel"].as_str().unwrap().to_owned();
@@ -549,10 +517,10 @@ async fn one_websocket_many_channels() {
     }
 
     // Unsubscribed channels go quiet; the others keep flowing, in order.
-    ws_send(&mut ws, json!({ "op": "unsubscribe", "channel": "c0" })).await;
+    ws::send(&mut ws, json!({ "op": "unsubscribe", "channel": "c0" })).await;
     publish(&app, "c0", &json!({ "payload": "quiet" })).await;
     publish(&app, "c1", &json!({ "payload": "loud" })).await;
-    let frame = ws_next(&mut ws).await;
+    let frame = ws::next(&mut ws).await;
     assert_eq!(frame["channel"], "c1", "{frame}");
     assert_eq!(frame["offset"], 2);
 }
@@ -563,7 +531,7 @@ async fn websocket_resume_and_invalid_frames() {
     app.put("/channels/w", &json!({ "history_size": 3 })).await;
     let last = publish_n(&app, "w", 6).await;
     let epoch = last["epoch"].as_str().unwrap().to_owned();
-    let mut ws = ws_connect(&app).await;
+    let mut ws = ws::connect(&app).await;
 
     for (frame, code) in [
         ("not json".to_owned(), "invalid_frame"),
@@ -586,49 +554,49 @@ async fn websocket_resume_and_invalid_frames() {
         ),
     ] {
         ws.send(WsMessage::text(frame.clone())).await.unwrap();
-        let reply = ws_next(&mut ws).await;
+        let reply = ws::next(&mut ws).await;
         assert_eq!(reply["type"], "error", "{frame}: {reply}");
         assert_eq!(reply["code"], code, "{frame}: {reply}");
         assert!(reply["detail"].is_string());
     }
     ws.send(WsMessage::binary(vec![1, 2, 3])).await.unwrap();
-    assert_eq!(ws_next(&mut ws).await["code"], "invalid_frame");
+    assert_eq!(ws::next(&mut ws).await["code"], "invalid_frame");
 
     // Still usable: resume inside history replays exactly what was missed.
-    ws_send(
+    ws::send(
         &mut ws,
         json!({ "op": "subscribe", "channel": "w", "since": format!("{epoch}:4") }),
     )
     .await;
-    let subscribed = ws_next(&mut ws).await;
+    let subscribed = ws::next(&mut ws).await;
     assert_eq!(subscribed["type"], "subscribed");
     assert_eq!(subscribed["recovered"], true);
     assert_eq!(subscribed["epoch"], epoch.as_str());
     assert_eq!(subscribed["top_offset"], 6);
     for expected in [5, 6] {
-        let m = ws_next(&mut ws).await;
+        let m = ws::next(&mut ws).await;
         assert_eq!(m["type"], "message");
         assert_eq!(m["offset"], expected);
         assert_eq!(m["channel"], "w");
     }
-    ws_send(&mut ws, json!({ "op": "subscribe", "channel": "w" })).await;
-    assert_eq!(ws_next(&mut ws).await["code"], "already_subscribed");
+    ws::send(&mut ws, json!({ "op": "subscribe", "channel": "w" })).await;
+    assert_eq!(ws::next(&mut ws).await["code"], "already_subscribed");
 
     // Older than history: subscribed (not recovered), one reset, then live.
-    ws_send(&mut ws, json!({ "op": "unsubscribe", "channel": "w" })).await;
-    ws_send(
+    ws::send(&mut ws, json!({ "op": "unsubscribe", "channel": "w" })).await;
+    ws::send(
         &mut ws,
         json!({ "op": "subscribe", "channel": "w", "since": format!("{epoch}:1") }),
     )
     .await;
-    let subscribed = ws_next(&mut ws).await;
+    let subscribed = ws::next(&mut ws).await;
     assert_eq!(subscribed["recovered"], false, "{subscribed}");
-    let reset = ws_next(&mut ws).await;
+    let reset = ws::next(&mut ws).await;
     assert_eq!(reset["type"], "reset", "{reset}");
     assert_eq!(reset["top_offset"], 6);
     assert_eq!(reset["channel"], "w");
     publish(&app, "w", &json!({ "payload": 7 })).await;
-    assert_eq!(ws_next(&mut ws).await["offset"], 7);
+    assert_eq!(ws::next(&mut ws).await["offset"], 7);
 }
 
 #[tokio::test]
@@ -873,14 +841,14 @@ async fn redis_restart_mid_stream_resumes_or_resets_never_skips() {
     let mut app = TestApp::start().await;
     let url = app.url("/channels/r/events");
     let mut sse = Sse::open(&url, None).await;
-    let mut ws = ws_connect(&app).await;
-    ws_send(&mut ws, json!({ "op": "subscribe", "channel": "r" })).await;
-    assert_eq!(ws_next(&mut ws).await["type"], "subscribed");
+    let mut ws = ws::connect(&app).await;
+    ws::send(&mut ws, json!({ "op": "subscribe", "channel": "r" })).await;
+    assert_eq!(ws::next(&mut ws).await["type"], "subscribed");
     let last = publish_n(&app, "r", 3).await;
     let old = last["epoch"].as_str().unwrap().to_owned();
     for expected in 1..=3u64 {
         assert_eq!(sse.expect().await.data["offset"], expected);
-        assert_eq!(ws_next(&mut ws).await["offset"], expected);
+        assert_eq!(ws::next(&mut ws).await["offset"], expected);
     }
 
     // Redis without persistence: the restart loses the channel.
@@ -916,13 +884,13 @@ async fn redis_restart_mid_stream_resumes_or_resets_never_skips() {
     }
 
     // The WebSocket subscriber likewise: a reset frame, then consecutive.
-    let reset = ws_next(&mut ws).await;
+    let reset = ws::next(&mut ws).await;
     assert_eq!(reset["type"], "reset", "{reset}");
     assert_eq!(reset["channel"], "r");
     assert_eq!(reset["epoch"], epoch.as_str());
     let top = reset["top_offset"].as_u64().unwrap();
     for expected in top + 1..=final_offset {
-        let frame = ws_next(&mut ws).await;
+        let frame = ws::next(&mut ws).await;
         assert_eq!(frame["type"], "message", "{frame}");
         assert_eq!(frame["epoch"], epoch.as_str());
         assert_eq!(frame["offset"], expected, "consecutive after the reset");
@@ -934,9 +902,9 @@ async fn shutdown_ends_subscriber_connections_instead_of_holding_the_drain() {
     // A drain far longer than the wait below: only an ended stream passes.
     let mut app = TestApp::start_with(|c| c.drain_timeout = Duration::from_secs(120)).await;
     let mut sse = Sse::open(&app.url("/channels/bye/events"), None).await;
-    let mut ws = ws_connect(&app).await;
-    ws_send(&mut ws, json!({ "op": "subscribe", "channel": "bye" })).await;
-    assert_eq!(ws_next(&mut ws).await["type"], "subscribed");
+    let mut ws = ws::connect(&app).await;
+    ws::send(&mut ws, json!({ "op": "subscribe", "channel": "bye" })).await;
+    assert_eq!(ws::next(&mut ws).await["type"], "subscribed");
     let stop = app.stop();
     let ended = async {
         assert!(sse.next().await.is_none(), "the event stream ends");

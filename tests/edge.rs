@@ -13,24 +13,21 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use streamcar::config::{EdgeConfig, JwtAlg};
 use support::browser::Browser;
 use support::sse::Sse;
+use support::ws::{self, Ws};
 use support::{StreamcarProcess, TestApp, free_port};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// Longest any single wait in these tests may take before it fails.
 const WAIT: Duration = Duration::from_secs(15);
 /// The HS256 secret of these tests (at least 32 bytes).
 const SECRET: &[u8] = b"edge-test-secret-0123456789abcdef-0123456789";
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn fixture(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -95,85 +92,10 @@ fn events_url(app: &TestApp, channel: &str, token: Option<&str>) -> String {
     }
 }
 
-/// Opens the edge WebSocket with `headers`; Err is the refusal's status
-/// and problem body.
-async fn ws_open(url: &str, headers: &[(&str, String)]) -> Result<Ws, (u16, Value)> {
-    let mut request = url.into_client_request().unwrap();
-    for (name, value) in headers {
-        request.headers_mut().insert(
-            reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            value.parse().unwrap(),
-        );
-    }
-    match tokio_tungstenite::connect_async(request).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(WsError::Http(resp)) => {
-            let status = resp.status().as_u16();
-            let ct = resp
-                .headers()
-                .get("content-type")
-                .map(|v| v.to_str().unwrap().to_owned())
-                .unwrap_or_default();
-            assert_eq!(ct, "application/problem+json", "status {status}");
-            let body = resp.body().clone().unwrap_or_default();
-            Err((status, serde_json::from_slice(&body).expect("problem JSON")))
-        }
-        Err(e) => panic!("websocket connect failed: {e}"),
-    }
-}
-
-fn bearer(token: &str) -> (&'static str, String) {
-    ("authorization", format!("Bearer {token}"))
-}
-
 async fn ws_with_token(app: &TestApp, token: &str) -> Ws {
-    ws_open(&edge_ws_url(app), &[bearer(token)])
+    ws::open(&edge_ws_url(app), &[ws::bearer(token)])
         .await
         .expect("token accepted")
-}
-
-async fn ws_send(ws: &mut Ws, frame: Value) {
-    ws.send(WsMessage::Text(frame.to_string().into()))
-        .await
-        .expect("send frame");
-}
-
-/// The next JSON frame (pings skipped).
-async fn ws_next(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame within the wait limit")
-            .expect("socket open")
-            .expect("frame");
-        match msg {
-            WsMessage::Text(text) => return serde_json::from_str(text.as_str()).expect("JSON"),
-            WsMessage::Ping(_) | WsMessage::Pong(_) => {}
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
-}
-
-/// Reads until the server closes; its close code and reason.
-async fn ws_close(ws: &mut Ws) -> (u16, String) {
-    for _ in 0..10_000 {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("the close within the wait limit");
-        match msg {
-            Some(Ok(WsMessage::Close(Some(frame)))) => {
-                return (u16::from(frame.code), frame.reason.to_string());
-            }
-            Some(Ok(WsMessage::Close(None))) | None | Some(Err(_)) => return (0, String::new()),
-            Some(Ok(_)) => {}
-        }
-    }
-    panic!("no close");
-}
-
-async fn subscribe(ws: &mut Ws, channel: &str) -> Value {
-    ws_send(ws, json!({ "op": "subscribe", "channel": channel })).await;
-    ws_next(ws).await
 }
 
 /// Publishes to a channel of the app's tenant through the loopback API.
@@ -201,21 +123,21 @@ async fn valid_tokens_subscribe_and_receive_on_websocket_and_sse() {
 
     // Bearer header.
     let mut ws = ws_with_token(&app, &token).await;
-    let subscribed = subscribe(&mut ws, "user.u1").await;
+    let subscribed = ws::subscribe(&mut ws, "user.u1").await;
     assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
     // ?token= on the URL.
-    let mut by_query = ws_open(&format!("{}?token={token}", edge_ws_url(&app)), &[])
+    let mut by_query = ws::open(&format!("{}?token={token}", edge_ws_url(&app)), &[])
         .await
         .expect("query token accepted");
     assert_eq!(
-        subscribe(&mut by_query, "user.u1").await["type"],
+        ws::subscribe(&mut by_query, "user.u1").await["type"],
         "subscribed"
     );
     // First frame.
-    let mut by_frame = ws_open(&edge_ws_url(&app), &[]).await.expect("upgrade");
-    ws_send(&mut by_frame, json!({ "op": "auth", "token": token })).await;
+    let mut by_frame = ws::open(&edge_ws_url(&app), &[]).await.expect("upgrade");
+    ws::send(&mut by_frame, json!({ "op": "auth", "token": token })).await;
     assert_eq!(
-        subscribe(&mut by_frame, "user.u1").await["type"],
+        ws::subscribe(&mut by_frame, "user.u1").await["type"],
         "subscribed"
     );
     // SSE.
@@ -226,7 +148,7 @@ async fn valid_tokens_subscribe_and_receive_on_websocket_and_sse() {
 
     let published = publish(&app, &t, "user.u1", json!({ "hello": 1 })).await;
     for ws in [&mut ws, &mut by_query, &mut by_frame] {
-        let frame = ws_next(ws).await;
+        let frame = ws::next(ws).await;
         assert_eq!(frame["type"], "message", "{frame}");
         assert_eq!(frame["channel"], "user.u1");
         assert_eq!(frame["payload"], json!({ "hello": 1 }));
@@ -286,7 +208,7 @@ async fn refused_tokens_get_401_before_upgrade() {
     };
     // Accepted as a baseline, so each refusal below is about its one change.
     assert!(
-        ws_open(&edge_ws_url(&app), &[bearer(&hs(&good(json!({}))))])
+        ws::open(&edge_ws_url(&app), &[ws::bearer(&hs(&good(json!({}))))])
             .await
             .is_ok()
     );
@@ -382,7 +304,7 @@ async fn refused_tokens_get_401_before_upgrade() {
         ),
     ];
     for (what, token, code) in &cases {
-        let (status, body) = ws_open(&edge_ws_url(&app), &[bearer(token)])
+        let (status, body) = ws::open(&edge_ws_url(&app), &[ws::bearer(token)])
             .await
             .err()
             .unwrap_or_else(|| panic!("{what}: accepted"));
@@ -452,16 +374,19 @@ async fn rs256_and_es256_edges_accept_their_keys_only() {
             _ => EncodingKey::from_ec_pem(&pem).unwrap(),
         };
         let mut ws = ws_with_token(&app, &sign(alg, &key, &c)).await;
-        assert_eq!(subscribe(&mut ws, "user.u1").await["type"], "subscribed");
+        assert_eq!(
+            ws::subscribe(&mut ws, "user.u1").await["type"],
+            "subscribed"
+        );
         // The other family's key, with its own algorithm: refused.
         let other = std::fs::read(fixture(other_private)).unwrap();
         let (other_alg, other_key) = match alg {
             Algorithm::RS256 => (Algorithm::ES256, EncodingKey::from_ec_pem(&other).unwrap()),
             _ => (Algorithm::RS256, EncodingKey::from_rsa_pem(&other).unwrap()),
         };
-        let (status, body) = ws_open(
+        let (status, body) = ws::open(
             &edge_ws_url(&app),
-            &[bearer(&sign(other_alg, &other_key, &c))],
+            &[ws::bearer(&sign(other_alg, &other_key, &c))],
         )
         .await
         .expect_err("refused");
@@ -472,7 +397,7 @@ async fn rs256_and_es256_edges_accept_their_keys_only() {
         // Algorithm confusion: HS256 keyed with the edge's own public key.
         let public_pem = std::fs::read(fixture(public)).unwrap();
         let forged = sign(Algorithm::HS256, &EncodingKey::from_secret(&public_pem), &c);
-        let (status, body) = ws_open(&edge_ws_url(&app), &[bearer(&forged)])
+        let (status, body) = ws::open(&edge_ws_url(&app), &[ws::bearer(&forged)])
             .await
             .expect_err("refused");
         assert_eq!(
@@ -490,13 +415,13 @@ async fn grants_decide_channels_and_prefixes_match() {
     let token = hs(&claims(&t, "u1", &["user.*", "news"], 300));
     let mut ws = ws_with_token(&app, &token).await;
 
-    let denied = subscribe(&mut ws, "admin").await;
+    let denied = ws::subscribe(&mut ws, "admin").await;
     assert_eq!(denied["type"], "error", "{denied}");
     assert_eq!(denied["code"], "forbidden");
     assert_eq!(denied["channel"], "admin");
     for granted in ["user.1", "user.u1.inbox", "news"] {
         assert_eq!(
-            subscribe(&mut ws, granted).await["type"],
+            ws::subscribe(&mut ws, granted).await["type"],
             "subscribed",
             "{granted}"
         );
@@ -505,7 +430,7 @@ async fn grants_decide_channels_and_prefixes_match() {
     // are not `user.*`; `news2` is not `news`.
     for denied in ["user", "users", "news2"] {
         assert_eq!(
-            subscribe(&mut ws, denied).await["code"],
+            ws::subscribe(&mut ws, denied).await["code"],
             "forbidden",
             "{denied}"
         );
@@ -514,7 +439,7 @@ async fn grants_decide_channels_and_prefixes_match() {
     // granted channel's message.
     publish(&app, &t, "admin", json!("secret")).await;
     publish(&app, &t, "user.1", json!("mine")).await;
-    let frame = ws_next(&mut ws).await;
+    let frame = ws::next(&mut ws).await;
     assert_eq!(frame["channel"], "user.1", "{frame}");
     assert_eq!(frame["payload"], "mine");
 
@@ -524,12 +449,12 @@ async fn grants_decide_channels_and_prefixes_match() {
         .unwrap();
     TestApp::reply(resp).await.assert_problem(403, "forbidden");
     // Clients do not publish into channels.
-    ws_send(
+    ws::send(
         &mut ws,
         json!({ "op": "publish", "channel": "user.1", "payload": 1 }),
     )
     .await;
-    assert_eq!(ws_next(&mut ws).await["code"], "forbidden");
+    assert_eq!(ws::next(&mut ws).await["code"], "forbidden");
     let metrics = app.metrics_text().await;
     assert!(
         metrics.contains(&format!("streamcar_edge_forbidden_total{{tenant=\"{t}\"}}")),
@@ -544,11 +469,11 @@ async fn extreme_claims_and_subscription_bounds() {
     // exp at the end of u64 time: accepted, and nothing overflows.
     let forever = hs(&json!({ "sub": "u1", "tenant": t, "channels": ["*"], "exp": u64::MAX }));
     let mut ws = ws_with_token(&app, &forever).await;
-    assert_eq!(subscribe(&mut ws, "c0").await["type"], "subscribed");
+    assert_eq!(ws::subscribe(&mut ws, "c0").await["type"], "subscribed");
     // exp beyond u64 and negative: not a JWT numeric date this edge takes.
     for exp in [json!(1e30), json!(-1), json!("soon")] {
         let token = hs(&json!({ "sub": "u1", "tenant": t, "exp": exp }));
-        let (status, _) = ws_open(&edge_ws_url(&app), &[bearer(&token)])
+        let (status, _) = ws::open(&edge_ws_url(&app), &[ws::bearer(&token)])
             .await
             .expect_err("refused");
         assert_eq!(status, 401, "exp {exp}");
@@ -557,14 +482,14 @@ async fn extreme_claims_and_subscription_bounds() {
     let long = "u".repeat(256);
     let token = hs(&json!({ "sub": long, "tenant": t, "publish": ["p"], "exp": now() + 60 }));
     let mut publisher = ws_with_token(&app, &token).await;
-    ws_send(
+    ws::send(
         &mut publisher,
         json!({ "op": "publish", "topic": "p", "payload": 1 }),
     )
     .await;
-    assert_eq!(ws_next(&mut publisher).await["type"], "published");
+    assert_eq!(ws::next(&mut publisher).await["type"], "published");
     let token = hs(&json!({ "sub": "u".repeat(257), "tenant": t, "exp": now() + 60 }));
-    let (status, body) = ws_open(&edge_ws_url(&app), &[bearer(&token)])
+    let (status, body) = ws::open(&edge_ws_url(&app), &[ws::bearer(&token)])
         .await
         .expect_err("refused");
     assert_eq!(
@@ -573,7 +498,7 @@ async fn extreme_claims_and_subscription_bounds() {
     );
     // A `*` grant does not let one connection hold unbounded subscriptions.
     for i in 1..256 {
-        ws_send(
+        ws::send(
             &mut ws,
             json!({ "op": "subscribe", "channel": format!("c{i}") }),
         )
@@ -581,11 +506,11 @@ async fn extreme_claims_and_subscription_bounds() {
     }
     let mut subscribed = 1;
     let refused = loop {
-        let frame = ws_next(&mut ws).await;
+        let frame = ws::next(&mut ws).await;
         if frame["type"] == "subscribed" {
             subscribed += 1;
             if subscribed == 256 {
-                ws_send(&mut ws, json!({ "op": "subscribe", "channel": "c256" })).await;
+                ws::send(&mut ws, json!({ "op": "subscribe", "channel": "c256" })).await;
             }
             continue;
         }
@@ -602,11 +527,11 @@ async fn tenants_are_sealed_off() {
     let other = format!("{mine}-other");
     let token = hs(&claims(&mine, "u1", &["*"], 300));
     let mut ws = ws_with_token(&app, &token).await;
-    assert_eq!(subscribe(&mut ws, "shared").await["type"], "subscribed");
+    assert_eq!(ws::subscribe(&mut ws, "shared").await["type"], "subscribed");
     // The same channel name in another tenant is another channel.
     publish(&app, &other, "shared", json!("theirs")).await;
     publish(&app, &mine, "shared", json!("ours")).await;
-    let frame = ws_next(&mut ws).await;
+    let frame = ws::next(&mut ws).await;
     assert_eq!(frame["payload"], "ours", "{frame}");
     // The edge has no tenant in its paths, and none of the API's routes.
     let base = app.edge_base().unwrap();
@@ -645,10 +570,10 @@ async fn refresh_extends_and_expiry_closes() {
     let t = app.tenant.clone();
     // Refreshed before exp: still open after the first token's exp.
     let mut refreshed = ws_with_token(&app, &hs(&claims(&t, "u1", &["user.u1", "extra"], 2))).await;
-    subscribe(&mut refreshed, "user.u1").await;
-    subscribe(&mut refreshed, "extra").await;
+    ws::subscribe(&mut refreshed, "user.u1").await;
+    ws::subscribe(&mut refreshed, "extra").await;
     let mut expiring = ws_with_token(&app, &hs(&claims(&t, "u2", &["user.u1"], 2))).await;
-    subscribe(&mut expiring, "user.u1").await;
+    ws::subscribe(&mut expiring, "user.u1").await;
     let sse_resp = reqwest::get(events_url(
         &app,
         "user.u1",
@@ -659,25 +584,25 @@ async fn refresh_extends_and_expiry_closes() {
     let mut sse = Sse::of(sse_resp);
 
     // A refresh must keep sub and tenant, and be valid.
-    ws_send(
+    ws::send(
         &mut refreshed,
         json!({ "op": "refresh", "token": hs(&claims(&t, "u9", &["user.u1"], 60)) }),
     )
     .await;
-    assert_eq!(ws_next(&mut refreshed).await["code"], "forbidden");
-    ws_send(&mut refreshed, json!({ "op": "refresh", "token": hs(&claims(&t, "u1", &["user.u1"], 0)).replace('.', ".x") })).await;
-    assert_eq!(ws_next(&mut refreshed).await["type"], "error");
+    assert_eq!(ws::next(&mut refreshed).await["code"], "forbidden");
+    ws::send(&mut refreshed, json!({ "op": "refresh", "token": hs(&claims(&t, "u1", &["user.u1"], 0)).replace('.', ".x") })).await;
+    assert_eq!(ws::next(&mut refreshed).await["type"], "error");
     // The new token no longer grants `extra`: that subscription ends.
     let new_exp = now() + 60;
-    ws_send(
+    ws::send(
         &mut refreshed,
         json!({ "op": "refresh", "token": hs(&json!({ "sub": "u1", "tenant": t, "channels": ["user.u1"], "exp": new_exp })) }),
     )
     .await;
-    let ack = ws_next(&mut refreshed).await;
+    let ack = ws::next(&mut refreshed).await;
     assert_eq!(ack["type"], "refreshed", "{ack}");
     assert_eq!(ack["exp"], new_exp);
-    let revoked = ws_next(&mut refreshed).await;
+    let revoked = ws::next(&mut refreshed).await;
     assert_eq!(
         (revoked["code"].as_str(), revoked["channel"].as_str()),
         (Some("forbidden"), Some("extra"))
@@ -685,7 +610,7 @@ async fn refresh_extends_and_expiry_closes() {
 
     // Unrefreshed: closed 4001 token_expired at exp; SSE ends with token_expired.
     assert_eq!(
-        ws_close(&mut expiring).await,
+        ws::close(&mut expiring).await,
         (4001, "token_expired".to_owned())
     );
     let mut last = None;
@@ -698,8 +623,8 @@ async fn refresh_extends_and_expiry_closes() {
     publish(&app, &t, "user.u1", json!("after")).await;
     publish(&app, &t, "extra", json!("revoked")).await;
     publish(&app, &t, "user.u1", json!("after2")).await;
-    assert_eq!(ws_next(&mut refreshed).await["payload"], "after");
-    assert_eq!(ws_next(&mut refreshed).await["payload"], "after2");
+    assert_eq!(ws::next(&mut refreshed).await["payload"], "after");
+    assert_eq!(ws::next(&mut refreshed).await["payload"], "after2");
     let metrics = app.metrics_text().await;
     assert!(
         metrics.contains(&format!(
@@ -722,7 +647,7 @@ async fn origins_and_connection_limits_are_enforced_before_upgrade() {
     let url = edge_ws_url(&app);
     let origin = |o: &str| ("origin", o.to_owned());
 
-    let (status, body) = ws_open(&url, &[bearer(&token), origin("https://evil.example")])
+    let (status, body) = ws::open(&url, &[ws::bearer(&token), origin("https://evil.example")])
         .await
         .expect_err("refused");
     assert_eq!(
@@ -739,12 +664,14 @@ async fn origins_and_connection_limits_are_enforced_before_upgrade() {
         .await
         .assert_problem(403, "origin_not_allowed");
 
-    let _a = ws_open(&url, &[bearer(&token), origin("https://app.example")])
+    let _a = ws::open(&url, &[ws::bearer(&token), origin("https://app.example")])
         .await
         .expect("allowed origin");
     // No Origin: not a browser, allowed.
-    let _b = ws_open(&url, &[bearer(&token)]).await.expect("no origin");
-    let (status, body) = ws_open(&url, &[bearer(&token)])
+    let _b = ws::open(&url, &[ws::bearer(&token)])
+        .await
+        .expect("no origin");
+    let (status, body) = ws::open(&url, &[ws::bearer(&token)])
         .await
         .expect_err("third of u1");
     assert_eq!(
@@ -759,10 +686,12 @@ async fn origins_and_connection_limits_are_enforced_before_upgrade() {
     assert!(reply.headers.contains_key("retry-after"));
     // Other users still get in, up to the sidecar's limit.
     let other = |sub: &str| hs(&claims(&t, sub, &["user.u1"], 300));
-    let _c = ws_open(&url, &[bearer(&other("u2"))]).await.expect("u2");
+    let _c = ws::open(&url, &[ws::bearer(&other("u2"))])
+        .await
+        .expect("u2");
     // An unauthenticated socket holds a slot too (first-frame auth pending).
-    let _d = ws_open(&url, &[]).await.expect("pending auth");
-    let (status, _) = ws_open(&url, &[bearer(&other("u3"))])
+    let _d = ws::open(&url, &[]).await.expect("pending auth");
+    let (status, _) = ws::open(&url, &[ws::bearer(&other("u3"))])
         .await
         .expect_err("sidecar full");
     assert_eq!(status, 429);
@@ -770,7 +699,7 @@ async fn origins_and_connection_limits_are_enforced_before_upgrade() {
     drop(_c);
     let mut freed = None;
     for _ in 0..100 {
-        if let Ok(ws) = ws_open(&url, &[bearer(&other("u3"))]).await {
+        if let Ok(ws) = ws::open(&url, &[ws::bearer(&other("u3"))]).await {
             freed = Some(ws);
             break;
         }
@@ -785,37 +714,37 @@ async fn first_frame_auth_and_its_failures() {
     let t = app.tenant.clone();
     let url = edge_ws_url(&app);
     // Another frame first: error, close 4003.
-    let mut ws = ws_open(&url, &[]).await.unwrap();
-    ws_send(&mut ws, json!({ "op": "subscribe", "channel": "user.u1" })).await;
-    assert_eq!(ws_next(&mut ws).await["code"], "token_missing");
-    assert_eq!(ws_close(&mut ws).await.0, 4003);
+    let mut ws = ws::open(&url, &[]).await.unwrap();
+    ws::send(&mut ws, json!({ "op": "subscribe", "channel": "user.u1" })).await;
+    assert_eq!(ws::next(&mut ws).await["code"], "token_missing");
+    assert_eq!(ws::close(&mut ws).await.0, 4003);
     // A refused token in the first frame: its code, close 4003.
-    let mut ws = ws_open(&url, &[]).await.unwrap();
-    ws_send(
+    let mut ws = ws::open(&url, &[]).await.unwrap();
+    ws::send(
         &mut ws,
         json!({ "op": "auth", "token": hs(&claims(&t, "u1", &[], 0)).replace('.', "") }),
     )
     .await;
-    assert_eq!(ws_next(&mut ws).await["code"], "token_malformed");
-    assert_eq!(ws_close(&mut ws).await.0, 4003);
+    assert_eq!(ws::next(&mut ws).await["code"], "token_malformed");
+    assert_eq!(ws::close(&mut ws).await.0, 4003);
     // Auth twice: the second is refused, the connection stays.
     let token = hs(&claims(&t, "u1", &["user.u1"], 300));
-    let mut ws = ws_open(&url, &[]).await.unwrap();
-    ws_send(&mut ws, json!({ "op": "auth", "token": token })).await;
-    ws_send(&mut ws, json!({ "op": "auth", "token": token })).await;
-    assert_eq!(ws_next(&mut ws).await["code"], "invalid_frame");
+    let mut ws = ws::open(&url, &[]).await.unwrap();
+    ws::send(&mut ws, json!({ "op": "auth", "token": token })).await;
+    ws::send(&mut ws, json!({ "op": "auth", "token": token })).await;
+    assert_eq!(ws::next(&mut ws).await["code"], "invalid_frame");
     // A message over the frame limit ends the connection.
-    ws_send(
+    ws::send(
         &mut ws,
         json!({ "op": "subscribe", "channel": "x".repeat(8000) }),
     )
     .await;
-    let (code, _) = ws_close(&mut ws).await;
+    let (code, _) = ws::close(&mut ws).await;
     assert!(code == 1009 || code == 0, "closed for size: {code}");
     // Silence: closed after 10 s without a token.
-    let mut silent = ws_open(&url, &[]).await.unwrap();
+    let mut silent = ws::open(&url, &[]).await.unwrap();
     assert_eq!(
-        ws_close(&mut silent).await,
+        ws::close(&mut silent).await,
         (4003, "auth_timeout".to_owned())
     );
 }
@@ -829,13 +758,13 @@ async fn clients_publish_to_granted_topics_with_their_sub_as_key() {
         "exp": now() + 300 }),
     );
     let mut ws = ws_with_token(&app, &token).await;
-    ws_send(
+    ws::send(
         &mut ws,
         json!({ "op": "publish", "topic": "chat.room1", "payload": { "text": "hi" },
         "idempotency_key": "m1" }),
     )
     .await;
-    let ack = ws_next(&mut ws).await;
+    let ack = ws::next(&mut ws).await;
     assert_eq!(ack["type"], "published", "{ack}");
     assert_eq!(
         (
@@ -845,23 +774,23 @@ async fn clients_publish_to_granted_topics_with_their_sub_as_key() {
         ),
         (Some("chat.room1"), Some(1), Some(false))
     );
-    ws_send(
+    ws::send(
         &mut ws,
         json!({ "op": "publish", "topic": "chat.room1", "payload": 2, "idempotency_key": "m1" }),
     )
     .await;
-    assert_eq!(ws_next(&mut ws).await["duplicate"], true);
+    assert_eq!(ws::next(&mut ws).await["duplicate"], true);
     let history = app.history("chat.room1").await;
     assert_eq!(history.len(), 1);
     assert_eq!(history[0]["key"], "u1", "{}", history[0]);
     assert_eq!(history[0]["payload"], json!({ "text": "hi" }));
 
-    ws_send(
+    ws::send(
         &mut ws,
         json!({ "op": "publish", "topic": "orders", "payload": 1 }),
     )
     .await;
-    let denied = ws_next(&mut ws).await;
+    let denied = ws::next(&mut ws).await;
     assert_eq!(
         (denied["code"].as_str(), denied["topic"].as_str()),
         (Some("forbidden"), Some("orders"))
@@ -870,12 +799,12 @@ async fn clients_publish_to_granted_topics_with_their_sub_as_key() {
     // Per-connection rate: 5 per second, so a quick burst of 10 is cut.
     let mut limited = None;
     for i in 0..10 {
-        ws_send(
+        ws::send(
             &mut ws,
             json!({ "op": "publish", "topic": "chat.room2", "payload": i }),
         )
         .await;
-        let frame = ws_next(&mut ws).await;
+        let frame = ws::next(&mut ws).await;
         if frame["type"] == "error" {
             limited = Some(frame);
             break;
@@ -895,12 +824,12 @@ async fn clients_publish_to_granted_topics_with_their_sub_as_key() {
     let mut ws = ws_with_token(&app, &token).await;
     let mut answers = Vec::new();
     for i in 0..2 {
-        ws_send(
+        ws::send(
             &mut ws,
             json!({ "op": "publish", "topic": "chat.full", "payload": i }),
         )
         .await;
-        answers.push(ws_next(&mut ws).await);
+        answers.push(ws::next(&mut ws).await);
     }
     assert_eq!(answers[0]["type"], "published", "{answers:?}");
     assert_eq!(answers[1]["code"], "backlog_full", "{answers:?}");
@@ -963,21 +892,21 @@ async fn presence_spans_sidecars_and_forgets_a_killed_one() {
     let u1 = hs(&claims(&t, "u1", &["room"], 300));
     let u2 = hs(&claims(&t, "u2", &["room"], 300));
     let mut here = ws_with_token(&app, &u1).await;
-    subscribe(&mut here, "room").await;
-    let mut there = ws_open(
+    ws::subscribe(&mut here, "room").await;
+    let mut there = ws::open(
         &format!("ws://127.0.0.1:{edge_port}/v1/edge/ws"),
-        &[bearer(&u1)],
+        &[ws::bearer(&u1)],
     )
     .await
     .expect("other sidecar's edge");
-    subscribe(&mut there, "room").await;
-    let mut there2 = ws_open(
+    ws::subscribe(&mut there, "room").await;
+    let mut there2 = ws::open(
         &format!("ws://127.0.0.1:{edge_port}/v1/edge/ws"),
-        &[bearer(&u2)],
+        &[ws::bearer(&u2)],
     )
     .await
     .unwrap();
-    subscribe(&mut there2, "room").await;
+    ws::subscribe(&mut there2, "room").await;
     let both = presence_until(&app, "room", |p| {
         p.get("u1") == Some(&2) && p.get("u2") == Some(&1)
     })
@@ -1037,10 +966,13 @@ async fn key_rotation_on_sighup_and_the_token_command() {
         String::from_utf8_lossy(&minted.stderr)
     );
     let old_token = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
-    let mut ws = ws_open(&url, &[bearer(&old_token)])
+    let mut ws = ws::open(&url, &[ws::bearer(&old_token)])
         .await
         .expect("minted token");
-    assert_eq!(subscribe(&mut ws, "news.today").await["type"], "subscribed");
+    assert_eq!(
+        ws::subscribe(&mut ws, "news.today").await["type"],
+        "subscribed"
+    );
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_streamcar"))
         .args([
             "token",
@@ -1065,14 +997,14 @@ async fn key_rotation_on_sighup_and_the_token_command() {
     );
     let mut rotated = false;
     for _ in 0..200 {
-        if ws_open(&url, &[bearer(&new_token)]).await.is_ok() {
+        if ws::open(&url, &[ws::bearer(&new_token)]).await.is_ok() {
             rotated = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(rotated, "the new key was not loaded");
-    let (status, body) = ws_open(&url, &[bearer(&old_token)])
+    let (status, body) = ws::open(&url, &[ws::bearer(&old_token)])
         .await
         .expect_err("old key refused");
     assert_eq!(
@@ -1083,7 +1015,7 @@ async fn key_rotation_on_sighup_and_the_token_command() {
     std::fs::write(&key_path, b"short").unwrap();
     process.signal(libc::SIGHUP);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(ws_open(&url, &[bearer(&new_token)]).await.is_ok());
+    assert!(ws::open(&url, &[ws::bearer(&new_token)]).await.is_ok());
 }
 
 #[tokio::test]
@@ -1204,7 +1136,7 @@ async fn storm_client(
     let mut at = first;
     let mut lost_at: Option<std::time::Instant> = None;
     for _attempt in 0..200 {
-        let Ok(mut ws) = ws_open(&urls[at], &[bearer(&token)]).await else {
+        let Ok(mut ws) = ws::open(&urls[at], &[ws::bearer(&token)]).await else {
             panic!("edge refused the client");
         };
         for channel in &channels {
@@ -1212,7 +1144,7 @@ async fn storm_client(
                 .positions
                 .get(channel)
                 .map(|(epoch, offset)| format!("{epoch}:{offset}"));
-            ws_send(
+            ws::send(
                 &mut ws,
                 json!({ "op": "subscribe", "channel": channel, "since": since }),
             )

@@ -9,6 +9,7 @@
 pub mod browser;
 pub mod otlp;
 pub mod sse;
+pub mod ws;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
