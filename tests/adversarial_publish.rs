@@ -722,4 +722,57 @@ async fn lone_surrogates_are_refused_where_they_would_be_stored() {
         "{}",
         r.body
     );
+
+    // A channel's history is read back through the same strict parser.
+    let send = |path: &'static str, body: &'static str| {
+        app.client
+            .post(app.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let r = TestApp::reply(
+        send("/channels/sur/messages", r#"{"payload": "\ud800"}"#)
+            .await
+            .unwrap(),
+    )
+    .await;
+    r.assert_problem(400, "invalid_field");
+    let r = app.get("/channels/sur/messages").await;
+    assert!(
+        r.status == 404 || r.body["messages"] == json!([]),
+        "{}",
+        r.body
+    );
+
+    // An ack's emits, to a topic and to a channel, are refused whole.
+    app.group("src", "g", &json!({})).await;
+    app.publish("src", &json!({"payload": "work"})).await;
+    let got = app.fetch("src", "g", "w", 1, 0).await;
+    let receipt = got[0]["receipt"].as_str().unwrap();
+    for emit in [
+        r#"{"topic": "sur-out", "payload": "\udfff"}"#,
+        r#"{"channel": "sur-out", "payload": ["\ud800"]}"#,
+    ] {
+        let body = format!(r#"{{"receipts": ["{receipt}"], "emit": [{emit}]}}"#);
+        let resp = app
+            .client
+            .post(app.url("/topics/src/groups/g/ack"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        TestApp::reply(resp)
+            .await
+            .assert_problem(400, "invalid_field");
+    }
+    for path in ["/topics/sur-out/messages", "/channels/sur-out/messages"] {
+        let r = app.get(path).await;
+        assert!(
+            r.status == 404 || r.body["messages"] == json!([]),
+            "{path}: {}",
+            r.body
+        );
+    }
 }

@@ -91,6 +91,7 @@ pub struct ChannelPublish {
 impl ChannelPublish {
     /// Checks the text limits (the same as a topic publish's).
     pub fn validate(&self) -> Result<()> {
+        crate::validate::check_json_strings("payload", self.payload.get())?;
         if let Some(key) = &self.idempotency_key {
             check_text("idempotency_key", key, MAX_REF_LEN)?;
         }

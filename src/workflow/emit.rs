@@ -134,6 +134,10 @@ fn next_step(
             }
             let channel = ChannelName::parse(&channel)
                 .map_err(|e| Error::invalid_field(format!("{prefix}channel"), e.to_string()))?;
+            crate::validate::check_json_strings(
+                format_args!("{prefix}payload"),
+                emit.payload.get(),
+            )?;
             let mut headers = emit.headers.unwrap_or_default();
             if let Some(h) = Some(&headers).filter(|h| !h.is_empty()) {
                 crate::broker::message::check_headers(&format!("{prefix}headers"), h)?;
