@@ -1,7 +1,7 @@
 //! The tenant list `sc:tenants`: which tenants have topics, so the
 //! background passes (retention, group gauges) can find every topic without
 //! scanning the keyspace. A tenant joins when it gets its first topic
-//! (`register_topic` in the broker); this module takes it off again once its
+//! (`broker::listing`); this module takes it off again once its
 //! last topic is gone, so the list does not grow with every tenant that ever
 //! existed.
 //!

@@ -776,3 +776,60 @@ async fn lone_surrogates_are_refused_where_they_would_be_stored() {
         );
     }
 }
+
+/// A publish that creates a topic lists it (a second write, under the
+/// tenant's hash tag). Clients that give up at every point of the call must
+/// not leave a topic that exists but is not listed: retention and the
+/// listing would never see it.
+#[tokio::test]
+async fn a_topic_created_by_a_publish_is_listed_even_when_its_client_left() {
+    const TOPICS: u64 = 400;
+    let app = TestApp::start().await;
+    let client = reqwest::Client::new();
+    let mut gave_up = 0;
+    for i in 0..TOPICS {
+        // Give-up points from 20 µs (before any call could end) to 20 ms
+        // (after any would), evenly on a log scale.
+        let patience = Duration::from_secs_f64(20e-6 * 1000f64.powf(i as f64 / TOPICS as f64));
+        let sent = client
+            .post(app.url(&format!("/topics/left-{i}/messages")))
+            .json(&json!({"payload": i}))
+            .timeout(patience)
+            .send()
+            .await;
+        gave_up += u32::from(sent.is_err());
+    }
+    let mut unlisted: Vec<String> = Vec::new();
+    let mut existing = 0;
+    for _ in 0..50 {
+        let listed: HashSet<String> = app.get("/topics").await.body["topics"]
+            .as_array()
+            .expect("topics")
+            .iter()
+            .map(|t| t.as_str().expect("name").to_owned())
+            .collect();
+        unlisted.clear();
+        existing = 0;
+        for i in 0..TOPICS {
+            let name = format!("left-{i}");
+            if app.get(&format!("/topics/{name}")).await.status == 200 {
+                existing += 1;
+                if !listed.contains(&name) {
+                    unlisted.push(name);
+                }
+            }
+        }
+        if unlisted.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        gave_up > 0 && existing > 0,
+        "{gave_up} gave up, {existing} exist"
+    );
+    assert!(
+        unlisted.is_empty(),
+        "exist but are not listed: {unlisted:?}"
+    );
+}

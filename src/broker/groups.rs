@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::delivery::group_call;
+use super::listing::Listing;
 use super::topics::validate_stream_id;
 use super::{Broker, DEFAULT_DEDUP_WINDOW_MS};
 use crate::error::{Error, Result};
@@ -304,8 +305,10 @@ impl Broker {
             call.arg(k).arg(v);
         }
         let mut conn = self.store.conn().await?;
+        let listing = Listing::guard(&conn, tenant, topic);
         let (created, topic_created, ordering): (i64, i64, String) =
             call.invoke_async(&mut conn).await?;
+        listing.settle(topic_created == 1).await?;
         if created == -2 {
             return Err(Error::invalid_field(
                 "start",
@@ -320,9 +323,6 @@ impl Broker {
                     "group '{group}' exists with ordering '{ordering}'; ordering is fixed when a group is created"
                 ),
             });
-        }
-        if topic_created == 1 {
-            super::publish::register_topic(&mut conn, tenant, topic).await?;
         }
         Ok(created == 1)
     }

@@ -10,6 +10,7 @@ pub mod commit;
 pub mod delivery;
 pub mod dlq;
 pub mod groups;
+pub(crate) mod listing;
 pub mod message;
 pub mod publish;
 pub mod receipt;

@@ -15,15 +15,15 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::listing::Listing;
 use super::message::headers_schema;
 use super::{Broker, DEFAULT_DEDUP_WINDOW_MS};
 use crate::coord::Coord;
 use crate::coord::limits::Admission;
 use crate::error::{Error, RateLimitInfo, Result};
-use crate::keys::{self, TenantKeys, TopicKeys};
+use crate::keys::TopicKeys;
 use crate::names::{Tenant, Topic};
 use crate::scripts::{Invocation, Scripts};
-use crate::store::Conn;
 use crate::telemetry;
 use crate::validate::check_text;
 
@@ -390,10 +390,9 @@ impl Broker {
         let keys = TopicKeys::new(tenant, topic);
         let call = encoded_call(self.store.scripts(), &keys, &batch);
         let mut conn = self.store.conn().await?;
+        let listing = Listing::guard(&conn, tenant, topic);
         let (created, rows, max_backlog): PublishReply = call.invoke_async(&mut conn).await?;
-        if created == 1 {
-            register_topic(&mut conn, tenant, topic).await?;
-        }
+        listing.settle(created == 1).await?;
         Ok(rows
             .into_iter()
             .map(|(id, stream_id, seq, outcome)| (id, stream_id, seq, outcome, max_backlog))
@@ -541,22 +540,4 @@ fn encoded_call<'a>(
         }
     }
     call
-}
-
-/// Lists a newly created topic in its tenant's topic set and the tenant in
-/// the tenant set. These live under other hash tags, so they cannot join the
-/// creating script, nor one pipeline on a Redis Cluster (each command goes to
-/// its own slot); both adds are idempotent and happen once per topic.
-pub(crate) async fn register_topic(conn: &mut Conn, tenant: &Tenant, topic: &Topic) -> Result<()> {
-    redis::cmd("SADD")
-        .arg(TenantKeys::new(tenant).topics())
-        .arg(topic.as_str())
-        .query_async::<()>(conn)
-        .await?;
-    redis::cmd("SADD")
-        .arg(keys::TENANTS)
-        .arg(tenant.as_str())
-        .query_async::<()>(conn)
-        .await?;
-    Ok(())
 }

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::listing::Listing;
 use super::message::Message;
-use super::publish::register_topic;
 use super::{Broker, DEFAULT_DEDUP_WINDOW_MS};
 use crate::error::{Error, Result};
 use crate::keys::{GroupKeys, TenantKeys, TopicKeys};
@@ -150,10 +150,11 @@ impl Broker {
             }
         }
         let mut conn = self.store.conn().await?;
+        let listing = Listing::guard(&conn, tenant, topic);
         let created: i64 = call.invoke_async(&mut conn).await?;
-        // Registering again on update is idempotent and repairs a listing
-        // lost to a crash between create and register.
-        register_topic(&mut conn, tenant, topic).await?;
+        // Listing again on update is idempotent and repairs a listing lost
+        // to a crash between create and list.
+        listing.settle(true).await?;
         Ok(created == 1)
     }
 
@@ -230,11 +231,12 @@ impl Broker {
                     // cannot change in the topic's script. A publish may
                     // re-create the topic and list it before this SREM
                     // lands: looking again after it keeps such a topic listed.
-                    let listing = TenantKeys::new(tenant).topics();
                     // (Two commands, not a pipeline: the keys live in
-                    // different hash slots.)
+                    // different hash slots.) Guarded: a caller gone after
+                    // the SREM still gets a re-created topic listed.
+                    let listing = Listing::guard(&conn, tenant, topic);
                     redis::cmd("SREM")
-                        .arg(&listing)
+                        .arg(TenantKeys::new(tenant).topics())
                         .arg(topic.as_str())
                         .query_async::<()>(&mut conn)
                         .await?;
@@ -242,9 +244,7 @@ impl Broker {
                         .arg(keys.meta())
                         .query_async(&mut conn)
                         .await?;
-                    if recreated {
-                        register_topic(&mut conn, tenant, topic).await?;
-                    }
+                    listing.settle(recreated).await?;
                     return Ok(());
                 }
                 0 => return Err(not_found(topic)),

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::broker::listing::Listing;
 use crate::broker::publish::MAX_REF_LEN;
 use crate::broker::{Broker, DEFAULT_DEDUP_WINDOW_MS};
 use crate::error::{Error, NotFoundKind, Result};
@@ -225,6 +226,7 @@ impl Broker {
         let traceparent = traces::continued(None).unwrap_or_default();
         let keys = TopicKeys::new(tenant, topic);
         let mut conn = self.store().conn().await?;
+        let listing = Listing::guard(&conn, tenant, topic);
         let (outcome, topic_created): (i64, i64) = self
             .store()
             .scripts()
@@ -243,9 +245,7 @@ impl Broker {
             .arg(request.correlation_id.as_deref().unwrap_or_default())
             .invoke_async(&mut conn)
             .await?;
-        if topic_created == 1 {
-            crate::broker::publish::register_topic(&mut conn, tenant, topic).await?;
-        }
+        listing.settle(topic_created == 1).await?;
         match outcome {
             -1 => Err(Error::Conflict {
                 code: "join_config_conflict",

@@ -1,0 +1,116 @@
+//! Listing topics: a tenant's topic set `sc:{T}:topics` and the tenant set
+//! `sc:tenants`, which the listing and the background passes (retention,
+//! group gauges) read instead of scanning the keyspace.
+//!
+//! Both sets live under other hash tags than a topic's keys, so the script
+//! that creates a topic cannot add it, nor can one pipeline on a Redis
+//! Cluster (each command goes to its own slot). The adds follow the script,
+//! and a [`Listing`] guards the gap: a caller whose future is dropped while
+//! the script runs or before the adds are acknowledged (its client went
+//! away, Redis failed) would otherwise leave a topic that exists but is
+//! never listed, so retention and `GET …/topics` never see it; a retried
+//! publish of it creates nothing and so lists nothing either. When a guard
+//! is dropped armed, a task of its own lists the topic if it exists,
+//! retrying for about two minutes while Redis fails.
+
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::keys::{self, TenantKeys, TopicKeys};
+use crate::names::{Tenant, Topic};
+use crate::store::Conn;
+
+/// Pause after a failed attempt; it doubles up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+/// See [`FIRST_PAUSE`].
+const MAX_PAUSE: Duration = Duration::from_secs(5);
+/// Attempts of a listing left to a task (about two minutes).
+const ATTEMPTS: u32 = 30;
+
+/// Armed around a script call that may create a topic (see the module
+/// docs); [`Listing::settle`] lists it and disarms.
+#[must_use = "a guard dropped at once lists nothing it should"]
+pub(crate) struct Listing<'a> {
+    /// Some while armed.
+    conn: Option<Conn>,
+    tenant: &'a Tenant,
+    topic: &'a Topic,
+}
+
+impl<'a> Listing<'a> {
+    /// Arms before a call that may create `topic`.
+    pub(crate) fn guard(conn: &Conn, tenant: &'a Tenant, topic: &'a Topic) -> Self {
+        Self {
+            conn: Some(conn.clone()),
+            tenant,
+            topic,
+        }
+    }
+
+    /// After the call: lists the topic when `created` (or to repair a
+    /// listing, which is idempotent), then disarms. When listing fails the
+    /// guard stays armed, so a task keeps trying.
+    pub(crate) async fn settle(mut self, created: bool) -> Result<()> {
+        if created && let Some(conn) = self.conn.as_mut() {
+            add(conn, self.tenant, self.topic).await?;
+        }
+        self.conn = None;
+        Ok(())
+    }
+}
+
+impl Drop for Listing<'_> {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (tenant, topic) = (self.tenant.clone(), self.topic.clone());
+        runtime.spawn(list_if_exists(conn, tenant, topic));
+    }
+}
+
+/// Lists `topic` if it exists (a topic deleted meanwhile is not listed
+/// again), retrying while Redis fails.
+async fn list_if_exists(mut conn: Conn, tenant: Tenant, topic: Topic) {
+    let meta = TopicKeys::new(&tenant, &topic).meta();
+    let mut pause = FIRST_PAUSE;
+    for _ in 0..ATTEMPTS {
+        let exists = redis::cmd("EXISTS")
+            .arg(&meta)
+            .query_async::<bool>(&mut conn)
+            .await;
+        let listed = match exists {
+            Ok(false) => return,
+            Ok(true) => add(&mut conn, &tenant, &topic).await,
+            Err(e) => Err(e.into()),
+        };
+        match listed {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::debug!(%tenant, %topic, error = %e, "listing a topic failed; retrying")
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_PAUSE);
+    }
+    tracing::warn!(%tenant, %topic, "a topic could not be listed; a PUT of the topic lists it");
+}
+
+/// Adds `topic` to its tenant's topic set, then the tenant to the tenant
+/// set (in this order: see `crate::tenants`); both are idempotent.
+pub(crate) async fn add(conn: &mut Conn, tenant: &Tenant, topic: &Topic) -> Result<()> {
+    redis::cmd("SADD")
+        .arg(TenantKeys::new(tenant).topics())
+        .arg(topic.as_str())
+        .query_async::<()>(conn)
+        .await?;
+    redis::cmd("SADD")
+        .arg(keys::TENANTS)
+        .arg(tenant.as_str())
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}
