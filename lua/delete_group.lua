@@ -1,7 +1,7 @@
 -- delete_group.lua: delete a consumer group with everything it holds.
 --
--- KEYS[1..10]  the group keys (prelude.lua `group_keys`)
--- KEYS[11]     sc:{T:P}:groups
+-- KEYS[1..11]  the group keys (prelude.lua `group_keys`)
+-- KEYS[12]     sc:{T:P}:groups
 -- ARGV[1]      group name
 -- ARGV[2]      the topic's wake-up channel (unused)
 -- Returns  1 deleted, 0 no such group
@@ -17,6 +17,7 @@ end
 redis.pcall('XGROUP', 'DESTROY', g.stream, g.name)
 redis.call('UNLINK', g.config, g.delayed, g.dlq, g.dlq_index, g.leases, g.deliveries, g.heads,
   g.parked)
-redis.call('SREM', KEYS[11], g.name)
+redis.call('SREM', KEYS[12], g.name)
 redis.call('HDEL', g.meta, 'done:' .. g.name, 'delayed:' .. g.name)
+redis.call('ZREM', g.done, g.name)
 return 1

@@ -33,12 +33,9 @@ local replayed, missing = {}, {}
 local top
 if g.ordered then
   local last = redis.call('XREVRANGE', g.stream, '+', '-', 'COUNT', 1)[1]
-  for _, row in ipairs(redis.call('XINFO', 'GROUPS', g.stream)) do
-    local info = entry_fields(row)
-    if last and info.name == g.name
-      and sortable_id(info['last-delivered-id']) < sortable_id(last[1]) then
-      top = last[1]
-    end
+  local read = last and last_delivered(g)
+  if read and sortable_id(read) < sortable_id(last[1]) then
+    top = last[1]
   end
 end
 
@@ -73,6 +70,7 @@ local function replay(letter, fields)
     schedule(g, sid, 0, now, true)
   end
   redis.call('HINCRBY', g.meta, 'done:' .. g.name, -1)
+  redis.call('ZINCRBY', g.done, -1, g.name)
   redis.call('XDEL', g.dlq, letter)
   unindex(fields.id or '', letter)
   replayed[#replayed + 1] = fields.id

@@ -114,11 +114,9 @@ end
 -- 0. Deferred DLQ replays the group has read past (prelude.lua
 -- `defer_replay`) join their key, so a free key's replay is due now.
 if g.ordered and first_deferred(g) then
-  for _, row in ipairs(redis.call('XINFO', 'GROUPS', g.stream)) do
-    local info = entry_fields(row)
-    if info.name == g.name then
-      release_deferred(g, sortable_id(info['last-delivered-id']) .. '~', now)
-    end
+  local last = last_delivered(g)
+  if last then
+    release_deferred(g, sortable_id(last) .. '~', now)
   end
 end
 

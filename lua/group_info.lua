@@ -1,8 +1,12 @@
 -- group_info.lua: one consistent reading of a group (GET group, gauges).
 --
--- KEYS[1..10]  the group keys (prelude.lua `group_keys`)
+-- KEYS[1..11]  the group keys (prelude.lua `group_keys`)
 -- ARGV[1]      group name
 -- ARGV[2]      the topic's wake-up channel (unused)
+-- ARGV[3]      '1' for the counts only: no last-delivered id ('') and no
+--              consumers ({}). Those take XINFO GROUPS, which lists every
+--              group of the stream: O(groups) per call, so a pass over all
+--              groups (the gauges) would cost O(groups²).
 -- Returns  nil when the group does not exist, else
 --          { {config field, value, …}, lag, leased, scheduled, dead letters,
 --            last-delivered id, { {consumer, pending, idle_ms} … }, parked }
@@ -21,17 +25,14 @@ local meta = redis.call('HMGET', g.meta, 'seq', 'done:' .. g.name)
 local in_pel = redis.call('XPENDING', g.stream, g.name)[1]
 local lag = tonumber(meta[1] or 0) - tonumber(meta[2] or 0) - in_pel
 local last = ''
-for _, row in ipairs(redis.call('XINFO', 'GROUPS', g.stream)) do
-  local info = entry_fields(row)
-  if info.name == g.name then
-    last = info['last-delivered-id']
-  end
-end
 local consumers = {}
-for _, row in ipairs(redis.call('XINFO', 'CONSUMERS', g.stream, g.name)) do
-  local c = entry_fields(row)
-  if c.name ~= SCHEDULED and c.name ~= PARKED then
-    consumers[#consumers + 1] = { c.name, c.pending, c.idle }
+if ARGV[3] ~= '1' then
+  last = last_delivered(g) or ''
+  for _, row in ipairs(redis.call('XINFO', 'CONSUMERS', g.stream, g.name)) do
+    local c = entry_fields(row)
+    if c.name ~= SCHEDULED and c.name ~= PARKED then
+      consumers[#consumers + 1] = { c.name, c.pending, c.idle }
+    end
   end
 end
 return { config, math.max(lag, 0), redis.call('ZCARD', g.leases), redis.call('ZCARD', g.delayed),

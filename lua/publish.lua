@@ -4,7 +4,8 @@
 --                            dedup_window_ms, max_backlog, done:<G> per group)
 -- KEYS[2]  sc:{T:P}:stream  the topic stream
 -- KEYS[3]  sc:{T:P}:groups  set of the topic's group names
--- KEYS[4…] sc:{T:P}:dedup:<key>, one per message that has an idempotency key
+-- KEYS[4]  sc:{T:P}:done    the groups scored by their done:<G> counters
+-- KEYS[5…] sc:{T:P}:dedup:<key>, one per message that has an idempotency key
 -- ARGV[1]  dedup window in ms used when this call creates the topic
 -- ARGV[2]  pub/sub channel that wakes long-polling fetches of this topic
 -- ARGV[3]  number of messages N, then per message:
@@ -32,7 +33,8 @@
 --    scheduled for a retry: meta seq − done:<G>, counters the delivery
 --    scripts keep), counting what this call already wrote, so a batch never
 --    overshoots: its first items that fit are written, the rest refused.
---    The check reads one set and one hash, whatever the backlog's size;
+--    The check reads the slowest group's counter, whatever the backlog's
+--    size and the number of groups;
 --  * published_at, expires_at and deliver_at come from Redis TIME, the one
 --    clock every sidecar shares.
 local meta, stream = KEYS[1], KEYS[2]
@@ -41,26 +43,41 @@ local incarnation, created = ensure_topic(meta, ARGV[1])
 local window = tonumber(redis.call('HGET', meta, 'dedup_window_ms'))
 
 -- Backpressure: room = how many more messages may be written before the
--- slowest group owes max_backlog (nil = unbounded). A group whose counter
--- is missing counts as owing everything, as topic_info.lua reads it.
+-- slowest group owes max_backlog (nil = unbounded). The slowest group is
+-- the first of the done zset, which the group scripts keep beside each
+-- done:<G> counter: O(log groups), so a topic with many groups publishes as
+-- fast as one with few. The counters stay the truth: a zset that does not
+-- hold every group, or whose slowest group's score is not its counter (a
+-- topic written by an older version, or by one during a rolling upgrade),
+-- is rebuilt from them. A group whose counter is missing counts as owing
+-- everything, as topic_info.lua reads it.
 local max_backlog = tonumber(redis.call('HGET', meta, 'max_backlog') or 0)
 local room = nil
 if max_backlog > 0 then
-  local names = redis.call('SMEMBERS', KEYS[3])
-  local least_done = nil
-  -- HMGET in chunks: unpack() of thousands of fields would overflow Lua's stack.
-  for first = 1, #names, 1000 do
-    local fields = {}
-    for i = first, math.min(first + 999, #names) do
-      fields[#fields + 1] = 'done:' .. names[i]
+  local done_index = KEYS[4]
+  local slowest = redis.call('ZRANGE', done_index, 0, 0, 'WITHSCORES')
+  local stale = redis.call('ZCARD', done_index) ~= redis.call('SCARD', KEYS[3])
+    or (slowest[1] and tonumber(slowest[2])
+      ~= tonumber(redis.call('HGET', meta, 'done:' .. slowest[1]) or 0))
+  if stale then
+    redis.call('DEL', done_index)
+    local names = redis.call('SMEMBERS', KEYS[3])
+    -- In chunks: unpack() of thousands of values would overflow Lua's stack.
+    for first = 1, #names, 1000 do
+      local fields, scored = {}, {}
+      for i = first, math.min(first + 999, #names) do
+        fields[#fields + 1] = 'done:' .. names[i]
+      end
+      for i, done in ipairs(redis.call('HMGET', meta, unpack(fields))) do
+        scored[#scored + 1] = done or 0
+        scored[#scored + 1] = names[first + i - 1]
+      end
+      redis.call('ZADD', done_index, unpack(scored))
     end
-    for _, done in ipairs(redis.call('HMGET', meta, unpack(fields))) do
-      done = tonumber(done or 0)
-      least_done = least_done and math.min(least_done, done) or done
-    end
+    slowest = redis.call('ZRANGE', done_index, 0, 0, 'WITHSCORES')
   end
-  if least_done then
-    room = max_backlog - (tonumber(redis.call('HGET', meta, 'seq') or 0) - least_done)
+  if slowest[1] then
+    room = max_backlog - (tonumber(redis.call('HGET', meta, 'seq') or 0) - tonumber(slowest[2]))
   end
 end
 

@@ -15,6 +15,7 @@
 //! | `sc:{T:P}:meta` | hash | topic config, `seq`, `incarnation`, `deliveries`, `done:<G>` |
 //! | `sc:{T:P}:dedup:<key>` | string | publish idempotency record (PX = window) |
 //! | `sc:{T:P}:groups` | set | names of the topic's consumer groups |
+//! | `sc:{T:P}:done` | zset | group name by its `done:<G>` counter (the slowest first, for `max_backlog`) |
 //! | `sc:{T:P}:join:<J>` | hash | a fan-in join: parts, results, state (expires) |
 //! | `sc:{T:P}:joins` | zset | open joins by deadline |
 //! | `sc:{T:P}:g:<G>` | hash | group config |
@@ -217,6 +218,12 @@ impl TopicKeys {
     /// The set of the topic's group names.
     pub fn groups(&self) -> String {
         joined(&[&self.prefix, ":groups"])
+    }
+
+    /// The topic's groups scored by their `done:<G>` counters (zset), so
+    /// the backlog check finds the slowest group without reading them all.
+    pub fn done(&self) -> String {
+        joined(&[&self.prefix, ":done"])
     }
 
     /// A fan-in join of the topic (hash; expires after its deadline plus

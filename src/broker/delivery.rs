@@ -150,6 +150,7 @@ pub(crate) fn group_call<'a>(
         .key(gk.dlq_index())
         .key(gk.heads())
         .key(gk.parked())
+        .key(keys.done())
         .arg(group.as_str())
         .arg(keys.wake_channel());
     call

@@ -295,6 +295,7 @@ impl Broker {
         call.key(keys.stream())
             .key(keys.groups())
             .key(gk.config())
+            .key(keys.done())
             .arg(DEFAULT_DEDUP_WINDOW_MS)
             .arg(group.as_str())
             .arg(start_id)
@@ -334,10 +335,36 @@ impl Broker {
         topic: &Topic,
         group: &Group,
     ) -> Result<GroupInfo> {
+        self.read_group(tenant, topic, group, Detail::Full).await
+    }
+
+    /// A group's config and counts, without its last-delivered id (empty)
+    /// and consumers (none), which cost O(groups of the topic) to read: for
+    /// passes over every group (gauges) and lease refreshes.
+    pub async fn group_counts(
+        &self,
+        tenant: &Tenant,
+        topic: &Topic,
+        group: &Group,
+    ) -> Result<GroupInfo> {
+        self.read_group(tenant, topic, group, Detail::Counts).await
+    }
+
+    async fn read_group(
+        &self,
+        tenant: &Tenant,
+        topic: &Topic,
+        group: &Group,
+        detail: Detail,
+    ) -> Result<GroupInfo> {
         let keys = TopicKeys::new(tenant, topic);
         let mut conn = self.store.conn().await?;
         let reading: Option<GroupReading> =
             group_call(&self.store.scripts().group_info, &keys, group)
+                .arg(match detail {
+                    Detail::Full => "0",
+                    Detail::Counts => "1",
+                })
                 .invoke_async(&mut conn)
                 .await?;
         let (config, lag, pending, delayed, dead_lettered, last_delivered_id, consumers, parked) =
@@ -419,6 +446,15 @@ impl Broker {
         }
         Ok(())
     }
+}
+
+/// How much of a group `lua/group_info.lua` reads.
+#[derive(Clone, Copy)]
+enum Detail {
+    /// Everything GET group shows.
+    Full,
+    /// Config and counts only (see [`Broker::group_counts`]).
+    Counts,
 }
 
 /// Raw reply of `lua/group_info.lua` for an existing group: config, lag,

@@ -516,11 +516,14 @@ fn encoded_call<'a>(
     messages: &[Encoded],
 ) -> Invocation<'a> {
     let mut call = scripts.publish.prepare_invoke();
-    call.key(keys.meta()).key(keys.stream()).key(keys.groups());
+    call.key(keys.meta())
+        .key(keys.stream())
+        .key(keys.groups())
+        .key(keys.done());
     call.arg(DEFAULT_DEDUP_WINDOW_MS)
         .arg(keys.wake_channel())
         .arg(messages.len());
-    let mut next_dedup_key = 4; // KEYS index of the next dedup key (Lua is 1-based)
+    let mut next_dedup_key = 5; // KEYS index of the next dedup key (Lua is 1-based)
     for message in messages {
         let dedup_index = match &message.dedup_key {
             Some(idem) => {

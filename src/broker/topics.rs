@@ -217,7 +217,10 @@ impl Broker {
         for _ in 0..8 {
             let groups = read_groups(&mut conn, &keys).await?;
             let mut call = self.store.scripts().delete_topic.key(keys.meta());
-            call.key(keys.stream()).key(keys.groups()).key(keys.joins());
+            call.key(keys.stream())
+                .key(keys.groups())
+                .key(keys.joins())
+                .key(keys.done());
             for (name, gk) in &groups {
                 for key in gk.all() {
                     call.key(key);

@@ -110,7 +110,7 @@ impl Runner {
         let info = match self
             .services
             .broker
-            .group_info(&s.tenant, &s.topic, &s.group)
+            .group_counts(&s.tenant, &s.topic, &s.group)
             .await
         {
             Err(Error::NotFound { .. }) => {
@@ -121,7 +121,7 @@ impl Runner {
                 tracing::info!(subscription = %s.name, group = %s.group, "declared the group");
                 self.services
                     .broker
-                    .group_info(&s.tenant, &s.topic, &s.group)
+                    .group_counts(&s.tenant, &s.topic, &s.group)
                     .await?
             }
             other => other?,
