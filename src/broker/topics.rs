@@ -208,10 +208,17 @@ impl Broker {
         Ok(names)
     }
 
-    /// Deletes a topic with its messages and groups; 404 when it does not exist.
+    /// Deletes a topic with its messages and groups; 404 when it does not
+    /// exist. Either way the topic leaves its tenant's listing (unless it
+    /// is created again meanwhile), so a DELETE also clears the listing of
+    /// a topic deleted by a call cut short before it could.
     pub async fn delete_topic(&self, tenant: &Tenant, topic: &Topic) -> Result<()> {
         let keys = TopicKeys::new(tenant, topic);
         let mut conn = self.store.conn().await?;
+        // The listing lives under the tenant's hash tag, so the script
+        // cannot change it: the guard unlists the topic after the script,
+        // also when this call is cut short once the script has run.
+        let listing = Listing::guard(&conn, tenant, topic);
         // Optimistic: read the group set, delete with its keys; the script
         // refuses if the set changed in between, and we read it again.
         for _ in 0..8 {
@@ -229,31 +236,15 @@ impl Broker {
             }
             let outcome: i64 = call.invoke_async(&mut conn).await?;
             match outcome {
-                1 => {
-                    // The listing lives under the tenant's hash tag, so it
-                    // cannot change in the topic's script. A publish may
-                    // re-create the topic and list it before this SREM
-                    // lands: looking again after it keeps such a topic listed.
-                    // (Two commands, not a pipeline: the keys live in
-                    // different hash slots.) Guarded: a caller gone after
-                    // the SREM still gets a re-created topic listed.
-                    let listing = Listing::guard(&conn, tenant, topic);
-                    redis::cmd("SREM")
-                        .arg(TenantKeys::new(tenant).topics())
-                        .arg(topic.as_str())
-                        .query_async::<()>(&mut conn)
-                        .await?;
-                    let recreated: bool = redis::cmd("EXISTS")
-                        .arg(keys.meta())
-                        .query_async(&mut conn)
-                        .await?;
-                    listing.settle(recreated).await?;
-                    return Ok(());
+                1 => return listing.settle_deleted().await,
+                0 => {
+                    listing.settle_deleted().await?;
+                    return Err(not_found(topic));
                 }
-                0 => return Err(not_found(topic)),
                 _ => continue,
             }
         }
+        listing.settle(false).await?;
         Err(Error::Conflict {
             code: "concurrent_change",
             detail: "the topic's groups kept changing during delete; retry".into(),
