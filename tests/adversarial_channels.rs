@@ -271,15 +271,8 @@ async fn big_integers_in_payloads_stay_exact_everywhere() {
         "1.0000000000000000000000001",
     ];
     let text = r#"{"payload":{"a":9007199254740993,"b":18446744073709551615,"c":-9223372036854775808,"d":123456789012345678901234567890,"e":1.0000000000000000000000001},"headers":{"n":"9007199254740993"}}"#;
-    let resp = app
-        .client
-        .post(app.url("/channels/nums/messages"))
-        .header("content-type", "application/json")
-        .body(text)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    let published = app.post_text("/channels/nums/messages", text).await;
+    assert_eq!(published.status, StatusCode::CREATED, "{}", published.body);
     let history = app
         .client
         .get(app.url("/channels/nums/messages"))
@@ -717,13 +710,6 @@ async fn messages_at_max_body_larger_than_the_queue() {
     .await;
     let body = |fill: usize| format!(r#"{{"payload":"{}"}}"#, "x".repeat(fill));
     let fill = (64 << 10) - body(0).len();
-    let post = |text: String| {
-        app.client
-            .post(app.url("/channels/max/messages"))
-            .header("content-type", "application/json")
-            .body(text)
-            .send()
-    };
     let mut sse = Sse::open(&app.url("/channels/max/events"), None).await;
     let mut ws = ws::connect(&app).await;
     ws::send(&mut ws, json!({ "op": "subscribe", "channel": "max" })).await;
@@ -731,12 +717,11 @@ async fn messages_at_max_body_larger_than_the_queue() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert_eq!(
-        post(body(fill)).await.unwrap().status(),
-        StatusCode::CREATED
-    );
-    let over = TestApp::reply(post(body(fill + 1)).await.unwrap()).await;
-    over.assert_problem(413, "payload_too_large");
+    let published = app.post_text("/channels/max/messages", body(fill)).await;
+    assert_eq!(published.status, StatusCode::CREATED, "{}", published.body);
+    app.post_text("/channels/max/messages", body(fill + 1))
+        .await
+        .assert_problem(413, "payload_too_large");
     // A WebSocket publish frame of exactly --max-body.
     let frame = |fill: usize| {
         format!(

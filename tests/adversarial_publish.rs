@@ -705,15 +705,7 @@ async fn lone_surrogates_are_refused_where_they_would_be_stored() {
         r#"{"payload": {"a\udfff": 1}}"#,
         r#"{"payload": 1, "idempotency_key": "\ud800"}"#,
     ] {
-        let resp = app
-            .client
-            .post(app.url("/topics/sur/messages"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let r = TestApp::reply(resp).await;
+        let r = app.post_text("/topics/sur/messages", body).await;
         assert_eq!(r.status, 400, "{body}: {}", r.body);
     }
     let r = app.get("/topics/sur/messages").await;
@@ -724,20 +716,9 @@ async fn lone_surrogates_are_refused_where_they_would_be_stored() {
     );
 
     // A channel's history is read back through the same strict parser.
-    let send = |path: &'static str, body: &'static str| {
-        app.client
-            .post(app.url(path))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-    };
-    let r = TestApp::reply(
-        send("/channels/sur/messages", r#"{"payload": "\ud800"}"#)
-            .await
-            .unwrap(),
-    )
-    .await;
-    r.assert_problem(400, "invalid_field");
+    app.post_text("/channels/sur/messages", r#"{"payload": "\ud800"}"#)
+        .await
+        .assert_problem(400, "invalid_field");
     let r = app.get("/channels/sur/messages").await;
     assert!(
         r.status == 404 || r.body["messages"] == json!([]),
@@ -755,15 +736,7 @@ async fn lone_surrogates_are_refused_where_they_would_be_stored() {
         r#"{"channel": "sur-out", "payload": ["\ud800"]}"#,
     ] {
         let body = format!(r#"{{"receipts": ["{receipt}"], "emit": [{emit}]}}"#);
-        let resp = app
-            .client
-            .post(app.url("/topics/src/groups/g/ack"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        TestApp::reply(resp)
+        app.post_text("/topics/src/groups/g/ack", body)
             .await
             .assert_problem(400, "invalid_field");
     }
