@@ -128,12 +128,7 @@ async fn backlog_full_refuses_publishes_until_the_group_catches_up() {
     assert_eq!(app.history("bp").await.len(), 3, "nothing written");
 
     // The fast group alone finishing is not enough: the slowest counts.
-    let fast = app.fetch("bp", "fast", "f", 10, 0).await;
-    let rs: Vec<&str> = fast
-        .iter()
-        .map(|m| m["receipt"].as_str().unwrap())
-        .collect();
-    assert_eq!(app.ack("bp", "fast", &rs).await.status, StatusCode::OK);
+    app.fetch_and_ack("bp", "fast", 10).await;
     app.post("/topics/bp/messages", &json!({"payload": 3}))
         .await
         .assert_problem(429, "backlog_full");
@@ -547,9 +542,7 @@ async fn a_batch_fills_the_backlog_exactly_and_refuses_the_rest_item_by_item() {
     assert_eq!(payloads, [json!("a"), json!("b"), json!("c")]);
 
     // Acking one makes room for exactly one.
-    let delivered = app.fetch("bb", "g", "w", 1, 0).await;
-    app.ack("bb", "g", &[delivered[0]["receipt"].as_str().unwrap()])
-        .await;
+    app.fetch_and_ack("bb", "g", 1).await;
     let reply = app
         .post(
             "/topics/bb/messages:batch",
@@ -622,12 +615,7 @@ async fn the_backlog_check_reads_counters_not_the_stream() {
         .await
         .assert_problem(429, "backlog_full");
     // The fast group catching up is not enough; the slow one owes 3002.
-    let fetched = app.fetch("cb", "fast", "w", 1000, 0).await;
-    let receipts: Vec<&str> = fetched
-        .iter()
-        .map(|m| m["receipt"].as_str().unwrap())
-        .collect();
-    app.ack("cb", "fast", &receipts).await;
+    app.fetch_and_ack("cb", "fast", 1000).await;
     app.post("/topics/cb/messages", &json!({"payload": "over"}))
         .await
         .assert_problem(429, "backlog_full");
@@ -679,20 +667,12 @@ async fn the_backlog_check_does_not_read_every_group() {
 
     // Every group but one catches up: the one left behind still refuses.
     for i in 1..GROUPS {
-        let group = format!("g{i}");
-        let fetched = app.fetch("many", &group, "w", 10, 0).await;
-        let receipts: Vec<&str> = fetched
-            .iter()
-            .map(|m| m["receipt"].as_str().unwrap())
-            .collect();
-        app.ack("many", &group, &receipts).await;
+        app.fetch_and_ack("many", &format!("g{i}"), 10).await;
     }
     app.post("/topics/many/messages", &json!({"payload": "over"}))
         .await
         .assert_problem(429, "backlog_full");
-    let fetched = app.fetch("many", "g0", "w", 1, 0).await;
-    app.ack("many", "g0", &[fetched[0]["receipt"].as_str().unwrap()])
-        .await;
+    app.fetch_and_ack("many", "g0", 1).await;
     let reply = app
         .post("/topics/many/messages", &json!({"payload": "room"}))
         .await;
@@ -706,9 +686,7 @@ async fn the_backlog_check_does_not_read_every_group() {
     app.post("/topics/many/messages", &json!({"payload": "over"}))
         .await
         .assert_problem(429, "backlog_full");
-    let fetched = app.fetch("many", "g0", "w", 1, 0).await;
-    app.ack("many", "g0", &[fetched[0]["receipt"].as_str().unwrap()])
-        .await;
+    app.fetch_and_ack("many", "g0", 1).await;
     redis::cmd("ZADD")
         .arg(&index)
         .arg(0)

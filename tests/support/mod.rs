@@ -714,6 +714,24 @@ impl TestApp {
         .await
     }
 
+    /// Fetches up to `max` (no wait) and acks them all; the messages.
+    pub async fn fetch_and_ack(&self, topic: &str, group: &str, max: u32) -> Vec<Value> {
+        let messages = self.fetch(topic, group, "w", max, 0).await;
+        let receipts: Vec<&str> = messages
+            .iter()
+            .map(|m| m["receipt"].as_str().expect("receipt"))
+            .collect();
+        let reply = self.ack(topic, group, &receipts).await;
+        assert_eq!(reply.status, StatusCode::OK, "ack: {}", reply.body);
+        assert_eq!(
+            reply.body["acked"].as_array().map(Vec::len),
+            Some(receipts.len()),
+            "{}",
+            reply.body
+        );
+        messages
+    }
+
     /// All history of `topic`, following `next_after` page by page.
     pub async fn history(&self, topic: &str) -> Vec<Value> {
         let mut all = Vec::new();
