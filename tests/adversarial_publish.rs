@@ -777,6 +777,38 @@ async fn lone_surrogates_are_refused_where_they_would_be_stored() {
     }
 }
 
+/// The lone-surrogate check refuses payloads for a lone surrogate only: a
+/// valid pair (an emoji escaped as `\ud83d\ude00`) next to JSON the
+/// sidecar otherwise stores as it came, a number beyond a double's range or
+/// nesting deeper than 128 levels, is accepted, as that JSON is without the
+/// pair. It used to be refused as "a lone UTF-16 surrogate escape", the
+/// check decoding the whole payload rather than its strings.
+#[tokio::test]
+async fn valid_surrogate_pairs_are_accepted_beside_any_json() {
+    let app = TestApp::start().await;
+    let deep = format!("{}\"\\ud83d\\ude00\"{}", "[".repeat(200), "]".repeat(200));
+    for payload in [
+        r#"{"n": 1e400}"#.to_owned(),
+        r#"{"n": 1e400, "s": "\ud83d\ude00"}"#.to_owned(),
+        deep.replace("\\ud83d\\ude00", "x"),
+        deep,
+    ] {
+        for path in ["/topics/pairs/messages", "/channels/pairs/messages"] {
+            let body = format!(r#"{{"payload": {payload}}}"#);
+            let resp = app
+                .client
+                .post(app.url(path))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let r = TestApp::reply(resp).await;
+            assert_eq!(r.status, 201, "{path} {payload}: {}", r.body);
+        }
+    }
+}
+
 /// A publish that creates a topic lists it (a second write, under the
 /// tenant's hash tag). Clients that give up at every point of the call must
 /// not leave a topic that exists but is not listed: retention and the
