@@ -234,11 +234,19 @@ fn recorders(idle_expiry: Duration) -> (Split, Metrics) {
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
             .expect("static bucket list is valid")
     };
-    let process = builder().build_recorder();
-    let scoped = builder()
-        .idle_timeout(MetricKindMask::ALL, Some(idle_expiry))
-        .build_recorder();
-    let gate = Arc::new(exact::Gate::default());
+    let process = Arc::new(builder().build_recorder());
+    let scoped = Arc::new(
+        builder()
+            .idle_timeout(MetricKindMask::ALL, Some(idle_expiry))
+            .build_recorder(),
+    );
+    let gate = Arc::new(exact::Gate::new({
+        let (process, scoped) = (Arc::clone(&process), Arc::clone(&scoped));
+        move |key: &Key| {
+            let metadata = Metadata::new(module_path!(), metrics::Level::INFO, None);
+            pick(&process, &scoped, key).register_histogram(key, &metadata)
+        }
+    }));
     let metrics = Metrics {
         process: process.handle(),
         scoped: scoped.handle(),
@@ -291,19 +299,24 @@ fn topic_scoped(key: &Key) -> bool {
 /// name always carries the same label names, so each name lives in exactly
 /// one of them and the two renders never repeat a name.
 struct Split {
-    process: PrometheusRecorder,
-    scoped: PrometheusRecorder,
+    process: Arc<PrometheusRecorder>,
+    scoped: Arc<PrometheusRecorder>,
     gate: Arc<exact::Gate>,
 }
 
 impl Split {
     fn pick(&self, key: &Key) -> &PrometheusRecorder {
-        if topic_scoped(key) {
-            &self.scoped
-        } else {
-            &self.process
-        }
+        pick(&self.process, &self.scoped, key)
     }
+}
+
+/// The recorder of a series: `scoped` for a topic's, else `process`.
+fn pick<'a>(
+    process: &'a PrometheusRecorder,
+    scoped: &'a PrometheusRecorder,
+    key: &Key,
+) -> &'a PrometheusRecorder {
+    if topic_scoped(key) { scoped } else { process }
 }
 
 impl Recorder for Split {
@@ -337,7 +350,7 @@ impl Recorder for Split {
 
     fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
         self.gate
-            .wrap(self.pick(key).register_histogram(key, metadata))
+            .wrap(key, self.pick(key).register_histogram(key, metadata))
     }
 }
 
@@ -536,6 +549,40 @@ mod tests {
             .lines()
             .find_map(|l| l.strip_prefix("streamcar_publish_to_ack_seconds_count{topic=\"p\"} "));
         assert_eq!(count, Some(&*(2 * PER_THREAD).to_string()), "{text}");
+    }
+
+    /// A sample parked while a render runs is kept even when that render
+    /// expires its series (idle until then): it shows in a series of its
+    /// own, as a sample recorded just after the expiry would. It used to be
+    /// replayed into the expired series' handle, which nothing renders.
+    #[test]
+    fn a_sample_parked_during_the_render_that_expires_its_series_is_kept() {
+        // A zero expiry: a series not updated since the previous render is gone.
+        let (recorder, metrics) = recorders(Duration::ZERO);
+        let key = Key::from_parts(PUBLISH_TO_ACK, vec![Label::new("topic", "p")]);
+        let metadata = Metadata::new("test", metrics::Level::INFO, None);
+        // As `histogram!` does: the series is looked up at every record.
+        let record = |value: f64| recorder.register_histogram(&key, &metadata).record(value);
+        let count = |text: &str| {
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix("streamcar_publish_to_ack_seconds_count{topic=\"p\"} ")
+                })
+                .map(str::to_owned)
+        };
+        record(0.25);
+        assert_eq!(count(&metrics.render()).as_deref(), Some("1"));
+        // A record (another thread) lands while the next render runs: it
+        // parks, and this render drops the series, idle since the last one.
+        let during = metrics.gate.fold(|| {
+            std::thread::scope(|s| s.spawn(|| record(0.5)).join().expect("record"));
+            let mut text = metrics.process.render();
+            text.push_str(&metrics.render_scoped());
+            text
+        });
+        assert_eq!(count(&during), None, "{during}");
+        let after = metrics.render();
+        assert_eq!(count(&after).as_deref(), Some("1"), "{after}");
     }
 
     #[test]

@@ -37,21 +37,47 @@ pub fn check_text(field: impl std::fmt::Display, value: &str, max: usize) -> Res
 /// in it escapes a lone UTF-16 surrogate (`"\ud800"`): the JSON parser lets
 /// it through in raw text, but strict readers (I-JSON, RFC 7493; serde_json)
 /// refuse it, so they could not read the message back from history, fetch
-/// or push. Only a text with a surrogate escape in it is decoded, so the
-/// usual payload costs one scan.
+/// or push. Only a text with a surrogate escape in it is looked at further,
+/// so the usual payload costs one scan; then only its strings with such an
+/// escape are decoded, each on its own (decoding the whole text would also
+/// refuse what the sidecar otherwise stores as it came: a number beyond a
+/// double's range, nesting deeper than serde_json's 128 levels).
 pub fn check_json_strings(field: impl std::fmt::Display, raw: &str) -> Result<()> {
     let bytes = raw.as_bytes();
-    let escapes_a_surrogate = raw.match_indices("\\u").any(|(i, _)| {
-        bytes.get(i + 2).is_some_and(|c| c | 0x20 == b'd')
+    let surrogate_at = |i: usize| {
+        bytes.get(i).is_some_and(|c| c | 0x20 == b'd')
             && bytes
-                .get(i + 3)
+                .get(i + 1)
                 .is_some_and(|c| matches!(c | 0x20, b'8'..=b'9' | b'a'..=b'f'))
-    });
-    if escapes_a_surrogate && serde_json::from_str::<serde_json::Value>(raw).is_err() {
-        return Err(Error::invalid_field(
-            field.to_string(),
-            "must not hold a lone UTF-16 surrogate escape (such as \\ud800)",
-        ));
+    };
+    if !raw.match_indices("\\u").any(|(i, _)| surrogate_at(i + 2)) {
+        return Ok(());
+    }
+    // `raw` is JSON text: outside its strings, a quote opens one.
+    let mut at = 0;
+    while let Some(open) = raw.get(at..).and_then(|rest| rest.find('"')) {
+        let start = at + open;
+        let mut end = start + 1;
+        let mut escapes_a_surrogate = false;
+        while let Some(&c) = bytes.get(end) {
+            match c {
+                b'"' => break,
+                b'\\' => {
+                    escapes_a_surrogate |=
+                        bytes.get(end + 1) == Some(&b'u') && surrogate_at(end + 2);
+                    end += 2;
+                }
+                _ => end += 1,
+            }
+        }
+        let string = raw.get(start..=end).unwrap_or(&raw[start..]);
+        if escapes_a_surrogate && serde_json::from_str::<String>(string).is_err() {
+            return Err(Error::invalid_field(
+                field.to_string(),
+                "must not hold a lone UTF-16 surrogate escape (such as \\ud800)",
+            ));
+        }
+        at = end + 1;
     }
     Ok(())
 }
@@ -102,10 +128,17 @@ mod tests {
             r#""\ud83d\ude00""#,
             r#""\\ud800""#,
             r#"{"\uD83D\uDE00":1}"#,
+            r#"[1e400,"\ud83d\ude00"]"#,
+            r#"["\\", "\"\\ud800"]"#,
         ] {
             assert!(check_json_strings("p", ok).is_ok(), "{ok}");
         }
-        for bad in [r#""\ud800""#, r#"{"a\uDFFF":1}"#, r#"["x","\ud83dx"]"#] {
+        for bad in [
+            r#""\ud800""#,
+            r#"{"a\uDFFF":1}"#,
+            r#"["x","\ud83dx"]"#,
+            r#"[1e400,"\\","\ud800"]"#,
+        ] {
             assert!(check_json_strings("p", bad).is_err(), "{bad}");
         }
     }

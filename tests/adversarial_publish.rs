@@ -750,6 +750,38 @@ async fn lone_surrogates_are_refused_where_they_would_be_stored() {
     }
 }
 
+/// The lone-surrogate check refuses payloads for a lone surrogate only: a
+/// valid pair (an emoji escaped as `\ud83d\ude00`) next to JSON the
+/// sidecar otherwise stores as it came, a number beyond a double's range or
+/// nesting deeper than 128 levels, is accepted, as that JSON is without the
+/// pair. It used to be refused as "a lone UTF-16 surrogate escape", the
+/// check decoding the whole payload rather than its strings.
+#[tokio::test]
+async fn valid_surrogate_pairs_are_accepted_beside_any_json() {
+    let app = TestApp::start().await;
+    let deep = format!("{}\"\\ud83d\\ude00\"{}", "[".repeat(200), "]".repeat(200));
+    for payload in [
+        r#"{"n": 1e400}"#.to_owned(),
+        r#"{"n": 1e400, "s": "\ud83d\ude00"}"#.to_owned(),
+        deep.replace("\\ud83d\\ude00", "x"),
+        deep,
+    ] {
+        for path in ["/topics/pairs/messages", "/channels/pairs/messages"] {
+            let body = format!(r#"{{"payload": {payload}}}"#);
+            let resp = app
+                .client
+                .post(app.url(path))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let r = TestApp::reply(resp).await;
+            assert_eq!(r.status, 201, "{path} {payload}: {}", r.body);
+        }
+    }
+}
+
 /// A publish that creates a topic lists it (a second write, under the
 /// tenant's hash tag). Clients that give up at every point of the call must
 /// not leave a topic that exists but is not listed: retention and the
@@ -804,5 +836,77 @@ async fn a_topic_created_by_a_publish_is_listed_even_when_its_client_left() {
     assert!(
         unlisted.is_empty(),
         "exist but are not listed: {unlisted:?}"
+    );
+}
+
+/// A publish that creates a topic races a DELETE of it. Whatever order
+/// their commands land in, once both have answered the listing agrees with
+/// the topic: listed while it exists, not listed once it is gone. The
+/// DELETE could run whole (script, unlisting, its check that the topic is
+/// gone) between the publish's script and the publish's listing, which
+/// then listed a topic that no longer existed until another DELETE.
+#[tokio::test]
+async fn a_publish_racing_a_delete_leaves_the_listing_agreeing_with_the_topic() {
+    const TOPICS: usize = 640;
+    const AT_ONCE: usize = 16;
+    let app = TestApp::start().await;
+    let mut deleted_after_publish = 0;
+    for first in (0..TOPICS).step_by(AT_ONCE) {
+        let pairs = (first..first + AT_ONCE).map(|i| {
+            let app = &app;
+            async move {
+                let topic = format!("/topics/race-{i}");
+                let (messages, body) = (format!("{topic}/messages"), json!({"payload": i}));
+                // The DELETE reads the group set first: give it a head start
+                // of 0 to 7 turns of the runtime, so it lands on either side.
+                let delete = async {
+                    for _ in 0..i % 8 {
+                        tokio::task::yield_now().await;
+                    }
+                    app.delete(&topic).await
+                };
+                let publish = async {
+                    for _ in 0..(i / 8) % 8 {
+                        tokio::task::yield_now().await;
+                    }
+                    app.post(&messages, &body).await
+                };
+                let (published, deleted) = tokio::join!(publish, delete);
+                assert_eq!(published.status, 201, "{}", published.body);
+                assert!(
+                    deleted.status == 204 || deleted.status == 404,
+                    "{}",
+                    deleted.body
+                );
+                deleted.status == 204
+            }
+        });
+        for deleted in futures_util::future::join_all(pairs).await {
+            deleted_after_publish += usize::from(deleted);
+        }
+    }
+    let listed: HashSet<String> = app.get("/topics").await.body["topics"]
+        .as_array()
+        .expect("topics")
+        .iter()
+        .map(|t| t.as_str().expect("name").to_owned())
+        .collect();
+    let mut disagree = Vec::new();
+    let mut existing = 0;
+    for i in 0..TOPICS {
+        let name = format!("race-{i}");
+        let exists = app.get(&format!("/topics/{name}")).await.status == 200;
+        existing += usize::from(exists);
+        if exists != listed.contains(&name) {
+            disagree.push((name, exists));
+        }
+    }
+    assert!(
+        deleted_after_publish > 0 && existing > 0,
+        "{deleted_after_publish} deleted after the publish, {existing} exist"
+    );
+    assert!(
+        disagree.is_empty(),
+        "(topic, exists) not listed accordingly: {disagree:?}"
     );
 }

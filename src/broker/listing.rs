@@ -55,7 +55,7 @@ impl<'a> Listing<'a> {
     /// guard stays armed, so a task keeps trying.
     pub(crate) async fn settle(mut self, created: bool) -> Result<()> {
         if created && let Some(conn) = self.conn.as_mut() {
-            add(conn, self.tenant, self.topic).await?;
+            list_as(conn, self.tenant, self.topic, true).await?;
         }
         self.conn = None;
         Ok(())
@@ -66,7 +66,7 @@ impl<'a> Listing<'a> {
     /// guard stays armed, so a task keeps trying.
     pub(crate) async fn settle_deleted(mut self) -> Result<()> {
         if let Some(conn) = self.conn.as_mut() {
-            remove(conn, self.tenant, self.topic).await?;
+            list_as(conn, self.tenant, self.topic, false).await?;
         }
         self.conn = None;
         Ok(())
@@ -97,8 +97,7 @@ async fn reconcile(mut conn: Conn, tenant: Tenant, topic: Topic) {
             .query_async::<bool>(&mut conn)
             .await;
         let settled = match exists {
-            Ok(true) => add(&mut conn, &tenant, &topic).await,
-            Ok(false) => remove(&mut conn, &tenant, &topic).await,
+            Ok(exists) => list_as(&mut conn, &tenant, &topic, exists).await,
             Err(e) => Err(e.into()),
         };
         match settled {
@@ -116,9 +115,48 @@ async fn reconcile(mut conn: Conn, tenant: Tenant, topic: Topic) {
     );
 }
 
+/// Times [`list_as`] writes the listing at most: each write after the
+/// first follows a create or delete that ran during the previous one.
+const MAX_WRITES: u32 = 8;
+
+/// Lists `topic` (adding it to its tenant's topic set, then the tenant to
+/// the tenant set, in this order: see `crate::tenants`) when `listed`, else
+/// takes it off its tenant's topic set; then checks that the topic exists
+/// exactly when it is listed, and if not (a create or delete of it ran
+/// since its caller's script), writes the listing again the other way, and
+/// checks again. Every script that creates or deletes the topic is
+/// followed by such a call, so the last listing write is checked after
+/// any script it could contradict: the listing ends agreeing with the
+/// topic. (Listing without the check let a delete that ran whole between a
+/// create's script and its listing leave a deleted topic listed.)
+async fn list_as(conn: &mut Conn, tenant: &Tenant, topic: &Topic, mut listed: bool) -> Result<()> {
+    let meta = TopicKeys::new(tenant, topic).meta();
+    for _ in 0..MAX_WRITES {
+        if listed {
+            add(conn, tenant, topic).await?;
+        } else {
+            redis::cmd("SREM")
+                .arg(TenantKeys::new(tenant).topics())
+                .arg(topic.as_str())
+                .query_async::<()>(conn)
+                .await?;
+        }
+        let exists: bool = redis::cmd("EXISTS").arg(&meta).query_async(conn).await?;
+        if exists == listed {
+            return Ok(());
+        }
+        listed = exists;
+    }
+    tracing::warn!(
+        %tenant, %topic,
+        "a topic kept being created and deleted while it was listed; a PUT or DELETE of the topic updates its listing"
+    );
+    Ok(())
+}
+
 /// Adds `topic` to its tenant's topic set, then the tenant to the tenant
 /// set (in this order: see `crate::tenants`); both are idempotent.
-pub(crate) async fn add(conn: &mut Conn, tenant: &Tenant, topic: &Topic) -> Result<()> {
+async fn add(conn: &mut Conn, tenant: &Tenant, topic: &Topic) -> Result<()> {
     redis::cmd("SADD")
         .arg(TenantKeys::new(tenant).topics())
         .arg(topic.as_str())
@@ -129,25 +167,5 @@ pub(crate) async fn add(conn: &mut Conn, tenant: &Tenant, topic: &Topic) -> Resu
         .arg(tenant.as_str())
         .query_async::<()>(conn)
         .await?;
-    Ok(())
-}
-
-/// Takes `topic` off its tenant's topic set, then lists it again if it
-/// exists by then: a create racing this removal lists the topic after its
-/// script, so either its add comes after this removal, or its script came
-/// before the check here and the check sees the topic.
-async fn remove(conn: &mut Conn, tenant: &Tenant, topic: &Topic) -> Result<()> {
-    redis::cmd("SREM")
-        .arg(TenantKeys::new(tenant).topics())
-        .arg(topic.as_str())
-        .query_async::<()>(conn)
-        .await?;
-    let recreated: bool = redis::cmd("EXISTS")
-        .arg(TopicKeys::new(tenant, topic).meta())
-        .query_async(conn)
-        .await?;
-    if recreated {
-        add(conn, tenant, topic).await?;
-    }
     Ok(())
 }

@@ -15,28 +15,49 @@
 //! series takes tens of milliseconds, and records happen on request paths):
 //! it parks the sample, and the next fold records the parked samples first.
 //! Only when a fold outlasts [`MAX_PARKED`] samples does a record wait.
+//!
+//! A parked sample is replayed into its series as the recorder holds it
+//! then, not into the handle the record had: a fold can expire the series
+//! (idle until the record, which the recorder never saw), and a sample
+//! replayed into the expired series' handle would be rendered nowhere.
 
 use std::sync::{Arc, Mutex, PoisonError, RwLock, TryLockError};
 
-use metrics::{Histogram, HistogramFn};
+use metrics::{Histogram, HistogramFn, Key};
 
-/// Samples parked at most while one fold runs (1.5 MB). Beyond this (a fold
+/// Samples parked at most while one fold runs (1.5 MB, their series' keys
+/// shared with the records' handles). Beyond this (a fold
 /// taking seconds under a heavy load) a record waits for the fold to end
 /// rather than drop its sample or park without bound.
 const MAX_PARKED: usize = 1 << 16;
 
+/// The recorder's current histogram of a series (registering it again if
+/// it expired).
+type Resolve = Box<dyn Fn(&Key) -> Histogram + Send + Sync>;
+
 /// Keeps histogram records and folds apart (see the module docs).
-#[derive(Default)]
 pub(super) struct Gate {
     folding: RwLock<()>,
-    parked: Mutex<Vec<(Histogram, f64)>>,
+    parked: Mutex<Vec<(Arc<Key>, f64)>>,
+    resolve: Resolve,
 }
 
 impl Gate {
-    /// `inner`, recording through this gate.
-    pub(super) fn wrap(self: &Arc<Self>, inner: Histogram) -> Histogram {
+    /// A gate whose parked samples are replayed into `resolve(key)`.
+    pub(super) fn new(resolve: impl Fn(&Key) -> Histogram + Send + Sync + 'static) -> Self {
+        Self {
+            folding: RwLock::default(),
+            parked: Mutex::default(),
+            resolve: Box::new(resolve),
+        }
+    }
+
+    /// `inner`, the recorder's histogram of series `key`, recording through
+    /// this gate.
+    pub(super) fn wrap(self: &Arc<Self>, key: &Key, inner: Histogram) -> Histogram {
         Histogram::from_arc(Arc::new(Gated {
             gate: Arc::clone(self),
+            key: Arc::new(key.clone()),
             inner,
         }))
     }
@@ -49,15 +70,15 @@ impl Gate {
             std::mem::take(&mut *self.parked.lock().unwrap_or_else(PoisonError::into_inner));
         if !parked.is_empty() {
             let _recording = self.folding.read().unwrap_or_else(PoisonError::into_inner);
-            for (histogram, value) in parked {
-                histogram.record(value);
+            for (key, value) in parked {
+                (self.resolve)(&key).record(value);
             }
         }
         let _alone = self.folding.write().unwrap_or_else(PoisonError::into_inner);
         fold()
     }
 
-    fn record(&self, inner: &Histogram, value: f64) {
+    fn record(&self, key: &Arc<Key>, inner: &Histogram, value: f64) {
         match self.folding.try_read() {
             Ok(_recording) => return inner.record(value),
             Err(TryLockError::Poisoned(_recording)) => return inner.record(value),
@@ -65,7 +86,7 @@ impl Gate {
         }
         let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
         if parked.len() < MAX_PARKED {
-            parked.push((inner.clone(), value));
+            parked.push((Arc::clone(key), value));
             return;
         }
         drop(parked);
@@ -77,11 +98,12 @@ impl Gate {
 /// A histogram of the Prometheus recorder behind a [`Gate`].
 struct Gated {
     gate: Arc<Gate>,
+    key: Arc<Key>,
     inner: Histogram,
 }
 
 impl HistogramFn for Gated {
     fn record(&self, value: f64) {
-        self.gate.record(&self.inner, value);
+        self.gate.record(&self.key, &self.inner, value);
     }
 }
