@@ -782,63 +782,6 @@ async fn valid_surrogate_pairs_are_accepted_beside_any_json() {
     }
 }
 
-/// A publish that creates a topic lists it (a second write, under the
-/// tenant's hash tag). Clients that give up at every point of the call must
-/// not leave a topic that exists but is not listed: retention and the
-/// listing would never see it.
-#[tokio::test]
-async fn a_topic_created_by_a_publish_is_listed_even_when_its_client_left() {
-    const TOPICS: u64 = 400;
-    let app = TestApp::start().await;
-    let client = reqwest::Client::new();
-    let mut gave_up = 0;
-    for i in 0..TOPICS {
-        // Give-up points from 20 µs (before any call could end) to 20 ms
-        // (after any would), evenly on a log scale.
-        let patience = Duration::from_secs_f64(20e-6 * 1000f64.powf(i as f64 / TOPICS as f64));
-        let sent = client
-            .post(app.url(&format!("/topics/left-{i}/messages")))
-            .json(&json!({"payload": i}))
-            .timeout(patience)
-            .send()
-            .await;
-        gave_up += u32::from(sent.is_err());
-    }
-    let mut unlisted: Vec<String> = Vec::new();
-    let mut existing = 0;
-    for _ in 0..50 {
-        let listed: HashSet<String> = app.get("/topics").await.body["topics"]
-            .as_array()
-            .expect("topics")
-            .iter()
-            .map(|t| t.as_str().expect("name").to_owned())
-            .collect();
-        unlisted.clear();
-        existing = 0;
-        for i in 0..TOPICS {
-            let name = format!("left-{i}");
-            if app.get(&format!("/topics/{name}")).await.status == 200 {
-                existing += 1;
-                if !listed.contains(&name) {
-                    unlisted.push(name);
-                }
-            }
-        }
-        if unlisted.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        gave_up > 0 && existing > 0,
-        "{gave_up} gave up, {existing} exist"
-    );
-    assert!(
-        unlisted.is_empty(),
-        "exist but are not listed: {unlisted:?}"
-    );
-}
-
 /// A publish that creates a topic races a DELETE of it. Whatever order
 /// their commands land in, once both have answered the listing agrees with
 /// the topic: listed while it exists, not listed once it is gone. The
@@ -885,22 +828,7 @@ async fn a_publish_racing_a_delete_leaves_the_listing_agreeing_with_the_topic() 
             deleted_after_publish += usize::from(deleted);
         }
     }
-    let listed: HashSet<String> = app.get("/topics").await.body["topics"]
-        .as_array()
-        .expect("topics")
-        .iter()
-        .map(|t| t.as_str().expect("name").to_owned())
-        .collect();
-    let mut disagree = Vec::new();
-    let mut existing = 0;
-    for i in 0..TOPICS {
-        let name = format!("race-{i}");
-        let exists = app.get(&format!("/topics/{name}")).await.status == 200;
-        existing += usize::from(exists);
-        if exists != listed.contains(&name) {
-            disagree.push((name, exists));
-        }
-    }
+    let (disagree, existing) = app.listing_disagreements("race-", TOPICS).await;
     assert!(
         deleted_after_publish > 0 && existing > 0,
         "{deleted_after_publish} deleted after the publish, {existing} exist"

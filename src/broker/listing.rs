@@ -13,8 +13,14 @@
 //! or a deleted topic that stays listed for good (a retried DELETE finds
 //! nothing to delete). When a guard is dropped armed, a task of its own
 //! makes the listing agree with the topic (listed if it exists, unlisted if
-//! not), retrying for about two minutes while Redis fails.
+//! not), retrying for about two minutes while Redis fails. One such task
+//! at most runs per topic (a guard dropped while it runs makes it go once
+//! more), and at most [`MAX_PENDING`] at once, so a Redis outage under load
+//! (every publish failing, every guard dropped armed) costs a task per
+//! topic, not one per failed request.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::error::Result;
@@ -28,6 +34,14 @@ const FIRST_PAUSE: Duration = Duration::from_millis(100);
 const MAX_PAUSE: Duration = Duration::from_secs(5);
 /// Attempts of a listing left to a task (about two minutes).
 const ATTEMPTS: u32 = 30;
+/// Most topics with a reconcile task at once; a guard dropped beyond this
+/// leaves its topic's listing to the next PUT or DELETE of it (logged).
+const MAX_PENDING: usize = 10_000;
+
+/// The topics a reconcile task runs for, each with whether a guard of it
+/// was dropped since that task began (it then reconciles once more).
+type Pending = Mutex<HashMap<(Tenant, Topic), bool>>;
+static PENDING: std::sync::LazyLock<Pending> = std::sync::LazyLock::new(Pending::default);
 
 /// Armed around a script call that may create or delete a topic (see the
 /// module docs); [`Listing::settle`] lists a created topic,
@@ -81,23 +95,52 @@ impl Drop for Listing<'_> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (tenant, topic) = (self.tenant.clone(), self.topic.clone());
-        runtime.spawn(reconcile(conn, tenant, topic));
+        let key = (self.tenant.clone(), self.topic.clone());
+        {
+            let mut pending = PENDING.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(again) = pending.get_mut(&key) {
+                *again = true;
+                return;
+            }
+            if pending.len() >= MAX_PENDING {
+                tracing::warn!(tenant = %key.0, topic = %key.1,
+                    "too many topic listings to repair at once; a PUT or DELETE of the topic updates its listing");
+                return;
+            }
+            pending.insert(key.clone(), false);
+        }
+        runtime.spawn(reconcile(conn, key));
+    }
+}
+
+/// Makes the listing of `key`'s topic agree with it, again while guards of
+/// it were dropped meanwhile; then the topic leaves [`PENDING`].
+async fn reconcile(mut conn: Conn, key: (Tenant, Topic)) {
+    loop {
+        reconcile_once(&mut conn, &key.0, &key.1).await;
+        let mut pending = PENDING.lock().unwrap_or_else(PoisonError::into_inner);
+        match pending.get_mut(&key) {
+            Some(again) if *again => *again = false,
+            _ => {
+                pending.remove(&key);
+                return;
+            }
+        }
     }
 }
 
 /// Lists `topic` if it exists and unlists it if not, retrying while Redis
 /// fails.
-async fn reconcile(mut conn: Conn, tenant: Tenant, topic: Topic) {
-    let meta = TopicKeys::new(&tenant, &topic).meta();
+async fn reconcile_once(conn: &mut Conn, tenant: &Tenant, topic: &Topic) {
+    let meta = TopicKeys::new(tenant, topic).meta();
     let mut pause = FIRST_PAUSE;
     for _ in 0..ATTEMPTS {
         let exists = redis::cmd("EXISTS")
             .arg(&meta)
-            .query_async::<bool>(&mut conn)
+            .query_async::<bool>(conn)
             .await;
         let settled = match exists {
-            Ok(exists) => list_as(&mut conn, &tenant, &topic, exists).await,
+            Ok(exists) => list_as(conn, tenant, topic, exists).await,
             Err(e) => Err(e.into()),
         };
         match settled {

@@ -64,17 +64,16 @@ impl Gate {
 
     /// Runs `fold` (anything that drains histogram samples: a render, an
     /// upkeep) with no record in progress, after recording the samples
-    /// parked during the previous fold.
+    /// parked during the previous fold. Those are taken and recorded once
+    /// alone too, so a fold never runs while another fold holds samples
+    /// recorded before it began.
     pub(super) fn fold<T>(&self, fold: impl FnOnce() -> T) -> T {
+        let _alone = self.folding.write().unwrap_or_else(PoisonError::into_inner);
         let parked =
             std::mem::take(&mut *self.parked.lock().unwrap_or_else(PoisonError::into_inner));
-        if !parked.is_empty() {
-            let _recording = self.folding.read().unwrap_or_else(PoisonError::into_inner);
-            for (key, value) in parked {
-                (self.resolve)(&key).record(value);
-            }
+        for (key, value) in parked {
+            (self.resolve)(&key).record(value);
         }
-        let _alone = self.folding.write().unwrap_or_else(PoisonError::into_inner);
         fold()
     }
 

@@ -732,6 +732,49 @@ impl TestApp {
         messages
     }
 
+    /// The tenant's listed topics (`GET …/topics`).
+    pub async fn listed_topics(&self) -> std::collections::HashSet<String> {
+        let reply = self.get("/topics").await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        reply.body["topics"]
+            .as_array()
+            .expect("topics")
+            .iter()
+            .map(|t| t.as_str().expect("name").to_owned())
+            .collect()
+    }
+
+    /// Of topics `{prefix}0` … `{prefix}{n-1}`: those listed but gone or
+    /// there but not listed (`(name, exists)`), and how many exist. Polled
+    /// a bounded number of times, as repairs of the listing run in tasks of
+    /// their own.
+    pub async fn listing_disagreements(
+        &self,
+        prefix: &str,
+        n: usize,
+    ) -> (Vec<(String, bool)>, usize) {
+        let mut disagree = Vec::new();
+        let mut existing = 0;
+        for _ in 0..50 {
+            let listed = self.listed_topics().await;
+            disagree.clear();
+            existing = 0;
+            for i in 0..n {
+                let name = format!("{prefix}{i}");
+                let exists = self.get(&format!("/topics/{name}")).await.status == StatusCode::OK;
+                existing += usize::from(exists);
+                if exists != listed.contains(&name) {
+                    disagree.push((name, exists));
+                }
+            }
+            if disagree.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (disagree, existing)
+    }
+
     /// All history of `topic`, following `next_after` page by page.
     pub async fn history(&self, topic: &str) -> Vec<Value> {
         let mut all = Vec::new();
