@@ -141,3 +141,89 @@ async fn one_group_s_calls_do_not_list_every_group() {
         assert_eq!(info.body["last_delivered_id"], expected, "{group}");
     }
 }
+
+/// Publishes `n` messages with a 1 ms ttl and lets fetches dead-letter
+/// them all as `expired` (1000 per fetch). Returns their stream ids.
+async fn dead_letter_expired(
+    app: &TestApp,
+    topic: &str,
+    group: &str,
+    n: usize,
+    id: impl Fn(usize) -> String,
+) -> Vec<String> {
+    let mut sids = Vec::new();
+    let mut i = 0;
+    while i < n {
+        let batch: Vec<Value> = (i..n.min(i + 1000))
+            .map(|j| json!({"payload": j, "ttl_ms": 1, "id": id(j)}))
+            .collect();
+        i += batch.len();
+        let reply = app
+            .post(
+                &format!("/topics/{topic}/messages:batch"),
+                &json!({"messages": batch}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        for r in reply.body["results"].as_array().unwrap() {
+            sids.push(r["stream_id"].as_str().unwrap().to_owned());
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    for _ in 0..n.div_ceil(1000) + 1 {
+        assert!(app.fetch(topic, group, "w", 1000, 0).await.is_empty());
+    }
+    sids
+}
+
+/// "Replay all" scans at most 10,000 dead letters per request. Dead letters
+/// whose topic entry was trimmed by retention cannot be replayed and stay
+/// in the DLQ (as documented), and every request scanned from the oldest:
+/// once 10,000 of them led the DLQ, each request rescanned the same ones
+/// and answered `more: true`, and none ever reached the dead letters
+/// behind them, so a client following `more` looped forever.
+#[tokio::test]
+async fn replay_all_gets_past_dead_letters_it_cannot_replay() {
+    const STUCK: usize = 10_000;
+    let app = quiet_app().await;
+    app.group("dl", "g", &json!({})).await;
+    let sids = dead_letter_expired(&app, "dl", "g", STUCK, |j| format!("old{j}")).await;
+    // Retention trims them (the group is done with them), as trim.lua would.
+    let mut redis = app.redis.connection();
+    let stream = format!("sc:{{{}:dl}}:stream", app.tenant);
+    let last = sids.last().unwrap();
+    let (ms, seq) = last.split_once('-').unwrap();
+    let trimmed: u64 = redis::cmd("XTRIM")
+        .arg(&stream)
+        .arg("MINID")
+        .arg(format!("{ms}-{}", seq.parse::<u64>().unwrap() + 1))
+        .query(&mut redis)
+        .unwrap();
+    assert_eq!(trimmed, STUCK as u64);
+    dead_letter_expired(&app, "dl", "g", 1, |_| "fresh".into()).await;
+    assert_eq!(
+        app.get("/topics/dl/groups/g").await.body["dead_lettered"],
+        STUCK + 1
+    );
+
+    let (mut replayed, mut missing) = (Vec::new(), 0);
+    let mut body = json!({});
+    for _ in 0..5 {
+        let reply = app.post("/topics/dl/groups/g/dlq/replay", &body).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        replayed.extend(reply.body["replayed"].as_array().unwrap().clone());
+        missing += reply.body["missing"].as_array().unwrap().len();
+        if reply.body["more"] != true {
+            break;
+        }
+        body = json!({"after": reply.body["next_after"]});
+    }
+    assert_eq!(replayed, vec![json!("fresh")], "{missing} reported missing");
+    assert_eq!(missing, STUCK);
+    app.post(
+        "/topics/dl/groups/g/dlq/replay",
+        &json!({"ids": ["fresh"], "after": "0-1"}),
+    )
+    .await
+    .assert_problem(400, "invalid_field");
+}
