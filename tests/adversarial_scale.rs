@@ -227,3 +227,58 @@ async fn replay_all_gets_past_dead_letters_it_cannot_replay() {
     .await
     .assert_problem(400, "invalid_field");
 }
+
+/// Message ids need not be unique, and the DLQ index keeps one entry per
+/// message id listing all its dead letters. A replay took each dead letter
+/// off that entry by reading and rewriting the whole entry: k dead letters
+/// of one id cost O(k²) in one script call (5,000 of them: an 80 KB entry
+/// read 5,000 times, 3.2 s during which Redis served no one). Counted: the
+/// entry is read and written a bounded number of times per call.
+#[tokio::test]
+async fn replaying_many_dead_letters_of_one_id_reads_its_index_once() {
+    const LETTERS: usize = 2_000;
+    let app = quiet_app().await;
+    app.group("sh", "g", &json!({})).await;
+    dead_letter_expired(&app, "sh", "g", LETTERS, |_| "same".into()).await;
+    app.publish("sh", &json!({"payload": 0, "id": "other"}))
+        .await;
+    let got = app.fetch("sh", "g", "w", 1, 0).await;
+    let reply = app
+        .post(
+            "/topics/sh/groups/g/reject",
+            &json!({"receipts": receipts(&got)}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+
+    let index = ["hget", "hset", "hdel"];
+    let before = command_calls(&app, &index);
+    let reply = app
+        .post("/topics/sh/groups/g/dlq/replay", &json!({"ids": ["same"]}))
+        .await;
+    let after = command_calls(&app, &index);
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["replayed"].as_array().unwrap().len(), LETTERS);
+    // group_keys reads the ordering, the index entry is read to find the
+    // dead letters and once more to drop them; each replay clears the
+    // entry's delivery (HDEL).
+    assert!(after[0] - before[0] <= 3, "HGET {before:?} → {after:?}");
+    assert!(after[1] - before[1] <= 1, "HSET {before:?} → {after:?}");
+    assert!(
+        after[2] - before[2] <= LETTERS as u64 + 1,
+        "HDEL {before:?} → {after:?}"
+    );
+    let dlq = app.get("/topics/sh/groups/g/dlq").await.body;
+    assert_eq!(dlq["messages"].as_array().unwrap().len(), 1, "{dlq}");
+    assert_eq!(dlq["messages"][0]["id"], "other");
+
+    // Replaying all takes the rest off the index too: nothing is left.
+    let reply = app.post("/topics/sh/groups/g/dlq/replay", &json!({})).await;
+    assert_eq!(reply.body["replayed"], json!(["other"]), "{}", reply.body);
+    let mut redis = app.redis.connection();
+    let left: u64 = redis::cmd("HLEN")
+        .arg(format!("sc:{{{}:sh}}:g:g:dlq:index", app.tenant))
+        .query(&mut redis)
+        .unwrap();
+    assert_eq!(left, 0);
+}
