@@ -52,6 +52,15 @@ if redis.call('EXISTS', config) == 0 then
   -- an older version): start it over, so the counters below hold.
   redis.pcall('XGROUP', 'DESTROY', stream, group)
   redis.call('XGROUP', 'CREATE', stream, group, start, 'MKSTREAM')
+  -- The group's last-delivered id, kept in its config (prelude.lua
+  -- `last_delivered`): where XGROUP CREATE put it.
+  local read = '0-0'
+  if start == '$' then
+    read = entry_fields(redis.call('XINFO', 'STREAM', stream))['last-generated-id']
+  elseif start ~= '0' then
+    local ms, seq = string.match(start, '^(%d+)%-?(%d*)$')
+    read = ms .. '-' .. (seq == '' and '0' or seq)
+  end
   local seq = redis.call('HGET', meta, 'seq')
   local done = seq
   if start ~= '$' then
@@ -76,7 +85,7 @@ if redis.call('EXISTS', config) == 0 then
     ordering = 'none'
   end
   redis.call('HSET', config, 'created_at', int(now_ms()), 'ordering', ordering,
-    unpack(ARGV, 6, 5 + 2 * defaults))
+    'last_delivered', read, unpack(ARGV, 6, 5 + 2 * defaults))
   existing = ordering
   created = 1
 end

@@ -18,7 +18,8 @@
 -- a replayed message starts again at attempt 1 (member '<id>|0', parked
 -- in the PEL like any retry) and is owed again (`done:<G>` − 1); it gets
 -- new receipts, never an old one's; a dead letter whose original entry was trimmed by retention is
--- kept, never silently dropped. Cost: O(log n) per dead letter touched; ids
+-- kept, never silently dropped. Cost: O(log n) per dead letter touched,
+-- plus one read and write of each touched message id's index entry; ids
 -- are found through the index, never by scanning the DLQ.
 local g = group_keys()
 if redis.call('EXISTS', g.config) == 0 then
@@ -39,18 +40,31 @@ if g.ordered then
   end
 end
 
--- Drops dead letter `letter` from the index entry of `message_id`.
+-- Dead letters leaving the index, by message id: dropped from it once at
+-- the end (`flush_index`), so a message id with k dead letters (ids need
+-- not be unique) costs O(k) per call, not O(k) per dead letter (5,000
+-- dead letters of one id took 3.2 s in one call).
+local gone, touched = {}, {}
 local function unindex(message_id, letter)
-  local rest = {}
-  for l in string.gmatch(redis.call('HGET', g.dlq_index, message_id) or '', '%S+') do
-    if l ~= letter then
-      rest[#rest + 1] = l
-    end
+  if not gone[message_id] then
+    gone[message_id] = {}
+    touched[#touched + 1] = message_id
   end
-  if #rest == 0 then
-    redis.call('HDEL', g.dlq_index, message_id)
-  else
-    redis.call('HSET', g.dlq_index, message_id, table.concat(rest, ' '))
+  gone[message_id][letter] = true
+end
+local function flush_index()
+  for _, message_id in ipairs(touched) do
+    local rest = {}
+    for l in string.gmatch(redis.call('HGET', g.dlq_index, message_id) or '', '%S+') do
+      if not gone[message_id][l] then
+        rest[#rest + 1] = l
+      end
+    end
+    if #rest == 0 then
+      redis.call('HDEL', g.dlq_index, message_id)
+    else
+      redis.call('HSET', g.dlq_index, message_id, table.concat(rest, ' '))
+    end
   end
 end
 
@@ -99,6 +113,7 @@ else
     next_cursor = scanned[#scanned][1]
   end
 end
+flush_index()
 if #replayed > 0 then
   redis.call('PUBLISH', ARGV[2], 0)
 end

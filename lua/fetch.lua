@@ -189,6 +189,9 @@ while #out < max and not budget_hit and reads > 0 do
   end
   local entries = reply[1][2]
   reads = reads - #entries
+  -- XREADGROUP moved the group's last-delivered id (prelude.lua
+  -- `last_delivered`).
+  redis.call('HSET', g.config, 'last_delivered', entries[#entries][1])
   for _, entry in ipairs(entries) do
     if deferred and deferred < sortable_id(entry[1]) then
       release_deferred(g, sortable_id(entry[1]), now)

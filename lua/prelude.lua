@@ -132,12 +132,22 @@ local function group_keys()
 end
 
 -- The group's last-delivered id (nil when the stream has no such group).
--- XINFO GROUPS lists every group of the stream, O(groups): only the
--- group's own row (its name comes first) is decoded.
+-- Redis tells it only through XINFO GROUPS, which lists every group of the
+-- stream (O(groups) per call), so the group's config keeps a copy,
+-- `last_delivered`, written where the id moves: declare_group.lua (XGROUP
+-- CREATE) and fetch.lua (XREADGROUP, the only reader of new entries). A
+-- group declared by an older version has no copy: it is listed once here
+-- and kept.
 local function last_delivered(g)
+  local id = redis.call('HGET', g.config, 'last_delivered')
+  if id then
+    return id
+  end
   for _, row in ipairs(redis.call('XINFO', 'GROUPS', g.stream)) do
     if row[2] == g.name then
-      return entry_fields(row)['last-delivered-id']
+      id = entry_fields(row)['last-delivered-id']
+      redis.call('HSET', g.config, 'last_delivered', id)
+      return id
     end
   end
   return nil

@@ -4,20 +4,25 @@
 -- KEYS[1]  sc:{T:P}:stream
 -- KEYS[2]  sc:{T:P}:g:<G>   group config (existence check)
 -- ARGV[1]  group name
--- ARGV[2]  idle time in ms after which an empty consumer is removed
+-- ARGV[2…] consumers the caller found idle and owning nothing in XINFO
+--          CONSUMERS (at most 1000: src/broker/retention.rs lists them
+--          outside any script, so a group with 50,000 consumers never
+--          holds Redis for one script call)
 -- Returns  consumers removed
 --
 -- Invariant: a consumer is removed only while it owns no PEL entry, checked
--- in the same step (XGROUP DELCONSUMER would drop its pending entries).
+-- in the same step (XGROUP DELCONSUMER would drop its pending entries). One
+-- that fetched since the caller listed it and owns nothing is removed all
+-- the same (it comes back with its next fetch).
 if redis.call('EXISTS', KEYS[2]) == 0 or redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
-local idle_limit = tonumber(ARGV[2])
 local removed = 0
-for _, row in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
-  local c = entry_fields(row)
-  if c.name ~= SCHEDULED and c.name ~= PARKED and c.pending == 0 and c.idle >= idle_limit then
-    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], c.name)
+for i = 2, #ARGV do
+  local name = ARGV[i]
+  if name ~= SCHEDULED and name ~= PARKED
+      and not redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, name)[1] then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], name)
     removed = removed + 1
   end
 end

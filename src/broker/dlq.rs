@@ -14,7 +14,7 @@ use super::delivery::group_call;
 use super::groups::group_not_found;
 use super::message::Message;
 use super::publish::MAX_ID_LEN;
-use super::topics::read_page;
+use super::topics::{read_page, validate_stream_id};
 use crate::error::{Error, Result};
 use crate::keys::TopicKeys;
 use crate::names::{Group, Tenant, Topic};
@@ -64,8 +64,13 @@ pub struct ReplayOutcome {
     /// that are being delivered again): they stay in the dead-letter stream.
     pub missing: Vec<String>,
     /// Replaying all stopped after scanning 10,000 dead letters and more
-    /// may be left: send the request again.
+    /// may be left: send the request again with `after` = `next_after`.
     pub more: bool,
+    /// With `more`: the last dead letter scanned, where the next request
+    /// goes on (dead letters that stayed, such as `missing` ones, are not
+    /// scanned again).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
 }
 
 impl DeadLetter {
@@ -117,13 +122,15 @@ impl Broker {
         })
     }
 
-    /// Replays dead letters (those of `ids`, or all) to this group only.
+    /// Replays dead letters (those of `ids`, or all, after DLQ id `after`
+    /// when given) to this group only.
     pub async fn replay_dead_letters(
         &self,
         tenant: &Tenant,
         topic: &Topic,
         group: &Group,
         ids: Option<&[String]>,
+        after: Option<&str>,
     ) -> Result<ReplayOutcome> {
         if let Some(ids) = ids
             && (ids.is_empty() || ids.len() > MAX_REPLAY_IDS)
@@ -138,10 +145,19 @@ impl Broker {
         for (i, id) in ids.unwrap_or_default().iter().enumerate() {
             check_text(format_args!("ids[{i}]"), id, MAX_ID_LEN)?;
         }
+        if let Some(after) = after {
+            if ids.is_some() {
+                return Err(Error::invalid_field(
+                    "after",
+                    "applies to replaying all: leave out either `ids` or `after`",
+                ));
+            }
+            validate_stream_id("after", after)?;
+        }
         let keys = TopicKeys::new(tenant, topic);
         let mut conn = self.store.conn().await?;
         let mut outcome = ReplayOutcome::default();
-        let mut cursor = "-".to_owned();
+        let mut cursor = after.unwrap_or("-").to_owned();
         for round in 1.. {
             let mut call = group_call(&self.store.scripts().dlq_replay, &keys, group);
             call.arg(&cursor).arg(SCAN_CHUNK);
@@ -160,6 +176,7 @@ impl Broker {
             }
             if round * SCAN_CHUNK >= MAX_REPLAY_SCAN {
                 outcome.more = true;
+                outcome.next_after = Some(next);
                 break;
             }
             cursor = next;

@@ -338,9 +338,9 @@ impl Broker {
         self.read_group(tenant, topic, group, Detail::Full).await
     }
 
-    /// A group's config and counts, without its last-delivered id (empty)
-    /// and consumers (none), which cost O(groups of the topic) to read: for
-    /// passes over every group (gauges) and lease refreshes.
+    /// A group's config and counts, without its consumers (none), which
+    /// cost O(consumers of the group) to read: for passes over every group
+    /// (gauges) and lease refreshes.
     pub async fn group_counts(
         &self,
         tenant: &Tenant,

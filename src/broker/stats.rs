@@ -1,6 +1,6 @@
 //! Group gauges (lag, pending, scheduled retries, dead letters) refreshed by
 //! a low-rate background task: one `lua/group_info.lua` call per group (the
-//! counts GET group answers with, without what takes XINFO GROUPS), so
+//! counts GET group answers with, without the consumers), so
 //! thousands of groups cost a few thousand small script calls per interval,
 //! each independent of the number of groups.
 

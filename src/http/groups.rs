@@ -418,6 +418,11 @@ pub(super) struct ReplayRequest {
     #[serde(default)]
     #[schema(min_items = 1, max_items = 1000, inline, value_type = Option<Vec<MessageIdText>>)]
     ids: Option<Vec<String>>,
+    /// Replaying all: scan the dead letters after this dlq id (the
+    /// `next_after` of an answer with `more: true`); not with `ids`.
+    #[serde(default)]
+    #[schema(pattern = "^(0|[1-9][0-9]{0,18})(-(0|[1-9][0-9]{0,18}))?$")]
+    after: Option<String>,
 }
 
 /// Send dead letters back to this group only, attempts reset.
@@ -444,6 +449,7 @@ async fn replay_dlq(
             &path.topic,
             &path.group,
             request.ids.as_deref(),
+            request.after.as_deref(),
         )
         .await?;
     Ok(Json(outcome).into_response())
