@@ -4,7 +4,7 @@
 -- KEYS[2]  sc:{T:P}:stream    the topic stream (created empty if missing)
 -- KEYS[3]  sc:{T:P}:groups    set of group names
 -- KEYS[4]  sc:{T:P}:g:<G>     group config hash
--- KEYS[5]  sc:{T:P}:done      groups by their done counters
+-- KEYS[5]  sc:{T:P}:progress  groups by their done:<G> counters
 -- ARGV[1]  default dedup window ms (for a topic created here)
 -- ARGV[2]  group name
 -- ARGV[3]  start position for a new group: '0', '$' or a stream id

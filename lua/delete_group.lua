@@ -19,5 +19,5 @@ redis.call('UNLINK', g.config, g.delayed, g.dlq, g.dlq_index, g.leases, g.delive
   g.parked)
 redis.call('SREM', KEYS[12], g.name)
 redis.call('HDEL', g.meta, 'done:' .. g.name, 'delayed:' .. g.name)
-redis.call('ZREM', g.done, g.name)
+redis.call('ZREM', g.progress, g.name)
 return 1

@@ -4,7 +4,7 @@
 -- KEYS[2]  sc:{T:P}:stream
 -- KEYS[3]  sc:{T:P}:groups  set of group names
 -- KEYS[4]  sc:{T:P}:joins   open joins by deadline
--- KEYS[5]  sc:{T:P}:done    groups by their done counters
+-- KEYS[5]  sc:{T:P}:progress  groups by their done:<G> counters
 -- KEYS[6…] every key of every group in KEYS[3], as the caller read it
 -- ARGV     the group names the caller saw in KEYS[3]
 -- Returns  1 deleted, 0 no such topic, -1 the group set changed since the

@@ -84,7 +84,7 @@ local function replay(letter, fields)
     schedule(g, sid, 0, now, true)
   end
   redis.call('HINCRBY', g.meta, 'done:' .. g.name, -1)
-  redis.call('ZINCRBY', g.done, -1, g.name)
+  redis.call('ZINCRBY', g.progress, -1, g.name)
   redis.call('XDEL', g.dlq, letter)
   unindex(fields.id or '', letter)
   replayed[#replayed + 1] = fields.id

@@ -121,12 +121,13 @@ local SCHEDULED = '~scheduled'
 local PARKED = '~parked'
 
 -- The keys every group script takes first, in this order (src/broker/
--- delivery.rs `group_call` passes them): KEYS[1..11]; ARGV[1] is the group
--- name and ARGV[2] the topic's wake-up channel.
+-- delivery.rs `group_call` passes them): KEYS[1..11], the last one the
+-- topic's progress zset (shared by its groups); ARGV[1] is the group name
+-- and ARGV[2] the topic's wake-up channel.
 local function group_keys()
   local g = { name = ARGV[1], wake = ARGV[2], stream = KEYS[1], config = KEYS[2],
     delayed = KEYS[3], dlq = KEYS[4], meta = KEYS[5], leases = KEYS[6], deliveries = KEYS[7],
-    dlq_index = KEYS[8], heads = KEYS[9], parked = KEYS[10], done = KEYS[11] }
+    dlq_index = KEYS[8], heads = KEYS[9], parked = KEYS[10], progress = KEYS[11] }
   g.ordered = redis.call('HGET', g.config, 'ordering') == 'key'
   return g
 end
@@ -278,14 +279,14 @@ end
 
 -- Ends entry `id` (fields `f`, when known) for the group: out of the PEL
 -- and the lease set, one message less owed (`done:<G>`, mirrored in the
--- topic's done zset for publish.lua's backlog check), and in an ordered
+-- topic's progress zset for publish.lua's backlog check), and in an ordered
 -- group its key passes to the next message.
 local function finish(g, id, f)
   redis.call('XACK', g.stream, g.name, id)
   redis.call('ZREM', g.leases, id)
   redis.call('HDEL', g.deliveries, id)
   redis.call('HINCRBY', g.meta, 'done:' .. g.name, 1)
-  redis.call('ZINCRBY', g.done, 1, g.name)
+  redis.call('ZINCRBY', g.progress, 1, g.name)
   local key = order_key(g, f)
   if key and redis.call('HGET', g.heads, key) == id then
     release_key(g, key)

@@ -4,7 +4,7 @@
 --                            dedup_window_ms, max_backlog, done:<G> per group)
 -- KEYS[2]  sc:{T:P}:stream  the topic stream
 -- KEYS[3]  sc:{T:P}:groups  set of the topic's group names
--- KEYS[4]  sc:{T:P}:done    the groups scored by their done:<G> counters
+-- KEYS[4]  sc:{T:P}:progress  the groups scored by their done:<G> counters
 -- KEYS[5…] sc:{T:P}:dedup:<key>, one per message that has an idempotency key
 -- ARGV[1]  dedup window in ms used when this call creates the topic
 -- ARGV[2]  pub/sub channel that wakes long-polling fetches of this topic
@@ -44,23 +44,27 @@ local window = tonumber(redis.call('HGET', meta, 'dedup_window_ms'))
 
 -- Backpressure: room = how many more messages may be written before the
 -- slowest group owes max_backlog (nil = unbounded). The slowest group is
--- the first of the done zset, which the group scripts keep beside each
+-- the first of the progress zset, which the group scripts keep beside each
 -- done:<G> counter: O(log groups), so a topic with many groups publishes as
--- fast as one with few. The counters stay the truth: a zset that does not
--- hold every group, or whose slowest group's score is not its counter (a
--- topic written by an older version, or by one during a rolling upgrade),
--- is rebuilt from them. A group whose counter is missing counts as owing
--- everything, as topic_info.lua reads it.
+-- fast as one with few. The counters stay the truth: the zset is rebuilt
+-- from them when it does not hold as many groups as the group set, or its
+-- slowest member is not a group with that counter (a topic written by an
+-- older version, or by one during a rolling upgrade: a member of a group
+-- it deleted would otherwise hold the check at its old count for good).
+-- A group in the set whose counter is missing counts as owing everything,
+-- as topic_info.lua reads it.
 local max_backlog = tonumber(redis.call('HGET', meta, 'max_backlog') or 0)
 local room = nil
 if max_backlog > 0 then
-  local done_index = KEYS[4]
-  local slowest = redis.call('ZRANGE', done_index, 0, 0, 'WITHSCORES')
-  local stale = redis.call('ZCARD', done_index) ~= redis.call('SCARD', KEYS[3])
-    or (slowest[1] and tonumber(slowest[2])
-      ~= tonumber(redis.call('HGET', meta, 'done:' .. slowest[1]) or 0))
+  local progress = KEYS[4]
+  local slowest = redis.call('ZRANGE', progress, 0, 0, 'WITHSCORES')
+  local stale = redis.call('ZCARD', progress) ~= redis.call('SCARD', KEYS[3])
+  if slowest[1] and not stale then
+    stale = redis.call('SISMEMBER', KEYS[3], slowest[1]) == 0
+      or tonumber(redis.call('HGET', meta, 'done:' .. slowest[1]) or 0) ~= tonumber(slowest[2])
+  end
   if stale then
-    redis.call('DEL', done_index)
+    redis.call('DEL', progress)
     local names = redis.call('SMEMBERS', KEYS[3])
     -- In chunks: unpack() of thousands of values would overflow Lua's stack.
     for first = 1, #names, 1000 do
@@ -72,9 +76,9 @@ if max_backlog > 0 then
         scored[#scored + 1] = done or 0
         scored[#scored + 1] = names[first + i - 1]
       end
-      redis.call('ZADD', done_index, unpack(scored))
+      redis.call('ZADD', progress, unpack(scored))
     end
-    slowest = redis.call('ZRANGE', done_index, 0, 0, 'WITHSCORES')
+    slowest = redis.call('ZRANGE', progress, 0, 0, 'WITHSCORES')
   end
   if slowest[1] then
     room = max_backlog - (tonumber(redis.call('HGET', meta, 'seq') or 0) - tonumber(slowest[2]))

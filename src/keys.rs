@@ -15,7 +15,7 @@
 //! | `sc:{T:P}:meta` | hash | topic config, `seq`, `incarnation`, `deliveries`, `done:<G>` |
 //! | `sc:{T:P}:dedup:<key>` | string | publish idempotency record (PX = window) |
 //! | `sc:{T:P}:groups` | set | names of the topic's consumer groups |
-//! | `sc:{T:P}:done` | zset | group name by its `done:<G>` counter (the slowest first, for `max_backlog`) |
+//! | `sc:{T:P}:progress` | zset | group name by its `done:<G>` counter (the slowest first, for `max_backlog`) |
 //! | `sc:{T:P}:join:<J>` | hash | a fan-in join: parts, results, state (expires) |
 //! | `sc:{T:P}:joins` | zset | open joins by deadline |
 //! | `sc:{T:P}:g:<G>` | hash | group config |
@@ -222,8 +222,8 @@ impl TopicKeys {
 
     /// The topic's groups scored by their `done:<G>` counters (zset), so
     /// the backlog check finds the slowest group without reading them all.
-    pub fn done(&self) -> String {
-        joined(&[&self.prefix, ":done"])
+    pub fn progress(&self) -> String {
+        joined(&[&self.prefix, ":progress"])
     }
 
     /// A fan-in join of the topic (hash; expires after its deadline plus

@@ -680,7 +680,7 @@ async fn the_backlog_check_does_not_read_every_group() {
 
     // An index from an older version: gone, then with a stale low score.
     // Either way the counters decide (g0 owes 3: full again).
-    let index = format!("sc:{{{}:many}}:done", app.tenant);
+    let index = format!("sc:{{{}:many}}:progress", app.tenant);
     let mut redis = app.redis.connection();
     redis::cmd("DEL").arg(&index).exec(&mut redis).unwrap();
     app.post("/topics/many/messages", &json!({"payload": "over"}))
@@ -691,6 +691,29 @@ async fn the_backlog_check_does_not_read_every_group() {
         .arg(&index)
         .arg(0)
         .arg("g7")
+        .exec(&mut redis)
+        .unwrap();
+    let reply = app
+        .post("/topics/many/messages", &json!({"payload": "room"}))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+
+    // A group deleted by an older version and another created by one: as
+    // many members as groups, the slowest a group that is gone (no counter,
+    // score 0). Not a group: rebuilt, so the topic does not refuse for good.
+    app.fetch_and_ack("many", "g0", 10).await;
+    for i in 1..GROUPS {
+        app.fetch_and_ack("many", &format!("g{i}"), 10).await;
+    }
+    redis::cmd("ZREM")
+        .arg(&index)
+        .arg("g7")
+        .exec(&mut redis)
+        .unwrap();
+    redis::cmd("ZADD")
+        .arg(&index)
+        .arg(0)
+        .arg("gone")
         .exec(&mut redis)
         .unwrap();
     let reply = app

@@ -131,9 +131,9 @@ pub struct ExtendOutcome {
     pub group_lease_ms: u64,
 }
 
-/// A call of a group script: the ten group keys every such script takes
-/// first (`group_keys` in `lua/prelude.lua`), then the group name and the
-/// topic's wake-up channel.
+/// A call of a group script: the eleven keys every such script takes first
+/// (`group_keys` in `lua/prelude.lua`: the group's, then the topic's
+/// progress zset), then the group name and the topic's wake-up channel.
 pub(crate) fn group_call<'a>(
     script: &'a NamedScript,
     keys: &TopicKeys,
@@ -150,7 +150,7 @@ pub(crate) fn group_call<'a>(
         .key(gk.dlq_index())
         .key(gk.heads())
         .key(gk.parked())
-        .key(keys.done())
+        .key(keys.progress())
         .arg(group.as_str())
         .arg(keys.wake_channel());
     call

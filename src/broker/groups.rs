@@ -295,7 +295,7 @@ impl Broker {
         call.key(keys.stream())
             .key(keys.groups())
             .key(gk.config())
-            .key(keys.done())
+            .key(keys.progress())
             .arg(DEFAULT_DEDUP_WINDOW_MS)
             .arg(group.as_str())
             .arg(start_id)

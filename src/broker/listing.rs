@@ -64,11 +64,11 @@ impl<'a> Listing<'a> {
         }
     }
 
-    /// After the call: lists the topic when `created` (or to repair a
-    /// listing, which is idempotent), then disarms. When listing fails the
-    /// guard stays armed, so a task keeps trying.
-    pub(crate) async fn settle(mut self, created: bool) -> Result<()> {
-        if created && let Some(conn) = self.conn.as_mut() {
+    /// After the call: lists the topic when `list` (the call created it, or
+    /// repairs its listing: listing is idempotent), then disarms. When
+    /// listing fails the guard stays armed, so a task keeps trying.
+    pub(crate) async fn settle(mut self, list: bool) -> Result<()> {
+        if list && let Some(conn) = self.conn.as_mut() {
             list_as(conn, self.tenant, self.topic, true).await?;
         }
         self.conn = None;

@@ -519,7 +519,7 @@ fn encoded_call<'a>(
     call.key(keys.meta())
         .key(keys.stream())
         .key(keys.groups())
-        .key(keys.done());
+        .key(keys.progress());
     call.arg(DEFAULT_DEDUP_WINDOW_MS)
         .arg(keys.wake_channel())
         .arg(messages.len());

@@ -227,7 +227,7 @@ impl Broker {
             call.key(keys.stream())
                 .key(keys.groups())
                 .key(keys.joins())
-                .key(keys.done());
+                .key(keys.progress());
             for (name, gk) in &groups {
                 for key in gk.all() {
                     call.key(key);
