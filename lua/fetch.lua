@@ -180,6 +180,7 @@ end
 local reads = 1000
 local deferred = g.ordered and first_deferred(g)
 local caught_up = false
+local last_read = nil
 while #out < max and not budget_hit and reads > 0 do
   local reply = redis.call('XREADGROUP', 'GROUP', g.name, consumer, 'COUNT', max - #out,
     'STREAMS', g.stream, '>')
@@ -189,9 +190,7 @@ while #out < max and not budget_hit and reads > 0 do
   end
   local entries = reply[1][2]
   reads = reads - #entries
-  -- XREADGROUP moved the group's last-delivered id (prelude.lua
-  -- `last_delivered`).
-  redis.call('HSET', g.config, 'last_delivered', entries[#entries][1])
+  last_read = entries[#entries][1]
   for _, entry in ipairs(entries) do
     if deferred and deferred < sortable_id(entry[1]) then
       release_deferred(g, sortable_id(entry[1]), now)
@@ -210,6 +209,11 @@ while #out < max and not budget_hit and reads > 0 do
       offer(entry[1], 1, entry[2])
     end
   end
+end
+if last_read then
+  -- XREADGROUP moved the group's last-delivered id (prelude.lua
+  -- `last_delivered`): its copy is written once per fetch.
+  redis.call('HSET', g.config, 'last_delivered', last_read)
 end
 if deferred and caught_up then
   release_deferred(g, nil, now)
