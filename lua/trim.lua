@@ -44,9 +44,11 @@ for _, row in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
         limit = first_owed
       end
     end
-    local summary = redis.call('XPENDING', stream, info.name)
-    if summary[1] > 0 then
-      local oldest = parse(summary[2])
+    -- The oldest entry of the PEL (leased, scheduled or parked): one
+    -- entry read, where the summary form lists every consumer.
+    local pending = redis.call('XPENDING', stream, info.name, '-', '+', 1)[1]
+    if pending then
+      local oldest = parse(pending[1])
       if less(oldest, limit) then
         limit = oldest
       end
