@@ -416,3 +416,47 @@ async fn a_part_after_the_deadline_finishes_the_join_without_counting() {
         .unwrap_or_default();
     assert!(timed_out.ends_with(" 2"), "{timed_out}");
 }
+
+/// Joins due at once all finish in one sweep (it used to finish 100 per
+/// topic per pass: 10,000 due together timed out about 17 minutes late at
+/// the default interval). The test holds the retention lock until every
+/// deadline has passed, so the first pass sees them all due; counted by
+/// the first value of the timed-out counter, not timed.
+#[tokio::test]
+async fn joins_due_together_finish_in_one_sweep() {
+    const JOINS: usize = 250;
+    let app = TestApp::start_with(|c| c.retention_interval = Duration::from_millis(200)).await;
+    let mut redis = app.redis.connection();
+    redis::cmd("SET")
+        .arg("sc:retention:lock")
+        .arg("held-by-the-test")
+        .arg("PX")
+        .arg(60_000)
+        .exec(&mut redis)
+        .unwrap();
+    for i in 0..JOINS {
+        let body = json!({"parts": ["a"], "ttl_ms": 1});
+        assert_eq!(declare(&app, &format!("mass-{i}"), body).await, 201);
+    }
+    redis::cmd("DEL")
+        .arg("sc:retention:lock")
+        .exec(&mut redis)
+        .unwrap();
+    let mut first = None;
+    for _ in 0..200 {
+        let metrics = app.metrics_text().await;
+        first = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("streamcar_joins_timed_out_total{")
+                    && l.contains(&format!("tenant=\"{}\"", app.tenant))
+            })
+            .map(str::to_owned);
+        if first.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = first.expect("a sweep ran");
+    assert!(first.ends_with(&format!(" {JOINS}")), "{first}");
+}

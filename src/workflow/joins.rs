@@ -29,8 +29,12 @@ pub const MAX_PARTS: usize = 1000;
 pub const MAX_JOIN_TTL_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 /// How long a finished join stays readable through `GET`.
 pub const KEEP_FINISHED_MS: u64 = 24 * 60 * 60 * 1000;
-/// Most joins one sweep of a topic finishes.
+/// Due joins one sweep of a topic reads at a time.
 const SWEEP_BATCH: usize = 100;
+/// Batches one sweep of a topic takes at most (10,000 joins): the rest wait
+/// for the next pass (a sweep finishing 100 per pass left 10,000 joins due
+/// at once about 17 minutes late at the default 10 s interval).
+const SWEEP_BATCHES: usize = 100;
 
 /// What happens at the deadline.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -418,39 +422,48 @@ impl Broker {
     }
 
     /// Finishes the topic's joins whose deadline has passed (timeout or
-    /// dead letter); returns how many. Each finish is one script that checks
-    /// the join is still open, so sidecars sweeping at once finish each
-    /// join once.
+    /// dead letter), [`SWEEP_BATCH`] at a time, up to [`SWEEP_BATCHES`]
+    /// batches; returns how many. Each finish is one script that checks the
+    /// join is still open, so sidecars sweeping at once finish each join
+    /// once.
     pub async fn sweep_joins(&self, tenant: &Tenant, topic: &Topic) -> Result<u64> {
         let keys = TopicKeys::new(tenant, topic);
         let mut conn = self.store().conn().await?;
         let now: (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
         let now_ms = now.0 * 1000 + now.1 / 1000;
-        let due: Vec<String> = redis::cmd("ZRANGE")
-            .arg(keys.joins())
-            .arg("-inf")
-            .arg(now_ms)
-            .arg("BYSCORE")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(SWEEP_BATCH)
-            .query_async(&mut conn)
-            .await?;
         let mut finished = 0;
-        for name in due {
-            let Ok(join) = Join::parse(&name) else {
-                continue;
-            };
-            let (code, state, _, _) = self
-                .join_call(tenant, topic, &join, ("", "", ""), 0)
+        // Each batch reads from the front again: what the previous one
+        // finished or found gone left the index.
+        for _ in 0..SWEEP_BATCHES {
+            let due: Vec<String> = redis::cmd("ZRANGE")
+                .arg(keys.joins())
+                .arg("-inf")
+                .arg(now_ms)
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(SWEEP_BATCH)
+                .query_async(&mut conn)
                 .await?;
-            // Gone (-1: expired or an older incarnation's): the script
-            // dropped it from the index itself, atomically (a ZREM here could
-            // drop the entry of a join declared again in between, which then
-            // would never time out).
-            if code == 1 {
-                tracing::debug!(%tenant, %topic, %join, %state, "join finished at its deadline");
-                finished += 1;
+            let full = due.len() == SWEEP_BATCH;
+            for name in due {
+                let Ok(join) = Join::parse(&name) else {
+                    continue;
+                };
+                let (code, state, _, _) = self
+                    .join_call(tenant, topic, &join, ("", "", ""), 0)
+                    .await?;
+                // Gone (-1: expired or an older incarnation's): the script
+                // dropped it from the index itself, atomically (a ZREM here
+                // could drop the entry of a join declared again in between,
+                // which then would never time out).
+                if code == 1 {
+                    tracing::debug!(%tenant, %topic, %join, %state, "join finished at its deadline");
+                    finished += 1;
+                }
+            }
+            if !full {
+                break;
             }
         }
         Ok(finished)
