@@ -412,7 +412,10 @@ async fn a_part_after_the_deadline_finishes_the_join_without_counting() {
     let metrics = app.metrics_text().await;
     let timed_out = metrics
         .lines()
-        .find(|l| l.starts_with("streamcar_joins_timed_out_total{") && l.contains("\"agg\""))
+        .find(|l| {
+            l.starts_with("streamcar_joins_timed_out_total{")
+                && l.contains(&format!("tenant=\"{}\"", app.tenant))
+        })
         .unwrap_or_default();
     assert!(timed_out.ends_with(" 2"), "{timed_out}");
 }
