@@ -3,7 +3,8 @@
 -- KEYS[1..10]  the group keys (prelude.lua `group_keys`)
 -- ARGV[1]  group name
 -- ARGV[2]  pub/sub wake channel of the topic
--- ARGV[3]  scan cursor when replaying all: dead letter id to scan after ('-' = start)
+-- ARGV[3]  dead letter id to go after ('-' = from the first): replaying all,
+--          where the scan starts; with ids, their dead letters up to it stay
 -- ARGV[4]  most dead letters to scan in this call when replaying all
 -- ARGV[5…] message ids to replay (none = all, a chunk per call)
 -- Returns  { status, { replayed message ids }, { message ids whose stream
@@ -95,10 +96,10 @@ if #ARGV > 4 then
   for i = 5, #ARGV do
     for letter in string.gmatch(redis.call('HGET', g.dlq_index, ARGV[i]) or '', '%S+') do
       local found = redis.call('XRANGE', g.dlq, letter, letter)[1]
-      if found then
-        replay(letter, entry_fields(found[2]))
-      else
+      if not found then
         unindex(ARGV[i], letter)
+      elseif ARGV[3] == '-' or sortable_id(letter) > sortable_id(ARGV[3]) then
+        replay(letter, entry_fields(found[2]))
       end
     end
   end

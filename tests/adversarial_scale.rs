@@ -220,12 +220,36 @@ async fn replay_all_gets_past_dead_letters_it_cannot_replay() {
     }
     assert_eq!(replayed, vec![json!("fresh")], "{missing} reported missing");
     assert_eq!(missing, STUCK);
-    app.post(
-        "/topics/dl/groups/g/dlq/replay",
-        &json!({"ids": ["fresh"], "after": "0-1"}),
-    )
-    .await
-    .assert_problem(400, "invalid_field");
+
+    // With `ids`, `after` keeps their dead letters up to it: of two dead
+    // letters of one message id, the later one is replayed.
+    dead_letter_expired(&app, "dl", "g", 2, |_| "twice".into()).await;
+    let dlq = format!("sc:{{{}:dl}}:g:g:dlq", app.tenant);
+    let newest: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+        .arg(&dlq)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(2)
+        .query(&mut redis)
+        .unwrap();
+    let older = &newest[1].0;
+    let reply = app
+        .post(
+            "/topics/dl/groups/g/dlq/replay",
+            &json!({"ids": ["twice"], "after": older}),
+        )
+        .await;
+    assert_eq!(reply.body["replayed"], json!(["twice"]), "{}", reply.body);
+    let left: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+        .arg(&dlq)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query(&mut redis)
+        .unwrap();
+    assert_eq!(&left[0].0, older, "the earlier dead letter stays");
 }
 
 /// Message ids need not be unique, and the DLQ index keeps one entry per

@@ -146,18 +146,17 @@ impl Broker {
             check_text(format_args!("ids[{i}]"), id, MAX_ID_LEN)?;
         }
         if let Some(after) = after {
-            if ids.is_some() {
-                return Err(Error::invalid_field(
-                    "after",
-                    "applies to replaying all: leave out either `ids` or `after`",
-                ));
-            }
             validate_stream_id("after", after)?;
         }
         let keys = TopicKeys::new(tenant, topic);
         let mut conn = self.store.conn().await?;
         let mut outcome = ReplayOutcome::default();
-        let mut cursor = after.unwrap_or("-").to_owned();
+        // A full id (`<ms>-<seq>`): the script compares ids by their parts.
+        let mut cursor = match after {
+            None => "-".to_owned(),
+            Some(after) if after.contains('-') => after.to_owned(),
+            Some(ms) => format!("{ms}-0"),
+        };
         for round in 1.. {
             let mut call = group_call(&self.store.scripts().dlq_replay, &keys, group);
             call.arg(&cursor).arg(SCAN_CHUNK);

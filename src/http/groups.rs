@@ -418,8 +418,9 @@ pub(super) struct ReplayRequest {
     #[serde(default)]
     #[schema(min_items = 1, max_items = 1000, inline, value_type = Option<Vec<MessageIdText>>)]
     ids: Option<Vec<String>>,
-    /// Replaying all: scan the dead letters after this dlq id (the
-    /// `next_after` of an answer with `more: true`); not with `ids`.
+    /// Only dead letters after this dlq id: replaying all, where the scan
+    /// starts (the `next_after` of an answer with `more: true`); with
+    /// `ids`, their dead letters up to it stay.
     #[serde(default)]
     #[schema(pattern = "^(0|[1-9][0-9]{0,18})(-(0|[1-9][0-9]{0,18}))?$")]
     after: Option<String>,
