@@ -103,20 +103,10 @@ async fn an_outage_under_load_repairs_each_listing_once_not_per_failed_call() {
     app.redis.restart();
     // Wait until the repairs have run and stopped: no new reads for longer
     // than a repair's longest pause between attempts (5 s), within a bound.
-    let reads = || -> u64 {
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut app.redis.connection())
-            .expect("INFO");
-        info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_exists:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |n| n.parse().expect("calls"))
-    };
     let (mut last, mut quiet) = (0, 0);
     for _ in 0..300 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = reads();
+        let now = app.command_calls(&["exists"])[0];
         quiet = if now > 0 && now == last { quiet + 1 } else { 0 };
         last = now;
         if quiet >= 60 {

@@ -14,23 +14,6 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::TestApp;
 
-/// How many times Redis ran each of `commands`, from `INFO commandstats`.
-fn command_calls(app: &TestApp, commands: &[&str]) -> Vec<u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut app.redis.connection())
-        .expect("INFO");
-    commands
-        .iter()
-        .map(|name| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
-                .and_then(|rest| rest.split(',').next())
-                .map_or(0, |n| n.parse().expect("calls"))
-        })
-        .collect()
-}
-
 /// An app with no background pass (retention, gauges) that could run
 /// commands while a test counts them.
 async fn quiet_app() -> TestApp {
@@ -78,7 +61,7 @@ async fn one_group_s_calls_do_not_list_every_group() {
         .await;
 
     let listing = ["xinfo|groups"];
-    let before = command_calls(&app, &listing);
+    let before = app.command_calls(&listing);
     let info = app.get("/topics/busy/groups/o").await;
     assert_eq!(info.status, StatusCode::OK, "{}", info.body);
     assert_eq!(info.body["last_delivered_id"], first["stream_id"]);
@@ -91,7 +74,7 @@ async fn one_group_s_calls_do_not_list_every_group() {
     assert_eq!(app.get("/topics/busy/groups/o").await.body["parked"], 1);
     let got = app.fetch("busy", "o", "w", 10, 0).await;
     assert_eq!(
-        command_calls(&app, &listing),
+        app.command_calls(&listing),
         before,
         "{listing:?} around GET and PUT group, a replay and a fetch"
     );
@@ -276,11 +259,11 @@ async fn replaying_many_dead_letters_of_one_id_reads_its_index_once() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
 
     let index = ["hget", "hset", "hdel"];
-    let before = command_calls(&app, &index);
+    let before = app.command_calls(&index);
     let reply = app
         .post("/topics/sh/groups/g/dlq/replay", &json!({"ids": ["same"]}))
         .await;
-    let after = command_calls(&app, &index);
+    let after = app.command_calls(&index);
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert_eq!(reply.body["replayed"].as_array().unwrap().len(), LETTERS);
     // group_keys reads the ordering, the index entry is read to find the

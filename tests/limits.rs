@@ -553,23 +553,6 @@ async fn a_batch_fills_the_backlog_exactly_and_refuses_the_rest_item_by_item() {
     assert_eq!(reply.body["errors"][1]["code"], "backlog_full");
 }
 
-/// How many times Redis ran each of `commands`, from `INFO commandstats`.
-fn command_calls(app: &TestApp, commands: &[&str]) -> Vec<u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut app.redis.connection())
-        .expect("INFO");
-    commands
-        .iter()
-        .map(|name| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
-                .and_then(|rest| rest.split(',').next())
-                .map_or(0, |n| n.parse().expect("calls"))
-        })
-        .collect()
-}
-
 /// The backlog check reads the topic's counters (`seq` − `done:<G>`), never
 /// the stream: publishing beside a group 3000 messages behind runs no XINFO
 /// and no XRANGE (it used to run both, reading up to max_backlog entries),
@@ -594,13 +577,13 @@ async fn the_backlog_check_reads_counters_not_the_stream() {
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     }
     let stream_reads = ["xinfo|groups", "xinfo", "xrange", "xlen", "xpending"];
-    let before = command_calls(&app, &stream_reads);
+    let before = app.command_calls(&stream_reads);
     let one = app
         .post("/topics/cb/messages", &json!({"payload": "one"}))
         .await;
     assert_eq!(one.status, StatusCode::CREATED, "{}", one.body);
     assert_eq!(
-        command_calls(&app, &stream_reads),
+        app.command_calls(&stream_reads),
         before,
         "{stream_reads:?} before and after one publish"
     );
@@ -655,12 +638,12 @@ async fn the_backlog_check_does_not_read_every_group() {
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
     }
     let scans = ["smembers", "hmget"];
-    let before = command_calls(&app, &scans);
+    let before = app.command_calls(&scans);
     app.post("/topics/many/messages", &json!({"payload": "over"}))
         .await
         .assert_problem(429, "backlog_full");
     assert_eq!(
-        command_calls(&app, &scans),
+        app.command_calls(&scans),
         before,
         "{scans:?} around one publish"
     );
@@ -742,11 +725,11 @@ async fn the_gauge_pass_does_not_list_every_group_for_each_group() {
         .await;
     let got = app.fetch("gauged", "g0", "w", 1, 0).await;
     let counted = ["xinfo|groups", "evalsha"];
-    let before = command_calls(&app, &counted);
+    let before = app.command_calls(&counted);
     // Two whole passes: at least two script calls per group.
     let mut after = before.clone();
     for _ in 0..400 {
-        after = command_calls(&app, &counted);
+        after = app.command_calls(&counted);
         if after[1] >= before[1] + 2 * GROUPS as u64 {
             break;
         }

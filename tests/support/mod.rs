@@ -732,6 +732,25 @@ impl TestApp {
         messages
     }
 
+    /// How many times this test's Redis ran each of `commands` (lower case,
+    /// subcommands as `xinfo|groups`), from `INFO commandstats`; commands
+    /// run inside scripts count too.
+    pub fn command_calls(&self, commands: &[&str]) -> Vec<u64> {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.redis.connection())
+            .expect("INFO");
+        commands
+            .iter()
+            .map(|name| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
+                    .and_then(|rest| rest.split(',').next())
+                    .map_or(0, |n| n.parse().expect("calls"))
+            })
+            .collect()
+    }
+
     /// The tenant's listed topics (`GET …/topics`).
     pub async fn listed_topics(&self) -> std::collections::HashSet<String> {
         let reply = self.get("/topics").await;
