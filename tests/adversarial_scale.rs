@@ -16,14 +16,6 @@ use support::TestApp;
 
 /// An app with no background pass (retention, gauges) that could run
 /// commands while a test counts them.
-async fn quiet_app() -> TestApp {
-    TestApp::start_with(|c| {
-        c.retention_interval = Duration::ZERO;
-        c.metrics_interval = Duration::ZERO;
-    })
-    .await
-}
-
 fn receipts(messages: &[Value]) -> Vec<&str> {
     messages
         .iter()
@@ -41,7 +33,7 @@ fn receipts(messages: &[Value]) -> Vec<&str> {
 #[tokio::test]
 async fn one_group_s_calls_do_not_list_every_group() {
     const GROUPS: usize = 1_000;
-    let app = quiet_app().await;
+    let app = TestApp::start_quiet().await;
     app.group("busy", "o", &json!({"ordering": "key"})).await;
     for i in 0..GROUPS {
         app.group("busy", &format!("g{i}"), &json!({})).await;
@@ -168,7 +160,7 @@ async fn dead_letter_expired(
 #[tokio::test]
 async fn replay_all_gets_past_dead_letters_it_cannot_replay() {
     const STUCK: usize = 10_000;
-    let app = quiet_app().await;
+    let app = TestApp::start_quiet().await;
     app.group("dl", "g", &json!({})).await;
     let sids = dead_letter_expired(&app, "dl", "g", STUCK, |j| format!("old{j}")).await;
     // Retention trims them (the group is done with them), as trim.lua would.
@@ -244,7 +236,7 @@ async fn replay_all_gets_past_dead_letters_it_cannot_replay() {
 #[tokio::test]
 async fn replaying_many_dead_letters_of_one_id_reads_its_index_once() {
     const LETTERS: usize = 2_000;
-    let app = quiet_app().await;
+    let app = TestApp::start_quiet().await;
     app.group("sh", "g", &json!({})).await;
     dead_letter_expired(&app, "sh", "g", LETTERS, |_| "same".into()).await;
     app.publish("sh", &json!({"payload": 0, "id": "other"}))

@@ -448,11 +448,7 @@ fn redis_writes(app: &TestApp) -> u64 {
 /// live leases.
 #[tokio::test]
 async fn fetching_from_a_quiet_group_writes_nothing() {
-    let app = TestApp::start_with(|c| {
-        c.retention_interval = Duration::ZERO;
-        c.metrics_interval = Duration::ZERO;
-    })
-    .await;
+    let app = TestApp::start_quiet().await;
     app.group("quiet", "g", &json!({"lease_ms": 60000})).await;
     // History first: one message acked, one held under a live lease by c1.
     app.publish("quiet", &json!({"payload": 1})).await;

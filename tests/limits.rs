@@ -560,11 +560,7 @@ async fn a_batch_fills_the_backlog_exactly_and_refuses_the_rest_item_by_item() {
 #[tokio::test]
 async fn the_backlog_check_reads_counters_not_the_stream() {
     // No background pass (retention, gauges) may read the stream meanwhile.
-    let app = TestApp::start_with(|c| {
-        c.retention_interval = Duration::ZERO;
-        c.metrics_interval = Duration::ZERO;
-    })
-    .await;
+    let app = TestApp::start_quiet().await;
     app.put("/topics/cb", &json!({"max_backlog": 100_000}))
         .await;
     app.group("cb", "slow", &json!({})).await;
@@ -622,11 +618,7 @@ async fn the_backlog_check_reads_counters_not_the_stream() {
 #[tokio::test]
 async fn the_backlog_check_does_not_read_every_group() {
     const GROUPS: usize = 2_000;
-    let app = TestApp::start_with(|c| {
-        c.retention_interval = Duration::ZERO;
-        c.metrics_interval = Duration::ZERO;
-    })
-    .await;
+    let app = TestApp::start_quiet().await;
     app.put("/topics/many", &json!({"max_backlog": 3})).await;
     for i in 0..GROUPS {
         app.group("many", &format!("g{i}"), &json!({})).await;

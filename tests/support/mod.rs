@@ -561,6 +561,16 @@ impl TestApp {
         Self::start_with(|_| {}).await
     }
 
+    /// Starts Redis and the app with no background pass (retention, group
+    /// gauges), so what Redis runs is what the test's calls made it run.
+    pub async fn start_quiet() -> Self {
+        Self::start_with(|c| {
+            c.retention_interval = std::time::Duration::ZERO;
+            c.metrics_interval = std::time::Duration::ZERO;
+        })
+        .await
+    }
+
     /// Starts Redis and the app, letting the test adjust the config.
     pub async fn start_with(adjust: impl FnOnce(&mut streamcar::config::Config)) -> Self {
         Self::start_with_redis(&[], adjust).await
