@@ -139,9 +139,24 @@ local function take_due(due)
 end
 take_due(now)
 
--- 2. Leases whose promised expiry has passed, oldest first.
+-- 2. Leases whose promised expiry has passed, oldest first. Leases of one
+-- expiry come back in member order, which is not stream order when their
+-- ids' sequence parts differ in length ('T-10' before 'T-9'): sorted by
+-- expiry, then stream id.
 if #out < max and not budget_hit then
-  local lapsed = redis.call('ZRANGE', g.leases, '-inf', '(' .. int(now), 'BYSCORE', 'LIMIT', 0, max - #out)
+  local scored = redis.call('ZRANGE', g.leases, '-inf', '(' .. int(now), 'BYSCORE', 'LIMIT', 0,
+    max - #out, 'WITHSCORES')
+  local lapsed, expiry = {}, {}
+  for i = 1, #scored, 2 do
+    lapsed[#lapsed + 1] = scored[i]
+    expiry[scored[i]] = tonumber(scored[i + 1])
+  end
+  table.sort(lapsed, function(a, b)
+    if expiry[a] ~= expiry[b] then
+      return expiry[a] < expiry[b]
+    end
+    return sortable_id(a) < sortable_id(b)
+  end)
   for _, id in ipairs(lapsed) do
     local flat = read_entry(id)
     if flat then
