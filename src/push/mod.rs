@@ -102,9 +102,9 @@ impl Pusher {
                 let (sent, unsent) = r.abort_outstanding();
                 tracing::warn!(subscription = %r.spec.name, messages = sent.len() + unsent.len(),
                     "drain timeout passed; giving deliveries in flight back");
-                r.give_back(sent, "sidecar shutting down").await;
+                r.give_back(sent, Some("sidecar shutting down")).await;
                 // Those the app never got (it refused connections) cost no attempt.
-                r.release(unsent).await;
+                r.give_back(unsent, None).await;
             }
         }
     }

@@ -196,7 +196,7 @@ impl Runner {
                             Some(permit) => self.clone().spawn_push(chunk, permit),
                             // Cannot happen (max ≤ permits × batch); give it back rather than hold it.
                             None => {
-                                self.give_back(chunk_receipts(&chunk), "no request slot")
+                                self.give_back(chunk_receipts(&chunk), Some("no request slot"))
                                     .await
                             }
                         }
@@ -486,20 +486,30 @@ impl Runner {
         Ok(outcome.acked.len())
     }
 
-    /// Nacks `receipts` with no delay (the drain's end, or no slot to push them).
-    pub(super) async fn give_back(&self, receipts: Vec<String>, why: &str) {
+    /// Gives `receipts` back to the group, due at once. With `why` (the
+    /// drain's end, or no slot to push them) it is a nack with that error
+    /// and counts an attempt; without, the app never got them (it refused
+    /// connections), so they cost no attempt, as while the sidecar runs.
+    pub(super) async fn give_back(&self, receipts: Vec<String>, why: Option<&str>) {
         if receipts.is_empty() {
             return;
         }
-        let s = &self.spec;
-        match self
-            .services
-            .broker
-            .nack(&s.tenant, &s.topic, &s.group, &receipts, Some(0), Some(why))
-            .await
-        {
+        let (s, broker) = (&self.spec, &self.services.broker);
+        let given = match why {
+            Some(why) => {
+                broker
+                    .nack(&s.tenant, &s.topic, &s.group, &receipts, Some(0), Some(why))
+                    .await
+            }
+            None => {
+                broker
+                    .release(&s.tenant, &s.topic, &s.group, &receipts)
+                    .await
+            }
+        };
+        match given {
             Ok(o) => Status::add(&self.status.nacked, o.nacked.len() + o.dead_lettered.len()),
-            Err(e) => self.status.error(format!("nack at shutdown: {e}")),
+            Err(e) => self.status.error(format!("giving deliveries back: {e}")),
         }
     }
 
@@ -518,25 +528,6 @@ impl Runner {
             }
         }
         (sent, unsent)
-    }
-
-    /// Gives `receipts` back without counting an attempt: the app never got
-    /// them (it refused connections), so they cost no attempt, as while the
-    /// sidecar runs.
-    pub(super) async fn release(&self, receipts: Vec<String>) {
-        if receipts.is_empty() {
-            return;
-        }
-        let s = &self.spec;
-        match self
-            .services
-            .broker
-            .release(&s.tenant, &s.topic, &s.group, &receipts)
-            .await
-        {
-            Ok(o) => Status::add(&self.status.nacked, o.nacked.len()),
-            Err(e) => self.status.error(format!("release at shutdown: {e}")),
-        }
     }
 
     /// Probes an unreachable app with backoff until it accepts connections,
