@@ -8,24 +8,15 @@
 
 mod support;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::SinkExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use streamcar::config::{EdgeConfig, JwtAlg};
 use support::TestApp;
+use support::edge::{self, SECRET, claims, edge_app, now};
 use support::ws::{self, Ws};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-const SECRET: &[u8] = b"edge-probe-secret-0123456789abcdef-0123456789";
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn hs(claims: &Value) -> String {
     jsonwebtoken::encode(
@@ -68,34 +59,6 @@ fn raw_token(header: &str, claims: &str) -> String {
     format!("{message}.{signature}")
 }
 
-fn claims(tenant: &str, sub: &str, channels: &[&str], ttl: u64) -> Value {
-    json!({ "sub": sub, "tenant": tenant, "channels": channels, "exp": now() + ttl })
-}
-
-async fn edge_app(adjust: impl FnOnce(&mut EdgeConfig)) -> (TestApp, tempfile::NamedTempFile) {
-    let key = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(key.path(), SECRET).unwrap();
-    let path = key.path().to_owned();
-    let app = TestApp::start_with(move |config| {
-        let mut edge = EdgeConfig::new(
-            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            path,
-            JwtAlg::Hs256,
-        );
-        adjust(&mut edge);
-        config.edge = Some(edge);
-    })
-    .await;
-    (app, key)
-}
-
-fn ws_url(app: &TestApp) -> String {
-    format!(
-        "{}/v1/edge/ws",
-        app.edge_base().unwrap().replacen("http", "ws", 1)
-    )
-}
-
 fn events_url(app: &TestApp, channel: &str, token: &str) -> String {
     format!(
         "{}/v1/edge/events?channel={channel}&token={token}",
@@ -104,14 +67,14 @@ fn events_url(app: &TestApp, channel: &str, token: &str) -> String {
 }
 
 async fn ws_with(app: &TestApp, token: &str) -> Ws {
-    ws::open(&ws_url(app), &[ws::bearer(token)])
+    ws::open(&edge::ws_url(app), &[ws::bearer(token)])
         .await
         .expect("token accepted")
 }
 
 /// The 401 code of `token` on the WebSocket and on SSE (the same on both).
 async fn refusal(app: &TestApp, token: &str) -> String {
-    let (status, body) = ws::open(&ws_url(app), &[ws::bearer(token)])
+    let (status, body) = ws::open(&edge::ws_url(app), &[ws::bearer(token)])
         .await
         .err()
         .unwrap_or_else(|| panic!("accepted: {token}"));
@@ -232,7 +195,7 @@ sub with NUL|invalid_claim|{"sub":"u\u0000","tenant":"T","exp":E}"#;
     }
     drop(ws_with(&app, &ok).await);
     // The header wins over the query: a bad header is not rescued by a good ?token=.
-    let url = format!("{}?token={ok}", ws_url(&app));
+    let url = format!("{}?token={ok}", edge::ws_url(&app));
     let (status, body) = ws::open(&url, &[ws::bearer("x.y.z")])
         .await
         .expect_err("header wins");
@@ -305,7 +268,7 @@ async fn connection_limits_hold_under_a_race_and_every_end_frees_the_slot() {
     })
     .await;
     let t = app.tenant.clone();
-    let url = ws_url(&app);
+    let url = edge::ws_url(&app);
     let u1 = hs(&claims(&t, "u1", &["c"], 300));
     // 20 connections of one user at once: exactly 3 get in, the rest 429.
     let opens = (0..20).map(|_| {
@@ -403,7 +366,7 @@ async fn a_first_frame_that_is_not_text_is_told_and_closed_4003() {
     let (app, _key) = edge_app(|_| {}).await;
     let t = app.tenant.clone();
     let token = hs(&claims(&t, "u1", &["c"], 300));
-    let mut ws = ws::open(&ws_url(&app), &[]).await.unwrap();
+    let mut ws = ws::open(&edge::ws_url(&app), &[]).await.unwrap();
     let frame = json!({ "op": "auth", "token": token }).to_string();
     ws.send(WsMessage::Binary(frame.into_bytes().into()))
         .await

@@ -11,7 +11,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -19,6 +19,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use streamcar::config::{EdgeConfig, JwtAlg};
 use support::browser::Browser;
+use support::edge::{self, SECRET, claims, edge_app, now, secret_file};
 use support::sse::Sse;
 use support::ws::{self, Ws};
 use support::{StreamcarProcess, TestApp, free_port};
@@ -26,27 +27,10 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// Longest any single wait in these tests may take before it fails.
 const WAIT: Duration = Duration::from_secs(15);
-/// The HS256 secret of these tests (at least 32 bytes).
-const SECRET: &[u8] = b"edge-test-secret-0123456789abcdef-0123456789";
-
 fn fixture(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// A key file holding the test secret.
-fn secret_file() -> tempfile::NamedTempFile {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), SECRET).unwrap();
-    file
 }
 
 fn sign(alg: Algorithm, key: &EncodingKey, claims: &Value) -> String {
@@ -55,33 +39,6 @@ fn sign(alg: Algorithm, key: &EncodingKey, claims: &Value) -> String {
 
 fn hs(claims: &Value) -> String {
     sign(Algorithm::HS256, &EncodingKey::from_secret(SECRET), claims)
-}
-
-/// Claims of `sub` in `tenant`, valid for `ttl` seconds.
-fn claims(tenant: &str, sub: &str, channels: &[&str], ttl: u64) -> Value {
-    json!({ "sub": sub, "tenant": tenant, "channels": channels, "exp": now() + ttl })
-}
-
-/// An app with the edge on (HS256 with the test secret), `adjust`ed.
-async fn edge_app(adjust: impl FnOnce(&mut EdgeConfig)) -> (TestApp, tempfile::NamedTempFile) {
-    let key = secret_file();
-    let path = key.path().to_owned();
-    let app = TestApp::start_with(move |config| {
-        let mut edge = EdgeConfig::new(
-            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            path,
-            JwtAlg::Hs256,
-        );
-        adjust(&mut edge);
-        config.edge = Some(edge);
-    })
-    .await;
-    (app, key)
-}
-
-fn edge_ws_url(app: &TestApp) -> String {
-    let base = app.edge_base().expect("edge on");
-    format!("{}/v1/edge/ws", base.replacen("http", "ws", 1))
 }
 
 fn events_url(app: &TestApp, channel: &str, token: Option<&str>) -> String {
@@ -93,7 +50,7 @@ fn events_url(app: &TestApp, channel: &str, token: Option<&str>) -> String {
 }
 
 async fn ws_with_token(app: &TestApp, token: &str) -> Ws {
-    ws::open(&edge_ws_url(app), &[ws::bearer(token)])
+    ws::open(&edge::ws_url(app), &[ws::bearer(token)])
         .await
         .expect("token accepted")
 }
@@ -126,7 +83,7 @@ async fn valid_tokens_subscribe_and_receive_on_websocket_and_sse() {
     let subscribed = ws::subscribe(&mut ws, "user.u1").await;
     assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
     // ?token= on the URL.
-    let mut by_query = ws::open(&format!("{}?token={token}", edge_ws_url(&app)), &[])
+    let mut by_query = ws::open(&format!("{}?token={token}", edge::ws_url(&app)), &[])
         .await
         .expect("query token accepted");
     assert_eq!(
@@ -134,7 +91,7 @@ async fn valid_tokens_subscribe_and_receive_on_websocket_and_sse() {
         "subscribed"
     );
     // First frame.
-    let mut by_frame = ws::open(&edge_ws_url(&app), &[]).await.expect("upgrade");
+    let mut by_frame = ws::open(&edge::ws_url(&app), &[]).await.expect("upgrade");
     ws::send(&mut by_frame, json!({ "op": "auth", "token": token })).await;
     assert_eq!(
         ws::subscribe(&mut by_frame, "user.u1").await["type"],
@@ -208,7 +165,7 @@ async fn refused_tokens_get_401_before_upgrade() {
     };
     // Accepted as a baseline, so each refusal below is about its one change.
     assert!(
-        ws::open(&edge_ws_url(&app), &[ws::bearer(&hs(&good(json!({}))))])
+        ws::open(&edge::ws_url(&app), &[ws::bearer(&hs(&good(json!({}))))])
             .await
             .is_ok()
     );
@@ -304,7 +261,7 @@ async fn refused_tokens_get_401_before_upgrade() {
         ),
     ];
     for (what, token, code) in &cases {
-        let (status, body) = ws::open(&edge_ws_url(&app), &[ws::bearer(token)])
+        let (status, body) = ws::open(&edge::ws_url(&app), &[ws::bearer(token)])
             .await
             .err()
             .unwrap_or_else(|| panic!("{what}: accepted"));
@@ -385,7 +342,7 @@ async fn rs256_and_es256_edges_accept_their_keys_only() {
             _ => (Algorithm::RS256, EncodingKey::from_rsa_pem(&other).unwrap()),
         };
         let (status, body) = ws::open(
-            &edge_ws_url(&app),
+            &edge::ws_url(&app),
             &[ws::bearer(&sign(other_alg, &other_key, &c))],
         )
         .await
@@ -397,7 +354,7 @@ async fn rs256_and_es256_edges_accept_their_keys_only() {
         // Algorithm confusion: HS256 keyed with the edge's own public key.
         let public_pem = std::fs::read(fixture(public)).unwrap();
         let forged = sign(Algorithm::HS256, &EncodingKey::from_secret(&public_pem), &c);
-        let (status, body) = ws::open(&edge_ws_url(&app), &[ws::bearer(&forged)])
+        let (status, body) = ws::open(&edge::ws_url(&app), &[ws::bearer(&forged)])
             .await
             .expect_err("refused");
         assert_eq!(
@@ -473,7 +430,7 @@ async fn extreme_claims_and_subscription_bounds() {
     // exp beyond u64 and negative: not a JWT numeric date this edge takes.
     for exp in [json!(1e30), json!(-1), json!("soon")] {
         let token = hs(&json!({ "sub": "u1", "tenant": t, "exp": exp }));
-        let (status, _) = ws::open(&edge_ws_url(&app), &[ws::bearer(&token)])
+        let (status, _) = ws::open(&edge::ws_url(&app), &[ws::bearer(&token)])
             .await
             .expect_err("refused");
         assert_eq!(status, 401, "exp {exp}");
@@ -489,7 +446,7 @@ async fn extreme_claims_and_subscription_bounds() {
     .await;
     assert_eq!(ws::next(&mut publisher).await["type"], "published");
     let token = hs(&json!({ "sub": "u".repeat(257), "tenant": t, "exp": now() + 60 }));
-    let (status, body) = ws::open(&edge_ws_url(&app), &[ws::bearer(&token)])
+    let (status, body) = ws::open(&edge::ws_url(&app), &[ws::bearer(&token)])
         .await
         .expect_err("refused");
     assert_eq!(
@@ -644,7 +601,7 @@ async fn origins_and_connection_limits_are_enforced_before_upgrade() {
     .await;
     let t = app.tenant.clone();
     let token = hs(&claims(&t, "u1", &["user.u1"], 300));
-    let url = edge_ws_url(&app);
+    let url = edge::ws_url(&app);
     let origin = |o: &str| ("origin", o.to_owned());
 
     let (status, body) = ws::open(&url, &[ws::bearer(&token), origin("https://evil.example")])
@@ -712,7 +669,7 @@ async fn origins_and_connection_limits_are_enforced_before_upgrade() {
 async fn first_frame_auth_and_its_failures() {
     let (app, _key) = edge_app(|edge| edge.max_frame = 4096).await;
     let t = app.tenant.clone();
-    let url = edge_ws_url(&app);
+    let url = edge::ws_url(&app);
     // Another frame first: error, close 4003.
     let mut ws = ws::open(&url, &[]).await.unwrap();
     ws::send(&mut ws, json!({ "op": "subscribe", "channel": "user.u1" })).await;
@@ -1209,7 +1166,7 @@ async fn reconnect_storm_onto_the_surviving_sidecar_loses_nothing() {
         .await;
     assert!(put.status.is_success(), "{}", put.body);
     let urls = [
-        edge_ws_url(&app),
+        edge::ws_url(&app),
         format!("ws://127.0.0.1:{edge_port}/v1/edge/ws"),
     ];
     let mut clients = tokio::task::JoinSet::new();

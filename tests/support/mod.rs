@@ -7,6 +7,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod browser;
+pub mod edge;
 pub mod otlp;
 pub mod sse;
 pub mod ws;
