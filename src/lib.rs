@@ -140,10 +140,15 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         None => None,
     };
     let urls = config.redis_urls();
+    let response_timeout = store::response_timeout(config.durability);
     let connections = if config.redis_cluster {
-        Connections::cluster(&urls)
+        Connections::cluster(&urls, response_timeout)
     } else {
-        Connections::new(&config.redis_url, config.redis_connections)
+        Connections::new(
+            &config.redis_url,
+            config.redis_connections,
+            response_timeout,
+        )
     }
     .map_err(|e| StartError::RedisConfig(e.to_string()))?;
     let (shutdown, signal) = watch::channel(false);

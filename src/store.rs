@@ -27,7 +27,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{
     MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
 };
-use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use redis::{Cmd, ErrorKind, Pipeline, RedisFuture, RedisResult, ServerErrorKind, Value};
 use tokio::sync::{OnceCell, watch};
 
 use crate::error::{Error, RedisOutage, Result};
@@ -39,6 +39,17 @@ use crate::wake::Wakeups;
 /// largest script (a 1000-message batch).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a reply may take: [`RESPONSE_TIMEOUT`], or with `--durability
+/// replicas:N` a second more than the longest `WAIT` when that is longer. A
+/// `WAIT` cut off by the response timeout would look like a hung Redis:
+/// `redis_unavailable` instead of `durability_timeout`, and a dropped
+/// connection under every other request on it.
+pub fn response_timeout(durability: Option<Replicas>) -> Duration {
+    durability.map_or(RESPONSE_TIMEOUT, |replicas| {
+        RESPONSE_TIMEOUT.max(replicas.timeout.saturating_add(Duration::from_secs(1)))
+    })
+}
 
 /// On a Redis Cluster, how a request that met a failover is retried by
 /// redis-rs before it answers 503: each retry first refreshes the slot map
@@ -57,17 +68,21 @@ const CLUSTER_RETRY_FACTOR_MS: u64 = 100;
 /// Connecting to a node: a dead host (no RST, the packets vanish) must not
 /// hold the slot-map refresh, which connects to every node, for long.
 const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// A whole cluster request, retries included.
-const CLUSTER_REQUEST_TIMEOUT: Duration = Duration::from_secs(6);
+/// A whole cluster request, retries included, beyond one reply's timeout.
+const CLUSTER_REQUEST_EXTRA: Duration = Duration::from_secs(1);
 
 /// A cluster client builder with the sidecar's bounded timeouts and
 /// retries (see [`CLUSTER_RETRIES`]): every cluster connection the sidecar
-/// opens (commands, channel fan-out) follows a failover this fast.
-pub fn cluster_client_builder(seed_urls: &[&str]) -> redis::cluster::ClusterClientBuilder {
+/// opens (commands, channel fan-out) follows a failover this fast. Replies
+/// may take `response_timeout` (see [`response_timeout`]).
+pub fn cluster_client_builder(
+    seed_urls: &[&str],
+    response_timeout: Duration,
+) -> redis::cluster::ClusterClientBuilder {
     ClusterClient::builder(seed_urls.to_vec())
         .connection_timeout(CLUSTER_CONNECT_TIMEOUT)
-        .response_timeout(RESPONSE_TIMEOUT)
-        .overall_response_timeout(Some(CLUSTER_REQUEST_TIMEOUT))
+        .response_timeout(response_timeout)
+        .overall_response_timeout(Some(response_timeout.saturating_add(CLUSTER_REQUEST_EXTRA)))
         .retries(CLUSTER_RETRIES)
         .min_retry_wait(CLUSTER_RETRY_MIN_WAIT_MS)
         .max_retry_wait(CLUSTER_RETRY_MAX_WAIT_MS)
@@ -186,70 +201,152 @@ fn not_confirmed(detail: String) -> redis::RedisError {
     redis::make_extension_error(DURABILITY_CODE.to_owned(), Some(detail))
 }
 
+/// The `WAIT` that confirms a write, sent in one pipeline with it.
+///
+/// `WAIT` counts the replicas that have *this connection's* writes. Sent on
+/// its own after the write's answer, it could go out on another connection
+/// (the write's connection dropped and the manager reconnected, or a
+/// failover moved the slot to a new primary): a connection that wrote
+/// nothing has nothing to wait for, so that `WAIT` would at once confirm a
+/// write that may be lost. In one pipeline both go out on one socket, and a
+/// connection lost in between fails the call (503: the write may exist).
+struct Confirmation {
+    /// `WAIT <replicas> <timeout ms>`.
+    wait: Cmd,
+    /// What must confirm.
+    replicas: Replicas,
+    /// Where the write goes on a cluster: its slot's primary (any node for
+    /// a write with no key, as long as the `WAIT` goes there too).
+    route: SingleNodeRoutingInfo,
+}
+
 impl Conn {
-    /// After commands that may have written: waits for the configured
-    /// replicas, if any.
-    async fn confirm<'c>(&mut self, mut cmds: impl Iterator<Item = &'c Cmd>) -> RedisResult<()> {
-        let Some(durability) = self.durability.clone() else {
-            return Ok(());
-        };
-        let Some(written) = cmds.find(|c| durability.writes(c)) else {
-            return Ok(());
-        };
+    /// The `WAIT` that `cmds` need: none without `--durability replicas:N`
+    /// or when none of them may write.
+    fn confirmation<'c>(&self, mut cmds: impl Iterator<Item = &'c Cmd>) -> Option<Confirmation> {
+        let durability = self.durability.as_deref()?;
+        let written = cmds.find(|c| durability.writes(c))?;
         let replicas = durability.replicas;
         let timeout_ms = u64::try_from(replicas.timeout.as_millis()).unwrap_or(u64::MAX);
         let mut wait = redis::cmd("WAIT");
         wait.arg(replicas.count).arg(timeout_ms.max(1));
-        let reply = match &mut self.link {
-            Link::Single(c) => c.req_packed_command(&wait).await,
-            // `WAIT` counts the replicas that have this connection's writes,
-            // so it must go where the write went: redis-rs would send a
-            // keyless `WAIT` to every primary and take the minimum, making
-            // a write on one shard wait for (and fail with) all the others.
-            Link::Cluster(c) => match crate::slot::of_command(written) {
-                Some(slot) => {
-                    let route = Route::new(slot, SlotAddr::Master);
-                    c.route_command(
-                        wait.clone(),
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
-                    )
-                    .await
-                }
-                None => c.req_packed_command(&wait).await,
-            },
+        let route = match crate::slot::of_command(written) {
+            Some(slot) => SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master)),
+            None => SingleNodeRoutingInfo::Random,
         };
-        // A lost connection stays what it is (unreachable); any answer but
-        // a count means the node cannot confirm the write, e.g. `ERR WAIT
-        // cannot be used with replica instances` from a primary that a
-        // failover just turned into a replica. Either way the write may
-        // exist: the client retries with its idempotency key.
-        let reply = match reply {
-            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
-                return Err(e);
-            }
-            Err(e) => return Err(not_confirmed(format!("WAIT failed: {e}"))),
-            Ok(reply) => reply,
-        };
-        let confirmed = match reply {
-            Value::Int(n) => u64::try_from(n).unwrap_or(0),
-            other => return Err(not_confirmed(format!("WAIT answered {other:?}"))),
-        };
-        if confirmed < u64::from(replicas.count) {
-            return Err(not_confirmed(format!(
-                "{confirmed} of {} replicas confirmed the write within {timeout_ms} ms",
-                replicas.count
-            )));
-        }
-        Ok(())
+        Some(Confirmation {
+            wait,
+            replicas,
+            route,
+        })
     }
+
+    /// Sends the caller's commands with the `WAIT` last, on one connection,
+    /// and checks the `WAIT`. `count` counts the caller's replies, which are
+    /// returned; a command the server refused is the call's error (NOSCRIPT
+    /// then reloads the script), whatever the `WAIT` said.
+    async fn send_confirmed(
+        &mut self,
+        mut pipeline: Pipeline,
+        offset: usize,
+        count: usize,
+        confirmation: &Confirmation,
+    ) -> RedisResult<Vec<Value>> {
+        pipeline.add_command(confirmation.wait.clone());
+        let mut values = match &mut self.link {
+            Link::Single(c) => c.req_packed_commands(&pipeline, offset, count + 1).await?,
+            Link::Cluster(c) => {
+                let route = confirmation.route.clone();
+                c.route_pipeline(pipeline, offset, count + 1, route).await?
+            }
+        };
+        let waited = values.pop().ok_or_else(|| {
+            redis::RedisError::from((ErrorKind::Client, "no reply to WAIT in the pipeline"))
+        })?;
+        let refused = values.iter().find_map(|v| match v {
+            Value::ServerError(e) => Some(e.clone()),
+            _ => None,
+        });
+        if let Some(refused) = refused {
+            return Err(refused.into());
+        }
+        check_confirmed(waited.extract_error(), confirmation.replicas)?;
+        Ok(values)
+    }
+
+    /// The `WAIT` on its own, after the commands it confirms: only where
+    /// one pipeline cannot carry both. A transaction would wrap the `WAIT`
+    /// in its `MULTI … EXEC`; a write a cluster redirected (`MOVED`, `ASK`,
+    /// `TRYAGAIN`) ran nowhere, and redis-rs follows redirects only for a
+    /// command sent on its own (the `WAIT` then goes where the slot is
+    /// served now).
+    async fn confirm_after(&mut self, confirmation: &Confirmation) -> RedisResult<()> {
+        let reply = match &mut self.link {
+            Link::Cluster(c) => {
+                let routing = RoutingInfo::SingleNode(confirmation.route.clone());
+                c.route_command(confirmation.wait.clone(), routing).await
+            }
+            Link::Single(c) => c.req_packed_command(&confirmation.wait).await,
+        };
+        check_confirmed(reply, confirmation.replicas)
+    }
+}
+
+/// Whether a `WAIT` reply confirms the write. A lost connection stays what
+/// it is (unreachable); any answer but a count means the node cannot
+/// confirm the write, e.g. `ERR WAIT cannot be used with replica instances`
+/// from a primary that a failover just turned into a replica. Either way the
+/// write may exist: the client retries with its idempotency key.
+fn check_confirmed(reply: RedisResult<Value>, replicas: Replicas) -> RedisResult<()> {
+    let reply = match reply {
+        Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => return Err(e),
+        Err(e) => return Err(not_confirmed(format!("WAIT failed: {e}"))),
+        Ok(reply) => reply,
+    };
+    let confirmed = match reply {
+        Value::Int(n) => u64::try_from(n).unwrap_or(0),
+        other => return Err(not_confirmed(format!("WAIT answered {other:?}"))),
+    };
+    if confirmed < u64::from(replicas.count) {
+        return Err(not_confirmed(format!(
+            "{confirmed} of {} replicas confirmed the write within {} ms",
+            replicas.count,
+            replicas.timeout.as_millis().max(1)
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a command that came back as `error` ran nowhere because a
+/// cluster sent it to another node or asked for a retry (not `CLUSTERDOWN`:
+/// that is an outage, answered as one).
+fn redirected(error: &redis::RedisError) -> bool {
+    error.is_cluster_error()
+        && !matches!(
+            error.kind(),
+            ErrorKind::Server(ServerErrorKind::ClusterDown)
+        )
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            let value = self.link.as_dyn().req_packed_command(cmd).await?;
-            self.confirm(std::iter::once(cmd)).await?;
-            Ok(value)
+            let Some(confirmation) = self.confirmation(std::iter::once(cmd)) else {
+                return self.link.as_dyn().req_packed_command(cmd).await;
+            };
+            let mut pipeline = Pipeline::with_capacity(2);
+            pipeline.add_command(cmd.clone());
+            match self.send_confirmed(pipeline, 0, 1, &confirmation).await {
+                Err(e) if redirected(&e) => {
+                    let value = self.link.as_dyn().req_packed_command(cmd).await?;
+                    self.confirm_after(&confirmation).await?;
+                    Ok(value)
+                }
+                Err(e) => Err(e),
+                Ok(mut values) => values
+                    .pop()
+                    .ok_or_else(|| (ErrorKind::Client, "no reply in the pipeline").into()),
+            }
         })
     }
 
@@ -260,12 +357,26 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
+            let Some(confirmation) = self.confirmation(pipeline.cmd_iter()) else {
+                return self
+                    .link
+                    .as_dyn()
+                    .req_packed_commands(pipeline, offset, count)
+                    .await;
+            };
+            if !pipeline.is_transaction() {
+                // A redirect is the caller's error here: other commands of
+                // the pipeline may have run, so it cannot be sent again.
+                return self
+                    .send_confirmed(pipeline.clone(), offset, count, &confirmation)
+                    .await;
+            }
             let values = self
                 .link
                 .as_dyn()
                 .req_packed_commands(pipeline, offset, count)
                 .await?;
-            self.confirm(pipeline.cmd_iter()).await?;
+            self.confirm_after(&confirmation).await?;
             Ok(values)
         })
     }
@@ -302,11 +413,12 @@ pub enum Connections {
 impl Connections {
     /// `count` lazily connecting managers for `redis_url`: an unreachable
     /// Redis is not an error here; requests fail with 503 until it answers.
-    pub fn new(redis_url: &str, count: usize) -> RedisResult<Self> {
+    /// Replies may take `response_timeout` (see [`response_timeout`]).
+    pub fn new(redis_url: &str, count: usize, response_timeout: Duration) -> RedisResult<Self> {
         let client = redis::Client::open(redis_url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_response_timeout(Some(response_timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
         let managers = (0..count.max(1))
@@ -318,9 +430,10 @@ impl Connections {
         })
     }
 
-    /// A Redis Cluster reached through any of `seed_urls`.
-    pub fn cluster(seed_urls: &[&str]) -> RedisResult<Self> {
-        let client = cluster_client_builder(seed_urls).build()?;
+    /// A Redis Cluster reached through any of `seed_urls`; replies may take
+    /// `response_timeout`.
+    pub fn cluster(seed_urls: &[&str], response_timeout: Duration) -> RedisResult<Self> {
+        let client = cluster_client_builder(seed_urls, response_timeout).build()?;
         Ok(Self::Cluster {
             client: Box::new(client),
             connection: OnceCell::new(),

@@ -135,10 +135,11 @@ impl Hub {
             next: AtomicU64::new(1),
         });
         let (push_tx, push_rx) = mpsc::unbounded_channel();
-        let client = crate::store::cluster_client_builder(seed_urls)
-            .use_protocol(redis::ProtocolVersion::RESP3)
-            .push_sender(push_tx)
-            .build();
+        let client =
+            crate::store::cluster_client_builder(seed_urls, crate::store::response_timeout(None))
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(push_tx)
+                .build();
         match client {
             Ok(client) => {
                 tokio::spawn(run_sharded(
