@@ -97,8 +97,8 @@ pub struct ServerArgs {
     #[arg(long, env = "STREAMCAR_DURABILITY", default_value = "leader", value_parser = parse_durability)]
     pub durability: DurabilityMode,
 
-    /// With `--durability replicas:N`: how long a write waits for the replicas, e.g. `1s`.
-    #[arg(long, env = "STREAMCAR_DURABILITY_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    /// With `--durability replicas:N`: how long a write waits for the replicas, e.g. `1s` (1ms to 60s).
+    #[arg(long, env = "STREAMCAR_DURABILITY_TIMEOUT", default_value = "1s", value_parser = parse_durability_timeout)]
     pub durability_timeout: Duration,
 
     /// Export OpenTelemetry spans (publish, deliver, push, ack, nack, emit,
@@ -504,6 +504,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
         other => Err(format!("unknown duration unit '{other}' (use ms, s or m)")),
     }
+}
+
+/// The longest `--durability-timeout`: a write's `WAIT` holds its Redis
+/// connection (and every request pipelined behind it) that long, and the
+/// connection's response timeout, which is how fast a hung Redis is noticed,
+/// grows with it.
+const MAX_DURABILITY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Parses `--durability-timeout`: a duration from 1 ms to 60 s.
+pub fn parse_durability_timeout(s: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(s)?;
+    if timeout.is_zero() || timeout > MAX_DURABILITY_TIMEOUT {
+        return Err(format!("'{s}' is out of range: use 1ms to 60s"));
+    }
+    Ok(timeout)
 }
 
 #[cfg(test)]

@@ -295,4 +295,16 @@ async fn durability_settings_start_or_are_refused() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("--durability"), "{stderr}");
     }
+    // A write's `WAIT` holds its Redis connection for up to this long, and
+    // the connection's response timeout grows with it: 1 ms to 60 s.
+    for bad in ["0ms", "61s", "18446744073709551615s", "1h"] {
+        let out = Command::new(BIN)
+            .args(["serve", "--durability=replicas:1"])
+            .arg(format!("--durability-timeout={bad}"))
+            .output()
+            .expect("run streamcar");
+        assert_eq!(out.status.code(), Some(2), "--durability-timeout {bad}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--durability-timeout"), "{stderr}");
+    }
 }
