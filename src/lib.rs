@@ -141,16 +141,24 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
     };
     let urls = config.redis_urls();
     let response_timeout = store::response_timeout(config.durability);
-    let connections = if config.redis_cluster {
-        Connections::cluster(&urls, response_timeout)
-    } else {
-        Connections::new(
-            &config.redis_url,
-            config.redis_connections,
-            response_timeout,
-        )
-    }
-    .map_err(|e| StartError::RedisConfig(e.to_string()))?;
+    let connect = || {
+        if config.redis_cluster {
+            Connections::cluster(&urls, response_timeout)
+        } else {
+            Connections::new(
+                &config.redis_url,
+                config.redis_connections,
+                response_timeout,
+            )
+        }
+        .map_err(|e| StartError::RedisConfig(e.to_string()))
+    };
+    let connections = connect()?;
+    // Reads must not queue behind a write's `WAIT`: their own connections.
+    let durability = match config.durability {
+        Some(replicas) => Some((replicas, connect()?)),
+        None => None,
+    };
     let (shutdown, signal) = watch::channel(false);
     // Pub/sub messages reach every node of a cluster, so any live one will do.
     let wakeups = Wakeups::start(&urls, config.wake_recheck);
@@ -161,7 +169,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         signal.clone(),
         config.strict,
     )
-    .with_durability(config.durability);
+    .with_durability(durability);
     let broker = Broker::new(store.clone());
     match store.check_ready().await {
         Ok(()) => {

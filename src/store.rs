@@ -118,6 +118,10 @@ struct Durability {
 #[derive(Clone)]
 pub struct Conn {
     link: Link,
+    /// With `--durability replicas:N`, where commands that never write go:
+    /// Redis blocks a connection while a `WAIT` on it waits, and reads
+    /// never wait for replicas.
+    reads: Option<Link>,
     /// Replica confirmation every write waits for (None: the leader's word).
     durability: Option<Arc<Durability>>,
 }
@@ -221,6 +225,11 @@ struct Confirmation {
 }
 
 impl Conn {
+    /// Where commands that never write go.
+    fn read_link(&mut self) -> &mut dyn ConnectionLike {
+        self.reads.as_mut().unwrap_or(&mut self.link).as_dyn()
+    }
+
     /// The `WAIT` that `cmds` need: none without `--durability replicas:N`
     /// or when none of them may write.
     fn confirmation<'c>(&self, mut cmds: impl Iterator<Item = &'c Cmd>) -> Option<Confirmation> {
@@ -332,7 +341,7 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let Some(confirmation) = self.confirmation(std::iter::once(cmd)) else {
-                return self.link.as_dyn().req_packed_command(cmd).await;
+                return self.read_link().req_packed_command(cmd).await;
             };
             let mut pipeline = Pipeline::with_capacity(2);
             pipeline.add_command(cmd.clone());
@@ -359,8 +368,7 @@ impl ConnectionLike for Conn {
         Box::pin(async move {
             let Some(confirmation) = self.confirmation(pipeline.cmd_iter()) else {
                 return self
-                    .link
-                    .as_dyn()
+                    .read_link()
                     .req_packed_commands(pipeline, offset, count)
                     .await;
             };
@@ -440,8 +448,8 @@ impl Connections {
         })
     }
 
-    async fn get(&self, durability: Option<Arc<Durability>>) -> RedisResult<Conn> {
-        let link = match self {
+    async fn link(&self) -> RedisResult<Link> {
+        Ok(match self {
             Self::Single { managers, next } => {
                 let i = next.fetch_add(1, Ordering::Relaxed) % managers.len();
                 Link::Single(managers[i].clone())
@@ -451,8 +459,7 @@ impl Connections {
                 .await
                 .cloned()
                 .map(Link::Cluster)?,
-        };
-        Ok(Conn { link, durability })
+        })
     }
 
     /// How many shared connections there are (a cluster connection counts
@@ -481,6 +488,9 @@ pub struct Store {
     strict: bool,
     /// `--durability replicas:N`: what every write waits for.
     durability: Option<Arc<Durability>>,
+    /// With `--durability replicas:N`: connections of their own for
+    /// commands that never write (see [`Conn`]).
+    reads: Option<Arc<Connections>>,
 }
 
 impl Store {
@@ -500,28 +510,41 @@ impl Store {
             shutdown,
             strict,
             durability: None,
+            reads: None,
         }
     }
 
-    /// Every write waits for `replicas` (None: the leader's answer is enough).
+    /// Every write waits for `replicas` (None: the leader's answer is
+    /// enough); commands that never write then go on `reads`, which
+    /// connect to the same Redis.
     #[must_use]
-    pub fn with_durability(mut self, replicas: Option<Replicas>) -> Self {
-        self.durability = replicas.map(|replicas| {
-            Arc::new(Durability {
-                replicas,
-                read_only_scripts: self
-                    .scripts
-                    .read_only()
-                    .map(|s| s.get_hash().as_bytes().to_vec())
-                    .collect(),
-            })
-        });
+    pub fn with_durability(mut self, replicas: Option<(Replicas, Connections)>) -> Self {
+        let Some((replicas, reads)) = replicas else {
+            return self;
+        };
+        self.reads = Some(Arc::new(reads));
+        self.durability = Some(Arc::new(Durability {
+            replicas,
+            read_only_scripts: self
+                .scripts
+                .read_only()
+                .map(|s| s.get_hash().as_bytes().to_vec())
+                .collect(),
+        }));
         self
     }
 
     /// A shared connection; on a cluster, the first call connects.
     pub(crate) async fn conn(&self) -> Result<Conn> {
-        Ok(self.connections.get(self.durability.clone()).await?)
+        let reads = match &self.reads {
+            Some(reads) => Some(reads.link().await?),
+            None => None,
+        };
+        Ok(Conn {
+            link: self.connections.link().await?,
+            reads,
+            durability: self.durability.clone(),
+        })
     }
 
     /// The script registry.

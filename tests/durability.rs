@@ -315,3 +315,54 @@ async fn a_durability_timeout_longer_than_the_response_timeout_runs_its_course()
     let refused = app.post("/topics/long-wait/messages", &body).await;
     refused.assert_problem(503, "durability_timeout");
 }
+
+/// Redis blocks a connection while a `WAIT` on it waits: everything
+/// pipelined behind it waits too. Reads never wait for replicas, so they
+/// must not share a connection with a write's `WAIT`.
+#[tokio::test]
+async fn reads_do_not_queue_behind_a_write_waiting_for_its_replicas() {
+    let app = TestApp::start_with(|c| {
+        c.redis_connections = 1;
+        c.durability = Some(streamcar::store::Replicas {
+            count: 1,
+            timeout: Duration::from_millis(4000),
+        });
+    })
+    .await;
+    let port = app.redis.port().to_string();
+    let mut replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
+    wait_for_replicas(&app.redis, 1);
+    let body = json!({"payload": 1, "idempotency_key": "first"});
+    let first = app.post("/topics/r/messages", &body).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    replica.kill();
+
+    // A publish now waits in `WAIT` for a replica that is gone...
+    let body = json!({"payload": 2, "idempotency_key": "second"});
+    let publish = app.post("/topics/r/messages", &body);
+    tokio::pin!(publish);
+    let waiting = async {
+        loop {
+            let clients: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query(&mut app.redis.connection())
+                .expect("CLIENT LIST");
+            if clients.contains("cmd=wait") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::select! {
+        () = waiting => {}
+        reply = &mut publish => panic!("the publish answered before it waited: {}", reply.body),
+    }
+    // ...and reads answer meanwhile.
+    for path in ["/topics/r", "/topics/r/messages?limit=10", "/topics"] {
+        tokio::select! {
+            reply = app.get(path) => assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.body),
+            reply = &mut publish => panic!("{path} waited behind the write's WAIT ({})", reply.status),
+        }
+    }
+    publish.await.assert_problem(503, "durability_timeout");
+}
