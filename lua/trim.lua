@@ -3,7 +3,8 @@
 -- KEYS[1]  sc:{T:P}:meta     topic config (retention_ms)
 -- KEYS[2]  sc:{T:P}:stream
 -- KEYS[3]  sc:{T:P}:groups   set of group names
--- Returns  entries trimmed (0 also when retention is off)
+-- Returns  entries trimmed (0 also when retention is off); -1 when the
+--          topic does not exist (a listing left behind: see listing.rs)
 --
 -- Invariant: an entry is trimmed only if it is older than retention_ms AND
 -- every group is done with it: not in the PEL (leased or scheduled for a
@@ -13,6 +14,9 @@
 -- the first entry after the last-delivered id), never computed, so no odd
 -- group position can make it invalid. Cost: O(groups · log n) per call.
 local meta, stream, groups = KEYS[1], KEYS[2], KEYS[3]
+if redis.call('EXISTS', meta) == 0 then
+  return -1
+end
 local retention = tonumber(redis.call('HGET', meta, 'retention_ms') or 0)
 if retention <= 0 or redis.call('EXISTS', stream) == 0 then
   return 0

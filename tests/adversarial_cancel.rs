@@ -12,7 +12,8 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::TestApp;
+use support::proxy::{Act, RedisProxy, carries};
+use support::{RedisServer, StreamcarProcess, TestApp};
 
 /// Sends `n` calls, call `i` built by `call(i)` and given up (reqwest's
 /// `timeout`) at a point from 20 µs (before any call could end) to 20 ms
@@ -118,4 +119,85 @@ async fn an_outage_under_load_repairs_each_listing_once_not_per_failed_call() {
         last <= 10,
         "{last} repair reads for {CALLS} failed publishes of one topic"
     );
+}
+
+/// A sidecar killed -9 between a topic's delete script and its unlisting
+/// (no task of its own survives it) leaves a deleted topic listed. Written
+/// here by hand, as that gap is one round trip wide. The retention pass,
+/// which visits every listed topic, unlists one that is gone.
+#[tokio::test]
+async fn a_listed_topic_that_is_gone_is_unlisted_by_the_next_retention_pass() {
+    let app = TestApp::start_with(|c| c.retention_interval = Duration::from_millis(100)).await;
+    app.publish("kept", &json!({"payload": 1})).await;
+    let _: () = redis::cmd("SADD")
+        .arg(format!("sc:{{{}}}:topics", app.tenant))
+        .arg("ghost")
+        .query(&mut app.redis.connection())
+        .expect("SADD");
+    assert!(app.listed_topics().await.contains("ghost"));
+    let mut listed = app.listed_topics().await;
+    for _ in 0..100 {
+        if !listed.contains("ghost") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        listed = app.listed_topics().await;
+    }
+    let expected: std::collections::HashSet<String> = ["kept".to_owned()].into();
+    assert_eq!(listed, expected, "the ghost stayed listed");
+}
+
+/// No task of a sidecar survives `kill -9`: killed after the script that
+/// creates a topic but before the listing, it left the topic existing and
+/// unlisted for good (never listed, never trimmed by retention). A call that
+/// may create a topic now lists it before its script. Here the proxy holds
+/// every listing of the topic that follows its creating script, and the
+/// sidecar is killed while it waits on one.
+#[tokio::test]
+async fn a_sidecar_killed_between_creating_a_topic_and_listing_it_leaves_it_listed() {
+    let redis = RedisServer::start();
+    let proxy = RedisProxy::start(redis.port()).await;
+    let mut sidecar = StreamcarProcess::start(&proxy.url(), &[]).await;
+    let mut created = false;
+    proxy.set_rule(move |chunk| {
+        created |= carries(chunk, "EVALSHA") && carries(chunk, "doomed");
+        if created && carries(chunk, "SADD") && carries(chunk, "doomed") {
+            return Act::Hold;
+        }
+        Act::Forward
+    });
+    let url = format!("{}/v1/tenants/killed/topics/doomed/messages", sidecar.base);
+    let publish = tokio::spawn(
+        reqwest::Client::new()
+            .post(url)
+            .json(&json!({"payload": 1}))
+            .timeout(Duration::from_secs(10))
+            .send(),
+    );
+    for _ in 0..200 {
+        if proxy.acted() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        proxy.acted(),
+        1,
+        "no listing after the creating script was held"
+    );
+    sidecar.kill9();
+    let _ = publish.await;
+
+    let mut conn = redis.connection();
+    let exists: bool = redis::cmd("EXISTS")
+        .arg("sc:{killed:doomed}:meta")
+        .query(&mut conn)
+        .expect("EXISTS");
+    assert!(exists, "the creating script ran before the kill");
+    let listed: bool = redis::cmd("SISMEMBER")
+        .arg("sc:{killed}:topics")
+        .arg("doomed")
+        .query(&mut conn)
+        .expect("SISMEMBER");
+    assert!(listed, "the topic exists but is not listed");
 }

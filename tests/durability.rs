@@ -4,14 +4,12 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
+use support::proxy::{self, Act, RedisProxy};
 use support::{RedisServer, TestApp};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Waits (bounded) until `primary` reports `n` connected replicas in sync.
 fn wait_for_replicas(primary: &RedisServer, n: usize) {
@@ -124,107 +122,6 @@ async fn a_wait_refused_by_a_demoted_primary_is_a_durability_timeout() {
     assert!(reply.headers.contains_key("retry-after"));
 }
 
-/// A TCP proxy to Redis that, once armed with a marker, moves the
-/// connection that sends it to a new Redis connection right after passing
-/// on the first reply that follows: what comes after runs as another Redis
-/// client (as when a connection drops and the client reconnects). A reply
-/// the old Redis connection still owes closes the client's connection
-/// instead: that request was in flight when its connection was lost.
-struct RedialingProxy {
-    port: u16,
-    marker: Arc<Mutex<Option<Vec<u8>>>>,
-    redials: Arc<AtomicUsize>,
-}
-
-impl RedialingProxy {
-    async fn start(redis_port: u16) -> Self {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .expect("bind the proxy");
-        let port = listener.local_addr().expect("proxy address").port();
-        let marker: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
-        let redials = Arc::new(AtomicUsize::new(0));
-        let (armed, counted) = (marker.clone(), redials.clone());
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let (marker, redials) = (armed.clone(), counted.clone());
-                tokio::spawn(async move {
-                    // Ends when either side closes.
-                    let _ = Self::relay(client, redis_port, &marker, &redials).await;
-                });
-            }
-        });
-        Self {
-            port,
-            marker,
-            redials,
-        }
-    }
-
-    async fn relay(
-        mut client: tokio::net::TcpStream,
-        redis_port: u16,
-        marker: &Mutex<Option<Vec<u8>>>,
-        redials: &AtomicUsize,
-    ) -> std::io::Result<()> {
-        let dial = || tokio::net::TcpStream::connect(("127.0.0.1", redis_port));
-        let mut redis = dial().await?;
-        let mut left: Option<tokio::net::TcpStream> = None;
-        let (mut from_client, mut from_redis) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
-        let mut owed = [0u8; 1];
-        let mut redial_after_reply = false;
-        loop {
-            tokio::select! {
-                _ = async { left.as_mut()?.read(&mut owed).await.ok() }, if left.is_some() => {
-                    return Ok(());
-                }
-                n = client.read(&mut from_client) => {
-                    let chunk = &from_client[..n?];
-                    if chunk.is_empty() {
-                        return Ok(());
-                    }
-                    redial_after_reply |= Self::take_marker(marker, chunk);
-                    redis.write_all(chunk).await?;
-                }
-                n = redis.read(&mut from_redis) => {
-                    let chunk = &from_redis[..n?];
-                    if chunk.is_empty() {
-                        return Ok(());
-                    }
-                    client.write_all(chunk).await?;
-                    if redial_after_reply {
-                        redial_after_reply = false;
-                        left = Some(std::mem::replace(&mut redis, dial().await?));
-                        redials.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Whether `chunk` carries the armed marker (which it then disarms).
-    fn take_marker(marker: &Mutex<Option<Vec<u8>>>, chunk: &[u8]) -> bool {
-        let mut marker = marker.lock().expect("marker");
-        let hit = marker
-            .as_ref()
-            .is_some_and(|m| chunk.windows(m.len()).any(|w| w == m.as_slice()));
-        if hit {
-            *marker = None;
-        }
-        hit
-    }
-
-    /// The next request that carries `marker` moves to a new Redis
-    /// connection after the first reply that follows it.
-    fn arm(&self, marker: &str) {
-        *self.marker.lock().expect("marker") = Some(marker.as_bytes().to_vec());
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
 /// `WAIT` counts the replicas that have its own connection's writes. Sent
 /// after the write's answer, on a connection the manager had to open again
 /// meanwhile, it waits for nothing and confirms at once a write no replica
@@ -242,7 +139,7 @@ async fn a_connection_lost_between_a_write_and_its_wait_does_not_confirm_the_wri
         "local",
     ]);
     wait_for_replicas(&primary, 1);
-    let proxy = RedialingProxy::start(primary.port()).await;
+    let proxy = RedisProxy::start(primary.port()).await;
     let proxy_url = proxy.url();
     let app = TestApp::start_with(|c| {
         c.redis_url = proxy_url;
@@ -272,14 +169,17 @@ async fn a_connection_lost_between_a_write_and_its_wait_does_not_confirm_the_wri
             .expect("DEBUG SLEEP");
     });
     std::thread::sleep(Duration::from_millis(100));
-    proxy.arm("cut-me");
+    let mut armed = true;
+    proxy.set_rule(move |chunk| {
+        if armed && proxy::carries(chunk, "cut-me") {
+            armed = false;
+            return Act::RedialAfterReply;
+        }
+        Act::Forward
+    });
     let body = json!({"payload": 1, "idempotency_key": "cut-me"});
     let reply = app.post("/topics/cut/messages", &body).await;
-    assert_eq!(
-        proxy.redials.load(Ordering::SeqCst),
-        1,
-        "the proxy never re-dialed"
-    );
+    assert_eq!(proxy.acted(), 1, "the proxy never re-dialed");
     assert_eq!(
         reply.status,
         StatusCode::SERVICE_UNAVAILABLE,

@@ -306,7 +306,7 @@ impl Broker {
             call.arg(k).arg(v);
         }
         let mut conn = self.store.conn().await?;
-        let listing = Listing::guard(&conn, tenant, topic);
+        let listing = Listing::before_create(&mut conn, tenant, topic).await?;
         let (created, topic_created, ordering): (i64, i64, String) =
             call.invoke_async(&mut conn).await?;
         listing.settle(topic_created == 1).await?;

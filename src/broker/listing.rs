@@ -18,8 +18,15 @@
 //! more), and at most [`MAX_PENDING`] at once, so a Redis outage under load
 //! (every publish failing, every guard dropped armed) costs a task per
 //! topic, not one per failed request.
+//!
+//! No task survives a sidecar killed -9, so a call that may create a topic
+//! lists it *before* its script ([`Listing::before_create`]), once per topic
+//! per process: killed at any point, it leaves at worst a listed topic that
+//! does not exist, and the next retention pass, which visits every listed
+//! topic, unlists that ([`unlist_gone`]). A delete still unlists after its
+//! script; killed in between, it leaves the same kind of ghost.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -38,6 +45,47 @@ const ATTEMPTS: u32 = 30;
 /// leaves its topic's listing to the next PUT or DELETE of it (logged).
 const MAX_PENDING: usize = 10_000;
 
+/// Most topics [`LISTED`] remembers; it starts over when full (listing
+/// again is idempotent).
+const MAX_LISTED: usize = 100_000;
+
+/// The topics this process listed, by tenant, so that only a topic's first
+/// create call of the process pays a listing round trip before its script.
+#[derive(Default)]
+struct Listed {
+    topics: HashMap<Tenant, HashSet<Topic>>,
+    count: usize,
+}
+
+static LISTED: std::sync::LazyLock<Mutex<Listed>> = std::sync::LazyLock::new(Mutex::default);
+
+impl Listed {
+    fn contains(tenant: &Tenant, topic: &Topic) -> bool {
+        let listed = LISTED.lock().unwrap_or_else(PoisonError::into_inner);
+        listed.topics.get(tenant).is_some_and(|t| t.contains(topic))
+    }
+
+    /// Remembers `topic` as listed (`listed`) or not.
+    fn set(tenant: &Tenant, topic: &Topic, listed: bool) {
+        let mut all = LISTED.lock().unwrap_or_else(PoisonError::into_inner);
+        if listed {
+            if all.count >= MAX_LISTED {
+                *all = Listed::default();
+            }
+            let added = all
+                .topics
+                .entry(tenant.clone())
+                .or_default()
+                .insert(topic.clone());
+            all.count += usize::from(added);
+        } else if let Some(topics) = all.topics.get_mut(tenant)
+            && topics.remove(topic)
+        {
+            all.count -= 1;
+        }
+    }
+}
+
 /// The topics a reconcile task runs for, each with whether a guard of it
 /// was dropped since that task began (it then reconciles once more).
 type Pending = Mutex<HashMap<(Tenant, Topic), bool>>;
@@ -55,6 +103,20 @@ pub(crate) struct Listing<'a> {
 }
 
 impl<'a> Listing<'a> {
+    /// Arms before a call that may create `topic`, listing it first unless
+    /// this process already did (see the module docs).
+    pub(crate) async fn before_create(
+        conn: &mut Conn,
+        tenant: &'a Tenant,
+        topic: &'a Topic,
+    ) -> Result<Self> {
+        if !Listed::contains(tenant, topic) {
+            add(conn, tenant, topic).await?;
+            Listed::set(tenant, topic, true);
+        }
+        Ok(Self::guard(conn, tenant, topic))
+    }
+
     /// Arms before a call that may create or delete `topic`.
     pub(crate) fn guard(conn: &Conn, tenant: &'a Tenant, topic: &'a Topic) -> Self {
         Self {
@@ -158,6 +220,13 @@ async fn reconcile_once(conn: &mut Conn, tenant: &Tenant, topic: &Topic) {
     );
 }
 
+/// Unlists `topic`, which was found listed but gone (see
+/// [`crate::broker::Broker::retention_pass`]), unless it exists again by
+/// then.
+pub(crate) async fn unlist_gone(conn: &mut Conn, tenant: &Tenant, topic: &Topic) -> Result<()> {
+    list_as(conn, tenant, topic, false).await
+}
+
 /// Times [`list_as`] writes the listing at most: each write after the
 /// first follows a create or delete that ran during the previous one.
 const MAX_WRITES: u32 = 8;
@@ -186,6 +255,7 @@ async fn list_as(conn: &mut Conn, tenant: &Tenant, topic: &Topic, mut listed: bo
         }
         let exists: bool = redis::cmd("EXISTS").arg(&meta).query_async(conn).await?;
         if exists == listed {
+            Listed::set(tenant, topic, listed);
             return Ok(());
         }
         listed = exists;

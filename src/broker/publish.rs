@@ -390,7 +390,7 @@ impl Broker {
         let keys = TopicKeys::new(tenant, topic);
         let call = encoded_call(self.store.scripts(), &keys, &batch);
         let mut conn = self.store.conn().await?;
-        let listing = Listing::guard(&conn, tenant, topic);
+        let listing = Listing::before_create(&mut conn, tenant, topic).await?;
         let (created, rows, max_backlog): PublishReply = call.invoke_async(&mut conn).await?;
         listing.settle(created == 1).await?;
         Ok(rows

@@ -16,8 +16,8 @@ use std::time::Duration;
 use redis::streams::StreamInfoConsumersReply;
 use tokio::sync::watch;
 
-use super::Broker;
 use super::topics::{all_topics, read_groups};
+use super::{Broker, listing};
 use crate::error::Result;
 use crate::keys::{self, TopicKeys};
 use crate::names::{Tenant, Topic};
@@ -27,11 +27,12 @@ use crate::telemetry;
 const PRUNE_CHUNK: usize = 1000;
 
 impl Broker {
-    /// Applies `topic`'s retention now; returns how many entries were trimmed.
-    pub async fn trim_topic(&self, tenant: &Tenant, topic: &Topic) -> Result<u64> {
+    /// Applies `topic`'s retention now; returns how many entries were
+    /// trimmed, None when the topic does not exist.
+    pub async fn trim_topic(&self, tenant: &Tenant, topic: &Topic) -> Result<Option<u64>> {
         let keys = TopicKeys::new(tenant, topic);
         let mut conn = self.store.conn().await?;
-        Ok(self
+        let trimmed: i64 = self
             .store
             .scripts()
             .trim
@@ -39,7 +40,8 @@ impl Broker {
             .key(keys.stream())
             .key(keys.groups())
             .invoke_async(&mut conn)
-            .await?)
+            .await?;
+        Ok(u64::try_from(trimmed).ok())
     }
 
     /// Forgets the topic's consumers that own nothing and have been idle
@@ -95,7 +97,14 @@ impl Broker {
         topic: &Topic,
         consumer_idle: Duration,
     ) -> Result<u64> {
-        let trimmed = self.trim_topic(tenant, topic).await?;
+        let Some(trimmed) = self.trim_topic(tenant, topic).await? else {
+            // Listed but gone: its sidecar died between deleting it and
+            // unlisting it (or before a create it listed first ran).
+            let mut conn = self.store.conn().await?;
+            return listing::unlist_gone(&mut conn, tenant, topic)
+                .await
+                .map(|()| 0);
+        };
         if trimmed > 0 {
             tracing::debug!(%tenant, %topic, trimmed, "retention trimmed entries");
             metrics::counter!(telemetry::TRIMMED, telemetry::topic_labels(tenant, topic))

@@ -150,7 +150,7 @@ impl Broker {
             }
         }
         let mut conn = self.store.conn().await?;
-        let listing = Listing::guard(&conn, tenant, topic);
+        let listing = Listing::before_create(&mut conn, tenant, topic).await?;
         let created: i64 = call.invoke_async(&mut conn).await?;
         // Listing again on update is idempotent and repairs a listing lost
         // to a crash between create and list.

@@ -230,7 +230,7 @@ impl Broker {
         let traceparent = traces::continued(None).unwrap_or_default();
         let keys = TopicKeys::new(tenant, topic);
         let mut conn = self.store().conn().await?;
-        let listing = Listing::guard(&conn, tenant, topic);
+        let listing = Listing::before_create(&mut conn, tenant, topic).await?;
         let (outcome, topic_created): (i64, i64) = self
             .store()
             .scripts()

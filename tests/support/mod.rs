@@ -9,6 +9,7 @@
 pub mod browser;
 pub mod edge;
 pub mod otlp;
+pub mod proxy;
 pub mod sse;
 pub mod ws;
 

@@ -1,0 +1,134 @@
+//! A TCP proxy between a sidecar and Redis that misbehaves on cue: each
+//! chunk the sidecar sends is shown to a rule, which may let it through,
+//! hold it and everything after it on that connection (a request that
+//! never reaches Redis), or have the connection move to a new Redis
+//! connection right after the next reply (what follows runs as another
+//! Redis client, as after a reconnect). A reply the old Redis connection
+//! still owes then closes the sidecar's connection instead: that request
+//! was in flight when its connection was lost.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the proxy does with a chunk the sidecar sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    /// Pass it on.
+    Forward,
+    /// Drop it and every later chunk of this connection (replies still
+    /// come through).
+    Hold,
+    /// Pass it on, then move to a new Redis connection after the next reply.
+    RedialAfterReply,
+}
+
+type Rule = Box<dyn FnMut(&[u8]) -> Act + Send>;
+
+/// The proxy; its task lives as long as the test's runtime.
+pub struct RedisProxy {
+    port: u16,
+    rule: Arc<Mutex<Rule>>,
+    /// How many times a rule's `Hold` or `RedialAfterReply` took effect.
+    acted: Arc<AtomicUsize>,
+}
+
+impl RedisProxy {
+    /// A proxy to the Redis on `redis_port` that forwards everything until
+    /// [`RedisProxy::set_rule`].
+    pub async fn start(redis_port: u16) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let rule: Arc<Mutex<Rule>> = Arc::new(Mutex::new(Box::new(|_| Act::Forward)));
+        let acted = Arc::new(AtomicUsize::new(0));
+        let (shared_rule, shared_acted) = (rule.clone(), acted.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (rule, acted) = (shared_rule.clone(), shared_acted.clone());
+                tokio::spawn(async move {
+                    // Ends when either side closes.
+                    let _ = relay(client, redis_port, &rule, &acted).await;
+                });
+            }
+        });
+        Self { port, rule, acted }
+    }
+
+    /// From now on, `rule` decides what happens to each chunk.
+    pub fn set_rule(&self, rule: impl FnMut(&[u8]) -> Act + Send + 'static) {
+        *self.rule.lock().expect("rule") = Box::new(rule);
+    }
+
+    /// How many times the rule's `Hold` or `RedialAfterReply` took effect.
+    pub fn acted(&self) -> usize {
+        self.acted.load(Ordering::SeqCst)
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Whether `chunk` contains `needle`.
+pub fn carries(chunk: &[u8], needle: &str) -> bool {
+    chunk.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+async fn relay(
+    mut client: TcpStream,
+    redis_port: u16,
+    rule: &Mutex<Rule>,
+    acted: &AtomicUsize,
+) -> std::io::Result<()> {
+    let dial = || TcpStream::connect(("127.0.0.1", redis_port));
+    let mut redis = dial().await?;
+    let mut left: Option<TcpStream> = None;
+    let (mut from_client, mut from_redis) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    let mut owed = [0u8; 1];
+    let (mut holding, mut redial_after_reply) = (false, false);
+    loop {
+        tokio::select! {
+            _ = async { left.as_mut()?.read(&mut owed).await.ok() }, if left.is_some() => {
+                return Ok(());
+            }
+            n = client.read(&mut from_client) => {
+                let chunk = &from_client[..n?];
+                if chunk.is_empty() {
+                    return Ok(());
+                }
+                if holding {
+                    continue;
+                }
+                let act = (rule.lock().expect("rule"))(chunk);
+                match act {
+                    Act::Forward => redis.write_all(chunk).await?,
+                    Act::Hold => {
+                        holding = true;
+                        acted.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Act::RedialAfterReply => {
+                        redis.write_all(chunk).await?;
+                        redial_after_reply = true;
+                    }
+                }
+            }
+            n = redis.read(&mut from_redis) => {
+                let chunk = &from_redis[..n?];
+                if chunk.is_empty() {
+                    return Ok(());
+                }
+                client.write_all(chunk).await?;
+                if redial_after_reply {
+                    redial_after_reply = false;
+                    left = Some(std::mem::replace(&mut redis, dial().await?));
+                    acted.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+}
