@@ -1,0 +1,123 @@
+//! Traces under attack: hostile `traceparent` request headers, collector
+//! URLs that are not what they seem, and a collector that takes the
+//! connection and never answers.
+//!
+//! The exporter is one per process (see tests/traces.rs), so the tests that
+//! install one take [`EXPORTER`] first: `cargo test` runs a binary's tests
+//! as threads of one process.
+
+mod support;
+
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, HeaderValue};
+use serde_json::{Value, json};
+use support::TestApp;
+
+const TRACE_A: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const TRACE_B: &str = "5af92f3577b34da6a3ce929d0e0e4799";
+const SPAN: &str = "00f067aa0ba902b7";
+
+/// Publishes one message with these request headers and returns the
+/// `headers` it was stored with (as history shows them).
+async fn publish_with(app: &TestApp, topic: &str, headers: HeaderMap) -> Value {
+    let sent = app
+        .client
+        .post(app.url(&format!("/topics/{topic}/messages")))
+        .headers(headers)
+        .json(&json!({"payload": {"n": 1}}))
+        .send()
+        .await
+        .expect("publish");
+    let reply = TestApp::reply(sent).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let history = app.history(topic).await;
+    let last = history.last().expect("the message").clone();
+    last["headers"].clone()
+}
+
+/// The trace id of a stored `traceparent`, if there is one.
+fn stored_trace(headers: &Value) -> Option<String> {
+    let tp = headers.get("traceparent")?.as_str()?;
+    tp.split('-').nth(1).map(str::to_owned)
+}
+
+/// Two `traceparent` headers on one request do not say which trace the
+/// message is in: W3C Trace Context (and its test suite's
+/// `test_traceparent_duplicated`) wants a new trace, never either of them.
+/// The sidecar kept the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_traceparent_headers_continue_neither_trace() {
+    let app = TestApp::start_quiet().await;
+    let mut headers = HeaderMap::new();
+    for trace in [TRACE_A, TRACE_B] {
+        headers.append(
+            "traceparent",
+            HeaderValue::from_str(&format!("00-{trace}-{SPAN}-01")).expect("value"),
+        );
+    }
+    let stored = publish_with(&app, "dup", headers).await;
+    let trace = stored_trace(&stored);
+    assert!(
+        trace.as_deref() != Some(TRACE_A) && trace.as_deref() != Some(TRACE_B),
+        "a message published with two traceparents joined one of them: {stored}"
+    );
+    // The same value twice is still two headers, not one.
+    let mut twice = HeaderMap::new();
+    for _ in 0..2 {
+        twice.append(
+            "traceparent",
+            HeaderValue::from_str(&format!("00-{TRACE_A}-{SPAN}-01")).expect("value"),
+        );
+    }
+    let stored = publish_with(&app, "dup", twice).await;
+    assert_ne!(stored_trace(&stored).as_deref(), Some(TRACE_A), "{stored}");
+}
+
+/// Malformed values are ignored (never stored, never a failed publish);
+/// well-formed ones, including a future version's extra fields, are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_traceparent_values_are_ignored_and_never_fail_a_publish() {
+    let app = TestApp::start_quiet().await;
+    let long = format!("01-{TRACE_A}-{SPAN}-01-{}", "x".repeat(10 * 1024));
+    let bad: Vec<Vec<u8>> = vec![
+        format!("00-{}-{SPAN}-01", TRACE_A.to_uppercase()).into_bytes(),
+        format!("00-{}-{SPAN}-01", "0".repeat(32)).into_bytes(),
+        format!("00-{TRACE_A}-{}-01", "0".repeat(16)).into_bytes(),
+        format!("ff-{TRACE_A}-{SPAN}-01").into_bytes(),
+        format!("00-{TRACE_A}-{SPAN}-01-extra").into_bytes(),
+        format!("00-{TRACE_A}-{SPAN}").into_bytes(),
+        format!("00_{TRACE_A}_{SPAN}_01").into_bytes(),
+        long.into_bytes(),
+        // Latin-1 bytes (HTTP allows obs-text in a field value).
+        [format!("01-{TRACE_A}-{SPAN}-01-").as_bytes(), b"\xe9\xff"].concat(),
+    ];
+    for value in bad {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            HeaderValue::from_bytes(&value).expect("a header value"),
+        );
+        // A huge tracestate rides along: it is no reason to fail either.
+        headers.insert(
+            "tracestate",
+            HeaderValue::from_str(&"k=v,".repeat(2000)).expect("value"),
+        );
+        let stored = publish_with(&app, "bad", headers).await;
+        assert_eq!(
+            stored.get("traceparent"),
+            None,
+            "{:?} was stored",
+            String::from_utf8_lossy(&value)
+        );
+        assert_eq!(stored.get("tracestate"), None, "{stored}");
+    }
+    for good in [
+        format!("00-{TRACE_A}-{SPAN}-01"),
+        format!("cc-{TRACE_A}-{SPAN}-01-what-the-future-will-be-like"),
+    ] {
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", HeaderValue::from_str(&good).expect("value"));
+        let stored = publish_with(&app, "good", headers).await;
+        assert_eq!(stored_trace(&stored).as_deref(), Some(TRACE_A), "{stored}");
+    }
+}
