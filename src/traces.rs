@@ -278,18 +278,32 @@ pub struct ExportError {
 }
 
 /// The URL spans are POSTed to: `endpoint` as given when its path names a
-/// signal (ends in `/v1/traces`), else with `/v1/traces` appended, as
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` works. Only `http://` (the sidecar talks
-/// to a collector next to it).
+/// signal (ends in `/v1/traces`), else with `/v1/traces` appended to the
+/// path (a query stays the query), as `OTEL_EXPORTER_OTLP_ENDPOINT` works.
+/// Only `http://` (the sidecar talks to a collector next to it), and a port
+/// must be a port: the HTTP client reads `:99999` or `:4318x` as no port
+/// at all and would send to port 80.
 pub fn traces_url(endpoint: &str) -> Result<String, String> {
     let uri: hyper::Uri = endpoint.parse().map_err(|e| format!("not a URL ({e})"))?;
-    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+    let Some(authority) = uri.authority().filter(|_| uri.scheme_str() == Some("http")) else {
         return Err("must be http://host[:port][/path] (send to a collector next to the sidecar; it may forward over TLS)".into());
+    };
+    let host_port = authority
+        .as_str()
+        .rsplit_once('@')
+        .map_or(authority.as_str(), |(_, h)| h);
+    let after_host = host_port.rsplit_once(']').map_or(host_port, |(_, p)| p);
+    if after_host.contains(':') && authority.port_u16().is_none_or(|p| p == 0) {
+        return Err("the port must be a number from 1 to 65535".into());
     }
     if uri.path().ends_with("/v1/traces") {
         return Ok(endpoint.to_owned());
     }
-    Ok(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+    let query = uri.query().map_or_else(String::new, |q| format!("?{q}"));
+    Ok(format!(
+        "http://{authority}{}/v1/traces{query}",
+        uri.path().trim_end_matches('/')
+    ))
 }
 
 /// Starts exporting spans to `endpoint` (see [`traces_url`]); must run on
@@ -585,7 +599,21 @@ mod tests {
             traces_url("http://c:4318/v1/traces").unwrap(),
             "http://c:4318/v1/traces"
         );
+        assert_eq!(
+            traces_url("http://c:4318/base/?tenant=a").unwrap(),
+            "http://c:4318/base/v1/traces?tenant=a"
+        );
         assert!(traces_url("https://c:4318").is_err());
         assert!(traces_url("c:4318").is_err());
+        for bad in [
+            "http://c:99999",
+            "http://c:4318x",
+            "http://c:",
+            "http://[::1]:0",
+        ] {
+            assert!(traces_url(bad).is_err(), "{bad}");
+        }
+        assert!(traces_url("http://[::1]:4318").is_ok());
+        assert!(traces_url("http://[::1]").is_ok());
     }
 }

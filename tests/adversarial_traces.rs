@@ -13,6 +13,9 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 use support::TestApp;
 
+/// Held by every test that installs an exporter.
+static EXPORTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const TRACE_A: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const TRACE_B: &str = "5af92f3577b34da6a3ce929d0e0e4799";
 const SPAN: &str = "00f067aa0ba902b7";
@@ -119,5 +122,51 @@ async fn hostile_traceparent_values_are_ignored_and_never_fail_a_publish() {
         headers.insert("traceparent", HeaderValue::from_str(&good).expect("value"));
         let stored = publish_with(&app, "good", headers).await;
         assert_eq!(stored_trace(&stored).as_deref(), Some(TRACE_A), "{stored}");
+    }
+}
+
+/// A collector URL with a query (a proxy's routing or tenant parameter):
+/// `/v1/traces` goes on the path, the query stays a query. The sidecar
+/// appended it to the query (`/?tenant=a/v1/traces`), so every export hit
+/// the collector's root and every span was lost without a word.
+#[cfg(feature = "otlp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_with_a_query_still_exports_to_the_traces_path() {
+    let _one = EXPORTER.lock().await;
+    let (addr, spans) = support::otlp::receiver().await;
+    let mut app =
+        TestApp::start_with(|c| c.otlp_endpoint = Some(format!("http://{addr}/?tenant=a"))).await;
+    app.publish("q", &json!({"payload": 1})).await;
+    app.stop().await; // flushes
+    let received = spans.lock().expect("spans").clone();
+    assert!(
+        received.iter().any(|s| s.name == "publish"),
+        "nothing reached http://{addr}/v1/traces: {received:?}"
+    );
+}
+
+/// A port that is not a port (`:99999`, `:4318x`, an empty `:`) is refused
+/// at start: the HTTP client reads "no port" and sends to port 80, so the
+/// sidecar started and exported to a port nobody named.
+#[cfg(feature = "otlp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_whose_port_is_not_a_port_is_refused_at_start() {
+    let _one = EXPORTER.lock().await;
+    let redis = support::RedisServer::start();
+    for bad in [
+        "http://127.0.0.1:99999",
+        "http://127.0.0.1:4318x",
+        "http://127.0.0.1:",
+        "http://[::1]:70000/v1/traces",
+    ] {
+        let mut config = streamcar::config::Config::for_redis(redis.url());
+        config.otlp_endpoint = Some(bad.to_owned());
+        match streamcar::start(&config).await {
+            Ok(server) => {
+                server.shutdown().await.expect("shutdown");
+                panic!("{bad} was accepted");
+            }
+            Err(e) => assert!(e.to_string().contains(bad), "{bad}: {e}"),
+        }
     }
 }
