@@ -265,6 +265,10 @@ impl MessageSpan {
 pub struct Exporter {
     #[cfg(feature = "otlp")]
     provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    /// Set when the exporter stops: what is still queued then gets until
+    /// this instant in all, not one export timeout per batch.
+    #[cfg(feature = "otlp")]
+    closing: otel::Closing,
 }
 
 /// Why the exporter cannot start.
@@ -317,12 +321,14 @@ pub fn install(endpoint: &str) -> Result<Exporter, ExportError> {
     let url = traces_url(endpoint).map_err(failed)?;
     #[cfg(feature = "otlp")]
     {
-        let provider = otel::provider(&url).map_err(failed)?;
+        let closing = otel::Closing::default();
+        let provider = otel::provider(&url, closing.clone()).map_err(failed)?;
         otel::set_tracer(Some(&provider));
         ENABLED.store(true, Ordering::Relaxed);
         tracing::info!(endpoint = %url, "exporting traces over OTLP/HTTP");
         Ok(Exporter {
             provider: Some(provider),
+            closing,
         })
     }
     #[cfg(not(feature = "otlp"))]
@@ -335,19 +341,31 @@ pub fn install(endpoint: &str) -> Result<Exporter, ExportError> {
 }
 
 impl Exporter {
-    /// Stops making spans, exports what is queued (bounded by the export
-    /// timeout) and stops the exporter.
+    /// Stops making spans, exports what is queued (within one export
+    /// timeout in all, however many batches are queued behind a collector
+    /// that does not answer) and stops the exporter.
     #[cfg_attr(not(feature = "otlp"), allow(unused_mut))]
     pub async fn shutdown(mut self) {
         #[cfg(feature = "otlp")]
         if let Some(provider) = self.provider.take() {
             ENABLED.store(false, Ordering::Relaxed);
             otel::set_tracer(None);
+            let deadline = self.closing.start();
             // The processor answers from its task on this runtime while
             // shutdown blocks waiting for it: wait on a blocking thread.
-            let done = tokio::task::spawn_blocking(move || provider.shutdown()).await;
-            if let Ok(Err(e)) = done {
-                tracing::warn!(error = %e, "traces: the last spans may not have been exported");
+            let done = tokio::time::timeout_at(
+                deadline + otel::SHUTDOWN_GRACE,
+                tokio::task::spawn_blocking(move || provider.shutdown()),
+            )
+            .await;
+            match done {
+                Ok(Ok(Err(e))) => {
+                    tracing::warn!(error = %e, "traces: the last spans may not have been exported");
+                }
+                Err(_) => {
+                    tracing::warn!("traces: the collector did not take the last spans in time")
+                }
+                Ok(_) => {}
             }
         }
     }
@@ -362,6 +380,7 @@ impl Drop for Exporter {
         if let Some(provider) = self.provider.take() {
             ENABLED.store(false, Ordering::Relaxed);
             otel::set_tracer(None);
+            self.closing.start();
             std::thread::spawn(move || drop(provider.shutdown()));
         }
     }
@@ -371,7 +390,7 @@ impl Drop for Exporter {
 mod otel {
     //! The OpenTelemetry SDK behind [`super::MessageSpan`].
 
-    use std::sync::RwLock;
+    use std::sync::{Arc, OnceLock, RwLock};
     use std::time::Duration;
 
     use bytes::Bytes;
@@ -387,9 +406,12 @@ mod otel {
     use opentelemetry_http::{HttpClient, HttpError};
     use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
     use opentelemetry_sdk::Resource;
+    use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
     use opentelemetry_sdk::runtime::Tokio;
     use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
-    use opentelemetry_sdk::trace::{BatchConfigBuilder, SdkTracer, SdkTracerProvider};
+    use opentelemetry_sdk::trace::{
+        BatchConfigBuilder, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
+    };
 
     use super::Step;
 
@@ -397,6 +419,59 @@ mod otel {
     const MAX_QUEUE: usize = 4096;
     /// Longest one export request may take.
     const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Waited past the closing deadline for the processor to report back.
+    pub(super) const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+    /// When the exporter stops, the instant by which what is queued must be
+    /// sent: one export timeout from then.
+    #[derive(Debug, Clone, Default)]
+    pub(super) struct Closing(Arc<OnceLock<tokio::time::Instant>>);
+
+    impl Closing {
+        /// Starts closing (once); returns the deadline.
+        pub(super) fn start(&self) -> tokio::time::Instant {
+            *self
+                .0
+                .get_or_init(|| tokio::time::Instant::now() + EXPORT_TIMEOUT)
+        }
+    }
+
+    /// The OTLP exporter under the closing deadline: once the exporter
+    /// stops, the batches still queued share one export timeout (the batch
+    /// processor gives each its own, one after another: behind a collector
+    /// that takes the connection and never answers, stopping took one
+    /// timeout per 512 queued spans); after it they fail at once.
+    #[derive(Debug)]
+    struct Bounded {
+        inner: opentelemetry_otlp::SpanExporter,
+        closing: Closing,
+    }
+
+    impl SpanExporter for Bounded {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            let Some(deadline) = self.closing.0.get().copied() else {
+                return self.inner.export(batch).await;
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(OTelSdkError::Timeout(EXPORT_TIMEOUT));
+            }
+            tokio::time::timeout_at(deadline, self.inner.export(batch))
+                .await
+                .unwrap_or(Err(OTelSdkError::Timeout(EXPORT_TIMEOUT)))
+        }
+
+        fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+            self.inner.shutdown_with_timeout(timeout)
+        }
+
+        fn force_flush(&self) -> OTelSdkResult {
+            self.inner.force_flush()
+        }
+
+        fn set_resource(&mut self, resource: &Resource) {
+            self.inner.set_resource(resource);
+        }
+    }
 
     static TRACER: RwLock<Option<SdkTracer>> = RwLock::new(None);
 
@@ -430,7 +505,7 @@ mod otel {
         }
     }
 
-    pub(super) fn provider(url: &str) -> Result<SdkTracerProvider, String> {
+    pub(super) fn provider(url: &str, closing: Closing) -> Result<SdkTracerProvider, String> {
         let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -440,6 +515,10 @@ mod otel {
             .with_timeout(EXPORT_TIMEOUT)
             .build()
             .map_err(|e| e.to_string())?;
+        let exporter = Bounded {
+            inner: exporter,
+            closing,
+        };
         let config = BatchConfigBuilder::default()
             .with_max_queue_size(MAX_QUEUE)
             .with_max_export_timeout(EXPORT_TIMEOUT)

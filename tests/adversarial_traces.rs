@@ -8,6 +8,10 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
@@ -169,4 +173,63 @@ async fn an_endpoint_whose_port_is_not_a_port_is_refused_at_start() {
             Err(e) => assert!(e.to_string().contains(bad), "{bad}: {e}"),
         }
     }
+}
+
+/// A collector that takes the connection and never answers: requests do
+/// not wait on it, and the sidecar still stops in about one export timeout
+/// (10 s) plus its drain. It waited one export timeout per queued batch of
+/// 512 spans (the queue holds 4,096): well over a minute, long past any
+/// orchestrator's grace period, for spans that could not be sent anyway.
+#[cfg(feature = "otlp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_does_not_hold_up_shutdown() {
+    let _one = EXPORTER.lock().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut sink = vec![0u8; 64 * 1024];
+                while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let mut app = TestApp::start_with(|c| {
+        c.otlp_endpoint = Some(format!("http://{addr}"));
+        c.drain_timeout = Duration::from_secs(1);
+    })
+    .await;
+    // Batches of 1,000 publish and deliver spans pile up behind the hung
+    // export (below the queue's 4,096: a full queue refuses the shutdown
+    // message itself, and the spans are dropped at once); no request waits
+    // on the collector.
+    let batch: Vec<Value> = (0..1000).map(|i| json!({"payload": i})).collect();
+    for _ in 0..2 {
+        let reply = app
+            .post("/topics/hung/messages:batch", &json!({"messages": batch}))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    app.group("hung", "g", &json!({})).await;
+    let got = app.fetch("hung", "g", "w", 1000, 0).await;
+    assert_eq!(got.len(), 1000);
+    assert_eq!(app.history("hung").await.len(), 2000);
+    assert!(
+        connections.load(Ordering::SeqCst) >= 1,
+        "no export was tried"
+    );
+    // Bounded by one export timeout (10 s) and the 1 s drain; 40 s leaves
+    // room for a loaded machine and is far below the queue's worth of
+    // export timeouts it took.
+    let stopped = tokio::time::timeout(Duration::from_secs(40), app.stop()).await;
+    assert!(
+        stopped.is_ok(),
+        "shutdown still waiting on the collector after 40 s"
+    );
 }
