@@ -14,7 +14,10 @@ use fantoccini::Client;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::TestApp;
-use support::browser::{Browser, POLL, WAIT, click, page_errors, wait_contains, wait_for};
+use support::browser::{
+    Browser, POLL, WAIT, answer_confirm, click, page_errors, text_of, wait_contains, wait_for,
+    wait_text,
+};
 
 /// Markup that would run or load something if it ever became HTML.
 const IMG: &str = "<img src=x onerror=\"window.pwned='img'\">";
@@ -211,5 +214,83 @@ async fn hostile_text_everywhere_is_shown_as_text() {
     .expect("open a hostile hash");
     wait_contains(page, "main", "Not found").await;
     assert_no_markup_ran(page, "not found").await;
+    app.stop().await;
+}
+
+/// "Replay all" with more than 10,000 dead letters whose topic entries
+/// are gone (trimmed by retention) ahead of one that can be replayed: one
+/// replay request scans at most 10,000 and answers `more` with
+/// `next_after`. The page sent every request without `after`, so each
+/// click scanned the same 10,000 that stay and the dead letter behind them
+/// was never replayed, however often the operator clicked "replay all
+/// again" as the page told them to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_all_reaches_dead_letters_behind_ten_thousand_that_stay() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let page = browser.page();
+    let mut app =
+        TestApp::start_with(|c| c.retention_interval = std::time::Duration::from_millis(100)).await;
+    let t = app.tenant.clone();
+    let group_path = "/topics/big/groups/g";
+    app.group("big", "g", &json!({})).await;
+    let batch: Vec<Value> = (0..1000).map(|i| json!({"payload": i})).collect();
+    for round in 0..10 {
+        let reply = app
+            .post("/topics/big/messages:batch", &json!({"messages": batch}))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        let got = app.fetch("big", "g", "w", 1000, 0).await;
+        assert_eq!(got.len(), 1000, "round {round}");
+        let receipts: Vec<&Value> = got.iter().map(|m| &m["receipt"]).collect();
+        let reply = app
+            .post(
+                &format!("{group_path}/reject"),
+                &json!({"receipts": receipts, "error": "bad"}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    // Retention trims every entry (all dead-lettered, none owed), so these
+    // 10,000 dead letters stay when replayed.
+    let reply = app.put("/topics/big", &json!({"retention_ms": 1})).await;
+    assert!(reply.status.is_success(), "{}", reply.body);
+    wait_api(&app, "/topics/big", "an empty topic", |b| b["length"] == 0).await;
+    let reply = app.put("/topics/big", &json!({"retention_ms": 0})).await;
+    assert!(reply.status.is_success(), "{}", reply.body);
+    // The one dead letter behind them can be replayed.
+    app.publish("big", &json!({"payload": "survivor"})).await;
+    let got = app.fetch("big", "g", "w", 1, 0).await;
+    let reply = app
+        .post(
+            &format!("{group_path}/reject"),
+            &json!({"receipts": [got[0]["receipt"]], "error": "bad"}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(app.get(group_path).await.body["dead_lettered"], 10_001);
+
+    page.goto(&format!("{}/ui#/t/{t}/topics/big/groups/g", app.base))
+        .await
+        .expect("open the group");
+    wait_text(page, "[data-stat=dead_lettered]", "10,001").await;
+    // Click "Replay all" as often as the page says more are left (bounded).
+    for _ in 0..3 {
+        // (Disabled while the last click's requests run.)
+        click(page, "button[data-action=replay-all]:not([disabled])").await;
+        answer_confirm(page, true).await;
+        wait_contains(page, "#flash", "Replayed").await;
+        let flash = text_of(page, "#flash").await.unwrap_or_default();
+        if !flash.contains("more are left") {
+            break;
+        }
+    }
+    let after = wait_api(&app, group_path, "the survivor replayed", |g| {
+        g["dead_lettered"] == 10_000
+    })
+    .await;
+    assert_eq!(after["delayed"], 1, "{after}");
+    assert_eq!(page_errors(page).await, Vec::<Value>::new());
     app.stop().await;
 }

@@ -20,6 +20,8 @@ const MAX_TOPICS = 50;
 const MAX_GROUPS = 50;
 /** Dead letters per page. */
 const DLQ_PAGE = 25;
+/** Most "replay all" requests one click makes (each scans up to 10,000). */
+const MAX_REPLAY_CALLS = 20;
 /** Most pools or channels watched per tenant. */
 const MAX_WATCHED = 20;
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -38,6 +40,8 @@ const state = {
   last: null,
   /** Dead-letter paging of the current group: cursor and earlier cursors. */
   dlq: { after: null, stack: [] },
+  /** Where the next "replay all" of this group goes on (its next_after). */
+  replayAfter: null,
   /** The operator closed the token dialog: do not reopen it on every 401. */
   tokenDismissed: false,
 };
@@ -245,6 +249,7 @@ function navigate() {
   state.routeKey = key;
   state.last = null;
   state.dlq = { after: null, stack: [] };
+  state.replayAfter = null;
   document.title = `${title(route)} · streamcar`;
   morphChildren($("crumbs"), h("div", {}, crumbs(route)));
   for (const a of document.querySelectorAll("[data-nav]")) {
@@ -330,6 +335,30 @@ async function act(button, change, done) {
   }
 }
 
+const num = views.num;
+
+/**
+ * Replays every dead letter of the group: one request scans at most 10,000,
+ * so go on from each answer's next_after while it says `more` (without it
+ * every request starts again at the oldest, and 10,000 that stay, such as
+ * those whose topic entry was trimmed, would hide the rest for good). Past
+ * MAX_REPLAY_CALLS requests the next click goes on from where this stopped.
+ */
+async function replayAll(r) {
+  const total = { replayed: 0, missing: 0, more: false };
+  let after = state.replayAfter;
+  for (let i = 0; i < MAX_REPLAY_CALLS; i++) {
+    const out = await call("POST", groupPath(r, "/dlq/replay"), after ? { after } : {});
+    total.replayed += out.replayed.length;
+    total.missing += out.missing.length;
+    total.more = Boolean(out.more && out.next_after);
+    after = total.more ? out.next_after : null;
+    state.replayAfter = after;
+    if (!total.more) break;
+  }
+  return total;
+}
+
 const actions = {
   token: () => askToken(null),
 
@@ -352,10 +381,10 @@ const actions = {
   async "replay-all"(button, r) {
     if (!(await confirmDialog("Replay all dead letters?",
       `Every dead letter of group ${r.group} goes back to it with attempts reset. Other groups are not affected.`, "Replay all"))) return;
-    await act(button, () => call("POST", groupPath(r, "/dlq/replay"), {}),
-      (out) => `Replayed ${out.replayed.length}` +
-        (out.missing.length ? `; ${out.missing.length} could not be (topic entry gone)` : "") +
-        (out.more ? "; more are left: replay all again." : "."));
+    await act(button, () => replayAll(r),
+      (out) => `Replayed ${num(out.replayed)}` +
+        (out.missing ? `; ${num(out.missing)} could not be (topic entry gone)` : "") +
+        (out.more ? "; more are left: replay all again to go on." : "."));
   },
 
   async delete(button, r) {
