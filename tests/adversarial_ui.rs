@@ -10,7 +10,7 @@ mod support;
 
 use std::net::SocketAddr;
 
-use fantoccini::Client;
+use fantoccini::{Client, Locator};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::TestApp;
@@ -291,6 +291,58 @@ async fn replay_all_reaches_dead_letters_behind_ten_thousand_that_stay() {
     })
     .await;
     assert_eq!(after["delayed"], 1, "{after}");
+    assert_eq!(page_errors(page).await, Vec::<Value>::new());
+    app.stop().await;
+}
+
+/// Rows of a table on the page.
+async fn rows(page: &Client, css: &str) -> usize {
+    page.find_all(Locator::Css(css)).await.expect("query").len()
+}
+
+/// A tenant with more topics, and a topic with more groups, than one page
+/// of the view (50): every one is reachable by paging, and a page shows
+/// (and describes) at most 50. The page showed the first 50 by name and
+/// nothing else: topic 51 on (and group 51 on, without even a note) could
+/// not be reached from the UI at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_topic_and_group_is_reachable_past_the_first_page() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let page = browser.page();
+    let mut app = TestApp::start_quiet().await;
+    let t = app.tenant.clone();
+    for i in 0..120 {
+        let reply = app.put(&format!("/topics/p{i:03}"), &json!({})).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    }
+    for i in 0..60 {
+        app.group("p000", &format!("g{i:02}"), &json!({})).await;
+    }
+    page.goto(&format!("{}/ui#/t/{t}", app.base))
+        .await
+        .expect("open the tenant");
+    wait_for(page, "tr[data-key='topic:p049']").await;
+    assert_eq!(rows(page, "tr[data-key^='topic:']").await, 50);
+    click(page, "button[data-action=names-next]").await;
+    wait_for(page, "tr[data-key='topic:p099']").await;
+    assert_eq!(rows(page, "tr[data-key^='topic:']").await, 50);
+    click(page, "button[data-action=names-next]").await;
+    wait_for(page, "tr[data-key='topic:p119']").await;
+    assert_eq!(rows(page, "tr[data-key^='topic:']").await, 20);
+    wait_contains(page, "[data-key='pager:topics']", "101–120 of 120").await;
+    click(page, "button[data-action=names-first]").await;
+    wait_for(page, "tr[data-key='topic:p000']").await;
+
+    click(page, "tr[data-key='topic:p000'] a").await;
+    wait_for(page, "tr[data-key='group:g49']").await;
+    assert_eq!(rows(page, "tr[data-key^='group:']").await, 50);
+    click(page, "button[data-action=names-next]").await;
+    wait_for(page, "tr[data-key='group:g59']").await;
+    assert_eq!(rows(page, "tr[data-key^='group:']").await, 10);
+    click(page, "tr[data-key='group:g59'] a").await;
+    wait_text(page, "[data-stat=lag]", "0").await;
     assert_eq!(page_errors(page).await, Vec::<Value>::new());
     app.stop().await;
 }

@@ -3,8 +3,9 @@
 // delete dead letters) behind confirmation dialogs.
 //
 // Every load is bounded: at most MAX_TOPICS topics and MAX_GROUPS groups
-// are described per view, one page of dead letters at a time, and a slow
-// call times out (api.js). A refresh that fails keeps showing the last good
+// are described per view (a page of them, by name: the pager reaches the
+// rest), one page of dead letters at a time, and a slow call times out
+// (api.js). A refresh that fails keeps showing the last good
 // data under a notice saying why (the problem's detail) and what to do.
 
 import { ApiError, call, seg, setToken, tenantPath, token } from "./api.js";
@@ -40,6 +41,8 @@ const state = {
   last: null,
   /** Dead-letter paging of the current group: cursor and earlier cursors. */
   dlq: { after: null, stack: [] },
+  /** Name paging of the tenant's topics or the topic's groups. */
+  names: { after: null, stack: [] },
   /** Where the next "replay all" of this group goes on (its next_after). */
   replayAfter: null,
   /** The operator closed the token dialog: do not reopen it on every 401. */
@@ -108,6 +111,23 @@ function setWatched(kind, tenant, list) {
 
 // ---- loading --------------------------------------------------------------
 
+/**
+ * The page of `names` (sorted, as the API lists them) after the name
+ * cursor, at most `max`: what the view shows and how to page on.
+ */
+function namePage(names, max) {
+  const { after, stack } = state.names;
+  const from = after === null ? 0 : names.findIndex((n) => n > after);
+  const start = from < 0 ? names.length : from;
+  const shown = names.slice(start, start + max);
+  const end = start + shown.length;
+  return {
+    shown,
+    info: { from: start, to: end, total: names.length, page: stack.length,
+      next: end < names.length ? shown[shown.length - 1] : null },
+  };
+}
+
 /** A call's result or its ApiError, without throwing (anything else throws). */
 async function settle(promise) {
   try {
@@ -128,7 +148,7 @@ const loaders = {
       call("GET", tenantPath(r.tenant, "/topics")),
       settle(call("GET", tenantPath(r.tenant, "/limits"))),
     ]);
-    const names = list.topics.slice(0, MAX_TOPICS);
+    const { shown: names, info: topicPage } = namePage(list.topics, MAX_TOPICS);
     const described = await Promise.all(names.map(async (name) => {
       const got = await settle(call("GET", tenantPath(r.tenant, `/topics/${seg(name)}`)));
       if (got.error && got.error.status === 404) return null; // deleted meanwhile
@@ -141,6 +161,7 @@ const loaders = {
       tenant: r.tenant,
       topics: described.filter(Boolean),
       topicCount: list.topics.length,
+      topicPage,
       limits: { value: limits.value ? limits.value.limits : null, error: limits.error },
       pools,
       channels,
@@ -149,13 +170,15 @@ const loaders = {
 
   async topic(r) {
     const info = await call("GET", tenantPath(r.tenant, `/topics/${seg(r.topic)}`));
-    const groups = await Promise.all(info.groups.slice(0, MAX_GROUPS).map(async (g) => {
+    const byName = new Map(info.groups.map((g) => [g.name, g]));
+    const { shown, info: groupPage } = namePage(info.groups.map((g) => g.name), MAX_GROUPS);
+    const groups = await Promise.all(shown.map((name) => byName.get(name)).map(async (g) => {
       const got = await settle(call("GET", groupPath({ ...r, group: g.name })));
       if (got.error) return { name: g.name, error: got.error };
       sample(`${r.tenant}/${r.topic}/${g.name}`, got.value.lag);
       return { name: g.name, info: got.value };
     }));
-    return { tenant: r.tenant, topic: r.topic, info, groups };
+    return { tenant: r.tenant, topic: r.topic, info, groups, groupPage };
   },
 
   async group(r) {
@@ -249,6 +272,7 @@ function navigate() {
   state.routeKey = key;
   state.last = null;
   state.dlq = { after: null, stack: [] };
+  state.names = { after: null, stack: [] };
   state.replayAfter = null;
   document.title = `${title(route)} · streamcar`;
   morphChildren($("crumbs"), h("div", {}, crumbs(route)));
@@ -399,6 +423,20 @@ const actions = {
     if (!next) return;
     state.dlq.stack.push(state.dlq.after);
     state.dlq.after = next;
+    refresh();
+  },
+
+  "names-next": () => {
+    const model = state.last && state.last.model;
+    const page = model && (model.topicPage || model.groupPage);
+    if (!page || !page.next) return;
+    state.names.stack.push(state.names.after);
+    state.names.after = page.next;
+    refresh();
+  },
+
+  "names-first": () => {
+    state.names = { after: null, stack: [] };
     refresh();
   },
 
