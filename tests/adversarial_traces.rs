@@ -2,9 +2,10 @@
 //! URLs that are not what they seem, and a collector that takes the
 //! connection and never answers.
 //!
-//! The exporter is one per process (see tests/traces.rs), so the tests that
-//! install one take [`EXPORTER`] first: `cargo test` runs a binary's tests
-//! as threads of one process.
+//! The exporter is one per process (see tests/traces.rs), so every test
+//! here takes [`EXPORTER`] first: `cargo test` runs a binary's tests as
+//! threads of one process, and a live exporter changes what a publish
+//! stores.
 
 mod support;
 
@@ -54,6 +55,7 @@ fn stored_trace(headers: &Value) -> Option<String> {
 /// The sidecar kept the first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_traceparent_headers_continue_neither_trace() {
+    let _one = EXPORTER.lock().await; // no other test's exporter makes spans
     let app = TestApp::start_quiet().await;
     let mut headers = HeaderMap::new();
     for trace in [TRACE_A, TRACE_B] {
@@ -84,6 +86,8 @@ async fn two_traceparent_headers_continue_neither_trace() {
 /// well-formed ones, including a future version's extra fields, are kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_traceparent_values_are_ignored_and_never_fail_a_publish() {
+    // With another test's exporter live, a publish would store its own span.
+    let _one = EXPORTER.lock().await;
     let app = TestApp::start_quiet().await;
     let long = format!("01-{TRACE_A}-{SPAN}-01-{}", "x".repeat(10 * 1024));
     let bad: Vec<Vec<u8>> = vec![
