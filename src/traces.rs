@@ -265,6 +265,10 @@ impl MessageSpan {
 pub struct Exporter {
     #[cfg(feature = "otlp")]
     provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    /// Set when the exporter stops: what is still queued then gets until
+    /// this instant in all, not one export timeout per batch.
+    #[cfg(feature = "otlp")]
+    closing: otel::Closing,
 }
 
 /// Why the exporter cannot start.
@@ -278,18 +282,32 @@ pub struct ExportError {
 }
 
 /// The URL spans are POSTed to: `endpoint` as given when its path names a
-/// signal (ends in `/v1/traces`), else with `/v1/traces` appended, as
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` works. Only `http://` (the sidecar talks
-/// to a collector next to it).
+/// signal (ends in `/v1/traces`), else with `/v1/traces` appended to the
+/// path (a query stays the query), as `OTEL_EXPORTER_OTLP_ENDPOINT` works.
+/// Only `http://` (the sidecar talks to a collector next to it), and a port
+/// must be a port: the HTTP client reads `:99999` or `:4318x` as no port
+/// at all and would send to port 80.
 pub fn traces_url(endpoint: &str) -> Result<String, String> {
     let uri: hyper::Uri = endpoint.parse().map_err(|e| format!("not a URL ({e})"))?;
-    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+    let Some(authority) = uri.authority().filter(|_| uri.scheme_str() == Some("http")) else {
         return Err("must be http://host[:port][/path] (send to a collector next to the sidecar; it may forward over TLS)".into());
+    };
+    let host_port = authority
+        .as_str()
+        .rsplit_once('@')
+        .map_or(authority.as_str(), |(_, h)| h);
+    let after_host = host_port.rsplit_once(']').map_or(host_port, |(_, p)| p);
+    if after_host.contains(':') && authority.port_u16().is_none_or(|p| p == 0) {
+        return Err("the port must be a number from 1 to 65535".into());
     }
     if uri.path().ends_with("/v1/traces") {
         return Ok(endpoint.to_owned());
     }
-    Ok(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+    let query = uri.query().map_or_else(String::new, |q| format!("?{q}"));
+    Ok(format!(
+        "http://{authority}{}/v1/traces{query}",
+        uri.path().trim_end_matches('/')
+    ))
 }
 
 /// Starts exporting spans to `endpoint` (see [`traces_url`]); must run on
@@ -303,12 +321,14 @@ pub fn install(endpoint: &str) -> Result<Exporter, ExportError> {
     let url = traces_url(endpoint).map_err(failed)?;
     #[cfg(feature = "otlp")]
     {
-        let provider = otel::provider(&url).map_err(failed)?;
+        let closing = otel::Closing::default();
+        let provider = otel::provider(&url, closing.clone()).map_err(failed)?;
         otel::set_tracer(Some(&provider));
         ENABLED.store(true, Ordering::Relaxed);
         tracing::info!(endpoint = %url, "exporting traces over OTLP/HTTP");
         Ok(Exporter {
             provider: Some(provider),
+            closing,
         })
     }
     #[cfg(not(feature = "otlp"))]
@@ -321,19 +341,31 @@ pub fn install(endpoint: &str) -> Result<Exporter, ExportError> {
 }
 
 impl Exporter {
-    /// Stops making spans, exports what is queued (bounded by the export
-    /// timeout) and stops the exporter.
+    /// Stops making spans, exports what is queued (within one export
+    /// timeout in all, however many batches are queued behind a collector
+    /// that does not answer) and stops the exporter.
     #[cfg_attr(not(feature = "otlp"), allow(unused_mut))]
     pub async fn shutdown(mut self) {
         #[cfg(feature = "otlp")]
         if let Some(provider) = self.provider.take() {
             ENABLED.store(false, Ordering::Relaxed);
             otel::set_tracer(None);
+            let deadline = self.closing.start();
             // The processor answers from its task on this runtime while
             // shutdown blocks waiting for it: wait on a blocking thread.
-            let done = tokio::task::spawn_blocking(move || provider.shutdown()).await;
-            if let Ok(Err(e)) = done {
-                tracing::warn!(error = %e, "traces: the last spans may not have been exported");
+            let done = tokio::time::timeout_at(
+                deadline + otel::SHUTDOWN_GRACE,
+                tokio::task::spawn_blocking(move || provider.shutdown()),
+            )
+            .await;
+            match done {
+                Ok(Ok(Err(e))) => {
+                    tracing::warn!(error = %e, "traces: the last spans may not have been exported");
+                }
+                Err(_) => {
+                    tracing::warn!("traces: the collector did not take the last spans in time")
+                }
+                Ok(_) => {}
             }
         }
     }
@@ -348,6 +380,7 @@ impl Drop for Exporter {
         if let Some(provider) = self.provider.take() {
             ENABLED.store(false, Ordering::Relaxed);
             otel::set_tracer(None);
+            self.closing.start();
             std::thread::spawn(move || drop(provider.shutdown()));
         }
     }
@@ -357,7 +390,7 @@ impl Drop for Exporter {
 mod otel {
     //! The OpenTelemetry SDK behind [`super::MessageSpan`].
 
-    use std::sync::RwLock;
+    use std::sync::{Arc, OnceLock, RwLock};
     use std::time::Duration;
 
     use bytes::Bytes;
@@ -373,9 +406,12 @@ mod otel {
     use opentelemetry_http::{HttpClient, HttpError};
     use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
     use opentelemetry_sdk::Resource;
+    use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
     use opentelemetry_sdk::runtime::Tokio;
     use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
-    use opentelemetry_sdk::trace::{BatchConfigBuilder, SdkTracer, SdkTracerProvider};
+    use opentelemetry_sdk::trace::{
+        BatchConfigBuilder, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
+    };
 
     use super::Step;
 
@@ -383,6 +419,59 @@ mod otel {
     const MAX_QUEUE: usize = 4096;
     /// Longest one export request may take.
     const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Waited past the closing deadline for the processor to report back.
+    pub(super) const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+    /// When the exporter stops, the instant by which what is queued must be
+    /// sent: one export timeout from then.
+    #[derive(Debug, Clone, Default)]
+    pub(super) struct Closing(Arc<OnceLock<tokio::time::Instant>>);
+
+    impl Closing {
+        /// Starts closing (once); returns the deadline.
+        pub(super) fn start(&self) -> tokio::time::Instant {
+            *self
+                .0
+                .get_or_init(|| tokio::time::Instant::now() + EXPORT_TIMEOUT)
+        }
+    }
+
+    /// The OTLP exporter under the closing deadline: once the exporter
+    /// stops, the batches still queued share one export timeout (the batch
+    /// processor gives each its own, one after another: behind a collector
+    /// that takes the connection and never answers, stopping took one
+    /// timeout per 512 queued spans); after it they fail at once.
+    #[derive(Debug)]
+    struct Bounded {
+        inner: opentelemetry_otlp::SpanExporter,
+        closing: Closing,
+    }
+
+    impl SpanExporter for Bounded {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            let Some(deadline) = self.closing.0.get().copied() else {
+                return self.inner.export(batch).await;
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(OTelSdkError::Timeout(EXPORT_TIMEOUT));
+            }
+            tokio::time::timeout_at(deadline, self.inner.export(batch))
+                .await
+                .unwrap_or(Err(OTelSdkError::Timeout(EXPORT_TIMEOUT)))
+        }
+
+        fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+            self.inner.shutdown_with_timeout(timeout)
+        }
+
+        fn force_flush(&self) -> OTelSdkResult {
+            self.inner.force_flush()
+        }
+
+        fn set_resource(&mut self, resource: &Resource) {
+            self.inner.set_resource(resource);
+        }
+    }
 
     static TRACER: RwLock<Option<SdkTracer>> = RwLock::new(None);
 
@@ -416,7 +505,7 @@ mod otel {
         }
     }
 
-    pub(super) fn provider(url: &str) -> Result<SdkTracerProvider, String> {
+    pub(super) fn provider(url: &str, closing: Closing) -> Result<SdkTracerProvider, String> {
         let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -426,6 +515,10 @@ mod otel {
             .with_timeout(EXPORT_TIMEOUT)
             .build()
             .map_err(|e| e.to_string())?;
+        let exporter = Bounded {
+            inner: exporter,
+            closing,
+        };
         let config = BatchConfigBuilder::default()
             .with_max_queue_size(MAX_QUEUE)
             .with_max_export_timeout(EXPORT_TIMEOUT)
@@ -585,7 +678,21 @@ mod tests {
             traces_url("http://c:4318/v1/traces").unwrap(),
             "http://c:4318/v1/traces"
         );
+        assert_eq!(
+            traces_url("http://c:4318/base/?tenant=a").unwrap(),
+            "http://c:4318/base/v1/traces?tenant=a"
+        );
         assert!(traces_url("https://c:4318").is_err());
         assert!(traces_url("c:4318").is_err());
+        for bad in [
+            "http://c:99999",
+            "http://c:4318x",
+            "http://c:",
+            "http://[::1]:0",
+        ] {
+            assert!(traces_url(bad).is_err(), "{bad}");
+        }
+        assert!(traces_url("http://[::1]:4318").is_ok());
+        assert!(traces_url("http://[::1]").is_ok());
     }
 }

@@ -9,153 +9,15 @@
 mod support;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
+use fantoccini::Locator;
 use fantoccini::key::Key;
-use fantoccini::wd::WebDriverCompatibleCommand;
-use fantoccini::{Client, Locator};
 use serde_json::{Value, json};
 use support::TestApp;
-use support::browser::Browser;
-
-/// How long any one wait for the page may take.
-const WAIT: Duration = Duration::from_secs(20);
-const POLL: Duration = Duration::from_millis(100);
-
-/// chromedriver's browser console log (`POST /session/{id}/se/log`).
-#[derive(Debug)]
-struct BrowserLog;
-
-impl WebDriverCompatibleCommand for BrowserLog {
-    fn endpoint(
-        &self,
-        base_url: &url::Url,
-        session_id: Option<&str>,
-    ) -> Result<url::Url, url::ParseError> {
-        base_url.join(&format!(
-            "session/{}/se/log",
-            session_id.unwrap_or_default()
-        ))
-    }
-
-    fn method_and_body(&self, _: &url::Url) -> (axum::http::Method, Option<String>) {
-        (
-            axum::http::Method::POST,
-            Some(r#"{"type":"browser"}"#.to_owned()),
-        )
-    }
-}
-
-/// Console entries at level SEVERE (errors, failed loads, CSP refusals).
-async fn severe_console_entries(page: &Client) -> Vec<Value> {
-    let log = page.issue_cmd(BrowserLog).await.expect("browser log");
-    log.as_array()
-        .expect("log entries")
-        .iter()
-        .filter(|e| e["level"] == "SEVERE")
-        .cloned()
-        .collect()
-}
-
-/// What the page itself caught (`window.streamcarErrors`, see ui/errors.js).
-async fn page_errors(page: &Client) -> Vec<Value> {
-    let errors = page
-        .execute("return window.streamcarErrors || null;", vec![])
-        .await
-        .expect("read page errors");
-    errors
-        .as_array()
-        .expect("ui/errors.js ran and installed window.streamcarErrors")
-        .clone()
-}
-
-/// The text of the first element matching `css`, or None.
-async fn text_of(page: &Client, css: &str) -> Option<String> {
-    let el = page.find(Locator::Css(css)).await.ok()?;
-    el.text().await.ok()
-}
-
-/// Waits until the element `css` shows `want`.
-async fn wait_text(page: &Client, css: &str, want: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut seen = None;
-    while tokio::time::Instant::now() < deadline {
-        seen = text_of(page, css).await;
-        if seen.as_deref() == Some(want) {
-            return;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    panic!("{css}: waited for {want:?}, last saw {seen:?}");
-}
-
-/// Waits until the element `css` exists and its text contains `needle`.
-async fn wait_contains(page: &Client, css: &str, needle: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut seen = None;
-    while tokio::time::Instant::now() < deadline {
-        seen = text_of(page, css).await;
-        if seen.as_deref().is_some_and(|s| s.contains(needle)) {
-            return;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    panic!("{css}: waited for text with {needle:?}, last saw {seen:?}");
-}
-
-/// Waits until an element matching `css` exists and returns its text.
-async fn wait_for(page: &Client, css: &str) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if let Some(text) = text_of(page, css).await {
-            return text;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    panic!("{css} never appeared");
-}
-
-/// Waits until no element matches `css`.
-async fn wait_gone(page: &Client, css: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if page
-            .find_all(Locator::Css(css))
-            .await
-            .expect("query")
-            .is_empty()
-        {
-            return;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    panic!("{css} is still there");
-}
-
-async fn click(page: &Client, css: &str) {
-    wait_for(page, css).await;
-    page.find(Locator::Css(css))
-        .await
-        .expect(css)
-        .click()
-        .await
-        .unwrap_or_else(|e| panic!("click {css}: {e}"));
-}
-
-/// Answers the open confirmation dialog with its confirm or cancel button.
-async fn answer_confirm(page: &Client, confirm: bool) {
-    wait_for(page, "dialog#confirm[open]").await;
-    click(
-        page,
-        if confirm {
-            "#confirm-ok"
-        } else {
-            "#confirm-cancel"
-        },
-    )
-    .await;
-    wait_gone(page, "dialog#confirm[open]").await;
-}
+use support::browser::{
+    Browser, POLL, WAIT, answer_confirm, click, page_errors, severe_console_entries, wait_contains,
+    wait_for, wait_gone, wait_text,
+};
 
 /// Polls the API until `check` holds for the group (bounded).
 async fn wait_group(

@@ -3,8 +3,9 @@
 // delete dead letters) behind confirmation dialogs.
 //
 // Every load is bounded: at most MAX_TOPICS topics and MAX_GROUPS groups
-// are described per view, one page of dead letters at a time, and a slow
-// call times out (api.js). A refresh that fails keeps showing the last good
+// are described per view (a page of them, by name: the pager reaches the
+// rest), one page of dead letters at a time, and a slow call times out
+// (api.js). A refresh that fails keeps showing the last good
 // data under a notice saying why (the problem's detail) and what to do.
 
 import { ApiError, call, seg, setToken, tenantPath, token } from "./api.js";
@@ -20,6 +21,8 @@ const MAX_TOPICS = 50;
 const MAX_GROUPS = 50;
 /** Dead letters per page. */
 const DLQ_PAGE = 25;
+/** Most "replay all" requests one click makes (each scans up to 10,000). */
+const MAX_REPLAY_CALLS = 20;
 /** Most pools or channels watched per tenant. */
 const MAX_WATCHED = 20;
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -38,6 +41,10 @@ const state = {
   last: null,
   /** Dead-letter paging of the current group: cursor and earlier cursors. */
   dlq: { after: null, stack: [] },
+  /** Name paging of the tenant's topics or the topic's groups. */
+  names: { after: null, stack: [] },
+  /** Where the next "replay all" of this group goes on (its next_after). */
+  replayAfter: null,
   /** The operator closed the token dialog: do not reopen it on every 401. */
   tokenDismissed: false,
 };
@@ -104,6 +111,23 @@ function setWatched(kind, tenant, list) {
 
 // ---- loading --------------------------------------------------------------
 
+/**
+ * The page of `names` (sorted, as the API lists them) after the name
+ * cursor, at most `max`: what the view shows and how to page on.
+ */
+function namePage(names, max) {
+  const { after, stack } = state.names;
+  const from = after === null ? 0 : names.findIndex((n) => n > after);
+  const start = from < 0 ? names.length : from;
+  const shown = names.slice(start, start + max);
+  const end = start + shown.length;
+  return {
+    shown,
+    info: { from: start, to: end, total: names.length, page: stack.length,
+      next: end < names.length ? shown[shown.length - 1] : null },
+  };
+}
+
 /** A call's result or its ApiError, without throwing (anything else throws). */
 async function settle(promise) {
   try {
@@ -124,7 +148,7 @@ const loaders = {
       call("GET", tenantPath(r.tenant, "/topics")),
       settle(call("GET", tenantPath(r.tenant, "/limits"))),
     ]);
-    const names = list.topics.slice(0, MAX_TOPICS);
+    const { shown: names, info: topicPage } = namePage(list.topics, MAX_TOPICS);
     const described = await Promise.all(names.map(async (name) => {
       const got = await settle(call("GET", tenantPath(r.tenant, `/topics/${seg(name)}`)));
       if (got.error && got.error.status === 404) return null; // deleted meanwhile
@@ -137,6 +161,7 @@ const loaders = {
       tenant: r.tenant,
       topics: described.filter(Boolean),
       topicCount: list.topics.length,
+      topicPage,
       limits: { value: limits.value ? limits.value.limits : null, error: limits.error },
       pools,
       channels,
@@ -145,13 +170,15 @@ const loaders = {
 
   async topic(r) {
     const info = await call("GET", tenantPath(r.tenant, `/topics/${seg(r.topic)}`));
-    const groups = await Promise.all(info.groups.slice(0, MAX_GROUPS).map(async (g) => {
+    const byName = new Map(info.groups.map((g) => [g.name, g]));
+    const { shown, info: groupPage } = namePage(info.groups.map((g) => g.name), MAX_GROUPS);
+    const groups = await Promise.all(shown.map((name) => byName.get(name)).map(async (g) => {
       const got = await settle(call("GET", groupPath({ ...r, group: g.name })));
       if (got.error) return { name: g.name, error: got.error };
       sample(`${r.tenant}/${r.topic}/${g.name}`, got.value.lag);
       return { name: g.name, info: got.value };
     }));
-    return { tenant: r.tenant, topic: r.topic, info, groups };
+    return { tenant: r.tenant, topic: r.topic, info, groups, groupPage };
   },
 
   async group(r) {
@@ -245,6 +272,8 @@ function navigate() {
   state.routeKey = key;
   state.last = null;
   state.dlq = { after: null, stack: [] };
+  state.names = { after: null, stack: [] };
+  state.replayAfter = null;
   document.title = `${title(route)} · streamcar`;
   morphChildren($("crumbs"), h("div", {}, crumbs(route)));
   for (const a of document.querySelectorAll("[data-nav]")) {
@@ -330,6 +359,30 @@ async function act(button, change, done) {
   }
 }
 
+const num = views.num;
+
+/**
+ * Replays every dead letter of the group: one request scans at most 10,000,
+ * so go on from each answer's next_after while it says `more` (without it
+ * every request starts again at the oldest, and 10,000 that stay, such as
+ * those whose topic entry was trimmed, would hide the rest for good). Past
+ * MAX_REPLAY_CALLS requests the next click goes on from where this stopped.
+ */
+async function replayAll(r) {
+  const total = { replayed: 0, missing: 0, more: false };
+  let after = state.replayAfter;
+  for (let i = 0; i < MAX_REPLAY_CALLS; i++) {
+    const out = await call("POST", groupPath(r, "/dlq/replay"), after ? { after } : {});
+    total.replayed += out.replayed.length;
+    total.missing += out.missing.length;
+    total.more = Boolean(out.more && out.next_after);
+    after = total.more ? out.next_after : null;
+    state.replayAfter = after;
+    if (!total.more) break;
+  }
+  return total;
+}
+
 const actions = {
   token: () => askToken(null),
 
@@ -352,10 +405,10 @@ const actions = {
   async "replay-all"(button, r) {
     if (!(await confirmDialog("Replay all dead letters?",
       `Every dead letter of group ${r.group} goes back to it with attempts reset. Other groups are not affected.`, "Replay all"))) return;
-    await act(button, () => call("POST", groupPath(r, "/dlq/replay"), {}),
-      (out) => `Replayed ${out.replayed.length}` +
-        (out.missing.length ? `; ${out.missing.length} could not be (topic entry gone)` : "") +
-        (out.more ? "; more are left: replay all again." : "."));
+    await act(button, () => replayAll(r),
+      (out) => `Replayed ${num(out.replayed)}` +
+        (out.missing ? `; ${num(out.missing)} could not be (topic entry gone)` : "") +
+        (out.more ? "; more are left: replay all again to go on." : "."));
   },
 
   async delete(button, r) {
@@ -370,6 +423,20 @@ const actions = {
     if (!next) return;
     state.dlq.stack.push(state.dlq.after);
     state.dlq.after = next;
+    refresh();
+  },
+
+  "names-next": () => {
+    const model = state.last && state.last.model;
+    const page = model && (model.topicPage || model.groupPage);
+    if (!page || !page.next) return;
+    state.names.stack.push(state.names.after);
+    state.names.after = page.next;
+    refresh();
+  },
+
+  "names-first": () => {
+    state.names = { after: null, stack: [] };
     refresh();
   },
 

@@ -189,9 +189,7 @@ export function tenantView(model) {
       h("td", { class: "num", "data-field": "retention" }, t.retention_ms ? duration(t.retention_ms) : "no limit"),
       h("td", { class: "num", "data-field": "max_backlog" }, t.max_backlog ? num(t.max_backlog) : "no limit"));
   });
-  const more = model.topicCount > model.topics.length
-    ? h("p", { class: "muted", "data-key": "more" }, `Showing the first ${model.topics.length} of ${num(model.topicCount)} topics (by name).`)
-    : null;
+  const more = namePager("topics", model.topicPage);
   return [
     heading(`Tenant ${tenant}`),
     section("topics", "Topics",
@@ -265,6 +263,16 @@ function watchSection(kind, title, items, noun, row, head, note) {
     table(kind, title, head, rows, h("p", {}, `No ${kind} watched.`)));
 }
 
+/** "Topics 51–100 of 5,000 (by name)" with First/Next page, when they do not fit one page. */
+function namePager(noun, page) {
+  if (!page || (page.page === 0 && !page.next)) return null;
+  const range = page.to > page.from ? `${num(page.from + 1)}–${num(page.to)}` : "none";
+  return h("div", { class: "pager", "data-key": `pager:${noun}` },
+    h("span", { class: "muted small" }, `${noun[0].toUpperCase()}${noun.slice(1)} ${range} of ${num(page.total)} (by name)`),
+    page.page > 0 ? button("First page", "names-first", {}, "secondary small") : null,
+    page.next ? button("Next page", "names-next", {}, "secondary small") : null);
+}
+
 function groupStats(g) {
   return [
     numCell("lag", g.lag, g.lag > 0 ? "hot" : ""),
@@ -299,7 +307,8 @@ export function topicView(model) {
         [col("Group"), col("Lag", true), col("Parked", true), col("Pending", true), col("Delayed", true), col("Dead letters", true), col("Consumers", true), col("State")],
         rows,
         [h("p", {}, "No consumer group reads this topic yet. Declare one:"),
-          h("pre", {}, `curl -s -X PUT ${location.origin}/v1/tenants/${tenant}/topics/${t.name}/groups/workers --json '{"lease_ms": 30000}'`)])),
+          h("pre", {}, `curl -s -X PUT ${location.origin}/v1/tenants/${tenant}/topics/${t.name}/groups/workers --json '{"lease_ms": 30000}'`)]),
+      namePager("groups", model.groupPage)),
     h("p", { class: "muted", "data-key": "ids" }, "Stream ids: first ", code(t.first_id ?? "—"), ", last ", code(t.last_id ?? "—"), "."),
   ];
 }

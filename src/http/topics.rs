@@ -113,6 +113,7 @@ async fn delete_topic(State(state): State<AppState>, path: TopicPath) -> Result<
 
 /// The request's `traceparent` header, if any: all a publish needs of
 /// the request's headers (extracting the whole `HeaderMap` clones it).
+/// Sent twice, it names no trace (W3C Trace Context: a new trace).
 struct RequestTraceparent(Option<HeaderValue>);
 
 impl<S: Send + Sync> FromRequestParts<S> for RequestTraceparent {
@@ -122,7 +123,9 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestTraceparent {
         parts: &mut Parts,
         _: &S,
     ) -> std::result::Result<Self, Self::Rejection> {
-        Ok(Self(parts.headers.get(TRACEPARENT).cloned()))
+        let mut sent = parts.headers.get_all(TRACEPARENT).iter();
+        let first = sent.next().cloned();
+        Ok(Self(first.filter(|_| sent.next().is_none())))
     }
 }
 
