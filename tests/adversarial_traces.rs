@@ -237,3 +237,35 @@ async fn a_collector_that_never_answers_does_not_hold_up_shutdown() {
         "shutdown still waiting on the collector after 40 s"
     );
 }
+
+/// The same for the caller context of the steps that take one from the
+/// request (ack, nack, reject, emit, joins): a join declared with two
+/// `traceparent` headers carried the first one's trace on to its aggregate.
+#[cfg(feature = "otlp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_declared_with_two_traceparent_headers_continues_neither_trace() {
+    let _one = EXPORTER.lock().await;
+    let (addr, _spans) = support::otlp::receiver().await;
+    let mut app = TestApp::start_with(|c| c.otlp_endpoint = Some(format!("http://{addr}"))).await;
+    let mut request = app
+        .client
+        .put(app.url("/topics/fanin/joins/j"))
+        .json(&json!({"parts": ["a"], "ttl_ms": 60000}));
+    for trace in [TRACE_A, TRACE_B] {
+        request = request.header("traceparent", format!("00-{trace}-{SPAN}-01"));
+    }
+    let declared = request.send().await.expect("declare");
+    assert!(declared.status().is_success(), "{}", declared.status());
+    let part = app
+        .post("/topics/fanin/joins/j/parts/a", &json!({"result": 1}))
+        .await;
+    assert!(part.status.is_success(), "{}", part.body);
+    let aggregate = app.history("fanin").await;
+    let stored = &aggregate.last().expect("the aggregate")["headers"];
+    let trace = stored_trace(stored);
+    assert!(
+        trace.as_deref() != Some(TRACE_A) && trace.as_deref() != Some(TRACE_B),
+        "an aggregate declared with two traceparents joined one of them: {stored}"
+    );
+    app.stop().await;
+}

@@ -291,3 +291,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
             .map_err(|e| Error::bad_request("invalid_query", e.body_text()))
     }
 }
+
+/// A request's `traceparent` header, when it was sent exactly once: sent
+/// twice it names no trace (W3C Trace Context, whose test suite's
+/// `test_traceparent_duplicated` expects a new trace).
+pub fn sole_traceparent(headers: &axum::http::HeaderMap) -> Option<&axum::http::HeaderValue> {
+    let mut sent = headers.get_all(crate::traces::TRACEPARENT).iter();
+    sent.next().filter(|_| sent.next().is_none())
+}

@@ -156,9 +156,7 @@ pub async fn require_token(State(expected): State<Arc<str>>, req: Request, next:
 /// context, so the spans it causes nest under the caller's (layered only
 /// while traces are exported).
 pub(super) async fn caller_trace(request: Request, next: Next) -> Response {
-    let traceparent = request
-        .headers()
-        .get(crate::traces::TRACEPARENT)
+    let traceparent = super::extract::sole_traceparent(request.headers())
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     crate::traces::with_caller(traceparent.as_deref(), next.run(request)).await

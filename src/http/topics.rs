@@ -14,6 +14,7 @@ use utoipa_axum::routes;
 
 use super::extract::{
     JsonBody, OptionalJsonBody, PageQuery, QueryParams, TenantPath, TopicPath, parse_json,
+    sole_traceparent,
 };
 use super::openapi::{
     ApiErrors, BodyErrors, Conflict, NotFound, Problem, TenantParams, TooManyRequests, TopicList,
@@ -123,9 +124,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestTraceparent {
         parts: &mut Parts,
         _: &S,
     ) -> std::result::Result<Self, Self::Rejection> {
-        let mut sent = parts.headers.get_all(TRACEPARENT).iter();
-        let first = sent.next().cloned();
-        Ok(Self(first.filter(|_| sent.next().is_none())))
+        Ok(Self(sole_traceparent(&parts.headers).cloned()))
     }
 }
 
