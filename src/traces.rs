@@ -310,12 +310,26 @@ pub fn traces_url(endpoint: &str) -> Result<String, String> {
     ))
 }
 
+/// `url` fit for a log line: a `user:password@` in it shows as `***@`.
+fn without_credentials(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://***{}", &rest[at..]),
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// Starts exporting spans to `endpoint` (see [`traces_url`]); must run on
 /// the tokio runtime (the batch processor is a task on it). Replaces an
 /// exporter installed before (one per process).
 pub fn install(endpoint: &str) -> Result<Exporter, ExportError> {
     let failed = |reason: String| ExportError {
-        endpoint: endpoint.to_owned(),
+        endpoint: without_credentials(endpoint),
         reason,
     };
     let url = traces_url(endpoint).map_err(failed)?;
@@ -325,7 +339,7 @@ pub fn install(endpoint: &str) -> Result<Exporter, ExportError> {
         let provider = otel::provider(&url, closing.clone()).map_err(failed)?;
         otel::set_tracer(Some(&provider));
         ENABLED.store(true, Ordering::Relaxed);
-        tracing::info!(endpoint = %url, "exporting traces over OTLP/HTTP");
+        tracing::info!(endpoint = %without_credentials(&url), "exporting traces over OTLP/HTTP");
         Ok(Exporter {
             provider: Some(provider),
             closing,
@@ -694,5 +708,18 @@ mod tests {
         }
         assert!(traces_url("http://[::1]:4318").is_ok());
         assert!(traces_url("http://[::1]").is_ok());
+    }
+
+    #[test]
+    fn credentials_in_an_endpoint_never_reach_the_log() {
+        assert_eq!(
+            without_credentials("http://user:secret@c:4318/v1/traces?k=a@b"),
+            "http://***@c:4318/v1/traces?k=a@b"
+        );
+        assert_eq!(
+            without_credentials("http://c:4318/v1/traces?k=a@b"),
+            "http://c:4318/v1/traces?k=a@b"
+        );
+        assert_eq!(without_credentials("junk"), "junk");
     }
 }
