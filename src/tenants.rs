@@ -22,7 +22,10 @@
 //! that prune's read came later still and saw the topic, so it put `T` back.
 //! Either way `T` ends on the list. (Between a prune's `SREM` and its
 //! re-add, a just-created tenant is briefly missing: a background pass may
-//! skip its new topic once, and the next pass finds it.)
+//! skip its new topic once, and the next pass finds it.) The re-check is
+//! retried while Redis fails; only a sidecar killed -9 between the two can
+//! still leave such a tenant off the list, until another topic of it is
+//! created.
 //!
 //! The pass runs every `--retention-interval` behind a short lock, so about
 //! one sidecar does it per interval; overlapping passes are harmless.
@@ -35,10 +38,17 @@ use tokio::task::JoinSet;
 use crate::error::Result;
 use crate::keys::{self, TenantKeys};
 use crate::names::Tenant;
-use crate::store::Store;
+use crate::store::{Conn, Store};
 
 /// Most tenants whose topic sets are read at once.
 const BATCH: usize = 500;
+/// Attempts of a pruned tenant's re-check (about two minutes in all).
+const RECHECK_ATTEMPTS: u32 = 30;
+/// Pause after the first failed re-check; it doubles up to
+/// [`RECHECK_MAX_PAUSE`].
+const RECHECK_FIRST_PAUSE: Duration = Duration::from_millis(100);
+/// See [`RECHECK_FIRST_PAUSE`].
+const RECHECK_MAX_PAUSE: Duration = Duration::from_secs(5);
 
 /// Takes every tenant without topics off `sc:tenants`, if this sidecar wins
 /// the pass lock. Returns how many tenants left the list.
@@ -118,6 +128,11 @@ pub async fn list(store: &Store) -> Result<Vec<String>> {
 /// Removes `tenant` from the list, then puts it back if it has a topic by
 /// now (see the module docs for why this order is race-free). Returns true
 /// when it stayed off.
+///
+/// Once it is off, the check must happen: a topic created meanwhile would
+/// otherwise leave its tenant off the list for good (its topics never
+/// trimmed). So the check is retried while Redis fails, for about two
+/// minutes, like a topic's listing (`broker::listing`).
 async fn remove_if_empty(store: &Store, tenant: &Tenant) -> Result<bool> {
     let mut conn = store.conn().await?;
     redis::cmd("SREM")
@@ -125,9 +140,32 @@ async fn remove_if_empty(store: &Store, tenant: &Tenant) -> Result<bool> {
         .arg(tenant.as_str())
         .query_async::<()>(&mut conn)
         .await?;
+    let mut pause = RECHECK_FIRST_PAUSE;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match put_back_if_it_has_topics(&mut conn, tenant).await {
+            Ok(stayed_off) => return Ok(stayed_off),
+            Err(e) if attempt < RECHECK_ATTEMPTS => {
+                tracing::debug!(%tenant, error = %e, "re-checking a pruned tenant failed; retrying");
+            }
+            Err(e) => {
+                tracing::warn!(%tenant, error = %e,
+                    "a pruned tenant could not be re-checked; a topic created for it meanwhile is not visited by retention until another topic of it is created");
+                return Err(e);
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(RECHECK_MAX_PAUSE);
+    }
+}
+
+/// The re-check of [`remove_if_empty`]: puts `tenant` back on the list if
+/// it has a topic. Returns true when it stays off.
+async fn put_back_if_it_has_topics(conn: &mut Conn, tenant: &Tenant) -> Result<bool> {
     let topics: u64 = redis::cmd("SCARD")
         .arg(TenantKeys::new(tenant).topics())
-        .query_async(&mut conn)
+        .query_async(conn)
         .await?;
     if topics == 0 {
         tracing::debug!(%tenant, "tenant has no topics left; removed from the tenant list");
@@ -136,7 +174,7 @@ async fn remove_if_empty(store: &Store, tenant: &Tenant) -> Result<bool> {
     redis::cmd("SADD")
         .arg(keys::TENANTS)
         .arg(tenant.as_str())
-        .query_async::<()>(&mut conn)
+        .query_async::<()>(conn)
         .await?;
     Ok(false)
 }

@@ -201,3 +201,60 @@ async fn a_sidecar_killed_between_creating_a_topic_and_listing_it_leaves_it_list
         .expect("SISMEMBER");
     assert!(listed, "the topic exists but is not listed");
 }
+
+/// A tenant whose topic set is empty leaves the tenant list, then is
+/// checked again and put back if a topic came meanwhile. Redis lost between
+/// the two left it off the list for good although it had a topic: retention
+/// never visited its topics again. Here a topic arrives just before the
+/// removal, and the proxy closes the connection that carries the re-check.
+#[tokio::test]
+async fn a_tenant_pruned_as_a_topic_arrives_is_back_on_the_list_after_redis_fails() {
+    let redis = RedisServer::start();
+    let _: () = redis::cmd("SADD")
+        .arg("sc:tenants")
+        .arg("lonely")
+        .query(&mut redis.connection())
+        .expect("SADD");
+    let proxy = RedisProxy::start(redis.port()).await;
+    let redis_url = redis.url();
+    let mut removed = false;
+    proxy.set_rule(move |chunk| {
+        if !removed && carries(chunk, "SREM") && carries(chunk, "lonely") {
+            removed = true;
+            // A topic of the tenant is listed just before the removal.
+            let mut conn = redis::Client::open(redis_url.as_str())
+                .and_then(|c| c.get_connection())
+                .expect("connect");
+            let _: () = redis::cmd("SADD")
+                .arg("sc:{lonely}:topics")
+                .arg("arrived")
+                .query(&mut conn)
+                .expect("SADD");
+        } else if removed && carries(chunk, "SCARD") && carries(chunk, "lonely") {
+            removed = false;
+            return Act::Close;
+        }
+        Act::Forward
+    });
+    let _sidecar = StreamcarProcess::start(&proxy.url(), &["--retention-interval", "100ms"]).await;
+    for _ in 0..200 {
+        if proxy.acted() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(proxy.acted(), 1, "the re-check was never cut off");
+    let mut listed = false;
+    for _ in 0..100 {
+        listed = redis::cmd("SISMEMBER")
+            .arg("sc:tenants")
+            .arg("lonely")
+            .query(&mut redis.connection())
+            .expect("SISMEMBER");
+        if listed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(listed, "a tenant with a topic stayed off the tenant list");
+}

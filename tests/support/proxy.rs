@@ -1,7 +1,7 @@
 //! A TCP proxy between a sidecar and Redis that misbehaves on cue: each
 //! chunk the sidecar sends is shown to a rule, which may let it through,
 //! hold it and everything after it on that connection (a request that
-//! never reaches Redis), or have the connection move to a new Redis
+//! never reaches Redis), close the connection, or have it move to a new Redis
 //! connection right after the next reply (what follows runs as another
 //! Redis client, as after a reconnect). A reply the old Redis connection
 //! still owes then closes the sidecar's connection instead: that request
@@ -23,6 +23,8 @@ pub enum Act {
     Hold,
     /// Pass it on, then move to a new Redis connection after the next reply.
     RedialAfterReply,
+    /// Drop it and close the connection (Redis lost mid-call).
+    Close,
 }
 
 type Rule = Box<dyn FnMut(&[u8]) -> Act + Send>;
@@ -31,7 +33,8 @@ type Rule = Box<dyn FnMut(&[u8]) -> Act + Send>;
 pub struct RedisProxy {
     port: u16,
     rule: Arc<Mutex<Rule>>,
-    /// How many times a rule's `Hold` or `RedialAfterReply` took effect.
+    /// How many times a rule's `Hold`, `RedialAfterReply` or `Close` took
+    /// effect.
     acted: Arc<AtomicUsize>,
 }
 
@@ -63,7 +66,8 @@ impl RedisProxy {
         *self.rule.lock().expect("rule") = Box::new(rule);
     }
 
-    /// How many times the rule's `Hold` or `RedialAfterReply` took effect.
+    /// How many times the rule's `Hold`, `RedialAfterReply` or `Close`
+    /// took effect.
     pub fn acted(&self) -> usize {
         self.acted.load(Ordering::SeqCst)
     }
@@ -114,6 +118,10 @@ async fn relay(
                     Act::RedialAfterReply => {
                         redis.write_all(chunk).await?;
                         redial_after_reply = true;
+                    }
+                    Act::Close => {
+                        acted.fetch_add(1, Ordering::SeqCst);
+                        return Ok(());
                     }
                 }
             }
