@@ -11,8 +11,9 @@
 -- ARGV[3]  number of messages N, then per message:
 --          dedup KEYS index (0 = no idempotency key), id, ttl_ms (0 = none),
 --          delay_ms (0 = none), F = number of envelope fields, then F name/value pairs
--- Returns  { status, { { id, stream_id, seq, outcome } per message }, max_backlog }
---          status: 1 if this call declared the topic, else 0; -2 when the
+-- Returns  { status, max_backlog, then id, stream_id, seq, outcome per message }
+--          in one flat array (each nested array is one more value for the
+--          client to parse). status: 1 if this call declared the topic, else 0; -2 when the
 --          backlog refused every message that was not a duplicate (nothing
 --          written). outcome: 0 written, 1 duplicate (the first message's id,
 --          stream_id and seq), 2 refused because the backlog is full
@@ -85,7 +86,12 @@ if max_backlog > 0 then
   end
 end
 
-local results = {}
+-- The reply: status (set last), max_backlog, then four values per message.
+local results = { 0, max_backlog }
+local function add_row(id, stream_id, seq, outcome)
+  local r = #results
+  results[r + 1], results[r + 2], results[r + 3], results[r + 4] = id, stream_id, seq, outcome
+end
 local n = tonumber(ARGV[3])
 local a = 4
 local written = 0
@@ -101,16 +107,13 @@ for _ = 1, n do
 
   local previous = nil
   if dedup_index > 0 then
-    local record = dedup_record(redis.call('GET', KEYS[dedup_index]), incarnation, now, window)
-    if record then
-      previous = { record[1], record[2], tonumber(record[3]), 1 }
-    end
+    previous = dedup_record(redis.call('GET', KEYS[dedup_index]), incarnation, now, window)
   end
 
   if previous then
-    results[#results + 1] = previous
+    add_row(previous[1], previous[2], tonumber(previous[3]), 1)
   elseif room and room <= 0 then
-    results[#results + 1] = { id, '', 0, 2 }
+    add_row(id, '', 0, 2)
     refused = refused + 1
   else
     if room then
@@ -135,7 +138,7 @@ for _ = 1, n do
       redis.call('SET', KEYS[dedup_index],
         incarnation .. '\n' .. id .. '\n' .. stream_id .. '\n' .. seq, 'PX', window)
     end
-    results[#results + 1] = { id, stream_id, seq, 0 }
+    add_row(id, stream_id, seq, 0)
     written = written + 1
   end
 end
@@ -143,6 +146,8 @@ if written > 0 then
   redis.call('PUBLISH', ARGV[2], int(written))
 end
 if written == 0 and refused > 0 then
-  return { -2, results, max_backlog }
+  results[1] = -2
+else
+  results[1] = created
 end
-return { created, results, max_backlog }
+return results

@@ -101,12 +101,12 @@ impl Ctx {
 
     async fn raw_publish(&self, keys: &TopicKeys, messages: &[PublishRequest]) -> i64 {
         let mut conn = self.redis.clone();
-        let (status, _, _): (i64, redis::Value, redis::Value) =
-            publish_call(&self.scripts, keys, messages)
-                .invoke_async(&mut conn)
-                .await
-                .expect("raw publish");
-        status
+        // The reply is one flat array, the status first.
+        let reply: Vec<redis::Value> = publish_call(&self.scripts, keys, messages)
+            .invoke_async(&mut conn)
+            .await
+            .expect("raw publish");
+        redis::from_redis_value(reply.into_iter().next().expect("a status")).expect("status")
     }
 
     /// Runs one measured load and records the CPU time the sidecar, Redis

@@ -43,15 +43,18 @@ struct Waiter<I, R> {
 }
 
 /// Queues of callers per key; a key is present while a call for it is in
-/// flight (its queue holds who came meanwhile).
+/// flight (its queue holds who came meanwhile). foldhash rather than
+/// SipHash: every call hashes its key three times (enter, hand over, leave).
 pub struct Batcher<K, I, R> {
-    queues: Mutex<HashMap<K, Vec<Waiter<I, R>>>>,
+    queues: Mutex<Queues<K, I, R>>,
 }
+
+type Queues<K, I, R> = HashMap<K, Vec<Waiter<I, R>>, foldhash::fast::RandomState>;
 
 impl<K, I, R> Default for Batcher<K, I, R> {
     fn default() -> Self {
         Self {
-            queues: Mutex::new(HashMap::new()),
+            queues: Mutex::new(HashMap::default()),
         }
     }
 }
@@ -109,7 +112,7 @@ where
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Vec<Waiter<I, R>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queues<K, I, R>> {
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 

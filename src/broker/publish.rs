@@ -12,6 +12,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use redis::{FromRedisValue, ParsingError, Value};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -41,10 +42,28 @@ pub const MAX_HEADER_NAME_LEN: usize = 128;
 pub const MAX_HEADER_VALUE_LEN: usize = 4096;
 /// Longest `ttl_ms` / `delay_ms`: 365 days.
 pub const MAX_DURATION_MS: u64 = 365 * 24 * 60 * 60 * 1000;
-/// Raw reply of `lua/publish.lua`: created flag (1) or not (0, or -2 when
-/// the backlog refused everything), one `(id, stream_id, seq, outcome)` per
-/// message, the topic's max_backlog.
-type PublishReply = (i64, Vec<(String, String, u64, i64)>, u64);
+/// Reply of `lua/publish.lua`, one flat array: the created flag (1) or not
+/// (0, or -2 when the backlog refused everything), the topic's max_backlog,
+/// then `id, stream_id, seq, outcome` per message.
+struct PublishReply {
+    created: i64,
+    max_backlog: u64,
+    rows: Vec<(String, String, u64, i64)>,
+}
+
+impl FromRedisValue for PublishReply {
+    fn from_redis_value(v: Value) -> std::result::Result<Self, ParsingError> {
+        let mut items = Vec::<Value>::from_redis_value(v)?.into_iter();
+        let (Some(created), Some(max_backlog)) = (items.next(), items.next()) else {
+            return Err("publish.lua answered without its header".into());
+        };
+        Ok(Self {
+            created: i64::from_redis_value(created)?,
+            max_backlog: u64::from_redis_value(max_backlog)?,
+            rows: FromRedisValue::from_redis_values(items.collect())?,
+        })
+    }
+}
 
 /// One message's row of a publish: id, stream id, seq, outcome, and the
 /// topic's max_backlog at the time (for a refusal's detail).
@@ -391,9 +410,11 @@ impl Broker {
         let call = encoded_call(self.store.scripts(), &keys, &batch);
         let mut conn = self.store.conn().await?;
         let listing = Listing::before_create(&mut conn, tenant, topic).await?;
-        let (created, rows, max_backlog): PublishReply = call.invoke_async(&mut conn).await?;
-        listing.settle(created == 1).await?;
-        Ok(rows
+        let reply: PublishReply = call.invoke_async(&mut conn).await?;
+        listing.settle(reply.created == 1).await?;
+        let max_backlog = reply.max_backlog;
+        Ok(reply
+            .rows
             .into_iter()
             .map(|(id, stream_id, seq, outcome)| (id, stream_id, seq, outcome, max_backlog))
             .collect())

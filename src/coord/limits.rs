@@ -286,7 +286,7 @@ impl Coord {
         }))
     }
 
-    fn memo(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Instant>> {
+    fn memo(&self) -> std::sync::MutexGuard<'_, super::UnlimitedMemo> {
         // Entries are plain timestamps: a poisoned lock holds nothing broken.
         self.unlimited
             .lock()

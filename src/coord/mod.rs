@@ -16,12 +16,15 @@ use crate::store::Store;
 /// Longest idempotency key or checkpoint name, in bytes.
 pub const MAX_KEY_LEN: usize = 256;
 
+type UnlimitedMemo = HashMap<String, std::time::Instant, foldhash::fast::RandomState>;
+
 /// Handle for the coordination operations. Cheap to clone.
 #[derive(Clone)]
 pub struct Coord {
     store: Store,
-    /// Tenants known to have no publish quota, and when that was last read.
-    unlimited: Arc<Mutex<HashMap<String, std::time::Instant>>>,
+    /// Tenants known to have no publish quota, and when that was last read
+    /// (looked up on every publish: foldhash rather than SipHash).
+    unlimited: Arc<Mutex<UnlimitedMemo>>,
 }
 
 impl Coord {

@@ -4,9 +4,9 @@
 //! field, and query strings.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
-use axum::http::{StatusCode, header, request::Parts};
+use axum::http::{header, request::Parts};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 
 use super::AppState;
@@ -226,26 +226,36 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
-/// The body, if its `Content-Type` (when given) is JSON and it fits `--max-body`.
+/// The body, if its `Content-Type` (when given) is JSON and it fits
+/// `--max-body`. Read here under the limit rather than through axum's
+/// `Bytes` extractor and a `DefaultBodyLimit` layer: that layer wraps every
+/// route (a boxed service cloned per request) to carry a number the state
+/// already has.
 async fn read_body(req: Request, state: &AppState) -> Result<Bytes, HttpError> {
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
+        // A header value that is text is visible ASCII: the cases compare
+        // byte for byte, without a lowercased copy.
+        let ct = ct.to_str().unwrap_or_default();
         let essence = ct.split(';').next().unwrap_or_default().trim();
-        if !(essence == "application/json" || essence.ends_with("+json")) {
+        let suffix = essence
+            .len()
+            .checked_sub("+json".len())
+            .and_then(|at| essence.get(at..));
+        if !(essence.eq_ignore_ascii_case("application/json")
+            || suffix.is_some_and(|s| s.eq_ignore_ascii_case("+json")))
+        {
             return Err(HttpError::UnsupportedMediaType);
         }
     }
     let limit = state.max_body;
-    Bytes::from_request(req, state)
-        .await
-        .map_err(|e| body_error(&e, limit))
-}
-
-fn body_error(e: &BytesRejection, limit: usize) -> HttpError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        HttpError::PayloadTooLarge { limit }
-    } else {
-        Error::bad_request("invalid_body", e.body_text()).into()
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(HttpError::PayloadTooLarge { limit }),
+        Err(e) => Err(Error::bad_request(
+            "invalid_body",
+            format!("Failed to buffer the request body: {e}"),
+        )
+        .into()),
     }
 }
 

@@ -21,7 +21,6 @@ mod ui;
 
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
 use axum::http::Uri;
 use axum::routing::get;
 use axum::{Json, Router, middleware};
@@ -113,7 +112,6 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    let max_body = state.max_body;
     let api_token = state.api_token.clone();
     let (routes, _) = api();
     let document = Arc::new(openapi_document());
@@ -128,8 +126,7 @@ pub fn router(state: AppState) -> Router {
         // The operator UI: not API, so outside the OpenAPI document.
         .merge(ui::routes())
         .fallback(|uri: Uri| async move { HttpError::RouteNotFound(uri.path().to_owned()) })
-        .method_not_allowed_fallback(|| async { HttpError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(max_body));
+        .method_not_allowed_fallback(|| async { HttpError::MethodNotAllowed });
     let routes = match api_token {
         Some(token) => routes.layer(middleware::from_fn_with_state(
             token,

@@ -94,7 +94,8 @@ fn method_label(method: &Method) -> &'static str {
 /// borrows the route instead of allocating a key; each route sees a handful
 /// of (method, status) pairs, all from bounded sets, so the cache is bounded.
 fn duration_histogram(route: &str, method: &'static str, status: u16) -> Histogram {
-    type Cache = RwLock<HashMap<String, Vec<(&'static str, u16, Histogram)>>>;
+    type Cache =
+        RwLock<HashMap<String, Vec<(&'static str, u16, Histogram)>, foldhash::fast::RandomState>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(Cache::default);
     let find = |seen: &[(&'static str, u16, Histogram)]| {
