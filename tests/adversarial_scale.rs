@@ -285,31 +285,29 @@ async fn replaying_many_dead_letters_of_one_id_reads_its_index_once() {
 /// Every command Redis runs while `during` does, as `MONITOR` prints them
 /// (commands run by a script show as `[0 lua]` after its EVALSHA).
 async fn monitored<F: std::future::Future<Output = ()>>(app: &TestApp, during: F) -> Vec<String> {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
-    let stop = Arc::new(AtomicBool::new(false));
-    let lines = Arc::new(Mutex::new(Vec::new()));
+    // Ends at a marker sent once `during` is done, not at a read timeout: a
+    // timeout that hit in the middle of a line lost that line (an EVALSHA
+    // line lost merged two scripts' commands into one).
+    const STOP: &str = "streamcar-test-monitor-stop";
     let mut conn = app.redis.connection();
     redis::cmd("MONITOR").exec(&mut conn).expect("MONITOR");
-    conn.set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
-    let reader = {
-        let (stop, lines) = (stop.clone(), lines.clone());
-        std::thread::spawn(move || {
-            loop {
-                match conn.recv_response() {
-                    Ok(redis::Value::SimpleString(line)) => lines.lock().unwrap().push(line),
-                    Ok(_) => {}
-                    Err(_) if stop.load(Ordering::Relaxed) => return,
-                    Err(_) => {}
-                }
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        loop {
+            match conn.recv_response() {
+                Ok(redis::Value::SimpleString(line)) if line.contains(STOP) => return lines,
+                Ok(redis::Value::SimpleString(line)) => lines.push(line),
+                Ok(_) => {}
+                Err(e) => panic!("MONITOR stopped: {e}"),
             }
-        })
-    };
+        }
+    });
     during.await;
-    stop.store(true, Ordering::Relaxed);
-    reader.join().unwrap();
-    Arc::try_unwrap(lines).unwrap().into_inner().unwrap()
+    let _: String = redis::cmd("ECHO")
+        .arg(STOP)
+        .query(&mut app.redis.connection())
+        .expect("ECHO");
+    reader.join().expect("the MONITOR reader")
 }
 
 /// The retention pass forgets consumers that own nothing and have been
