@@ -165,7 +165,7 @@ async fn hostile_text_everywhere_is_shown_as_text() {
     click(page, &format!("li[data-key='tenant:{tenant}'] a")).await;
     click(page, &format!("tr[data-key='topic:{topic}'] a")).await;
     click(page, &format!("tr[data-key='group:{group}'] a")).await;
-    let row = format!("tr[data-key='dlq:{id}']");
+    let row = format!("tr[data-id='{id}']");
     wait_content(page, &format!("{row} [data-field=last_error]"), &hostile).await;
     let crumbs = wait_for(page, "#crumbs").await;
     assert!(crumbs.contains(&group), "{crumbs}");
@@ -345,4 +345,69 @@ async fn every_topic_and_group_is_reachable_past_the_first_page() {
     wait_text(page, "[data-stat=lag]", "0").await;
     assert_eq!(page_errors(page).await, Vec::<Value>::new());
     app.stop().await;
+}
+
+/// One message id can have several dead letters (ids are the client's to
+/// choose, and need not be unique). Their rows shared one key, so every
+/// refresh threw one of them away and built it anew: a payload the operator
+/// had opened closed again within three seconds. Rows are keyed by the dead
+/// letter now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_of_one_message_id_keep_their_rows_across_refreshes() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let page = browser.page();
+    let app = TestApp::start().await;
+    app.group("twice", "g", &json!({})).await;
+    let id = "order-7";
+    for n in 0..2 {
+        app.publish("twice", &json!({"id": id, "payload": {"n": n}}))
+            .await;
+    }
+    let got = app.fetch("twice", "g", "w", 2, 5000).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    let receipts: Vec<&str> = got.iter().filter_map(|m| m["receipt"].as_str()).collect();
+    let rejected = app
+        .post(
+            "/topics/twice/groups/g/reject",
+            &json!({"receipts": receipts, "error": "no"}),
+        )
+        .await;
+    assert_eq!(rejected.status, StatusCode::OK, "{}", rejected.body);
+    let dlq = app.get("/topics/twice/groups/g/dlq").await.body;
+    assert_eq!(dlq["messages"].as_array().map(Vec::len), Some(2), "{dlq}");
+
+    page.goto(&format!(
+        "{}/ui#/t/{}/topics/twice/groups/g",
+        app.base, app.tenant
+    ))
+    .await
+    .expect("open the group");
+    let rows_of_id = format!("tr[data-id='{id}']");
+    for _ in 0..(WAIT.as_millis() / POLL.as_millis()) {
+        if rows(page, &rows_of_id).await == 2 {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    assert_eq!(rows(page, &rows_of_id).await, 2);
+    // Tag the two row elements, make the page refresh (a new message moves
+    // the lag), and check the same elements are still there.
+    page.execute(
+        "document.querySelectorAll(arguments[0]).forEach((row, i) => { row.streamcarTag = i + 1; });",
+        vec![json!(rows_of_id)],
+    )
+    .await
+    .expect("tag the rows");
+    app.publish("twice", &json!({"payload": {"n": 2}})).await;
+    wait_text(page, "[data-stat=lag]", "1").await;
+    let tags = page
+        .execute(
+            "return Array.from(document.querySelectorAll(arguments[0])).map((row) => row.streamcarTag || 0).sort();",
+            vec![json!(rows_of_id)],
+        )
+        .await
+        .expect("read the tags");
+    assert_eq!(tags, json!([1, 2]), "a refresh rebuilt a dead letter's row");
 }

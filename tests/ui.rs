@@ -112,7 +112,7 @@ async fn operator_sees_and_fixes_a_group_in_the_browser() {
     click(page, "tr[data-key='group:billing'] a").await;
     wait_text(page, "[data-stat=lag]", &lag_before.to_string()).await;
     wait_text(page, "[data-stat=dead_lettered]", "2").await;
-    let row = format!("tr[data-key='dlq:{first}']");
+    let row = format!("tr[data-id='{first}']");
     wait_text(page, &format!("{row} [data-field=reason]"), "rejected").await;
     wait_text(
         page,
@@ -123,7 +123,7 @@ async fn operator_sees_and_fixes_a_group_in_the_browser() {
     // An error text is shown as text, never parsed as markup.
     wait_text(
         page,
-        &format!("tr[data-key='dlq:{second}'] [data-field=last_error]"),
+        &format!("tr[data-id='{second}'] [data-field=last_error]"),
         "invalid prompt <b>not html</b>",
     )
     .await;
@@ -225,11 +225,11 @@ async fn operator_sees_and_fixes_a_group_in_the_browser() {
     // Delete, confirmed: the other dead letter goes for good.
     click(
         page,
-        &format!("tr[data-key='dlq:{second}'] button[data-action=delete]"),
+        &format!("tr[data-id='{second}'] button[data-action=delete]"),
     )
     .await;
     answer_confirm(page, true).await;
-    wait_gone(page, &format!("tr[data-key='dlq:{second}']")).await;
+    wait_gone(page, &format!("tr[data-id='{second}']")).await;
     wait_group(&app, group_path, "no dead letters", |g| {
         g["dead_lettered"] == 0
     })

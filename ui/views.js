@@ -361,7 +361,10 @@ export function groupView(model) {
 function dlqSection(model, dlq, g) {
   const rows = dlq.messages.map((m) => {
     const text = payloadText(m.payload);
-    return h("tr", { "data-key": `dlq:${m.id}` },
+    // Keyed by the dead letter, not the message: one message id can have
+    // several dead letters, and rows sharing a key are rebuilt on every
+    // refresh (an opened payload would close).
+    return h("tr", { "data-key": `dlq:${m.dlq_id}`, "data-id": m.id },
       h("th", { scope: "row" },
         h("code", { class: "id" }, m.id),
         h("div", { class: "muted small" }, `seq ${m.seq}`, m.key ? ` · key ${m.key}` : "")),
