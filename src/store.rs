@@ -636,7 +636,11 @@ impl Store {
     /// primary does not answer, then the others report `fail`), so
     /// `/readyz` answers 503 while some slot has no primary.
     async fn check_slots_served(conn: &mut Conn) -> Result<()> {
-        let Link::Cluster(cluster) = &mut conn.link else {
+        // A read: on the connections of reads, never behind a write's
+        // `WAIT` (a dozen of them, with a replica gone, outlasted the
+        // reply timeout and made a serving sidecar unready).
+        let link = conn.reads.as_mut().unwrap_or(&mut conn.link);
+        let Link::Cluster(cluster) = link else {
             return Ok(());
         };
         let mut info = redis::cmd("CLUSTER");

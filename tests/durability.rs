@@ -417,3 +417,117 @@ async fn a_cluster_write_queued_behind_waits_past_its_timeout_runs_once() {
         "one more publish each, written more than once (topic, length): {twice:?}"
     );
 }
+
+/// `/readyz` asks every primary `CLUSTER INFO`: a read, so it must not
+/// queue behind the writes' `WAIT`s on the primaries' write connections.
+/// With a shard's replica gone, those `WAIT`s each take the durability
+/// timeout, and a readiness check behind a dozen of them ran out of time:
+/// 503, and the sidecar taken out of service while it serves every read.
+#[tokio::test]
+async fn readyz_does_not_queue_behind_writes_waiting_for_replicas() {
+    let mut cluster = support::RedisCluster::start_with(3, 1, 5000, &[]);
+    let sc = support::StreamcarProcess::start(
+        &cluster.urls(),
+        &[
+            "--redis-cluster",
+            "--durability",
+            "replicas:1",
+            "--durability-timeout",
+            "1s",
+            "--retention-interval",
+            "60m",
+            "--metrics-interval",
+            "60m",
+        ],
+    )
+    .await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client");
+    let base = format!("{}/v1/tenants/acme", sc.base);
+    const TOPICS: usize = 36;
+    for i in 0..TOPICS {
+        let reply = client
+            .post(format!("{base}/topics/r{i}/messages"))
+            .json(&json!({"payload": i, "idempotency_key": "first"}))
+            .send()
+            .await
+            .expect("sidecar answers");
+        assert_eq!(reply.status(), 201, "r{i}");
+    }
+    let ready = client
+        .get(format!("{}/readyz", sc.base))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+    let primaries: Vec<u16> = cluster
+        .nodes
+        .iter()
+        .filter(|node| {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut node.connection())
+                .expect("INFO replication");
+            info.contains("role:master")
+        })
+        .map(RedisServer::port)
+        .collect();
+    assert_eq!(primaries.len(), 3);
+    for node in &mut cluster.nodes {
+        if !primaries.contains(&node.port()) {
+            node.kill();
+        }
+    }
+    // About a dozen writes per primary, each waiting 1 s in vain.
+    let publishes = (0..TOPICS).map(|i| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            client
+                .post(format!("{base}/topics/r{i}/messages"))
+                .json(&json!({"payload": i, "idempotency_key": "second"}))
+                .send()
+                .await
+                .expect("sidecar answers")
+                .status()
+                .as_u16()
+        }
+    });
+    let publishes = futures_util::future::join_all(publishes);
+    tokio::pin!(publishes);
+    let waiting = async {
+        loop {
+            let waits: usize = cluster
+                .nodes
+                .iter()
+                .filter(|node| primaries.contains(&node.port()))
+                .map(|node| {
+                    let clients: String = redis::cmd("CLIENT")
+                        .arg("LIST")
+                        .query(&mut node.connection())
+                        .expect("CLIENT LIST");
+                    usize::from(clients.contains("cmd=wait"))
+                })
+                .sum();
+            if waits == primaries.len() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        () = waiting => {}
+        statuses = &mut publishes => panic!("the publishes answered before they waited: {statuses:?}"),
+    }
+    let ready = client
+        .get(format!("{}/readyz", sc.base))
+        .send()
+        .await
+        .expect("readyz");
+    let status = ready.status();
+    let body = ready.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "{body}");
+    let statuses = publishes.await;
+    assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
+}
