@@ -70,18 +70,32 @@ const CLUSTER_RETRY_FACTOR_MS: u64 = 100;
 const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A whole cluster request, retries included, beyond one reply's timeout.
 const CLUSTER_REQUEST_EXTRA: Duration = Duration::from_secs(1);
+/// How much longer than a whole request one node's reply may take. redis-rs
+/// sends a request whose reply timed out again at once, on the same
+/// connection, while the first copy still waits in Redis's queue (behind
+/// other requests' `WAIT`s, say) and runs later: a write run twice (a
+/// publish without an idempotency key written twice). With the node's
+/// timeout past the whole request's, the caller gives up first, and
+/// redis-rs never sends again a request nobody waits for. Failovers are
+/// unaffected: a lost connection or a redirect is an error, not a timeout.
+const CLUSTER_NODE_EXTRA: Duration = Duration::from_secs(2);
 
 /// A cluster client builder with the sidecar's bounded timeouts and
 /// retries (see [`CLUSTER_RETRIES`]): every cluster connection the sidecar
 /// opens (commands, channel fan-out) follows a failover this fast. Replies
-/// may take `response_timeout` (see [`response_timeout`]).
+/// may take `response_timeout` (see [`response_timeout`]); a request that
+/// outlasts it is given up, never sent again (see [`CLUSTER_NODE_EXTRA`]).
 pub fn cluster_client_builder(
     seed_urls: &[&str],
     response_timeout: Duration,
 ) -> redis::cluster::ClusterClientBuilder {
     ClusterClient::builder(seed_urls.to_vec())
         .connection_timeout(CLUSTER_CONNECT_TIMEOUT)
-        .response_timeout(response_timeout)
+        .response_timeout(
+            response_timeout
+                .saturating_add(CLUSTER_REQUEST_EXTRA)
+                .saturating_add(CLUSTER_NODE_EXTRA),
+        )
         .overall_response_timeout(Some(response_timeout.saturating_add(CLUSTER_REQUEST_EXTRA)))
         .retries(CLUSTER_RETRIES)
         .min_retry_wait(CLUSTER_RETRY_MIN_WAIT_MS)
@@ -622,7 +636,11 @@ impl Store {
     /// primary does not answer, then the others report `fail`), so
     /// `/readyz` answers 503 while some slot has no primary.
     async fn check_slots_served(conn: &mut Conn) -> Result<()> {
-        let Link::Cluster(cluster) = &mut conn.link else {
+        // A read: on the connections of reads, never behind a write's
+        // `WAIT` (a dozen of them, with a replica gone, outlasted the
+        // reply timeout and made a serving sidecar unready).
+        let link = conn.reads.as_mut().unwrap_or(&mut conn.link);
+        let Link::Cluster(cluster) = link else {
             return Ok(());
         };
         let mut info = redis::cmd("CLUSTER");

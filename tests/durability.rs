@@ -266,3 +266,268 @@ async fn reads_do_not_queue_behind_a_write_waiting_for_its_replicas() {
     }
     publish.await.assert_problem(503, "durability_timeout");
 }
+
+/// On a Redis Cluster every primary has one connection, and Redis holds
+/// everything behind a `WAIT` on it: with no replica to confirm, writes to
+/// one node queue behind each other's `WAIT`s, and the later ones outlast
+/// the reply timeout. A reply timeout must give the write up (503: it may
+/// exist), never send it again: the first copy still runs once the `WAIT`s
+/// ahead of it answer, so a publish without an idempotency key was written
+/// twice (redis-rs retries a timed-out cluster request at once, on the same
+/// queue).
+#[tokio::test]
+async fn a_cluster_write_queued_behind_waits_past_its_timeout_runs_once() {
+    let mut cluster = support::RedisCluster::start_with(3, 1, 5000, &[]);
+    let sc = support::StreamcarProcess::start(
+        &cluster.urls(),
+        &[
+            "--redis-cluster",
+            "--durability",
+            "replicas:1",
+            "--durability-timeout",
+            "1s",
+            "--retention-interval",
+            "60m",
+            "--metrics-interval",
+            "60m",
+        ],
+    )
+    .await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client");
+    let base = format!("{}/v1/tenants/acme", sc.base);
+    // About a dozen topics per primary, each with one confirmed message.
+    const TOPICS: usize = 36;
+    for i in 0..TOPICS {
+        let reply = client
+            .post(format!("{base}/topics/q{i}/messages"))
+            .json(&json!({"payload": i}))
+            .send()
+            .await
+            .expect("sidecar answers");
+        assert_eq!(reply.status(), 201, "q{i}");
+    }
+    // The replicas go: one more publish each, one `WAIT` (1 s, never
+    // confirmed) each, about a dozen queued on every primary's connection.
+    let primaries: Vec<u16> = cluster
+        .nodes
+        .iter()
+        .filter(|node| {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut node.connection())
+                .expect("INFO replication");
+            info.contains("role:master")
+        })
+        .map(RedisServer::port)
+        .collect();
+    assert_eq!(primaries.len(), 3);
+    for node in &mut cluster.nodes {
+        if !primaries.contains(&node.port()) {
+            node.kill();
+        }
+    }
+    let publishes = (0..TOPICS).map(|i| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let reply = client
+                .post(format!("{base}/topics/q{i}/messages"))
+                .json(&json!({"payload": i}))
+                .send()
+                .await
+                .expect("sidecar answers");
+            reply.status().as_u16()
+        }
+    });
+    let statuses = futures_util::future::join_all(publishes).await;
+    assert!(
+        statuses.iter().all(|s| *s == 503),
+        "with no replica every write is refused: {statuses:?}"
+    );
+    // A failed publish leaves its topic's listing to a task that retries
+    // for minutes, each try a write (and a `WAIT`) on the node of the
+    // tenant's topic set; the nodes that hold neither set only run the
+    // publishes. Their queued writes all run once no client is blocked
+    // there, several times in a row.
+    let holds = |port: u16, key: &str| {
+        let node = cluster
+            .nodes
+            .iter()
+            .find(|n| n.port() == port)
+            .expect("node");
+        redis::cmd("EXISTS")
+            .arg(key)
+            .query::<u64>(&mut node.connection())
+            .is_ok()
+    };
+    let quiet_nodes: Vec<u16> = primaries
+        .iter()
+        .copied()
+        .filter(|&port| !holds(port, "sc:{acme}:topics") && !holds(port, "sc:tenants"))
+        .collect();
+    assert!(!quiet_nodes.is_empty(), "three primaries, two sets");
+    let mut quiet = 0;
+    for _ in 0..600 {
+        let blocked: usize = cluster
+            .nodes
+            .iter()
+            .filter(|node| quiet_nodes.contains(&node.port()))
+            .map(|node| {
+                let info: String = redis::cmd("INFO")
+                    .arg("clients")
+                    .query(&mut node.connection())
+                    .expect("INFO clients");
+                usize::from(!info.contains("blocked_clients:0\r"))
+            })
+            .sum();
+        quiet = if blocked == 0 { quiet + 1 } else { 0 };
+        if quiet == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(quiet, 5, "the nodes never stopped waiting");
+    let mut twice = Vec::new();
+    let mut seen = 0;
+    for i in 0..TOPICS {
+        let stream = format!("sc:{{acme:q{i}}}:stream");
+        for node in cluster
+            .nodes
+            .iter()
+            .filter(|n| quiet_nodes.contains(&n.port()))
+        {
+            // Another node's slot answers MOVED.
+            let Ok(length) = redis::cmd("XLEN")
+                .arg(&stream)
+                .query::<u64>(&mut node.connection())
+            else {
+                continue;
+            };
+            seen += 1;
+            if length > 2 {
+                twice.push((i, length));
+            }
+        }
+    }
+    assert!(seen > 0, "no topic on the quiet nodes");
+    assert!(
+        twice.is_empty(),
+        "one more publish each, written more than once (topic, length): {twice:?}"
+    );
+}
+
+/// `/readyz` asks every primary `CLUSTER INFO`: a read, so it must not
+/// queue behind the writes' `WAIT`s on the primaries' write connections.
+/// With a shard's replica gone, those `WAIT`s each take the durability
+/// timeout, and a readiness check behind a dozen of them ran out of time:
+/// 503, and the sidecar taken out of service while it serves every read.
+#[tokio::test]
+async fn readyz_does_not_queue_behind_writes_waiting_for_replicas() {
+    let mut cluster = support::RedisCluster::start_with(3, 1, 5000, &[]);
+    let sc = support::StreamcarProcess::start(
+        &cluster.urls(),
+        &[
+            "--redis-cluster",
+            "--durability",
+            "replicas:1",
+            "--durability-timeout",
+            "1s",
+            "--retention-interval",
+            "60m",
+            "--metrics-interval",
+            "60m",
+        ],
+    )
+    .await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client");
+    let base = format!("{}/v1/tenants/acme", sc.base);
+    const TOPICS: usize = 36;
+    for i in 0..TOPICS {
+        let reply = client
+            .post(format!("{base}/topics/r{i}/messages"))
+            .json(&json!({"payload": i, "idempotency_key": "first"}))
+            .send()
+            .await
+            .expect("sidecar answers");
+        assert_eq!(reply.status(), 201, "r{i}");
+    }
+    let ready = client
+        .get(format!("{}/readyz", sc.base))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+    let primaries: Vec<u16> = cluster
+        .nodes
+        .iter()
+        .filter(|node| {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut node.connection())
+                .expect("INFO replication");
+            info.contains("role:master")
+        })
+        .map(RedisServer::port)
+        .collect();
+    assert_eq!(primaries.len(), 3);
+    for node in &mut cluster.nodes {
+        if !primaries.contains(&node.port()) {
+            node.kill();
+        }
+    }
+    // About a dozen writes per primary, each waiting 1 s in vain.
+    let publishes = (0..TOPICS).map(|i| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            client
+                .post(format!("{base}/topics/r{i}/messages"))
+                .json(&json!({"payload": i, "idempotency_key": "second"}))
+                .send()
+                .await
+                .expect("sidecar answers")
+                .status()
+                .as_u16()
+        }
+    });
+    let publishes = futures_util::future::join_all(publishes);
+    tokio::pin!(publishes);
+    let waiting = async {
+        loop {
+            let waits: usize = cluster
+                .nodes
+                .iter()
+                .filter(|node| primaries.contains(&node.port()))
+                .map(|node| {
+                    let clients: String = redis::cmd("CLIENT")
+                        .arg("LIST")
+                        .query(&mut node.connection())
+                        .expect("CLIENT LIST");
+                    usize::from(clients.contains("cmd=wait"))
+                })
+                .sum();
+            if waits == primaries.len() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        () = waiting => {}
+        statuses = &mut publishes => panic!("the publishes answered before they waited: {statuses:?}"),
+    }
+    let ready = client
+        .get(format!("{}/readyz", sc.base))
+        .send()
+        .await
+        .expect("readyz");
+    let status = ready.status();
+    let body = ready.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "{body}");
+    let statuses = publishes.await;
+    assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
+}

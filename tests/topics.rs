@@ -159,3 +159,49 @@ async fn tenants_with_topics_are_listed() {
         json!([format!("{base}-alpha"), format!("{base}-mid.dle")])
     );
 }
+
+/// A group declaration refused before it wrote anything (a start id in the
+/// future) on a topic that does not exist creates no topic, so it must not
+/// list one either: the listing is written before the script that may
+/// create the topic, and a refusal left a topic in `GET /topics` that
+/// `GET /topics/{p}` answers 404 for, one more per refused name until a
+/// retention pass (never, with retention off).
+#[tokio::test]
+async fn a_refused_group_declaration_lists_no_topic() {
+    let app = TestApp::start_quiet().await;
+    for topic in ["never-a", "never-b"] {
+        let refused = app
+            .put(
+                &format!("/topics/{topic}/groups/g"),
+                &json!({"start": "99999999999999-0"}),
+            )
+            .await;
+        refused.assert_problem(400, "invalid_field");
+        assert_eq!(
+            app.get(&format!("/topics/{topic}")).await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
+    // (Its tenant may stay on the tenant list until the next prune, as
+    // after the deletion of a tenant's last topic.)
+    let list = app.get("/topics").await;
+    assert_eq!(list.body["topics"], json!([]), "{}", list.body);
+
+    // A topic that exists stays listed when a declaration of it is refused.
+    app.publish("kept", &json!({"payload": 1})).await;
+    app.put(
+        "/topics/kept/groups/g",
+        &json!({"start": "99999999999999-0"}),
+    )
+    .await
+    .assert_problem(400, "invalid_field");
+    assert_eq!(app.get("/topics").await.body["topics"], json!(["kept"]));
+    let tenants = app
+        .send(
+            reqwest::Method::GET,
+            &format!("{}/v1/tenants", app.base),
+            None,
+        )
+        .await;
+    assert_eq!(tenants.body, json!({"tenants": [app.tenant.clone()]}));
+}

@@ -309,14 +309,16 @@ impl Broker {
         let listing = Listing::before_create(&mut conn, tenant, topic).await?;
         let (created, topic_created, ordering): (i64, i64, String) =
             call.invoke_async(&mut conn).await?;
-        listing.settle(topic_created == 1).await?;
         if created == -2 {
+            // Refused before anything was written: the topic may not exist.
+            listing.settle_unwritten().await?;
             return Err(Error::invalid_field(
                 "start",
                 "must not be after both the topic's last message and the current time: \
                  the messages published before it would be owed and never delivered",
             ));
         }
+        listing.settle(topic_created == 1).await?;
         if created < 0 {
             return Err(Error::Conflict {
                 code: "group_config_conflict",

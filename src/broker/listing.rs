@@ -137,6 +137,23 @@ impl<'a> Listing<'a> {
         Ok(())
     }
 
+    /// After a call that may create `topic` but was refused before it
+    /// wrote anything: [`Listing::before_create`] may have listed a topic
+    /// that does not exist, so it is unlisted unless it exists (created by
+    /// another call meanwhile); then disarms. When that fails the guard
+    /// stays armed, so a task keeps trying.
+    pub(crate) async fn settle_unwritten(mut self) -> Result<()> {
+        if let Some(conn) = self.conn.as_mut() {
+            let meta = TopicKeys::new(self.tenant, self.topic).meta();
+            let exists: bool = redis::cmd("EXISTS").arg(&meta).query_async(conn).await?;
+            if !exists {
+                list_as(conn, self.tenant, self.topic, false).await?;
+            }
+        }
+        self.conn = None;
+        Ok(())
+    }
+
     /// After a call that deleted `topic` (or found it missing): unlists it
     /// unless it exists again by then, then disarms. When that fails the
     /// guard stays armed, so a task keeps trying.
