@@ -142,11 +142,15 @@ async fn remove_if_empty(store: &Store, tenant: &Tenant) -> Result<bool> {
         .await?;
     let mut pause = RECHECK_FIRST_PAUSE;
     let mut attempt = 0;
+    let mut shutdown = store.shutdown_signal();
     loop {
         attempt += 1;
+        // Shutting down: this attempt is the last (the drain must not wait
+        // minutes on an outage).
+        let last = attempt >= RECHECK_ATTEMPTS || *shutdown.borrow();
         match put_back_if_it_has_topics(&mut conn, tenant).await {
             Ok(stayed_off) => return Ok(stayed_off),
-            Err(e) if attempt < RECHECK_ATTEMPTS => {
+            Err(e) if !last => {
                 tracing::debug!(%tenant, error = %e, "re-checking a pruned tenant failed; retrying");
             }
             Err(e) => {
@@ -155,7 +159,10 @@ async fn remove_if_empty(store: &Store, tenant: &Tenant) -> Result<bool> {
                 return Err(e);
             }
         }
-        tokio::time::sleep(pause).await;
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            _ = shutdown.changed() => {}
+        }
         pause = (pause * 2).min(RECHECK_MAX_PAUSE);
     }
 }
