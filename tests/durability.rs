@@ -267,6 +267,97 @@ async fn reads_do_not_queue_behind_a_write_waiting_for_its_replicas() {
     publish.await.assert_problem(503, "durability_timeout");
 }
 
+/// Topics per cluster test: about a dozen per primary.
+const TOPICS: usize = 36;
+
+/// Three primaries with a replica each, and a sidecar on them with
+/// `replicas:1` and a 1-s durability timeout; each topic `{prefix}0…` got
+/// one message, confirmed.
+struct ConfirmedCluster {
+    cluster: support::RedisCluster,
+    sidecar: support::StreamcarProcess,
+    client: reqwest::Client,
+    /// `http://…/v1/tenants/acme`.
+    base: String,
+    /// The primaries' ports.
+    primaries: Vec<u16>,
+}
+
+impl ConfirmedCluster {
+    async fn start(prefix: &str, body: impl Fn(usize) -> serde_json::Value) -> Self {
+        let cluster = support::RedisCluster::start_with(3, 1, 5000, &[]);
+        let sidecar = support::StreamcarProcess::start(
+            &cluster.urls(),
+            &[
+                "--redis-cluster",
+                "--durability",
+                "replicas:1",
+                "--durability-timeout",
+                "1s",
+                "--retention-interval",
+                "60m",
+                "--metrics-interval",
+                "60m",
+            ],
+        )
+        .await;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("client");
+        let base = format!("{}/v1/tenants/acme", sidecar.base);
+        let primaries = cluster
+            .nodes
+            .iter()
+            .filter(|node| {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut node.connection())
+                    .expect("INFO replication");
+                info.contains("role:master")
+            })
+            .map(RedisServer::port)
+            .collect::<Vec<_>>();
+        assert_eq!(primaries.len(), 3);
+        let confirmed = Self {
+            cluster,
+            sidecar,
+            client,
+            base,
+            primaries,
+        };
+        let statuses = confirmed.publish_all(prefix, body).await;
+        assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
+        confirmed
+    }
+
+    /// One publish to each topic, all at once; their statuses.
+    async fn publish_all(
+        &self,
+        prefix: &str,
+        body: impl Fn(usize) -> serde_json::Value,
+    ) -> Vec<u16> {
+        let publishes = (0..TOPICS).map(|i| {
+            let sent = self
+                .client
+                .post(format!("{}/topics/{prefix}{i}/messages", self.base))
+                .json(&body(i))
+                .send();
+            async move { sent.await.expect("sidecar answers").status().as_u16() }
+        });
+        futures_util::future::join_all(publishes).await
+    }
+
+    /// Kills every replica: no write can be confirmed any more.
+    fn kill_replicas(&mut self) {
+        for node in &mut self.cluster.nodes {
+            if !self.primaries.contains(&node.port()) {
+                node.kill();
+            }
+        }
+    }
+}
+
 /// On a Redis Cluster every primary has one connection, and Redis holds
 /// everything behind a `WAIT` on it: with no replica to confirm, writes to
 /// one node queue behind each other's `WAIT`s, and the later ones outlast
@@ -277,71 +368,11 @@ async fn reads_do_not_queue_behind_a_write_waiting_for_its_replicas() {
 /// queue).
 #[tokio::test]
 async fn a_cluster_write_queued_behind_waits_past_its_timeout_runs_once() {
-    let mut cluster = support::RedisCluster::start_with(3, 1, 5000, &[]);
-    let sc = support::StreamcarProcess::start(
-        &cluster.urls(),
-        &[
-            "--redis-cluster",
-            "--durability",
-            "replicas:1",
-            "--durability-timeout",
-            "1s",
-            "--retention-interval",
-            "60m",
-            "--metrics-interval",
-            "60m",
-        ],
-    )
-    .await;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("client");
-    let base = format!("{}/v1/tenants/acme", sc.base);
-    // About a dozen topics per primary, each with one confirmed message.
-    const TOPICS: usize = 36;
-    for i in 0..TOPICS {
-        let reply = client
-            .post(format!("{base}/topics/q{i}/messages"))
-            .json(&json!({"payload": i}))
-            .send()
-            .await
-            .expect("sidecar answers");
-        assert_eq!(reply.status(), 201, "q{i}");
-    }
     // The replicas go: one more publish each, one `WAIT` (1 s, never
     // confirmed) each, about a dozen queued on every primary's connection.
-    let primaries: Vec<u16> = cluster
-        .nodes
-        .iter()
-        .filter(|node| {
-            let info: String = redis::cmd("INFO")
-                .arg("replication")
-                .query(&mut node.connection())
-                .expect("INFO replication");
-            info.contains("role:master")
-        })
-        .map(RedisServer::port)
-        .collect();
-    assert_eq!(primaries.len(), 3);
-    for node in &mut cluster.nodes {
-        if !primaries.contains(&node.port()) {
-            node.kill();
-        }
-    }
-    let publishes = (0..TOPICS).map(|i| {
-        let (client, base) = (client.clone(), base.clone());
-        async move {
-            let reply = client
-                .post(format!("{base}/topics/q{i}/messages"))
-                .json(&json!({"payload": i}))
-                .send()
-                .await
-                .expect("sidecar answers");
-            reply.status().as_u16()
-        }
-    });
-    let statuses = futures_util::future::join_all(publishes).await;
+    let mut setup = ConfirmedCluster::start("q", |i| json!({"payload": i})).await;
+    setup.kill_replicas();
+    let statuses = setup.publish_all("q", |i| json!({"payload": i})).await;
     assert!(
         statuses.iter().all(|s| *s == 503),
         "with no replica every write is refused: {statuses:?}"
@@ -352,7 +383,8 @@ async fn a_cluster_write_queued_behind_waits_past_its_timeout_runs_once() {
     // publishes. Their queued writes all run once no client is blocked
     // there, several times in a row.
     let holds = |port: u16, key: &str| {
-        let node = cluster
+        let node = setup
+            .cluster
             .nodes
             .iter()
             .find(|n| n.port() == port)
@@ -362,7 +394,8 @@ async fn a_cluster_write_queued_behind_waits_past_its_timeout_runs_once() {
             .query::<u64>(&mut node.connection())
             .is_ok()
     };
-    let quiet_nodes: Vec<u16> = primaries
+    let quiet_nodes: Vec<u16> = setup
+        .primaries
         .iter()
         .copied()
         .filter(|&port| !holds(port, "sc:{acme}:topics") && !holds(port, "sc:tenants"))
@@ -370,7 +403,8 @@ async fn a_cluster_write_queued_behind_waits_past_its_timeout_runs_once() {
     assert!(!quiet_nodes.is_empty(), "three primaries, two sets");
     let mut quiet = 0;
     for _ in 0..600 {
-        let blocked: usize = cluster
+        let blocked: usize = setup
+            .cluster
             .nodes
             .iter()
             .filter(|node| quiet_nodes.contains(&node.port()))
@@ -393,7 +427,8 @@ async fn a_cluster_write_queued_behind_waits_past_its_timeout_runs_once() {
     let mut seen = 0;
     for i in 0..TOPICS {
         let stream = format!("sc:{{acme:q{i}}}:stream");
-        for node in cluster
+        for node in setup
+            .cluster
             .nodes
             .iter()
             .filter(|n| quiet_nodes.contains(&n.port()))
@@ -425,83 +460,22 @@ async fn a_cluster_write_queued_behind_waits_past_its_timeout_runs_once() {
 /// 503, and the sidecar taken out of service while it serves every read.
 #[tokio::test]
 async fn readyz_does_not_queue_behind_writes_waiting_for_replicas() {
-    let mut cluster = support::RedisCluster::start_with(3, 1, 5000, &[]);
-    let sc = support::StreamcarProcess::start(
-        &cluster.urls(),
-        &[
-            "--redis-cluster",
-            "--durability",
-            "replicas:1",
-            "--durability-timeout",
-            "1s",
-            "--retention-interval",
-            "60m",
-            "--metrics-interval",
-            "60m",
-        ],
-    )
-    .await;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("client");
-    let base = format!("{}/v1/tenants/acme", sc.base);
-    const TOPICS: usize = 36;
-    for i in 0..TOPICS {
-        let reply = client
-            .post(format!("{base}/topics/r{i}/messages"))
-            .json(&json!({"payload": i, "idempotency_key": "first"}))
-            .send()
-            .await
-            .expect("sidecar answers");
-        assert_eq!(reply.status(), 201, "r{i}");
-    }
-    let ready = client
-        .get(format!("{}/readyz", sc.base))
-        .send()
-        .await
-        .expect("readyz");
+    let mut setup =
+        ConfirmedCluster::start("r", |i| json!({"payload": i, "idempotency_key": "first"})).await;
+    let readyz = format!("{}/readyz", setup.sidecar.base);
+    let ready = setup.client.get(&readyz).send().await.expect("readyz");
     assert_eq!(ready.status(), 200);
-    let primaries: Vec<u16> = cluster
-        .nodes
-        .iter()
-        .filter(|node| {
-            let info: String = redis::cmd("INFO")
-                .arg("replication")
-                .query(&mut node.connection())
-                .expect("INFO replication");
-            info.contains("role:master")
-        })
-        .map(RedisServer::port)
-        .collect();
-    assert_eq!(primaries.len(), 3);
-    for node in &mut cluster.nodes {
-        if !primaries.contains(&node.port()) {
-            node.kill();
-        }
-    }
+    setup.kill_replicas();
     // About a dozen writes per primary, each waiting 1 s in vain.
-    let publishes = (0..TOPICS).map(|i| {
-        let (client, base) = (client.clone(), base.clone());
-        async move {
-            client
-                .post(format!("{base}/topics/r{i}/messages"))
-                .json(&json!({"payload": i, "idempotency_key": "second"}))
-                .send()
-                .await
-                .expect("sidecar answers")
-                .status()
-                .as_u16()
-        }
-    });
-    let publishes = futures_util::future::join_all(publishes);
+    let publishes = setup.publish_all("r", |i| json!({"payload": i, "idempotency_key": "second"}));
     tokio::pin!(publishes);
     let waiting = async {
         loop {
-            let waits: usize = cluster
+            let waits: usize = setup
+                .cluster
                 .nodes
                 .iter()
-                .filter(|node| primaries.contains(&node.port()))
+                .filter(|node| setup.primaries.contains(&node.port()))
                 .map(|node| {
                     let clients: String = redis::cmd("CLIENT")
                         .arg("LIST")
@@ -510,7 +484,7 @@ async fn readyz_does_not_queue_behind_writes_waiting_for_replicas() {
                     usize::from(clients.contains("cmd=wait"))
                 })
                 .sum();
-            if waits == primaries.len() {
+            if waits == setup.primaries.len() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -520,11 +494,7 @@ async fn readyz_does_not_queue_behind_writes_waiting_for_replicas() {
         () = waiting => {}
         statuses = &mut publishes => panic!("the publishes answered before they waited: {statuses:?}"),
     }
-    let ready = client
-        .get(format!("{}/readyz", sc.base))
-        .send()
-        .await
-        .expect("readyz");
+    let ready = setup.client.get(&readyz).send().await.expect("readyz");
     let status = ready.status();
     let body = ready.text().await.unwrap_or_default();
     assert_eq!(status, 200, "{body}");
