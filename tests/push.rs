@@ -377,10 +377,18 @@ async fn a_2xx_acks_and_the_request_carries_cloudevents_and_streamcar_headers() 
         &app,
         json!({"payload": {"sku": "a-1", "qty": 2}, "key": "customer-7",
                "correlation_id": "flow-1", "causation_id": "cause-1",
-               "headers": {"type": "order.created", "traceparent": traceparent}}),
+               "headers": {"type": "order.created", "traceparent": traceparent,
+                           "tracestate": "congo=t61rcWkgMzE"}}),
     )
     .await;
-    let second = publish(&app, json!({"payload": [1, 2, 3]})).await;
+    // A traceparent that is not W3C names no trace: neither it nor the
+    // tracestate beside it is passed on.
+    let second = publish(
+        &app,
+        json!({"payload": [1, 2, 3],
+               "headers": {"traceparent": "00-not-a-trace-01", "tracestate": "rojo=1"}}),
+    )
+    .await;
 
     let seen = server.wait_for(2).await;
     let history = get(&app, "/topics/orders/messages?limit=10").await["messages"]
@@ -425,6 +433,9 @@ async fn a_2xx_acks_and_the_request_carries_cloudevents_and_streamcar_headers() 
     assert_eq!(a.header("streamcar-causation-id"), "cause-1");
     assert!(!b.headers.contains_key("streamcar-correlation-id"));
     assert_eq!(a.header("traceparent"), traceparent);
+    assert_eq!(a.header("tracestate"), "congo=t61rcWkgMzE");
+    assert!(!b.headers.contains_key("traceparent"), "{:?}", b.headers);
+    assert!(!b.headers.contains_key("tracestate"), "{:?}", b.headers);
     assert_eq!(a.header("streamcar-seq"), first["seq"].to_string());
     assert_eq!(b.header("streamcar-seq"), second["seq"].to_string());
     for (s, published) in [(a, &first), (b, &second)] {

@@ -78,9 +78,16 @@ pub fn build(
             if let Some(c) = &m.causation_id {
                 set("streamcar-causation-id", c);
             }
-            for name in ["traceparent", "tracestate"] {
-                if let Some(v) = own.get(name) {
-                    set(name, v);
+            // Only a valid W3C traceparent names a trace (anything else is
+            // ignored, as Trace Context asks), and a tracestate goes only
+            // with the traceparent it belongs to.
+            if let Some(traceparent) = own
+                .get("traceparent")
+                .filter(|t| crate::traces::parse(t).is_some())
+            {
+                set("traceparent", traceparent);
+                if let Some(state) = own.get("tracestate") {
+                    set("tracestate", state);
                 }
             }
             Bytes::copy_from_slice(m.payload.get().as_bytes())
