@@ -123,6 +123,8 @@ pub struct Replicas {
 #[derive(Debug)]
 struct Durability {
     replicas: Replicas,
+    /// `WAIT <replicas> <timeout ms>`, built once.
+    wait: Cmd,
     read_only_scripts: HashSet<Vec<u8>>,
 }
 
@@ -229,10 +231,8 @@ fn not_confirmed(detail: String) -> redis::RedisError {
 /// write that may be lost. In one pipeline both go out on one socket, and a
 /// connection lost in between fails the call (503: the write may exist).
 struct Confirmation {
-    /// `WAIT <replicas> <timeout ms>`.
-    wait: Cmd,
-    /// What must confirm.
-    replicas: Replicas,
+    /// What must confirm, and its `WAIT`.
+    durability: Arc<Durability>,
     /// Where the write goes on a cluster: its slot's primary (any node for
     /// a write with no key, as long as the `WAIT` goes there too).
     route: SingleNodeRoutingInfo,
@@ -240,26 +240,21 @@ struct Confirmation {
 
 impl Conn {
     /// Where commands that never write go.
-    fn read_link(&mut self) -> &mut dyn ConnectionLike {
-        self.reads.as_mut().unwrap_or(&mut self.link).as_dyn()
+    fn read_side(&mut self) -> &mut Link {
+        self.reads.as_mut().unwrap_or(&mut self.link)
     }
 
     /// The `WAIT` that `cmds` need: none without `--durability replicas:N`
     /// or when none of them may write.
     fn confirmation<'c>(&self, mut cmds: impl Iterator<Item = &'c Cmd>) -> Option<Confirmation> {
-        let durability = self.durability.as_deref()?;
+        let durability = self.durability.as_ref()?;
         let written = cmds.find(|c| durability.writes(c))?;
-        let replicas = durability.replicas;
-        let timeout_ms = u64::try_from(replicas.timeout.as_millis()).unwrap_or(u64::MAX);
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(replicas.count).arg(timeout_ms.max(1));
         let route = match crate::slot::of_command(written) {
             Some(slot) => SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master)),
             None => SingleNodeRoutingInfo::Random,
         };
         Some(Confirmation {
-            wait,
-            replicas,
+            durability: durability.clone(),
             route,
         })
     }
@@ -275,7 +270,7 @@ impl Conn {
         count: usize,
         confirmation: &Confirmation,
     ) -> RedisResult<Vec<Value>> {
-        pipeline.add_command(confirmation.wait.clone());
+        pipeline.add_command(confirmation.durability.wait.clone());
         let mut values = match &mut self.link {
             Link::Single(c) => c.req_packed_commands(&pipeline, offset, count + 1).await?,
             Link::Cluster(c) => {
@@ -293,7 +288,7 @@ impl Conn {
         if let Some(refused) = refused {
             return Err(refused.into());
         }
-        check_confirmed(waited.extract_error(), confirmation.replicas)?;
+        check_confirmed(waited.extract_error(), confirmation.durability.replicas)?;
         Ok(values)
     }
 
@@ -307,11 +302,12 @@ impl Conn {
         let reply = match &mut self.link {
             Link::Cluster(c) => {
                 let routing = RoutingInfo::SingleNode(confirmation.route.clone());
-                c.route_command(confirmation.wait.clone(), routing).await
+                c.route_command(confirmation.durability.wait.clone(), routing)
+                    .await
             }
-            Link::Single(c) => c.req_packed_command(&confirmation.wait).await,
+            Link::Single(c) => c.req_packed_command(&confirmation.durability.wait).await,
         };
-        check_confirmed(reply, confirmation.replicas)
+        check_confirmed(reply, confirmation.durability.replicas)
     }
 }
 
@@ -355,7 +351,7 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let Some(confirmation) = self.confirmation(std::iter::once(cmd)) else {
-                return self.read_link().req_packed_command(cmd).await;
+                return self.read_side().as_dyn().req_packed_command(cmd).await;
             };
             let mut pipeline = Pipeline::with_capacity(2);
             pipeline.add_command(cmd.clone());
@@ -382,7 +378,8 @@ impl ConnectionLike for Conn {
         Box::pin(async move {
             let Some(confirmation) = self.confirmation(pipeline.cmd_iter()) else {
                 return self
-                    .read_link()
+                    .read_side()
+                    .as_dyn()
                     .req_packed_commands(pipeline, offset, count)
                     .await;
             };
@@ -537,8 +534,12 @@ impl Store {
             return self;
         };
         self.reads = Some(Arc::new(reads));
+        let timeout_ms = u64::try_from(replicas.timeout.as_millis()).unwrap_or(u64::MAX);
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas.count).arg(timeout_ms.max(1));
         self.durability = Some(Arc::new(Durability {
             replicas,
+            wait,
             read_only_scripts: self
                 .scripts
                 .read_only()
@@ -639,8 +640,7 @@ impl Store {
         // A read: on the connections of reads, never behind a write's
         // `WAIT` (a dozen of them, with a replica gone, outlasted the
         // reply timeout and made a serving sidecar unready).
-        let link = conn.reads.as_mut().unwrap_or(&mut conn.link);
-        let Link::Cluster(cluster) = link else {
+        let Link::Cluster(cluster) = conn.read_side() else {
             return Ok(());
         };
         let mut info = redis::cmd("CLUSTER");
