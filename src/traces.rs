@@ -292,10 +292,7 @@ pub fn traces_url(endpoint: &str) -> Result<String, String> {
     let Some(authority) = uri.authority().filter(|_| uri.scheme_str() == Some("http")) else {
         return Err("must be http://host[:port][/path] (send to a collector next to the sidecar; it may forward over TLS)".into());
     };
-    let host_port = authority
-        .as_str()
-        .rsplit_once('@')
-        .map_or(authority.as_str(), |(_, h)| h);
+    let host_port = without_userinfo(authority.as_str());
     let after_host = host_port.rsplit_once(']').map_or(host_port, |(_, p)| p);
     if after_host.contains(':') && authority.port_u16().is_none_or(|p| p == 0) {
         return Err("the port must be a number from 1 to 65535".into());
@@ -310,17 +307,24 @@ pub fn traces_url(endpoint: &str) -> Result<String, String> {
     ))
 }
 
+/// An authority's `host[:port]`, without a `user:password@` before it.
+fn without_userinfo(authority: &str) -> &str {
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
+}
+
 /// `url` fit for a log line: a `user:password@` in it shows as `***@`.
 fn without_credentials(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-            match rest[..authority_end].rfind('@') {
-                Some(at) => format!("{scheme}://***{}", &rest[at..]),
-                None => url.to_owned(),
-            }
-        }
-        None => url.to_owned(),
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let host = without_userinfo(authority);
+    if host.len() == authority.len() {
+        url.to_owned()
+    } else {
+        format!("{scheme}://***@{host}{tail}")
     }
 }
 
