@@ -43,6 +43,7 @@ pub mod http;
 pub mod keys;
 pub mod names;
 pub mod push;
+pub mod retry;
 pub mod scripts;
 pub mod slot;
 pub mod store;

@@ -38,17 +38,11 @@ use tokio::task::JoinSet;
 use crate::error::Result;
 use crate::keys::{self, TenantKeys};
 use crate::names::Tenant;
+use crate::retry::Backoff;
 use crate::store::{Conn, Store};
 
 /// Most tenants whose topic sets are read at once.
 const BATCH: usize = 500;
-/// Attempts of a pruned tenant's re-check (about two minutes in all).
-const RECHECK_ATTEMPTS: u32 = 30;
-/// Pause after the first failed re-check; it doubles up to
-/// [`RECHECK_MAX_PAUSE`].
-const RECHECK_FIRST_PAUSE: Duration = Duration::from_millis(100);
-/// See [`RECHECK_FIRST_PAUSE`].
-const RECHECK_MAX_PAUSE: Duration = Duration::from_secs(5);
 
 /// Takes every tenant without topics off `sc:tenants`, if this sidecar wins
 /// the pass lock. Returns how many tenants left the list.
@@ -140,14 +134,13 @@ async fn remove_if_empty(store: &Store, tenant: &Tenant) -> Result<bool> {
         .arg(tenant.as_str())
         .query_async::<()>(&mut conn)
         .await?;
-    let mut pause = RECHECK_FIRST_PAUSE;
-    let mut attempt = 0;
+    let mut backoff = Backoff::default();
     let mut shutdown = store.shutdown_signal();
     loop {
-        attempt += 1;
+        backoff.attempt();
         // Shutting down: this attempt is the last (the drain must not wait
         // minutes on an outage).
-        let last = attempt >= RECHECK_ATTEMPTS || *shutdown.borrow();
+        let last = backoff.exhausted() || *shutdown.borrow();
         match put_back_if_it_has_topics(&mut conn, tenant).await {
             Ok(stayed_off) => return Ok(stayed_off),
             Err(e) if !last => {
@@ -160,10 +153,9 @@ async fn remove_if_empty(store: &Store, tenant: &Tenant) -> Result<bool> {
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(pause) => {}
+            () = tokio::time::sleep(backoff.next_pause()) => {}
             _ = shutdown.changed() => {}
         }
-        pause = (pause * 2).min(RECHECK_MAX_PAUSE);
     }
 }
 

@@ -28,19 +28,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
 
 use crate::error::Result;
 use crate::keys::{self, TenantKeys, TopicKeys};
 use crate::names::{Tenant, Topic};
+use crate::retry::Backoff;
 use crate::store::Conn;
 
-/// Pause after a failed attempt; it doubles up to [`MAX_PAUSE`].
-const FIRST_PAUSE: Duration = Duration::from_millis(100);
-/// See [`FIRST_PAUSE`].
-const MAX_PAUSE: Duration = Duration::from_secs(5);
-/// Attempts of a listing left to a task (about two minutes).
-const ATTEMPTS: u32 = 30;
 /// Most topics with a reconcile task at once; a guard dropped beyond this
 /// leaves its topic's listing to the next PUT or DELETE of it (logged).
 const MAX_PENDING: usize = 10_000;
@@ -212,8 +206,8 @@ async fn reconcile(mut conn: Conn, key: (Tenant, Topic)) {
 /// fails.
 async fn reconcile_once(conn: &mut Conn, tenant: &Tenant, topic: &Topic) {
     let meta = TopicKeys::new(tenant, topic).meta();
-    let mut pause = FIRST_PAUSE;
-    for _ in 0..ATTEMPTS {
+    let mut backoff = Backoff::default();
+    while backoff.attempt() {
         let exists = redis::cmd("EXISTS")
             .arg(&meta)
             .query_async::<bool>(conn)
@@ -228,8 +222,7 @@ async fn reconcile_once(conn: &mut Conn, tenant: &Tenant, topic: &Topic) {
                 tracing::debug!(%tenant, %topic, error = %e, "listing a topic failed; retrying")
             }
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(MAX_PAUSE);
+        tokio::time::sleep(backoff.next_pause()).await;
     }
     tracing::warn!(
         %tenant, %topic,
