@@ -32,6 +32,7 @@
 //! [`start`] wires config → Redis pool → app → listeners and returns a
 //! running [`Server`]; [`run`] serves until a shutdown signal.
 
+pub mod allocator;
 pub mod broker;
 pub mod channels;
 pub mod config;

@@ -12,7 +12,7 @@ use streamcar::dev::{DevError, DevRedis};
 /// request; measured faster than the system allocator (see README,
 /// Performance).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: streamcar::allocator::Allocator = streamcar::allocator::Allocator;
 
 /// Durable multi-tenant consumer groups on Redis Streams, behind a local HTTP API.
 #[derive(Parser)]
