@@ -50,7 +50,10 @@ pub fn check_json_strings(field: impl std::fmt::Display, raw: &str) -> Result<()
                 .get(i + 1)
                 .is_some_and(|c| matches!(c | 0x20, b'8'..=b'9' | b'a'..=b'f'))
     };
-    if !raw.match_indices("\\u").any(|(i, _)| surrogate_at(i + 2)) {
+    // A search for one byte (memchr) rather than for the two-byte `\u`
+    // (a two-way substring search, about 500 instructions per payload).
+    let escapes_a_surrogate_at = |(i, _)| bytes.get(i + 1) == Some(&b'u') && surrogate_at(i + 2);
+    if !raw.match_indices('\\').any(escapes_a_surrogate_at) {
         return Ok(());
     }
     // `raw` is JSON text: outside its strings, a quote opens one.
