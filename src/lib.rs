@@ -142,8 +142,7 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         None => None,
     };
     let urls = config.redis_urls();
-    let response_timeout = store::response_timeout(config.durability);
-    let connect = || {
+    let connect = |response_timeout| {
         if config.redis_cluster {
             Connections::cluster(&urls, response_timeout)
         } else {
@@ -155,10 +154,12 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         }
         .map_err(|e| StartError::RedisConfig(e.to_string()))
     };
-    let connections = connect()?;
-    // Reads must not queue behind a write's `WAIT`: their own connections.
+    let connections = connect(store::response_timeout(config.durability))?;
+    // Reads must not queue behind a write's `WAIT`: their own connections,
+    // which never wait for replicas, so a hung Redis shows on them as soon
+    // as without `--durability`.
     let durability = match config.durability {
-        Some(replicas) => Some((replicas, connect()?)),
+        Some(replicas) => Some((replicas, connect(store::response_timeout(None))?)),
         None => None,
     };
     let (shutdown, signal) = watch::channel(false);

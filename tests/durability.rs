@@ -216,6 +216,44 @@ async fn a_durability_timeout_longer_than_the_response_timeout_runs_its_course()
     refused.assert_problem(503, "durability_timeout");
 }
 
+/// Reads never wait for replicas, so a long `--durability-timeout` (which
+/// stretches the writes' response timeout to a second past it) must leave
+/// theirs at the usual 5 s: while Redis hangs, a read answers 503 as it
+/// does without `--durability`. It waited out the hang instead (up to the
+/// durability timeout and a second), and answered 200 once Redis woke.
+#[tokio::test]
+async fn reads_keep_the_usual_response_timeout_under_a_long_durability_timeout() {
+    let app = TestApp::start_with_redis(&["--enable-debug-command", "local"], |c| {
+        c.durability = Some(streamcar::store::Replicas {
+            count: 1,
+            timeout: Duration::from_secs(60),
+        });
+    })
+    .await;
+    let warm = app.get("/topics").await;
+    assert_eq!(warm.status, StatusCode::OK, "{}", warm.body);
+
+    // Redis hangs for 9 s: well past the usual 5-s response timeout, well
+    // short of the writes' 61 s.
+    let redis_url = app.redis.url();
+    let hang = std::thread::spawn(move || {
+        let mut conn = redis::Client::open(redis_url)
+            .expect("redis url")
+            .get_connection()
+            .expect("connect to redis");
+        let _: () = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(9)
+            .query(&mut conn)
+            .expect("DEBUG SLEEP");
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    app.get("/topics")
+        .await
+        .assert_problem(503, "redis_unavailable");
+    hang.join().expect("the hang ends");
+}
+
 /// Redis blocks a connection while a `WAIT` on it waits: everything
 /// pipelined behind it waits too. Reads never wait for replicas, so they
 /// must not share a connection with a write's `WAIT`.
