@@ -27,6 +27,23 @@ fn wait_for_replicas(primary: &RedisServer, n: usize) {
     panic!("the replicas never came online");
 }
 
+/// Blocks the Redis at `url` for `seconds` (`DEBUG SLEEP`, which needs
+/// `--enable-debug-command`) from a thread of its own; join it to wait for
+/// the end.
+fn debug_sleep(url: String, seconds: f64) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut conn = redis::Client::open(url)
+            .expect("redis url")
+            .get_connection()
+            .expect("connect to redis");
+        let _: () = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(seconds)
+            .query(&mut conn)
+            .expect("DEBUG SLEEP");
+    })
+}
+
 #[tokio::test]
 async fn writes_wait_for_replicas_and_answer_503_when_they_do_not_confirm() {
     let app = TestApp::start_with(|c| {
@@ -156,18 +173,7 @@ async fn a_connection_lost_between_a_write_and_its_wait_does_not_confirm_the_wri
 
     // The replica stalls, so it cannot confirm anything new for a while:
     // only a `WAIT` on a connection that wrote nothing answers at once.
-    let replica_url = replica.url();
-    let stall = std::thread::spawn(move || {
-        let mut conn = redis::Client::open(replica_url)
-            .expect("replica url")
-            .get_connection()
-            .expect("connect to the replica");
-        let _: () = redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg(1.5)
-            .query(&mut conn)
-            .expect("DEBUG SLEEP");
-    });
+    let stall = debug_sleep(replica.url(), 1.5);
     std::thread::sleep(Duration::from_millis(100));
     let mut armed = true;
     proxy.set_rule(move |chunk| {
@@ -235,18 +241,7 @@ async fn reads_keep_the_usual_response_timeout_under_a_long_durability_timeout()
 
     // Redis hangs for 9 s: well past the usual 5-s response timeout, well
     // short of the writes' 61 s.
-    let redis_url = app.redis.url();
-    let hang = std::thread::spawn(move || {
-        let mut conn = redis::Client::open(redis_url)
-            .expect("redis url")
-            .get_connection()
-            .expect("connect to redis");
-        let _: () = redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg(9)
-            .query(&mut conn)
-            .expect("DEBUG SLEEP");
-    });
+    let hang = debug_sleep(app.redis.url(), 9.0);
     std::thread::sleep(Duration::from_millis(200));
     app.get("/topics")
         .await
