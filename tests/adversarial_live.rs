@@ -1,0 +1,85 @@
+//! Adversarial tests of config changed on live objects and of objects
+//! deleted and created again under the same name while work is in flight:
+//! groups re-declared under waiting fetches and held leases, receipts of an
+//! earlier incarnation, limits moved under what is already held.
+
+mod support;
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{Reply, TestApp};
+
+/// A long-poll fetch of group `g` on `topic` running in the background.
+fn spawn_fetch(
+    app: &TestApp,
+    topic: &str,
+    consumer: &str,
+    wait_ms: u64,
+) -> tokio::task::JoinHandle<Reply> {
+    let client = app.client.clone();
+    let url = app.url(&format!("/topics/{topic}/groups/g/fetch"));
+    let body = json!({"consumer": consumer, "max": 10, "wait_ms": wait_ms});
+    tokio::spawn(async move {
+        let resp = client.post(url).json(&body).send().await.expect("fetch");
+        TestApp::reply(resp).await
+    })
+}
+
+/// The answer of a waiting fetch, which must come well before its own
+/// deadline (30 s) and the safety re-check (120 s): only a wake-up ends it
+/// within this bound.
+async fn woken(waiting: tokio::task::JoinHandle<Reply>) -> Reply {
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the long-poll returned on a wake-up")
+        .expect("task")
+}
+
+/// The payloads of a fetch reply.
+fn payloads(reply: &Reply) -> Vec<Value> {
+    reply.body["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("messages: {}", reply.body))
+        .iter()
+        .map(|m| m["payload"].clone())
+        .collect()
+}
+
+/// A group resumed by `PUT …/groups/{g} {"paused": false}` (the declare
+/// route, not `POST …/resume`), and a group deleted and declared again over
+/// a backlog, both under a waiting long-poll: the waiter is woken, as by a
+/// publish, a `resume` or a DLQ replay (bug: only `POST …/resume` woke
+/// waiters; these waited for the safety re-check, here 120 s, so the
+/// long-poll ran to its deadline).
+#[tokio::test]
+async fn a_group_resumed_or_recreated_by_put_wakes_its_waiting_fetches() {
+    let app = TestApp::start_with(|c| c.wake_recheck = Duration::from_secs(120)).await;
+
+    // Resumed through PUT.
+    app.group("resume", "g", &json!({"paused": true})).await;
+    app.publish("resume", &json!({"payload": "held"})).await;
+    let waiting = spawn_fetch(&app, "resume", "w", 30000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "paused: nothing to deliver yet");
+    app.group("resume", "g", &json!({"paused": false})).await;
+    let reply = woken(waiting).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(payloads(&reply), [json!("held")], "woken by the resume");
+
+    // Deleted and declared again (from the start) while a fetch waits: the
+    // new group owes the whole topic at once.
+    app.group("again", "g", &json!({})).await;
+    app.publish("again", &json!({"payload": "old"})).await;
+    app.fetch_and_ack("again", "g", 10).await;
+    let waiting = spawn_fetch(&app, "again", "w", 30000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "all acked: nothing to deliver yet");
+    let deleted = app.delete("/topics/again/groups/g").await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    app.group("again", "g", &json!({"start": "earliest"})).await;
+    let reply = woken(waiting).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(payloads(&reply), [json!("old")], "woken by the new group");
+}
