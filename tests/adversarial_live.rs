@@ -83,3 +83,78 @@ async fn a_group_resumed_or_recreated_by_put_wakes_its_waiting_fetches() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert_eq!(payloads(&reply), [json!("old")], "woken by the new group");
 }
+
+/// `max_deliveries` lowered below the attempts of retries already
+/// scheduled: each is dead-lettered when it comes due, never delivered
+/// again, with `last_error` the error its final nack gave (or none), as the
+/// README says of dead letters (bug: `"lease expired without ack"`, though
+/// no lease had expired: an operator hunted for a crashed worker).
+#[tokio::test]
+async fn retries_over_a_lowered_max_deliveries_dead_letter_with_their_nack_error() {
+    let app = TestApp::start().await;
+    app.group("low", "g", &json!({"max_deliveries": 5})).await;
+    app.publish("low", &json!({"payload": "with error"})).await;
+    app.publish("low", &json!({"payload": "without"})).await;
+    let leased = app.fetch("low", "g", "w", 2, 0).await;
+    assert_eq!(leased.len(), 2);
+    for (m, error) in leased.iter().zip([Some("boom"), None]) {
+        let mut body = json!({"receipts": [m["receipt"]], "delay_ms": 200});
+        if let Some(e) = error {
+            body["error"] = json!(e);
+        }
+        let nacked = app.post("/topics/low/groups/g/nack", &body).await;
+        assert_eq!(nacked.body["nacked"].as_array().map(Vec::len), Some(1));
+    }
+    app.group("low", "g", &json!({"max_deliveries": 1})).await;
+
+    let mut info = Value::Null;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let delivered = app.fetch("low", "g", "w", 10, 0).await;
+        assert!(
+            delivered.is_empty(),
+            "delivered past max_deliveries: {delivered:?}"
+        );
+        info = app.get("/topics/low/groups/g").await.body;
+        if info["dead_lettered"] == 2 {
+            break;
+        }
+    }
+    assert_eq!(info["dead_lettered"], 2, "{info}");
+    assert_eq!(
+        (info["delayed"].clone(), info["pending"].clone()),
+        (json!(0), json!(0))
+    );
+    let dlq = app.get("/topics/low/groups/g/dlq").await.body;
+    let letters: Vec<(Value, Value, Value, Value)> = dlq["messages"]
+        .as_array()
+        .expect("dead letters")
+        .iter()
+        .map(|d| {
+            let d = d.clone();
+            (
+                d["payload"].clone(),
+                d["reason"].clone(),
+                d["attempts"].clone(),
+                d["last_error"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        letters,
+        [
+            (
+                json!("with error"),
+                json!("max_deliveries"),
+                json!(1),
+                json!("boom")
+            ),
+            (
+                json!("without"),
+                json!("max_deliveries"),
+                json!(1),
+                Value::Null
+            ),
+        ]
+    );
+}
