@@ -158,3 +158,74 @@ async fn retries_over_a_lowered_max_deliveries_dead_letter_with_their_nack_error
         ]
     );
 }
+
+/// A group (no ordering) deleted and declared again under the same name
+/// while a worker holds a receipt, one retry is scheduled and one message
+/// waits: the old receipts are `lease_lost` on every verb (fetch's `ack`
+/// too) once the new group has handed the same messages out, and touch
+/// none of the new group's deliveries.
+#[tokio::test]
+async fn receipts_of_a_recreated_group_never_settle_its_successors_deliveries() {
+    let app = TestApp::start().await;
+    app.group("reborn", "g", &json!({"lease_ms": 60000})).await;
+    for i in 0..3 {
+        app.publish("reborn", &json!({"payload": i})).await;
+    }
+    let old = app.fetch("reborn", "g", "old", 2, 0).await;
+    let old: Vec<String> = old
+        .iter()
+        .map(|m| m["receipt"].as_str().unwrap().to_owned())
+        .collect();
+    let nack = json!({"receipts": [old[1]], "delay_ms": 0});
+    let nacked = app.post("/topics/reborn/groups/g/nack", &nack).await;
+    assert_eq!(nacked.body["nacked"].as_array().map(Vec::len), Some(1));
+    let deleted = app.delete("/topics/reborn/groups/g").await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    app.group("reborn", "g", &json!({"lease_ms": 60000})).await;
+
+    let new = app.fetch("reborn", "g", "new", 10, 0).await;
+    let got: Vec<(Value, Value)> = new
+        .iter()
+        .map(|m| (m["payload"].clone(), m["attempt"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (json!(0), json!(1)),
+            (json!(1), json!(1)),
+            (json!(2), json!(1))
+        ]
+    );
+    for verb in ["ack", "nack", "extend", "reject"] {
+        let body = json!({"receipts": old});
+        let reply = app
+            .post(&format!("/topics/reborn/groups/g/{verb}"), &body)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{verb}: {}", reply.body);
+        assert_eq!(
+            reply.body["lease_lost"],
+            json!(old),
+            "{verb}: {}",
+            reply.body
+        );
+    }
+    let fetch = json!({"consumer": "old", "ack": old});
+    let reply = app.post("/topics/reborn/groups/g/fetch", &fetch).await;
+    assert_eq!(reply.body["lease_lost"], json!(old), "{}", reply.body);
+    assert_eq!(reply.body["messages"], json!([]), "all three are leased");
+
+    let info = app.get("/topics/reborn/groups/g").await.body;
+    assert_eq!(
+        (info["pending"].clone(), info["dead_lettered"].clone()),
+        (json!(3), json!(0)),
+        "{info}"
+    );
+    let receipts: Vec<&str> = new.iter().map(|m| m["receipt"].as_str().unwrap()).collect();
+    let acked = app.ack("reborn", "g", &receipts).await;
+    assert_eq!(
+        acked.body["acked"].as_array().map(Vec::len),
+        Some(3),
+        "{}",
+        acked.body
+    );
+}
