@@ -229,3 +229,49 @@ async fn receipts_of_a_recreated_group_never_settle_its_successors_deliveries() 
         acked.body
     );
 }
+
+/// A retry nacked with an error keeps that error in the group's
+/// deliveries hash until it comes due. One whose entry is trimmed from the
+/// stream meanwhile is dropped when it comes due, and its error with it:
+/// nothing stays behind for a message that no longer exists.
+#[tokio::test]
+async fn a_retry_trimmed_while_it_waits_leaves_nothing_behind() {
+    let app = TestApp::start().await;
+    app.group("gone", "g", &json!({})).await;
+    app.publish("gone", &json!({"payload": 1})).await;
+    let leased = app.fetch("gone", "g", "w", 1, 0).await;
+    let body = json!({"receipts": [leased[0]["receipt"]], "error": "boom", "delay_ms": 200});
+    let nacked = app.post("/topics/gone/groups/g/nack", &body).await;
+    assert_eq!(nacked.body["nacked"].as_array().map(Vec::len), Some(1));
+
+    let deliveries = format!("sc:{{{}:gone}}:g:g:deliveries", app.tenant);
+    let stream = format!("sc:{{{}:gone}}:stream", app.tenant);
+    let mut redis = app.redis.connection();
+    let kept: usize = redis::cmd("HLEN")
+        .arg(&deliveries)
+        .query(&mut redis)
+        .expect("HLEN");
+    assert_eq!(kept, 1, "the nack's error is kept while the retry waits");
+    // As a retention pass would (the stream's only entry).
+    let trimmed: usize = redis::cmd("XTRIM")
+        .arg(&stream)
+        .arg("MAXLEN")
+        .arg(0)
+        .query(&mut redis)
+        .expect("XTRIM");
+    assert_eq!(trimmed, 1);
+
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(app.fetch("gone", "g", "w", 10, 0).await.is_empty());
+        let delayed = app.get("/topics/gone/groups/g").await.body["delayed"].clone();
+        if delayed == 0 {
+            break;
+        }
+    }
+    let left: usize = redis::cmd("HLEN")
+        .arg(&deliveries)
+        .query(&mut redis)
+        .expect("HLEN");
+    assert_eq!(left, 0, "a trimmed retry's error stays behind");
+}
