@@ -75,14 +75,16 @@ end
 
 -- Delivers entry `id` (already in the PEL for this consumer with delivery
 -- count `attempt`) under a new lease, unless it expired or has used up its
--- deliveries.
-local function offer(id, attempt, flat)
+-- deliveries (then `last_error` is the dead letter's, by default a lease
+-- that expired).
+local function offer(id, attempt, flat, last_error)
   local expires_at = entry_fields(flat).expires_at
   if expires_at and tonumber(expires_at) <= now then
     dead_letter(g, id, flat, 'expired', attempt - 1, 'ttl passed before delivery', now)
     expired = expired + 1
   elseif attempt > max_deliveries then
-    dead_letter(g, id, flat, 'max_deliveries', attempt - 1, 'lease expired without ack', now)
+    dead_letter(g, id, flat, 'max_deliveries', attempt - 1,
+      last_error or 'lease expired without ack', now)
     exhausted = exhausted + 1
   else
     local delivery = redis.call('HINCRBY', g.meta, 'deliveries', 1)
@@ -132,8 +134,12 @@ local function take_due(due)
     redis.call('ZREM', g.delayed, member)
     if flat then
       local attempt = tonumber(attempts) + 1
+      -- For a retry that has used up its deliveries (max_deliveries
+      -- lowered since it was scheduled): the error its final nack gave
+      -- (nack.lua), or none; it never had a lease that expired.
+      local nacked = string.match(redis.call('HGET', g.deliveries, id) or '', '^~(.*)$')
       redis.call('XCLAIM', g.stream, g.name, consumer, 0, id, 'RETRYCOUNT', attempt, 'JUSTID')
-      offer(id, attempt, flat)
+      offer(id, attempt, flat, nacked or '')
     end
   end
 end

@@ -16,7 +16,10 @@
 -- sidecar; the attempt comes from the stored delivery, never from the
 -- client; nothing is dropped: an entry is either scheduled or in the
 -- dead-letter stream. In an ordered group a retried message stays the head
--- of its key: nothing later of that key goes first.
+-- of its key: nothing later of that key goes first. A retry nacked with an
+-- error keeps it (deliveries hash: '~<error>', which no receipt matches),
+-- so a retry dead-lettered when it comes due (max_deliveries lowered in
+-- the meantime) carries the error of its final nack, as the DLQ promises.
 local g = group_keys()
 local max_deliveries = tonumber(redis.call('HGET', g.config, 'max_deliveries'))
 if not max_deliveries then
@@ -41,6 +44,9 @@ for i = 4, #ARGV, 3 do
       out[#out + 1] = 2
     else
       schedule(g, id, attempt, now + delay)
+      if err ~= '' then
+        redis.call('HSET', g.deliveries, id, '~' .. err)
+      end
       out[#out + 1] = 1
       wake = wake or delay == 0
     end

@@ -23,7 +23,7 @@
 //! | `sc:{T:P}:g:<G>:dlq` | stream | dead letters |
 //! | `sc:{T:P}:g:<G>:dlq:index` | hash | message id → its dead letters' ids |
 //! | `sc:{T:P}:g:<G>:leases` | zset | leased stream ids by promised expiry |
-//! | `sc:{T:P}:g:<G>:deliveries` | hash | leased stream id → `<attempt>:<delivery>` |
+//! | `sc:{T:P}:g:<G>:deliveries` | hash | leased stream id → `<attempt>:<delivery>`; a retry nacked with an error → `~<error>` |
 //! | `sc:{T:P}:g:<G>:heads` | hash | ordered groups: key → its message in progress |
 //! | `sc:{T:P}:g:<G>:parked` | zset | ordered groups: messages waiting behind their key's head |
 //! | `sc:{T}:topics` | set | the tenant's topic names |

@@ -327,6 +327,12 @@ impl Broker {
                 ),
             });
         }
+        if created == 1 || request.paused == Some(false) {
+            // A resume, or a group (maybe created again under fetches that
+            // wait on its name) that owes messages: waiting fetches may
+            // deliver now, as after `POST …/resume`.
+            self.store.wake(&mut conn, &keys.wake_channel()).await?;
+        }
         Ok(created == 1)
     }
 
