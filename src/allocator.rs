@@ -106,7 +106,10 @@ mod tests {
                     let shrunk = allocator.realloc(grown, grown_layout, size.div_ceil(2));
                     assert_eq!(shrunk as usize % align, 0, "realloc down {size}/{align}");
                     assert!((0..size.div_ceil(2)).all(|i| *shrunk.add(i) == 0xAB));
-                    allocator.dealloc(shrunk, Layout::from_size_align(size.div_ceil(2), align).unwrap());
+                    allocator.dealloc(
+                        shrunk,
+                        Layout::from_size_align(size.div_ceil(2), align).unwrap(),
+                    );
                     let z = allocator.alloc_zeroed(layout);
                     assert_eq!(z as usize % align, 0, "zeroed {size}/{align}");
                     assert!((0..size).all(|i| *z.add(i) == 0));
