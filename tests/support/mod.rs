@@ -10,6 +10,7 @@ pub mod browser;
 pub mod edge;
 pub mod otlp;
 pub mod proxy;
+pub mod push_app;
 pub mod sse;
 pub mod ws;
 
