@@ -110,6 +110,47 @@ async fn limits_are_validated() {
     }
 }
 
+/// Publishes `payload` to `topic` and asserts it is refused: 429
+/// `backlog_full`.
+async fn assert_full(app: &TestApp, topic: &str, payload: Value) {
+    app.post(
+        &format!("/topics/{topic}/messages"),
+        &json!({ "payload": payload }),
+    )
+    .await
+    .assert_problem(429, "backlog_full");
+}
+
+/// Publishes `payload` to `topic` and asserts it is written (201).
+async fn assert_created(app: &TestApp, topic: &str, payload: Value) {
+    let reply = app
+        .post(
+            &format!("/topics/{topic}/messages"),
+            &json!({ "payload": payload }),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+}
+
+/// `ZADD index score member`, as an older version would have left it.
+fn zadd(redis: &mut redis::Connection, index: &str, score: u64, member: &str) {
+    redis::cmd("ZADD")
+        .arg(index)
+        .arg(score)
+        .arg(member)
+        .exec(redis)
+        .unwrap();
+}
+
+/// `ZREM index member`.
+fn zrem(redis: &mut redis::Connection, index: &str, member: &str) {
+    redis::cmd("ZREM")
+        .arg(index)
+        .arg(member)
+        .exec(redis)
+        .unwrap();
+}
+
 #[tokio::test]
 async fn backlog_full_refuses_publishes_until_the_group_catches_up() {
     let app = TestApp::start().await;
@@ -129,15 +170,11 @@ async fn backlog_full_refuses_publishes_until_the_group_catches_up() {
 
     // The fast group alone finishing is not enough: the slowest counts.
     app.fetch_and_ack("bp", "fast", 10).await;
-    app.post("/topics/bp/messages", &json!({"payload": 3}))
-        .await
-        .assert_problem(429, "backlog_full");
+    assert_full(&app, "bp", json!(3)).await;
 
     // Fetched but not acked still counts; a scheduled retry still counts.
     let slow = app.fetch("bp", "slow", "s", 10, 0).await;
-    app.post("/topics/bp/messages", &json!({"payload": 3}))
-        .await
-        .assert_problem(429, "backlog_full");
+    assert_full(&app, "bp", json!(3)).await;
     app.ack("bp", "slow", &[slow[0]["receipt"].as_str().unwrap()])
         .await;
     app.post(
@@ -146,13 +183,8 @@ async fn backlog_full_refuses_publishes_until_the_group_catches_up() {
     )
     .await;
     // Backlog of slow is now 2 (one delayed, one pending): publishes flow.
-    let ok = app
-        .post("/topics/bp/messages", &json!({"payload": 3}))
-        .await;
-    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.body);
-    app.post("/topics/bp/messages", &json!({"payload": 4}))
-        .await
-        .assert_problem(429, "backlog_full");
+    assert_created(&app, "bp", json!(3)).await;
+    assert_full(&app, "bp", json!(4)).await;
 }
 
 /// Charges `n` one-message publishes to `tenant`'s quota as fast as Redis
@@ -299,10 +331,7 @@ async fn backlog_refusals_do_not_spend_the_quota() {
         .await;
     app.put("/topics/bp", &json!({"max_backlog": 1})).await;
     app.group("bp", "g", &json!({"lease_ms": 60000})).await;
-    let first = app
-        .post("/topics/bp/messages", &json!({"payload": 0}))
-        .await;
-    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    assert_created(&app, "bp", json!(0)).await;
 
     for i in 1..=5 {
         let full = app
@@ -574,10 +603,7 @@ async fn the_backlog_check_reads_counters_not_the_stream() {
     }
     let stream_reads = ["xinfo|groups", "xinfo", "xrange", "xlen", "xpending"];
     let before = app.command_calls(&stream_reads);
-    let one = app
-        .post("/topics/cb/messages", &json!({"payload": "one"}))
-        .await;
-    assert_eq!(one.status, StatusCode::CREATED, "{}", one.body);
+    assert_created(&app, "cb", json!("one")).await;
     assert_eq!(
         app.command_calls(&stream_reads),
         before,
@@ -586,27 +612,17 @@ async fn the_backlog_check_reads_counters_not_the_stream() {
 
     // The limit at exactly what the slowest group owes: 3001 owed by both.
     app.put("/topics/cb", &json!({"max_backlog": 3002})).await;
-    let last = app
-        .post("/topics/cb/messages", &json!({"payload": "last"}))
-        .await;
-    assert_eq!(last.status, StatusCode::CREATED, "{}", last.body);
-    app.post("/topics/cb/messages", &json!({"payload": "over"}))
-        .await
-        .assert_problem(429, "backlog_full");
+    assert_created(&app, "cb", json!("last")).await;
+    assert_full(&app, "cb", json!("over")).await;
     // The fast group catching up is not enough; the slow one owes 3002.
     app.fetch_and_ack("cb", "fast", 1000).await;
-    app.post("/topics/cb/messages", &json!({"payload": "over"}))
-        .await
-        .assert_problem(429, "backlog_full");
+    assert_full(&app, "cb", json!("over")).await;
     // Deleting the slow group leaves the fast one, 2002 behind: room again.
     assert_eq!(
         app.delete("/topics/cb/groups/slow").await.status,
         StatusCode::NO_CONTENT
     );
-    let after = app
-        .post("/topics/cb/messages", &json!({"payload": "after"}))
-        .await;
-    assert_eq!(after.status, StatusCode::CREATED, "{}", after.body);
+    assert_created(&app, "cb", json!("after")).await;
 }
 
 /// With max_backlog set, a publish finds the slowest group without reading
@@ -624,16 +640,11 @@ async fn the_backlog_check_does_not_read_every_group() {
         app.group("many", &format!("g{i}"), &json!({})).await;
     }
     for i in 0..3 {
-        let reply = app
-            .post("/topics/many/messages", &json!({"payload": i}))
-            .await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        assert_created(&app, "many", json!(i)).await;
     }
     let scans = ["smembers", "hmget"];
     let before = app.command_calls(&scans);
-    app.post("/topics/many/messages", &json!({"payload": "over"}))
-        .await
-        .assert_problem(429, "backlog_full");
+    assert_full(&app, "many", json!("over")).await;
     assert_eq!(
         app.command_calls(&scans),
         before,
@@ -644,34 +655,19 @@ async fn the_backlog_check_does_not_read_every_group() {
     for i in 1..GROUPS {
         app.fetch_and_ack("many", &format!("g{i}"), 10).await;
     }
-    app.post("/topics/many/messages", &json!({"payload": "over"}))
-        .await
-        .assert_problem(429, "backlog_full");
+    assert_full(&app, "many", json!("over")).await;
     app.fetch_and_ack("many", "g0", 1).await;
-    let reply = app
-        .post("/topics/many/messages", &json!({"payload": "room"}))
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    assert_created(&app, "many", json!("room")).await;
 
     // An index from an older version: gone, then with a stale low score.
     // Either way the counters decide (g0 owes 3: full again).
     let index = format!("sc:{{{}:many}}:progress", app.tenant);
     let mut redis = app.redis.connection();
     redis::cmd("DEL").arg(&index).exec(&mut redis).unwrap();
-    app.post("/topics/many/messages", &json!({"payload": "over"}))
-        .await
-        .assert_problem(429, "backlog_full");
+    assert_full(&app, "many", json!("over")).await;
     app.fetch_and_ack("many", "g0", 1).await;
-    redis::cmd("ZADD")
-        .arg(&index)
-        .arg(0)
-        .arg("g7")
-        .exec(&mut redis)
-        .unwrap();
-    let reply = app
-        .post("/topics/many/messages", &json!({"payload": "room"}))
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    zadd(&mut redis, &index, 0, "g7");
+    assert_created(&app, "many", json!("room")).await;
 
     // A group deleted by an older version and another created by one: as
     // many members as groups, the slowest a group that is gone (no counter,
@@ -680,21 +676,9 @@ async fn the_backlog_check_does_not_read_every_group() {
     for i in 1..GROUPS {
         app.fetch_and_ack("many", &format!("g{i}"), 10).await;
     }
-    redis::cmd("ZREM")
-        .arg(&index)
-        .arg("g7")
-        .exec(&mut redis)
-        .unwrap();
-    redis::cmd("ZADD")
-        .arg(&index)
-        .arg(0)
-        .arg("gone")
-        .exec(&mut redis)
-        .unwrap();
-    let reply = app
-        .post("/topics/many/messages", &json!({"payload": "room"}))
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    zrem(&mut redis, &index, "g7");
+    zadd(&mut redis, &index, 0, "gone");
+    assert_created(&app, "many", json!("room")).await;
 }
 
 /// The gauge pass reads each group's counts without `XINFO GROUPS`, which
