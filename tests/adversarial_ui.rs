@@ -217,10 +217,7 @@ async fn replay_all_reaches_dead_letters_behind_ten_thousand_that_stay() {
     app.group("big", "g", &json!({})).await;
     let batch: Vec<Value> = (0..1000).map(|i| json!({"payload": i})).collect();
     for round in 0..10 {
-        let reply = app
-            .post("/topics/big/messages:batch", &json!({"messages": batch}))
-            .await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        app.publish_batch("big", &batch).await;
         let got = app.fetch("big", "g", "w", 1000, 0).await;
         assert_eq!(got.len(), 1000, "round {round}");
         let receipts: Vec<&Value> = got.iter().map(|m| &m["receipt"]).collect();

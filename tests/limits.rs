@@ -596,10 +596,7 @@ async fn the_backlog_check_reads_counters_not_the_stream() {
     app.group("cb", "fast", &json!({})).await;
     for round in 0..3 {
         let batch: Vec<Value> = (0..1000).map(|i| json!({"payload": [round, i]})).collect();
-        let reply = app
-            .post("/topics/cb/messages:batch", &json!({"messages": batch}))
-            .await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        app.publish_batch("cb", &batch).await;
     }
     let stream_reads = ["xinfo|groups", "xinfo", "xrange", "xlen", "xpending"];
     let before = app.command_calls(&stream_reads);

@@ -685,6 +685,19 @@ impl TestApp {
         reply.body
     }
 
+    /// Publishes `messages` to `topic` in one batch request, asserts it was
+    /// answered 200, and returns the reply's body (its `results`).
+    pub async fn publish_batch(&self, topic: &str, messages: &[Value]) -> Value {
+        let reply = self
+            .post(
+                &format!("/topics/{topic}/messages:batch"),
+                &serde_json::json!({ "messages": messages }),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        reply.body
+    }
+
     /// Declares group `group` on `topic` with `config` and asserts success.
     pub async fn group(&self, topic: &str, group: &str, config: &Value) -> Value {
         let reply = self
