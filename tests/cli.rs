@@ -30,6 +30,15 @@ fn dev(dir: &tempfile::TempDir, port: u16) -> Command {
     command
 }
 
+/// `streamcar dev` on `port` in `dir`, started with its output dropped.
+fn spawn_dev_quiet(dir: &tempfile::TempDir, port: u16) -> std::process::Child {
+    dev(dir, port)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn streamcar dev")
+}
+
 /// Whether `/readyz` under `base` answered 2xx within 10 s.
 async fn became_ready(client: &reqwest::Client, base: &str) -> bool {
     within_10s(async || {
@@ -67,11 +76,7 @@ fn dev_without_redis_server_explains_how_to_install_and_exits_2() {
 async fn dev_serves_against_its_own_redis_and_stops_it_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let port = support::free_port();
-    let mut child = dev(&dir, port)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn streamcar dev");
+    let mut child = spawn_dev_quiet(&dir, port);
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let ready = became_ready(&client, &base).await;
@@ -129,11 +134,7 @@ fn is_alive(pid: u32) -> bool {
 async fn dev_redis_does_not_outlive_a_killed_sidecar() {
     let dir = tempfile::tempdir().unwrap();
     let port = support::free_port();
-    let mut child = dev(&dir, port)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn streamcar dev");
+    let mut child = spawn_dev_quiet(&dir, port);
     let redis = within_10s(async || live_children(child.id()).first().copied()).await;
     child.kill().unwrap(); // SIGKILL: no destructors run
     child.wait().unwrap();

@@ -12,7 +12,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use streamcar::coord::limits::{RateReply, charge_cmd};
-use support::TestApp;
+use support::{Reply, TestApp};
 
 #[tokio::test]
 async fn burst_then_429_then_refill_and_other_tenants_unaffected() {
@@ -108,6 +108,11 @@ async fn limits_are_validated() {
         let reply = app.put("/limits", &body).await;
         assert_eq!(reply.assert_problem(400, "invalid_field")["field"], field);
     }
+}
+
+/// The header `name` of `reply` as a number.
+fn header_u64(reply: &Reply, name: &str) -> u64 {
+    reply.headers[name].to_str().unwrap().parse().unwrap()
 }
 
 /// Publishes `payload` to `topic` and asserts it is refused: 429
@@ -298,22 +303,14 @@ async fn the_largest_burst_at_the_lowest_rate_is_exact() {
         .await;
     refused.assert_problem(429, "rate_limited");
     assert_eq!(refused.headers["ratelimit-limit"], "1000000");
-    let reset: u64 = refused.headers["ratelimit-reset"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let reset = header_u64(&refused, "ratelimit-reset");
     // Time only drains the debt: between the charge and now, at most the
     // test's own duration (bounded by the harness timeouts) went by.
     assert!(
         (999_000..=1_000_000).contains(&reset),
         "reset {reset} s after a 10^6 s debt"
     );
-    let retry: u64 = refused.headers["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry = header_u64(&refused, "retry-after");
     assert!(
         (999..=1000).contains(&retry),
         "retry after {retry} s: 1000 messages drain in 1000 s"
@@ -361,11 +358,7 @@ async fn backlog_refusals_do_not_spend_the_quota() {
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert_eq!(reply.body["results"][0]["seq"], 2);
-    let remaining: u64 = reply.headers["ratelimit-remaining"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let remaining = header_u64(&reply, "ratelimit-remaining");
     assert!(remaining >= 1, "the refusals spent nothing: {remaining}");
 }
 
@@ -501,11 +494,7 @@ async fn a_batch_refused_by_the_quota_still_answers_its_duplicates() {
     assert_eq!(results[3]["duplicate"], true);
     assert_eq!(results[3]["seq"], 1000);
     assert!(errors[4..].iter().all(|e| e["code"] == "rate_limited"));
-    let remaining: u64 = reply.headers["ratelimit-remaining"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let remaining = header_u64(&reply, "ratelimit-remaining");
     assert!(
         remaining < 500,
         "{remaining} left, or the batch would have fit"

@@ -52,6 +52,16 @@ async fn post_batch(app: &TestApp, batch: &[Value]) -> support::Reply {
     .await
 }
 
+/// GET the pushed group, not asserted (it may not be declared yet).
+async fn group_reply(app: &TestApp) -> support::Reply {
+    app.send(
+        Method::GET,
+        &format!("{}{}", app.base, path("/topics/orders/groups/push")),
+        None,
+    )
+    .await
+}
+
 async fn group(app: &TestApp) -> Value {
     get(app, "/topics/orders/groups/push").await
 }
@@ -61,13 +71,7 @@ async fn group(app: &TestApp) -> Value {
 async fn settled(app: &TestApp) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
-        let reply = app
-            .send(
-                Method::GET,
-                &format!("{}{}", app.base, path("/topics/orders/groups/push")),
-                None,
-            )
-            .await;
+        let reply = group_reply(app).await;
         if reply.status == 200 {
             let g = &reply.body;
             if g["lag"] == 0 && g["pending"] == 0 && g["delayed"] == 0 && g["parked"] == 0 {
@@ -841,13 +845,7 @@ async fn redis_away_backs_off_then_the_group_is_declared_again() {
     wait_subscription(&app, |s| s["state"] == "running").await;
     let deadline = Instant::now() + WAIT;
     loop {
-        let reply = app
-            .send(
-                Method::GET,
-                &format!("{}{}", app.base, path("/topics/orders/groups/push")),
-                None,
-            )
-            .await;
+        let reply = group_reply(&app).await;
         if reply.status == 200 {
             assert_eq!(reply.body["lease_ms"], 1000, "declared with group_config");
             break;
