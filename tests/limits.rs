@@ -192,16 +192,19 @@ async fn backlog_full_refuses_publishes_until_the_group_catches_up() {
     assert_full(&app, "bp", json!(4)).await;
 }
 
-/// Charges `n` one-message publishes to `tenant`'s quota as fast as Redis
-/// runs them: the very call the sidecar sends, `n` times in one pipeline
-/// between two `TIME` commands. Returns each charge's status (1 charged) and
-/// the Redis-clock window, in µs, that holds every charge.
-async fn flood_quota(app: &TestApp, n: usize) -> (Vec<i64>, u64) {
+/// A connection to the Redis of `app` with `config`, the sidecar's scripts
+/// loaded on it, and the app's tenant: what [`charge_cmd`] needs.
+async fn charger(
+    app: &TestApp,
+    config: &redis::AsyncConnectionConfig,
+) -> (
+    redis::aio::MultiplexedConnection,
+    streamcar::scripts::Scripts,
+    streamcar::names::Tenant,
+) {
     let client = redis::Client::open(app.redis.url()).expect("redis url");
-    // One reply holds all n: no response timeout.
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
     let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
+        .get_multiplexed_async_connection_with_config(config)
         .await
         .expect("connect");
     let scripts = streamcar::scripts::Scripts::new();
@@ -210,6 +213,17 @@ async fn flood_quota(app: &TestApp, n: usize) -> (Vec<i64>, u64) {
         .await
         .expect("load scripts");
     let tenant = streamcar::names::Tenant::parse(&app.tenant).expect("tenant");
+    (conn, scripts, tenant)
+}
+
+/// Charges `n` one-message publishes to `tenant`'s quota as fast as Redis
+/// runs them: the very call the sidecar sends, `n` times in one pipeline
+/// between two `TIME` commands. Returns each charge's status (1 charged) and
+/// the Redis-clock window, in µs, that holds every charge.
+async fn flood_quota(app: &TestApp, n: usize) -> (Vec<i64>, u64) {
+    // One reply holds all n: no response timeout.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    let (mut conn, scripts, tenant) = charger(app, &config).await;
     let mut pipe = redis::pipe();
     pipe.cmd("TIME");
     for _ in 0..n {
@@ -277,17 +291,7 @@ async fn the_largest_burst_at_the_lowest_rate_is_exact() {
         )
         .await;
     assert_eq!(put.status, StatusCode::OK, "{}", put.body);
-    let client = redis::Client::open(app.redis.url()).expect("redis url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let scripts = streamcar::scripts::Scripts::new();
-    scripts
-        .ensure_loaded(&mut conn)
-        .await
-        .expect("load scripts");
-    let tenant = streamcar::names::Tenant::parse(&app.tenant).expect("tenant");
+    let (mut conn, scripts, tenant) = charger(&app, &redis::AsyncConnectionConfig::new()).await;
     let whole: RateReply = charge_cmd(&scripts, &tenant, 1_000_000)
         .query_async(&mut conn)
         .await
