@@ -499,67 +499,48 @@ async fn numbers_at_their_limits_are_taken_exactly_or_refused() {
         json!([1]),
         json!({"n": 1}),
     ];
-    let bodies = |v: &Value| {
-        [
-            (
-                "PUT",
-                "/pools/x",
-                json!({"capacity": v, "lease_ms": 1000}),
-                "capacity",
-            ),
-            (
-                "PUT",
-                "/pools/x",
-                json!({"capacity": 1, "lease_ms": v}),
-                "lease_ms",
-            ),
-            (
-                "POST",
-                "/pools/p/acquire",
-                json!({"holder": "a", "lease_ms": v}),
-                "lease_ms",
-            ),
-            (
-                "POST",
-                "/pools/p/acquire",
-                json!({"holder": "a", "wait_ms": v}),
-                "wait_ms",
-            ),
-            (
-                "POST",
-                "/pools/p/renew",
-                json!({"reservation_id": "r", "lease_ms": v}),
-                "lease_ms",
-            ),
-            (
-                "POST",
-                "/idempotency/k/claim",
-                json!({"owner": "a", "ttl_ms": v}),
-                "ttl_ms",
-            ),
-            (
-                "POST",
-                "/idempotency/k/complete",
-                json!({"token": "t", "result": 1, "ttl_ms": v}),
-                "ttl_ms",
-            ),
-            ("POST", "/checkpoints/c/advance", json!({"seq": v}), "seq"),
-            (
-                "PUT",
-                "/limits",
-                json!({"publish_per_sec": v, "burst": 1}),
-                "publish_per_sec",
-            ),
-            (
-                "PUT",
-                "/limits",
-                json!({"publish_per_sec": 1, "burst": v}),
-                "burst",
-            ),
-        ]
-    };
+    // Each case: the method, the path, the body but for the field that gets
+    // the hostile value, and that field.
+    let cases = [
+        ("PUT", "/pools/x", json!({"lease_ms": 1000}), "capacity"),
+        ("PUT", "/pools/x", json!({"capacity": 1}), "lease_ms"),
+        (
+            "POST",
+            "/pools/p/acquire",
+            json!({"holder": "a"}),
+            "lease_ms",
+        ),
+        (
+            "POST",
+            "/pools/p/acquire",
+            json!({"holder": "a"}),
+            "wait_ms",
+        ),
+        (
+            "POST",
+            "/pools/p/renew",
+            json!({"reservation_id": "r"}),
+            "lease_ms",
+        ),
+        (
+            "POST",
+            "/idempotency/k/claim",
+            json!({"owner": "a"}),
+            "ttl_ms",
+        ),
+        (
+            "POST",
+            "/idempotency/k/complete",
+            json!({"token": "t", "result": 1}),
+            "ttl_ms",
+        ),
+        ("POST", "/checkpoints/c/advance", json!({}), "seq"),
+        ("PUT", "/limits", json!({"burst": 1}), "publish_per_sec"),
+        ("PUT", "/limits", json!({"publish_per_sec": 1}), "burst"),
+    ];
     for v in &hostile {
-        for (method, path, body, field) in bodies(v) {
+        for (method, path, mut body, field) in cases.clone() {
+            body[field] = v.clone();
             let r = if method == "PUT" {
                 app.put(path, &body).await
             } else {

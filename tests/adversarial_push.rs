@@ -7,241 +7,20 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::TestApp;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::push_app::{
+    self, PushApp, Reply, Seen, TENANT, WAIT, after, http, sidecar, sidecar_draining,
+};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-
-const TENANT: &str = "acme";
-/// Longest any wait loop of these tests may take.
-const WAIT: Duration = Duration::from_secs(20);
-
-/// One request the app received.
-#[derive(Debug, Clone)]
-struct Seen {
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-}
-
-impl Seen {
-    fn header(&self, name: &str) -> &str {
-        self.headers.get(name).map_or("", String::as_str)
-    }
-}
-
-/// What the app does with one request.
-enum Reply {
-    /// Writes these bytes, then closes the connection.
-    Raw(Vec<u8>),
-    /// Waits, then does the rest.
-    After(Duration, Box<Reply>),
-    /// Answers this status with a 100 MB body of `x`.
-    Huge(u16),
-    /// Never answers; holds the connection open.
-    Hang,
-}
-
-/// A complete HTTP/1.1 answer that closes the connection.
-fn http(status: u16, headers: &[(&str, &str)], body: &str) -> Reply {
-    let mut text = format!(
-        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        text.push_str(&format!("{k}: {v}\r\n"));
-    }
-    text.push_str("\r\n");
-    text.push_str(body);
-    Reply::Raw(text.into_bytes())
-}
-
-fn after(pause: Duration, reply: Reply) -> Reply {
-    Reply::After(pause, Box::new(reply))
-}
-
-type Script = Arc<dyn Fn(usize, &Seen) -> Reply + Send + Sync>;
-
-#[derive(Default)]
-struct Counts {
-    seen: Mutex<Vec<Seen>>,
-    now: AtomicUsize,
-    most: AtomicUsize,
-    /// Requests in progress per `ce-subject`, and the most at once.
-    per_key: Mutex<HashMap<String, usize>>,
-    per_key_most: AtomicUsize,
-    /// `ce-id`s answered with a 2xx, in order.
-    ok: Mutex<Vec<String>>,
-}
-
-/// The app: a raw HTTP/1.1 server on a loopback port, one request per
-/// connection, answering as `script` says.
-struct App {
-    counts: Arc<Counts>,
-    port: u16,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl App {
-    async fn start(script: impl Fn(usize, &Seen) -> Reply + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let counts = Arc::new(Counts::default());
-        let script: Script = Arc::new(script);
-        let shared = counts.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, shared.clone(), script.clone()));
-            }
-        });
-        Self { counts, port, task }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.counts.seen.lock().unwrap().clone()
-    }
-
-    fn ok(&self) -> Vec<String> {
-        self.counts.ok.lock().unwrap().clone()
-    }
-
-    async fn wait_for(&self, n: usize) -> Vec<Seen> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let seen = self.seen();
-            if seen.len() >= n {
-                return seen;
-            }
-            assert!(Instant::now() < deadline, "the app got {}", seen.len());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Reads one request (headers, then a `content-length` body).
-async fn read_request(stream: &mut TcpStream) -> Option<Seen> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    let mut end = None;
-    let mut length = 0;
-    while end.is_none_or(|e| buf.len() < e + length) {
-        let n = stream.read(&mut chunk).await.ok().filter(|n| *n > 0)?;
-        buf.extend_from_slice(&chunk[..n]);
-        if end.is_none()
-            && let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n")
-        {
-            end = Some(i + 4);
-            let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
-            let len = head.lines().find_map(|l| l.strip_prefix("content-length:"));
-            length = len.and_then(|v| v.trim().parse().ok()).unwrap_or(0);
-        }
-    }
-    let end = end?;
-    let headers = String::from_utf8_lossy(&buf[..end])
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Some(Seen {
-        headers,
-        body: buf[end..].to_vec(),
-    })
-}
-
-async fn serve(mut stream: TcpStream, counts: Arc<Counts>, script: Script) {
-    let Some(seen) = read_request(&mut stream).await else {
-        return;
-    };
-    let n = {
-        let mut all = counts.seen.lock().unwrap();
-        all.push(seen.clone());
-        all.len() - 1
-    };
-    let now = counts.now.fetch_add(1, Ordering::SeqCst) + 1;
-    counts.most.fetch_max(now, Ordering::SeqCst);
-    let key = seen.headers.get("ce-subject").cloned();
-    if let Some(key) = &key {
-        let mut per_key = counts.per_key.lock().unwrap();
-        let c = per_key.entry(key.clone()).or_default();
-        *c += 1;
-        counts.per_key_most.fetch_max(*c, Ordering::SeqCst);
-    }
-    let mut reply = script(n, &seen);
-    while let Reply::After(pause, rest) = reply {
-        tokio::time::sleep(pause).await;
-        reply = *rest;
-    }
-    if let Some(key) = &key {
-        *counts.per_key.lock().unwrap().get_mut(key).unwrap() -= 1;
-    }
-    counts.now.fetch_sub(1, Ordering::SeqCst);
-    match reply {
-        Reply::Raw(bytes) => {
-            if bytes.starts_with(b"HTTP/1.1 2") {
-                let id = seen.header("ce-id").to_owned();
-                counts.ok.lock().unwrap().push(id);
-            }
-            let _ = stream.write_all(&bytes).await;
-            let _ = stream.shutdown().await;
-        }
-        Reply::Huge(status) => {
-            let head = format!(
-                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n\r\n",
-                100 << 20
-            );
-            let chunk = vec![b'x'; 64 * 1024];
-            let mut ok = stream.write_all(head.as_bytes()).await.is_ok();
-            for _ in 0..1600 {
-                ok = ok && stream.write_all(&chunk).await.is_ok();
-            }
-        }
-        Reply::Hang => {
-            let mut sink = [0u8; 1024];
-            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
-        }
-        Reply::After(..) => unreachable!(),
-    }
-}
 
 /// One subscription entry (topic `orders`, group `push`).
 fn subscription(url: &str, extra: Value) -> Value {
-    let mut entry = json!({
-        "name": "adv", "tenant": TENANT, "topic": "orders", "group": "push", "url": url,
-    });
-    for (k, v) in extra.as_object().unwrap() {
-        entry[k] = v.clone();
-    }
-    entry
-}
-
-/// streamcar in-process with these subscriptions and this drain timeout.
-async fn sidecar_draining(entries: Vec<Value>, drain: Duration) -> TestApp {
-    let text = json!({ "subscriptions": entries }).to_string();
-    let subscriptions = streamcar::push::spec::parse(&text, true).expect("valid subscriptions");
-    TestApp::start_with(move |c| {
-        c.subscriptions = subscriptions;
-        c.drain_timeout = drain;
-    })
-    .await
-}
-
-async fn sidecar(entries: Vec<Value>) -> TestApp {
-    sidecar_draining(entries, Duration::from_secs(5)).await
+    push_app::subscription("adv", url, extra)
 }
 
 /// A sidecar without subscriptions on the Redis of `app` (stopped or not).
@@ -360,7 +139,7 @@ fn counted(ids: &[String]) -> (usize, usize) {
 /// while it is in flight (`before_fetch`: after the sidecar read the group,
 /// before the message is published): nobody else may get the message.
 async fn lease_lowered(before_fetch: bool) {
-    let app_server = App::start(|_, seen| {
+    let app_server = PushApp::start_raw(|_, seen| {
         let pause = if payload(seen) == "warm" { 0 } else { 3000 };
         after(Duration::from_millis(pause), http(200, &[], ""))
     })
@@ -406,7 +185,7 @@ async fn a_lease_lowered_just_before_the_fetch_is_kept_alive_from_the_start() {
 
 #[tokio::test]
 async fn retry_after_huge_negative_dated_or_garbage_never_breaks_the_nack() {
-    let app_server = App::start(|_, seen| {
+    let app_server = PushApp::start_raw(|_, seen| {
         let retry_after = match payload(seen).as_str() {
             "huge" => "99999999999999",
             "u64max" => "18446744073709551615",
@@ -462,7 +241,7 @@ async fn retry_after_huge_negative_dated_or_garbage_never_breaks_the_nack() {
 
 #[tokio::test]
 async fn redirects_informational_and_odd_statuses_are_judged_by_the_table() {
-    let app_server = App::start(|_, seen| match payload(seen).as_str() {
+    let app_server = PushApp::start_raw(|_, seen| match payload(seen).as_str() {
         "redirect" => http(302, &[("location", "http://127.0.0.1:9/elsewhere")], ""),
         "permanent" => http(308, &[("location", "/hook2")], ""),
         "early-hints" => {
@@ -525,7 +304,8 @@ async fn redirects_informational_and_odd_statuses_are_judged_by_the_table() {
 #[tokio::test]
 async fn a_100_mb_answer_is_not_buffered_whole() {
     let app_server =
-        App::start(|_, seen| Reply::Huge(if payload(seen) == "err" { 503 } else { 200 })).await;
+        PushApp::start_raw(|_, seen| Reply::Huge(if payload(seen) == "err" { 503 } else { 200 }))
+            .await;
     let config = json!({"group_config": {"backoff": fast_backoff(), "max_deliveries": 1}});
     let app = sidecar(vec![subscription(&app_server.url(), config)]).await;
     let pid = i32::try_from(std::process::id()).unwrap();
@@ -630,7 +410,7 @@ async fn servers_that_never_read_close_at_once_or_speak_no_http_cost_attempts_th
 #[tokio::test]
 async fn a_5xx_storm_on_an_ordered_group_keeps_key_order_bounds_and_acks_exactly_once() {
     // Two of three requests fail, in every shape.
-    let app_server = App::start(|n, _| match n % 6 {
+    let app_server = PushApp::start_raw(|n, _| match n % 6 {
         0 | 3 => after(Duration::from_millis(5), http(200, &[], "ok")),
         1 => http(500, &[], "boom"),
         2 => http(503, &[("retry-after", "0")], ""),
@@ -659,8 +439,8 @@ async fn a_5xx_storm_on_an_ordered_group_keeps_key_order_bounds_and_acks_exactly
         seen.len() as u64,
         "{sub}"
     );
-    assert_eq!(app_server.counts.per_key_most.load(Ordering::SeqCst), 1);
-    let most = app_server.counts.most.load(Ordering::SeqCst);
+    assert_eq!(app_server.most_per_key(), 1);
+    let most = app_server.most_concurrent();
     assert!(most <= 6, "{most} requests at once");
     for k in 0..5 {
         let key = format!("k{k}");
@@ -678,7 +458,7 @@ async fn a_5xx_storm_on_an_ordered_group_keeps_key_order_bounds_and_acks_exactly
 
 #[tokio::test]
 async fn a_group_paused_deleted_or_its_topic_deleted_under_pushes_in_flight_recovers() {
-    let app_server = App::start(|_, seen| {
+    let app_server = PushApp::start_raw(|_, seen| {
         let pause = if payload(seen).starts_with("slow") {
             600
         } else {
@@ -722,7 +502,7 @@ async fn a_group_paused_deleted_or_its_topic_deleted_under_pushes_in_flight_reco
 
 #[tokio::test]
 async fn shutdown_ends_within_the_drain_timeout_and_acks_only_2xx_answers() {
-    let app_server = App::start(|_, seen| match payload(seen).as_str() {
+    let app_server = PushApp::start_raw(|_, seen| match payload(seen).as_str() {
         "hang" => Reply::Hang,
         "fail" => after(Duration::from_millis(200), http(500, &[], "no")),
         _ => after(Duration::from_millis(200), http(200, &[], "")),

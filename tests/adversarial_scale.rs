@@ -133,14 +133,8 @@ async fn dead_letter_expired(
             .map(|j| json!({"payload": j, "ttl_ms": 1, "id": id(j)}))
             .collect();
         i += batch.len();
-        let reply = app
-            .post(
-                &format!("/topics/{topic}/messages:batch"),
-                &json!({"messages": batch}),
-            )
-            .await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-        for r in reply.body["results"].as_array().unwrap() {
+        let published = app.publish_batch(topic, &batch).await;
+        for r in published["results"].as_array().unwrap() {
             sids.push(r["stream_id"].as_str().unwrap().to_owned());
         }
     }

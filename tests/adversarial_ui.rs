@@ -15,8 +15,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::TestApp;
 use support::browser::{
-    Browser, POLL, WAIT, answer_confirm, click, page_errors, text_of, wait_contains, wait_for,
-    wait_text,
+    WAIT, answer_confirm, browser_or_skip, click, open_ui, page_errors, poll, text_of, wait_api,
+    wait_contains, wait_for, wait_text,
 };
 
 /// Markup that would run or load something if it ever became HTML.
@@ -75,30 +75,20 @@ async fn content_of(page: &Client, css: &str) -> Option<String> {
 
 /// Waits until the element `css` has exactly the text `want`.
 async fn wait_content(page: &Client, css: &str, want: &str) {
-    let mut seen = None;
-    for _ in 0..(WAIT.as_millis() / POLL.as_millis()) {
-        seen = content_of(page, css).await;
-        if seen.as_deref() == Some(want) {
-            return;
-        }
-        tokio::time::sleep(POLL).await;
+    if let Err(seen) = poll(
+        WAIT,
+        async || content_of(page, css).await,
+        |seen| seen.as_deref() == Some(want),
+    )
+    .await
+    {
+        panic!("{css}: waited for {want:?}, last saw {:?}", seen.flatten());
     }
-    panic!("{css}: waited for {want:?}, last saw {seen:?}");
 }
 
-/// Polls the API until `check` holds (bounded: three times the page waits,
-/// as a retention pass over 10,000 entries on a busy machine is slow).
-async fn wait_api(app: &TestApp, path: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..(3 * WAIT.as_millis() / POLL.as_millis()) {
-        last = app.get(path).await.body;
-        if check(&last) {
-            return last;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    panic!("never reached {what}: {last}");
-}
+/// Bound of the API waits: three times the page waits, as a retention pass
+/// over 10,000 entries on a busy machine is slow.
+const API_WAIT: std::time::Duration = WAIT.saturating_mul(3);
 
 /// Every text a client or a push app controls, with markup, `javascript:`
 /// and bidi/zero-width characters in it, shows as that text; names of 128
@@ -106,9 +96,7 @@ async fn wait_api(app: &TestApp, path: &str, what: &str, check: impl Fn(&Value) 
 /// (Held: the views build text nodes only.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_text_everywhere_is_shown_as_text() {
-    let Some(browser) = Browser::start().await else {
-        return;
-    };
+    let browser = browser_or_skip!();
     let page = browser.page();
     let name = |prefix: &str| format!("{prefix}.a-b_c{}", "z".repeat(128 - prefix.len() - 6));
     let (tenant, topic, group) = (name("T"), name("p"), name("g"));
@@ -149,6 +137,7 @@ async fn hostile_text_everywhere_is_shown_as_text() {
         &app,
         "/topics/pushed/groups/push/dlq",
         "a pushed dead letter",
+        API_WAIT,
         |b| b["messages"].as_array().is_some_and(|m| !m.is_empty()),
     )
     .await;
@@ -159,9 +148,7 @@ async fn hostile_text_everywhere_is_shown_as_text() {
     assert!(push_error.starts_with("HTTP 400: <img"), "{push_error}");
 
     // Tenants → tenant → topic → group by the page's own links.
-    page.goto(&format!("{}/ui", app.base))
-        .await
-        .expect("open /ui");
+    open_ui(page, &app, "").await;
     click(page, &format!("li[data-key='tenant:{tenant}'] a")).await;
     click(page, &format!("tr[data-key='topic:{topic}'] a")).await;
     click(page, &format!("tr[data-key='group:{group}'] a")).await;
@@ -187,12 +174,12 @@ async fn hostile_text_everywhere_is_shown_as_text() {
 
     // The push app's answer, as the dead letter's and the subscription's
     // last error.
-    page.goto(&format!(
-        "{}/ui#/t/{tenant}/topics/pushed/groups/push",
-        app.base
-    ))
-    .await
-    .expect("open the pushed group");
+    open_ui(
+        page,
+        &app,
+        &format!("#/t/{tenant}/topics/pushed/groups/push"),
+    )
+    .await;
     wait_contains(page, "[data-field=last_error]", "HTTP 400: <img src=x").await;
     assert_no_markup_ran(page, "pushed group").await;
     click(page, "a[data-nav=subscriptions]").await;
@@ -206,12 +193,7 @@ async fn hostile_text_everywhere_is_shown_as_text() {
 
     // A hash naming no valid page (markup in the "name") is a not-found
     // page that shows it as text.
-    page.goto(&format!(
-        "{}/ui#/t/%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E",
-        app.base
-    ))
-    .await
-    .expect("open a hostile hash");
+    open_ui(page, &app, "#/t/%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E").await;
     wait_contains(page, "main", "Not found").await;
     assert_no_markup_ran(page, "not found").await;
     app.stop().await;
@@ -226,9 +208,7 @@ async fn hostile_text_everywhere_is_shown_as_text() {
 /// again" as the page told them to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_all_reaches_dead_letters_behind_ten_thousand_that_stay() {
-    let Some(browser) = Browser::start().await else {
-        return;
-    };
+    let browser = browser_or_skip!();
     let page = browser.page();
     let mut app =
         TestApp::start_with(|c| c.retention_interval = std::time::Duration::from_millis(100)).await;
@@ -237,10 +217,7 @@ async fn replay_all_reaches_dead_letters_behind_ten_thousand_that_stay() {
     app.group("big", "g", &json!({})).await;
     let batch: Vec<Value> = (0..1000).map(|i| json!({"payload": i})).collect();
     for round in 0..10 {
-        let reply = app
-            .post("/topics/big/messages:batch", &json!({"messages": batch}))
-            .await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        app.publish_batch("big", &batch).await;
         let got = app.fetch("big", "g", "w", 1000, 0).await;
         assert_eq!(got.len(), 1000, "round {round}");
         let receipts: Vec<&Value> = got.iter().map(|m| &m["receipt"]).collect();
@@ -256,7 +233,10 @@ async fn replay_all_reaches_dead_letters_behind_ten_thousand_that_stay() {
     // 10,000 dead letters stay when replayed.
     let reply = app.put("/topics/big", &json!({"retention_ms": 1})).await;
     assert!(reply.status.is_success(), "{}", reply.body);
-    wait_api(&app, "/topics/big", "an empty topic", |b| b["length"] == 0).await;
+    wait_api(&app, "/topics/big", "an empty topic", API_WAIT, |b| {
+        b["length"] == 0
+    })
+    .await;
     let reply = app.put("/topics/big", &json!({"retention_ms": 0})).await;
     assert!(reply.status.is_success(), "{}", reply.body);
     // The one dead letter behind them can be replayed.
@@ -271,9 +251,7 @@ async fn replay_all_reaches_dead_letters_behind_ten_thousand_that_stay() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert_eq!(app.get(group_path).await.body["dead_lettered"], 10_001);
 
-    page.goto(&format!("{}/ui#/t/{t}/topics/big/groups/g", app.base))
-        .await
-        .expect("open the group");
+    open_ui(page, &app, &format!("#/t/{t}/topics/big/groups/g")).await;
     wait_text(page, "[data-stat=dead_lettered]", "10,001").await;
     // Click "Replay all" as often as the page says more are left (bounded).
     for _ in 0..3 {
@@ -286,7 +264,7 @@ async fn replay_all_reaches_dead_letters_behind_ten_thousand_that_stay() {
             break;
         }
     }
-    let after = wait_api(&app, group_path, "the survivor replayed", |g| {
+    let after = wait_api(&app, group_path, "the survivor replayed", API_WAIT, |g| {
         g["dead_lettered"] == 10_000
     })
     .await;
@@ -307,9 +285,7 @@ async fn rows(page: &Client, css: &str) -> usize {
 /// not be reached from the UI at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_topic_and_group_is_reachable_past_the_first_page() {
-    let Some(browser) = Browser::start().await else {
-        return;
-    };
+    let browser = browser_or_skip!();
     let page = browser.page();
     let mut app = TestApp::start_quiet().await;
     let t = app.tenant.clone();
@@ -320,9 +296,7 @@ async fn every_topic_and_group_is_reachable_past_the_first_page() {
     for i in 0..60 {
         app.group("p000", &format!("g{i:02}"), &json!({})).await;
     }
-    page.goto(&format!("{}/ui#/t/{t}", app.base))
-        .await
-        .expect("open the tenant");
+    open_ui(page, &app, &format!("#/t/{t}")).await;
     wait_for(page, "tr[data-key='topic:p049']").await;
     assert_eq!(rows(page, "tr[data-key^='topic:']").await, 50);
     click(page, "button[data-action=names-next]").await;
@@ -354,9 +328,7 @@ async fn every_topic_and_group_is_reachable_past_the_first_page() {
 /// letter now.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_of_one_message_id_keep_their_rows_across_refreshes() {
-    let Some(browser) = Browser::start().await else {
-        return;
-    };
+    let browser = browser_or_skip!();
     let page = browser.page();
     let app = TestApp::start().await;
     app.group("twice", "g", &json!({})).await;
@@ -378,19 +350,14 @@ async fn dead_letters_of_one_message_id_keep_their_rows_across_refreshes() {
     let dlq = app.get("/topics/twice/groups/g/dlq").await.body;
     assert_eq!(dlq["messages"].as_array().map(Vec::len), Some(2), "{dlq}");
 
-    page.goto(&format!(
-        "{}/ui#/t/{}/topics/twice/groups/g",
-        app.base, app.tenant
-    ))
-    .await
-    .expect("open the group");
+    open_ui(
+        page,
+        &app,
+        &format!("#/t/{}/topics/twice/groups/g", app.tenant),
+    )
+    .await;
     let rows_of_id = format!("tr[data-id='{id}']");
-    for _ in 0..(WAIT.as_millis() / POLL.as_millis()) {
-        if rows(page, &rows_of_id).await == 2 {
-            break;
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    let _ = poll(WAIT, async || rows(page, &rows_of_id).await, |n| *n == 2).await;
     assert_eq!(rows(page, &rows_of_id).await, 2);
     // Tag the two row elements, make the page refresh (a new message moves
     // the lag), and check the same elements are still there.

@@ -10,6 +10,53 @@ use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_streamcar");
 
+/// Calls `probe` every 100 ms, at most 100 times, until it gives Some.
+async fn within_10s<T>(mut probe: impl AsyncFnMut() -> Option<T>) -> Option<T> {
+    for _ in 0..100 {
+        if let Some(found) = probe().await {
+            return Some(found);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// `streamcar dev` listening on `port`, in `dir`.
+fn dev(dir: &tempfile::TempDir, port: u16) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(dir.path());
+    command
+}
+
+/// `streamcar dev` on `port` in `dir`, started with its output dropped.
+fn spawn_dev_quiet(dir: &tempfile::TempDir, port: u16) -> std::process::Child {
+    dev(dir, port)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn streamcar dev")
+}
+
+/// Whether `/readyz` under `base` answered 2xx within 10 s.
+async fn became_ready(client: &reqwest::Client, base: &str) -> bool {
+    within_10s(async || {
+        let resp = client.get(format!("{base}/readyz")).send().await.ok()?;
+        resp.status().is_success().then_some(())
+    })
+    .await
+    .is_some()
+}
+
+/// Sends SIGTERM to `child` and waits up to 10 s for its exit status.
+async fn sigterm_and_wait(child: &mut std::process::Child) -> Option<std::process::ExitStatus> {
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    within_10s(async || child.try_wait().unwrap()).await
+}
+
 #[test]
 fn dev_without_redis_server_explains_how_to_install_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
@@ -29,25 +76,10 @@ fn dev_without_redis_server_explains_how_to_install_and_exits_2() {
 async fn dev_serves_against_its_own_redis_and_stops_it_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let port = support::free_port();
-    let mut child = Command::new(BIN)
-        .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn streamcar dev");
+    let mut child = spawn_dev_quiet(&dir, port);
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let mut ready = false;
-    for _ in 0..100 {
-        if let Ok(resp) = client.get(format!("{base}/readyz")).send().await
-            && resp.status().is_success()
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ready = became_ready(&client, &base).await;
     assert!(ready, "streamcar dev became ready");
     let resp = client
         .post(format!("{base}/v1/tenants/dev/topics/hello/messages"))
@@ -57,18 +89,7 @@ async fn dev_serves_against_its_own_redis_and_stops_it_on_sigterm() {
         .unwrap();
     assert_eq!(resp.status(), 201);
 
-    let pid = i32::try_from(child.id()).unwrap();
-    // SAFETY: sending a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let mut status = None;
-    for _ in 0..100 {
-        if let Some(s) = child.try_wait().unwrap() {
-            status = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let status = status.unwrap_or_else(|| {
+    let status = sigterm_and_wait(&mut child).await.unwrap_or_else(|| {
         let _ = child.kill();
         panic!("streamcar dev did not exit after SIGTERM");
     });
@@ -113,32 +134,14 @@ fn is_alive(pid: u32) -> bool {
 async fn dev_redis_does_not_outlive_a_killed_sidecar() {
     let dir = tempfile::tempdir().unwrap();
     let port = support::free_port();
-    let mut child = Command::new(BIN)
-        .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn streamcar dev");
-    let mut redis = None;
-    for _ in 0..100 {
-        if let Some(pid) = live_children(child.id()).first() {
-            redis = Some(*pid);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut child = spawn_dev_quiet(&dir, port);
+    let redis = within_10s(async || live_children(child.id()).first().copied()).await;
     child.kill().unwrap(); // SIGKILL: no destructors run
     child.wait().unwrap();
     let redis = redis.expect("dev started its redis-server");
-    let mut gone = false;
-    for _ in 0..100 {
-        if !is_alive(redis) {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let gone = within_10s(async || (!is_alive(redis)).then_some(()))
+        .await
+        .is_some();
     assert!(gone, "the private redis-server stopped with its sidecar");
 }
 
@@ -221,39 +224,18 @@ async fn dev_writes_redis_own_log_to_a_file_not_to_the_terminal() {
     let port = support::free_port();
     let terminal_path = dir.path().join("terminal.txt");
     let terminal = std::fs::File::create(&terminal_path).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
-        .current_dir(dir.path())
+    let mut child = dev(&dir, port)
         .stdout(terminal.try_clone().unwrap())
         .stderr(terminal)
         .spawn()
         .expect("spawn streamcar dev");
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let mut ready = false;
-    for _ in 0..100 {
-        if let Ok(resp) = client.get(format!("{base}/readyz")).send().await
-            && resp.status().is_success()
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ready = became_ready(&client, &base).await;
     let log_path = dir.path().join(".streamcar/redis/redis.log");
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
 
-    let pid = i32::try_from(child.id()).unwrap();
-    // SAFETY: sending a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let mut exited = false;
-    for _ in 0..100 {
-        if child.try_wait().unwrap().is_some() {
-            exited = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let exited = sigterm_and_wait(&mut child).await.is_some();
     if !exited {
         let _ = child.kill();
         let _ = child.wait();

@@ -36,15 +36,18 @@ use tokio::sync::{Mutex, RwLock};
 const LEASE_MS: u64 = 1000;
 const TENANT: &str = "faults";
 
+/// The run's seed (`STREAMCAR_FAULT_SEED`, or the clock), said on stderr.
 fn seed() -> u64 {
-    std::env::var("STREAMCAR_FAULT_SEED")
+    let seed = std::env::var("STREAMCAR_FAULT_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64)
-        })
+        });
+    eprintln!("fault seed: {seed} (STREAMCAR_FAULT_SEED={seed} to replay)");
+    seed
 }
 
 /// One delivery as a consumer saw it.
@@ -420,31 +423,67 @@ async fn three_sidecars() -> (RedisServer, Vec<StreamcarProcess>, Arc<Cluster>) 
     (redis, sidecars, cluster)
 }
 
-/// The end of every run: the producer is done, the group drains, the
-/// consumers stop, and the history is checked.
-async fn finish_and_check(
-    cluster: &Cluster,
-    history: &Mutex<History>,
-    (producer, consumers): (
-        tokio::task::JoinHandle<()>,
-        Vec<tokio::task::JoinHandle<()>>,
-    ),
-    stop: &AtomicBool,
-    (count, seed): (usize, u64),
-) {
-    producer.await.expect("producer");
-    let group = drained(cluster, seed).await;
-    stop.store(true, Ordering::Relaxed);
-    for c in consumers {
-        c.await.expect("consumer");
+/// A workload under way on the group: the producer, the consumers, and
+/// what they record.
+struct Run {
+    cluster: Arc<Cluster>,
+    history: Arc<Mutex<History>>,
+    stop: Arc<AtomicBool>,
+    producer: tokio::task::JoinHandle<()>,
+    consumers: Vec<tokio::task::JoinHandle<()>>,
+    count: usize,
+    seed: u64,
+}
+
+impl Run {
+    /// Declares the group with `ordering`, then starts a producer of
+    /// `count` messages over `keys` keys (0: none) and `n` consumers
+    /// (`nacks`: they nack some deliveries too).
+    async fn start(
+        cluster: &Arc<Cluster>,
+        ordering: &str,
+        (count, keys): (usize, usize),
+        (n, nacks): (u64, bool),
+        seed: u64,
+    ) -> Self {
+        setup(cluster, ordering).await;
+        let history = Arc::new(Mutex::new(History::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let producer = tokio::spawn(produce(
+            cluster.clone(),
+            history.clone(),
+            (count, keys),
+            seed,
+        ));
+        let consumers = spawn_consumers(cluster, &history, (n, nacks), seed, &stop);
+        Self {
+            cluster: cluster.clone(),
+            history,
+            stop,
+            producer,
+            consumers,
+            count,
+            seed,
+        }
     }
-    let history = history.lock().await;
-    eprintln!(
-        "{} published, {} deliveries, group {group}",
-        history.published.len(),
-        history.deliveries.len()
-    );
-    check(cluster, &history, count, seed).await;
+
+    /// The end of every run: the producer is done, the group drains, the
+    /// consumers stop, and the history is checked.
+    async fn finish_and_check(self) {
+        self.producer.await.expect("producer");
+        let group = drained(&self.cluster, self.seed).await;
+        self.stop.store(true, Ordering::Relaxed);
+        for c in self.consumers {
+            c.await.expect("consumer");
+        }
+        let history = self.history.lock().await;
+        eprintln!(
+            "{} published, {} deliveries, group {group}",
+            history.published.len(),
+            history.deliveries.len()
+        );
+        check(&self.cluster, &history, self.count, self.seed).await;
+    }
 }
 
 fn client() -> reqwest::Client {
@@ -457,7 +496,6 @@ fn client() -> reqwest::Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_acknowledged_message_is_lost_when_the_sidecar_and_redis_crash() {
     let seed = seed();
-    eprintln!("fault seed: {seed} (STREAMCAR_FAULT_SEED={seed} to replay)");
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let sidecar = Arc::new(RwLock::new(
@@ -468,13 +506,7 @@ async fn no_acknowledged_message_is_lost_when_the_sidecar_and_redis_crash() {
         bases: vec![base],
         client: client(),
     });
-    setup(&cluster, "none").await;
-    let history = Arc::new(Mutex::new(History::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    const COUNT: usize = 300;
-
-    let producer = tokio::spawn(produce(cluster.clone(), history.clone(), (COUNT, 0), seed));
-    let consumers = spawn_consumers(&cluster, &history, (3, false), seed, &stop);
+    let run = Run::start(&cluster, "none", (300, 0), (3, false), seed).await;
 
     // Chaos: kill -9 the sidecar three times and Redis twice, at random moments.
     let started = Instant::now();
@@ -489,28 +521,14 @@ async fn no_acknowledged_message_is_lost_when_the_sidecar_and_redis_crash() {
         }
     }
     eprintln!("chaos took {:?}", started.elapsed());
-    finish_and_check(
-        &cluster,
-        &history,
-        (producer, consumers),
-        &stop,
-        (COUNT, seed),
-    )
-    .await;
+    run.finish_and_check().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_sidecars_share_groups_without_double_leases_even_when_one_freezes() {
     let seed = seed();
-    eprintln!("fault seed: {seed} (STREAMCAR_FAULT_SEED={seed} to replay)");
     let (_redis, sidecars, cluster) = three_sidecars().await;
-    setup(&cluster, "none").await;
-    let history = Arc::new(Mutex::new(History::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    const COUNT: usize = 300;
-
-    let producer = tokio::spawn(produce(cluster.clone(), history.clone(), (COUNT, 0), seed));
-    let consumers = spawn_consumers(&cluster, &history, (4, false), seed, &stop);
+    let run = Run::start(&cluster, "none", (300, 0), (4, false), seed).await;
 
     // Freeze one sidecar past the lease: requests through it stall; its
     // consumers' leases expire and move to the others; late acks are fenced.
@@ -519,36 +537,16 @@ async fn three_sidecars_share_groups_without_double_leases_even_when_one_freezes
     tokio::time::sleep(Duration::from_millis(LEASE_MS * 2)).await;
     sidecars[1].signal(libc::SIGCONT);
 
-    finish_and_check(
-        &cluster,
-        &history,
-        (producer, consumers),
-        &stop,
-        (COUNT, seed),
-    )
-    .await;
+    run.finish_and_check().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_ordered_group_keeps_every_key_in_order_through_stalls_nacks_and_crashes() {
     let seed = seed();
-    eprintln!("fault seed: {seed} (STREAMCAR_FAULT_SEED={seed} to replay)");
     let mut rng = fastrand::Rng::with_seed(seed);
     let (mut redis, mut sidecars, cluster) = three_sidecars().await;
-    setup(&cluster, "key").await;
-    let history = Arc::new(Mutex::new(History::default()));
-    let stop = Arc::new(AtomicBool::new(false));
     // 200 keys × 20 messages.
-    const COUNT: usize = 4000;
-    const KEYS: usize = 200;
-
-    let producer = tokio::spawn(produce(
-        cluster.clone(),
-        history.clone(),
-        (COUNT, KEYS),
-        seed,
-    ));
-    let consumers = spawn_consumers(&cluster, &history, (6, true), seed, &stop);
+    let run = Run::start(&cluster, "key", (4000, 200), (6, true), seed).await;
 
     // Chaos: kill -9 one sidecar (it comes back on its port), then Redis.
     tokio::time::sleep(Duration::from_millis(500 + rng.u64(..1000))).await;
@@ -558,12 +556,5 @@ async fn an_ordered_group_keeps_every_key_in_order_through_stalls_nacks_and_cras
     tokio::time::sleep(Duration::from_millis(rng.u64(100..600))).await;
     redis.restart();
 
-    finish_and_check(
-        &cluster,
-        &history,
-        (producer, consumers),
-        &stop,
-        (COUNT, seed),
-    )
-    .await;
+    run.finish_and_check().await;
 }

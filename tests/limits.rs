@@ -12,7 +12,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use streamcar::coord::limits::{RateReply, charge_cmd};
-use support::TestApp;
+use support::{Reply, TestApp};
 
 #[tokio::test]
 async fn burst_then_429_then_refill_and_other_tenants_unaffected() {
@@ -110,6 +110,52 @@ async fn limits_are_validated() {
     }
 }
 
+/// The header `name` of `reply` as a number.
+fn header_u64(reply: &Reply, name: &str) -> u64 {
+    reply.headers[name].to_str().unwrap().parse().unwrap()
+}
+
+/// Publishes `payload` to `topic` and asserts it is refused: 429
+/// `backlog_full`.
+async fn assert_full(app: &TestApp, topic: &str, payload: Value) {
+    app.post(
+        &format!("/topics/{topic}/messages"),
+        &json!({ "payload": payload }),
+    )
+    .await
+    .assert_problem(429, "backlog_full");
+}
+
+/// Publishes `payload` to `topic` and asserts it is written (201).
+async fn assert_created(app: &TestApp, topic: &str, payload: Value) {
+    let reply = app
+        .post(
+            &format!("/topics/{topic}/messages"),
+            &json!({ "payload": payload }),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+}
+
+/// `ZADD index score member`, as an older version would have left it.
+fn zadd(redis: &mut redis::Connection, index: &str, score: u64, member: &str) {
+    redis::cmd("ZADD")
+        .arg(index)
+        .arg(score)
+        .arg(member)
+        .exec(redis)
+        .unwrap();
+}
+
+/// `ZREM index member`.
+fn zrem(redis: &mut redis::Connection, index: &str, member: &str) {
+    redis::cmd("ZREM")
+        .arg(index)
+        .arg(member)
+        .exec(redis)
+        .unwrap();
+}
+
 #[tokio::test]
 async fn backlog_full_refuses_publishes_until_the_group_catches_up() {
     let app = TestApp::start().await;
@@ -129,15 +175,11 @@ async fn backlog_full_refuses_publishes_until_the_group_catches_up() {
 
     // The fast group alone finishing is not enough: the slowest counts.
     app.fetch_and_ack("bp", "fast", 10).await;
-    app.post("/topics/bp/messages", &json!({"payload": 3}))
-        .await
-        .assert_problem(429, "backlog_full");
+    assert_full(&app, "bp", json!(3)).await;
 
     // Fetched but not acked still counts; a scheduled retry still counts.
     let slow = app.fetch("bp", "slow", "s", 10, 0).await;
-    app.post("/topics/bp/messages", &json!({"payload": 3}))
-        .await
-        .assert_problem(429, "backlog_full");
+    assert_full(&app, "bp", json!(3)).await;
     app.ack("bp", "slow", &[slow[0]["receipt"].as_str().unwrap()])
         .await;
     app.post(
@@ -146,25 +188,23 @@ async fn backlog_full_refuses_publishes_until_the_group_catches_up() {
     )
     .await;
     // Backlog of slow is now 2 (one delayed, one pending): publishes flow.
-    let ok = app
-        .post("/topics/bp/messages", &json!({"payload": 3}))
-        .await;
-    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.body);
-    app.post("/topics/bp/messages", &json!({"payload": 4}))
-        .await
-        .assert_problem(429, "backlog_full");
+    assert_created(&app, "bp", json!(3)).await;
+    assert_full(&app, "bp", json!(4)).await;
 }
 
-/// Charges `n` one-message publishes to `tenant`'s quota as fast as Redis
-/// runs them: the very call the sidecar sends, `n` times in one pipeline
-/// between two `TIME` commands. Returns each charge's status (1 charged) and
-/// the Redis-clock window, in µs, that holds every charge.
-async fn flood_quota(app: &TestApp, n: usize) -> (Vec<i64>, u64) {
+/// A connection to the Redis of `app` with `config`, the sidecar's scripts
+/// loaded on it, and the app's tenant: what [`charge_cmd`] needs.
+async fn charger(
+    app: &TestApp,
+    config: &redis::AsyncConnectionConfig,
+) -> (
+    redis::aio::MultiplexedConnection,
+    streamcar::scripts::Scripts,
+    streamcar::names::Tenant,
+) {
     let client = redis::Client::open(app.redis.url()).expect("redis url");
-    // One reply holds all n: no response timeout.
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
     let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
+        .get_multiplexed_async_connection_with_config(config)
         .await
         .expect("connect");
     let scripts = streamcar::scripts::Scripts::new();
@@ -173,6 +213,17 @@ async fn flood_quota(app: &TestApp, n: usize) -> (Vec<i64>, u64) {
         .await
         .expect("load scripts");
     let tenant = streamcar::names::Tenant::parse(&app.tenant).expect("tenant");
+    (conn, scripts, tenant)
+}
+
+/// Charges `n` one-message publishes to `tenant`'s quota as fast as Redis
+/// runs them: the very call the sidecar sends, `n` times in one pipeline
+/// between two `TIME` commands. Returns each charge's status (1 charged) and
+/// the Redis-clock window, in µs, that holds every charge.
+async fn flood_quota(app: &TestApp, n: usize) -> (Vec<i64>, u64) {
+    // One reply holds all n: no response timeout.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    let (mut conn, scripts, tenant) = charger(app, &config).await;
     let mut pipe = redis::pipe();
     pipe.cmd("TIME");
     for _ in 0..n {
@@ -240,17 +291,7 @@ async fn the_largest_burst_at_the_lowest_rate_is_exact() {
         )
         .await;
     assert_eq!(put.status, StatusCode::OK, "{}", put.body);
-    let client = redis::Client::open(app.redis.url()).expect("redis url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let scripts = streamcar::scripts::Scripts::new();
-    scripts
-        .ensure_loaded(&mut conn)
-        .await
-        .expect("load scripts");
-    let tenant = streamcar::names::Tenant::parse(&app.tenant).expect("tenant");
+    let (mut conn, scripts, tenant) = charger(&app, &redis::AsyncConnectionConfig::new()).await;
     let whole: RateReply = charge_cmd(&scripts, &tenant, 1_000_000)
         .query_async(&mut conn)
         .await
@@ -266,22 +307,14 @@ async fn the_largest_burst_at_the_lowest_rate_is_exact() {
         .await;
     refused.assert_problem(429, "rate_limited");
     assert_eq!(refused.headers["ratelimit-limit"], "1000000");
-    let reset: u64 = refused.headers["ratelimit-reset"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let reset = header_u64(&refused, "ratelimit-reset");
     // Time only drains the debt: between the charge and now, at most the
     // test's own duration (bounded by the harness timeouts) went by.
     assert!(
         (999_000..=1_000_000).contains(&reset),
         "reset {reset} s after a 10^6 s debt"
     );
-    let retry: u64 = refused.headers["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry = header_u64(&refused, "retry-after");
     assert!(
         (999..=1000).contains(&retry),
         "retry after {retry} s: 1000 messages drain in 1000 s"
@@ -299,10 +332,7 @@ async fn backlog_refusals_do_not_spend_the_quota() {
         .await;
     app.put("/topics/bp", &json!({"max_backlog": 1})).await;
     app.group("bp", "g", &json!({"lease_ms": 60000})).await;
-    let first = app
-        .post("/topics/bp/messages", &json!({"payload": 0}))
-        .await;
-    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    assert_created(&app, "bp", json!(0)).await;
 
     for i in 1..=5 {
         let full = app
@@ -332,11 +362,7 @@ async fn backlog_refusals_do_not_spend_the_quota() {
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert_eq!(reply.body["results"][0]["seq"], 2);
-    let remaining: u64 = reply.headers["ratelimit-remaining"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let remaining = header_u64(&reply, "ratelimit-remaining");
     assert!(remaining >= 1, "the refusals spent nothing: {remaining}");
 }
 
@@ -472,11 +498,7 @@ async fn a_batch_refused_by_the_quota_still_answers_its_duplicates() {
     assert_eq!(results[3]["duplicate"], true);
     assert_eq!(results[3]["seq"], 1000);
     assert!(errors[4..].iter().all(|e| e["code"] == "rate_limited"));
-    let remaining: u64 = reply.headers["ratelimit-remaining"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let remaining = header_u64(&reply, "ratelimit-remaining");
     assert!(
         remaining < 500,
         "{remaining} left, or the batch would have fit"
@@ -567,17 +589,11 @@ async fn the_backlog_check_reads_counters_not_the_stream() {
     app.group("cb", "fast", &json!({})).await;
     for round in 0..3 {
         let batch: Vec<Value> = (0..1000).map(|i| json!({"payload": [round, i]})).collect();
-        let reply = app
-            .post("/topics/cb/messages:batch", &json!({"messages": batch}))
-            .await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        app.publish_batch("cb", &batch).await;
     }
     let stream_reads = ["xinfo|groups", "xinfo", "xrange", "xlen", "xpending"];
     let before = app.command_calls(&stream_reads);
-    let one = app
-        .post("/topics/cb/messages", &json!({"payload": "one"}))
-        .await;
-    assert_eq!(one.status, StatusCode::CREATED, "{}", one.body);
+    assert_created(&app, "cb", json!("one")).await;
     assert_eq!(
         app.command_calls(&stream_reads),
         before,
@@ -586,27 +602,17 @@ async fn the_backlog_check_reads_counters_not_the_stream() {
 
     // The limit at exactly what the slowest group owes: 3001 owed by both.
     app.put("/topics/cb", &json!({"max_backlog": 3002})).await;
-    let last = app
-        .post("/topics/cb/messages", &json!({"payload": "last"}))
-        .await;
-    assert_eq!(last.status, StatusCode::CREATED, "{}", last.body);
-    app.post("/topics/cb/messages", &json!({"payload": "over"}))
-        .await
-        .assert_problem(429, "backlog_full");
+    assert_created(&app, "cb", json!("last")).await;
+    assert_full(&app, "cb", json!("over")).await;
     // The fast group catching up is not enough; the slow one owes 3002.
     app.fetch_and_ack("cb", "fast", 1000).await;
-    app.post("/topics/cb/messages", &json!({"payload": "over"}))
-        .await
-        .assert_problem(429, "backlog_full");
+    assert_full(&app, "cb", json!("over")).await;
     // Deleting the slow group leaves the fast one, 2002 behind: room again.
     assert_eq!(
         app.delete("/topics/cb/groups/slow").await.status,
         StatusCode::NO_CONTENT
     );
-    let after = app
-        .post("/topics/cb/messages", &json!({"payload": "after"}))
-        .await;
-    assert_eq!(after.status, StatusCode::CREATED, "{}", after.body);
+    assert_created(&app, "cb", json!("after")).await;
 }
 
 /// With max_backlog set, a publish finds the slowest group without reading
@@ -624,16 +630,11 @@ async fn the_backlog_check_does_not_read_every_group() {
         app.group("many", &format!("g{i}"), &json!({})).await;
     }
     for i in 0..3 {
-        let reply = app
-            .post("/topics/many/messages", &json!({"payload": i}))
-            .await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        assert_created(&app, "many", json!(i)).await;
     }
     let scans = ["smembers", "hmget"];
     let before = app.command_calls(&scans);
-    app.post("/topics/many/messages", &json!({"payload": "over"}))
-        .await
-        .assert_problem(429, "backlog_full");
+    assert_full(&app, "many", json!("over")).await;
     assert_eq!(
         app.command_calls(&scans),
         before,
@@ -644,34 +645,19 @@ async fn the_backlog_check_does_not_read_every_group() {
     for i in 1..GROUPS {
         app.fetch_and_ack("many", &format!("g{i}"), 10).await;
     }
-    app.post("/topics/many/messages", &json!({"payload": "over"}))
-        .await
-        .assert_problem(429, "backlog_full");
+    assert_full(&app, "many", json!("over")).await;
     app.fetch_and_ack("many", "g0", 1).await;
-    let reply = app
-        .post("/topics/many/messages", &json!({"payload": "room"}))
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    assert_created(&app, "many", json!("room")).await;
 
     // An index from an older version: gone, then with a stale low score.
     // Either way the counters decide (g0 owes 3: full again).
     let index = format!("sc:{{{}:many}}:progress", app.tenant);
     let mut redis = app.redis.connection();
     redis::cmd("DEL").arg(&index).exec(&mut redis).unwrap();
-    app.post("/topics/many/messages", &json!({"payload": "over"}))
-        .await
-        .assert_problem(429, "backlog_full");
+    assert_full(&app, "many", json!("over")).await;
     app.fetch_and_ack("many", "g0", 1).await;
-    redis::cmd("ZADD")
-        .arg(&index)
-        .arg(0)
-        .arg("g7")
-        .exec(&mut redis)
-        .unwrap();
-    let reply = app
-        .post("/topics/many/messages", &json!({"payload": "room"}))
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    zadd(&mut redis, &index, 0, "g7");
+    assert_created(&app, "many", json!("room")).await;
 
     // A group deleted by an older version and another created by one: as
     // many members as groups, the slowest a group that is gone (no counter,
@@ -680,21 +666,9 @@ async fn the_backlog_check_does_not_read_every_group() {
     for i in 1..GROUPS {
         app.fetch_and_ack("many", &format!("g{i}"), 10).await;
     }
-    redis::cmd("ZREM")
-        .arg(&index)
-        .arg("g7")
-        .exec(&mut redis)
-        .unwrap();
-    redis::cmd("ZADD")
-        .arg(&index)
-        .arg(0)
-        .arg("gone")
-        .exec(&mut redis)
-        .unwrap();
-    let reply = app
-        .post("/topics/many/messages", &json!({"payload": "room"}))
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    zrem(&mut redis, &index, "g7");
+    zadd(&mut redis, &index, 0, "gone");
+    assert_created(&app, "many", json!("room")).await;
 }
 
 /// The gauge pass reads each group's counts without `XINFO GROUPS`, which

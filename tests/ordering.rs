@@ -32,13 +32,7 @@ async fn publish_keyed(app: &TestApp, topic: &str, key: &str, payloads: &[Value]
         .iter()
         .map(|p| json!({"key": key, "payload": p}))
         .collect();
-    let reply = app
-        .post(
-            &format!("/topics/{topic}/messages:batch"),
-            &json!({"messages": batch}),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    app.publish_batch(topic, &batch).await;
 }
 
 async fn settle(app: &TestApp, topic: &str, verb: &str, message: &Value, extra: Value) {
@@ -131,10 +125,7 @@ async fn a_hot_key_does_not_starve_cold_keys() {
     let cold: Vec<Value> = (0..1000)
         .map(|i| json!({"key": format!("cold-{i}"), "payload": "cold"}))
         .collect();
-    let reply = app
-        .post("/topics/hot/messages:batch", &json!({"messages": cold}))
-        .await;
-    assert_eq!(reply.status, StatusCode::OK);
+    app.publish_batch("hot", &cold).await;
 
     let mut delivered = Vec::new();
     for _ in 0..5 {

@@ -6,284 +6,14 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use reqwest::Method;
 use serde_json::{Value, json};
+use support::push_app::{Answer, Bind, PushApp, Seen, TENANT, WAIT, answer, sidecar, subscription};
 use support::{StreamcarProcess, TestApp, free_port};
-use tokio::task::JoinSet;
-
-const TENANT: &str = "acme";
-/// Longest any wait loop of these tests may take.
-const WAIT: Duration = Duration::from_secs(20);
-
-/// One request the app received.
-#[derive(Debug, Clone)]
-struct Seen {
-    at: Instant,
-    path: String,
-    headers: BTreeMap<String, String>,
-    body: Bytes,
-}
-
-impl Seen {
-    fn header(&self, name: &str) -> &str {
-        self.headers.get(name).map_or("", String::as_str)
-    }
-}
-
-/// How the app answers: status, extra headers, body, after an optional pause.
-struct Answer {
-    status: u16,
-    headers: Vec<(&'static str, String)>,
-    body: String,
-    pause: Duration,
-}
-
-fn answer(status: u16) -> Answer {
-    Answer {
-        status,
-        headers: Vec::new(),
-        body: String::new(),
-        pause: Duration::ZERO,
-    }
-}
-
-/// Answers the n-th request (0-based) given what it was.
-type Script = Arc<dyn Fn(usize, &Seen) -> Answer + Send + Sync>;
-
-struct Shared {
-    seen: Mutex<Vec<Seen>>,
-    now: AtomicUsize,
-    most: AtomicUsize,
-    answered: AtomicUsize,
-    /// Requests in progress per `ce-subject` (message key), and the most seen.
-    per_key: Mutex<std::collections::HashMap<String, usize>>,
-    per_key_most: AtomicUsize,
-    script: Script,
-}
-
-enum Bind {
-    Tcp(u16),
-    Unix(PathBuf),
-}
-
-/// The app: an HTTP/1.1 server that records requests and answers by script.
-/// `stop` closes the listener and every open connection, like a dead process.
-struct AppServer {
-    shared: Arc<Shared>,
-    bind: Bind,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl AppServer {
-    async fn start(script: impl Fn(usize, &Seen) -> Answer + Send + Sync + 'static) -> Self {
-        // Port 0: the first bind takes a port the OS picks (no race with
-        // other tests for a "free" port); a restart binds that port again.
-        Self::start_on(Bind::Tcp(0), script).await
-    }
-
-    async fn start_on(
-        bind: Bind,
-        script: impl Fn(usize, &Seen) -> Answer + Send + Sync + 'static,
-    ) -> Self {
-        let mut app = Self {
-            shared: Arc::new(Shared {
-                seen: Mutex::new(Vec::new()),
-                now: AtomicUsize::new(0),
-                most: AtomicUsize::new(0),
-                answered: AtomicUsize::new(0),
-                per_key: Mutex::new(std::collections::HashMap::new()),
-                per_key_most: AtomicUsize::new(0),
-                script: Arc::new(script),
-            }),
-            bind,
-            task: None,
-        };
-        app.resume().await;
-        app
-    }
-
-    fn url(&self) -> String {
-        match &self.bind {
-            Bind::Tcp(port) => format!("http://127.0.0.1:{port}/hook"),
-            Bind::Unix(path) => format!("unix:{}:/hook", path.display()),
-        }
-    }
-
-    /// Listens (again).
-    async fn resume(&mut self) {
-        let shared = self.shared.clone();
-        self.task = Some(match &mut self.bind {
-            Bind::Tcp(port) => {
-                let listener = tokio::net::TcpListener::bind(("127.0.0.1", *port))
-                    .await
-                    .expect("bind the app port");
-                *port = listener.local_addr().expect("app addr").port();
-                tokio::spawn(async move {
-                    let mut conns = JoinSet::new();
-                    while let Ok((stream, _)) = listener.accept().await {
-                        conns.spawn(serve(shared.clone(), TokioIo::new(stream)));
-                    }
-                })
-            }
-            Bind::Unix(path) => {
-                let _ = std::fs::remove_file(&*path);
-                let listener = tokio::net::UnixListener::bind(path).expect("bind the app socket");
-                tokio::spawn(async move {
-                    let mut conns = JoinSet::new();
-                    while let Ok((stream, _)) = listener.accept().await {
-                        conns.spawn(serve(shared.clone(), TokioIo::new(stream)));
-                    }
-                })
-            }
-        });
-    }
-
-    /// Stops listening and drops every connection (the JoinSet aborts them).
-    async fn stop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = task.await;
-        }
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.shared.seen.lock().unwrap().clone()
-    }
-
-    fn answered(&self) -> usize {
-        self.shared.answered.load(Ordering::SeqCst)
-    }
-
-    fn most_concurrent(&self) -> usize {
-        self.shared.most.load(Ordering::SeqCst)
-    }
-
-    /// Waits (bounded) until `n` requests arrived.
-    async fn wait_for(&self, n: usize) -> Vec<Seen> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let seen = self.seen();
-            if seen.len() >= n {
-                return seen;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the app got {} of {n} requests",
-                seen.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for AppServer {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-async fn serve<I>(shared: Arc<Shared>, io: I)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let shared = shared.clone();
-        async move {
-            let path = req.uri().path().to_owned();
-            let headers = req
-                .headers()
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_owned(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect();
-            let body = req
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            let seen = Seen {
-                at: Instant::now(),
-                path,
-                headers,
-                body,
-            };
-            let n = {
-                let mut all = shared.seen.lock().unwrap();
-                all.push(seen.clone());
-                all.len() - 1
-            };
-            let now = shared.now.fetch_add(1, Ordering::SeqCst) + 1;
-            shared.most.fetch_max(now, Ordering::SeqCst);
-            let key = seen.headers.get("ce-subject").cloned();
-            if let Some(key) = &key {
-                let mut per_key = shared.per_key.lock().unwrap();
-                let count = per_key.entry(key.clone()).or_default();
-                *count += 1;
-                shared.per_key_most.fetch_max(*count, Ordering::SeqCst);
-            }
-            let answer = (shared.script)(n, &seen);
-            tokio::time::sleep(answer.pause).await;
-            // Before the answer leaves: the next message of the key can only
-            // come after the sidecar acks this one.
-            if let Some(key) = &key {
-                *shared.per_key.lock().unwrap().get_mut(key).unwrap() -= 1;
-            }
-            shared.now.fetch_sub(1, Ordering::SeqCst);
-            shared.answered.fetch_add(1, Ordering::SeqCst);
-            // Status 0: drop the connection without an answer (a reset).
-            if answer.status == 0 {
-                return Err(std::io::Error::other("scripted reset"));
-            }
-            let mut response = hyper::Response::new(Full::new(Bytes::from(answer.body)));
-            *response.status_mut() = hyper::StatusCode::from_u16(answer.status).unwrap();
-            for (name, value) in answer.headers {
-                response.headers_mut().insert(name, value.parse().unwrap());
-            }
-            Ok::<_, std::io::Error>(response)
-        }
-    });
-    let _ = http1::Builder::new().serve_connection(io, service).await;
-}
-
-/// One subscription entry of the file.
-fn subscription(name: &str, url: &str, extra: Value) -> Value {
-    let mut entry = json!({
-        "name": name, "tenant": TENANT, "topic": "orders", "group": "push", "url": url,
-    });
-    for (k, v) in extra.as_object().unwrap() {
-        entry[k] = v.clone();
-    }
-    entry
-}
-
-/// streamcar in-process with these subscriptions.
-async fn sidecar(entries: Vec<Value>) -> TestApp {
-    let text = json!({ "subscriptions": entries }).to_string();
-    let subscriptions = streamcar::push::spec::parse(&text, true).expect("valid subscriptions");
-    TestApp::start_with(move |c| {
-        c.subscriptions = subscriptions;
-        c.drain_timeout = Duration::from_secs(5);
-    })
-    .await
-}
 
 fn path(p: &str) -> String {
     format!("/v1/tenants/{TENANT}{p}")
@@ -312,6 +42,26 @@ async fn publish(app: &TestApp, body: Value) -> Value {
     reply.body
 }
 
+/// Publishes `batch` in one request (the reply is not asserted).
+async fn post_batch(app: &TestApp, batch: &[Value]) -> support::Reply {
+    post(
+        app,
+        "/topics/orders/messages:batch",
+        &json!({ "messages": batch }),
+    )
+    .await
+}
+
+/// GET the pushed group, not asserted (it may not be declared yet).
+async fn group_reply(app: &TestApp) -> support::Reply {
+    app.send(
+        Method::GET,
+        &format!("{}{}", app.base, path("/topics/orders/groups/push")),
+        None,
+    )
+    .await
+}
+
 async fn group(app: &TestApp) -> Value {
     get(app, "/topics/orders/groups/push").await
 }
@@ -321,13 +71,7 @@ async fn group(app: &TestApp) -> Value {
 async fn settled(app: &TestApp) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
-        let reply = app
-            .send(
-                Method::GET,
-                &format!("{}{}", app.base, path("/topics/orders/groups/push")),
-                None,
-            )
-            .await;
+        let reply = group_reply(app).await;
         if reply.status == 200 {
             let g = &reply.body;
             if g["lag"] == 0 && g["pending"] == 0 && g["delayed"] == 0 && g["parked"] == 0 {
@@ -370,7 +114,7 @@ fn attempts(seen: &[Seen]) -> Vec<&str> {
 
 #[tokio::test]
 async fn a_2xx_acks_and_the_request_carries_cloudevents_and_streamcar_headers() {
-    let server = AppServer::start(|_, _| answer(200)).await;
+    let server = PushApp::start(|_, _| answer(200)).await;
     let app = sidecar(vec![subscription("orders-hook", &server.url(), json!({}))]).await;
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let first = publish(
@@ -486,7 +230,7 @@ async fn a_2xx_acks_and_the_request_carries_cloudevents_and_streamcar_headers() 
 
 #[tokio::test]
 async fn a_500_is_retried_after_the_group_backoff_then_acked() {
-    let server = AppServer::start(|n, _| {
+    let server = PushApp::start(|n, _| {
         if n == 0 {
             Answer {
                 body: "model crashed".into(),
@@ -523,7 +267,7 @@ async fn a_500_is_retried_after_the_group_backoff_then_acked() {
 
 #[tokio::test]
 async fn retry_after_is_the_delay_of_the_retry() {
-    let server = AppServer::start(|n, _| {
+    let server = PushApp::start(|n, _| {
         if n == 0 {
             Answer {
                 headers: vec![("retry-after", "2".into())],
@@ -557,7 +301,7 @@ async fn retry_after_is_the_delay_of_the_retry() {
 
 #[tokio::test]
 async fn refusals_dead_letter_with_the_answer_as_last_error() {
-    let server = AppServer::start(|_, seen| {
+    let server = PushApp::start(|_, seen| {
         // 422 for the bad order, 410 for the gone one.
         let status = if seen.body.starts_with(b"\"bad\"") {
             422
@@ -599,7 +343,7 @@ async fn a_2xx_with_emit_publishes_the_next_step_then_acks() {
     // The first answer's emit has no target (the app's bug): nacked, not
     // acked without its next step. The second emits to a topic and to the
     // user's channel.
-    let server = AppServer::start(|n, seen| {
+    let server = PushApp::start(|n, seen| {
         let order: Value = serde_json::from_slice(&seen.body).unwrap();
         let emit = if n == 0 {
             json!([{"payload": order}])
@@ -658,7 +402,7 @@ async fn a_2xx_with_emit_publishes_the_next_step_then_acks() {
 
 #[tokio::test]
 async fn a_202_leaves_the_delivery_to_the_app_which_acks_it_through_the_api() {
-    let server = AppServer::start(|_, _| answer(202)).await;
+    let server = PushApp::start(|_, _| answer(202)).await;
     let app = sidecar(vec![subscription("takeover", &server.url(), json!({}))]).await;
     publish(&app, json!({"payload": {"job": 1}})).await;
     let seen = server.wait_for(1).await;
@@ -684,11 +428,7 @@ async fn a_202_leaves_the_delivery_to_the_app_which_acks_it_through_the_api() {
 
 #[tokio::test]
 async fn a_handler_slower_than_the_lease_keeps_its_delivery() {
-    let server = AppServer::start(|_, _| Answer {
-        pause: Duration::from_millis(2500),
-        ..answer(200)
-    })
-    .await;
+    let server = PushApp::start_slow(Duration::from_millis(2500)).await;
     let app = sidecar(vec![subscription(
         "slow",
         &server.url(),
@@ -720,7 +460,7 @@ async fn a_handler_slower_than_the_lease_keeps_its_delivery() {
 
 #[tokio::test]
 async fn an_app_that_is_down_costs_no_attempt_and_gets_everything_when_back() {
-    let mut server = AppServer::start(|_, _| answer(200)).await;
+    let mut server = PushApp::start(|_, _| answer(200)).await;
     let app = sidecar(vec![subscription(
         "outage",
         &server.url(),
@@ -775,11 +515,7 @@ async fn an_app_that_is_down_costs_no_attempt_and_gets_everything_when_back() {
 
 #[tokio::test]
 async fn max_in_flight_bounds_concurrent_requests() {
-    let server = AppServer::start(|_, _| Answer {
-        pause: Duration::from_millis(100),
-        ..answer(200)
-    })
-    .await;
+    let server = PushApp::start_slow(Duration::from_millis(100)).await;
     let app = sidecar(vec![subscription(
         "bounded",
         &server.url(),
@@ -787,12 +523,7 @@ async fn max_in_flight_bounds_concurrent_requests() {
     )])
     .await;
     let batch: Vec<Value> = (0..40).map(|i| json!({"payload": i})).collect();
-    let reply = post(
-        &app,
-        "/topics/orders/messages:batch",
-        &json!({"messages": batch}),
-    )
-    .await;
+    let reply = post_batch(&app, &batch).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     settled(&app).await;
     let seen = server.seen();
@@ -809,7 +540,7 @@ async fn max_in_flight_bounds_concurrent_requests() {
 
 #[tokio::test]
 async fn batches_carry_an_array_of_deliveries() {
-    let server = AppServer::start(|_, _| answer(200)).await;
+    let server = PushApp::start(|_, _| answer(200)).await;
     let app = sidecar(vec![subscription(
         "batched",
         &server.url(),
@@ -818,12 +549,7 @@ async fn batches_carry_an_array_of_deliveries() {
     .await;
     // Paused while publishing, so the first fetch finds all five.
     let batch: Vec<Value> = (0..5).map(|i| json!({"payload": {"i": i}})).collect();
-    post(
-        &app,
-        "/topics/orders/messages:batch",
-        &json!({"messages": batch}),
-    )
-    .await;
+    post_batch(&app, &batch).await;
     let reply = post(&app, "/topics/orders/groups/push/resume", &json!({})).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     settled(&app).await;
@@ -844,7 +570,7 @@ async fn batches_carry_an_array_of_deliveries() {
 async fn unix_socket_urls_work() {
     let dir = tempfile::tempdir().unwrap();
     let server =
-        AppServer::start_on(Bind::Unix(dir.path().join("app.sock")), |_, _| answer(204)).await;
+        PushApp::start_on(Bind::Unix(dir.path().join("app.sock")), |_, _| answer(204)).await;
     let app = sidecar(vec![subscription("local", &server.url(), json!({}))]).await;
     publish(&app, json!({"payload": {"over": "unix"}})).await;
     settled(&app).await;
@@ -868,38 +594,38 @@ fn yaml_file(dir: &tempfile::TempDir, name: &str, url: &str, extra: &str) -> Pat
     path
 }
 
+/// The streamcar binary on the Redis of `app`, pushing by the YAML file of
+/// one subscription (see [`yaml_file`]), with more arguments; the file's
+/// dir is returned to live as long as the process.
+async fn start_pusher(
+    app: &TestApp,
+    name: &str,
+    url: &str,
+    extra: &str,
+    args: &[&str],
+) -> (tempfile::TempDir, StreamcarProcess) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = yaml_file(&dir, name, url, extra);
+    let mut all = vec!["--subscriptions", file.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let process = StreamcarProcess::start(&app.redis.url(), &all).await;
+    (dir, process)
+}
+
 #[tokio::test]
 async fn two_sidecars_pushing_to_two_apps_share_the_group() {
-    let one = AppServer::start(|_, _| Answer {
-        pause: Duration::from_millis(20),
-        ..answer(200)
-    })
-    .await;
-    let two = AppServer::start(|_, _| Answer {
-        pause: Duration::from_millis(20),
-        ..answer(200)
-    })
-    .await;
+    let one = PushApp::start_slow(Duration::from_millis(20)).await;
+    let two = PushApp::start_slow(Duration::from_millis(20)).await;
     let app = sidecar(vec![subscription(
         "shared",
         &one.url(),
         json!({"max_in_flight": 2}),
     )])
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = yaml_file(&dir, "shared", &two.url(), "    max_in_flight: 2\n");
-    let other = StreamcarProcess::start(
-        &app.redis.url(),
-        &["--subscriptions", file.to_str().unwrap()],
-    )
-    .await;
+    let (_dir, other) =
+        start_pusher(&app, "shared", &two.url(), "    max_in_flight: 2\n", &[]).await;
     let batch: Vec<Value> = (0..60).map(|i| json!({"payload": i})).collect();
-    post(
-        &app,
-        "/topics/orders/messages:batch",
-        &json!({"messages": batch}),
-    )
-    .await;
+    post_batch(&app, &batch).await;
     let g = settled(&app).await;
     assert_eq!(g["dead_lettered"], 0);
     let mut ids: Vec<String> = one
@@ -934,11 +660,7 @@ async fn two_sidecars_pushing_to_two_apps_share_the_group() {
 
 #[tokio::test]
 async fn sigterm_lets_pushes_in_flight_finish_and_exits_0() {
-    let server = AppServer::start(|_, _| Answer {
-        pause: Duration::from_millis(1500),
-        ..answer(200)
-    })
-    .await;
+    let server = PushApp::start_slow(Duration::from_millis(1500)).await;
     let app = sidecar(Vec::new()).await;
     // Three slots for four messages: one stays undelivered.
     app.send(
@@ -950,16 +672,12 @@ async fn sigterm_lets_pushes_in_flight_finish_and_exits_0() {
     for i in 0..4 {
         publish(&app, json!({"payload": i})).await;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let file = yaml_file(&dir, "draining", &server.url(), "    max_in_flight: 3\n");
-    let mut pusher = StreamcarProcess::start(
-        &app.redis.url(),
-        &[
-            "--subscriptions",
-            file.to_str().unwrap(),
-            "--drain-timeout",
-            "10s",
-        ],
+    let (_dir, mut pusher) = start_pusher(
+        &app,
+        "draining",
+        &server.url(),
+        "    max_in_flight: 3\n",
+        &["--drain-timeout", "10s"],
     )
     .await;
     server.wait_for(3).await;
@@ -985,23 +703,15 @@ async fn sigterm_lets_pushes_in_flight_finish_and_exits_0() {
 
 #[tokio::test]
 async fn the_drain_timeout_gives_unfinished_pushes_back_at_once() {
-    let server = AppServer::start(|_, _| Answer {
-        pause: Duration::from_secs(8),
-        ..answer(200)
-    })
-    .await;
+    let server = PushApp::start_slow(Duration::from_secs(8)).await;
     let app = sidecar(Vec::new()).await;
     publish(&app, json!({"payload": "long"})).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = yaml_file(&dir, "cut", &server.url(), "");
-    let mut pusher = StreamcarProcess::start(
-        &app.redis.url(),
-        &[
-            "--subscriptions",
-            file.to_str().unwrap(),
-            "--drain-timeout",
-            "500ms",
-        ],
+    let (_dir, mut pusher) = start_pusher(
+        &app,
+        "cut",
+        &server.url(),
+        "",
+        &["--drain-timeout", "500ms"],
     )
     .await;
     server.wait_for(1).await;
@@ -1115,7 +825,7 @@ async fn a_bad_subscriptions_file_exits_2_naming_the_field() {
 
 #[tokio::test]
 async fn redis_away_backs_off_then_the_group_is_declared_again() {
-    let server = AppServer::start(|_, _| answer(200)).await;
+    let server = PushApp::start(|_, _| answer(200)).await;
     let mut app = sidecar(vec![subscription(
         "resilient",
         &server.url(),
@@ -1135,13 +845,7 @@ async fn redis_away_backs_off_then_the_group_is_declared_again() {
     wait_subscription(&app, |s| s["state"] == "running").await;
     let deadline = Instant::now() + WAIT;
     loop {
-        let reply = app
-            .send(
-                Method::GET,
-                &format!("{}{}", app.base, path("/topics/orders/groups/push")),
-                None,
-            )
-            .await;
+        let reply = group_reply(&app).await;
         if reply.status == 200 {
             assert_eq!(reply.body["lease_ms"], 1000, "declared with group_config");
             break;
@@ -1169,11 +873,7 @@ fn the_example_subscriptions_file_is_valid() {
 
 #[tokio::test]
 async fn an_ordered_group_is_pushed_one_message_per_key_at_a_time_in_order() {
-    let server = AppServer::start(|_, _| Answer {
-        pause: Duration::from_millis(30),
-        ..answer(200)
-    })
-    .await;
+    let server = PushApp::start_slow(Duration::from_millis(30)).await;
     let app = sidecar(vec![subscription(
         "ordered",
         &server.url(),
@@ -1184,21 +884,12 @@ async fn an_ordered_group_is_pushed_one_message_per_key_at_a_time_in_order() {
     let batch: Vec<Value> = (0..24)
         .map(|i| json!({"payload": i, "key": format!("user-{}", i % 4)}))
         .collect();
-    post(
-        &app,
-        "/topics/orders/messages:batch",
-        &json!({"messages": batch}),
-    )
-    .await;
+    post_batch(&app, &batch).await;
     post(&app, "/topics/orders/groups/push/resume", &json!({})).await;
     settled(&app).await;
     let seen = server.seen();
     assert_eq!(seen.len(), 24);
-    assert_eq!(
-        server.shared.per_key_most.load(Ordering::SeqCst),
-        1,
-        "two of one key at once"
-    );
+    assert_eq!(server.most_per_key(), 1, "two of one key at once");
     assert!(server.most_concurrent() > 1, "keys went in parallel");
     for k in 0..4 {
         let key = format!("user-{k}");
@@ -1216,7 +907,7 @@ async fn an_ordered_group_is_pushed_one_message_per_key_at_a_time_in_order() {
 
 #[tokio::test]
 async fn a_reset_and_a_timeout_are_failed_attempts() {
-    let server = AppServer::start(|n, _| match n {
+    let server = PushApp::start(|n, _| match n {
         0 => answer(0),
         1 => Answer {
             pause: Duration::from_secs(2),

@@ -15,27 +15,9 @@ use fantoccini::key::Key;
 use serde_json::{Value, json};
 use support::TestApp;
 use support::browser::{
-    Browser, POLL, WAIT, answer_confirm, click, page_errors, severe_console_entries, wait_contains,
-    wait_for, wait_gone, wait_text,
+    WAIT, answer_confirm, browser_or_skip, click, open_ui, page_errors, severe_console_entries,
+    wait_api, wait_contains, wait_for, wait_gone, wait_text,
 };
-
-/// Polls the API until `check` holds for the group (bounded).
-async fn wait_group(
-    app: &TestApp,
-    path: &str,
-    what: &str,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..(WAIT.as_millis() / POLL.as_millis()) {
-        last = app.get(path).await.body;
-        if check(&last) {
-            return last;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    panic!("group never reached {what}: {last}");
-}
 
 /// Dead-letters the next message of `group` with `error` (fetch + reject),
 /// returning its message id.
@@ -61,9 +43,7 @@ fn screenshot_path() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_sees_and_fixes_a_group_in_the_browser() {
-    let Some(browser) = Browser::start().await else {
-        return;
-    };
+    let browser = browser_or_skip!();
     let page = browser.page();
     let mut app = TestApp::start().await;
     // The app has a Redis of its own: a readable tenant name for the
@@ -88,9 +68,7 @@ async fn operator_sees_and_fixes_a_group_in_the_browser() {
     let lag_before = before["lag"].as_u64().expect("lag");
 
     // Tenants → tenant → topic → group, by clicking links.
-    page.goto(&format!("{}/ui", app.base))
-        .await
-        .expect("open /ui");
+    open_ui(page, &app, "").await;
     click(page, &format!("li[data-key='tenant:{t}'] a")).await;
     let topic_row = wait_for(page, "tr[data-key='topic:orders']").await;
     assert!(topic_row.starts_with("orders"), "{topic_row}");
@@ -199,7 +177,7 @@ async fn operator_sees_and_fixes_a_group_in_the_browser() {
     click(page, &format!("{row} button[data-action=replay]")).await;
     answer_confirm(page, true).await;
     wait_gone(page, &row).await;
-    let after = wait_group(&app, group_path, "one dead letter", |g| {
+    let after = wait_api(&app, group_path, "one dead letter", WAIT, |g| {
         g["dead_lettered"] == 1
     })
     .await;
@@ -230,7 +208,7 @@ async fn operator_sees_and_fixes_a_group_in_the_browser() {
     .await;
     answer_confirm(page, true).await;
     wait_gone(page, &format!("tr[data-id='{second}']")).await;
-    wait_group(&app, group_path, "no dead letters", |g| {
+    wait_api(&app, group_path, "no dead letters", WAIT, |g| {
         g["dead_lettered"] == 0
     })
     .await;
@@ -238,10 +216,10 @@ async fn operator_sees_and_fixes_a_group_in_the_browser() {
 
     // Pause and resume from the page; the API agrees.
     click(page, "button[data-action=pause]").await;
-    wait_group(&app, group_path, "paused", |g| g["paused"] == true).await;
+    wait_api(&app, group_path, "paused", WAIT, |g| g["paused"] == true).await;
     wait_text(page, "[data-stat=paused]", "paused").await;
     click(page, "button[data-action=resume]").await;
-    wait_group(&app, group_path, "resumed", |g| g["paused"] == false).await;
+    wait_api(&app, group_path, "resumed", WAIT, |g| g["paused"] == false).await;
     wait_text(page, "[data-stat=paused]", "running").await;
 
     // Nothing went wrong in the page, and the console has no error.
@@ -282,9 +260,7 @@ async fn operator_sees_and_fixes_a_group_in_the_browser() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_asks_for_the_api_token_once_and_keeps_it_for_the_tab() {
-    let Some(browser) = Browser::start().await else {
-        return;
-    };
+    let browser = browser_or_skip!();
     let page = browser.page();
     let mut app = TestApp::start_with(|c| c.api_token = Some("s3cret-token".into())).await;
     let t = app.tenant.clone();
@@ -312,9 +288,7 @@ async fn the_page_asks_for_the_api_token_once_and_keeps_it_for_the_tab() {
     assert!(csp.starts_with("default-src 'self'"), "{csp}");
     assert!(!csp.contains("unsafe-inline"), "{csp}");
 
-    page.goto(&format!("{}/ui", app.base))
-        .await
-        .expect("open /ui");
+    open_ui(page, &app, "").await;
     wait_for(page, "dialog#token[open]").await;
     // A wrong token is refused and the dialog says so.
     page.find(Locator::Css("#token-input"))

@@ -13,7 +13,21 @@ use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
-use super::free_port;
+use super::{TestApp, free_port};
+
+/// Starts a [`Browser`], or returns from the calling test (which then
+/// passes) when [`Browser::start`] gives None.
+#[allow(unused_macros)] // each test binary uses a different subset
+macro_rules! browser_or_skip {
+    () => {
+        match $crate::support::browser::Browser::start().await {
+            Some(browser) => browser,
+            None => return,
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use browser_or_skip;
 
 /// A `chromedriver` child and the browser profile it uses; both go on drop.
 pub struct Browser {
@@ -101,6 +115,7 @@ impl Browser {
         Some(browser)
     }
 
+    /// The WebDriver session.
     pub fn page(&self) -> &Client {
         self.client.as_ref().expect("session")
     }
@@ -128,6 +143,7 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
 
 /// How long any one wait for the page may take.
 pub const WAIT: Duration = Duration::from_secs(20);
+/// How often a wait looks again.
 pub const POLL: Duration = Duration::from_millis(100);
 
 /// chromedriver's browser console log (`POST /session/{id}/se/log`).
@@ -183,63 +199,97 @@ pub async fn text_of(page: &Client, css: &str) -> Option<String> {
     el.text().await.ok()
 }
 
-/// Waits until the element `css` shows `want`.
-pub async fn wait_text(page: &Client, css: &str, want: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut seen = None;
-    while tokio::time::Instant::now() < deadline {
-        seen = text_of(page, css).await;
-        if seen.as_deref() == Some(want) {
-            return;
+/// Calls `probe` every [`POLL`], at most `within / POLL` times, until
+/// `done` holds of what it gives: Ok with that, or Err with the last.
+pub async fn poll<T>(
+    within: Duration,
+    mut probe: impl AsyncFnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> Result<T, Option<T>> {
+    let mut last = None;
+    for _ in 0..(within.as_millis() / POLL.as_millis()) {
+        let seen = probe().await;
+        if done(&seen) {
+            return Ok(seen);
         }
+        last = Some(seen);
         tokio::time::sleep(POLL).await;
     }
-    panic!("{css}: waited for {want:?}, last saw {seen:?}");
+    Err(last)
+}
+
+/// Waits until the element `css` shows `want`.
+pub async fn wait_text(page: &Client, css: &str, want: &str) {
+    if let Err(seen) = poll(
+        WAIT,
+        async || text_of(page, css).await,
+        |seen| seen.as_deref() == Some(want),
+    )
+    .await
+    {
+        panic!("{css}: waited for {want:?}, last saw {:?}", seen.flatten());
+    }
 }
 
 /// Waits until the element `css` exists and its text contains `needle`.
 pub async fn wait_contains(page: &Client, css: &str, needle: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut seen = None;
-    while tokio::time::Instant::now() < deadline {
-        seen = text_of(page, css).await;
-        if seen.as_deref().is_some_and(|s| s.contains(needle)) {
-            return;
-        }
-        tokio::time::sleep(POLL).await;
+    if let Err(seen) = poll(
+        WAIT,
+        async || text_of(page, css).await,
+        |seen| seen.as_deref().is_some_and(|s| s.contains(needle)),
+    )
+    .await
+    {
+        panic!(
+            "{css}: waited for text with {needle:?}, last saw {:?}",
+            seen.flatten()
+        );
     }
-    panic!("{css}: waited for text with {needle:?}, last saw {seen:?}");
 }
 
 /// Waits until an element matching `css` exists and returns its text.
 pub async fn wait_for(page: &Client, css: &str) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if let Some(text) = text_of(page, css).await {
-            return text;
-        }
-        tokio::time::sleep(POLL).await;
+    match poll(WAIT, async || text_of(page, css).await, Option::is_some).await {
+        Ok(Some(text)) => text,
+        _ => panic!("{css} never appeared"),
     }
-    panic!("{css} never appeared");
 }
 
 /// Waits until no element matches `css`.
 pub async fn wait_gone(page: &Client, css: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if page
-            .find_all(Locator::Css(css))
-            .await
-            .expect("query")
-            .is_empty()
-        {
-            return;
-        }
-        tokio::time::sleep(POLL).await;
+    let count = async || page.find_all(Locator::Css(css)).await.expect("query").len();
+    if poll(WAIT, count, |n| *n == 0).await.is_err() {
+        panic!("{css} is still there");
     }
-    panic!("{css} is still there");
 }
 
+/// Opens the operator UI of `app` at `route` (`""`, or a `#/…` hash).
+pub async fn open_ui(page: &Client, app: &TestApp, route: &str) {
+    let url = format!("{}/ui{route}", app.base);
+    page.goto(&url)
+        .await
+        .unwrap_or_else(|e| panic!("open {url}: {e}"));
+}
+
+/// Polls the API path `path` of `app` until `check` holds of its body
+/// (bounded by `within`), and returns that body.
+pub async fn wait_api(
+    app: &TestApp,
+    path: &str,
+    what: &str,
+    within: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    match poll(within, async || app.get(path).await.body, check).await {
+        Ok(body) => body,
+        Err(last) => panic!(
+            "{path} never reached {what}: {}",
+            last.unwrap_or(Value::Null)
+        ),
+    }
+}
+
+/// Clicks the element `css` once it is there.
 pub async fn click(page: &Client, css: &str) {
     wait_for(page, css).await;
     page.find(Locator::Css(css))

@@ -10,6 +10,7 @@ pub mod browser;
 pub mod edge;
 pub mod otlp;
 pub mod proxy;
+pub mod push_app;
 pub mod sse;
 pub mod ws;
 
@@ -681,6 +682,19 @@ impl TestApp {
             reply.status,
             reply.body
         );
+        reply.body
+    }
+
+    /// Publishes `messages` to `topic` in one batch request, asserts it was
+    /// answered 200, and returns the reply's body (its `results`).
+    pub async fn publish_batch(&self, topic: &str, messages: &[Value]) -> Value {
+        let reply = self
+            .post(
+                &format!("/topics/{topic}/messages:batch"),
+                &serde_json::json!({ "messages": messages }),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
         reply.body
     }
 
