@@ -48,7 +48,11 @@ for i = 4, #ARGV, 3 do
         redis.call('HSET', g.deliveries, id, '~' .. err)
       end
       out[#out + 1] = 1
-      wake = wake or delay == 0
+      -- Also for a later retry: a fetch already waiting does not know its
+      -- due time, and would find it only at its safety re-check. Woken, it
+      -- finds it not due yet and sleeps until it is (the fetch reports the
+      -- next due retry); one waiter per group is woken, not all.
+      wake = true
     end
   end
 end

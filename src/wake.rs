@@ -2,8 +2,9 @@
 //!
 //! ## Mechanism
 //!
-//! Every operation that can make a message deliverable now (a publish, a
-//! resume, an immediate retry) PUBLISHes on the topic's channel
+//! Every operation that can make a message deliverable now or sooner than
+//! waiters know (a publish, a resume, a retry, a key passed on) PUBLISHes
+//! on the topic's channel
 //! `sc:{T:P}:wake` from Redis. Each sidecar keeps **one** dedicated pub/sub
 //! connection (outside the pool) and subscribes to a topic's channel only
 //! while some local fetch on that topic is waiting (and for a moment after,

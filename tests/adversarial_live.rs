@@ -275,3 +275,29 @@ async fn a_retry_trimmed_while_it_waits_leaves_nothing_behind() {
         .expect("HLEN");
     assert_eq!(left, 0, "a trimmed retry's error stays behind");
 }
+
+/// A retry nacked with a delay under a fetch that is already waiting: the
+/// waiter learns the retry's due time and delivers it then (bug: only a
+/// nack due at once woke waiters; a retry due in 300 ms reached the waiter
+/// at its safety re-check, here 120 s, so the long-poll ran to its
+/// deadline empty).
+#[tokio::test]
+async fn a_delayed_retry_reaches_a_fetch_that_was_already_waiting() {
+    let app = TestApp::start_with(|c| c.wake_recheck = Duration::from_secs(120)).await;
+    app.group("later", "g", &json!({})).await;
+    app.publish("later", &json!({"payload": "again"})).await;
+    let leased = app.fetch("later", "g", "first", 1, 0).await;
+    assert_eq!(leased.len(), 1);
+
+    let waiting = spawn_fetch(&app, "later", "second", 30000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "leased: nothing to deliver yet");
+    let body = json!({"receipts": [leased[0]["receipt"]], "delay_ms": 300});
+    let nacked = app.post("/topics/later/groups/g/nack", &body).await;
+    assert_eq!(nacked.body["nacked"].as_array().map(Vec::len), Some(1));
+
+    let reply = woken(waiting).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(payloads(&reply), [json!("again")], "the retry, once due");
+    assert_eq!(reply.body["messages"][0]["attempt"], 2, "{}", reply.body);
+}
