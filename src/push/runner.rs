@@ -4,10 +4,15 @@
 //! answer; a prober that finds out when an unreachable app is back.
 //!
 //! An app that refuses connections has not seen the message, so that costs
-//! no attempt: the request task keeps the lease alive (extend) and sends the
-//! same delivery again once the prober connects. Nacking it instead would
-//! count an attempt per outage (nacks count attempts), and a few restarts of
-//! the app would dead-letter messages it never saw.
+//! no attempt: the request task gives the delivery back to the group (a
+//! release: due at once, the same attempt next time) and the fetch loop
+//! waits until the prober connects. Nacking it instead would count an
+//! attempt per outage (nacks count attempts), and a few restarts of the app
+//! would dead-letter messages it never saw; holding its lease in this
+//! process for the outage would let a sidecar killed -9 meanwhile cost one
+//! (a lapsed lease counts an attempt). Only when Redis does not take the
+//! release does the task keep the lease alive and send again once the app
+//! is back.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -320,16 +325,16 @@ impl Runner {
         let labels = self.status.labels();
         let batch = self.spec.batch > 1;
         loop {
+            // Fetched while the app went down (a fetch already waiting
+            // then): give them back rather than hold them for the outage.
+            let down = !*reachable.borrow();
+            if down && self.release_unsent(&self.live(deliveries, lost)).await {
+                return;
+            }
             if reachable.wait_for(|r| *r).await.is_err() {
                 return;
             }
-            let live: Vec<&Delivery> = {
-                let lost = lost.lock().unwrap_or_else(|p| p.into_inner());
-                deliveries
-                    .iter()
-                    .filter(|d| !lost.contains(&d.receipt))
-                    .collect()
-            };
+            let live = self.live(deliveries, lost);
             if live.is_empty() {
                 return;
             }
@@ -363,11 +368,17 @@ impl Runner {
             metrics::counter!(telemetry::PUSH_REQUESTS, outcome_labels).increment(1);
             let verdict = match result {
                 Err(Failure::Unreachable(e)) => {
-                    // Not an attempt: wait for the prober, keep the lease, send again.
+                    // Not an attempt. Stop fetching first, then give the
+                    // deliveries back (see `release_unsent`) before the
+                    // subscription shows `app_unreachable`.
                     sent.store(false, Ordering::SeqCst);
+                    self.reachable.send_replace(false);
+                    let released = self.release_unsent(&live).await;
                     self.status.error(format!("app unreachable: {e}"));
                     self.status.set_flag(&self.status.unreachable, true);
-                    self.reachable.send_replace(false);
+                    if released {
+                        return;
+                    }
                     continue;
                 }
                 Err(Failure::Timeout) => Verdict::Nack {
@@ -484,6 +495,51 @@ impl Runner {
             .ack_with_emit((&s.tenant, &s.topic, &s.group), receipts, emits)
             .await?;
         Ok(outcome.acked.len())
+    }
+
+    /// The deliveries of `deliveries` whose lease is not known lost.
+    fn live<'d>(
+        &self,
+        deliveries: &'d [Delivery],
+        lost: &Mutex<HashSet<String>>,
+    ) -> Vec<&'d Delivery> {
+        let lost = lost.lock().unwrap_or_else(|p| p.into_inner());
+        deliveries
+            .iter()
+            .filter(|d| !lost.contains(&d.receipt))
+            .collect()
+    }
+
+    /// Gives back deliveries the app never got (it refuses connections):
+    /// due at once, with no attempt counted; true when Redis took them
+    /// (false: the caller keeps their leases alive and sends them once the
+    /// app is back, as before).
+    ///
+    /// Held instead for the whole outage, they would live in this process
+    /// only: a sidecar killed -9 meanwhile leaves their leases to lapse,
+    /// and a lapsed lease counts an attempt, so a few kills during an
+    /// outage dead-lettered messages the app never saw. Given back, they
+    /// wait in Redis (for this sidecar once the app is back, or for any
+    /// other consumer of the group) and a kill costs nothing.
+    async fn release_unsent(&self, live: &[&Delivery]) -> bool {
+        if live.is_empty() {
+            return true;
+        }
+        let s = &self.spec;
+        let receipts: Vec<String> = live.iter().map(|d| d.receipt.clone()).collect();
+        match self
+            .services
+            .broker
+            .release(&s.tenant, &s.topic, &s.group, &receipts)
+            .await
+        {
+            Ok(_) => true,
+            Err(e) => {
+                self.status
+                    .error(format!("giving undelivered messages back: {e}"));
+                false
+            }
+        }
     }
 
     /// Gives `receipts` back to the group, due at once. With `why` (the
