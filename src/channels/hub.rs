@@ -11,7 +11,10 @@
 //! confirmed (subscribers registered before that may have read history
 //! before Redis would send them anything) and after every reconnect, each
 //! subscriber of the channel gets [`Event::Resync`] and checks history from
-//! its position (see [`super::cursor`]). On Redis Cluster the hub uses
+//! its position (see [`super::cursor`]). A connection that goes quiet is
+//! PINGed, and one that leaves a command unanswered is taken for lost: a
+//! socket to a vanished Redis would otherwise stay open and silent for
+//! ever while publishes still succeed elsewhere. On Redis Cluster the hub uses
 //! sharded pub/sub instead ([`Hub::start_sharded`]): a message then crosses
 //! only its channel's shard, not the whole cluster bus.
 
@@ -31,6 +34,14 @@ use crate::telemetry;
 pub const LINGER: Duration = Duration::from_secs(2);
 /// Pause between reconnection attempts.
 const RECONNECT_DELAY: Duration = Duration::from_millis(250);
+/// Longest a connection attempt or one pub/sub command (SUBSCRIBE,
+/// UNSUBSCRIBE, PING) may take before the connection is taken for dead.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Silence after which the pub/sub connection is checked with a PING: a
+/// Redis that vanished without closing the socket (a dead host, a NAT that
+/// forgot the flow) would otherwise leave every subscriber waiting for
+/// ever while publishes, through other connections, go on succeeding.
+const IDLE_PING: Duration = Duration::from_secs(5);
 /// Channels per SUBSCRIBE command when re-subscribing after a reconnect.
 const SUBSCRIBE_CHUNK: usize = 500;
 
@@ -246,7 +257,7 @@ async fn run(
         if inner.strong_count() == 0 {
             return;
         }
-        let (mut sink, mut stream) = match client.get_async_pubsub().await {
+        let (mut sink, mut stream) = match within(client.get_async_pubsub()).await {
             Ok(pubsub) => pubsub.split(),
             Err(e) => {
                 tracing::debug!(error = %e, "channel pub/sub connect failed; retrying");
@@ -274,7 +285,7 @@ async fn run(
         let current: Vec<String> = live.entries().keys().cloned().collect();
         let mut ok = true;
         for chunk in current.chunks(SUBSCRIBE_CHUNK) {
-            if sink.subscribe(chunk).await.is_err() {
+            if within(sink.subscribe(chunk)).await.is_err() {
                 ok = false;
                 break;
             }
@@ -286,10 +297,13 @@ async fn run(
         // Whatever was published while we were not subscribed.
         live.resync_all();
         drop(live);
+        let silence = tokio::time::sleep(IDLE_PING);
+        tokio::pin!(silence);
         loop {
             tokio::select! {
                 msg = stream.next() => {
                     let Some(msg) = msg else { break }; // connection lost
+                    silence.as_mut().reset(tokio::time::Instant::now() + IDLE_PING);
                     let Some(live) = inner.upgrade() else { return };
                     let bytes = msg.get_payload_bytes();
                     match serde_json::from_slice(bytes) {
@@ -305,6 +319,14 @@ async fn run(
                         }
                     }
                 }
+                () = &mut silence => {
+                    // No answer: the connection is dead, reconnect (and
+                    // every subscriber then checks history).
+                    if within(sink.ping::<redis::Value>()).await.is_err() {
+                        break;
+                    }
+                    silence.as_mut().reset(tokio::time::Instant::now() + IDLE_PING);
+                }
                 cmd = commands.recv() => {
                     let Some(live) = inner.upgrade() else { return };
                     match cmd {
@@ -312,7 +334,7 @@ async fn run(
                             if !live.entries().contains_key(&channel) {
                                 continue;
                             }
-                            if sink.subscribe(&channel).await.is_err() {
+                            if within(sink.subscribe(&channel)).await.is_err() {
                                 break;
                             }
                             let subscribed = live.entries().len();
@@ -321,7 +343,9 @@ async fn run(
                         }
                         Some(Command::Idle(channel)) => schedule_release(&commands_tx, channel),
                         Some(Command::Release(channel)) => {
-                            if release(&live, &channel) && sink.unsubscribe(&channel).await.is_err() {
+                            if release(&live, &channel)
+                                && within(sink.unsubscribe(&channel)).await.is_err()
+                            {
                                 break;
                             }
                         }
@@ -332,6 +356,18 @@ async fn run(
             }
         }
         tracing::debug!("channel pub/sub connection lost; reconnecting");
+    }
+}
+
+/// `call`, or an error once it took longer than [`COMMAND_TIMEOUT`] (the
+/// connection is then taken for dead).
+async fn within<T>(call: impl Future<Output = redis::RedisResult<T>>) -> redis::RedisResult<T> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
+        Ok(result) => result,
+        Err(elapsed) => Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            elapsed,
+        ))),
     }
 }
 

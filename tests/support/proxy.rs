@@ -1,13 +1,14 @@
 //! A TCP proxy between a sidecar and Redis that misbehaves on cue: each
 //! chunk the sidecar sends is shown to a rule, which may let it through,
 //! hold it and everything after it on that connection (a request that
-//! never reaches Redis), close the connection, or have it move to a new Redis
+//! never reaches Redis), close the connection, go silent both ways with the
+//! socket left open (a peer gone without a word), or have it move to a new Redis
 //! connection right after the next reply (what follows runs as another
 //! Redis client, as after a reconnect). A reply the old Redis connection
 //! still owes then closes the sidecar's connection instead: that request
 //! was in flight when its connection was lost.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,6 +26,14 @@ pub enum Act {
     RedialAfterReply,
     /// Drop it and close the connection (Redis lost mid-call).
     Close,
+    /// Drop it and everything after it in both directions, keeping the
+    /// connection open: a peer that vanished without closing the socket
+    /// (a dead host, a NAT or firewall that forgot the flow).
+    Blackhole,
+    /// Pass it on and mark the connection: it goes [`Act::Blackhole`]
+    /// silent once [`RedisProxy::silence_marked`] is called (a connection
+    /// that sends nothing more, such as a pub/sub one, dies while idle).
+    Mark,
 }
 
 type Rule = Box<dyn FnMut(&[u8]) -> Act + Send>;
@@ -33,9 +42,10 @@ type Rule = Box<dyn FnMut(&[u8]) -> Act + Send>;
 pub struct RedisProxy {
     port: u16,
     rule: Arc<Mutex<Rule>>,
-    /// How many times a rule's `Hold`, `RedialAfterReply` or `Close` took
-    /// effect.
+    /// How many times a rule's act other than `Forward` took effect.
     acted: Arc<AtomicUsize>,
+    /// Set by [`RedisProxy::silence_marked`].
+    silenced: Arc<AtomicBool>,
 }
 
 impl RedisProxy {
@@ -48,17 +58,34 @@ impl RedisProxy {
         let port = listener.local_addr().expect("proxy address").port();
         let rule: Arc<Mutex<Rule>> = Arc::new(Mutex::new(Box::new(|_| Act::Forward)));
         let acted = Arc::new(AtomicUsize::new(0));
-        let (shared_rule, shared_acted) = (rule.clone(), acted.clone());
+        let silenced = Arc::new(AtomicBool::new(false));
+        let (shared_rule, shared_acted, shared_silenced) =
+            (rule.clone(), acted.clone(), silenced.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let (rule, acted) = (shared_rule.clone(), shared_acted.clone());
+                let (rule, acted, silenced) = (
+                    shared_rule.clone(),
+                    shared_acted.clone(),
+                    shared_silenced.clone(),
+                );
                 tokio::spawn(async move {
                     // Ends when either side closes.
-                    let _ = relay(client, redis_port, &rule, &acted).await;
+                    let _ = relay(client, redis_port, &rule, &acted, &silenced).await;
                 });
             }
         });
-        Self { port, rule, acted }
+        Self {
+            port,
+            rule,
+            acted,
+            silenced,
+        }
+    }
+
+    /// Every connection an [`Act::Mark`] marked goes silent both ways from
+    /// now on (sockets left open).
+    pub fn silence_marked(&self) {
+        self.silenced.store(true, Ordering::SeqCst);
     }
 
     /// From now on, `rule` decides what happens to each chunk.
@@ -66,8 +93,7 @@ impl RedisProxy {
         *self.rule.lock().expect("rule") = Box::new(rule);
     }
 
-    /// How many times the rule's `Hold`, `RedialAfterReply` or `Close`
-    /// took effect.
+    /// How many times the rule's act other than `Forward` took effect.
     pub fn acted(&self) -> usize {
         self.acted.load(Ordering::SeqCst)
     }
@@ -88,13 +114,16 @@ async fn relay(
     redis_port: u16,
     rule: &Mutex<Rule>,
     acted: &AtomicUsize,
+    silenced: &AtomicBool,
 ) -> std::io::Result<()> {
     let dial = || TcpStream::connect(("127.0.0.1", redis_port));
     let mut redis = dial().await?;
     let mut left: Option<TcpStream> = None;
     let (mut from_client, mut from_redis) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
     let mut owed = [0u8; 1];
-    let (mut holding, mut redial_after_reply) = (false, false);
+    let (mut holding, mut redial_after_reply, mut blackholed) = (false, false, false);
+    let mut marked = false;
+    let gone_silent = |marked: bool| marked && silenced.load(Ordering::SeqCst);
     loop {
         tokio::select! {
             _ = async { left.as_mut()?.read(&mut owed).await.ok() }, if left.is_some() => {
@@ -105,7 +134,7 @@ async fn relay(
                 if chunk.is_empty() {
                     return Ok(());
                 }
-                if holding {
+                if holding || blackholed || gone_silent(marked) {
                     continue;
                 }
                 let act = (rule.lock().expect("rule"))(chunk);
@@ -123,12 +152,24 @@ async fn relay(
                         acted.fetch_add(1, Ordering::SeqCst);
                         return Ok(());
                     }
+                    Act::Blackhole => {
+                        blackholed = true;
+                        acted.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Act::Mark => {
+                        redis.write_all(chunk).await?;
+                        marked = true;
+                        acted.fetch_add(1, Ordering::SeqCst);
+                    }
                 }
             }
             n = redis.read(&mut from_redis) => {
                 let chunk = &from_redis[..n?];
                 if chunk.is_empty() {
                     return Ok(());
+                }
+                if blackholed || gone_silent(marked) {
+                    continue;
                 }
                 client.write_all(chunk).await?;
                 if redial_after_reply {

@@ -1,0 +1,146 @@
+//! Adversarial probes of the realtime half (channels and their sessions)
+//! under faults and races that `tests/adversarial_channels.rs` and
+//! `tests/adversarial_edge.rs` do not cover: the live fan-out connection
+//! to Redis going dead without a word, resumes racing publishes across
+//! sidecars. Black-box, through the public HTTP API, against a real
+//! redis-server (through a misbehaving proxy where the fault needs one).
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::proxy::{Act, RedisProxy, carries};
+use support::sse::{Sse, SseEvent};
+use support::{RedisServer, StreamcarProcess};
+
+/// Publishes `payload` on `channel` of `tenant` through the sidecar at
+/// `base`; the offset.
+async fn publish_at(base: &str, tenant: &str, channel: &str, payload: Value) -> u64 {
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "{base}/v1/tenants/{tenant}/channels/{channel}/messages"
+        ))
+        .json(&json!({ "payload": payload }))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("publish reaches the sidecar");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let body: Value = resp.json().await.expect("publish answer");
+    body["offset"].as_u64().expect("offset")
+}
+
+fn events_url(base: &str, tenant: &str, channel: &str) -> String {
+    format!("{base}/v1/tenants/{tenant}/channels/{channel}/events")
+}
+
+/// The next event, waiting at most 60 s in all (keep-alive comments
+/// included): the stream must say something by then.
+async fn next_within(sse: &mut Sse, what: &str) -> SseEvent {
+    tokio::time::timeout(Duration::from_secs(60), sse.expect())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within 60 s (a silent gap)"))
+}
+
+/// Publishes on `channel` until `sse` receives one of them live; the last
+/// offset published.
+async fn until_live(sse: &mut Sse, base: &str, tenant: &str, channel: &str) -> u64 {
+    for i in 0..50 {
+        let offset = publish_at(base, tenant, channel, json!(i)).await;
+        let event = next_within(sse, "before the fault").await;
+        assert_eq!(event.event, "message", "{:?}", event.data);
+        if event.data["offset"] == offset {
+            return offset;
+        }
+    }
+    panic!("{channel}: never live");
+}
+
+/// The pub/sub connection that carries live fan-out dies while idle,
+/// without closing (a dead host, a NAT that forgot the flow): publishes
+/// still succeed through the pool, so unless the sidecar notices, its
+/// subscribers wait for ever for messages that are in history, and never
+/// learn of the gap. The sidecar must notice (the quiet connection answers
+/// no PING), reconnect, and have every subscriber catch up from history.
+#[tokio::test]
+async fn a_pubsub_connection_gone_silent_while_idle_is_noticed() {
+    let redis = RedisServer::start();
+    let proxy = RedisProxy::start(redis.port()).await;
+    let done = Arc::new(AtomicBool::new(false));
+    let once = done.clone();
+    proxy.set_rule(move |chunk| {
+        if carries(chunk, "SUBSCRIBE")
+            && carries(chunk, ":live")
+            && !once.swap(true, Ordering::SeqCst)
+        {
+            return Act::Mark;
+        }
+        Act::Forward
+    });
+    let sidecar = StreamcarProcess::start(&proxy.url(), &[]).await;
+    let tenant = "idle";
+    let mut a = Sse::open(&events_url(&sidecar.base, tenant, "a"), None).await;
+    let first = until_live(&mut a, &sidecar.base, tenant, "a").await;
+    assert_eq!(proxy.acted(), 1, "the pub/sub connection was not marked");
+
+    proxy.silence_marked();
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        sent.push(publish_at(&sidecar.base, tenant, "a", json!({ "after": i })).await);
+    }
+    assert_eq!(sent, [first + 1, first + 2, first + 3]);
+    for offset in sent {
+        let event = next_within(&mut a, "after the connection went silent").await;
+        assert_eq!(event.event, "message", "{:?}", event.data);
+        assert_eq!(event.data["offset"], offset, "no gap, no duplicate");
+    }
+}
+
+/// The same death discovered by the next command on the connection (the
+/// SUBSCRIBE of another channel): that command must not wait for ever
+/// either, holding up the hub and every channel behind it.
+#[tokio::test]
+async fn a_pubsub_connection_gone_silent_under_a_subscribe_is_noticed() {
+    let redis = RedisServer::start();
+    let proxy = RedisProxy::start(redis.port()).await;
+    let sidecar = StreamcarProcess::start(&proxy.url(), &[]).await;
+    let tenant = "silent";
+
+    let mut a = Sse::open(&events_url(&sidecar.base, tenant, "a"), None).await;
+    let first = until_live(&mut a, &sidecar.base, tenant, "a").await;
+
+    // The pub/sub connection goes silent both ways at its next command
+    // (subscribing `b`), once; a new connection is left alone.
+    let done = Arc::new(AtomicBool::new(false));
+    let once = done.clone();
+    proxy.set_rule(move |chunk| {
+        if carries(chunk, "SUBSCRIBE")
+            && carries(chunk, ":live")
+            && !once.swap(true, Ordering::SeqCst)
+        {
+            return Act::Blackhole;
+        }
+        Act::Forward
+    });
+    let mut b = Sse::open(&events_url(&sidecar.base, tenant, "b"), None).await;
+    for _ in 0..200 {
+        if proxy.acted() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(proxy.acted(), 1, "the pub/sub connection was not cut");
+
+    let on_a = publish_at(&sidecar.base, tenant, "a", json!("after a")).await;
+    let on_b = publish_at(&sidecar.base, tenant, "b", json!("after b")).await;
+    assert_eq!(on_a, first + 1);
+    for (sse, channel, offset) in [(&mut a, "a", on_a), (&mut b, "b", on_b)] {
+        let event = next_within(sse, channel).await;
+        assert_eq!(event.event, "message", "{channel}: {:?}", event.data);
+        assert_eq!(event.data["offset"], offset, "{channel}: no gap");
+    }
+}
