@@ -2,7 +2,7 @@
 //! under faults and races that `tests/adversarial_channels.rs` and
 //! `tests/adversarial_edge.rs` do not cover: the live fan-out connection
 //! to Redis going dead without a word, resumes racing publishes across
-//! sidecars. Black-box, through the public HTTP API, against a real
+//! sidecars, an edge client that vanishes without closing. Black-box, through the public HTTP API, against a real
 //! redis-server (through a misbehaving proxy where the fault needs one).
 
 mod support;
@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::proxy::{Act, RedisProxy, carries};
 use support::sse::{Sse, SseEvent};
-use support::{RedisServer, StreamcarProcess};
+use support::{RedisServer, StreamcarProcess, edge, ws};
 
 /// Publishes `payload` on `channel` of `tenant` through the sidecar at
 /// `base`; the offset.
@@ -143,4 +143,77 @@ async fn a_pubsub_connection_gone_silent_under_a_subscribe_is_noticed() {
         assert_eq!(event.event, "message", "{channel}: {:?}", event.data);
         assert_eq!(event.data["offset"], offset, "{channel}: no gap");
     }
+}
+
+fn hs(claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(edge::SECRET),
+    )
+    .expect("sign")
+}
+
+/// An edge client that vanishes without closing its socket (a phone that
+/// lost its network, a laptop that went to sleep) on a quiet channel: the
+/// sidecar writes nothing, so TCP never tells it the peer is gone. Unless
+/// the sidecar checks that the client still answers (WebSocket ping), the
+/// session never ends: its presence says the user is online for ever and
+/// its connection slots stay taken, so a user whose network drops as many
+/// times as `--edge-max-connections-per-user` is refused (429) from then on.
+#[tokio::test]
+async fn an_edge_client_gone_without_a_word_is_let_go() {
+    let (app, _key) = edge::edge_app(|e| e.max_connections_per_user = 1).await;
+    let edge_base = app.edge_base().expect("edge on");
+    let edge_port: u16 = edge_base.rsplit(':').next().unwrap().parse().unwrap();
+    // A network path to the edge that can go dead.
+    let path = RedisProxy::start(edge_port).await;
+    path.set_rule(|chunk| {
+        if carries(chunk, "GET /v1/edge/ws") {
+            Act::Mark
+        } else {
+            Act::Forward
+        }
+    });
+    let token = hs(&edge::claims(&app.tenant, "u", &["quiet"], 3600));
+    let url = format!(
+        "ws://127.0.0.1:{}/v1/edge/ws",
+        path.url().rsplit(':').next().unwrap()
+    );
+    let mut gone = ws::open(&url, &[ws::bearer(&token)])
+        .await
+        .expect("token accepted");
+    assert_eq!(
+        ws::subscribe(&mut gone, "quiet").await["type"],
+        "subscribed"
+    );
+    let presence = app.get("/channels/quiet/presence").await;
+    assert_eq!(
+        presence.body["subscribers"][0]["sub"], "u",
+        "{}",
+        presence.body
+    );
+
+    // The network goes dead; the client's socket stays open.
+    path.silence_marked();
+    let direct = edge::ws_url(&app);
+    let mut back = None;
+    for _ in 0..120 {
+        match ws::open(&direct, &[ws::bearer(&token)]).await {
+            Ok(ws) => {
+                back = Some(ws);
+                break;
+            }
+            Err((status, problem)) => {
+                assert_eq!(status, 429, "{problem}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    let mut back = back.expect("the user is refused for ever: the vanished session never ended");
+    assert_eq!(
+        ws::subscribe(&mut back, "quiet").await["type"],
+        "subscribed"
+    );
+    drop(gone);
 }

@@ -37,6 +37,13 @@ pub(super) const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 /// is dropped without it (a slow client that reads again in time learns
 /// why it was cut; a dead one does not hold the task).
 pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Silence of an edge client after which its WebSocket is pinged: a client
+/// gone without closing its socket (a phone that lost its network) on a
+/// quiet channel is never written to, so TCP never reports it gone.
+const WS_PING_AFTER: Duration = Duration::from_secs(15);
+/// How long a pinged edge client has to send anything (its pong) before
+/// its session ends, freeing its connection slots and its presence.
+const WS_PONG_WAIT: Duration = Duration::from_secs(10);
 /// Read buffer of one WebSocket (it grows for a larger frame). tungstenite
 /// fills its read buffer to this size with zeros before reading, so its
 /// default (128 KiB) would be 128 KiB of RSS for every connection, idle or
@@ -238,6 +245,8 @@ pub(super) enum End {
     Shutdown,
     /// The token expired without a refresh.
     TokenExpired,
+    /// An edge client answered no ping.
+    Unresponsive,
 }
 
 /// One WebSocket: many channel subscriptions of one tenant.
@@ -271,18 +280,38 @@ impl WsSession {
     /// expires or the service stops.
     pub(super) async fn run(mut self, mut socket: WebSocket) {
         let mut shutdown = self.state.channels.shutdown_signal();
+        // Edge clients only: on the loopback API the peer is in the pod,
+        // and the kernel reports its end.
+        let watch_client = matches!(self.access, Access::Client(_));
+        let mut heard = tokio::time::Instant::now();
+        let mut pinged = false;
         let end = loop {
             let expires = self.access.expires_at();
+            let check = watch_client.then(|| {
+                heard + WS_PING_AFTER + if pinged { WS_PONG_WAIT } else { Duration::ZERO }
+            });
             let step = tokio::select! {
                 () = stopping(&mut shutdown) => Err(End::Shutdown),
                 () = until(expires) => Err(End::TokenExpired),
-                incoming = socket.recv() => match incoming {
-                    Some(Ok(Message::Text(text))) => self.on_frame(&mut socket, text.as_str()).await,
-                    Some(Ok(Message::Binary(_))) => {
-                        send_error(&mut socket, &self.outbox, "invalid_frame", "frames are JSON text", None).await
+                () = until(check) => {
+                    if pinged {
+                        Err(End::Unresponsive)
+                    } else {
+                        pinged = true;
+                        ping(&mut socket, &self.outbox).await
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
-                    Some(Ok(Message::Close(_)) | Err(_)) | None => Err(End::Gone),
+                }
+                incoming = socket.recv() => {
+                    heard = tokio::time::Instant::now();
+                    pinged = false;
+                    match incoming {
+                        Some(Ok(Message::Text(text))) => self.on_frame(&mut socket, text.as_str()).await,
+                        Some(Ok(Message::Binary(_))) => {
+                            send_error(&mut socket, &self.outbox, "invalid_frame", "frames are JSON text", None).await
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                        Some(Ok(Message::Close(_)) | Err(_)) | None => Err(End::Gone),
+                    }
                 },
                 item = self.outbox.recv() => match item {
                     None => Err(End::Slow),
@@ -302,6 +331,8 @@ impl WsSession {
                 self.access.expired();
                 (CLOSE_TOKEN_EXPIRED, "token_expired")
             }
+            // "Going away": a client still there reconnects and resumes.
+            End::Unresponsive => (1001, "ping_timeout"),
         };
         close(&mut socket, code, reason).await;
     }
@@ -622,6 +653,20 @@ async fn send(
 ) -> std::result::Result<(), End> {
     tokio::select! {
         sent = socket.send(Message::Text(text.into())) => sent.map_err(|_| End::Gone),
+        () = outbox.overflowed() => Err(End::Slow),
+    }
+}
+
+/// Pings the client; one that does not even take the ping within
+/// [`WS_PONG_WAIT`] is not reading and is let go.
+async fn ping(socket: &mut WebSocket, outbox: &Outbox) -> std::result::Result<(), End> {
+    tokio::select! {
+        sent = tokio::time::timeout(WS_PONG_WAIT, socket.send(Message::Ping(Default::default()))) => {
+            match sent {
+                Ok(sent) => sent.map_err(|_| End::Gone),
+                Err(_) => Err(End::Unresponsive),
+            }
+        }
         () = outbox.overflowed() => Err(End::Slow),
     }
 }
