@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::proxy::{Act, RedisProxy, carries};
 use support::sse::{Sse, SseEvent};
-use support::{RedisServer, StreamcarProcess, edge, ws};
+use support::{RedisCluster, RedisServer, StreamcarProcess, edge, ws};
 
 /// Publishes `payload` on `channel` of `tenant` through the sidecar at
 /// `base`; the offset.
@@ -216,4 +216,90 @@ async fn an_edge_client_gone_without_a_word_is_let_go() {
         "subscribed"
     );
     drop(gone);
+}
+
+/// On Redis Cluster the fan-out is sharded pub/sub over redis-rs's cluster
+/// connection, whose node connection carries a shard's subscriptions and
+/// nothing else: when it goes silent without closing, redis-rs never
+/// learns (it has no health check, and only a closed socket or a refused
+/// request makes it reconnect a node). Publishes on that shard still
+/// succeed through the sidecar's other connections, so the channel's
+/// subscribers must still get every message: the sidecar has to notice,
+/// subscribe again and have them catch up from history.
+#[tokio::test]
+async fn a_sharded_pubsub_connection_gone_silent_while_idle_is_noticed() {
+    let cluster = RedisCluster::start(3);
+    // The first node is reached through a proxy: it announces the proxy's
+    // port, so the slot map every client learns names the proxy.
+    let node = &cluster.nodes[0];
+    let proxy = RedisProxy::start(node.port()).await;
+    let proxy_port: u16 = proxy.url().rsplit(':').next().unwrap().parse().unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("cluster-announce-port")
+        .arg(proxy_port)
+        .query(&mut node.connection())
+        .expect("CONFIG SET cluster-announce-port");
+    let mut announced = false;
+    for _ in 0..200 {
+        announced = cluster.nodes.iter().all(|n| {
+            redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query::<String>(&mut n.connection())
+                .is_ok_and(|nodes| nodes.contains(&format!(":{proxy_port}@")))
+        });
+        if announced {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(announced, "the cluster never named the proxy");
+    let proxied = cluster
+        .topology()
+        .into_iter()
+        .find(|n| n.port == proxy_port)
+        .expect("the proxied node");
+
+    // The sidecar's connection that SSUBSCRIBEs on the proxied node is
+    // marked (once: a new connection is left alone).
+    let done = Arc::new(AtomicBool::new(false));
+    let once = done.clone();
+    proxy.set_rule(move |chunk| {
+        if carries(chunk, "SSUBSCRIBE")
+            && carries(chunk, ":live")
+            && !once.swap(true, Ordering::SeqCst)
+        {
+            return Act::Mark;
+        }
+        Act::Forward
+    });
+    let seeds: Vec<String> = std::iter::once(proxy.url())
+        .chain(cluster.nodes[1..].iter().map(RedisServer::url))
+        .collect();
+    let sidecar = StreamcarProcess::start(&seeds.join(","), &["--redis-cluster"]).await;
+    let tenant = "sharded";
+    let channel = (0..)
+        .map(|i| format!("a{i}"))
+        .find(|c| proxied.serves(cluster.key_slot(&format!("sc:ch:{{{tenant}:{c}}}:live"))))
+        .expect("a channel on the proxied node");
+
+    let mut a = Sse::open(&events_url(&sidecar.base, tenant, &channel), None).await;
+    let first = until_live(&mut a, &sidecar.base, tenant, &channel).await;
+    assert_eq!(
+        proxy.acted(),
+        1,
+        "the subscription's connection was not marked"
+    );
+
+    proxy.silence_marked();
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        sent.push(publish_at(&sidecar.base, tenant, &channel, json!({ "after": i })).await);
+    }
+    assert_eq!(sent, [first + 1, first + 2, first + 3]);
+    for offset in sent {
+        let event = next_within(&mut a, "after the shard's connection went silent").await;
+        assert_eq!(event.event, "message", "{:?}", event.data);
+        assert_eq!(event.data["offset"], offset, "no gap, no duplicate");
+    }
 }

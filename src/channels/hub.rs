@@ -16,7 +16,8 @@
 //! socket to a vanished Redis would otherwise stay open and silent for
 //! ever while publishes still succeed elsewhere. On Redis Cluster the hub uses
 //! sharded pub/sub instead ([`Hub::start_sharded`]): a message then crosses
-//! only its channel's shard, not the whole cluster bus.
+//! only its channel's shard, not the whole cluster bus; its node connections
+//! are PINGed too, and replaced all at once when one does not answer.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -376,6 +377,14 @@ async fn within<T>(call: impl Future<Output = redis::RedisResult<T>>) -> redis::
 /// and slot moves; every `ssubscribe` confirmation it pushes (the first one
 /// and each re-subscription) makes the channel's subscribers check history,
 /// which covers whatever was published while not subscribed.
+///
+/// redis-rs only repairs a node connection that closed or refused a
+/// request: one that went silent without closing (a dead host, a NAT that
+/// forgot the flow) would keep its shard's subscriptions dead for ever.
+/// So while anything is subscribed, every primary is PINGed each
+/// [`IDLE_PING`], and a PING or subscription command left unanswered
+/// within [`COMMAND_TIMEOUT`] (or failing) has the whole cluster connection
+/// replaced: every channel is then subscribed again on new connections.
 async fn run_sharded(
     client: redis::cluster::ClusterClient,
     inner: Weak<Inner>,
@@ -383,69 +392,118 @@ async fn run_sharded(
     mut commands: mpsc::UnboundedReceiver<Command>,
     mut pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
 ) {
-    let mut conn = loop {
-        if inner.strong_count() == 0 {
-            return;
-        }
-        match client.get_async_connection().await {
-            Ok(conn) => break conn,
-            Err(e) => {
-                tracing::debug!(error = %e, "channel cluster connect failed; retrying");
-                tokio::time::sleep(RECONNECT_DELAY).await;
-            }
-        }
-    };
-    let _ = commands_tx.send(Command::Resubscribe);
     loop {
-        tokio::select! {
-            push = pushes.recv() => {
-                let Some(push) = push else { return };
-                let Some(live) = inner.upgrade() else { return };
-                on_push(&live, &commands_tx, push);
+        let mut conn = loop {
+            if inner.strong_count() == 0 {
+                return;
             }
-            cmd = commands.recv() => {
-                let Some(live) = inner.upgrade() else { return };
-                match cmd {
-                    Some(Command::Subscribe(channel)) => {
-                        if live.entries().contains_key(&channel) {
-                            ssubscribe(&mut conn, &commands_tx, &channel).await;
-                        }
+            // Bounded by the client's connection and response timeouts.
+            match client.get_async_connection().await {
+                Ok(conn) => break conn,
+                Err(e) => {
+                    tracing::debug!(error = %e, "channel cluster connect failed; retrying");
+                    tokio::time::sleep(RECONNECT_DELAY).await;
+                }
+            }
+        };
+        // Every registered channel, on the new connection (each
+        // confirmation resyncs its subscribers).
+        let _ = commands_tx.send(Command::Resubscribe);
+        let mut check =
+            tokio::time::interval_at(tokio::time::Instant::now() + IDLE_PING, IDLE_PING);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                push = pushes.recv() => {
+                    let Some(push) = push else { return };
+                    let Some(live) = inner.upgrade() else { return };
+                    on_push(&live, &commands_tx, push);
+                }
+                _ = check.tick() => {
+                    let Some(live) = inner.upgrade() else { return };
+                    let subscribed = !live.entries().is_empty();
+                    drop(live);
+                    if subscribed && within(ping_primaries(&mut conn)).await.is_err() {
+                        break;
                     }
-                    Some(Command::Resubscribe) => {
-                        let current: Vec<String> = live.entries().keys().cloned().collect();
-                        drop(live);
-                        for channel in current {
-                            ssubscribe(&mut conn, &commands_tx, &channel).await;
+                }
+                cmd = commands.recv() => {
+                    let Some(live) = inner.upgrade() else { return };
+                    match cmd {
+                        Some(Command::Subscribe(channel)) => {
+                            if live.entries().contains_key(&channel)
+                                && ssubscribe(&mut conn, &commands_tx, &channel).await.is_err()
+                            {
+                                break;
+                            }
                         }
-                    }
-                    Some(Command::Idle(channel)) => schedule_release(&commands_tx, channel),
-                    Some(Command::Release(channel)) => {
-                        if release(&live, &channel) {
-                            let _ = conn.sunsubscribe(&channel).await;
+                        Some(Command::Resubscribe) => {
+                            let current: Vec<String> = live.entries().keys().cloned().collect();
+                            drop(live);
+                            let mut alive = true;
+                            for channel in current {
+                                if ssubscribe(&mut conn, &commands_tx, &channel).await.is_err() {
+                                    alive = false;
+                                    break;
+                                }
+                            }
+                            if !alive {
+                                break;
+                            }
                         }
+                        Some(Command::Idle(channel)) => schedule_release(&commands_tx, channel),
+                        Some(Command::Release(channel)) => {
+                            if release(&live, &channel)
+                                && within(conn.sunsubscribe(&channel))
+                                    .await
+                                    .is_err_and(|e| e.is_timeout())
+                            {
+                                break;
+                            }
+                        }
+                        None => return,
                     }
-                    None => return,
                 }
             }
         }
+        tracing::debug!("channel cluster connection unresponsive; reconnecting");
     }
 }
 
+/// PING on every primary (where the subscriptions are).
+async fn ping_primaries(
+    conn: &mut redis::cluster_async::ClusterConnection,
+) -> redis::RedisResult<()> {
+    use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+    let routing = RoutingInfo::MultiNode((
+        MultipleNodeRoutingInfo::AllMasters,
+        Some(ResponsePolicy::AllSucceeded),
+    ));
+    conn.route_command(redis::cmd("PING"), routing)
+        .await
+        .map(drop)
+}
+
 /// SSUBSCRIBE, or try everything again a little later (the node may be
-/// failing over).
+/// failing over); an error when it went unanswered (the connection is then
+/// taken for dead).
 async fn ssubscribe(
     conn: &mut redis::cluster_async::ClusterConnection,
     commands: &mpsc::UnboundedSender<Command>,
     channel: &str,
-) {
-    if let Err(e) = conn.ssubscribe(channel).await {
+) -> Result<(), ()> {
+    if let Err(e) = within(conn.ssubscribe(channel)).await {
         tracing::debug!(error = %e, channel, "ssubscribe failed; retrying");
+        if e.is_timeout() {
+            return Err(());
+        }
         let commands = commands.clone();
         tokio::spawn(async move {
             tokio::time::sleep(RECONNECT_DELAY).await;
             let _ = commands.send(Command::Resubscribe);
         });
     }
+    Ok(())
 }
 
 fn on_push(inner: &Inner, commands: &mpsc::UnboundedSender<Command>, push: redis::PushInfo) {
