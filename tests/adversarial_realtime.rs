@@ -7,8 +7,6 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -60,6 +58,20 @@ async fn until_live(sse: &mut Sse, base: &str, tenant: &str, channel: &str) -> u
     panic!("{channel}: never live");
 }
 
+/// A proxy rule that does `act` to the first chunk carrying `command`
+/// (`SUBSCRIBE`, `SSUBSCRIBE`) of a live channel, and forwards everything
+/// else, later connections' subscriptions included.
+fn once_on_live(command: &'static str, act: Act) -> impl FnMut(&[u8]) -> Act + Send + 'static {
+    let mut done = false;
+    move |chunk| {
+        if !done && carries(chunk, command) && carries(chunk, ":live") {
+            done = true;
+            return act;
+        }
+        Act::Forward
+    }
+}
+
 /// The pub/sub connection that carries live fan-out dies while idle,
 /// without closing (a dead host, a NAT that forgot the flow): publishes
 /// still succeed through the pool, so unless the sidecar notices, its
@@ -70,17 +82,7 @@ async fn until_live(sse: &mut Sse, base: &str, tenant: &str, channel: &str) -> u
 async fn a_pubsub_connection_gone_silent_while_idle_is_noticed() {
     let redis = RedisServer::start();
     let proxy = RedisProxy::start(redis.port()).await;
-    let done = Arc::new(AtomicBool::new(false));
-    let once = done.clone();
-    proxy.set_rule(move |chunk| {
-        if carries(chunk, "SUBSCRIBE")
-            && carries(chunk, ":live")
-            && !once.swap(true, Ordering::SeqCst)
-        {
-            return Act::Mark;
-        }
-        Act::Forward
-    });
+    proxy.set_rule(once_on_live("SUBSCRIBE", Act::Mark));
     let sidecar = StreamcarProcess::start(&proxy.url(), &[]).await;
     let tenant = "idle";
     let mut a = Sse::open(&events_url(&sidecar.base, tenant, "a"), None).await;
@@ -115,17 +117,7 @@ async fn a_pubsub_connection_gone_silent_under_a_subscribe_is_noticed() {
 
     // The pub/sub connection goes silent both ways at its next command
     // (subscribing `b`), once; a new connection is left alone.
-    let done = Arc::new(AtomicBool::new(false));
-    let once = done.clone();
-    proxy.set_rule(move |chunk| {
-        if carries(chunk, "SUBSCRIBE")
-            && carries(chunk, ":live")
-            && !once.swap(true, Ordering::SeqCst)
-        {
-            return Act::Blackhole;
-        }
-        Act::Forward
-    });
+    proxy.set_rule(once_on_live("SUBSCRIBE", Act::Blackhole));
     let mut b = Sse::open(&events_url(&sidecar.base, tenant, "b"), None).await;
     for _ in 0..200 {
         if proxy.acted() > 0 {
@@ -262,17 +254,7 @@ async fn a_sharded_pubsub_connection_gone_silent_while_idle_is_noticed() {
 
     // The sidecar's connection that SSUBSCRIBEs on the proxied node is
     // marked (once: a new connection is left alone).
-    let done = Arc::new(AtomicBool::new(false));
-    let once = done.clone();
-    proxy.set_rule(move |chunk| {
-        if carries(chunk, "SSUBSCRIBE")
-            && carries(chunk, ":live")
-            && !once.swap(true, Ordering::SeqCst)
-        {
-            return Act::Mark;
-        }
-        Act::Forward
-    });
+    proxy.set_rule(once_on_live("SSUBSCRIBE", Act::Mark));
     let seeds: Vec<String> = std::iter::once(proxy.url())
         .chain(cluster.nodes[1..].iter().map(RedisServer::url))
         .collect();
