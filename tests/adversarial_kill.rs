@@ -32,7 +32,12 @@ async fn call(req: reqwest::RequestBuilder) -> (u16, Value) {
 /// each, so a group with `max_deliveries: 1` dead-lettered a message the app
 /// never got. A delivery the app refused is now given back (not an attempt)
 /// before the subscription shows `app_unreachable`, so a kill then costs
-/// nothing.
+/// nothing. (A first fix left a window: the fetch loop, past its check of
+/// the app and waiting for the failed request's slot, fetched the message
+/// again just after it was given back and held it until its own give-back;
+/// a kill landing there failed this test once in CI. The fetch loop now
+/// checks the app again under a lock the failed request takes before it
+/// gives back, and a fetch waiting as the app goes down stops waiting.)
 #[tokio::test]
 async fn a_sidecar_killed_while_the_app_is_down_costs_the_unseen_message_no_attempt() {
     let redis = RedisServer::start();

@@ -465,8 +465,23 @@ impl Broker {
         group: &Group,
         request: &FetchRequest,
     ) -> Result<Vec<Delivery>> {
+        self.fetch_unless(tenant, topic, group, request, std::future::pending())
+            .await
+    }
+
+    /// As [`Self::fetch`], but stops waiting (and ends empty) once `stop`
+    /// completes. Only the wait is cut short: a script call already sent
+    /// runs to its answer, so no delivery it makes is lost in this process.
+    pub async fn fetch_unless(
+        &self,
+        tenant: &Tenant,
+        topic: &Topic,
+        group: &Group,
+        request: &FetchRequest,
+        stop: impl Future<Output = ()>,
+    ) -> Result<Vec<Delivery>> {
         let (_, deliveries) = self
-            .fetch_acking(tenant, topic, group, request, None)
+            .fetch_acking(tenant, topic, group, request, None, stop)
             .await?;
         Ok(deliveries)
     }
@@ -485,14 +500,19 @@ impl Broker {
         match request.ack.as_deref() {
             Some(texts) if !texts.is_empty() => {
                 let (texts, parsed) = parse_settled_receipts("ack", texts)?;
-                self.fetch_acking(tenant, topic, group, request, Some((&texts, &parsed)))
+                let acks = Some((texts.as_slice(), parsed.as_slice()));
+                self.fetch_acking(tenant, topic, group, request, acks, std::future::pending())
                     .await
             }
-            _ => self.fetch_acking(tenant, topic, group, request, None).await,
+            _ => {
+                self.fetch_acking(tenant, topic, group, request, None, std::future::pending())
+                    .await
+            }
         }
     }
 
-    /// Fetch, acking `acks` in the first script call.
+    /// Fetch, acking `acks` in the first script call; the wait ends early,
+    /// empty, once `stop` completes.
     async fn fetch_acking(
         &self,
         tenant: &Tenant,
@@ -500,6 +520,7 @@ impl Broker {
         group: &Group,
         request: &FetchRequest,
         acks: Option<(&[String], &[Receipt])>,
+        stop: impl Future<Output = ()>,
     ) -> Result<(Option<AckOutcome>, Vec<Delivery>)> {
         let max = request.max.unwrap_or(1);
         if !(1..=MAX_FETCH).contains(&max) {
@@ -546,6 +567,7 @@ impl Broker {
             .waiter(keys.wake_channel(), group.as_str())
             .await;
         let mut shutdown = self.store.shutdown_signal();
+        tokio::pin!(stop);
         let mut acks = acks;
         let mut acked = None;
         loop {
@@ -579,6 +601,9 @@ impl Broker {
                 wake_at = wake_at.min(now + until);
             }
             tokio::select! {
+                // A stop wins over a wake-up that came with it.
+                biased;
+                () = &mut stop => return Ok((acked, Vec::new())),
                 () = &mut notified => {}
                 () = tokio::time::sleep_until(wake_at) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return Ok((acked, Vec::new())),

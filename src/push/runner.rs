@@ -74,6 +74,11 @@ pub struct Runner {
     pub(super) permits: Arc<Semaphore>,
     /// False while the app refuses connections.
     reachable: watch::Sender<bool>,
+    /// Held by the fetch loop from each fetch until its deliveries are
+    /// handed out (or, fetched while the app went down, given back): a
+    /// request that finds the app down takes it before it shows
+    /// `app_unreachable`, so nothing of this sidecar's is leased by then.
+    fetching: tokio::sync::Mutex<()>,
     lease_ms: AtomicU64,
     /// Requests not yet settled: their task, receipts and whether they may
     /// have reached the app (false while it refuses connections), for the drain.
@@ -100,6 +105,7 @@ impl Runner {
             source: format!("/v1/tenants/{}/topics/{}", spec.tenant, spec.topic),
             permits: Arc::new(Semaphore::new(spec.max_in_flight as usize)),
             reachable: watch::Sender::new(true),
+            fetching: tokio::sync::Mutex::new(()),
             lease_ms: AtomicU64::new(crate::broker::groups::DEFAULT_LEASE_MS),
             outstanding: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(0),
@@ -185,36 +191,63 @@ impl Runner {
                 ack: None,
             };
             let s = &self.spec;
+            // A fetch waiting when the app goes down stops waiting, so it
+            // cannot take what the failed request gives back.
+            let mut watching = self.reachable.subscribe();
+            let app_down = async move {
+                let _ = watching.wait_for(|r| !*r).await;
+            };
+            let fetching = self.fetching.lock().await;
+            if !*self.reachable.borrow() {
+                // Went down while this loop waited for a request slot.
+                continue;
+            }
             match self
                 .services
                 .broker
-                .fetch(&s.tenant, &s.topic, &s.group, &request)
+                .fetch_unless(&s.tenant, &s.topic, &s.group, &request, app_down)
                 .await
             {
                 Ok(deliveries) => {
                     pause = Pause::new();
                     self.status.set_flag(&self.status.backing_off, false);
-                    let mut deliveries = deliveries.into_iter().peekable();
-                    while deliveries.peek().is_some() {
-                        let chunk: Vec<Delivery> = deliveries.by_ref().take(batch).collect();
-                        match permits.pop() {
-                            Some(permit) => self.clone().spawn_push(chunk, permit),
-                            // Cannot happen (max ≤ permits × batch); give it back rather than hold it.
-                            None => {
-                                self.give_back(chunk_receipts(&chunk), Some("no request slot"))
-                                    .await
-                            }
-                        }
+                    // Taken as the app went down: give them back at once
+                    // (a request task would only do the same, later).
+                    let held: Vec<&Delivery> = deliveries.iter().collect();
+                    let down = !*self.reachable.borrow();
+                    if !(down && self.release_unsent(&held).await) {
+                        self.spawn_all(deliveries, permits, batch).await;
                     }
                 }
                 Err(e) => {
                     if matches!(e, Error::NotFound { .. }) {
                         group_read = None;
                     }
-                    drop(permits);
+                    drop((fetching, permits));
                     if !self.back_off(&mut pause, &mut shutdown, e).await {
                         return;
                     }
+                }
+            }
+        }
+    }
+
+    /// Hands `deliveries` to request tasks, `batch` to a request, one permit each.
+    async fn spawn_all(
+        self: &Arc<Self>,
+        deliveries: Vec<Delivery>,
+        mut permits: Vec<OwnedSemaphorePermit>,
+        batch: usize,
+    ) {
+        let mut deliveries = deliveries.into_iter().peekable();
+        while deliveries.peek().is_some() {
+            let chunk: Vec<Delivery> = deliveries.by_ref().take(batch).collect();
+            match permits.pop() {
+                Some(permit) => self.clone().spawn_push(chunk, permit),
+                // Cannot happen (max ≤ permits × batch); give it back rather than hold it.
+                None => {
+                    self.give_back(chunk_receipts(&chunk), Some("no request slot"))
+                        .await
                 }
             }
         }
@@ -373,6 +406,9 @@ impl Runner {
                     // subscription shows `app_unreachable`.
                     sent.store(false, Ordering::SeqCst);
                     self.reachable.send_replace(false);
+                    // The fetch loop has stopped (and given back anything
+                    // its last fetch took) once this is ours.
+                    let _fetch_stopped = self.fetching.lock().await;
                     let released = self.release_unsent(&live).await;
                     self.status.error(format!("app unreachable: {e}"));
                     self.status.set_flag(&self.status.unreachable, true);
