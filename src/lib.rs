@@ -43,6 +43,7 @@ pub mod error;
 pub mod http;
 pub mod keys;
 pub mod names;
+pub mod pubsub;
 pub mod push;
 pub mod retry;
 pub mod scripts;

@@ -38,17 +38,14 @@ use futures_util::StreamExt;
 use redis::Value;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::pubsub::{Silence, within};
+
 /// Default of the longest a waiting fetch goes without re-checking Redis.
 pub const SAFETY_RECHECK: Duration = Duration::from_secs(1);
 /// How long a new waiter waits for its SUBSCRIBE to be confirmed.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause between reconnection attempts of the pub/sub connection.
 const RECONNECT_DELAY: Duration = Duration::from_millis(500);
-/// Longest a connection attempt may take (a dead host never answers).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Silence after which the connection is checked with a PING: a node that
-/// vanished without closing the socket would otherwise hold it forever.
-const IDLE_PING: Duration = Duration::from_secs(5);
 /// How long a channel stays subscribed with no waiter (give or take one
 /// more of it: channels are swept that often).
 const UNSUBSCRIBE_AFTER: Duration = Duration::from_secs(2);
@@ -242,15 +239,7 @@ async fn run(
         let client = &clients[next % clients.len()];
         // Whatever happens below ends in a reconnect: to the next node.
         next += 1;
-        let connection =
-            match tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub()).await {
-                Ok(connection) => connection,
-                Err(elapsed) => Err(redis::RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    elapsed,
-                ))),
-            };
-        let (mut sink, mut stream) = match connection {
+        let (mut sink, mut stream) = match within(client.get_async_pubsub()).await {
             Ok(pubsub) => pubsub.split(),
             Err(e) => {
                 tracing::debug!(error = %e, "pub/sub connect failed; retrying");
@@ -271,14 +260,13 @@ async fn run(
             }
         };
         let current: Vec<String> = live.channels().keys().cloned().collect();
-        if !current.is_empty() && sink.subscribe(&current).await.is_err() {
+        if !current.is_empty() && within(sink.subscribe(&current)).await.is_err() {
             continue;
         }
         // Anything published while we were away: let every waiter re-check.
         live.wake_all();
         drop(live);
-        let silence = tokio::time::sleep(IDLE_PING);
-        tokio::pin!(silence);
+        let mut silence = Silence::new();
         let mut sweep = tokio::time::interval(UNSUBSCRIBE_AFTER);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         'connected: loop {
@@ -287,25 +275,24 @@ async fn run(
                     let Some(msg) = msg else { break }; // connection lost
                     let Some(live) = inner.upgrade() else { return };
                     live.wake_channel(msg.get_channel_name());
-                    silence.as_mut().reset(tokio::time::Instant::now() + IDLE_PING);
+                    silence.heard();
                 }
-                () = &mut silence => {
-                    let pong = tokio::time::timeout(CONNECT_TIMEOUT, sink.ping::<Value>()).await;
-                    if !matches!(pong, Ok(Ok(_))) { break; }
-                    silence.as_mut().reset(tokio::time::Instant::now() + IDLE_PING);
+                () = silence.ended() => {
+                    if within(sink.ping::<Value>()).await.is_err() { break; }
+                    silence.heard();
                 }
                 _ = sweep.tick() => {
                     let Some(live) = inner.upgrade() else { return };
                     for channel in live.take_idle(Instant::now()) {
-                        if sink.unsubscribe(&channel).await.is_err() { break 'connected; }
+                        if within(sink.unsubscribe(&channel)).await.is_err() { break 'connected; }
                     }
                 }
                 cmd = commands.recv() => match cmd {
                     Some(Command::Subscribe(channel, done)) => {
-                        let ok = sink.subscribe(&channel).await.is_ok();
+                        let ok = within(sink.subscribe(&channel)).await.is_ok();
                         let _ = done.send(());
                         if !ok { break; }
-                        silence.as_mut().reset(tokio::time::Instant::now() + IDLE_PING);
+                        silence.heard();
                     }
                     None => return,
                 },

@@ -1,7 +1,7 @@
 //! Adversarial probes of the realtime half (channels and their sessions)
 //! under faults and races that `tests/adversarial_channels.rs` and
-//! `tests/adversarial_edge.rs` do not cover: the live fan-out connection
-//! to Redis going dead without a word, resumes racing publishes across
+//! `tests/adversarial_edge.rs` do not cover: the pub/sub connections to
+//! Redis (live fan-out, long-poll wake-ups) going dead without a word, resumes racing publishes across
 //! sidecars, an edge client that vanishes without closing. Black-box, through the public HTTP API, against a real
 //! redis-server (through a misbehaving proxy where the fault needs one).
 
@@ -59,12 +59,17 @@ async fn until_live(sse: &mut Sse, base: &str, tenant: &str, channel: &str) -> u
 }
 
 /// A proxy rule that does `act` to the first chunk carrying `command`
-/// (`SUBSCRIBE`, `SSUBSCRIBE`) of a live channel, and forwards everything
-/// else, later connections' subscriptions included.
-fn once_on_live(command: &'static str, act: Act) -> impl FnMut(&[u8]) -> Act + Send + 'static {
+/// (`SUBSCRIBE`, `SSUBSCRIBE`) of a channel whose name carries `kind`
+/// (`:live` for channels' fan-out, `:wake` for long-poll wake-ups), and
+/// forwards everything else, later connections' subscriptions included.
+fn once_on(
+    command: &'static str,
+    kind: &'static str,
+    act: Act,
+) -> impl FnMut(&[u8]) -> Act + Send + 'static {
     let mut done = false;
     move |chunk| {
-        if !done && carries(chunk, command) && carries(chunk, ":live") {
+        if !done && carries(chunk, command) && carries(chunk, kind) {
             done = true;
             return act;
         }
@@ -82,7 +87,7 @@ fn once_on_live(command: &'static str, act: Act) -> impl FnMut(&[u8]) -> Act + S
 async fn a_pubsub_connection_gone_silent_while_idle_is_noticed() {
     let redis = RedisServer::start();
     let proxy = RedisProxy::start(redis.port()).await;
-    proxy.set_rule(once_on_live("SUBSCRIBE", Act::Mark));
+    proxy.set_rule(once_on("SUBSCRIBE", ":live", Act::Mark));
     let sidecar = StreamcarProcess::start(&proxy.url(), &[]).await;
     let tenant = "idle";
     let mut a = Sse::open(&events_url(&sidecar.base, tenant, "a"), None).await;
@@ -117,7 +122,7 @@ async fn a_pubsub_connection_gone_silent_under_a_subscribe_is_noticed() {
 
     // The pub/sub connection goes silent both ways at its next command
     // (subscribing `b`), once; a new connection is left alone.
-    proxy.set_rule(once_on_live("SUBSCRIBE", Act::Blackhole));
+    proxy.set_rule(once_on("SUBSCRIBE", ":live", Act::Blackhole));
     let mut b = Sse::open(&events_url(&sidecar.base, tenant, "b"), None).await;
     for _ in 0..200 {
         if proxy.acted() > 0 {
@@ -135,6 +140,69 @@ async fn a_pubsub_connection_gone_silent_under_a_subscribe_is_noticed() {
         assert_eq!(event.event, "message", "{channel}: {:?}", event.data);
         assert_eq!(event.data["offset"], offset, "{channel}: no gap");
     }
+}
+
+/// The long-poll wake-ups have a pub/sub connection of their own (one per
+/// sidecar), and it can die the same way, under the SUBSCRIBE of a topic's
+/// wake-up channel. That SUBSCRIBE must not wait for ever either: it held
+/// up the connection's task, so no wake-up of any topic reached this
+/// sidecar's fetches again and each new message waited for the safety
+/// re-check (`--wake-recheck`, here 120 s) or the long-poll's last check at
+/// its deadline.
+#[tokio::test]
+async fn a_wakeup_connection_gone_silent_under_a_subscribe_is_noticed() {
+    let redis = RedisServer::start();
+    let proxy = RedisProxy::start(redis.port()).await;
+    proxy.set_rule(once_on("SUBSCRIBE", ":wake", Act::Blackhole));
+    let sidecar = StreamcarProcess::start(&proxy.url(), &["--wake-recheck", "120s"]).await;
+    let client = reqwest::Client::new();
+    let topic = format!("{}/v1/tenants/wakeup/topics/jobs", sidecar.base);
+    let declared = client
+        .put(format!("{topic}/groups/g"))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("declare");
+    assert!(declared.status().is_success(), "{}", declared.status());
+
+    let waiting = tokio::spawn(
+        client
+            .post(format!("{topic}/groups/g/fetch"))
+            .json(&json!({"consumer": "c", "max": 1, "wait_ms": 30000}))
+            .timeout(Duration::from_secs(60))
+            .send(),
+    );
+    for _ in 0..200 {
+        if proxy.acted() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(proxy.acted(), 1, "the wake-up connection was not cut");
+    // The fetch gives up on its SUBSCRIBE's confirmation after a second,
+    // checks once (nothing yet) and waits: publish after that.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let published = client
+        .post(format!("{topic}/messages"))
+        .json(&json!({"payload": "ready"}))
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(published.status(), StatusCode::CREATED);
+
+    // Well before the long-poll's own end (30 s), where it would check
+    // again anyway: only a wake-up answers it by then.
+    let fetched = tokio::time::timeout(Duration::from_secs(15), waiting)
+        .await
+        .expect("no wake-up reached the waiting fetch")
+        .expect("task")
+        .expect("fetch answered");
+    assert_eq!(fetched.status(), StatusCode::OK);
+    let body: Value = fetched.json().await.expect("fetch body");
+    assert_eq!(
+        body["messages"][0]["payload"], "ready",
+        "the long-poll ended without the message: {body}"
+    );
 }
 
 fn hs(claims: &Value) -> String {
@@ -254,7 +322,7 @@ async fn a_sharded_pubsub_connection_gone_silent_while_idle_is_noticed() {
 
     // The sidecar's connection that SSUBSCRIBEs on the proxied node is
     // marked (once: a new connection is left alone).
-    proxy.set_rule(once_on_live("SSUBSCRIBE", Act::Mark));
+    proxy.set_rule(once_on("SSUBSCRIBE", ":live", Act::Mark));
     let seeds: Vec<String> = std::iter::once(proxy.url())
         .chain(cluster.nodes[1..].iter().map(RedisServer::url))
         .collect();

@@ -28,6 +28,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::outbox::{Event, Live, Outbox, Pushed};
+use crate::pubsub::{IDLE_PING, Silence, within};
 use crate::telemetry;
 
 /// How long a channel stays subscribed in Redis after its last local
@@ -35,14 +36,6 @@ use crate::telemetry;
 pub const LINGER: Duration = Duration::from_secs(2);
 /// Pause between reconnection attempts.
 const RECONNECT_DELAY: Duration = Duration::from_millis(250);
-/// Longest a connection attempt or one pub/sub command (SUBSCRIBE,
-/// UNSUBSCRIBE, PING) may take before the connection is taken for dead.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
-/// Silence after which the pub/sub connection is checked with a PING: a
-/// Redis that vanished without closing the socket (a dead host, a NAT that
-/// forgot the flow) would otherwise leave every subscriber waiting for
-/// ever while publishes, through other connections, go on succeeding.
-const IDLE_PING: Duration = Duration::from_secs(5);
 /// Channels per SUBSCRIBE command when re-subscribing after a reconnect.
 const SUBSCRIBE_CHUNK: usize = 500;
 
@@ -298,13 +291,12 @@ async fn run(
         // Whatever was published while we were not subscribed.
         live.resync_all();
         drop(live);
-        let silence = tokio::time::sleep(IDLE_PING);
-        tokio::pin!(silence);
+        let mut silence = Silence::new();
         loop {
             tokio::select! {
                 msg = stream.next() => {
                     let Some(msg) = msg else { break }; // connection lost
-                    silence.as_mut().reset(tokio::time::Instant::now() + IDLE_PING);
+                    silence.heard();
                     let Some(live) = inner.upgrade() else { return };
                     let bytes = msg.get_payload_bytes();
                     match serde_json::from_slice(bytes) {
@@ -320,13 +312,13 @@ async fn run(
                         }
                     }
                 }
-                () = &mut silence => {
+                () = silence.ended() => {
                     // No answer: the connection is dead, reconnect (and
                     // every subscriber then checks history).
                     if within(sink.ping::<redis::Value>()).await.is_err() {
                         break;
                     }
-                    silence.as_mut().reset(tokio::time::Instant::now() + IDLE_PING);
+                    silence.heard();
                 }
                 cmd = commands.recv() => {
                     let Some(live) = inner.upgrade() else { return };
@@ -360,18 +352,6 @@ async fn run(
     }
 }
 
-/// `call`, or an error once it took longer than [`COMMAND_TIMEOUT`] (the
-/// connection is then taken for dead).
-async fn within<T>(call: impl Future<Output = redis::RedisResult<T>>) -> redis::RedisResult<T> {
-    match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
-        Ok(result) => result,
-        Err(elapsed) => Err(redis::RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            elapsed,
-        ))),
-    }
-}
-
 /// The sharded pub/sub task (Redis Cluster). redis-rs keeps the
 /// subscriptions on the right nodes and re-subscribes after disconnections
 /// and slot moves; every `ssubscribe` confirmation it pushes (the first one
@@ -383,7 +363,7 @@ async fn within<T>(call: impl Future<Output = redis::RedisResult<T>>) -> redis::
 /// forgot the flow) would keep its shard's subscriptions dead for ever.
 /// So while anything is subscribed, every primary is PINGed each
 /// [`IDLE_PING`], and a PING or subscription command left unanswered
-/// within [`COMMAND_TIMEOUT`] (or failing) has the whole cluster connection
+/// within [`crate::pubsub::COMMAND_TIMEOUT`] (or failing) has the whole cluster connection
 /// replaced: every channel is then subscribed again on new connections.
 async fn run_sharded(
     client: redis::cluster::ClusterClient,
