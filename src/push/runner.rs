@@ -361,13 +361,13 @@ impl Runner {
             // Fetched while the app went down (a fetch already waiting
             // then): give them back rather than hold them for the outage.
             let down = !*reachable.borrow();
-            if down && self.release_unsent(&self.live(deliveries, lost)).await {
+            if down && self.release_unsent(&live(deliveries, lost)).await {
                 return;
             }
             if reachable.wait_for(|r| *r).await.is_err() {
                 return;
             }
-            let live = self.live(deliveries, lost);
+            let live = live(deliveries, lost);
             if live.is_empty() {
                 return;
             }
@@ -533,19 +533,6 @@ impl Runner {
         Ok(outcome.acked.len())
     }
 
-    /// The deliveries of `deliveries` whose lease is not known lost.
-    fn live<'d>(
-        &self,
-        deliveries: &'d [Delivery],
-        lost: &Mutex<HashSet<String>>,
-    ) -> Vec<&'d Delivery> {
-        let lost = lost.lock().unwrap_or_else(|p| p.into_inner());
-        deliveries
-            .iter()
-            .filter(|d| !lost.contains(&d.receipt))
-            .collect()
-    }
-
     /// Gives back deliveries the app never got (it refuses connections):
     /// due at once, with no attempt counted; true when Redis took them
     /// (false: the caller keeps their leases alive and sends them once the
@@ -659,6 +646,15 @@ fn first_half_lease(deliveries: &[Delivery]) -> u64 {
         .map(|d| d.lease_expires_at.saturating_sub(now) / 2)
         .min()
         .unwrap_or(u64::MAX)
+}
+
+/// The deliveries of `deliveries` whose lease is not known lost.
+fn live<'d>(deliveries: &'d [Delivery], lost: &Mutex<HashSet<String>>) -> Vec<&'d Delivery> {
+    let lost = lost.lock().unwrap_or_else(|p| p.into_inner());
+    deliveries
+        .iter()
+        .filter(|d| !lost.contains(&d.receipt))
+        .collect()
 }
 
 fn chunk_receipts(deliveries: &[Delivery]) -> Vec<String> {
