@@ -314,17 +314,24 @@ async fn pool_calls_racing_delete_and_redeclare_never_answer_5xx() {
 #[tokio::test]
 async fn finishing_at_the_moment_of_expiry_has_one_outcome() {
     let app = TestApp::start().await;
-    app.put("/pools/e", &json!({"capacity": 1, "lease_ms": 100}))
-        .await;
     let mut outcomes = [0u32; 4];
     for i in 0..40u64 {
+        app.put("/pools/e", &json!({"capacity": 1, "lease_ms": 100}))
+            .await;
         let r = app
             .post("/pools/e/acquire", &json!({"holder": "a", "wait_ms": 1000}))
             .await;
+        let acquired = tokio::time::Instant::now();
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-        tokio::time::sleep(Duration::from_millis(90 + i % 15)).await;
-        let id = json!({"reservation_id": r.body["reservation_id"]});
         let action = if i % 2 == 0 { "release" } else { "renew" };
+        if action == "renew" {
+            // The acquired lease keeps its 100 ms; a renew that wins gets
+            // a long one, so the holder is still there when looked up.
+            app.put("/pools/e", &json!({"capacity": 1, "lease_ms": 60000}))
+                .await;
+        }
+        tokio::time::sleep_until(acquired + Duration::from_millis(90 + i % 15)).await;
+        let id = json!({"reservation_id": r.body["reservation_id"]});
         let done = app.post(&format!("/pools/e/{action}"), &id).await;
         let info = app.get("/pools/e").await.body;
         match done.status.as_u16() {

@@ -567,7 +567,7 @@ async fn retention_never_loses_leased_parked_delayed_or_retried_messages() {
     for i in 0..12 {
         let mut body = json!({"payload": i, "key": if i % 3 == 0 { "hot" } else { "other" }});
         if i == 11 {
-            body["delay_ms"] = json!(400);
+            body["delay_ms"] = json!(2000);
         }
         app.publish("rt", &body).await;
     }

@@ -72,13 +72,17 @@ async fn the_api_works_on_a_redis_cluster() {
             .expect("client"),
         base: format!("{}/v1/tenants/acme", sc.base),
     };
-    let ready = api
-        .client
-        .get(format!("{}/readyz", sc.base))
-        .send()
-        .await
-        .expect("readyz");
-    assert_eq!(ready.status(), 200, "ready on a cluster");
+    // Ready once it has reached the cluster (up to 10 s on a loaded machine).
+    let mut ready = 0;
+    for _ in 0..100 {
+        let answer = api.client.get(format!("{}/readyz", sc.base)).send().await;
+        ready = answer.expect("readyz").status().as_u16();
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, 200, "ready on a cluster");
 
     let topics: Vec<String> = (0..8).map(|i| format!("topic-{i}")).collect();
     for topic in &topics {

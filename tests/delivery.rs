@@ -264,7 +264,7 @@ async fn two_hundred_waiting_long_polls_leave_publish_and_ack_working() {
         waiters.push(tokio::spawn(async move {
             let resp = client
                 .post(url)
-                .json(&json!({"consumer": format!("w{i}"), "max": 1, "wait_ms": 4000}))
+                .json(&json!({"consumer": format!("w{i}"), "max": 1, "wait_ms": 10000}))
                 .send()
                 .await
                 .expect("fetch");

@@ -31,17 +31,31 @@ fn wait_for_replicas(primary: &RedisServer, n: usize) {
 /// `--enable-debug-command`) from a thread of its own; join it to wait for
 /// the end.
 fn debug_sleep(url: String, seconds: f64) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut conn = redis::Client::open(url)
-            .expect("redis url")
-            .get_connection()
-            .expect("connect to redis");
+    let client = redis::Client::open(url).expect("redis url");
+    let sleeper = client.clone();
+    let hang = std::thread::spawn(move || {
+        let mut conn = sleeper.get_connection().expect("connect to redis");
         let _: () = redis::cmd("DEBUG")
             .arg("SLEEP")
             .arg(seconds)
             .query(&mut conn)
             .expect("DEBUG SLEEP");
-    })
+    });
+    // Back only once Redis is asleep: a fresh connection's handshake or
+    // PING goes unanswered (the kernel still accepts the connection).
+    for _ in 0..100 {
+        let answered = client
+            .get_connection_with_timeout(Duration::from_millis(200))
+            .and_then(|mut conn| {
+                conn.set_read_timeout(Some(Duration::from_millis(200)))?;
+                redis::cmd("PING").query::<String>(&mut conn)
+            });
+        if answered.is_err() {
+            return hang;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("Redis never went to sleep");
 }
 
 #[tokio::test]
@@ -174,7 +188,6 @@ async fn a_connection_lost_between_a_write_and_its_wait_does_not_confirm_the_wri
     // The replica stalls, so it cannot confirm anything new for a while:
     // only a `WAIT` on a connection that wrote nothing answers at once.
     let stall = debug_sleep(replica.url(), 1.5);
-    std::thread::sleep(Duration::from_millis(100));
     let mut armed = true;
     proxy.set_rule(move |chunk| {
         if armed && proxy::carries(chunk, "cut-me") {
@@ -242,7 +255,6 @@ async fn reads_keep_the_usual_response_timeout_under_a_long_durability_timeout()
     // Redis hangs for 9 s: well past the usual 5-s response timeout, well
     // short of the writes' 61 s.
     let hang = debug_sleep(app.redis.url(), 9.0);
-    std::thread::sleep(Duration::from_millis(200));
     app.get("/topics")
         .await
         .assert_problem(503, "redis_unavailable");

@@ -103,7 +103,7 @@ async fn a_part_error_fails_the_join_and_a_timeout_lists_what_is_missing() {
     let done = part(&app, "f", "b", json!({"result": 2})).await;
     assert_eq!(done.body["state"], "failed");
 
-    declare(&app, "t", json!({"parts": ["a", "b", "c"], "ttl_ms": 300})).await;
+    declare(&app, "t", json!({"parts": ["a", "b", "c"], "ttl_ms": 1500})).await;
     part(&app, "t", "b", json!({"result": "only b"})).await;
     let mut info = Value::Null;
     for _ in 0..50 {
@@ -381,11 +381,12 @@ async fn timeouts_finish_each_join_once_with_three_sidecars_sweeping() {
 #[tokio::test]
 async fn a_part_after_the_deadline_finishes_the_join_without_counting() {
     let app = TestApp::start_with(|c| c.retention_interval = Duration::from_secs(3600)).await;
-    declare(&app, "late", json!({"parts": ["a", "b"], "ttl_ms": 200})).await;
-    let body = json!({"parts": ["x"], "ttl_ms": 200, "on_timeout": "dead_letter"});
+    // Long enough for the three calls below on a loaded machine.
+    declare(&app, "late", json!({"parts": ["a", "b"], "ttl_ms": 1000})).await;
+    let body = json!({"parts": ["x"], "ttl_ms": 1000, "on_timeout": "dead_letter"});
     declare(&app, "late-dl", body).await;
     part(&app, "late", "a", json!({"result": 1})).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
 
     part(&app, "late", "b", json!({"result": 2}))
         .await

@@ -51,7 +51,7 @@ async fn settle(app: &TestApp, topic: &str, verb: &str, message: &Value, extra: 
 #[tokio::test]
 async fn a_key_is_delivered_in_order_across_nack_lease_expiry_and_reject() {
     let app = TestApp::start().await;
-    ordered(&app, "o", json!({"lease_ms": 200, "max_deliveries": 5})).await;
+    ordered(&app, "o", json!({"lease_ms": 1000, "max_deliveries": 5})).await;
     publish_keyed(&app, "o", "u1", &[json!(1), json!(2), json!(3)]).await;
 
     let first = app.fetch("o", "g", "w1", 10, 0).await;
@@ -66,7 +66,7 @@ async fn a_key_is_delivered_in_order_across_nack_lease_expiry_and_reject() {
     assert_eq!(again[0]["attempt"], 2);
 
     // The lease lapses: another consumer gets the same head, not message 2.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let taken = app.fetch("o", "g", "w2", 10, 0).await;
     assert_eq!(payloads(&taken), [json!(1)]);
     assert_eq!(taken[0]["attempt"], 3);

@@ -428,16 +428,16 @@ async fn a_202_leaves_the_delivery_to_the_app_which_acks_it_through_the_api() {
 
 #[tokio::test]
 async fn a_handler_slower_than_the_lease_keeps_its_delivery() {
-    let server = PushApp::start_slow(Duration::from_millis(2500)).await;
+    let server = PushApp::start_slow(Duration::from_millis(5000)).await;
     let app = sidecar(vec![subscription(
         "slow",
         &server.url(),
-        json!({"group_config": {"lease_ms": 500}}),
+        json!({"group_config": {"lease_ms": 2000}}),
     )])
     .await;
     publish(&app, json!({"payload": "slow"})).await;
     server.wait_for(1).await;
-    // While the handler runs (five leases long), another consumer finds
+    // While the handler runs (two and a half leases), another consumer finds
     // nothing: the sidecar keeps renewing the lease.
     let deadline = Instant::now() + WAIT;
     while server.answered() == 0 {

@@ -91,13 +91,17 @@ async fn capacity_two_under_twenty_acquirers() {
 #[tokio::test]
 async fn full_pool_answers_429_and_expiry_frees_the_slot() {
     let app = TestApp::start().await;
-    app.put("/pools/p", &json!({"capacity": 1, "lease_ms": 300}))
+    app.put("/pools/p", &json!({"capacity": 1, "lease_ms": 1000}))
         .await;
     let first = acquire(&app, "p", json!({"holder": "a"})).await;
     assert_eq!(first.status, StatusCode::CREATED);
     let full = acquire(&app, "p", json!({"holder": "b"})).await;
     full.assert_problem(429, "pool_full");
     assert!(full.headers.contains_key("retry-after"));
+    // The next holder gets a long lease (the first keeps its 1 s), so it
+    // is still there when looked up below.
+    app.put("/pools/p", &json!({"capacity": 1, "lease_ms": 60000}))
+        .await;
 
     // The holder dies; its lease runs out and the slot frees itself.
     let second = acquire(&app, "p", json!({"holder": "b", "wait_ms": 5000})).await;
@@ -127,12 +131,13 @@ async fn full_pool_answers_429_and_expiry_frees_the_slot() {
 #[tokio::test]
 async fn renew_keeps_the_slot() {
     let app = TestApp::start().await;
-    app.put("/pools/r", &json!({"capacity": 1, "lease_ms": 400}))
+    app.put("/pools/r", &json!({"capacity": 1, "lease_ms": 2000}))
         .await;
     let held = acquire(&app, "r", json!({"holder": "a"})).await;
     let id = held.body["reservation_id"].clone();
-    for _ in 0..6 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+    // Renewed every 300 ms for 3 s, past the 2-s lease.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let renewed = app
             .post("/pools/r/renew", &json!({"reservation_id": id}))
             .await;

@@ -84,6 +84,10 @@ impl RedisServer {
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
             .args(["--loglevel", "warning", "--maxmemory-policy", "noeviction"])
+            // A replica's full sync starts at once (the default waits 5 s
+            // for more replicas to share it), so replica tests do not sit
+            // through that delay, nor budget for it.
+            .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
             .arg(self.dir.path())
             .args(&self.extra_args)
