@@ -11,13 +11,15 @@
 -- ARGV[3]  number of messages N, then per message:
 --          dedup KEYS index (0 = no idempotency key), id, ttl_ms (0 = none),
 --          delay_ms (0 = none), F = number of envelope fields, then F name/value pairs
--- Returns  { status, max_backlog, then id, stream_id, seq, outcome per message }
---          in one flat array (each nested array is one more value for the
---          client to parse). status: 1 if this call declared the topic, else 0; -2 when the
---          backlog refused every message that was not a duplicate (nothing
---          written). outcome: 0 written, 1 duplicate (the first message's id,
---          stream_id and seq), 2 refused because the backlog is full
---          (stream_id '' and seq 0).
+-- Returns  { status, max_backlog, first_seq, then one value per message }:
+--          its stream id (a string) when written, { id, stream_id, seq } of
+--          the first message when a duplicate, the integer 2 when refused
+--          because the backlog is full. Written messages take the seqs
+--          first_seq, first_seq + 1, ... in order (first_seq is 0 when none
+--          was written), and their ids are the ones sent: one value per
+--          message keeps the reply the client parses small. status: 1 if
+--          this call declared the topic, else 0; -2 when the backlog refused
+--          every message that was not a duplicate (nothing written).
 --
 -- Invariants protected:
 --  * seq is strictly increasing with no gaps among non-duplicate publishes
@@ -86,12 +88,9 @@ if max_backlog > 0 then
   end
 end
 
--- The reply: status (set last), max_backlog, then four values per message.
-local results = { 0, max_backlog }
-local function add_row(id, stream_id, seq, outcome)
-  local r = #results
-  results[r + 1], results[r + 2], results[r + 3], results[r + 4] = id, stream_id, seq, outcome
-end
+-- The reply: status (set last), max_backlog, first_seq (set at the first
+-- write), then one value per message.
+local results = { 0, max_backlog, 0 }
 local n = tonumber(ARGV[3])
 local a = 4
 local written = 0
@@ -111,9 +110,9 @@ for _ = 1, n do
   end
 
   if previous then
-    add_row(previous[1], previous[2], tonumber(previous[3]), 1)
+    results[#results + 1] = { previous[1], previous[2], previous[3] }
   elseif room and room <= 0 then
-    add_row(id, '', 0, 2)
+    results[#results + 1] = 2
     refused = refused + 1
   else
     if room then
@@ -138,7 +137,10 @@ for _ = 1, n do
       redis.call('SET', KEYS[dedup_index],
         incarnation .. '\n' .. id .. '\n' .. stream_id .. '\n' .. seq, 'PX', window)
     end
-    add_row(id, stream_id, seq, 0)
+    if written == 0 then
+      results[3] = seq
+    end
+    results[#results + 1] = stream_id
     written = written + 1
   end
 end

@@ -44,23 +44,49 @@ pub const MAX_HEADER_VALUE_LEN: usize = 4096;
 pub const MAX_DURATION_MS: u64 = 365 * 24 * 60 * 60 * 1000;
 /// Reply of `lua/publish.lua`, one flat array: the created flag (1) or not
 /// (0, or -2 when the backlog refused everything), the topic's max_backlog,
-/// then `id, stream_id, seq, outcome` per message.
+/// the seq of the first message written, then one value per message (see
+/// [`Outcome`]).
 struct PublishReply {
     created: i64,
     max_backlog: u64,
-    rows: Vec<(String, String, u64, i64)>,
+    first_seq: u64,
+    outcomes: Vec<Outcome>,
+}
+
+/// What `lua/publish.lua` did with one message.
+enum Outcome {
+    /// Written under this stream id (its seq follows from the reply's
+    /// `first_seq`, its id is the one sent).
+    Written(String),
+    /// A duplicate of the message written first: its id, stream id, seq.
+    Duplicate(String, String, u64),
+    /// Refused: the backlog is full.
+    Refused,
 }
 
 impl FromRedisValue for PublishReply {
     fn from_redis_value(v: Value) -> std::result::Result<Self, ParsingError> {
         let mut items = Vec::<Value>::from_redis_value(v)?.into_iter();
-        let (Some(created), Some(max_backlog)) = (items.next(), items.next()) else {
+        let (Some(created), Some(max_backlog), Some(first_seq)) =
+            (items.next(), items.next(), items.next())
+        else {
             return Err("publish.lua answered without its header".into());
         };
+        let outcomes = items
+            .map(|item| match item {
+                Value::Int(REFUSED_BACKLOG) => Ok(Outcome::Refused),
+                Value::Array(_) => {
+                    let (id, stream_id, seq) = FromRedisValue::from_redis_value(item)?;
+                    Ok(Outcome::Duplicate(id, stream_id, seq))
+                }
+                written => String::from_redis_value(written).map(Outcome::Written),
+            })
+            .collect::<std::result::Result<_, ParsingError>>()?;
         Ok(Self {
             created: i64::from_redis_value(created)?,
             max_backlog: u64::from_redis_value(max_backlog)?,
-            rows: FromRedisValue::from_redis_values(items.collect())?,
+            first_seq: u64::from_redis_value(first_seq)?,
+            outcomes,
         })
     }
 }
@@ -412,11 +438,28 @@ impl Broker {
         let listing = Listing::before_create(&mut conn, tenant, topic).await?;
         let reply: PublishReply = call.invoke_async(&mut conn).await?;
         listing.settle(reply.created == 1).await?;
-        let max_backlog = reply.max_backlog;
+        if reply.outcomes.len() != batch.len() {
+            return Err(Error::Internal(format!(
+                "publish.lua answered {} outcomes for {} messages",
+                reply.outcomes.len(),
+                batch.len()
+            )));
+        }
+        let (max_backlog, mut next_seq) = (reply.max_backlog, reply.first_seq);
         Ok(reply
-            .rows
+            .outcomes
             .into_iter()
-            .map(|(id, stream_id, seq, outcome)| (id, stream_id, seq, outcome, max_backlog))
+            .zip(batch)
+            .map(|(outcome, sent)| match outcome {
+                Outcome::Written(stream_id) => {
+                    next_seq += 1;
+                    (sent.id, stream_id, next_seq - 1, WRITTEN, max_backlog)
+                }
+                Outcome::Duplicate(id, stream_id, seq) => {
+                    (id, stream_id, seq, DUPLICATE, max_backlog)
+                }
+                Outcome::Refused => (sent.id, String::new(), 0, REFUSED_BACKLOG, max_backlog),
+            })
             .collect())
     }
 
