@@ -1,0 +1,556 @@
+//! Ambiguous outcomes: Redis ran a write but the sidecar never got the
+//! reply (the connection closed after the command reached Redis, or the
+//! reply came after the sidecar's 5-s response timeout). The sidecar must
+//! answer 503 `redis_unavailable` with `Retry-After`, and the client's
+//! retry (what the README tells it to do) must converge to what the README
+//! promises for that verb: no other 5xx, no effect lost or doubled beyond
+//! what is documented. Black-box through HTTP, against a real redis-server
+//! behind a [`RedisProxy`] that swallows or delays the one reply.
+
+mod support;
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::proxy::{Act, RedisProxy, carries};
+use support::{Reply, TestApp};
+
+/// The SHA1 of script `lua/<name>.lua` as the sidecar sends it (EVALSHA).
+fn sha(
+    pick: impl FnOnce(&streamcar::scripts::Scripts) -> &streamcar::scripts::NamedScript,
+) -> String {
+    let scripts = streamcar::scripts::Scripts::new();
+    pick(&scripts).get_hash().to_owned()
+}
+
+/// From now on, the first call of the script `sha` whose bytes carry
+/// `needle` runs in Redis but its reply is lost with the connection.
+fn lose_reply_of(proxy: &RedisProxy, sha: String, needle: &str) {
+    arm(proxy, sha, needle, Act::SwallowReply);
+}
+
+/// Arms `act` for the first call of script `sha` that carries `needle`.
+fn arm(proxy: &RedisProxy, sha: String, needle: &str, act: Act) {
+    let needle = needle.to_owned();
+    let mut armed = true;
+    proxy.set_rule(move |chunk| {
+        if armed && carries(chunk, &sha) && carries(chunk, &needle) {
+            armed = false;
+            return act;
+        }
+        Act::Forward
+    });
+}
+
+/// The sidecar's answer to a call whose reply was lost: 503
+/// `redis_unavailable` with `Retry-After`, nothing else.
+fn assert_ambiguous(reply: &Reply, proxy: &RedisProxy, what: &str) {
+    assert_eq!(proxy.acted(), 1, "{what}: the proxy never lost the reply");
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{what}: a lost reply answered {} {}",
+        reply.status,
+        reply.body
+    );
+    assert_eq!(
+        reply.body["code"], "redis_unavailable",
+        "{what}: {}",
+        reply.body
+    );
+    assert!(
+        reply.headers.contains_key("retry-after"),
+        "{what}: a 503 without Retry-After"
+    );
+}
+
+/// Sends `body` to `path` until the answer is not a 503 (the connection
+/// comes back within a moment), at most 50 times; the first other answer.
+async fn retry(app: &TestApp, path: &str, body: &Value) -> Reply {
+    for _ in 0..50 {
+        let reply = app.post(path, body).await;
+        if reply.status != StatusCode::SERVICE_UNAVAILABLE {
+            return reply;
+        }
+        assert!(reply.headers.contains_key("retry-after"), "{}", reply.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{path} still answers 503 after 50 retries");
+}
+
+/// The seqs of a topic's history, in stream order.
+async fn seqs(app: &TestApp, topic: &str) -> Vec<u64> {
+    app.history(topic)
+        .await
+        .iter()
+        .map(|m| m["seq"].as_u64().expect("seq"))
+        .collect()
+}
+
+/// The `<attempt>:<delivery>` half of a receipt: what the scripts that
+/// take receipts carry on the wire.
+fn wire(receipt: &str) -> String {
+    let mut parts = receipt.rsplitn(3, ':').collect::<Vec<_>>();
+    parts.reverse();
+    format!("{}:{}", parts[1], parts[2])
+}
+
+/// A group `g` on `topic` with one message published and fetched by `w1`;
+/// its delivery.
+async fn one_delivery(app: &TestApp, topic: &str, config: Value) -> Value {
+    app.group(topic, "g", &config).await;
+    app.publish(topic, &json!({"payload": {"n": 1}, "id": "m1"}))
+        .await;
+    let got = app.fetch(topic, "g", "w1", 1, 0).await;
+    assert_eq!(got.len(), 1);
+    got[0].clone()
+}
+
+/// Publish with an idempotency key whose reply was lost: the retry answers
+/// `200 duplicate:true` with the first publish's id and seq, the topic holds
+/// the message once, and the next publish takes the next seq (no gap, no
+/// double).
+#[tokio::test]
+async fn a_keyed_publish_whose_reply_was_lost_is_retried_to_one_message() {
+    let (app, proxy) = TestApp::start_behind_proxy(|_| {}).await;
+    app.publish("p", &json!({"payload": 0})).await;
+    lose_reply_of(&proxy, sha(|s| &s.publish), "key-1");
+    let body = json!({"payload": {"n": 1}, "idempotency_key": "key-1"});
+    let lost = app.post("/topics/p/messages", &body).await;
+    assert_ambiguous(&lost, &proxy, "publish");
+    let again = retry(&app, "/topics/p/messages", &body).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(again.body["duplicate"], true);
+    assert_eq!(again.body["seq"], 2);
+    app.publish("p", &json!({"payload": 2})).await;
+    assert_eq!(seqs(&app, "p").await, [1, 2, 3]);
+}
+
+/// A batch with idempotency keys whose reply was lost: the retry answers
+/// every item as a duplicate with its first seq, and the topic holds each
+/// item once.
+#[tokio::test]
+async fn a_keyed_batch_whose_reply_was_lost_is_retried_to_one_copy_each() {
+    let (app, proxy) = TestApp::start_behind_proxy(|_| {}).await;
+    app.publish("b", &json!({"payload": 0})).await;
+    lose_reply_of(&proxy, sha(|s| &s.publish), "bk-0");
+    let messages: Vec<Value> = (0..5)
+        .map(|i| json!({"payload": i, "idempotency_key": format!("bk-{i}")}))
+        .collect();
+    let body = json!({ "messages": messages });
+    let lost = app.post("/topics/b/messages:batch", &body).await;
+    assert_ambiguous(&lost, &proxy, "batch");
+    let again = retry(&app, "/topics/b/messages:batch", &body).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    let results = again.body["results"].as_array().expect("results");
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["duplicate"], true, "{}", again.body);
+        assert_eq!(r["seq"], i as u64 + 2, "{}", again.body);
+    }
+    assert_eq!(seqs(&app, "b").await, [1, 2, 3, 4, 5, 6]);
+}
+
+/// Group commit: concurrent keyed publishes of one topic that went out in
+/// one combined script call whose reply was lost. Every caller gets a 503
+/// (never a 500), and each one's retry answers its own first publish: the
+/// topic holds every key once, seqs 1…n without a gap.
+#[tokio::test]
+async fn a_group_commit_whose_reply_was_lost_gives_every_caller_a_safe_retry() {
+    let (app, proxy) = TestApp::start_behind_proxy(|_| {}).await;
+    app.publish("gc", &json!({"payload": 0, "idempotency_key": "k-0"}))
+        .await;
+    // The first call's reply comes late, so the others queue behind it and
+    // go out together; that combined call's reply is lost.
+    let publish = sha(|s| &s.publish);
+    let mut calls = 0;
+    proxy.set_rule(move |chunk| {
+        if carries(chunk, &publish) {
+            calls += 1;
+            match calls {
+                1 => return Act::DelayReply(Duration::from_millis(500)),
+                2 => return Act::SwallowReply,
+                _ => {}
+            }
+        }
+        Act::Forward
+    });
+    let app = std::sync::Arc::new(app);
+    let mut tasks = Vec::new();
+    for i in 1..=20 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"payload": i, "idempotency_key": format!("k-{i}")});
+            let first = app.post("/topics/gc/messages", &body).await;
+            assert!(
+                first.status == StatusCode::CREATED
+                    || (first.status == StatusCode::SERVICE_UNAVAILABLE
+                        && first.headers.contains_key("retry-after")),
+                "publish {i}: {} {}",
+                first.status,
+                first.body
+            );
+            if i > 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let again = retry(&app, "/topics/gc/messages", &body).await;
+            assert!(again.status.is_success(), "{}", again.body);
+            (first.status, again.body["seq"].as_u64().expect("seq"))
+        }));
+    }
+    let mut lost = 0;
+    let mut seen = Vec::new();
+    for t in tasks {
+        let (status, seq) = t.await.expect("publisher");
+        lost += usize::from(status == StatusCode::SERVICE_UNAVAILABLE);
+        seen.push(seq);
+    }
+    assert!(
+        lost > 1,
+        "the lost call carried {lost} publishes: not combined"
+    );
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), 20, "two keys share a seq: {seen:?}");
+    assert_eq!(seqs(&app, "gc").await, (1..=21).collect::<Vec<u64>>());
+}
+
+/// Ack whose reply was lost: the message is acked exactly once (never
+/// delivered again, nothing pending), and the retry is answered without a
+/// 5xx.
+#[tokio::test]
+async fn an_ack_whose_reply_was_lost_stays_acked() {
+    let (app, proxy) = TestApp::start_behind_proxy(|_| {}).await;
+    let d = one_delivery(&app, "a", json!({"lease_ms": 500})).await;
+    let receipt = d["receipt"].as_str().expect("receipt");
+    lose_reply_of(&proxy, sha(|s| &s.ack), &wire(receipt));
+    let body = json!({"receipts": [receipt]});
+    let lost = app.post("/topics/a/groups/g/ack", &body).await;
+    assert_ambiguous(&lost, &proxy, "ack");
+    let again = retry(&app, "/topics/a/groups/g/ack", &body).await;
+    assert!(again.status.as_u16() < 500, "{}", again.body);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(app.fetch("a", "g", "w2", 10, 0).await.is_empty());
+    let info = app.get("/topics/a/groups/g").await.body;
+    assert_eq!(info["pending"], 0, "{info}");
+    assert_eq!(info["lag"], 0, "{info}");
+}
+
+/// Nack with a delay whose reply was lost: the message is scheduled once
+/// (delivered again after the delay with attempt 2, not 3), and the retry
+/// answers without a 5xx.
+#[tokio::test]
+async fn a_nack_whose_reply_was_lost_schedules_one_retry() {
+    let (app, proxy) = TestApp::start_behind_proxy(|_| {}).await;
+    let d = one_delivery(&app, "n", json!({"lease_ms": 30000})).await;
+    let receipt = d["receipt"].as_str().expect("receipt");
+    lose_reply_of(&proxy, sha(|s| &s.nack), &wire(receipt));
+    let body = json!({"receipts": [receipt], "delay_ms": 300, "error": "boom"});
+    let lost = app.post("/topics/n/groups/g/nack", &body).await;
+    assert_ambiguous(&lost, &proxy, "nack");
+    let again = retry(&app, "/topics/n/groups/g/nack", &body).await;
+    assert!(again.status.as_u16() < 500, "{}", again.body);
+    let got = app.fetch("n", "g", "w1", 10, 5000).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["attempt"], 2, "{}", got[0]);
+}
+
+/// Extend whose reply was lost: the retry renews the lease again (200),
+/// the receipt stays current and acks.
+#[tokio::test]
+async fn an_extend_whose_reply_was_lost_is_retried_as_a_renewal() {
+    let (app, proxy) = TestApp::start_behind_proxy(|_| {}).await;
+    let d = one_delivery(&app, "e", json!({"lease_ms": 30000})).await;
+    let receipt = d["receipt"].as_str().expect("receipt");
+    lose_reply_of(&proxy, sha(|s| &s.extend), &wire(receipt));
+    let body = json!({"receipts": [receipt]});
+    let lost = app.post("/topics/e/groups/g/extend", &body).await;
+    assert_ambiguous(&lost, &proxy, "extend");
+    let again = retry(&app, "/topics/e/groups/g/extend", &body).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(app.ack("e", "g", &[receipt]).await.status, StatusCode::OK);
+}
+
+/// Reject whose reply was lost: the message is dead-lettered once, and the
+/// retry answers without a 5xx.
+#[tokio::test]
+async fn a_reject_whose_reply_was_lost_dead_letters_once() {
+    let (app, proxy) = TestApp::start_behind_proxy(|_| {}).await;
+    let d = one_delivery(&app, "r", json!({"lease_ms": 30000})).await;
+    let receipt = d["receipt"].as_str().expect("receipt");
+    lose_reply_of(&proxy, sha(|s| &s.reject), &wire(receipt));
+    let body = json!({"receipts": [receipt], "error": "bad"});
+    let lost = app.post("/topics/r/groups/g/reject", &body).await;
+    assert_ambiguous(&lost, &proxy, "reject");
+    let again = retry(&app, "/topics/r/groups/g/reject", &body).await;
+    assert!(again.status.as_u16() < 500, "{}", again.body);
+    let dlq = app.get("/topics/r/groups/g/dlq").await.body;
+    assert_eq!(dlq["messages"].as_array().map(Vec::len), Some(1), "{dlq}");
+}
+
+/// Fetch whose reply was lost: the lease it granted holds the message
+/// until the lease ends (at-least-once: it comes back), and the next
+/// delivery counts it as a failed attempt (attempt 2).
+#[tokio::test]
+async fn a_fetch_whose_reply_was_lost_delivers_the_message_after_the_lease() {
+    let (app, proxy) = TestApp::start_behind_proxy(|_| {}).await;
+    app.group("f", "g", &json!({"lease_ms": 500})).await;
+    app.publish("f", &json!({"payload": 1})).await;
+    lose_reply_of(&proxy, sha(|s| &s.fetch), "w1");
+    let body = json!({"consumer": "w1", "max": 1});
+    let lost = app.post("/topics/f/groups/g/fetch", &body).await;
+    assert_ambiguous(&lost, &proxy, "fetch");
+    let got = app.fetch("f", "g", "w1", 1, 5000).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["attempt"], 2, "{}", got[0]);
+}
+
+/// Fetch with `ack` whose reply was lost: the acked message stays acked,
+/// the message the lost reply leased comes back after its lease, and the
+/// retry answers without a 5xx.
+#[tokio::test]
+async fn a_fetch_with_ack_whose_reply_was_lost_keeps_the_ack() {
+    let (app, proxy) = TestApp::start_behind_proxy(|_| {}).await;
+    let d = one_delivery(&app, "fa", json!({"lease_ms": 500})).await;
+    app.publish("fa", &json!({"payload": 2, "id": "m2"})).await;
+    let receipt = d["receipt"].as_str().expect("receipt");
+    lose_reply_of(&proxy, sha(|s| &s.fetch), &wire(receipt));
+    let body = json!({"consumer": "w1", "max": 1, "ack": [receipt]});
+    let lost = app.post("/topics/fa/groups/g/fetch", &body).await;
+    assert_ambiguous(&lost, &proxy, "fetch with ack");
+    let again = retry(&app, "/topics/fa/groups/g/fetch", &body).await;
+    assert!(again.status.as_u16() < 500, "{}", again.body);
+    let mut ids = Vec::new();
+    for m in again.body["messages"].as_array().into_iter().flatten() {
+        ids.push(m["id"].as_str().expect("id").to_owned());
+    }
+    for _ in 0..3 {
+        for m in app.fetch("fa", "g", "w2", 10, 0).await {
+            let receipt = m["receipt"].as_str().expect("receipt");
+            assert_eq!(app.ack("fa", "g", &[receipt]).await.status, StatusCode::OK);
+            ids.push(m["id"].as_str().expect("id").to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert_eq!(ids, ["m2"], "m1 acked once, m2 delivered once more");
+}
+
+/// Ack with emit whose ack's reply was lost (the emits and the ack both
+/// ran): the next step is published exactly once, the source message is
+/// never delivered again, and the retry answers without a 5xx.
+#[tokio::test]
+async fn an_ack_with_emit_whose_ack_reply_was_lost_emits_once() {
+    let (app, proxy) = TestApp::start_behind_proxy(|_| {}).await;
+    let d = one_delivery(&app, "src", json!({"lease_ms": 500})).await;
+    let receipt = d["receipt"].as_str().expect("receipt");
+    lose_reply_of(&proxy, sha(|s| &s.ack), &wire(receipt));
+    let body = json!({"receipts": [receipt], "emit": [{"topic": "next", "payload": {"step": 2}}]});
+    let lost = app.post("/topics/src/groups/g/ack", &body).await;
+    assert_ambiguous(&lost, &proxy, "ack with emit");
+    let again = retry(&app, "/topics/src/groups/g/ack", &body).await;
+    assert!(again.status.as_u16() < 500, "{}", again.body);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(app.fetch("src", "g", "w2", 10, 0).await.is_empty());
+    assert_eq!(seqs(&app, "next").await, [1]);
+}
+
+/// Ack with emit whose emit's reply was lost (the emit ran, the ack did
+/// not): the retry answers the emit as a duplicate and acks; the next step
+/// is published exactly once.
+#[tokio::test]
+async fn an_ack_with_emit_whose_emit_reply_was_lost_emits_once() {
+    let (app, proxy) = TestApp::start_behind_proxy(|_| {}).await;
+    let d = one_delivery(&app, "src2", json!({"lease_ms": 30000})).await;
+    let receipt = d["receipt"].as_str().expect("receipt");
+    app.publish("next2", &json!({"payload": 0})).await;
+    lose_reply_of(&proxy, sha(|s| &s.publish), "emitted-step");
+    let body =
+        json!({"receipts": [receipt], "emit": [{"topic": "next2", "payload": "emitted-step"}]});
+    let lost = app.post("/topics/src2/groups/g/ack", &body).await;
+    assert_ambiguous(&lost, &proxy, "ack with emit");
+    let again = retry(&app, "/topics/src2/groups/g/ack", &body).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(
+        again.body["emitted"][0]["duplicate"], true,
+        "{}",
+        again.body
+    );
+    assert_eq!(again.body["emitted"][0]["seq"], 2, "{}", again.body);
+    assert_eq!(seqs(&app, "next2").await, [1, 2]);
+}
+
+/// The part that completes a join, whose reply was lost: the retry is the
+/// same part again (`recorded: false`, state `complete`, the aggregate's
+/// stream id), and the aggregate is published once.
+#[tokio::test]
+async fn a_join_part_whose_reply_was_lost_publishes_one_aggregate() {
+    let (app, proxy) = TestApp::start_behind_proxy(|_| {}).await;
+    let join = "/topics/agg/joins/j1";
+    let declared = app
+        .put(join, &json!({"parts": ["a", "b"], "ttl_ms": 60000}))
+        .await;
+    assert!(declared.status.is_success(), "{}", declared.body);
+    let a = app
+        .post(&format!("{join}/parts/a"), &json!({"result": 1}))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    lose_reply_of(&proxy, sha(|s| &s.join_part), "j1");
+    let body = json!({"result": 2});
+    let lost = app.post(&format!("{join}/parts/b"), &body).await;
+    assert_ambiguous(&lost, &proxy, "join part");
+    let again = retry(&app, &format!("{join}/parts/b"), &body).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(again.body["recorded"], false, "{}", again.body);
+    assert_eq!(again.body["state"], "complete", "{}", again.body);
+    assert_eq!(seqs(&app, "agg").await, [1]);
+}
+
+/// DLQ replay whose reply was lost: the message is back in the group once
+/// (delivered once, attempt 1), the dead-letter stream is empty, and the
+/// retry answers without a 5xx.
+#[tokio::test]
+async fn a_dlq_replay_whose_reply_was_lost_replays_once() {
+    let (app, proxy) = TestApp::start_behind_proxy(|_| {}).await;
+    let d = one_delivery(&app, "dl", json!({"lease_ms": 30000})).await;
+    let receipt = d["receipt"].as_str().expect("receipt");
+    let rejected = app
+        .post(
+            "/topics/dl/groups/g/reject",
+            &json!({"receipts": [receipt]}),
+        )
+        .await;
+    assert_eq!(rejected.status, StatusCode::OK, "{}", rejected.body);
+    lose_reply_of(&proxy, sha(|s| &s.dlq_replay), "m1");
+    let body = json!({"ids": ["m1"]});
+    let lost = app.post("/topics/dl/groups/g/dlq/replay", &body).await;
+    assert_ambiguous(&lost, &proxy, "dlq replay");
+    let again = retry(&app, "/topics/dl/groups/g/dlq/replay", &body).await;
+    assert!(again.status.as_u16() < 500, "{}", again.body);
+    let got = app.fetch("dl", "g", "w1", 10, 0).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["attempt"], 1);
+    let dlq = app.get("/topics/dl/groups/g/dlq").await.body;
+    assert_eq!(dlq["messages"].as_array().map(Vec::len), Some(0), "{dlq}");
+}
+
+/// Channel publish with an idempotency key whose reply was lost: the retry
+/// answers `200 duplicate:true` with the first offset, and the next
+/// publish takes the next offset (none skipped or doubled).
+#[tokio::test]
+async fn a_keyed_channel_publish_whose_reply_was_lost_keeps_offsets_dense() {
+    let (app, proxy) = TestApp::start_behind_proxy(|_| {}).await;
+    let path = "/channels/c1/messages";
+    let first = app.post(path, &json!({"payload": 0})).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    lose_reply_of(&proxy, sha(|s| &s.channel_publish), "ck-1");
+    let body = json!({"payload": 1, "idempotency_key": "ck-1"});
+    let lost = app.post(path, &body).await;
+    assert_ambiguous(&lost, &proxy, "channel publish");
+    let again = retry(&app, path, &body).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(again.body["duplicate"], true, "{}", again.body);
+    assert_eq!(again.body["offset"], 2, "{}", again.body);
+    let next = app.post(path, &json!({"payload": 2})).await;
+    assert_eq!(next.body["offset"], 3, "{}", next.body);
+    let history = app.get("/channels/c1/messages").await.body;
+    let offsets: Vec<u64> = history["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["offset"].as_u64().expect("offset"))
+        .collect();
+    assert_eq!(offsets, [1, 2, 3], "{history}");
+}
+
+/// A publish whose reply comes after the sidecar's 5-s response timeout:
+/// 503 with `Retry-After`; the late reply is never taken for another
+/// request's (the next publish gets its own seq), and the retry with the
+/// key answers the first publish as a duplicate.
+#[tokio::test]
+async fn a_publish_whose_reply_came_after_the_timeout_is_retried_safely() {
+    let (app, proxy) = TestApp::start_behind_proxy(|_| {}).await;
+    app.publish("late", &json!({"payload": 0})).await;
+    arm(
+        &proxy,
+        sha(|s| &s.publish),
+        "slow-1",
+        Act::DelayReply(Duration::from_secs(7)),
+    );
+    let body = json!({"payload": 1, "idempotency_key": "slow-1"});
+    let lost = app.post("/topics/late/messages", &body).await;
+    assert_ambiguous(&lost, &proxy, "late publish");
+    let other = app
+        .post(
+            "/topics/late/messages",
+            &json!({"payload": 2, "idempotency_key": "other"}),
+        )
+        .await;
+    assert!(
+        other.status == StatusCode::CREATED
+            || (other.status == StatusCode::SERVICE_UNAVAILABLE
+                && other.headers.contains_key("retry-after")),
+        "a publish behind a late reply: {} {}",
+        other.status,
+        other.body
+    );
+    let again = retry(&app, "/topics/late/messages", &body).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(again.body["seq"], 2, "{}", again.body);
+    let other = retry(
+        &app,
+        "/topics/late/messages",
+        &json!({"payload": 2, "idempotency_key": "other"}),
+    )
+    .await;
+    assert_eq!(other.body["seq"], 3, "{}", other.body);
+    assert_eq!(seqs(&app, "late").await, [1, 2, 3]);
+}
+
+/// The first publish to a new topic is written, then the listing of the
+/// new topic fails (the connection drops right after the publish's
+/// reply). The write is known, so the publish must not answer 503: a
+/// client retrying a publish without an idempotency key, as the README
+/// tells it to after a 503, would publish it twice. The topic's listing is
+/// the sidecar's own business (a task of its own makes it agree).
+#[tokio::test]
+async fn a_publish_that_created_its_topic_is_not_failed_by_the_listing_after_it() {
+    let (app, proxy) = TestApp::start_behind_proxy(|_| {}).await;
+    let publish = sha(|s| &s.publish);
+    let mut published = false;
+    let mut armed = true;
+    proxy.set_rule(move |chunk| {
+        if carries(chunk, &publish) && carries(chunk, "fresh") {
+            published = true;
+        } else if armed && published && carries(chunk, "SADD") {
+            armed = false;
+            return Act::Close;
+        }
+        Act::Forward
+    });
+    let body = json!({"payload": {"n": 1}});
+    let first = app.post("/topics/fresh/messages", &body).await;
+    assert_eq!(
+        proxy.acted(),
+        1,
+        "the listing after the publish never failed"
+    );
+    if first.status == StatusCode::SERVICE_UNAVAILABLE {
+        retry(&app, "/topics/fresh/messages", &body).await;
+    }
+    assert_eq!(
+        seqs(&app, "fresh").await,
+        [1],
+        "a written publish answered {} {}",
+        first.status,
+        first.body
+    );
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    // The listing catches up by itself.
+    for _ in 0..100 {
+        if app.listed_topics().await.contains("fresh") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the new topic was never listed");
+}
