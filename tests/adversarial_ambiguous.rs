@@ -554,3 +554,54 @@ async fn a_publish_that_created_its_topic_is_not_failed_by_the_listing_after_it(
     }
     panic!("the new topic was never listed");
 }
+
+/// Replies cut off halfway (the connection closed in the middle of the
+/// reply, after the command ran), for a publish, a fetch, an ack and a
+/// channel publish: each answers 503 with `Retry-After`, never a 500 for a
+/// reply that could not be read.
+#[tokio::test]
+async fn replies_cut_off_halfway_answer_503() {
+    let (app, proxy) = TestApp::start_behind_proxy(|_| {}).await;
+    let d = one_delivery(&app, "cut", json!({"lease_ms": 30000})).await;
+    app.publish("cut", &json!({"payload": 2, "id": "m2"})).await;
+    let receipt = d["receipt"].as_str().expect("receipt");
+    let calls = [
+        (
+            sha(|s| &s.publish),
+            "cut-key",
+            "/topics/cut/messages",
+            json!({"payload": "x", "idempotency_key": "cut-key"}),
+        ),
+        (
+            sha(|s| &s.fetch),
+            "w9",
+            "/topics/cut/groups/g/fetch",
+            json!({"consumer": "w9", "max": 10}),
+        ),
+        (
+            sha(|s| &s.ack),
+            &wire(receipt),
+            "/topics/cut/groups/g/ack",
+            json!({"receipts": [receipt]}),
+        ),
+        (
+            sha(|s| &s.channel_publish),
+            "cut-ch",
+            "/channels/cut-ch/messages",
+            json!({"payload": "x"}),
+        ),
+    ];
+    for (n, (script, needle, path, body)) in calls.into_iter().enumerate() {
+        arm(&proxy, script, needle, Act::CutReply);
+        let reply = app.post(path, &body).await;
+        assert_eq!(proxy.acted(), n + 1, "{path}: the reply was never cut");
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{path}: a cut reply answered {} {}",
+            reply.status,
+            reply.body
+        );
+        assert!(reply.headers.contains_key("retry-after"), "{path}");
+    }
+}

@@ -46,6 +46,9 @@ pub enum Act {
     /// this connection) back this long: the command ran, its answer comes
     /// after the sidecar stopped waiting for it.
     DelayReply(Duration),
+    /// Pass it on, then pass on only the first half of the next reply
+    /// chunk and close: the command ran, its answer arrives cut off.
+    CutReply,
 }
 
 type Rule = Box<dyn FnMut(&[u8]) -> Act + Send>;
@@ -135,7 +138,7 @@ async fn relay(
     let mut owed = [0u8; 1];
     let (mut holding, mut redial_after_reply, mut blackholed) = (false, false, false);
     let mut marked = false;
-    let (mut swallow, mut delay) = (false, None::<Duration>);
+    let (mut swallow, mut cut, mut delay) = (false, false, None::<Duration>);
     let gone_silent = |marked: bool| marked && silenced.load(Ordering::SeqCst);
     loop {
         tokio::select! {
@@ -178,6 +181,10 @@ async fn relay(
                         redis.write_all(chunk).await?;
                         swallow = true;
                     }
+                    Act::CutReply => {
+                        redis.write_all(chunk).await?;
+                        cut = true;
+                    }
                     Act::DelayReply(pause) => {
                         redis.write_all(chunk).await?;
                         delay = Some(pause);
@@ -194,6 +201,11 @@ async fn relay(
                 }
                 if swallow {
                     acted.fetch_add(1, Ordering::SeqCst);
+                    return Ok(());
+                }
+                if cut {
+                    acted.fetch_add(1, Ordering::SeqCst);
+                    client.write_all(&chunk[..chunk.len() / 2]).await?;
                     return Ok(());
                 }
                 if let Some(pause) = delay.take() {
