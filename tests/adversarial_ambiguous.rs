@@ -605,3 +605,312 @@ async fn replies_cut_off_halfway_answer_503() {
         assert!(reply.headers.contains_key("retry-after"), "{path}");
     }
 }
+
+/// The other write verbs, each with its reply lost once (a script call, or
+/// the plain command that does the write): each answers 503 with
+/// `Retry-After`, and its retry answers without a 5xx (a 409 or 404 that
+/// reports the first call's effect, e.g. `reservation_lost` for a release
+/// that ran, is no 5xx).
+#[tokio::test]
+async fn every_other_write_verb_whose_reply_was_lost_answers_503_then_no_5xx() {
+    let (app, proxy) = TestApp::start_behind_proxy(|_| {}).await;
+    let pool = app
+        .put("/pools/gpu", &json!({"capacity": 4, "lease_ms": 60000}))
+        .await;
+    assert!(pool.status.is_success(), "{}", pool.body);
+    let held = app
+        .post("/pools/gpu/acquire", &json!({"holder": "h"}))
+        .await;
+    let reservation = held.body["reservation_id"].as_str().expect("id").to_owned();
+    let claimed = app
+        .post(
+            "/idempotency/k2/claim",
+            &json!({"ttl_ms": 60000, "owner": "w"}),
+        )
+        .await;
+    let token = claimed.body["token"].as_str().expect("token").to_owned();
+    let d = one_delivery(&app, "dq", json!({"lease_ms": 30000})).await;
+    let receipt = d["receipt"].as_str().expect("receipt");
+    let rejected = app
+        .post(
+            "/topics/dq/groups/g/reject",
+            &json!({"receipts": [receipt]}),
+        )
+        .await;
+    assert_eq!(rejected.status, StatusCode::OK, "{}", rejected.body);
+    let join = json!({"parts": ["a"], "ttl_ms": 60000});
+    let cases: Vec<(String, &str, reqwest::Method, &str, Option<Value>)> = vec![
+        (
+            sha(|s| &s.pool_declare),
+            "gpu2",
+            reqwest::Method::PUT,
+            "/pools/gpu2",
+            Some(json!({"capacity": 1, "lease_ms": 1000})),
+        ),
+        (
+            sha(|s| &s.pool_acquire),
+            "gpu",
+            reqwest::Method::POST,
+            "/pools/gpu/acquire",
+            Some(json!({"holder": "w1"})),
+        ),
+        (
+            sha(|s| &s.pool_hold),
+            "renew",
+            reqwest::Method::POST,
+            "/pools/gpu/renew",
+            Some(json!({"reservation_id": reservation})),
+        ),
+        (
+            sha(|s| &s.pool_hold),
+            "release",
+            reqwest::Method::POST,
+            "/pools/gpu/release",
+            Some(json!({"reservation_id": reservation})),
+        ),
+        (
+            "UNLINK".to_owned(),
+            "gpu2",
+            reqwest::Method::DELETE,
+            "/pools/gpu2",
+            None,
+        ),
+        (
+            sha(|s| &s.idem_claim),
+            "k1",
+            reqwest::Method::POST,
+            "/idempotency/k1/claim",
+            Some(json!({"ttl_ms": 60000, "owner": "w1"})),
+        ),
+        (
+            sha(|s| &s.idem_finish),
+            "complete",
+            reqwest::Method::POST,
+            "/idempotency/k2/complete",
+            Some(json!({"token": token, "result": 1, "ttl_ms": 60000})),
+        ),
+        (
+            sha(|s| &s.checkpoint_advance),
+            "cp",
+            reqwest::Method::POST,
+            "/checkpoints/cp/advance",
+            Some(json!({"seq": 7})),
+        ),
+        (
+            "DEL".to_owned(),
+            "checkpoint:cp",
+            reqwest::Method::DELETE,
+            "/checkpoints/cp",
+            None,
+        ),
+        (
+            sha(|s| &s.join_declare),
+            "j9",
+            reqwest::Method::PUT,
+            "/topics/jt/joins/j9",
+            Some(join),
+        ),
+        (
+            sha(|s| &s.dlq_delete),
+            "m1",
+            reqwest::Method::DELETE,
+            "/topics/dq/groups/g/dlq/m1",
+            None,
+        ),
+        (
+            sha(|s| &s.set_group_paused),
+            "dq",
+            reqwest::Method::POST,
+            "/topics/dq/groups/g/pause",
+            Some(json!({})),
+        ),
+        (
+            sha(|s| &s.declare_topic),
+            "tp",
+            reqwest::Method::PUT,
+            "/topics/tp",
+            Some(json!({"retention_ms": 0})),
+        ),
+        (
+            sha(|s| &s.delete_topic),
+            "tp",
+            reqwest::Method::DELETE,
+            "/topics/tp",
+            None,
+        ),
+        (
+            sha(|s| &s.declare_group),
+            "dq",
+            reqwest::Method::PUT,
+            "/topics/dq/groups/g2",
+            Some(json!({})),
+        ),
+        (
+            sha(|s| &s.delete_group),
+            "dq",
+            reqwest::Method::DELETE,
+            "/topics/dq/groups/g2",
+            None,
+        ),
+        (
+            "HSET".to_owned(),
+            "rate",
+            reqwest::Method::PUT,
+            "/limits",
+            Some(json!({"publish_per_sec": 1000, "burst": 1000})),
+        ),
+        (
+            sha(|s| &s.rate_limit),
+            "rate",
+            reqwest::Method::POST,
+            "/topics/q/messages",
+            Some(json!({"payload": 1, "idempotency_key": "q1"})),
+        ),
+        (
+            "DEL".to_owned(),
+            "rate",
+            reqwest::Method::DELETE,
+            "/limits",
+            None,
+        ),
+        (
+            sha(|s| &s.channel_declare),
+            "chd",
+            reqwest::Method::PUT,
+            "/channels/chd",
+            Some(json!({"history_size": 10})),
+        ),
+    ];
+    for (n, (command, needle, method, path, body)) in cases.into_iter().enumerate() {
+        arm(&proxy, command, needle, Act::SwallowReply);
+        let url = app.url(path);
+        let lost = app.send(method.clone(), &url, body.as_ref()).await;
+        assert_eq!(proxy.acted(), n + 1, "{method} {path}: no reply was lost");
+        assert_eq!(
+            lost.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{method} {path}: a lost reply answered {} {}",
+            lost.status,
+            lost.body
+        );
+        assert!(lost.headers.contains_key("retry-after"), "{path}");
+        let mut again = lost;
+        for _ in 0..50 {
+            again = app.send(method.clone(), &url, body.as_ref()).await;
+            if again.status != StatusCode::SERVICE_UNAVAILABLE {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            again.status.as_u16() < 500,
+            "{method} {path}: {} {}",
+            again.status,
+            again.body
+        );
+    }
+}
+
+/// Group commit of acks: concurrent single acks of one group that went out
+/// in one combined script call whose reply was lost. Every caller gets a
+/// 503 with `Retry-After` (never a 500), every message stays acked (none is
+/// delivered again once the leases end), and the retries answer without a
+/// 5xx.
+#[tokio::test]
+async fn a_combined_ack_whose_reply_was_lost_keeps_every_message_acked() {
+    let (app, proxy) = TestApp::start_behind_proxy(|_| {}).await;
+    app.group("ca", "g", &json!({"lease_ms": 500})).await;
+    let messages: Vec<Value> = (0..20).map(|i| json!({"payload": i})).collect();
+    app.publish_batch("ca", &messages).await;
+    let got = app.fetch("ca", "g", "w1", 20, 0).await;
+    assert_eq!(got.len(), 20);
+    let ack = sha(|s| &s.ack);
+    let mut calls = 0;
+    proxy.set_rule(move |chunk| {
+        if carries(chunk, &ack) {
+            calls += 1;
+            match calls {
+                1 => return Act::DelayReply(Duration::from_millis(500)),
+                2 => return Act::SwallowReply,
+                _ => {}
+            }
+        }
+        Act::Forward
+    });
+    let app = std::sync::Arc::new(app);
+    let mut tasks = Vec::new();
+    for (i, m) in got.iter().enumerate() {
+        let (app, receipt) = (
+            app.clone(),
+            m["receipt"].as_str().expect("receipt").to_owned(),
+        );
+        tasks.push(tokio::spawn(async move {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let body = json!({"receipts": [receipt]});
+            let first = app.post("/topics/ca/groups/g/ack", &body).await;
+            let lost = first.status == StatusCode::SERVICE_UNAVAILABLE;
+            assert!(
+                first.status == StatusCode::OK
+                    || (lost && first.headers.contains_key("retry-after")),
+                "ack {i}: {} {}",
+                first.status,
+                first.body
+            );
+            if lost {
+                let again = retry(&app, "/topics/ca/groups/g/ack", &body).await;
+                assert!(again.status.as_u16() < 500, "{}", again.body);
+            }
+            lost
+        }));
+    }
+    let mut lost = 0;
+    for t in tasks {
+        lost += usize::from(t.await.expect("acker"));
+    }
+    assert!(lost > 1, "the lost call carried {lost} acks: not combined");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(app.fetch("ca", "g", "w2", 20, 0).await.is_empty());
+    let info = app.get("/topics/ca/groups/g").await.body;
+    assert_eq!(info["pending"], 0, "{info}");
+}
+
+/// A keyed publish whose reply was lost and that filled its topic's
+/// backlog, or spent the tenant's quota: its retry answers `200
+/// duplicate:true`, as the README promises for a written key "even while
+/// the quota or the backlog refuses", not a 429 that would send the client
+/// into a backoff for a message already written.
+#[tokio::test]
+async fn a_lost_publish_that_filled_the_backlog_or_quota_is_retried_as_a_duplicate() {
+    let (app, proxy) = TestApp::start_behind_proxy(|_| {}).await;
+    app.put("/topics/full", &json!({"max_backlog": 2})).await;
+    app.group("full", "g", &json!({})).await;
+    app.publish("full", &json!({"payload": 0})).await;
+    lose_reply_of(&proxy, sha(|s| &s.publish), "fill-1");
+    let body = json!({"payload": 1, "idempotency_key": "fill-1"});
+    let lost = app.post("/topics/full/messages", &body).await;
+    assert_ambiguous(&lost, &proxy, "publish filling the backlog");
+    let again = retry(&app, "/topics/full/messages", &body).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(again.body["duplicate"], true, "{}", again.body);
+
+    let quota = app
+        .put("/limits", &json!({"publish_per_sec": 1, "burst": 1}))
+        .await;
+    assert!(quota.status.is_success(), "{}", quota.body);
+    let before = proxy.acted();
+    arm(&proxy, sha(|s| &s.publish), "spent-1", Act::SwallowReply);
+    let body = json!({"payload": 2, "idempotency_key": "spent-1"});
+    let lost = app.post("/topics/quota/messages", &body).await;
+    assert_eq!(proxy.acted(), before + 1);
+    assert_eq!(
+        lost.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        lost.body
+    );
+    let again = retry(&app, "/topics/quota/messages", &body).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(again.body["duplicate"], true, "{}", again.body);
+}
