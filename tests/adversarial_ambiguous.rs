@@ -14,7 +14,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::proxy::{Act, RedisProxy, carries};
-use support::{Reply, TestApp};
+use support::{RedisCluster, RedisServer, Reply, StreamcarProcess, TestApp};
 
 /// The SHA1 of script `lua/<name>.lua` as the sidecar sends it (EVALSHA).
 fn sha(
@@ -913,4 +913,110 @@ async fn a_lost_publish_that_filled_the_backlog_or_quota_is_retried_as_a_duplica
     let again = retry(&app, "/topics/quota/messages", &body).await;
     assert_eq!(again.status, StatusCode::OK, "{}", again.body);
     assert_eq!(again.body["duplicate"], true, "{}", again.body);
+}
+
+/// On Redis Cluster, a write whose connection is lost after it reached its
+/// node: redis-rs's cluster connection sends a request again when its
+/// connection drops (it reconnects and retries, as for a node that died),
+/// and the first copy already ran. A publish without an idempotency key
+/// was written twice and answered 201, with nothing to tell the client.
+/// The README: a write "must not run twice"; the sidecar must answer 503
+/// (the client decides) and the topic hold what the client was told.
+///
+/// Not fixed yet (ignored so the file stays green; run it with
+/// `--run-ignored only`): building the command connection with
+/// `retries(0)` and sending again only what ran nowhere (a redirect, a
+/// refused connection, CLUSTERDOWN) fixes this test, but made
+/// `tests/failover.rs` (`replicas:1`) answer 500 NOSCRIPT in 2 of 9 runs
+/// (0 of 6 without it): redis-rs's own retries also cover the script
+/// reload after a failover, and that path needs its own design.
+#[tokio::test]
+#[ignore = "known bug: redis-rs's cluster connection resends a write whose connection dropped after it ran"]
+async fn on_a_cluster_a_write_whose_connection_was_lost_is_not_sent_again() {
+    let cluster = RedisCluster::start(3);
+    // The first node is reached through a proxy: it announces the proxy's
+    // port, so the slot map every client learns names the proxy.
+    let node = &cluster.nodes[0];
+    let proxy = RedisProxy::start(node.port()).await;
+    let proxy_port: u16 = proxy.url().rsplit(':').next().unwrap().parse().unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("cluster-announce-port")
+        .arg(proxy_port)
+        .query(&mut node.connection())
+        .expect("CONFIG SET cluster-announce-port");
+    let mut announced = false;
+    for _ in 0..200 {
+        announced = cluster.nodes.iter().all(|n| {
+            redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query::<String>(&mut n.connection())
+                .is_ok_and(|nodes| nodes.contains(&format!(":{proxy_port}@")))
+        });
+        if announced {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(announced, "the cluster never named the proxy");
+    let proxied = cluster
+        .topology()
+        .into_iter()
+        .find(|n| n.port == proxy_port)
+        .expect("the proxied node");
+    let seeds: Vec<String> = std::iter::once(proxy.url())
+        .chain(cluster.nodes[1..].iter().map(RedisServer::url))
+        .collect();
+    let sidecar = StreamcarProcess::start(&seeds.join(","), &["--redis-cluster"]).await;
+    let tenant = "amb";
+    let topic = (0..)
+        .map(|i| format!("p{i}"))
+        .find(|t| proxied.serves(cluster.key_slot(&format!("{{{tenant}:{t}}}"))))
+        .expect("a topic on the proxied node");
+    let url = format!(
+        "{}/v1/tenants/{tenant}/topics/{topic}/messages",
+        sidecar.base
+    );
+    let client = reqwest::Client::new();
+    let publish = |payload: Value| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let resp = client
+                .post(url)
+                .json(&json!({ "payload": payload }))
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await
+                .expect("publish reaches the sidecar");
+            TestApp::reply(resp).await
+        }
+    };
+    let warm = publish(json!(0)).await;
+    assert_eq!(warm.status, StatusCode::CREATED, "{}", warm.body);
+
+    lose_reply_of(&proxy, sha(|s| &s.publish), "lost-once");
+    let lost = publish(json!("lost-once")).await;
+    assert_eq!(proxy.acted(), 1, "the reply was never lost");
+    let history: Value = client
+        .get(format!("{url}?limit=100"))
+        .send()
+        .await
+        .expect("history")
+        .json()
+        .await
+        .expect("history body");
+    let copies = history["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["payload"] == "lost-once")
+        .count();
+    assert_eq!(
+        (lost.status, copies),
+        (StatusCode::SERVICE_UNAVAILABLE, 1),
+        "a publish whose reply was lost answered {} {} and was written {copies} times",
+        lost.status,
+        lost.body
+    );
+    assert!(lost.headers.contains_key("retry-after"));
 }
