@@ -214,6 +214,7 @@ impl RedisOutage {
             || e.is_connection_dropped()
             || e.is_connection_refusal()
             || e.kind() == ErrorKind::AuthenticationFailed
+            || reply_cut_off(e)
         {
             return Some(Self::Unreachable);
         }
@@ -243,6 +244,18 @@ impl RedisOutage {
             _ => None,
         }
     }
+}
+
+/// Whether `e` is a reply its connection cut off: redis-rs's parser meets
+/// the end of the stream inside a reply and reports a parse error
+/// (`Unexpected end of input`), not a dropped connection. The command may
+/// have run, as with any lost connection: an outage (503, retry), not an
+/// unexpected answer (500). A reply of the wrong shape (a conversion error,
+/// also of kind `Parse`) stays internal.
+fn reply_cut_off(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Parse
+        && e.detail()
+            .is_some_and(|d| d.contains("Unexpected end of input"))
 }
 
 impl fmt::Display for RedisOutage {
@@ -530,6 +543,19 @@ mod tests {
         let e = Error::from(typed);
         assert!(e.is_internal());
         assert!(std::error::Error::source(&e).is_some(), "keeps its source");
+    }
+
+    #[test]
+    fn a_reply_cut_off_is_unreachable_and_a_reply_of_the_wrong_shape_internal() {
+        let cut = redis::RedisError::from(redis::ParsingError::from(
+            "Parse error at 0\nUnexpected end of input\nexpected 4 more elements\n",
+        ));
+        assert_eq!(RedisOutage::of(&cut), Some(RedisOutage::Unreachable));
+        let shape = <i64 as redis::FromRedisValue>::from_redis_value(redis::Value::Nil)
+            .map_err(redis::RedisError::from)
+            .expect_err("nil is no integer");
+        assert_eq!(shape.kind(), redis::ErrorKind::Parse);
+        assert_eq!(RedisOutage::of(&shape), None);
     }
 
     #[test]

@@ -437,7 +437,13 @@ impl Broker {
         let mut conn = self.store.conn().await?;
         let listing = Listing::before_create(&mut conn, tenant, topic).await?;
         let reply: PublishReply = call.invoke_async(&mut conn).await?;
-        listing.settle(reply.created == 1).await?;
+        // The messages are written: a listing that fails now stays the
+        // guard's business (it stays armed and a task of its own lists the
+        // topic), never the caller's error, or a client retrying the 503
+        // would publish them again.
+        if let Err(e) = listing.settle(reply.created == 1).await {
+            tracing::warn!(%tenant, %topic, error = %e, "listing a topic its publish created failed; a task retries it");
+        }
         if reply.outcomes.len() != batch.len() {
             return Err(Error::Internal(format!(
                 "publish.lua answered {} outcomes for {} messages",

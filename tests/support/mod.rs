@@ -591,7 +591,36 @@ impl TestApp {
         adjust: impl FnOnce(&mut streamcar::config::Config),
     ) -> Self {
         let redis = RedisServer::start_with(redis_args);
-        let mut config = streamcar::config::Config::for_redis(redis.url());
+        let url = redis.url();
+        Self::start_on(redis, url, adjust).await
+    }
+
+    /// Starts Redis, a [`proxy::RedisProxy`] in front of it, and the app
+    /// talking to Redis only through the proxy, on one connection and with
+    /// no background pass (so the proxy's rule sees just what the test's
+    /// calls send, in order). `app.redis` is the Redis behind the proxy.
+    pub async fn start_behind_proxy(
+        adjust: impl FnOnce(&mut streamcar::config::Config),
+    ) -> (Self, proxy::RedisProxy) {
+        let redis = RedisServer::start();
+        let proxy = proxy::RedisProxy::start(redis.port()).await;
+        let app = Self::start_on(redis, proxy.url(), |c| {
+            c.redis_connections = 1;
+            c.retention_interval = Duration::ZERO;
+            c.metrics_interval = Duration::ZERO;
+            adjust(c);
+        })
+        .await;
+        (app, proxy)
+    }
+
+    /// Starts the app against `redis`, reached at `redis_url`.
+    async fn start_on(
+        redis: RedisServer,
+        redis_url: String,
+        adjust: impl FnOnce(&mut streamcar::config::Config),
+    ) -> Self {
+        let mut config = streamcar::config::Config::for_redis(redis_url);
         adjust(&mut config);
         let server = streamcar::start(&config).await.expect("start streamcar");
         let base = format!("http://{}", server.addr());

@@ -6,10 +6,14 @@
 //! connection right after the next reply (what follows runs as another
 //! Redis client, as after a reconnect). A reply the old Redis connection
 //! still owes then closes the sidecar's connection instead: that request
-//! was in flight when its connection was lost.
+//! was in flight when its connection was lost. Two acts make a reply
+//! ambiguous: [`Act::SwallowReply`] lets a command run and closes the
+//! connection instead of passing its reply on, and [`Act::DelayReply`]
+//! holds the reply back past the sidecar's response timeout.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -34,6 +38,17 @@ pub enum Act {
     /// silent once [`RedisProxy::silence_marked`] is called (a connection
     /// that sends nothing more, such as a pub/sub one, dies while idle).
     Mark,
+    /// Pass it on, then drop the next reply Redis sends on this connection
+    /// and close it: the command ran, the sidecar never learns its outcome
+    /// (a connection lost after the write reached Redis).
+    SwallowReply,
+    /// Pass it on, and hold the next reply (and everything behind it on
+    /// this connection) back this long: the command ran, its answer comes
+    /// after the sidecar stopped waiting for it.
+    DelayReply(Duration),
+    /// Pass it on, then pass on only the first half of the next reply
+    /// chunk and close: the command ran, its answer arrives cut off.
+    CutReply,
 }
 
 type Rule = Box<dyn FnMut(&[u8]) -> Act + Send>;
@@ -123,6 +138,7 @@ async fn relay(
     let mut owed = [0u8; 1];
     let (mut holding, mut redial_after_reply, mut blackholed) = (false, false, false);
     let mut marked = false;
+    let (mut swallow, mut cut, mut delay) = (false, false, None::<Duration>);
     let gone_silent = |marked: bool| marked && silenced.load(Ordering::SeqCst);
     loop {
         tokio::select! {
@@ -161,6 +177,18 @@ async fn relay(
                         marked = true;
                         acted.fetch_add(1, Ordering::SeqCst);
                     }
+                    Act::SwallowReply => {
+                        redis.write_all(chunk).await?;
+                        swallow = true;
+                    }
+                    Act::CutReply => {
+                        redis.write_all(chunk).await?;
+                        cut = true;
+                    }
+                    Act::DelayReply(pause) => {
+                        redis.write_all(chunk).await?;
+                        delay = Some(pause);
+                    }
                 }
             }
             n = redis.read(&mut from_redis) => {
@@ -170,6 +198,19 @@ async fn relay(
                 }
                 if blackholed || gone_silent(marked) {
                     continue;
+                }
+                if swallow {
+                    acted.fetch_add(1, Ordering::SeqCst);
+                    return Ok(());
+                }
+                if cut {
+                    acted.fetch_add(1, Ordering::SeqCst);
+                    client.write_all(&chunk[..chunk.len() / 2]).await?;
+                    return Ok(());
+                }
+                if let Some(pause) = delay.take() {
+                    acted.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(pause).await;
                 }
                 client.write_all(chunk).await?;
                 if redial_after_reply {
