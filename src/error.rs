@@ -455,6 +455,20 @@ impl Error {
         }
     }
 
+    /// How long the client should wait before trying again, for the
+    /// transient errors: the limiter's answer for a 429; a second for a
+    /// Redis outage (usually seconds long: a restart, a failover, a script
+    /// that finishes), so a client that retries every second finds the way
+    /// open again soon after Redis does. HTTP sends it as `Retry-After`,
+    /// realtime sessions as an error frame's `retry_after_ms`.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::TooManyRequests { retry_after, .. } => Some(*retry_after),
+            Self::Unavailable { .. } | Self::EvictingRedis(_) => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
     /// True for errors whose details are internal: the client gets a
     /// generic text, the log gets the whole chain.
     pub fn is_internal(&self) -> bool {

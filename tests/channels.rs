@@ -933,3 +933,21 @@ async fn the_document_names_channel_schemas_apart_from_topic_ones() {
         "#/components/schemas/Message"
     );
 }
+
+/// A WebSocket publish that meets a Redis outage answers an error frame
+/// that says when to try again, as the HTTP 503 says with `Retry-After`.
+#[tokio::test]
+async fn a_websocket_publish_during_a_redis_outage_says_when_to_retry() {
+    let mut app = TestApp::start().await;
+    let mut ws = ws::connect(&app).await;
+    app.redis.kill();
+    ws::send(
+        &mut ws,
+        json!({ "op": "publish", "channel": "down", "payload": 1 }),
+    )
+    .await;
+    let frame = ws::next(&mut ws).await;
+    assert_eq!(frame["type"], "error", "{frame}");
+    assert_eq!(frame["code"], "redis_unavailable", "{frame}");
+    assert_eq!(frame["retry_after_ms"], 1000, "{frame}");
+}

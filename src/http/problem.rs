@@ -73,19 +73,6 @@ fn status(e: &Error) -> StatusCode {
     }
 }
 
-/// How long a client should wait before retrying, for the answers that
-/// say so: every 429 and 503.
-fn retry_after(e: &Error) -> Option<u64> {
-    match e {
-        Error::TooManyRequests { retry_after, .. } => Some(ceil_secs(*retry_after)),
-        // Redis outages are usually seconds long (a restart, a failover, a
-        // script that finishes); a client that retries every second finds
-        // the way open again soon after Redis does.
-        Error::Unavailable { .. } | Error::EvictingRedis(_) => Some(1),
-        _ => None,
-    }
-}
-
 /// RFC 9457 problem details, plus `code` and `field` extension members.
 #[derive(Serialize)]
 struct ProblemBody<'a> {
@@ -161,8 +148,8 @@ impl IntoResponse for Error {
         let status = status(&self);
         let mut response = problem_response(status, &ProblemBody::of(&self));
         let headers = response.headers_mut();
-        if let Some(secs) = retry_after(&self) {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        if let Some(wait) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(ceil_secs(wait)));
         }
         if let Error::Unauthenticated { .. } = &self {
             headers.insert(

@@ -703,14 +703,6 @@ async fn send_error_of(
     e: &Error,
     target: Option<Target<'_>>,
 ) -> std::result::Result<(), End> {
-    let retry_after_ms = match e {
-        Error::TooManyRequests { retry_after, .. } => Some(
-            u64::try_from(retry_after.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1),
-        ),
-        _ => None,
-    };
     let frame = ServerFrame::Error {
         code: e.code(),
         detail: &e.public_detail(),
@@ -722,9 +714,16 @@ async fn send_error_of(
             Some(Target::Topic(t)) => Some(t.as_str()),
             _ => None,
         },
-        retry_after_ms,
+        retry_after_ms: retry_after_ms(e),
     };
     send(socket, outbox, frame.to_text()).await
+}
+
+/// An error frame's `retry_after_ms`: when a transient error (a 429, a
+/// Redis outage) may be tried again, at least 1 ms.
+fn retry_after_ms(e: &Error) -> Option<u64> {
+    e.retry_after()
+        .map(|wait| u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1))
 }
 
 /// An error frame for a socket that has no session yet (the edge's first
@@ -735,7 +734,7 @@ pub(super) async fn send_error_frame(socket: &mut WebSocket, e: &Error) {
         detail: &e.public_detail(),
         channel: None,
         topic: None,
-        retry_after_ms: None,
+        retry_after_ms: retry_after_ms(e),
     };
     let _ = tokio::time::timeout(
         CLOSE_TIMEOUT,
