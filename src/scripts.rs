@@ -21,14 +21,13 @@ use crate::telemetry;
 /// Builds a script from `lua/<name>.lua` with the prelude in front.
 macro_rules! script {
     ($name:literal) => {
-        NamedScript {
-            name: $name,
-            script: Script::new(concat!(
+        NamedScript::new(
+            $name,
+            concat!(
                 include_str!("../lua/prelude.lua"),
                 include_str!(concat!("../lua/", $name, ".lua"))
-            )),
-            metrics: OnceLock::new(),
-        }
+            ),
+        )
     };
 }
 
@@ -37,6 +36,8 @@ macro_rules! script {
 #[derive(Debug)]
 pub struct NamedScript {
     name: &'static str,
+    /// The source (prelude included), for `EVAL` after a NOSCRIPT.
+    code: &'static str,
     script: Script,
     /// Metric handles, registered on the first call (after the recorder is
     /// installed) so calls do not look them up in the registry each time.
@@ -53,6 +54,15 @@ struct CallMetrics {
 }
 
 impl NamedScript {
+    fn new(name: &'static str, code: &'static str) -> Self {
+        Self {
+            name,
+            code,
+            script: Script::new(code),
+            metrics: OnceLock::new(),
+        }
+    }
+
     /// Starts a call with its first key.
     pub fn key<T: ToRedisArgs>(&self, key: T) -> Invocation<'_> {
         let mut call = self.prepare_invoke();
@@ -104,16 +114,19 @@ impl Invocation<'_> {
 
     /// The `EVALSHA` command of this call.
     fn eval_cmd(&self) -> Cmd {
+        self.command("EVALSHA", self.script.script.get_hash())
+    }
+
+    /// `name` (`EVALSHA` or `EVAL`) with `script` (its SHA or its source),
+    /// then this call's keys and arguments.
+    fn command(&self, name: &str, script: &str) -> Cmd {
         let parts = || self.keys.args_iter().chain(self.args.args_iter());
         let (count, bytes) = parts().fold((0, 0), |(n, b), part| match part {
             Arg::Simple(bytes) => (n + 1, b + bytes.len()),
             _ => (n, b),
         });
-        let hash = self.script.script.get_hash();
-        let mut cmd = Cmd::with_capacity(3 + count, "EVALSHA".len() + hash.len() + 4 + bytes);
-        cmd.arg("EVALSHA")
-            .arg(hash)
-            .arg(self.keys.args_iter().count());
+        let mut cmd = Cmd::with_capacity(3 + count, name.len() + script.len() + 4 + bytes);
+        cmd.arg(name).arg(script).arg(self.keys.args_iter().count());
         for part in parts() {
             if let Arg::Simple(bytes) = part {
                 cmd.arg(bytes);
@@ -122,8 +135,13 @@ impl Invocation<'_> {
         cmd
     }
 
-    /// Runs it by EVALSHA (loading the script on NOSCRIPT, then once
-    /// more), timing the round trip.
+    /// Runs it by EVALSHA, timing the round trip. On NOSCRIPT (a Redis
+    /// restarted or flushed, or a replica promoted: replicas do not get
+    /// scripts) it runs once by `EVAL` with the source, which also caches
+    /// the script on the node that ran it. (`SCRIPT LOAD` and `EVALSHA`
+    /// again could load it elsewhere: on a cluster in mid-failover,
+    /// `SCRIPT LOAD` goes to the primaries of a slot map that may not know
+    /// the newly promoted one yet, and the call answered NOSCRIPT, a 500.)
     pub async fn invoke_async<T: FromRedisValue>(
         &self,
         conn: &mut impl redis::aio::ConnectionLike,
@@ -138,8 +156,9 @@ impl Invocation<'_> {
             let cmd = self.eval_cmd();
             match cmd.query_async(conn).await {
                 Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    self.script.script.load_async(conn).await?;
-                    cmd.query_async(conn).await
+                    self.command("EVAL", self.script.code)
+                        .query_async(conn)
+                        .await
                 }
                 result => result,
             }

@@ -321,3 +321,34 @@ async fn pruning_never_loses_a_tenant_that_creates_a_topic_meanwhile() {
         .unwrap();
     assert_eq!(topics, vec!["x".to_owned()]);
 }
+
+/// Redis forgets the scripts (`SCRIPT FLUSH`, as after a restart without
+/// them or on a newly promoted replica): the next calls of every kind run
+/// them from source and go on answering, with nothing to restart.
+#[tokio::test]
+async fn scripts_flushed_from_redis_are_run_again_from_source() {
+    let app = TestApp::start().await;
+    app.group("t", "g", &json!({})).await;
+    app.publish("t", &json!({"payload": 1})).await;
+    let mut conn = app.redis.connection();
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query::<()>(&mut conn)
+        .unwrap();
+    let published = app.post("/topics/t/messages", &json!({"payload": 2})).await;
+    assert_eq!(published.status, StatusCode::CREATED, "{}", published.body);
+    assert_eq!(published.body["seq"], 2);
+    let fetched = app.fetch("t", "g", "c", 10, 0).await;
+    assert_eq!(fetched.len(), 2);
+    let receipts: Vec<&str> = fetched
+        .iter()
+        .map(|m| m["receipt"].as_str().unwrap())
+        .collect();
+    assert_eq!(app.ack("t", "g", &receipts).await.status, StatusCode::OK);
+    let cached: Vec<bool> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(streamcar::scripts::Scripts::new().publish.get_hash())
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(cached, [true], "the publish script is cached again");
+}
