@@ -254,8 +254,11 @@ impl RedisOutage {
 /// also of kind `Parse`) stays internal.
 fn reply_cut_off(e: &redis::RedisError) -> bool {
     e.kind() == redis::ErrorKind::Parse
-        && e.detail()
-            .is_some_and(|d| d.contains("Unexpected end of input"))
+        && e.detail().is_some_and(|d| {
+            // The reply parser's own report (a conversion error's text
+            // quotes the value, which could hold these words).
+            d.starts_with("Parse error at") && d.contains("Unexpected end of input")
+        })
 }
 
 impl fmt::Display for RedisOutage {

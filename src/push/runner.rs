@@ -76,8 +76,10 @@ pub struct Runner {
     reachable: watch::Sender<bool>,
     /// Held by the fetch loop from each fetch until its deliveries are
     /// handed out (or, fetched while the app went down, given back): a
-    /// request that finds the app down takes it before it shows
-    /// `app_unreachable`, so nothing of this sidecar's is leased by then.
+    /// request that finds the app down waits for it before it gives its
+    /// deliveries back and shows `app_unreachable`, so by then the fetch
+    /// loop holds nothing (requests that failed at the same time give
+    /// theirs back as they finish).
     fetching: tokio::sync::Mutex<()>,
     lease_ms: AtomicU64,
     /// Requests not yet settled: their task, receipts and whether they may
@@ -407,11 +409,20 @@ impl Runner {
                     sent.store(false, Ordering::SeqCst);
                     self.reachable.send_replace(false);
                     // The fetch loop has stopped (and given back anything
-                    // its last fetch took) once this is ours.
-                    let _fetch_stopped = self.fetching.lock().await;
+                    // its last fetch took) once the lock was ours: from
+                    // then on it checks the app under the lock first.
+                    drop(self.fetching.lock().await);
                     let released = self.release_unsent(&live).await;
                     self.status.error(format!("app unreachable: {e}"));
-                    self.status.set_flag(&self.status.unreachable, true);
+                    // Shown only while the app is still down, decided
+                    // under the watch's lock: the prober, which alone
+                    // clears it, may have found the app back meanwhile.
+                    self.reachable.send_if_modified(|up| {
+                        if !*up {
+                            self.status.set_flag(&self.status.unreachable, true);
+                        }
+                        false
+                    });
                     if released {
                         return;
                     }
@@ -629,8 +640,10 @@ impl Runner {
                 }
             }
             tracing::info!(subscription = %self.spec.name, "the app accepts connections again");
-            self.status.set_flag(&self.status.unreachable, false);
-            self.reachable.send_replace(true);
+            self.reachable.send_modify(|up| {
+                *up = true;
+                self.status.set_flag(&self.status.unreachable, false);
+            });
         }
     }
 }
