@@ -928,42 +928,17 @@ async fn a_lost_publish_that_filled_the_backlog_or_quota_is_retried_as_a_duplica
 /// `retries(0)` and sending again only what ran nowhere (a redirect, a
 /// refused connection, CLUSTERDOWN) fixes this test, but made
 /// `tests/failover.rs` (`replicas:1`) answer 500 NOSCRIPT in 2 of 9 runs
-/// (0 of 6 without it): redis-rs's own retries also cover the script
-/// reload after a failover, and that path needs its own design.
+/// (0 of 6 without it). That NOSCRIPT was a bug of its own, seen later
+/// without the change too (SCRIPT LOAD sent to a stale slot map's
+/// primaries; calls now fall back to EVAL), so the approach deserves
+/// another try; it changes how every cluster request is retried and needs
+/// its own round.
 #[tokio::test]
 #[ignore = "known bug: redis-rs's cluster connection resends a write whose connection dropped after it ran"]
 async fn on_a_cluster_a_write_whose_connection_was_lost_is_not_sent_again() {
     let cluster = RedisCluster::start(3);
-    // The first node is reached through a proxy: it announces the proxy's
-    // port, so the slot map every client learns names the proxy.
-    let node = &cluster.nodes[0];
-    let proxy = RedisProxy::start(node.port()).await;
-    let proxy_port: u16 = proxy.url().rsplit(':').next().unwrap().parse().unwrap();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("cluster-announce-port")
-        .arg(proxy_port)
-        .query(&mut node.connection())
-        .expect("CONFIG SET cluster-announce-port");
-    let mut announced = false;
-    for _ in 0..200 {
-        announced = cluster.nodes.iter().all(|n| {
-            redis::cmd("CLUSTER")
-                .arg("NODES")
-                .query::<String>(&mut n.connection())
-                .is_ok_and(|nodes| nodes.contains(&format!(":{proxy_port}@")))
-        });
-        if announced {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(announced, "the cluster never named the proxy");
-    let proxied = cluster
-        .topology()
-        .into_iter()
-        .find(|n| n.port == proxy_port)
-        .expect("the proxied node");
+    // The first node is reached through a proxy the cluster announces.
+    let (proxy, proxied) = cluster.proxy_first_node().await;
     let seeds: Vec<String> = std::iter::once(proxy.url())
         .chain(cluster.nodes[1..].iter().map(RedisServer::url))
         .collect();

@@ -289,36 +289,8 @@ async fn an_edge_client_gone_without_a_word_is_let_go() {
 #[tokio::test]
 async fn a_sharded_pubsub_connection_gone_silent_while_idle_is_noticed() {
     let cluster = RedisCluster::start(3);
-    // The first node is reached through a proxy: it announces the proxy's
-    // port, so the slot map every client learns names the proxy.
-    let node = &cluster.nodes[0];
-    let proxy = RedisProxy::start(node.port()).await;
-    let proxy_port: u16 = proxy.url().rsplit(':').next().unwrap().parse().unwrap();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("cluster-announce-port")
-        .arg(proxy_port)
-        .query(&mut node.connection())
-        .expect("CONFIG SET cluster-announce-port");
-    let mut announced = false;
-    for _ in 0..200 {
-        announced = cluster.nodes.iter().all(|n| {
-            redis::cmd("CLUSTER")
-                .arg("NODES")
-                .query::<String>(&mut n.connection())
-                .is_ok_and(|nodes| nodes.contains(&format!(":{proxy_port}@")))
-        });
-        if announced {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(announced, "the cluster never named the proxy");
-    let proxied = cluster
-        .topology()
-        .into_iter()
-        .find(|n| n.port == proxy_port)
-        .expect("the proxied node");
+    // The first node is reached through a proxy the cluster announces.
+    let (proxy, proxied) = cluster.proxy_first_node().await;
 
     // The sidecar's connection that SSUBSCRIBEs on the proxied node is
     // marked (once: a new connection is left alone).

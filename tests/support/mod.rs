@@ -310,6 +310,42 @@ impl RedisCluster {
             .position(|n| n.port() == port)
             .expect("a node of this cluster")
     }
+
+    /// A [`proxy::RedisProxy`] in front of the first node, which then
+    /// announces the proxy's port (`cluster-announce-port`), so the slot
+    /// map every client learns names the proxy; with that node as the
+    /// cluster sees it.
+    pub async fn proxy_first_node(&self) -> (proxy::RedisProxy, ClusterNode) {
+        let node = &self.nodes[0];
+        let proxy = proxy::RedisProxy::start(node.port()).await;
+        let proxy_port: u16 = proxy.url().rsplit(':').next().unwrap().parse().unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("cluster-announce-port")
+            .arg(proxy_port)
+            .query(&mut node.connection())
+            .expect("CONFIG SET cluster-announce-port");
+        let mut announced = false;
+        for _ in 0..200 {
+            announced = self.nodes.iter().all(|n| {
+                redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query::<String>(&mut n.connection())
+                    .is_ok_and(|nodes| nodes.contains(&format!(":{proxy_port}@")))
+            });
+            if announced {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(announced, "the cluster never named the proxy");
+        let proxied = self
+            .topology()
+            .into_iter()
+            .find(|n| n.port == proxy_port)
+            .expect("the proxied node");
+        (proxy, proxied)
+    }
 }
 
 /// One line of `CLUSTER NODES`.
