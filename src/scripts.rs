@@ -3,8 +3,9 @@
 //! Each `lua/*.lua` file is compiled into the binary with `include_str!`,
 //! after `lua/prelude.lua` (shared helpers: Redis-clock time, topic
 //! creation), and wrapped in a [`redis::Script`] once at start. Calls go by
-//! EVALSHA; `redis::Script` loads the text and retries when Redis answers
-//! NOSCRIPT (after a restart or `SCRIPT FLUSH`). The header comment of each
+//! EVALSHA; when Redis answers NOSCRIPT (after a restart, a `SCRIPT FLUSH`
+//! or a failover) the call runs once by EVAL with the text, which caches
+//! it on that node (see [`Invocation::invoke_async`]). The header comment of each
 //! file documents its KEYS, ARGV, return shape and the invariant it protects.
 
 use std::sync::OnceLock;
