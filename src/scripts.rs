@@ -86,6 +86,11 @@ impl NamedScript {
     pub fn get_hash(&self) -> &str {
         self.script.get_hash()
     }
+
+    /// Its source, prelude included (what `EVAL` sends after a NOSCRIPT).
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
 }
 
 /// One call of a [`NamedScript`] being built.

@@ -31,7 +31,7 @@ use redis::{Cmd, ErrorKind, Pipeline, RedisFuture, RedisResult, ServerErrorKind,
 use tokio::sync::{OnceCell, watch};
 
 use crate::error::{Error, RedisOutage, Result};
-use crate::scripts::Scripts;
+use crate::scripts::{NamedScript, Scripts};
 use crate::wake::Wakeups;
 
 /// Bounded waits: with Redis gone or hung, requests answer 503 within
@@ -125,7 +125,10 @@ struct Durability {
     replicas: Replicas,
     /// `WAIT <replicas> <timeout ms>`, built once.
     wait: Cmd,
+    /// The read-only scripts' SHAs (`EVALSHA`) and sources (`EVAL`, sent
+    /// after a NOSCRIPT).
     read_only_scripts: HashSet<Vec<u8>>,
+    read_only_sources: Vec<&'static str>,
 }
 
 /// A connection handle; clones share one multiplexed socket (or, on a Redis
@@ -198,7 +201,8 @@ const READ_ONLY: &[&str] = &[
 ];
 
 impl Durability {
-    /// Whether `cmd` may write (a script is judged by its SHA).
+    /// Whether `cmd` may write (a script is judged by its SHA, or by its
+    /// source when sent by `EVAL`).
     fn writes(&self, cmd: &Cmd) -> bool {
         let mut args = cmd.args_iter();
         match (args.next(), args.next()) {
@@ -206,6 +210,14 @@ impl Durability {
                 if name.eq_ignore_ascii_case(b"EVALSHA") =>
             {
                 !self.read_only_scripts.contains(sha)
+            }
+            (Some(redis::Arg::Simple(name)), Some(redis::Arg::Simple(source)))
+                if name.eq_ignore_ascii_case(b"EVAL") =>
+            {
+                !self
+                    .read_only_sources
+                    .iter()
+                    .any(|s| s.as_bytes() == source)
             }
             (Some(redis::Arg::Simple(name)), _) => !READ_ONLY
                 .iter()
@@ -545,6 +557,7 @@ impl Store {
                 .read_only()
                 .map(|s| s.get_hash().as_bytes().to_vec())
                 .collect(),
+            read_only_sources: self.scripts.read_only().map(NamedScript::code).collect(),
         }));
         self
     }

@@ -121,6 +121,35 @@ async fn asking_for_more_replicas_than_exist_refuses_every_write() {
     group.assert_problem(503, "durability_timeout");
 }
 
+/// Reads never wait for replicas, even the first read after Redis forgot
+/// the scripts (a restart, a `SCRIPT FLUSH`): the script then runs by
+/// `EVAL` with its text, and a read-only one must still count as a read,
+/// not as a write to confirm (with no replica that was a 503
+/// `durability_timeout` on a plain `GET`).
+#[tokio::test]
+async fn reads_after_a_script_flush_do_not_wait_for_replicas() {
+    let app = TestApp::start_with(|c| {
+        c.durability = Some(streamcar::store::Replicas {
+            count: 1,
+            timeout: Duration::from_millis(200),
+        });
+    })
+    .await;
+    let port = app.redis.port().to_string();
+    let mut replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
+    wait_for_replicas(&app.redis, 1);
+    app.group("r", "g", &json!({})).await;
+    replica.kill();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut app.redis.connection())
+        .expect("SCRIPT FLUSH");
+    let group = app.get("/topics/r/groups/g").await;
+    assert_eq!(group.status, StatusCode::OK, "{}", group.body);
+    let topic = app.get("/topics/r").await;
+    assert_eq!(topic.status, StatusCode::OK, "{}", topic.body);
+}
+
 /// A primary that a failover turned into a replica answers `WAIT` with an
 /// error (`WAIT cannot be used with replica instances`). The write may
 /// exist: that is a 503 `durability_timeout` (retry with the key), never a
