@@ -128,10 +128,12 @@ async fn asking_for_more_replicas_than_exist_refuses_every_write() {
 /// `durability_timeout` on a plain `GET`).
 #[tokio::test]
 async fn reads_after_a_script_flush_do_not_wait_for_replicas() {
+    // Long enough for the declare below to be confirmed on a loaded machine;
+    // a read that waited for the (killed) replica would still answer 503.
     let app = TestApp::start_with(|c| {
         c.durability = Some(streamcar::store::Replicas {
             count: 1,
-            timeout: Duration::from_millis(200),
+            timeout: Duration::from_secs(2),
         });
     })
     .await;
