@@ -556,48 +556,49 @@ impl Runner {
     /// wait in Redis (for this sidecar once the app is back, or for any
     /// other consumer of the group) and a kill costs nothing.
     async fn release_unsent(&self, live: &[&Delivery]) -> bool {
-        if live.is_empty() {
+        self.release(live.iter().map(|d| d.receipt.clone()).collect())
+            .await
+    }
+
+    /// Gives `receipts` back without an attempt (see [`Self::release_unsent`]);
+    /// true when Redis took them (false: the status shows why).
+    async fn release(&self, receipts: Vec<String>) -> bool {
+        if receipts.is_empty() {
             return true;
         }
         let s = &self.spec;
-        let receipts: Vec<String> = live.iter().map(|d| d.receipt.clone()).collect();
-        match self
+        let released = self
             .services
             .broker
             .release(&s.tenant, &s.topic, &s.group, &receipts)
-            .await
-        {
-            Ok(_) => true,
-            Err(e) => {
-                self.status
-                    .error(format!("giving undelivered messages back: {e}"));
-                false
-            }
+            .await;
+        if let Err(e) = &released {
+            self.status
+                .error(format!("giving undelivered messages back: {e}"));
         }
+        released.is_ok()
     }
 
     /// Gives `receipts` back to the group, due at once. With `why` (the
-    /// drain's end, or no slot to push them) it is a nack with that error
-    /// and counts an attempt; without, the app never got them (it refused
-    /// connections), so they cost no attempt, as while the sidecar runs.
+    /// drain's end, or no slot to push them) it is a nack with that error:
+    /// it counts an attempt, and in the status's `nacked`. Without, the app
+    /// never got them (it refused connections): released, costing no
+    /// attempt, as while the sidecar runs, and not counted as nacked.
     pub(super) async fn give_back(&self, receipts: Vec<String>, why: Option<&str>) {
+        let Some(why) = why else {
+            self.release(receipts).await;
+            return;
+        };
         if receipts.is_empty() {
             return;
         }
-        let (s, broker) = (&self.spec, &self.services.broker);
-        let given = match why {
-            Some(why) => {
-                broker
-                    .nack(&s.tenant, &s.topic, &s.group, &receipts, Some(0), Some(why))
-                    .await
-            }
-            None => {
-                broker
-                    .release(&s.tenant, &s.topic, &s.group, &receipts)
-                    .await
-            }
-        };
-        match given {
+        let s = &self.spec;
+        let nacked = self
+            .services
+            .broker
+            .nack(&s.tenant, &s.topic, &s.group, &receipts, Some(0), Some(why))
+            .await;
+        match nacked {
             Ok(o) => Status::add(&self.status.nacked, o.nacked.len() + o.dead_lettered.len()),
             Err(e) => self.status.error(format!("giving deliveries back: {e}")),
         }
