@@ -35,6 +35,7 @@
 pub mod allocator;
 pub mod broker;
 pub mod channels;
+pub mod cluster_link;
 pub mod config;
 pub mod coord;
 pub mod dev;

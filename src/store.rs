@@ -30,6 +30,7 @@ use redis::cluster_routing::{
 use redis::{Cmd, ErrorKind, Pipeline, RedisFuture, RedisResult, ServerErrorKind, Value};
 use tokio::sync::{OnceCell, watch};
 
+use crate::cluster_link::ClusterLink;
 use crate::error::{Error, RedisOutage, Result};
 use crate::scripts::{NamedScript, Scripts};
 use crate::wake::Wakeups;
@@ -51,10 +52,13 @@ pub fn response_timeout(durability: Option<Replicas>) -> Duration {
     })
 }
 
-/// On a Redis Cluster, how a request that met a failover is retried by
-/// redis-rs before it answers 503: each retry first refreshes the slot map
-/// (on MOVED, a lost connection or CLUSTERDOWN), so a request that arrives
-/// after the replica's promotion finds the new primary. redis-rs's
+/// On a Redis Cluster, how redis-rs retries a request that met a failover
+/// on the connections that keep its retries (the channel hub's sharded
+/// subscriptions; the command connection's are off, and
+/// [`crate::cluster_link`] decides what it sends again): each retry first
+/// refreshes the slot map (on MOVED, a lost connection or CLUSTERDOWN), so
+/// a request that arrives after the replica's promotion finds the new
+/// primary. redis-rs's
 /// defaults (16 retries, waits from 1.28 s up to 655 s) would hold a
 /// request for minutes; ours are capped so that retries span about a
 /// cluster-node-timeout while the whole request stays within
@@ -119,16 +123,24 @@ pub struct Replicas {
 }
 
 /// What `--durability replicas:N` needs at each call: the replicas to wait
-/// for, and the scripts that never write (their calls do not wait).
+/// for, and which commands never write (those do not wait).
 #[derive(Debug)]
 struct Durability {
     replicas: Replicas,
     /// `WAIT <replicas> <timeout ms>`, built once.
     wait: Cmd,
+    read_only: Arc<ReadOnly>,
+}
+
+/// Tells the commands that never write from those that may (a write waits
+/// for replicas under `--durability replicas:N`, and on a cluster is never
+/// sent twice, see [`crate::cluster_link`]).
+#[derive(Debug)]
+pub struct ReadOnly {
     /// The read-only scripts' SHAs (`EVALSHA`) and sources (`EVAL`, sent
     /// after a NOSCRIPT).
-    read_only_scripts: HashSet<Vec<u8>>,
-    read_only_sources: Vec<&'static str>,
+    scripts: HashSet<Vec<u8>>,
+    sources: Vec<&'static str>,
 }
 
 /// A connection handle; clones share one multiplexed socket (or, on a Redis
@@ -150,7 +162,7 @@ enum Link {
     /// A standalone Redis.
     Single(ConnectionManager),
     /// A Redis Cluster.
-    Cluster(ClusterConnection),
+    Cluster(ClusterLink),
 }
 
 impl Link {
@@ -200,24 +212,32 @@ const READ_ONLY: &[&str] = &[
     "WAIT",
 ];
 
-impl Durability {
+impl ReadOnly {
+    /// From the registry's read-only scripts.
+    fn of(scripts: &Scripts) -> Self {
+        Self {
+            scripts: scripts
+                .read_only()
+                .map(|s| s.get_hash().as_bytes().to_vec())
+                .collect(),
+            sources: scripts.read_only().map(NamedScript::code).collect(),
+        }
+    }
+
     /// Whether `cmd` may write (a script is judged by its SHA, or by its
     /// source when sent by `EVAL`).
-    fn writes(&self, cmd: &Cmd) -> bool {
+    pub fn writes(&self, cmd: &Cmd) -> bool {
         let mut args = cmd.args_iter();
         match (args.next(), args.next()) {
             (Some(redis::Arg::Simple(name)), Some(redis::Arg::Simple(sha)))
                 if name.eq_ignore_ascii_case(b"EVALSHA") =>
             {
-                !self.read_only_scripts.contains(sha)
+                !self.scripts.contains(sha)
             }
             (Some(redis::Arg::Simple(name)), Some(redis::Arg::Simple(source)))
                 if name.eq_ignore_ascii_case(b"EVAL") =>
             {
-                !self
-                    .read_only_sources
-                    .iter()
-                    .any(|s| s.as_bytes() == source)
+                !self.sources.iter().any(|s| s.as_bytes() == source)
             }
             (Some(redis::Arg::Simple(name)), _) => !READ_ONLY
                 .iter()
@@ -260,7 +280,7 @@ impl Conn {
     /// or when none of them may write.
     fn confirmation<'c>(&self, mut cmds: impl Iterator<Item = &'c Cmd>) -> Option<Confirmation> {
         let durability = self.durability.as_ref()?;
-        let written = cmds.find(|c| durability.writes(c))?;
+        let written = cmds.find(|c| durability.read_only.writes(c))?;
         let route = match crate::slot::of_command(written) {
             Some(slot) => SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master)),
             None => SingleNodeRoutingInfo::Random,
@@ -287,7 +307,9 @@ impl Conn {
             Link::Single(c) => c.req_packed_commands(&pipeline, offset, count + 1).await?,
             Link::Cluster(c) => {
                 let route = confirmation.route.clone();
-                c.route_pipeline(pipeline, offset, count + 1, route).await?
+                c.conn
+                    .route_pipeline(pipeline, offset, count + 1, route)
+                    .await?
             }
         };
         let waited = values.pop().ok_or_else(|| {
@@ -314,7 +336,8 @@ impl Conn {
         let reply = match &mut self.link {
             Link::Cluster(c) => {
                 let routing = RoutingInfo::SingleNode(confirmation.route.clone());
-                c.route_command(confirmation.durability.wait.clone(), routing)
+                c.conn
+                    .route_command(confirmation.durability.wait.clone(), routing)
                     .await
             }
             Link::Single(c) => c.req_packed_command(&confirmation.durability.wait).await,
@@ -415,7 +438,7 @@ impl ConnectionLike for Conn {
     fn get_db(&self) -> i64 {
         match &self.link {
             Link::Single(c) => c.get_db(),
-            Link::Cluster(c) => c.get_db(),
+            Link::Cluster(c) => c.conn.get_db(),
         }
     }
 }
@@ -462,16 +485,21 @@ impl Connections {
     }
 
     /// A Redis Cluster reached through any of `seed_urls`; replies may take
-    /// `response_timeout`.
+    /// `response_timeout`. redis-rs's own retries are off: it would send
+    /// again a write that may have run; [`ClusterLink`] decides instead.
     pub fn cluster(seed_urls: &[&str], response_timeout: Duration) -> RedisResult<Self> {
-        let client = cluster_client_builder(seed_urls, response_timeout).build()?;
+        let client = cluster_client_builder(seed_urls, response_timeout)
+            .retries(0)
+            .build()?;
         Ok(Self::Cluster {
             client: Box::new(client),
             connection: OnceCell::new(),
         })
     }
 
-    async fn link(&self) -> RedisResult<Link> {
+    /// A connection; `read_only` tells a cluster link which requests it may
+    /// send again.
+    async fn link(&self, read_only: &Arc<ReadOnly>) -> RedisResult<Link> {
         Ok(match self {
             Self::Single { managers, next } => {
                 let i = next.fetch_add(1, Ordering::Relaxed) % managers.len();
@@ -481,7 +509,7 @@ impl Connections {
                 .get_or_try_init(|| client.get_async_connection())
                 .await
                 .cloned()
-                .map(Link::Cluster)?,
+                .map(|conn| Link::Cluster(ClusterLink::new(conn, read_only.clone())))?,
         })
     }
 
@@ -509,6 +537,8 @@ pub struct Store {
     shutdown: watch::Receiver<bool>,
     /// `--strict`: refuse a Redis that may evict keys.
     strict: bool,
+    /// Which commands never write.
+    read_only: Arc<ReadOnly>,
     /// `--durability replicas:N`: what every write waits for.
     durability: Option<Arc<Durability>>,
     /// With `--durability replicas:N`: connections of their own for
@@ -526,9 +556,11 @@ impl Store {
         shutdown: watch::Receiver<bool>,
         strict: bool,
     ) -> Self {
+        let read_only = Arc::new(ReadOnly::of(&scripts));
         Self {
             connections,
             scripts,
+            read_only,
             wakeups,
             shutdown,
             strict,
@@ -552,12 +584,7 @@ impl Store {
         self.durability = Some(Arc::new(Durability {
             replicas,
             wait,
-            read_only_scripts: self
-                .scripts
-                .read_only()
-                .map(|s| s.get_hash().as_bytes().to_vec())
-                .collect(),
-            read_only_sources: self.scripts.read_only().map(NamedScript::code).collect(),
+            read_only: self.read_only.clone(),
         }));
         self
     }
@@ -565,11 +592,11 @@ impl Store {
     /// A shared connection; on a cluster, the first call connects.
     pub(crate) async fn conn(&self) -> Result<Conn> {
         let reads = match &self.reads {
-            Some(reads) => Some(reads.link().await?),
+            Some(reads) => Some(reads.link(&self.read_only).await?),
             None => None,
         };
         Ok(Conn {
-            link: self.connections.link().await?,
+            link: self.connections.link(&self.read_only).await?,
             reads,
             durability: self.durability.clone(),
         })
@@ -659,7 +686,7 @@ impl Store {
         let mut info = redis::cmd("CLUSTER");
         info.arg("INFO");
         let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
-        let reply = cluster.route_command(info, routing).await?;
+        let reply = cluster.conn.route_command(info, routing).await?;
         let reports = info_reports(&reply);
         if reports.is_empty() || reports.iter().any(|r| !r.contains("cluster_state:ok")) {
             return Err(Error::Unavailable {

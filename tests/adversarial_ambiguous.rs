@@ -916,25 +916,15 @@ async fn a_lost_publish_that_filled_the_backlog_or_quota_is_retried_as_a_duplica
 }
 
 /// On Redis Cluster, a write whose connection is lost after it reached its
-/// node: redis-rs's cluster connection sends a request again when its
-/// connection drops (it reconnects and retries, as for a node that died),
-/// and the first copy already ran. A publish without an idempotency key
-/// was written twice and answered 201, with nothing to tell the client.
-/// The README: a write "must not run twice"; the sidecar must answer 503
-/// (the client decides) and the topic hold what the client was told.
-///
-/// Not fixed yet (ignored so the file stays green; run it with
-/// `--run-ignored only`): building the command connection with
-/// `retries(0)` and sending again only what ran nowhere (a redirect, a
-/// refused connection, CLUSTERDOWN) fixes this test, but made
-/// `tests/failover.rs` (`replicas:1`) answer 500 NOSCRIPT in 2 of 9 runs
-/// (0 of 6 without it). That NOSCRIPT was a bug of its own, seen later
-/// without the change too (SCRIPT LOAD sent to a stale slot map's
-/// primaries; calls now fall back to EVAL), so the approach deserves
-/// another try; it changes how every cluster request is retried and needs
-/// its own round.
+/// node: redis-rs's cluster connection sent a request again when its
+/// connection dropped (it reconnects and retries, as for a node that died),
+/// and the first copy had already run. A publish without an idempotency key
+/// was written twice and answered 201, with nothing to tell the client. The
+/// README: a write "must not run twice"; the sidecar must answer 503 (the
+/// client decides) and the topic hold what the client was told. Fixed by
+/// turning redis-rs's retries off and sending again only what ran nowhere
+/// (`src/cluster_link.rs`).
 #[tokio::test]
-#[ignore = "known bug: redis-rs's cluster connection resends a write whose connection dropped after it ran"]
 async fn on_a_cluster_a_write_whose_connection_was_lost_is_not_sent_again() {
     let cluster = RedisCluster::start(3);
     // The first node is reached through a proxy the cluster announces.

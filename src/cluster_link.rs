@@ -1,0 +1,242 @@
+//! On a Redis Cluster, the command connection and when it sends a request
+//! again.
+//!
+//! redis-rs's cluster connection retries by itself, and among what it
+//! retries is a request whose connection dropped, or whose reply was cut
+//! off, after the request reached its node: a write that ran is then run a
+//! second time and answered once (a publish without an idempotency key
+//! written twice, an ack that answers `lease_lost` for its own first run).
+//! So its retries are off (see [`crate::store::Connections::cluster`]) and
+//! [`ClusterLink`] sends again only what certainly ran nowhere: a
+//! redirect (`MOVED`, `ASK`), a node that asked for a retry (`TRYAGAIN`,
+//! `CLUSTERDOWN`, `LOADING`…), a write sent to a node that just became a
+//! replica (`READONLY`), a node it could not connect to. A read is sent
+//! again after any transient failure. A write whose fate is unknown is the
+//! caller's 503, as on a single Redis: the client retries it, with its
+//! idempotency key.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, RetryMethod, Value};
+use tokio::time::Instant;
+
+use crate::store::ReadOnly;
+
+/// How many times a request is sent again, at most.
+const RESENDS: u32 = 4;
+/// The waits before sending again a request a node refused for now (a
+/// redirect goes at once): together about a cluster-node-timeout, time
+/// for a replica's promotion to reach the slot map.
+const WAITS_MS: [u64; RESENDS as usize] = [100, 200, 400, 500];
+/// No request is sent again once this long has passed since it was first
+/// sent (a slow node's answers must not add up).
+const RESEND_WITHIN: Duration = Duration::from_secs(2);
+
+/// The cluster connection, with its resend policy (see the module docs).
+#[derive(Clone)]
+pub struct ClusterLink {
+    /// redis-rs's connection, its own retries off.
+    pub conn: ClusterConnection,
+    /// Which commands never write (those are sent again freely).
+    read_only: Arc<ReadOnly>,
+}
+
+/// How to send a request again.
+enum Resend {
+    /// To this node (`host`, `port`) at once, as `MOVED` said.
+    Moved(String, u16),
+    /// To this node at once, after `ASKING`, as `ASK` said.
+    Ask(String, u16),
+    /// Where the slot map says, after a wait.
+    Later,
+}
+
+/// Whether a request that failed with `error` is sent again, and how;
+/// `writes`: whether it may write.
+fn resend_for(error: &RedisError, writes: bool) -> Option<Resend> {
+    if error.is_timeout() {
+        // The node may run it still; the caller's time is spent anyway.
+        return None;
+    }
+    let redirect = || {
+        let (addr, _slot) = error.redirect_node()?;
+        let (host, port) = addr.rsplit_once(':')?;
+        Some((host.to_owned(), port.parse().ok()?))
+    };
+    match error.retry_method() {
+        RetryMethod::MovedRedirect => redirect().map(|(h, p)| Resend::Moved(h, p)),
+        RetryMethod::AskRedirect => redirect().map(|(h, p)| Resend::Ask(h, p)),
+        RetryMethod::WaitAndRetry
+        | RetryMethod::RefreshSlotsAndRetry
+        | RetryMethod::ReconnectFromInitialConnections => Some(Resend::Later),
+        // A lost connection, a cut-off reply: the request may have run.
+        // A refused connection is the exception: nothing was sent.
+        RetryMethod::Reconnect | RetryMethod::RetryImmediately => {
+            (!writes || error.is_connection_refusal()).then_some(Resend::Later)
+        }
+        _ => None,
+    }
+}
+
+impl ClusterLink {
+    /// Wraps `conn`; `read_only` tells reads from writes.
+    pub fn new(conn: ClusterConnection, read_only: Arc<ReadOnly>) -> Self {
+        Self { conn, read_only }
+    }
+
+    /// Sends `cmd`, and again while [`resend_for`] allows.
+    async fn command(&mut self, cmd: &Cmd) -> RedisResult<Value> {
+        let writes = self.read_only.writes(cmd);
+        let started = Instant::now();
+        let mut reply = self.conn.req_packed_command(cmd).await;
+        for wait_ms in WAITS_MS {
+            let Err(error) = &reply else { break };
+            let Some(resend) =
+                resend_for(error, writes).filter(|_| started.elapsed() < RESEND_WITHIN)
+            else {
+                break;
+            };
+            reply = match resend {
+                Resend::Moved(host, port) => {
+                    let node = SingleNodeRoutingInfo::ByAddress { host, port };
+                    self.conn
+                        .route_command(cmd.clone(), RoutingInfo::SingleNode(node))
+                        .await
+                }
+                Resend::Ask(host, port) => {
+                    let mut asking = Pipeline::with_capacity(2);
+                    asking
+                        .add_command(redis::cmd("ASKING"))
+                        .add_command(cmd.clone());
+                    let node = SingleNodeRoutingInfo::ByAddress { host, port };
+                    self.conn
+                        .route_pipeline(asking, 1, 1, node)
+                        .await
+                        .and_then(|mut values| {
+                            values.pop().ok_or_else(|| {
+                                (redis::ErrorKind::Client, "no reply after ASKING").into()
+                            })
+                        })
+                        .and_then(Value::extract_error)
+                }
+                Resend::Later => {
+                    tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                    self.conn.req_packed_command(cmd).await
+                }
+            };
+        }
+        reply
+    }
+
+    /// Sends `pipeline`, and again while [`resend_for`] allows: a write
+    /// when any command in it may write. A redirected pipeline is sent
+    /// again where the refreshed slot map says, after a wait.
+    async fn pipeline(
+        &mut self,
+        pipeline: &Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
+        let writes = pipeline.cmd_iter().any(|c| self.read_only.writes(c));
+        let started = Instant::now();
+        let mut reply = self.conn.req_packed_commands(pipeline, offset, count).await;
+        for wait_ms in WAITS_MS {
+            let Err(error) = &reply else { break };
+            if resend_for(error, writes).is_none() || started.elapsed() >= RESEND_WITHIN {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            reply = self.conn.req_packed_commands(pipeline, offset, count).await;
+        }
+        reply
+    }
+}
+
+impl ConnectionLike for ClusterLink {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(self.command(cmd))
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(self.pipeline(pipeline, offset, count))
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    /// The error a node's `-<text>` reply becomes.
+    fn refused_by_node(text: &str) -> RedisError {
+        let reply = redis::parse_redis_value(format!("-{text}\r\n").as_bytes()).expect("RESP");
+        reply.extract_error().expect_err("an error reply")
+    }
+
+    fn io(kind: io::ErrorKind) -> RedisError {
+        io::Error::new(kind, "test").into()
+    }
+
+    fn resent(error: &RedisError, writes: bool) -> &'static str {
+        match resend_for(error, writes) {
+            None => "no",
+            Some(Resend::Moved(..)) => "moved",
+            Some(Resend::Ask(..)) => "ask",
+            Some(Resend::Later) => "later",
+        }
+    }
+
+    #[test]
+    fn what_ran_nowhere_is_sent_again_and_a_write_that_may_have_run_is_not() {
+        let moved = refused_by_node("MOVED 3999 127.0.0.1:6381");
+        assert!(
+            matches!(resend_for(&moved, true), Some(Resend::Moved(h, 6381)) if h == "127.0.0.1")
+        );
+        let ask = refused_by_node("ASK 3999 127.0.0.1:6382");
+        assert!(matches!(resend_for(&ask, true), Some(Resend::Ask(h, 6382)) if h == "127.0.0.1"));
+        for text in [
+            "TRYAGAIN x",
+            "CLUSTERDOWN x",
+            "LOADING x",
+            "MASTERDOWN x",
+            "READONLY x",
+        ] {
+            assert_eq!(resent(&refused_by_node(text), true), "later", "{text}");
+        }
+        assert_eq!(resent(&io(io::ErrorKind::ConnectionRefused), true), "later");
+        for kind in [
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::BrokenPipe,
+            io::ErrorKind::UnexpectedEof,
+            io::ErrorKind::ConnectionAborted,
+        ] {
+            let error = io(kind);
+            assert_eq!(resent(&error, true), "no", "a write after {kind:?}");
+            assert_eq!(resent(&error, false), "later", "a read after {kind:?}");
+        }
+        // A reply cut off halfway (redis-rs: a parse error).
+        let cut = redis::parse_redis_value(b"*2\r\n:1\r\n").expect_err("cut off");
+        assert_eq!(resent(&cut, true), "no");
+        assert_eq!(resent(&cut, false), "later");
+        for error in [
+            io(io::ErrorKind::TimedOut),
+            refused_by_node("ERR wrong"),
+            refused_by_node("NOSCRIPT x"),
+        ] {
+            assert_eq!(resent(&error, false), "no", "{error}");
+        }
+    }
+}
