@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::SingleNodeRoutingInfo;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, RetryMethod, Value};
 use tokio::time::Instant;
 
@@ -88,71 +88,92 @@ impl ClusterLink {
         Self { conn, read_only }
     }
 
-    /// Sends `cmd`, and again while [`resend_for`] allows.
+    /// Sends `cmd`; sent again (see [`Self::resend`]) when it failed.
     async fn command(&mut self, cmd: &Cmd) -> RedisResult<Value> {
+        let error = match self.conn.req_packed_command(cmd).await {
+            Err(error) => error,
+            answered => return answered,
+        };
+        let mut alone = Pipeline::with_capacity(1);
+        alone.add_command(cmd.clone());
         let writes = self.read_only.writes(cmd);
-        let started = Instant::now();
-        let mut reply = self.conn.req_packed_command(cmd).await;
-        for wait_ms in WAITS_MS {
-            let Err(error) = &reply else { break };
-            let Some(resend) =
-                resend_for(error, writes).filter(|_| started.elapsed() < RESEND_WITHIN)
-            else {
-                break;
-            };
-            reply = match resend {
-                Resend::Moved(host, port) => {
-                    let node = SingleNodeRoutingInfo::ByAddress { host, port };
-                    self.conn
-                        .route_command(cmd.clone(), RoutingInfo::SingleNode(node))
-                        .await
-                }
-                Resend::Ask(host, port) => {
-                    let mut asking = Pipeline::with_capacity(2);
-                    asking
-                        .add_command(redis::cmd("ASKING"))
-                        .add_command(cmd.clone());
-                    let node = SingleNodeRoutingInfo::ByAddress { host, port };
-                    self.conn
-                        .route_pipeline(asking, 1, 1, node)
-                        .await
-                        .and_then(|mut values| {
-                            values.pop().ok_or_else(|| {
-                                (redis::ErrorKind::Client, "no reply after ASKING").into()
-                            })
-                        })
-                        .and_then(Value::extract_error)
-                }
-                Resend::Later => {
-                    tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-                    self.conn.req_packed_command(cmd).await
-                }
-            };
-        }
-        reply
+        let mut values = self.resend(&alone, 0, 1, writes, error).await?;
+        values
+            .pop()
+            .ok_or_else(|| (redis::ErrorKind::Client, "no reply in the pipeline").into())
+            .and_then(Value::extract_error)
     }
 
-    /// Sends `pipeline`, and again while [`resend_for`] allows: a write
-    /// when any command in it may write. A redirected pipeline is sent
-    /// again where the refreshed slot map says, after a wait.
+    /// Sends `pipeline`; sent again (see [`Self::resend`]) when it failed:
+    /// a write when any command in it may write.
     async fn pipeline(
         &mut self,
         pipeline: &Pipeline,
         offset: usize,
         count: usize,
     ) -> RedisResult<Vec<Value>> {
+        let error = match self.conn.req_packed_commands(pipeline, offset, count).await {
+            Err(error) => error,
+            answered => return answered,
+        };
         let writes = pipeline.cmd_iter().any(|c| self.read_only.writes(c));
+        self.resend(pipeline, offset, count, writes, error).await
+    }
+
+    /// Sends `pipeline` again after it failed with `error`, while
+    /// [`resend_for`] allows: to the node a redirect names (after `ASKING`
+    /// for `ASK`; a transaction, which cannot carry it, waits instead), or
+    /// where the slot map says after a wait.
+    async fn resend(
+        &mut self,
+        pipeline: &Pipeline,
+        offset: usize,
+        count: usize,
+        writes: bool,
+        mut error: RedisError,
+    ) -> RedisResult<Vec<Value>> {
         let started = Instant::now();
-        let mut reply = self.conn.req_packed_commands(pipeline, offset, count).await;
         for wait_ms in WAITS_MS {
-            let Err(error) = &reply else { break };
-            if resend_for(error, writes).is_none() || started.elapsed() >= RESEND_WITHIN {
+            let Some(how) =
+                resend_for(&error, writes).filter(|_| started.elapsed() < RESEND_WITHIN)
+            else {
                 break;
+            };
+            let reply = match how {
+                Resend::Moved(host, port) => {
+                    let node = SingleNodeRoutingInfo::ByAddress { host, port };
+                    self.conn
+                        .route_pipeline(pipeline.clone(), offset, count, node)
+                        .await
+                }
+                Resend::Ask(host, port) if !pipeline.is_transaction() => {
+                    // `ASKING` lets only the next command through.
+                    let mut asking = Pipeline::with_capacity(2 * pipeline.len());
+                    for cmd in pipeline.cmd_iter() {
+                        asking.add_command(redis::cmd("ASKING"));
+                        asking.add_command(cmd.clone());
+                    }
+                    let node = SingleNodeRoutingInfo::ByAddress { host, port };
+                    let all = 2 * pipeline.len();
+                    self.conn
+                        .route_pipeline(asking, 0, all, node)
+                        .await
+                        .map(|replies| {
+                            let own = replies.into_iter().skip(1).step_by(2);
+                            own.skip(offset).take(count).collect()
+                        })
+                }
+                Resend::Ask(..) | Resend::Later => {
+                    tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                    self.conn.req_packed_commands(pipeline, offset, count).await
+                }
+            };
+            match reply {
+                Err(again) => error = again,
+                answered => return answered,
             }
-            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-            reply = self.conn.req_packed_commands(pipeline, offset, count).await;
         }
-        reply
+        Err(error)
     }
 }
 

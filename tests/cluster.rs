@@ -348,3 +348,110 @@ async fn readyz_is_503_while_a_slot_has_no_primary() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(ready(client, sc.base.clone()).await, 503);
 }
+
+/// A slot in the middle of a migration (resharding): once its keys have
+/// moved, its old node answers `ASK` for them, and a request must go to the
+/// new node after `ASKING`. The sidecar's command connection turns
+/// redis-rs's own retries off (they would resend a write that may have
+/// run), so `src/cluster_link.rs` follows `ASK` itself: the publish lands
+/// on the new node and reads find it there. (A call that would create a key
+/// in a slot being migrated is refused by Redis with `TRYAGAIN` until the
+/// migration ends, whoever sends it: that is a 503 meanwhile.)
+#[tokio::test]
+async fn a_topic_whose_slot_is_being_migrated_is_served_by_its_new_node() {
+    let cluster = RedisCluster::start(3);
+    let sc = StreamcarProcess::start(&cluster.urls(), &["--redis-cluster"]).await;
+    let api = Api {
+        client: reqwest::Client::new(),
+        base: format!("{}/v1/tenants/mig", sc.base),
+    };
+    let topology = cluster.topology();
+    let primaries: Vec<_> = topology
+        .iter()
+        .filter(|n| n.master_port.is_none())
+        .collect();
+    let (from, to) = (primaries[0], primaries[1]);
+    let tag = |t: &str| format!("{{mig:{t}}}");
+    let topic = (0..)
+        .map(|i| format!("m{i}"))
+        .find(|t| from.serves(cluster.key_slot(&tag(t))))
+        .expect("a topic on the first primary");
+    let slot = cluster.key_slot(&tag(&topic));
+    let (status, body) = api
+        .put(&format!("/topics/{topic}/groups/g"), json!({}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = api
+        .post(
+            &format!("/topics/{topic}/messages"),
+            json!({"payload": "before"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    let node = |port: u16| {
+        let server = cluster
+            .nodes
+            .iter()
+            .find(|n| n.port() == port)
+            .expect("node");
+        server.connection()
+    };
+    let (mut old, mut new) = (node(from.port), node(to.port));
+    let setslot = |conn: &mut redis::Connection, state: &str, other: &str| {
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg(state)
+            .arg(other)
+            .query(conn)
+            .expect("CLUSTER SETSLOT");
+    };
+    setslot(&mut new, "IMPORTING", &from.id);
+    setslot(&mut old, "MIGRATING", &to.id);
+    let keys: Vec<String> = redis::cmd("CLUSTER")
+        .arg("GETKEYSINSLOT")
+        .arg(slot)
+        .arg(100)
+        .query(&mut old)
+        .expect("GETKEYSINSLOT");
+    assert!(keys.len() >= 2, "the topic's keys: {keys:?}");
+    let _: () = redis::cmd("MIGRATE")
+        .arg("127.0.0.1")
+        .arg(to.port)
+        .arg("")
+        .arg(0)
+        .arg(5000)
+        .arg("KEYS")
+        .arg(&keys)
+        .query(&mut old)
+        .expect("MIGRATE");
+
+    // The old node now answers ASK for every key of the topic.
+    let (status, body) = api
+        .post(
+            &format!("/topics/{topic}/messages"),
+            json!({"payload": "after"}),
+        )
+        .await;
+    assert_eq!(status, 201, "publish during the migration: {body}");
+    assert_eq!(body["seq"], 2, "{body}");
+    let stream = format!("sc:{}:stream", tag(&topic));
+    let (_, on_new): (String, i64) = redis::pipe()
+        .cmd("ASKING")
+        .cmd("XLEN")
+        .arg(&stream)
+        .query(&mut new)
+        .expect("XLEN on the new node");
+    assert_eq!(on_new, 2, "both messages are on the importing node");
+
+    let (status, history) = api.get(&format!("/topics/{topic}/messages")).await;
+    assert_eq!(status, 200, "{history}");
+    let payloads: Vec<&Value> = history["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| &m["payload"])
+        .collect();
+    assert_eq!(payloads, [&json!("before"), &json!("after")], "{history}");
+}
