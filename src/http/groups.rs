@@ -17,7 +17,7 @@ use super::openapi::{
     ApiErrors, BodyErrors, Conflict, DeadLetterParams, FetchResponse, GroupParams, MessageIdText,
     NotFound, PausedResponse, ReceiptText,
 };
-use super::{AppState, created_or_ok};
+use super::{AppState, declare_then_read};
 use crate::broker::delivery::{AckOutcome, ExtendOutcome, FetchRequest};
 use crate::broker::dlq::{DeadLetterPage, ReplayOutcome};
 use crate::broker::groups::{GroupConfigRequest, GroupInfo};
@@ -58,15 +58,20 @@ async fn declare_group(
     path: GroupPath,
     OptionalJsonBody(config): OptionalJsonBody<GroupConfigRequest>,
 ) -> Result<Response> {
-    let created = state
-        .broker
-        .declare_group(&path.tenant, &path.topic, &path.group, &config)
-        .await?;
-    let info = state
-        .broker
-        .group_info(&path.tenant, &path.topic, &path.group)
-        .await?;
-    Ok((created_or_ok(created), Json(info)).into_response())
+    let (status, info) = declare_then_read(
+        || {
+            state
+                .broker
+                .declare_group(&path.tenant, &path.topic, &path.group, &config)
+        },
+        || {
+            state
+                .broker
+                .group_info(&path.tenant, &path.topic, &path.group)
+        },
+    )
+    .await?;
+    Ok((status, Json(info)).into_response())
 }
 
 /// Describe a group: config, lag, pending, delayed, dead letters, consumers.

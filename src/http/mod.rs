@@ -79,6 +79,34 @@ fn created_or_ok(created: bool) -> axum::http::StatusCode {
     }
 }
 
+/// How many times a declaration is made again when a delete removed it
+/// before it could be read back.
+const DECLARE_ATTEMPTS: usize = 3;
+
+/// Declares something (`declare` answers whether it created it), then
+/// reads it back for the answer. A delete that lands between the two would
+/// turn a declaration that took effect into a 404; the declaration is then
+/// made again (it follows the delete), a few times at most. Answers the
+/// status (201 when any round created it) and what was read.
+async fn declare_then_read<T, D, R>(
+    declare: impl Fn() -> D,
+    read: impl Fn() -> R,
+) -> crate::error::Result<(axum::http::StatusCode, T)>
+where
+    D: std::future::Future<Output = crate::error::Result<bool>>,
+    R: std::future::Future<Output = crate::error::Result<T>>,
+{
+    let mut created = false;
+    let mut attempt = 1;
+    loop {
+        created |= declare().await?;
+        match read().await {
+            Err(crate::error::Error::NotFound { .. }) if attempt < DECLARE_ATTEMPTS => attempt += 1,
+            read => return Ok((created_or_ok(created), read?)),
+        }
+    }
+}
+
 /// Every documented route, with its OpenAPI document.
 fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())

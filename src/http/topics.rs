@@ -20,7 +20,7 @@ use super::openapi::{
     ApiErrors, BodyErrors, Conflict, NotFound, Problem, TenantParams, TooManyRequests, TopicList,
     TopicParams,
 };
-use super::{AppState, created_or_ok};
+use super::{AppState, created_or_ok, declare_then_read};
 use crate::broker::publish::{MAX_BATCH, PublishRequest, Published};
 use crate::broker::topics::{HistoryPage, TopicConfigRequest, TopicInfo};
 use crate::error::{Error, RateLimitInfo, Result};
@@ -72,12 +72,16 @@ async fn declare_topic(
     path: TopicPath,
     OptionalJsonBody(config): OptionalJsonBody<TopicConfigRequest>,
 ) -> Result<Response> {
-    let created = state
-        .broker
-        .declare_topic(&path.tenant, &path.topic, &config)
-        .await?;
-    let info = state.broker.topic_info(&path.tenant, &path.topic).await?;
-    Ok((created_or_ok(created), Json(info)).into_response())
+    let (status, info) = declare_then_read(
+        || {
+            state
+                .broker
+                .declare_topic(&path.tenant, &path.topic, &config)
+        },
+        || state.broker.topic_info(&path.tenant, &path.topic),
+    )
+    .await?;
+    Ok((status, Json(info)).into_response())
 }
 
 /// Describe a topic: config, length, ids, last seq, groups with lag.
