@@ -95,6 +95,11 @@ impl TenantKeys {
         joined(&[&self.prefix, ":rate"])
     }
 
+    /// The quota's recent refunds, by the number of the charge refunded.
+    pub fn rate_refunds(&self) -> String {
+        joined(&[&self.prefix, ":rate:refunds"])
+    }
+
     /// Keys of reservation pool `pool`.
     pub fn pool(&self, pool: &Pool) -> PoolKeys {
         PoolKeys {

@@ -46,8 +46,8 @@ pub struct Limits {
 
 /// Raw reply of `lua/rate_limit.lua`: status (1 charged, 0 refused, 2 no
 /// quota, -1 above the burst), retry_after_ms, remaining, reset_ms, limit,
-/// then the charge's receipt (tat_us, tat_frac, rate, shift, epoch).
-pub type RateReply = (i64, u64, u64, u64, u64, u64, u64, u64, u64, String);
+/// then the charge's receipt (tat_us, tat_frac, rate, shift, epoch, number).
+pub type RateReply = (i64, u64, u64, u64, u64, u64, u64, u64, u64, String, u64);
 
 /// The `lua/rate_limit.lua` call that charges `count` messages to `tenant`'s
 /// quota.
@@ -100,6 +100,8 @@ struct ChargeReceipt {
     rate: u64,
     shift: u64,
     epoch: String,
+    /// The charge's number (refunds of later charges do not move its slots).
+    number: u64,
 }
 
 /// A publish the quota refused.
@@ -151,8 +153,10 @@ impl Coord {
     /// Removes a tenant's quota.
     pub async fn clear_limits(&self, tenant: &Tenant) -> Result<()> {
         let mut conn = self.store.conn().await?;
+        let keys = TenantKeys::new(tenant);
         redis::cmd("DEL")
-            .arg(TenantKeys::new(tenant).rate())
+            .arg(keys.rate())
+            .arg(keys.rate_refunds())
             .query_async::<()>(&mut conn)
             .await?;
         Ok(())
@@ -195,6 +199,7 @@ impl Coord {
             rate,
             shift,
             epoch,
+            number,
         ) = reply;
         let info = RateLimitInfo {
             limit,
@@ -210,6 +215,7 @@ impl Coord {
                     rate,
                     shift,
                     epoch,
+                    number,
                 },
                 info,
             })),
@@ -263,12 +269,14 @@ impl Coord {
         receipt: &ChargeReceipt,
         count: u64,
     ) -> Result<Option<RateLimitInfo>> {
+        let keys = TenantKeys::new(tenant);
         let mut conn = self.store.conn().await?;
         let (status, _, remaining, reset_ms, limit, ..): RateReply = self
             .store
             .scripts()
             .rate_limit
-            .key(TenantKeys::new(tenant).rate())
+            .key(keys.rate())
+            .key(keys.rate_refunds())
             .arg("refund")
             .arg(count)
             .arg(receipt.tat_us)
@@ -276,6 +284,7 @@ impl Coord {
             .arg(receipt.rate)
             .arg(receipt.shift)
             .arg(&receipt.epoch)
+            .arg(receipt.number)
             .invoke_async(&mut conn)
             .await?;
         // Status 2: the quota was removed meanwhile.
