@@ -32,6 +32,22 @@ async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("{what}: no answer within {HANG:?} (hang)"))
 }
 
+/// Sends `req`; when `leaves`, the client gives up after 100 ms (a client
+/// that goes away mid-call): the status and body, or the client's error.
+async fn send_or_leave(
+    req: reqwest::RequestBuilder,
+    leaves: bool,
+) -> Result<(StatusCode, Value), reqwest::Error> {
+    let req = if leaves {
+        req.timeout(Duration::from_millis(100))
+    } else {
+        req
+    };
+    let resp = req.send().await?;
+    let status = resp.status();
+    Ok((status, resp.json().await?))
+}
+
 /// Every task's output, in order; each join bounded.
 async fn join_all<T>(what: &str, tasks: Vec<JoinHandle<T>>) -> Vec<T> {
     let mut out = Vec::with_capacity(tasks.len());
@@ -792,21 +808,12 @@ async fn callers_that_leave_mid_call_strand_nobody() {
             if i % 4 == 0 {
                 body["idempotency_key"] = json!(format!("k{i}"));
             }
-            let mut req = app
+            let req = app
                 .client
                 .post(app.url(&format!("/topics/{topic}/messages")))
                 .json(&body);
             let leaves = i % 3 == 0;
-            if leaves {
-                req = req.timeout(Duration::from_millis(100));
-            }
-            let answer = async {
-                let resp = req.send().await?;
-                let status = resp.status();
-                let body: Value = resp.json().await?;
-                Ok::<_, reqwest::Error>((status, body))
-            }
-            .await;
+            let answer = send_or_leave(req, leaves).await;
             match answer {
                 Ok((status, body)) => {
                     assert_eq!(status, 201, "{i}: {body}");
@@ -863,21 +870,12 @@ async fn callers_that_leave_mid_call_strand_nobody() {
     for (i, receipt) in receipts.iter().cloned().enumerate() {
         let app = app.clone();
         tasks.push(tokio::spawn(async move {
-            let mut req = app
+            let req = app
                 .client
                 .post(app.url(&format!("/topics/{topic}/groups/g/ack")))
                 .json(&json!({ "receipts": [receipt] }));
             let leaves = i % 3 == 0;
-            if leaves {
-                req = req.timeout(Duration::from_millis(100));
-            }
-            let answer = async {
-                let resp = req.send().await?;
-                let status = resp.status();
-                let body: Value = resp.json().await?;
-                Ok::<_, reqwest::Error>((status, body))
-            }
-            .await;
+            let answer = send_or_leave(req, leaves).await;
             match answer {
                 Ok((status, body)) => {
                     assert_eq!(status, 200, "ack {i}: {body}");
