@@ -13,7 +13,10 @@
 //! replica (`READONLY`), a node it could not connect to. A read is sent
 //! again after any transient failure. A write whose fate is unknown is the
 //! caller's 503, as on a single Redis: the client retries it, with its
-//! idempotency key.
+//! idempotency key. A pipeline of several writes is not sent again at all
+//! (one may have run while another was redirected); with `--durability`, a
+//! write and its `WAIT` are sent again together, to the node named, so the
+//! `WAIT` counts the replicas of that write.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,16 +99,15 @@ impl ClusterLink {
         };
         let mut alone = Pipeline::with_capacity(1);
         alone.add_command(cmd.clone());
-        let writes = self.read_only.writes(cmd);
-        let mut values = self.resend(&alone, 0, 1, writes, error).await?;
+        let writers = usize::from(self.read_only.writes(cmd));
+        let mut values = self.resend(&alone, 0, 1, writers, error).await?;
         values
             .pop()
             .ok_or_else(|| (redis::ErrorKind::Client, "no reply in the pipeline").into())
             .and_then(Value::extract_error)
     }
 
-    /// Sends `pipeline`; sent again (see [`Self::resend`]) when it failed:
-    /// a write when any command in it may write.
+    /// Sends `pipeline`; sent again (see [`Self::resend`]) when it failed.
     async fn pipeline(
         &mut self,
         pipeline: &Pipeline,
@@ -116,22 +118,29 @@ impl ClusterLink {
             Err(error) => error,
             answered => return answered,
         };
-        let writes = pipeline.cmd_iter().any(|c| self.read_only.writes(c));
-        self.resend(pipeline, offset, count, writes, error).await
+        let writers = self.read_only.writers(pipeline);
+        self.resend(pipeline, offset, count, writers, error).await
     }
 
-    /// Sends `pipeline` again after it failed with `error`, while
-    /// [`resend_for`] allows: to the node a redirect names (after `ASKING`
-    /// for `ASK`; a transaction, which cannot carry it, waits instead), or
-    /// where the slot map says after a wait.
-    async fn resend(
+    /// Sends `pipeline`, which holds `writers` commands that may write,
+    /// again after it failed with `error`, while [`resend_for`] allows: to
+    /// the node a redirect names (after `ASKING` for `ASK`; a transaction,
+    /// which cannot carry it, waits instead), or where the slot map says
+    /// after a wait. A pipeline of several writes is never sent again: one
+    /// of them may have run while another was redirected (`ASK` and
+    /// `TRYAGAIN` answer per key).
+    pub(crate) async fn resend(
         &mut self,
         pipeline: &Pipeline,
         offset: usize,
         count: usize,
-        writes: bool,
+        writers: usize,
         mut error: RedisError,
     ) -> RedisResult<Vec<Value>> {
+        if writers > 1 {
+            return Err(error);
+        }
+        let writes = writers == 1;
         let started = Instant::now();
         for wait_ms in WAITS_MS {
             let Some(how) =

@@ -27,7 +27,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{
     MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
 };
-use redis::{Cmd, ErrorKind, Pipeline, RedisFuture, RedisResult, ServerErrorKind, Value};
+use redis::{Cmd, ErrorKind, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::{OnceCell, watch};
 
 use crate::cluster_link::ClusterLink;
@@ -224,6 +224,11 @@ impl ReadOnly {
         }
     }
 
+    /// How many commands of `pipeline` may write.
+    pub fn writers(&self, pipeline: &Pipeline) -> usize {
+        pipeline.cmd_iter().filter(|c| self.writes(c)).count()
+    }
+
     /// Whether `cmd` may write (a script is judged by its SHA, or by its
     /// source when sent by `EVAL`).
     pub fn writes(&self, cmd: &Cmd) -> bool {
@@ -307,9 +312,20 @@ impl Conn {
             Link::Single(c) => c.req_packed_commands(&pipeline, offset, count + 1).await?,
             Link::Cluster(c) => {
                 let route = confirmation.route.clone();
-                c.conn
-                    .route_pipeline(pipeline, offset, count + 1, route)
-                    .await?
+                let sent = c
+                    .conn
+                    .route_pipeline(pipeline.clone(), offset, count + 1, route)
+                    .await;
+                match sent {
+                    // Redirected or refused for now: sent again with its
+                    // `WAIT`, to the node named (see `cluster_link`), so the
+                    // `WAIT` still counts the replicas of this write.
+                    Err(e) => {
+                        let writers = confirmation.durability.read_only.writers(&pipeline);
+                        c.resend(&pipeline, offset, count + 1, writers, e).await?
+                    }
+                    sent => sent?,
+                }
             }
         };
         let waited = values.pop().ok_or_else(|| {
@@ -327,11 +343,8 @@ impl Conn {
     }
 
     /// The `WAIT` on its own, after the commands it confirms: only where
-    /// one pipeline cannot carry both. A transaction would wrap the `WAIT`
-    /// in its `MULTI … EXEC`; a write a cluster redirected (`MOVED`, `ASK`,
-    /// `TRYAGAIN`) ran nowhere, and redis-rs follows redirects only for a
-    /// command sent on its own (the `WAIT` then goes where the slot is
-    /// served now).
+    /// one pipeline cannot carry both (a transaction would wrap the `WAIT`
+    /// in its `MULTI … EXEC`).
     async fn confirm_after(&mut self, confirmation: &Confirmation) -> RedisResult<()> {
         let reply = match &mut self.link {
             Link::Cluster(c) => {
@@ -371,17 +384,6 @@ fn check_confirmed(reply: RedisResult<Value>, replicas: Replicas) -> RedisResult
     Ok(())
 }
 
-/// Whether a command that came back as `error` ran nowhere because a
-/// cluster sent it to another node or asked for a retry (not `CLUSTERDOWN`:
-/// that is an outage, answered as one).
-fn redirected(error: &redis::RedisError) -> bool {
-    error.is_cluster_error()
-        && !matches!(
-            error.kind(),
-            ErrorKind::Server(ServerErrorKind::ClusterDown)
-        )
-}
-
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
@@ -390,17 +392,10 @@ impl ConnectionLike for Conn {
             };
             let mut pipeline = Pipeline::with_capacity(2);
             pipeline.add_command(cmd.clone());
-            match self.send_confirmed(pipeline, 0, 1, &confirmation).await {
-                Err(e) if redirected(&e) => {
-                    let value = self.link.as_dyn().req_packed_command(cmd).await?;
-                    self.confirm_after(&confirmation).await?;
-                    Ok(value)
-                }
-                Err(e) => Err(e),
-                Ok(mut values) => values
-                    .pop()
-                    .ok_or_else(|| (ErrorKind::Client, "no reply in the pipeline").into()),
-            }
+            self.send_confirmed(pipeline, 0, 1, &confirmation)
+                .await?
+                .pop()
+                .ok_or_else(|| (ErrorKind::Client, "no reply in the pipeline").into())
         })
     }
 
@@ -419,8 +414,8 @@ impl ConnectionLike for Conn {
                     .await;
             };
             if !pipeline.is_transaction() {
-                // A redirect is the caller's error here: other commands of
-                // the pipeline may have run, so it cannot be sent again.
+                // Sent again on a cluster only with one write in it (see
+                // `ClusterLink::resend`).
                 return self
                     .send_confirmed(pipeline.clone(), offset, count, &confirmation)
                     .await;
