@@ -236,7 +236,10 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         api_token: config.api_token.clone().map(Arc::from),
         subscriptions: pusher.registry(),
     });
-    let app = http::router(state.clone());
+    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(http::Api::new(
+        http::router(state.clone()),
+        state.clone(),
+    ));
 
     let (tcp, addr) = bind(config.listen).await?;
     let stopped = move |mut signal: watch::Receiver<bool>| async move {

@@ -283,6 +283,20 @@ async fn api_token_guards_v1_only() {
         .await
         .unwrap();
     assert_eq!(right.status(), StatusCode::OK);
+    // A single publish is served without the router's layers when no token
+    // is configured; with one, it is guarded like every other call.
+    let publish = format!("{}/v1/tenants/t/topics/p/messages", sc.base);
+    let body = json!({"payload": 1});
+    let none = TestApp::reply(client.post(&publish).json(&body).send().await.unwrap()).await;
+    none.assert_problem(401, "unauthorized");
+    let right = client
+        .post(&publish)
+        .bearer_auth("s3cret-token-0123456789")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), StatusCode::CREATED);
     for open in ["/healthz", "/readyz", "/metrics"] {
         let status = client
             .get(format!("{}{open}", sc.base))

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::TestApp;
+use support::{RedisServer, StreamcarProcess, TestApp, get_text};
 
 #[tokio::test]
 async fn publish_answers_201_with_id_stream_id_and_seq() {
@@ -476,4 +476,66 @@ async fn concurrent_publishes_each_get_their_own_answer() {
         let firsts: BTreeSet<String> = answers.iter().map(|a| a["id"].to_string()).collect();
         assert_eq!(firsts.len(), 1, "{key}: {answers:?}");
     }
+}
+
+/// A single publish is served without the router when its path is plain
+/// (`src/http/dispatch.rs`); one whose names are percent-escaped goes
+/// through the router, which decodes them. Both are the same publish, and
+/// both are measured under the route's template (a process of its own, so
+/// the metrics count only this test's calls).
+#[tokio::test]
+async fn a_publish_is_the_same_whichever_way_it_is_routed() {
+    let redis = RedisServer::start();
+    let sc = StreamcarProcess::start(&redis.url(), &[]).await;
+    let client = reqwest::Client::new();
+    let topic = |name: &str| format!("{}/v1/tenants/t/topics/{name}/messages", sc.base);
+    let send = |url: String, body: &'static str| {
+        let request = client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body);
+        async move { TestApp::reply(request.send().await.expect("publish")).await }
+    };
+    let plain = send(topic("a.b"), r#"{"payload": 1}"#).await;
+    assert_eq!(plain.status, StatusCode::CREATED, "{}", plain.body);
+    let escaped = send(topic("a%2Eb"), r#"{"payload": 2}"#).await;
+    assert_eq!(escaped.status, StatusCode::CREATED, "{}", escaped.body);
+    assert_eq!(escaped.body["seq"], 2, "the same topic: {}", escaped.body);
+    let history: Value = client
+        .get(topic("a.b"))
+        .send()
+        .await
+        .expect("history")
+        .json()
+        .await
+        .expect("history JSON");
+    let payloads: Vec<&Value> = history["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| &m["payload"])
+        .collect();
+    assert_eq!(payloads, [&json!(1), &json!(2)]);
+
+    // Refusals are answered and measured the same way too.
+    send(topic("a.b"), "{")
+        .await
+        .assert_problem(400, "invalid_body");
+    send(topic("a%2Eb"), "{")
+        .await
+        .assert_problem(400, "invalid_body");
+    let metrics = get_text(&client, format!("{}/metrics", sc.base)).await;
+    let count = |status: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("streamcar_http_request_duration_seconds_count{")
+                    && l.contains(r#"route="/v1/tenants/{tenant}/topics/{topic}/messages""#)
+                    && l.contains(r#"method="POST""#)
+                    && l.contains(&format!("status=\"{status}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+    };
+    assert_eq!(count("201"), Some(2), "{metrics}");
+    assert_eq!(count("400"), Some(2), "{metrics}");
 }

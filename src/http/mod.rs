@@ -4,6 +4,7 @@
 
 mod channels;
 mod coord;
+mod dispatch;
 pub mod edge;
 pub mod extract;
 mod groups;
@@ -30,6 +31,7 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::broker::Broker;
 use crate::coord::Coord;
 use crate::store::Store;
+pub use dispatch::Api;
 use problem::HttpError;
 
 /// Shared state of every handler: one `Arc`, so the per-request clone axum

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
 use axum::http::{Method, header};
@@ -62,7 +62,7 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
     let response = next.run(req).instrument(span.clone()).await;
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    duration_histogram(route, method_label(&method), status).record(elapsed.as_secs_f64());
+    record_duration(route, &method, status, elapsed);
     span.in_scope(|| {
         tracing::debug!(
             status,
@@ -71,6 +71,11 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
         )
     });
     response
+}
+
+/// Counts one answered request in the request-duration histogram.
+pub(super) fn record_duration(route: &str, method: &Method, status: u16, elapsed: Duration) {
+    duration_histogram(route, method_label(method), status).record(elapsed.as_secs_f64());
 }
 
 /// The `method` label: one of the methods the API and its probes use, or

@@ -119,7 +119,7 @@ async fn delete_topic(State(state): State<AppState>, path: TopicPath) -> Result<
 /// The request's `traceparent` header, if any: all a publish needs of
 /// the request's headers (extracting the whole `HeaderMap` clones it).
 /// Sent twice, it names no trace (W3C Trace Context: a new trace).
-struct RequestTraceparent(Option<HeaderValue>);
+pub(super) struct RequestTraceparent(pub(super) Option<HeaderValue>);
 
 impl<S: Send + Sync> FromRequestParts<S> for RequestTraceparent {
     type Rejection = std::convert::Infallible;
@@ -238,7 +238,19 @@ async fn publish(
     State(state): State<AppState>,
     path: TopicPath,
     request_headers: RequestTraceparent,
-    JsonBody(mut message): JsonBody<PublishRequest>,
+    JsonBody(message): JsonBody<PublishRequest>,
+) -> Result<Response> {
+    publish_message(&state, path, request_headers, message).await
+}
+
+/// What `POST …/messages` does once its request is read: the handler above
+/// and [`super::dispatch`] (which serves the route without the router) both
+/// end here.
+pub(super) async fn publish_message(
+    state: &AppState,
+    path: TopicPath,
+    request_headers: RequestTraceparent,
+    mut message: PublishRequest,
 ) -> Result<Response> {
     message.validate(&"")?;
     carry_traceparent(&request_headers, &mut message);
