@@ -384,37 +384,19 @@ impl Broker {
                 })
                 .await?
         };
-        let labels = telemetry::topic_labels(tenant, topic);
-        let (mut written, mut duplicates, mut refused) = (0, 0, 0);
+        let written = rows.iter().filter(|row| row.3 == WRITTEN).count() as u64;
         let items: Vec<Result<Published>> = rows
             .into_iter()
             .map(|(id, stream_id, seq, outcome, max_backlog)| match outcome {
-                REFUSED_BACKLOG => {
-                    refused += 1;
-                    Err(backlog_full(topic, max_backlog))
-                }
-                _ => {
-                    if outcome == WRITTEN {
-                        written += 1;
-                    } else {
-                        duplicates += 1;
-                    }
-                    Ok(Published {
-                        id,
-                        stream_id,
-                        seq,
-                        duplicate: outcome == DUPLICATE,
-                    })
-                }
+                REFUSED_BACKLOG => Err(backlog_full(topic, max_backlog)),
+                _ => Ok(Published {
+                    id,
+                    stream_id,
+                    seq,
+                    duplicate: outcome == DUPLICATE,
+                }),
             })
             .collect();
-        metrics::counter!(telemetry::PUBLISHED, labels.clone()).increment(written);
-        if duplicates > 0 {
-            metrics::counter!(telemetry::PUBLISH_DUPLICATES, labels.clone()).increment(duplicates);
-        }
-        if refused > 0 {
-            metrics::counter!(telemetry::BACKLOG_REFUSED, labels).increment(refused);
-        }
         for (item, m) in items.iter().zip(messages) {
             if let Ok(p) = item {
                 tracing::debug!(id = %p.id, seq = p.seq, duplicate = p.duplicate,
@@ -452,7 +434,7 @@ impl Broker {
             )));
         }
         let (max_backlog, mut next_seq) = (reply.max_backlog, reply.first_seq);
-        Ok(reply
+        let rows: Vec<PublishRow> = reply
             .outcomes
             .into_iter()
             .zip(batch)
@@ -466,7 +448,9 @@ impl Broker {
                 }
                 Outcome::Refused => (sent.id, String::new(), 0, REFUSED_BACKLOG, max_backlog),
             })
-            .collect())
+            .collect();
+        count_outcomes(tenant, topic, &rows);
+        Ok(rows)
     }
 
     /// For each of `messages`, the message already written under its
@@ -513,6 +497,22 @@ impl Broker {
             .increment(duplicates);
         }
         Ok(found)
+    }
+}
+
+/// Counts what one `publish.lua` call came to, once per call rather than
+/// once per caller of a combined call (building a labelled metric key costs
+/// allocations and a registry lookup).
+fn count_outcomes(tenant: &Tenant, topic: &Topic, rows: &[PublishRow]) {
+    let count = |wanted: i64| rows.iter().filter(|row| row.3 == wanted).count() as u64;
+    let (written, duplicates, refused) = (count(WRITTEN), count(DUPLICATE), count(REFUSED_BACKLOG));
+    let labels = telemetry::topic_labels(tenant, topic);
+    metrics::counter!(telemetry::PUBLISHED, labels.clone()).increment(written);
+    if duplicates > 0 {
+        metrics::counter!(telemetry::PUBLISH_DUPLICATES, labels.clone()).increment(duplicates);
+    }
+    if refused > 0 {
+        metrics::counter!(telemetry::BACKLOG_REFUSED, labels).increment(refused);
     }
 }
 
