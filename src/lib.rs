@@ -236,7 +236,10 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         api_token: config.api_token.clone().map(Arc::from),
         subscriptions: pusher.registry(),
     });
-    let api = http::Api::new(http::router(state.clone()), state.clone());
+    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(http::Api::new(
+        http::router(state.clone()),
+        state.clone(),
+    ));
 
     let (tcp, addr) = bind(config.listen).await?;
     let stopped = move |mut signal: watch::Receiver<bool>| async move {
@@ -251,11 +254,11 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
         }
     });
     let tcp = WriteTimeout::new(tcp, config.write_timeout);
-    listeners.spawn(http::listen::serve(
-        tcp,
-        api.clone(),
-        stopped(signal.clone()),
-    ));
+    listeners.spawn(
+        axum::serve(tcp, app.clone())
+            .with_graceful_shutdown(stopped(signal.clone()))
+            .into_future(),
+    );
     let socket_file = match &config.socket {
         Some(path) => {
             let (unix, file) = SocketFile::bind(path).map_err(|source| StartError::Socket {
@@ -263,7 +266,11 @@ pub async fn start(config: &Config) -> Result<Server, StartError> {
                 source,
             })?;
             let unix = WriteTimeout::new(unix, config.write_timeout);
-            listeners.spawn(http::listen::serve(unix, api, stopped(signal.clone())));
+            listeners.spawn(
+                axum::serve(unix, app)
+                    .with_graceful_shutdown(stopped(signal.clone()))
+                    .into_future(),
+            );
             tracing::info!(path = %path.display(), "serving on unix socket");
             Some(file)
         }

@@ -1,7 +1,6 @@
 //! Listeners: the API on a loopback TCP address and, optionally, on a Unix
-//! socket. Both serve the same [`Api`] and stop together on shutdown
-//! ([`serve`]), and both close a connection whose writes stall
-//! ([`WriteTimeout`]).
+//! socket. Both serve the same router and stop together on shutdown, and
+//! both close a connection whose writes stall ([`WriteTimeout`]).
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -9,71 +8,9 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::serve::Listener;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
-use tokio::sync::watch;
 use tokio_io_timeout::TimeoutStream;
-use tower_service::Service;
-
-use super::Api;
-
-/// Serves `api` on every connection `listener` accepts, HTTP/1.1 with
-/// upgrades (WebSocket), until `stop` completes; then stops accepting, lets
-/// each connection finish the request it is serving (an idle keep-alive
-/// connection closes at once) and returns once every connection has.
-///
-/// What `axum::serve` does, minus what this API has no use for: axum's
-/// server runs each connection through hyper-util's protocol-detecting
-/// wrapper (a version sniff and a rewindable reader under every read, for
-/// HTTP/2, which the sidecar does not speak) and a tower adapter that
-/// readies a cloned service per request. Here hyper's HTTP/1 connection
-/// calls [`Api`] directly.
-pub async fn serve<L: Listener>(
-    mut listener: L,
-    api: Api,
-    stop: impl Future<Output = ()>,
-) -> io::Result<()> {
-    // Connections watch `shutdown` (sent once, at stop) and hold a
-    // receiver of `open` until they end.
-    let (shutdown, _) = watch::channel(());
-    let (open, _) = watch::channel(());
-    let mut stop = std::pin::pin!(stop);
-    loop {
-        let (io, _) = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = &mut stop => break,
-        };
-        let api = api.clone();
-        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-            api.clone().call(request.map(Body::new))
-        });
-        let mut shutdown = shutdown.subscribe();
-        let open = open.subscribe();
-        tokio::spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(io), service)
-                .with_upgrades();
-            let mut connection = std::pin::pin!(connection);
-            let served = tokio::select! {
-                served = connection.as_mut() => served,
-                _ = shutdown.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(e) = served {
-                tracing::trace!(error = %e, "connection ended with an error");
-            }
-            drop(open);
-        });
-    }
-    let _ = shutdown.send(());
-    open.closed().await;
-    Ok(())
-}
 
 /// Wraps a listener so that a write to any of its connections that makes
 /// no progress for `timeout` fails, which closes the connection (hyper
