@@ -23,7 +23,8 @@
 --
 -- Invariants protected:
 --  * seq is strictly increasing with no gaps among non-duplicate publishes
---    (HINCRBY and XADD happen in the same atomic step);
+--    (the messages written take the seqs after the stored one, which is
+--    raised by as many in the same atomic step);
 --  * an idempotency key seen inside the topic's window yields the first
 --    message's id/stream_id/seq and writes nothing, whatever the backlog. A
 --    record left by an earlier incarnation of a deleted topic is ignored, so
@@ -91,6 +92,14 @@ end
 -- The reply: status (set last), max_backlog, first_seq (set at the first
 -- write), then one value per message.
 local results = { 0, max_backlog, 0 }
+local published_at = int(now)
+-- Written messages take the seqs after the stored one. The first write
+-- raises it by one (before its XADD, so a stored seq is never behind a
+-- written one) and the call's last step by the rest: two HINCRBYs per call,
+-- not one per message. Nothing after the first XADD can fail (XADD '*' to
+-- this stream and SET with a validated window fail, if at all, on the
+-- first message), so the last step always runs once anything was written.
+local seq_before = nil
 local n = tonumber(ARGV[3])
 local a = 4
 local written = 0
@@ -118,9 +127,12 @@ for _ = 1, n do
     if room then
       room = room - 1
     end
+    if not seq_before then
+      seq_before = tonumber(redis.call('HINCRBY', meta, 'seq', 1)) - 1
+    end
     -- Integers go out as exact text (int), never through Lua's 14 digits.
-    local seq = int(redis.call('HINCRBY', meta, 'seq', 1))
-    local entry = { 'id', id, 'seq', seq, 'published_at', int(now) }
+    local seq = int(seq_before + written + 1)
+    local entry = { 'id', id, 'seq', seq, 'published_at', published_at }
     if ttl_ms > 0 then
       entry[#entry + 1] = 'expires_at'
       entry[#entry + 1] = int(now + ttl_ms)
@@ -143,6 +155,9 @@ for _ = 1, n do
     results[#results + 1] = stream_id
     written = written + 1
   end
+end
+if written > 1 then
+  redis.call('HINCRBY', meta, 'seq', written - 1)
 end
 if written > 0 then
   redis.call('PUBLISH', ARGV[2], int(written))

@@ -13,7 +13,8 @@ tables that callgrind_annotate can point into):
 
 With --keep the dumps stay (their directory is printed) for
 `callgrind_annotate <dir>/callgrind.out.N` (1 publish, 2 publish_batch,
-3 fetch_ack, 4 fetch1_ack); otherwise the directory is removed.
+3 fetch_ack, 4 fetch1_ack, 5 publish_concurrent); otherwise the directory
+is removed.
 
 Scenarios (requests sent one at a time, so no group commit):
   publish        one message with an idempotency key, as the bench's `publish`
@@ -22,6 +23,10 @@ Scenarios (requests sent one at a time, so no group commit):
                  is the pair of requests, reported per pair and per message
   fetch1_ack     fetch max 1 with the previous receipt in `ack` (one request
                  per message), as the bench's `consume_single`
+  publish_concurrent
+                 `publish` from 16 connections at once, so that group commit
+                 combines them as in the bench (the count varies a little
+                 with how many each call combines)
 """
 import http.client, json, os, shlex, shutil, socket, subprocess, sys, tempfile, threading, time
 
@@ -161,6 +166,26 @@ def fetch_ack_n(k):
     return run
 
 
+def publish_concurrent(connections, k):
+    """`k` publishes on each of `connections` keep-alive connections at once."""
+    def worker():
+        c = http.client.HTTPConnection("127.0.0.1", hport, timeout=60)
+        for _ in range(k):
+            c.request("POST", "/v1/tenants/bench/topics/cg-concurrent/messages",
+                      body=json.dumps(message()), headers={"content-type": "application/json"})
+            r = c.getresponse()
+            r.read()
+            assert r.status == 201, r.status
+        c.close()
+    def run():
+        threads = [threading.Thread(target=worker) for _ in range(connections)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return run
+
+
 previous = []
 def fetch1_n(k):
     def run():
@@ -188,6 +213,9 @@ try:
     fill("cg-single", 2000)
     fetch1_n(100)()
     results["fetch1_ack"] = measured("fetch1_ack", fetch1_n(1000), 1000)
+    publish_concurrent(16, 10)()
+    results["publish_concurrent"] = measured(
+        "publish_concurrent", publish_concurrent(16, 100), 1600)
     print(json.dumps({k: round(v) for k, v in results.items()}))
 finally:
     sidecar.terminate()

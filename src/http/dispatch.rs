@@ -31,7 +31,7 @@ use tower_service::Service;
 
 use super::AppState;
 use super::extract::{JsonBody, TopicPath, sole_traceparent};
-use super::observe::record_duration;
+use super::observe::{record_duration, request_spans};
 use super::topics::{RequestTraceparent, publish_message};
 use crate::broker::publish::PublishRequest;
 use crate::names::{Tenant, Topic};
@@ -74,7 +74,7 @@ impl Service<Request> for Api {
 
     fn call(&mut self, request: Request) -> Self::Future {
         match self.direct.then(|| publish_target(&request)).flatten() {
-            Some(path) if !tracing::enabled!(tracing::Level::DEBUG) => {
+            Some(path) if !request_spans() => {
                 Either::Right(Box::pin(publish(self.state.clone(), path, request)))
             }
             _ => Either::Left(self.router.call(request)),

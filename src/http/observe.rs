@@ -32,7 +32,7 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
     let method = req.method().clone();
     // The span is DEBUG: its fields cost formatting on every request, so it
     // is only built when someone asked for it (RUST_LOG=streamcar=debug).
-    let span = if tracing::enabled!(tracing::Level::DEBUG) {
+    let span = if request_spans() {
         let (mut parts, body) = req.into_parts();
         let params = RawPathParams::from_request_parts(&mut parts, &())
             .await
@@ -71,6 +71,14 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
         )
     });
     response
+}
+
+/// Whether each request gets a span (`RUST_LOG` asks for DEBUG of this
+/// module, or of a parent such as `streamcar`). One check for every path a
+/// request can take ([`super::dispatch`] too), so a filter naming this
+/// module covers them all.
+pub(super) fn request_spans() -> bool {
+    tracing::enabled!(tracing::Level::DEBUG)
 }
 
 /// Counts one answered request in the request-duration histogram.
