@@ -179,8 +179,11 @@ pub mod attr {
 
 /// One span, ended when dropped; does nothing when tracing is off.
 pub struct MessageSpan {
+    /// Boxed: a span lives in the futures of the hot paths (publish, ack),
+    /// which are copied whole at each move; unboxed it would add a few
+    /// hundred bytes to each of them, traced or not.
     #[cfg(feature = "otlp")]
-    live: Option<otel::Live>,
+    live: Option<Box<otel::Live>>,
 }
 
 impl MessageSpan {
@@ -191,7 +194,10 @@ impl MessageSpan {
         let _ = (step, parent);
         Self {
             #[cfg(feature = "otlp")]
-            live: enabled().then(|| otel::Live::start(step, parent)).flatten(),
+            live: enabled()
+                .then(|| otel::Live::start(step, parent))
+                .flatten()
+                .map(Box::new),
         }
     }
 
@@ -255,7 +261,7 @@ impl MessageSpan {
     /// This span as a `traceparent` for what follows from it.
     pub fn traceparent(&self) -> Option<String> {
         #[cfg(feature = "otlp")]
-        return self.live.as_ref().map(otel::Live::traceparent);
+        return self.live.as_deref().map(otel::Live::traceparent);
         #[cfg(not(feature = "otlp"))]
         None
     }

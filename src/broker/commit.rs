@@ -161,7 +161,10 @@ where
                 let run = Arc::new(run);
                 let (batcher, key, next) = (self.clone(), key.clone(), run.clone());
                 let _handover = Handover(Some(Box::new(move || batcher.hand_over(key, next))));
-                run(items).await
+                // Boxed: the call's future (the whole Redis round trip) is
+                // large, and inline it would make every caller's future as
+                // large, followers' too, copied whole at each move.
+                Box::pin(run(items)).await
             }
         }
     }

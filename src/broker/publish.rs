@@ -313,7 +313,9 @@ impl Broker {
             Admission::Unlimited => None,
             Admission::Charged(charge) => Some(charge),
             Admission::Refused(refusal) => {
-                let duplicates = self.find_duplicates(tenant, topic, messages).await?;
+                // Boxed here and below: rare paths with Redis calls of their
+                // own, which inline would make every publish's future large.
+                let duplicates = Box::pin(self.find_duplicates(tenant, topic, messages)).await?;
                 let refused = duplicates.iter().filter(|d| d.is_none()).count() as u64;
                 metrics::counter!(telemetry::RATE_LIMITED, "tenant" => tenant.to_string())
                     .increment(refused);
@@ -330,7 +332,7 @@ impl Broker {
         // A failed call may or may not have written: the charge stays.
         let (items, written) = self.publish(tenant, topic, messages).await?;
         let quota = match charge {
-            Some(charge) => coord.settle_publish(tenant, charge, written).await,
+            Some(charge) => Box::pin(coord.settle_publish(tenant, charge, written)).await,
             None => None,
         };
         Ok(PublishOutcome { items, quota })
@@ -371,7 +373,7 @@ impl Broker {
     ) -> Result<(Vec<Result<Published>>, u64)> {
         let encoded: Vec<Encoded> = messages.iter().map(Encoded::new).collect();
         let rows = if encoded.len() >= COMBINE_BELOW {
-            self.publish_encoded(tenant, topic, encoded).await?
+            Box::pin(self.publish_encoded(tenant, topic, encoded)).await?
         } else {
             let keys = TopicKeys::new(tenant, topic);
             let bytes = encoded.iter().map(Encoded::bytes).sum();

@@ -184,6 +184,14 @@ impl Coord {
         if self.known_unlimited(tenant) {
             return Ok(Admission::Unlimited);
         }
+        // Boxed: a publish awaits this future inline, and the script call
+        // would make every publish's future (copied whole at each move) as
+        // large, unlimited tenants' too.
+        Box::pin(self.charge_in_redis(tenant, count)).await
+    }
+
+    /// [`Self::charge_publish`] for a tenant that may have a quota.
+    async fn charge_in_redis(&self, tenant: &Tenant, count: u64) -> Result<Admission> {
         let mut conn = self.store.conn().await?;
         let reply: RateReply = charge_call(self.store.scripts(), tenant, count)
             .invoke_async(&mut conn)
