@@ -447,11 +447,9 @@ async fn a_topic_whose_slot_is_being_migrated_is_served_by_its_new_node() {
 
     let (status, history) = api.get(&format!("/topics/{topic}/messages")).await;
     assert_eq!(status, 200, "{history}");
-    let payloads: Vec<&Value> = history["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .map(|m| &m["payload"])
-        .collect();
-    assert_eq!(payloads, [&json!("before"), &json!("after")], "{history}");
+    assert_eq!(
+        support::payloads(&history),
+        [&json!("before"), &json!("after")],
+        "{history}"
+    );
 }

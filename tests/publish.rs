@@ -509,13 +509,7 @@ async fn a_publish_is_the_same_whichever_way_it_is_routed() {
         .json()
         .await
         .expect("history JSON");
-    let payloads: Vec<&Value> = history["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .map(|m| &m["payload"])
-        .collect();
-    assert_eq!(payloads, [&json!(1), &json!(2)]);
+    assert_eq!(support::payloads(&history), [&json!(1), &json!(2)]);
 
     // Refusals are answered and measured the same way too.
     send(topic("a.b"), "{")

@@ -586,6 +586,16 @@ pub async fn get_text(client: &reqwest::Client, url: String) -> String {
         .expect("text")
 }
 
+/// The payloads of a history page (`GET …/messages`), in order.
+pub fn payloads(history: &Value) -> Vec<&Value> {
+    history["messages"]
+        .as_array()
+        .expect("a history page has messages")
+        .iter()
+        .map(|m| &m["payload"])
+        .collect()
+}
+
 static TENANT_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// streamcar running in-process against a private Redis.
