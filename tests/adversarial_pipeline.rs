@@ -57,6 +57,16 @@ async fn join_all<T>(what: &str, tasks: Vec<JoinHandle<T>>) -> Vec<T> {
     out
 }
 
+/// A publish body with `payload`, the client-chosen `id`, and an
+/// idempotency key when `key` is given.
+fn message(payload: impl serde::Serialize, id: &str, key: Option<&str>) -> Value {
+    let mut body = json!({"payload": payload, "id": id});
+    if let Some(key) = key {
+        body["idempotency_key"] = json!(key);
+    }
+    body
+}
+
 /// The millisecond part of a stream id.
 fn stream_ms(stream_id: &str) -> u64 {
     stream_id
@@ -184,10 +194,7 @@ async fn a_burst_of_single_publishes_and_small_batches_writes_each_key_once_with
                 _ => None,
             };
             let sent_id = format!("s{i}");
-            let mut body = json!({"payload": {"i": i}, "id": sent_id});
-            if let Some(k) = &key {
-                body["idempotency_key"] = json!(k);
-            }
+            let body = message(json!({"i": i}), &sent_id, key.as_deref());
             let r = app.post(&format!("/topics/{topic}/messages"), &body).await;
             match r.status.as_u16() {
                 201 => assert_eq!(r.body["duplicate"], false, "{i}: {}", r.body),
@@ -211,10 +218,7 @@ async fn a_burst_of_single_publishes_and_small_batches_writes_each_key_once_with
                 .map(|k| {
                     let sent_id = format!("b{j}-{k}");
                     let key = (k == 0).then(|| format!("k{}", j % 10));
-                    let mut m = json!({"payload": {"b": j, "k": k}, "id": sent_id});
-                    if let Some(key) = &key {
-                        m["idempotency_key"] = json!(key);
-                    }
+                    let m = message(json!({"b": j, "k": k}), &sent_id, key.as_deref());
                     sent.push((sent_id, key));
                     m
                 })
@@ -407,10 +411,7 @@ async fn publishes_racing_a_delete_and_a_redeclare_lose_only_what_was_deleted() 
                 }
                 let sent_id = format!("r{round}-{i}");
                 let key = (i % 3 == 0).then(|| format!("k{}", i % 15));
-                let mut body = json!({"payload": i, "id": sent_id});
-                if let Some(k) = &key {
-                    body["idempotency_key"] = json!(k);
-                }
+                let body = message(i, &sent_id, key.as_deref());
                 let r = app.post(&format!("{path}/messages"), &body).await;
                 assert!(
                     r.status == 201 || r.status == 200,
@@ -532,10 +533,7 @@ async fn the_backlog_filling_mid_burst_admits_exactly_its_room() {
             tasks.push(tokio::spawn(async move {
                 let sent_id = format!("p{round}-{i}");
                 let key = (round == 0 && i % 5 == 0).then(|| format!("k{}", i % 7));
-                let mut body = json!({"payload": i, "id": sent_id});
-                if let Some(k) = &key {
-                    body["idempotency_key"] = json!(k);
-                }
+                let body = message(i, &sent_id, key.as_deref());
                 let r = app.post("/topics/bp/messages", &body).await;
                 (sent_id, key, r)
             }));
@@ -804,10 +802,8 @@ async fn callers_that_leave_mid_call_strand_nobody() {
         let app = app.clone();
         tasks.push(tokio::spawn(async move {
             let sent_id = format!("c{i}");
-            let mut body = json!({"payload": i, "id": sent_id});
-            if i % 4 == 0 {
-                body["idempotency_key"] = json!(format!("k{i}"));
-            }
+            let key = (i % 4 == 0).then(|| format!("k{i}"));
+            let body = message(i, &sent_id, key.as_deref());
             let req = app
                 .client
                 .post(app.url(&format!("/topics/{topic}/messages")))
@@ -938,10 +934,7 @@ async fn script_flushes_under_pipelined_calls_neither_fail_nor_repeat_them() {
         tasks.push(tokio::spawn(async move {
             let sent_id = format!("f{i}");
             let key = (i % 4 == 0).then(|| format!("k{}", i % 12));
-            let mut body = json!({"payload": i, "id": sent_id});
-            if let Some(k) = &key {
-                body["idempotency_key"] = json!(k);
-            }
+            let body = message(i, &sent_id, key.as_deref());
             let r = app.post(&format!("/topics/{topic}/messages"), &body).await;
             assert!(
                 r.status == 201 || r.status == 200,
@@ -1015,10 +1008,8 @@ async fn calls_in_flight_lost_with_their_connection_fail_their_callers_and_free_
         let app = app.clone();
         tasks.push(tokio::spawn(async move {
             let sent_id = format!("x{i}");
-            let mut body = json!({"payload": i, "id": sent_id});
-            if i % 4 == 0 {
-                body["idempotency_key"] = json!(format!("k{}", i % 8));
-            }
+            let key = (i % 4 == 0).then(|| format!("k{}", i % 8));
+            let body = message(i, &sent_id, key.as_deref());
             let r = app.post(&format!("/topics/{topic}/messages"), &body).await;
             (sent_id, r)
         }));
