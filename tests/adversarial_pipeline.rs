@@ -128,6 +128,21 @@ struct Answer {
 }
 
 impl Answer {
+    /// The answer to a publish that must have been taken: 201 as a new
+    /// message, 200 as a duplicate (`what` names it in a failure).
+    fn accepted(what: &str, sent_id: String, key: Option<String>, reply: Reply) -> Self {
+        match reply.status.as_u16() {
+            201 => assert_eq!(reply.body["duplicate"], false, "{what}: {}", reply.body),
+            200 => assert_eq!(reply.body["duplicate"], true, "{what}: {}", reply.body),
+            s => panic!("{what}: {s} {}", reply.body),
+        }
+        Self {
+            sent_id,
+            key,
+            row: reply.body,
+        }
+    }
+
     fn duplicate(&self) -> bool {
         self.row["duplicate"] == true
     }
@@ -196,16 +211,7 @@ async fn a_burst_of_single_publishes_and_small_batches_writes_each_key_once_with
             let sent_id = format!("s{i}");
             let body = message(json!({"i": i}), &sent_id, key.as_deref());
             let r = app.post(&format!("/topics/{topic}/messages"), &body).await;
-            match r.status.as_u16() {
-                201 => assert_eq!(r.body["duplicate"], false, "{i}: {}", r.body),
-                200 => assert_eq!(r.body["duplicate"], true, "{i}: {}", r.body),
-                s => panic!("single {i}: {s} {}", r.body),
-            }
-            vec![Answer {
-                sent_id,
-                key,
-                row: r.body,
-            }]
+            vec![Answer::accepted(&format!("single {i}"), sent_id, key, r)]
         }));
     }
     // Batches: 2..=14 messages (combined) and 16..=19 (their own call).
@@ -413,18 +419,8 @@ async fn publishes_racing_a_delete_and_a_redeclare_lose_only_what_was_deleted() 
                 let key = (i % 3 == 0).then(|| format!("k{}", i % 15));
                 let body = message(i, &sent_id, key.as_deref());
                 let r = app.post(&format!("{path}/messages"), &body).await;
-                assert!(
-                    r.status == 201 || r.status == 200,
-                    "round {round} publish {i}: {} {}",
-                    r.status,
-                    r.body
-                );
-                assert_eq!(r.body["duplicate"], r.status == 200, "{}", r.body);
-                Some(Answer {
-                    sent_id,
-                    key,
-                    row: r.body,
-                })
+                let what = format!("round {round} publish {i}");
+                Some(Answer::accepted(&what, sent_id, key, r))
             }));
         }
         let answers: Vec<Answer> = join_all("publishes racing a delete", tasks)
@@ -544,14 +540,7 @@ async fn the_backlog_filling_mid_burst_admits_exactly_its_room() {
         let (mut answers, mut refused) = (Vec::new(), 0);
         for (sent_id, key, r) in replies {
             match r.status.as_u16() {
-                201 | 200 => {
-                    assert_eq!(r.body["duplicate"], r.status == 200, "{}", r.body);
-                    answers.push(Answer {
-                        sent_id,
-                        key,
-                        row: r.body,
-                    });
-                }
+                201 | 200 => answers.push(Answer::accepted("publish", sent_id, key, r)),
                 429 => {
                     r.assert_problem(429, "backlog_full");
                     assert_eq!(r.headers["retry-after"], "1", "{:?}", r.headers);
@@ -936,17 +925,7 @@ async fn script_flushes_under_pipelined_calls_neither_fail_nor_repeat_them() {
             let key = (i % 4 == 0).then(|| format!("k{}", i % 12));
             let body = message(i, &sent_id, key.as_deref());
             let r = app.post(&format!("/topics/{topic}/messages"), &body).await;
-            assert!(
-                r.status == 201 || r.status == 200,
-                "{i}: {} {}",
-                r.status,
-                r.body
-            );
-            Answer {
-                sent_id,
-                key,
-                row: r.body,
-            }
+            Answer::accepted(&format!("publish {i}"), sent_id, key, r)
         }));
     }
     let answers = join_all("publishes beside flushes", tasks).await;
