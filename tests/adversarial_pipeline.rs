@@ -57,6 +57,20 @@ async fn join_all<T>(what: &str, tasks: Vec<JoinHandle<T>>) -> Vec<T> {
     out
 }
 
+/// Publishes one message to a topic without groups (nothing can refuse it
+/// but the quota) and answers the quota it left (`RateLimit-Remaining`).
+async fn quota_left_after_a_probe(app: &TestApp) -> u64 {
+    let probe = app
+        .post("/topics/free/messages", &json!({"payload": "probe"}))
+        .await;
+    assert_eq!(probe.status, 201, "{}", probe.body);
+    probe.headers["ratelimit-remaining"]
+        .to_str()
+        .expect("RateLimit-Remaining is text")
+        .parse()
+        .expect("RateLimit-Remaining is a number")
+}
+
 /// A publish body with `payload`, the client-chosen `id`, and an
 /// idempotency key when `key` is given.
 fn message(payload: impl serde::Serialize, id: &str, key: Option<&str>) -> Value {
@@ -606,15 +620,7 @@ async fn the_backlog_filling_mid_burst_admits_exactly_its_room() {
     assert_eq!(refused2, 50);
 
     // The quota: 60 written, plus this one; everything else given back.
-    let probe = app
-        .post("/topics/free/messages", &json!({"payload": "probe"}))
-        .await;
-    assert_eq!(probe.status, 201, "{}", probe.body);
-    let remaining: u64 = probe.headers["ratelimit-remaining"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let remaining = quota_left_after_a_probe(&app).await;
     let spent = 61;
     // At 1 message a second the bucket refills by at most the seconds since
     // the quota was set (measured, not assumed).
@@ -1204,15 +1210,7 @@ async fn refused_publishes_give_their_whole_charge_back() {
         }));
     }
     join_all("refused publishes", tasks).await;
-    let probe = app
-        .post("/topics/free/messages", &json!({"payload": "probe"}))
-        .await;
-    assert_eq!(probe.status, 201, "{}", probe.body);
-    let remaining: u64 = probe.headers["ratelimit-remaining"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let remaining = quota_left_after_a_probe(&app).await;
     assert!(
         remaining >= burst - 2,
         "remaining {remaining}, expected at least {}: {} messages' quota spent by publishes that wrote nothing",
