@@ -347,3 +347,54 @@ async fn nineteen_digit_ids_and_offsets_past_2_53_are_handled_whole() {
         assert!(offsets.iter().all(|o| *o == 1), "{offset}: {}", r.body);
     }
 }
+
+/// `publish.lua` numbers a call's messages from the stored seq (raised once
+/// at the first write and once at the end, not per message). From a stored
+/// seq of 15 digits, past Lua's 14-digit `%.14g`, a batch with duplicates
+/// between its writes still numbers every written message exactly and
+/// consecutively, stored as plain digits, and leaves the stored seq at the
+/// last one.
+#[tokio::test]
+async fn a_batch_numbered_from_a_fifteen_digit_seq_stays_exact() {
+    const BASE: u64 = 999_999_999_999_990;
+    let app = TestApp::start_quiet().await;
+    app.publish("t", &json!({"payload": 0, "idempotency_key": "k0"}))
+        .await;
+    let meta = format!("sc:{{{}:t}}:meta", app.tenant);
+    let () = redis::cmd("HSET")
+        .arg(&meta)
+        .arg("seq")
+        .arg(BASE)
+        .query(&mut app.redis.connection())
+        .expect("HSET seq");
+    // Every third message repeats the first one's key: a duplicate, which
+    // takes no seq, between written ones.
+    let messages: Vec<Value> = (1..=30)
+        .map(|i| {
+            let key = if i % 3 == 0 {
+                "k0".to_owned()
+            } else {
+                format!("k{i}")
+            };
+            json!({"payload": i, "idempotency_key": key})
+        })
+        .collect();
+    let reply = app.publish_batch("t", &messages).await;
+    let written: Vec<u64> = reply["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter(|r| r["duplicate"] == false)
+        .map(|r| r["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(written, (BASE + 1..=BASE + 20).collect::<Vec<_>>());
+    let stored = stream_numbers(&app, &format!("sc:{{{}:t}}:stream", app.tenant), &["seq"]);
+    assert_eq!(stored.len(), 21, "{stored:?}");
+    assert_eq!(
+        stored[1..],
+        (BASE + 1..=BASE + 20)
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(redis_hash(&app, &meta)["seq"], (BASE + 20).to_string());
+}
